@@ -1,0 +1,146 @@
+"""``revo``: the mesh's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mesh.config import MeshConfig, load_config
+from mesh.errors import ConfigError
+
+
+def _config(args: argparse.Namespace) -> MeshConfig:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "address", None):
+        overrides["gateway"] = {"address": args.address}
+    if getattr(args, "colocate", False):
+        overrides.setdefault("gateway", {})["colocate"] = True
+    if getattr(args, "nats", None):
+        overrides["nats"] = {"url": args.nats}
+    config = load_config(args.config, **overrides)  # deep-merged over file and environment
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return config
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from mesh.embedded.up import run_up
+
+    return run_up(_config(args))
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from mesh.runtime.process import run_node
+
+    return run_node(_config(args))
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from mesh.runtime.process import run_gateway
+
+    return run_gateway(_config(args))
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from mesh.plugins.host import PluginHost
+
+    config = _config(args)
+    host = PluginHost(block=config.plugins.block, only=config.plugins.only,
+                      extra=config.plugins.extra,
+                      settings={n: s.plugin_settings() for n, s in config.engines.items()})
+    records = host.load()
+    if not records:
+        print("no engine plugins installed (entry point group 'revo.engines')")
+        return 0
+    rows = [("ENGINE", "STATUS", "VERSION", "DISTRIBUTION", "SERVICES / MESSAGE")]
+    for r in records:
+        detail = r.message or ", ".join(s.full_name for s in r.spec.service_descriptors()) \
+            if r.spec else r.message
+        rows.append((r.name, r.status.value, r.version or "-", r.distribution or r.source,
+                     detail or ""))
+    _table(rows)
+    return 0 if all(r.status.value in ("enabled", "disabled") for r in records) else 1
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  "
+              + row[-1])
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import grpc
+
+    from mesh._gen.revo.mesh.v1 import mesh_pb2
+    from mesh.client import MeshClient
+    from mesh.embedded.up import read_state
+
+    config = _config(args)
+    state = read_state(config)
+    target = args.address or (state["gateway"] if state else config.gateway.address)
+    if state:
+        procs = ", ".join(f"{name} {pid}" for name, pid in state["processes"].items())
+        print(f"revo up: running (pid {state['pid']}; {procs})")
+        print(f"  NATS {state['nats']}   logs {state['logs']}")
+    else:
+        print(f"revo up: not running under {config.home}")
+
+    async def query() -> tuple[list[mesh_pb2.Node], list[mesh_pb2.Service]]:
+        async with MeshClient(target, timeout=3.0, retry=None) as client:
+            return await client.list_nodes(), await client.list_services()
+
+    try:
+        nodes, services = asyncio.run(query())
+    except Exception as exc:
+        reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc
+        print(f"gateway {target}: not reachable ({reason})")
+        return 1
+    print(f"gateway {target}: serving {len(services)} services on {len(nodes)} nodes")
+    for node in nodes:
+        print(f"  node {node.id} (pid {node.pid}, revo-mesh {node.version})"
+              + (" draining" if node.draining else ""))
+        for engine in node.engines:
+            status = mesh_pb2.EngineStatus.Name(engine.status).removeprefix("ENGINE_STATUS_")
+            print(f"    {engine.name:<14} {status.lower():<12} v{engine.version or '?':<8} "
+                  f"actors {engine.actors_alive}/{engine.pool_size}  restarts {engine.restarts}"
+                  + (f"  {engine.status_message}" if engine.status_message else ""))
+    for service in services:
+        print(f"  service {service.name}: {', '.join(m.name for m in service.methods)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="revo", description=__doc__)
+    parser.add_argument("--config", help="revo.toml to read (default: $REVO_CONFIG or ./revo.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start nats-server, a node and the gateway; Ctrl-C stops all"
+                   ).set_defaults(func=cmd_up)
+    node = sub.add_parser("node", help="run a node with every installed engine")
+    node.add_argument("--nats", help="NATS URL (overrides nats.url)")
+    node.set_defaults(func=cmd_node)
+    gateway = sub.add_parser("gateway", help="run the gRPC gateway")
+    gateway.add_argument("--address", help="host:port to listen on (overrides gateway.address)")
+    gateway.add_argument("--nats", help="NATS URL (overrides nats.url)")
+    gateway.add_argument("--colocate", action="store_true",
+                         help="host the engines in the gateway's process (fast path)")
+    gateway.set_defaults(func=cmd_gateway)
+    status = sub.add_parser("status", help="what runs: processes, nodes, engines, services")
+    status.add_argument("--address", help="gateway to ask (default: the running revo up's)")
+    status.set_defaults(func=cmd_status)
+    sub.add_parser("plugins", help="installed engine plugins and their status"
+                   ).set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"revo: configuration error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,220 @@
+"""The mesh's configuration: one typed model, read from ``revo.toml`` and ``REVO_*`` variables.
+
+Precedence, lowest first: defaults, the TOML file (``$REVO_CONFIG``, else ``./revo.toml`` if
+it exists), then environment variables. A nested key ``gateway.address`` is set by
+``REVO_GATEWAY__ADDRESS`` (double underscore between levels); list values are comma
+separated. An unknown key, in the file or the environment, is a :class:`ConfigError` that
+suggests the closest known key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mesh.errors import ConfigError
+
+__all__ = [
+    "EngineSettings",
+    "GatewaySettings",
+    "MeshConfig",
+    "NatsSettings",
+    "NodeSettings",
+    "PluginSettings",
+    "load_config",
+]
+
+ENV_PREFIX = "REVO_"
+# Variables that belong to the launcher or the test suite rather than to the model.
+_ENV_NOT_CONFIG = frozenset({"REVO_CONFIG"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NatsSettings(_Section):
+    """Where the mesh's NATS is, and how ``revo up`` runs its embedded server."""
+
+    url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma separated")
+    embedded: bool = Field(True, description="`revo up` starts nats-server itself")
+    port: int = Field(4222, ge=0, le=65535, description="client port of the embedded server")
+    monitor_port: int = Field(8222, ge=0, le=65535, description="monitor port (/healthz)")
+    max_payload_bytes: int = Field(8 * 1024 * 1024, gt=0,
+                                   description="largest NATS message (embedded server)")
+    connect_timeout_s: float = Field(5.0, gt=0)
+
+
+class GatewaySettings(_Section):
+    """The gRPC gateway."""
+
+    address: str = Field("127.0.0.1:50051", description="host:port the gateway listens on")
+    max_message_bytes: int = Field(4 * 1024 * 1024, gt=0,
+                                   description="largest request or response message")
+    default_timeout_s: float = Field(30.0, gt=0,
+                                     description="deadline for calls that bring none")
+    max_timeout_s: float = Field(300.0, gt=0, description="longest deadline a caller may ask")
+    colocate: bool = Field(False, description="host the engines in the gateway's own process")
+    stream_window: int = Field(32, ge=1, le=4096,
+                               description="stream messages in flight before an ack")
+
+
+class NodeSettings(_Section):
+    """A node: the process that hosts engine actor pools."""
+
+    id: str = Field("", description="node id; empty picks hostname-pid-random")
+    heartbeat_s: float = Field(2.0, gt=0, description="registry heartbeat period")
+    shutdown_grace_s: float = Field(10.0, ge=0,
+                                    description="time in-flight calls get on SIGTERM")
+    start_timeout_s: float = Field(30.0, gt=0, description="time an engine may take to start")
+    restart_backoff_s: float = Field(0.1, gt=0, description="first restart delay of an actor")
+    restart_backoff_max_s: float = Field(30.0, gt=0, description="cap of the restart delay")
+
+
+class PluginSettings(_Section):
+    """Which plugins load."""
+
+    block: list[str] = Field(default_factory=list,
+                             description="engine names not to load (REVO_PLUGINS__BLOCK=a,b)")
+    only: list[str] = Field(default_factory=list,
+                            description="when set, load only these engines")
+    extra: dict[str, str] = Field(default_factory=dict,
+                                  description="name = 'module[:object]' plugins not installed "
+                                              "as distributions (development)")
+
+
+class EngineSettings(BaseModel):
+    """Settings of one engine: the mesh's keys, plus the plugin's own (validated by it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    pool_size: int | None = Field(None, ge=1, le=256, description="actors in the engine's pool")
+    max_pending: int | None = Field(None, ge=0,
+                                    description="calls that may wait for an actor")
+
+    def plugin_settings(self) -> dict[str, Any]:
+        """The keys that belong to the plugin rather than to the mesh."""
+        return dict(self.model_extra or {})
+
+
+class MeshConfig(_Section):
+    """Everything a node, a gateway or ``revo up`` reads."""
+
+    home: Path = Field(Path(".revo"), description="state directory (REVO_HOME)")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    plugins: PluginSettings = Field(default_factory=PluginSettings)
+    engines: dict[str, EngineSettings] = Field(default_factory=dict)
+
+    def engine(self, name: str) -> EngineSettings:
+        """Settings of engine ``name`` (defaults when the file has none)."""
+        return self.engines.get(name) or EngineSettings.model_validate({})
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            keys.extend(_known_keys(annotation, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+
+
+def _env_overrides(environ: Mapping[str, str], known: list[str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_CONFIG:
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        dotted = ".".join(path)
+        if dotted not in known and path[0] != "engines":
+            env_known = [ENV_PREFIX + k.upper().replace(".", "__") for k in known]
+            raise ConfigError(f"unknown setting {name}{_suggest(name, env_known)}")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def _coerce_lists(tree: dict[str, Any], model: type[BaseModel]) -> None:
+    """Split comma-separated environment strings for list fields."""
+    for name, field in model.model_fields.items():
+        if name not in tree:
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            if isinstance(tree[name], dict):
+                _coerce_lists(tree[name], annotation)
+        elif getattr(annotation, "__origin__", None) is list and isinstance(tree[name], str):
+            tree[name] = [item.strip() for item in tree[name].split(",") if item.strip()]
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _explain(error: ValidationError, source: str, known: list[str]) -> ConfigError:
+    lines = []
+    for item in error.errors():
+        dotted = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{dotted}' in {source}{_suggest(dotted, known)}")
+        else:
+            lines.append(f"'{dotted}' in {source}: {item['msg']} (got {item.get('input')!r})")
+    return ConfigError("; ".join(lines))
+
+
+def load_config(
+    path: Path | str | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> MeshConfig:
+    """Read the configuration.
+
+    ``path`` defaults to ``$REVO_CONFIG`` or ``./revo.toml`` (skipped when absent).
+    ``overrides`` are top-level sections or keys applied last (used by the CLI's flags).
+    Raises :class:`ConfigError` with the key to fix and a suggestion.
+    """
+    environ = os.environ if environ is None else environ
+    known = _known_keys(MeshConfig)
+    data: dict[str, Any] = {}
+    source = "defaults"
+    file = Path(path) if path else Path(environ.get("REVO_CONFIG", "revo.toml"))
+    if path or file.exists():
+        try:
+            data = tomllib.loads(file.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"configuration file {file} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file} is not valid TOML: {exc}") from exc
+        source = str(file)
+    env = _env_overrides(environ, known)
+    _coerce_lists(env, MeshConfig)
+    if env:
+        source = f"{source} or the environment" if source != "defaults" else "the environment"
+    try:
+        return MeshConfig.model_validate(_merge(_merge(data, env), overrides))
+    except ValidationError as exc:
+        raise _explain(exc, source, known) from None

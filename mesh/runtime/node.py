@@ -1,0 +1,330 @@
+"""A node: loads engine plugins, runs each as a supervised actor pool, and serves it on NATS.
+
+Every node hosting a service subscribes to ``revo.rpc.<service>.*`` in the service's queue
+group, so NATS spreads calls across nodes and a node that dies simply stops receiving.
+On stop the node first stops taking calls (draining its subscriptions), lets in-flight
+calls finish within ``node.shutdown_grace_s``, leaves the registry, stops its actors and
+drains its NATS connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+import mesh
+from mesh._gen.revo.mesh.v1 import mesh_pb2, registry_pb2
+from mesh.config import MeshConfig
+from mesh.engine import Context, MethodBinding
+from mesh.errors import Internal, InvalidArgument, ResourceExhausted, RpcError, Unimplemented
+from mesh.plugins.host import PluginHost, PluginRecord, PluginStatus
+from mesh.registry import RegistryWriter, file_set
+from mesh.runtime.pool import EnginePool, PoolState
+from mesh.transport import headers as h
+from mesh.transport import subjects
+from mesh.transport.connection import connect
+
+log = logging.getLogger(__name__)
+
+_PLUGIN_STATUS = {
+    PluginStatus.DISABLED: mesh_pb2.ENGINE_STATUS_DISABLED,
+    PluginStatus.LOAD_ERROR: mesh_pb2.ENGINE_STATUS_LOAD_ERROR,
+    PluginStatus.CONFIG_ERROR: mesh_pb2.ENGINE_STATUS_CONFIG_ERROR,
+    PluginStatus.START_ERROR: mesh_pb2.ENGINE_STATUS_START_ERROR,
+}
+_POOL_STATUS = {
+    PoolState.RUNNING: mesh_pb2.ENGINE_STATUS_RUNNING,
+    PoolState.DEGRADED: mesh_pb2.ENGINE_STATUS_DEGRADED,
+    PoolState.STOPPING: mesh_pb2.ENGINE_STATUS_STOPPING,
+}
+# Room left in a NATS message for headers when checking a reply's size.
+_HEADER_ROOM = 4096
+
+
+def default_node_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "node"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def request_context(path: str, msg_headers: dict[str, str], node_id: str,
+                    default_timeout_s: float) -> Context:
+    """The engine's view of a call, from the request's headers."""
+    timeout_ms = msg_headers.get(h.TIMEOUT_MS)
+    try:
+        timeout = int(timeout_ms) / 1000 if timeout_ms else default_timeout_s
+    except ValueError:
+        raise InvalidArgument(f"header {h.TIMEOUT_MS} must be an integer, "
+                              f"got {timeout_ms!r}") from None
+    return Context(
+        method=path,
+        request_id=msg_headers.get(h.REQUEST_ID) or uuid.uuid4().hex,
+        deadline=time.monotonic() + timeout,
+        node_id=node_id,
+        caller=msg_headers.get(h.CALLER, ""),
+        role=msg_headers.get(h.ROLE, ""),
+        traceparent=msg_headers.get(h.TRACEPARENT, ""),
+    )
+
+
+def error_headers(error: RpcError) -> dict[str, str]:
+    return {h.STATUS: str(error.code.value[0]), h.MESSAGE: h.header_text(error.message)}
+
+
+class Node:
+    """Hosts engine pools and serves them on NATS."""
+
+    def __init__(self, config: MeshConfig, *, host: PluginHost | None = None,
+                 node_id: str | None = None) -> None:
+        self.config = config
+        self.id = node_id or config.node.id or default_node_id()
+        subjects.registry_key(self.id)  # validates the id
+        self.host = host or PluginHost(
+            block=config.plugins.block,
+            only=config.plugins.only,
+            extra=config.plugins.extra,
+            settings={name: s.plugin_settings() for name, s in config.engines.items()},
+        )
+        self.pools: dict[str, EnginePool] = {}
+        self.routes: dict[str, tuple[EnginePool, MethodBinding]] = {}
+        self.nc: NATS | None = None
+        self.started_at = time.time()
+        self.draining = False
+        self._subs: list[Subscription] = []
+        self._registry: RegistryWriter | None = None
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self, *, serve_nats: bool = True) -> None:
+        """Load plugins, start their pools, and (unless told not to) serve them on NATS."""
+        loop = asyncio.get_running_loop()
+        self.host.load()
+        records = self.host.enabled()
+        pools = {}
+        for record in records:
+            assert record.spec is not None
+            settings = self.config.engine(record.name)
+            pools[record.name] = EnginePool(
+                record.spec, record.settings, loop=loop,
+                size=settings.pool_size or record.spec.pool_size,
+                max_pending=(settings.max_pending if settings.max_pending is not None
+                             else record.spec.max_pending),
+                backoff_s=self.config.node.restart_backoff_s,
+                backoff_max_s=self.config.node.restart_backoff_max_s,
+                start_timeout_s=self.config.node.start_timeout_s,
+            )
+        results = await asyncio.gather(*(pool.start() for pool in pools.values()),
+                                       return_exceptions=True)
+        for (name, pool), result in zip(pools.items(), results, strict=True):
+            if isinstance(result, BaseException):
+                self.host.mark_start_error(name, result)
+                continue
+            record = self.host.records[name]
+            clash = next((path for path in record.methods if path in self.routes), None)
+            if clash is not None:
+                await pool.stop()
+                owner = self.routes[clash][0].name
+                self.host.mark_start_error(name, f"{clash} is already served by engine "
+                                                 f"'{owner}' on this node")
+                continue
+            self.pools[name] = pool
+            for path, binding in record.methods.items():
+                self.routes[path] = (pool, binding)
+            log.info("engine %s started: %d actors, %d methods", name, pool.size,
+                     len(record.methods))
+        if serve_nats:
+            await self.serve_nats()
+
+    async def serve_nats(self, nc: NATS | None = None) -> None:
+        """Connect (or use ``nc``), subscribe every hosted service and join the registry."""
+        self.nc = nc or await connect(self.config.nats, name=f"revo-node {self.id}")
+        services = sorted({binding.service for _, binding in self.routes.values()})
+        for service in services:
+            self._subs.append(await self.nc.subscribe(
+                subjects.service_wildcard(service), queue=subjects.queue_group(service),
+                cb=self._on_request))
+        self._registry = RegistryWriter(self.nc, self.id, self.config.node.heartbeat_s,
+                                        self.announcement)
+        await self._registry.start()
+        log.info("node %s serving %s", self.id, ", ".join(services) or "nothing")
+
+    async def stop(self) -> None:
+        """Stop taking calls, finish in-flight ones (bounded), leave the registry, drain."""
+        self.draining = True
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.drain()  # type: ignore[no-untyped-call]
+        self._subs.clear()
+        grace = self.config.node.shutdown_grace_s
+        if self._inflight:
+            log.info("node %s: waiting up to %.1f s for %d in-flight calls", self.id, grace,
+                     self._inflight)
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace)
+            except TimeoutError:
+                log.warning("node %s: %d calls still running after %.1f s", self.id,
+                            self._inflight, grace)
+        if self._registry is not None:
+            await self._registry.stop()
+        for pool in self.pools.values():
+            await pool.stop()
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        log.info("node %s stopped", self.id)
+
+    # -- calls (also the gateway's co-located fast path) ------------------------------
+
+    def route(self, path: str) -> tuple[EnginePool, MethodBinding]:
+        found = self.routes.get(path)
+        if found is None:
+            raise Unimplemented(f"method {path} is not served by node {self.id}")
+        return found
+
+    async def call(self, path: str, payload: bytes, ctx: Context) -> bytes:
+        pool, binding = self.route(path)
+        return await pool.call(binding, payload, ctx)
+
+    async def stream(self, path: str, payload: bytes, ctx: Context,
+                     window: int) -> AsyncIterator[bytes]:
+        pool, binding = self.route(path)
+        sink = pool.stream(binding, payload, ctx, window)
+        try:
+            async for item in sink.messages():
+                yield item
+                sink.grant(1)
+        finally:
+            sink.cancel()
+
+    # -- NATS serving -----------------------------------------------------------------
+
+    async def _on_request(self, msg: Msg) -> None:
+        # NATS runs a subscription's callbacks one at a time: serve in a task of its own.
+        self._inflight += 1
+        self._idle.clear()
+        asyncio.get_running_loop().create_task(self._serve(msg))
+
+    def _done(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+
+    async def _reply(self, subject: str, data: bytes = b"",
+                     headers: dict[str, str] | None = None) -> None:
+        assert self.nc is not None
+        await self.nc.publish(subject, data, headers=headers)
+
+    async def _serve(self, msg: Msg) -> None:
+        try:
+            if not msg.reply:
+                log.warning("dropping a request on %s without a reply subject", msg.subject)
+                return
+            service, _, method = msg.subject[len(subjects.RPC_PREFIX) + 1:].rpartition(".")
+            path = subjects.grpc_path(service, method)
+            msg_headers = msg.headers or {}
+            try:
+                pool, binding = self.route(path)
+                ctx = request_context(path, msg_headers, self.id,
+                                      self.config.gateway.default_timeout_s)
+                if binding.server_streaming:
+                    await self._serve_stream(msg, pool, binding, ctx, msg_headers)
+                    return
+                data = await pool.call(binding, msg.data, ctx)
+                assert self.nc is not None
+                if len(data) > self.nc.max_payload - _HEADER_ROOM:
+                    raise ResourceExhausted(
+                        f"response of {len(data)} bytes exceeds the mesh's message limit "
+                        f"({self.nc.max_payload - _HEADER_ROOM} bytes)")
+            except RpcError as error:
+                await self._reply(msg.reply, headers=error_headers(error))
+                return
+            await self._reply(msg.reply, data)
+        except Exception:
+            log.exception("node %s failed serving %s", self.id, msg.subject)
+            with contextlib.suppress(Exception):
+                await self._reply(msg.reply, headers=error_headers(
+                    Internal(f"node {self.id} failed serving the call; see its log")))
+        finally:
+            self._done()
+
+    async def _serve_stream(self, msg: Msg, pool: EnginePool, binding: MethodBinding,
+                            ctx: Context, msg_headers: dict[str, str]) -> None:
+        assert self.nc is not None
+        try:
+            window = max(1, min(4096, int(msg_headers.get(h.STREAM_WINDOW, "16"))))
+        except ValueError:
+            raise InvalidArgument(f"header {h.STREAM_WINDOW} must be an integer") from None
+        sink = pool.stream(binding, msg.data, ctx, window)
+
+        async def on_control(control_msg: Msg) -> None:
+            control_headers = control_msg.headers or {}
+            if h.CANCEL in control_headers:
+                sink.cancel()
+            elif h.ACK in control_headers:
+                with contextlib.suppress(ValueError):
+                    sink.grant(max(0, min(window, int(control_headers[h.ACK]))))
+
+        control = self.nc.new_inbox()
+        control_sub = await self.nc.subscribe(control, cb=on_control)
+        first = True
+        try:
+            async for item in sink.messages():
+                await self._reply(msg.reply, item, {h.STREAM_CONTROL: control} if first else None)
+                first = False
+            await self._reply(msg.reply, headers={h.END: "1"})
+        except RpcError as error:
+            await self._reply(msg.reply, headers={h.END: "1", **error_headers(error)})
+        finally:
+            sink.cancel()
+            with contextlib.suppress(Exception):
+                await control_sub.unsubscribe()
+
+    # -- description ------------------------------------------------------------------
+
+    def describe(self) -> mesh_pb2.Node:
+        node = mesh_pb2.Node(id=self.id, hostname=socket.gethostname(), pid=os.getpid(),
+                             version=mesh.__version__, draining=self.draining)
+        node.started_at.FromSeconds(int(self.started_at))
+        heartbeat = Timestamp()
+        heartbeat.GetCurrentTime()
+        node.heartbeat_at.CopyFrom(heartbeat)
+        for record in self.host.records.values():
+            node.engines.append(self._describe_engine(record))
+        return node
+
+    def _describe_engine(self, record: PluginRecord) -> mesh_pb2.Engine:
+        engine = mesh_pb2.Engine(name=record.name, version=record.version,
+                                 distribution=record.distribution,
+                                 status_message=record.message)
+        if record.spec is not None:
+            engine.services.extend(s.full_name for s in record.spec.service_descriptors())
+        pool = self.pools.get(record.name)
+        if pool is None:
+            engine.status = _PLUGIN_STATUS.get(record.status, mesh_pb2.ENGINE_STATUS_UNSPECIFIED)
+            return engine
+        engine.status = _POOL_STATUS[pool.state]
+        engine.pool_size, engine.actors_alive = pool.size, pool.alive
+        engine.restarts = pool.stats.restarts
+        if pool.state is PoolState.DEGRADED:
+            engine.status_message = f"restarting actors: {pool.stats.last_error}"
+        return engine
+
+    def announcement(self) -> registry_pb2.NodeAnnouncement:
+        services = [binding.descriptor.containing_service
+                    for _, binding in self.routes.values()]
+        return registry_pb2.NodeAnnouncement(node=self.describe(), files=file_set(services))

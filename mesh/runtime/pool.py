@@ -1,0 +1,431 @@
+"""An engine's pool of pykka actors, fed from a bounded queue and supervised by its node.
+
+The loop thread owns the pool: it queues calls, hands each to an idle actor (one call per
+actor at a time, so a crash loses at most the call that caused it), and restarts an actor
+that failed, with capped exponential backoff. Actors run engine code in their own threads
+and hand results back with ``loop.call_soon_threadsafe``; nothing here blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+from google.protobuf.message import DecodeError, Message
+
+from mesh.engine import Context, Engine, EngineSpec, MethodBinding
+from mesh.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    RpcError,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Call", "EnginePool", "PoolState", "StreamSink"]
+
+
+class PoolState(enum.Enum):
+    RUNNING = "running"
+    DEGRADED = "degraded"
+    STOPPING = "stopping"
+
+
+class _StreamStopped(Exception):
+    """Raised inside the actor when a stream's caller is gone or its deadline passed."""
+
+
+@dataclass(frozen=True)
+class _End:
+    error: RpcError | None
+
+
+class StreamSink:
+    """Carries a server stream from an actor thread to the loop, with credit-based flow control.
+
+    The actor blocks in :meth:`put` while the consumer holds no credit; the consumer grants
+    credit with :meth:`grant` as it delivers messages onward, and :meth:`cancel` stops the
+    producer at its next message.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, window: int, ctx: Context) -> None:
+        self._loop = loop
+        self._credit = threading.Semaphore(window)
+        self._ctx = ctx
+        self._queue: asyncio.Queue[bytes | _End] = asyncio.Queue()
+
+    # actor thread
+    def put(self, data: bytes) -> None:
+        while True:
+            if self._ctx.cancelled.is_set():
+                raise _StreamStopped
+            remaining = self._ctx.time_remaining()
+            if remaining <= 0:
+                raise _StreamStopped
+            if self._credit.acquire(timeout=min(remaining, 1.0)):
+                if self._ctx.cancelled.is_set():
+                    raise _StreamStopped
+                break
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, data)
+
+    # loop thread
+    def end(self, error: RpcError | None) -> None:
+        self._queue.put_nowait(_End(error))
+
+    def grant(self, count: int) -> None:
+        self._credit.release(count)
+
+    def cancel(self) -> None:
+        self._ctx.cancelled.set()
+        self._credit.release()  # wake a producer waiting for credit
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        """Yield stream messages; raise the stream's error at its end."""
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+
+
+@dataclass
+class Call:
+    """One call on its way to an actor."""
+
+    binding: MethodBinding
+    payload: bytes
+    ctx: Context
+    future: asyncio.Future[bytes] | None = None
+    sink: StreamSink | None = None
+
+
+@dataclass(frozen=True)
+class _Start:
+    pass
+
+
+class EngineActor(pykka.ThreadingActor):
+    """Runs one engine instance; serves one call at a time."""
+
+    def __init__(self, pool: EnginePool, slot: _Slot) -> None:
+        super().__init__()
+        self._pool = pool
+        self._slot = slot
+        self._engine: Engine | None = None
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Call):
+            self._serve(message)
+            return None
+        if isinstance(message, _Start):
+            self._engine = self._pool.spec.engine(self._pool.settings)
+            self._engine.start()
+            return True
+        return None
+
+    def on_stop(self) -> None:
+        if self._engine is not None:
+            try:
+                self._engine.stop()
+            except Exception:
+                log.exception("engine %s: stop() failed", self._pool.name)
+
+    def _serve(self, call: Call) -> None:
+        result: bytes | None = None
+        error: RpcError | None = None
+        crashed = False
+        binding = call.binding
+        try:
+            if call.ctx.expired:
+                raise DeadlineExceeded(f"deadline passed before {binding.path} started")
+            try:
+                request = binding.request_type.FromString(call.payload)
+            except DecodeError as exc:
+                raise InvalidArgument(f"request is not a valid "
+                                      f"{binding.descriptor.input_type.full_name}: {exc}") from None
+            assert self._engine is not None
+            response = getattr(self._engine, binding.attribute)(request, call.ctx)
+            if call.sink is not None:
+                for item in response:
+                    call.sink.put(self._encode(binding, item))
+            else:
+                result = self._encode(binding, response)
+        except RpcError as exc:
+            error = exc
+        except _StreamStopped:
+            error = (Cancelled("the caller cancelled the stream") if not call.ctx.expired
+                     else DeadlineExceeded(f"deadline passed while streaming {binding.path}"))
+        except Exception as exc:
+            crashed = True
+            log.exception("engine %s crashed in %s (request %s)", self._pool.name,
+                          binding.path, call.ctx.request_id)
+            error = Internal(f"engine '{self._pool.name}' failed in {binding.path}: "
+                             f"{type(exc).__name__}: {exc}")
+        self._pool.loop.call_soon_threadsafe(self._pool.complete, self._slot, call, result, error,
+                                             crashed)
+        if crashed:
+            self.actor_ref.stop(block=False)
+
+    @staticmethod
+    def _encode(binding: MethodBinding, message: Message | Iterable[Message]) -> bytes:
+        expected = binding.descriptor.output_type
+        if not isinstance(message, Message) or message.DESCRIPTOR is not expected:
+            raise TypeError(f"{binding.attribute}() returned {type(message).__name__}, "
+                            f"expected {expected.full_name}")
+        return message.SerializeToString()
+
+
+@dataclass(eq=False)
+class _Slot:
+    index: int
+    ref: pykka.ActorRef[EngineActor] | None = None
+    busy: bool = False
+    failures: int = 0
+    restarting: bool = False
+
+
+@dataclass
+class PoolStats:
+    restarts: int = 0
+    served: int = 0
+    crashed: int = 0
+    last_error: str = ""
+    history: deque[float] = field(default_factory=lambda: deque(maxlen=32))
+
+
+class EnginePool:
+    """The actors of one engine, a bounded queue of waiting calls, and their supervision."""
+
+    def __init__(
+        self,
+        spec: EngineSpec,
+        settings: Any,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        size: int,
+        max_pending: int,
+        backoff_s: float = 0.1,
+        backoff_max_s: float = 30.0,
+        start_timeout_s: float = 30.0,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.settings = settings
+        self.loop = loop
+        self.size = size
+        self.max_pending = max_pending
+        self._backoff = backoff_s
+        self._backoff_max = backoff_max_s
+        self._start_timeout = start_timeout_s
+        self._slots = [_Slot(i) for i in range(size)]
+        self._idle: deque[_Slot] = deque()
+        self._waiting: deque[Call] = deque()
+        self._stopping = False
+        self.stats = PoolStats()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def _start_actor(self, slot: _Slot) -> pykka.ActorRef[EngineActor]:
+        """Start one actor and wait for its engine's start(); runs in an executor thread."""
+        ref = EngineActor.start(self, slot)
+        try:
+            ref.ask(_Start(), timeout=self._start_timeout)
+        except BaseException:
+            ref.stop(block=False)
+            raise
+        return ref
+
+    async def start(self) -> None:
+        """Start every actor in parallel; raise the first start failure (and stop the rest)."""
+        results = await asyncio.gather(
+            *(self.loop.run_in_executor(None, self._start_actor, slot) for slot in self._slots),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for slot, result in zip(self._slots, results, strict=True):
+            if not isinstance(result, BaseException):
+                slot.ref = result
+                self._idle.append(slot)
+        if errors:
+            await self.stop()
+            error = errors[0]
+            if isinstance(error, pykka.Timeout):
+                raise TimeoutError(f"engine did not start within {self._start_timeout:g} s")
+            raise error
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Fail waiting calls with UNAVAILABLE and stop every actor (bounded by ``timeout``)."""
+        self._stopping = True
+        while self._waiting:
+            self._fail(self._waiting.popleft(), Unavailable(f"engine '{self.name}' is stopping"))
+        refs = [slot.ref for slot in self._slots if slot.ref is not None]
+        for slot in self._slots:
+            slot.ref = None
+        self._idle.clear()
+
+        def stop_all() -> None:
+            futures = [ref.stop(block=False) for ref in refs]
+            for future in futures:
+                try:
+                    future.get(timeout=timeout)
+                except pykka.Timeout:
+                    log.error("engine %s: an actor did not stop within %.1f s (a bug)",
+                              self.name, timeout)
+
+        if refs:
+            await self.loop.run_in_executor(None, stop_all)
+
+    # -- calls ------------------------------------------------------------------------
+
+    async def call(self, binding: MethodBinding, payload: bytes, ctx: Context) -> bytes:
+        """Run a unary call on an actor and return the encoded response."""
+        future: asyncio.Future[bytes] = self.loop.create_future()
+        self.submit(Call(binding, payload, ctx, future=future))
+        # A hung engine must not hold the caller (or the node's drain) past the deadline.
+        timer = self.loop.call_later(ctx.time_remaining(), self._expire, future, ctx,
+                                     binding.path)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    @staticmethod
+    def _expire(future: asyncio.Future[bytes], ctx: Context, path: str) -> None:
+        ctx.cancelled.set()  # lets a waiting engine give up early
+        if not future.done():
+            future.set_exception(DeadlineExceeded(f"{path} did not finish before its deadline"))
+
+    def stream(self, binding: MethodBinding, payload: bytes, ctx: Context,
+               window: int) -> StreamSink:
+        """Start a server-streaming call; read it with ``sink.messages()``."""
+        sink = StreamSink(self.loop, window, ctx)
+        self.submit(Call(binding, payload, ctx, sink=sink))
+        return sink
+
+    def submit(self, call: Call) -> None:
+        """Hand ``call`` to an idle actor, or queue it; raise when the queue is full."""
+        if self._stopping:
+            raise Unavailable(f"engine '{self.name}' is stopping; retry on another node")
+        if self._idle:
+            self._dispatch(self._idle.popleft(), call)
+        elif len(self._waiting) < self.max_pending:
+            self._waiting.append(call)
+        else:
+            raise ResourceExhausted(
+                f"engine '{self.name}' is at capacity ({self.size} actors busy, "
+                f"{self.max_pending} calls queued); retry later or add nodes")
+
+    def _dispatch(self, slot: _Slot, call: Call) -> None:
+        assert slot.ref is not None
+        slot.busy = True
+        slot.ref.tell(call)
+
+    def complete(self, slot: _Slot, call: Call, result: bytes | None, error: RpcError | None,
+                 crashed: bool) -> None:
+        """Deliver an actor's outcome and give the actor its next call (loop thread)."""
+        slot.busy = False
+        if error is None:
+            self.stats.served += 1
+            self._deliver(call, result or b"")
+        else:
+            self._fail(call, error)
+        if crashed:
+            self.stats.crashed += 1
+            self.stats.last_error = error.message if error else ""
+            slot.ref = None
+            slot.failures += 1
+            self._schedule_restart(slot)
+            return
+        slot.failures = 0
+        self._next(slot)
+
+    def _next(self, slot: _Slot) -> None:
+        if self._stopping or slot.ref is None:
+            return
+        while self._waiting:
+            call = self._waiting.popleft()
+            if call.ctx.expired:
+                self._fail(call, DeadlineExceeded(
+                    f"deadline passed while {call.binding.path} waited for a free actor"))
+                continue
+            if call.future is not None and call.future.done():
+                continue  # the caller went away
+            self._dispatch(slot, call)
+            return
+        self._idle.append(slot)
+
+    @staticmethod
+    def _deliver(call: Call, result: bytes) -> None:
+        if call.future is not None:
+            if not call.future.done():
+                call.future.set_result(result)
+        elif call.sink is not None:
+            call.sink.end(None)
+
+    @staticmethod
+    def _fail(call: Call, error: RpcError) -> None:
+        if call.future is not None:
+            if not call.future.done():
+                call.future.set_exception(error)
+        elif call.sink is not None:
+            call.sink.end(error)
+
+    # -- supervision ------------------------------------------------------------------
+
+    def _schedule_restart(self, slot: _Slot) -> None:
+        if self._stopping:
+            return
+        delay = min(self._backoff_max, self._backoff * 2 ** (slot.failures - 1))
+        slot.restarting = True
+        log.warning("engine %s: restarting actor %d in %.2f s (failure %d in a row)",
+                    self.name, slot.index, delay, slot.failures)
+        self.loop.call_later(delay, lambda: self.loop.create_task(self._restart(slot)))
+
+    async def _restart(self, slot: _Slot) -> None:
+        if self._stopping:
+            return
+        try:
+            ref = await self.loop.run_in_executor(None, self._start_actor, slot)
+        except Exception as exc:
+            slot.failures += 1
+            self.stats.last_error = f"restart failed: {type(exc).__name__}: {exc}"
+            log.error("engine %s: actor %d failed to restart: %s", self.name, slot.index, exc)
+            self._schedule_restart(slot)
+            return
+        if self._stopping:
+            ref.stop(block=False)
+            return
+        slot.ref, slot.restarting = ref, False
+        self.stats.restarts += 1
+        self.stats.history.append(time.time())
+        self._next(slot)
+
+    # -- status -----------------------------------------------------------------------
+
+    @property
+    def alive(self) -> int:
+        return sum(1 for slot in self._slots if slot.ref is not None)
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def state(self) -> PoolState:
+        if self._stopping:
+            return PoolState.STOPPING
+        return PoolState.RUNNING if self.alive == self.size else PoolState.DEGRADED

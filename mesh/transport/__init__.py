@@ -1,0 +1,1 @@
+"""How calls travel between gateways and nodes over NATS."""

@@ -1,0 +1,57 @@
+"""Every NATS header the mesh sends, in one place.
+
+Requests (gateway -> node):
+
+========================  ==========================================================
+``Revo-Request-Id``       id of the call, echoed in logs, audit and replies
+``Revo-Timeout-Ms``       milliseconds the caller will wait; the node derives its deadline
+``traceparent``           W3C trace context of the caller's span
+``Revo-Caller``           authenticated user (set only by a gateway)
+``Revo-Role``             the caller's role (set only by a gateway)
+``Revo-Stream-Window``    server streaming: messages the node may send before an ack
+========================  ==========================================================
+
+Replies (node -> gateway):
+
+========================  ==========================================================
+``Revo-Status``           gRPC status number; absent means OK
+``Revo-Message``          the status message a person reads
+``Revo-Stream-Control``   first stream message: subject for acks and cancel
+``Revo-End``              last stream message (end-of-stream marker, carries the status)
+========================  ==========================================================
+
+Stream control (gateway -> node, on the control subject):
+
+========================  ==========================================================
+``Revo-Ack``              messages consumed since the last ack (grants that much credit)
+``Revo-Cancel``           the caller went away; stop the stream
+========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+REQUEST_ID = "Revo-Request-Id"
+TIMEOUT_MS = "Revo-Timeout-Ms"
+TRACEPARENT = "traceparent"
+CALLER = "Revo-Caller"
+ROLE = "Revo-Role"
+STREAM_WINDOW = "Revo-Stream-Window"
+
+STATUS = "Revo-Status"
+MESSAGE = "Revo-Message"
+STREAM_CONTROL = "Revo-Stream-Control"
+END = "Revo-End"
+
+ACK = "Revo-Ack"
+CANCEL = "Revo-Cancel"
+
+# Set by nats-server itself on a no-responders reply.
+NATS_STATUS = "Status"
+
+_UNSAFE = str.maketrans({"\r": " ", "\n": " "})
+
+
+def header_text(text: str, limit: int = 1024) -> str:
+    """Make ``text`` safe as a header value: one line, bounded length."""
+    text = text.translate(_UNSAFE)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

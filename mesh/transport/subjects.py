@@ -1,0 +1,62 @@
+"""Every NATS subject and queue group the mesh uses, built from validated tokens.
+
+=======================================  ============================================
+``revo.rpc.<package>.<Service>.<Method>``  one RPC; nodes serving it share a queue group
+``<queue group>`` = ``revo.<package>.<Service>``
+KV bucket ``revo_registry``, key ``nodes.<node id>``  a node's announcement
+=======================================  ============================================
+
+Application subjects never start with ``$`` (reserved for the server).
+"""
+
+from __future__ import annotations
+
+import re
+
+RPC_PREFIX = "revo.rpc"
+REGISTRY_BUCKET = "revo_registry"
+REGISTRY_NODE_PREFIX = "nodes."
+
+_SERVICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def _service(service: str) -> str:
+    if not _SERVICE.match(service):
+        raise ValueError(f"not a fully qualified service name: {service!r}")
+    return service
+
+
+def method_subject(service: str, method: str) -> str:
+    """Subject of one RPC, e.g. ``revo.rpc.revo.echo.v1.EchoService.Echo``."""
+    if not _TOKEN.match(method):
+        raise ValueError(f"not a method name: {method!r}")
+    return f"{RPC_PREFIX}.{_service(service)}.{method}"
+
+
+def service_wildcard(service: str) -> str:
+    """Subject that matches every RPC of ``service``."""
+    return f"{RPC_PREFIX}.{_service(service)}.*"
+
+
+def queue_group(service: str) -> str:
+    """Queue group in which every node serving ``service`` subscribes."""
+    return f"revo.{_service(service)}"
+
+
+def method_from_subject(subject: str) -> str:
+    """The method token of an RPC subject."""
+    return subject.rsplit(".", 1)[1]
+
+
+def registry_key(node_id: str) -> str:
+    """KV key of a node's announcement."""
+    if not _NODE_ID.match(node_id):
+        raise ValueError(f"node id must be 1-128 of [A-Za-z0-9_-]: {node_id!r}")
+    return REGISTRY_NODE_PREFIX + node_id
+
+
+def grpc_path(service: str, method: str) -> str:
+    """The gRPC path ``/package.Service/Method``."""
+    return f"/{service}/{method}"
