@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -47,7 +48,10 @@ _OWN_SERVICES = (
 )
 
 ServicerContext = grpc.aio.ServicerContext[bytes, bytes]
-MethodHandler = grpc.RpcMethodHandler[bytes, bytes]
+if TYPE_CHECKING:  # generic only in the type stubs
+    MethodHandler: TypeAlias = grpc.RpcMethodHandler[bytes, bytes]
+else:
+    MethodHandler = grpc.RpcMethodHandler
 Unary = Callable[[bytes, ServicerContext], Awaitable[bytes]]
 
 
