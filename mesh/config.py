@@ -60,6 +60,9 @@ class GatewaySettings(_Section):
     default_timeout_s: float = Field(30.0, gt=0,
                                      description="deadline for calls that bring none")
     max_timeout_s: float = Field(300.0, gt=0, description="longest deadline a caller may ask")
+    accept_timeout_s: float = Field(
+        2.0, gt=0, description="a call neither answered nor accepted by a node within this "
+        "fails UNAVAILABLE (its node died)")
     colocate: bool = Field(False, description="host the engines in the gateway's own process")
     stream_window: int = Field(32, ge=1, le=4096,
                                description="stream messages in flight before an ack")

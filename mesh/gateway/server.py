@@ -33,8 +33,8 @@ from mesh.gateway.mesh_service import MeshServicer
 from mesh.registry import RegistryView, Route, Snapshot, file_set
 from mesh.runtime.node import Node
 from mesh.transport import headers as h
-from mesh.transport import rpc
 from mesh.transport.connection import connect
+from mesh.transport.rpc import Requester
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +113,16 @@ class Gateway:
         self._own_files = file_set(_OWN_SERVICES)
         self._served: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._requester: Requester | None = None
+        self._nodes: set[str] = set()
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> int:
         """Connect, learn the registry, and listen; returns the bound port."""
         self.nc = await connect(self.config.nats, name="revo-gateway")
+        self._requester = Requester(self.nc, self.config.gateway.accept_timeout_s)
+        await self._requester.start()
         if self.node is not None:
             await self.node.start(serve_nats=False)
             await self.node.serve_nats(self.nc)
@@ -169,6 +173,12 @@ class Gateway:
         await self._server.wait_for_termination()
 
     def _on_registry(self, snapshot: Snapshot) -> None:
+        nodes = {a.node.id for a in snapshot.nodes}
+        if self._requester is not None:
+            for gone in self._nodes - nodes:
+                log.warning("node %s left the mesh", gone)
+                self._requester.node_gone(gone)
+        self._nodes = nodes
         self._router.rebuild(snapshot)
         self._reflection.update(snapshot)
         served = set(snapshot.services)
@@ -224,9 +234,9 @@ class Gateway:
                     return await self.node.call(
                         route.path, request,
                         self._local_context(route, timeout, request_id, traceparent))
-                assert self.nc is not None
-                return await rpc.call(self.nc, route.subject, request, timeout,
-                                      self._headers(timeout, request_id, traceparent))
+                assert self._requester is not None
+                return await self._requester.call(route.subject, request, timeout,
+                                                  self._headers(timeout, request_id, traceparent))
             except RpcError as error:
                 await context.abort(error.code, error.message)
                 raise AssertionError("unreachable: abort raises") from error
@@ -247,9 +257,10 @@ class Gateway:
                     route.path, request,
                     self._local_context(route, timeout, request_id, traceparent), window)
             else:
-                assert self.nc is not None
-                messages = rpc.stream(self.nc, route.subject, request, timeout,
-                                      self._headers(timeout, request_id, traceparent), window)
+                assert self._requester is not None
+                messages = self._requester.stream(
+                    route.subject, request, timeout,
+                    self._headers(timeout, request_id, traceparent), window)
             try:
                 async for item in messages:
                     yield item

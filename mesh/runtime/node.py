@@ -52,6 +52,9 @@ _POOL_STATUS = {
 }
 # Room left in a NATS message for headers when checking a reply's size.
 _HEADER_ROOM = 4096
+# A call still running after this long is acknowledged with Revo-Accepted, so its caller can
+# tell a slow call from one lost with a dead node (see mesh.transport.rpc).
+ACCEPT_AFTER_S = 0.1
 
 
 def default_node_id() -> str:
@@ -107,6 +110,7 @@ class Node:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -237,14 +241,19 @@ class Node:
             service, _, method = msg.subject[len(subjects.RPC_PREFIX) + 1:].rpartition(".")
             path = subjects.grpc_path(service, method)
             msg_headers = msg.headers or {}
+            accept = asyncio.get_running_loop().call_later(ACCEPT_AFTER_S, self._accept,
+                                                           msg.reply)
             try:
                 pool, binding = self.route(path)
                 ctx = request_context(path, msg_headers, self.id,
                                       self.config.gateway.default_timeout_s)
                 if binding.server_streaming:
-                    await self._serve_stream(msg, pool, binding, ctx, msg_headers)
+                    await self._serve_stream(msg, pool, binding, ctx, msg_headers, accept)
                     return
-                data = await pool.call(binding, msg.data, ctx)
+                try:
+                    data = await pool.call(binding, msg.data, ctx)
+                finally:
+                    accept.cancel()
                 assert self.nc is not None
                 if len(data) > self.nc.max_payload - _HEADER_ROOM:
                     raise ResourceExhausted(
@@ -262,8 +271,15 @@ class Node:
         finally:
             self._done()
 
+    def _accept(self, reply: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._reply(reply, headers={h.ACCEPTED: self.id}))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _serve_stream(self, msg: Msg, pool: EnginePool, binding: MethodBinding,
-                            ctx: Context, msg_headers: dict[str, str]) -> None:
+                            ctx: Context, msg_headers: dict[str, str],
+                            accept: asyncio.TimerHandle) -> None:
         assert self.nc is not None
         try:
             window = max(1, min(4096, int(msg_headers.get(h.STREAM_WINDOW, "16"))))
@@ -284,12 +300,17 @@ class Node:
         first = True
         try:
             async for item in sink.messages():
-                await self._reply(msg.reply, item, {h.STREAM_CONTROL: control} if first else None)
-                first = False
+                if first:
+                    accept.cancel()
+                    await self._reply(msg.reply, item, {h.STREAM_CONTROL: control, h.NODE: self.id})
+                    first = False
+                else:
+                    await self._reply(msg.reply, item)
             await self._reply(msg.reply, headers={h.END: "1"})
         except RpcError as error:
             await self._reply(msg.reply, headers={h.END: "1", **error_headers(error)})
         finally:
+            accept.cancel()
             sink.cancel()
             with contextlib.suppress(Exception):
                 await control_sub.unsubscribe()

@@ -16,7 +16,9 @@ Replies (node -> gateway):
 ========================  ==========================================================
 ``Revo-Status``           gRPC status number; absent means OK
 ``Revo-Message``          the status message a person reads
+``Revo-Accepted``         the call is running on this node (sent when it takes a while)
 ``Revo-Stream-Control``   first stream message: subject for acks and cancel
+``Revo-Node``             first stream message: the node serving the stream
 ``Revo-End``              last stream message (end-of-stream marker, carries the status)
 ========================  ==========================================================
 
@@ -39,7 +41,9 @@ STREAM_WINDOW = "Revo-Stream-Window"
 
 STATUS = "Revo-Status"
 MESSAGE = "Revo-Message"
+ACCEPTED = "Revo-Accepted"
 STREAM_CONTROL = "Revo-Stream-Control"
+NODE = "Revo-Node"
 END = "Revo-End"
 
 ACK = "Revo-Ack"

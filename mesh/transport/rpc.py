@@ -1,24 +1,32 @@
-"""The caller's side of a mesh call over NATS: unary request/reply and server streams.
+"""The caller's side of mesh calls over NATS: unary request/reply and server streams.
 
-Errors arrive as ``Revo-Status`` / ``Revo-Message`` headers and are raised as
-:class:`mesh.errors.RpcError` with the same code; a subject nobody serves raises
-``UNAVAILABLE``; a reply that does not come in time raises ``DEADLINE_EXCEEDED``.
+One :class:`Requester` per connection subscribes a single reply inbox (``<inbox>.*``) and
+routes replies to waiting calls by token. Errors arrive as ``Revo-Status`` /
+``Revo-Message`` headers and are raised as :class:`mesh.errors.RpcError` with the same code;
+a subject nobody serves raises ``UNAVAILABLE``.
+
+A call's node says ``Revo-Accepted: <node id>`` when the call runs longer than a moment.
+That lets a caller tell a slow call from a lost one: a call that is neither answered nor
+accepted within ``accept_timeout`` fails ``UNAVAILABLE`` (its node died or never got it),
+and an accepted call whose node leaves the registry (:meth:`Requester.node_gone`) fails
+``UNAVAILABLE`` at once rather than at its deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import time
+import itertools
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from mesh.errors import DeadlineExceeded, RpcError, Unavailable, status_from_code
 from mesh.transport import headers as h
 
-__all__ = ["call", "error_from", "stream"]
+__all__ = ["Requester", "error_from"]
 
 _NO_RESPONDERS = "503"
 
@@ -30,69 +38,180 @@ def error_from(msg_headers: Mapping[str, str] | None) -> RpcError | None:
     status = msg_headers.get(h.STATUS)
     if status is None:
         if msg_headers.get(h.NATS_STATUS) == _NO_RESPONDERS:
-            return Unavailable("no node serves this method right now")
+            return Unavailable("no node serves this method right now; start a node with its "
+                               "engine, or retry")
         return None
     return RpcError(status_from_code(int(status)), msg_headers.get(h.MESSAGE, ""))
 
 
-async def call(nc: NATS, subject: str, payload: bytes, timeout: float,
-               headers: dict[str, str]) -> bytes:
-    """Send one request and return the reply's payload, or raise its RpcError."""
-    try:
-        msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
-    except nats.errors.NoRespondersError:
-        raise Unavailable(f"no node serves {subject.removeprefix('revo.rpc.')} right now; "
-                          "start a node with its engine or retry") from None
-    except nats.errors.TimeoutError:
-        raise DeadlineExceeded(f"no reply within {timeout:.3g} s") from None
-    except nats.errors.ConnectionClosedError:
-        raise Unavailable("the gateway lost its NATS connection") from None
-    error = error_from(msg.headers)
-    if error is not None:
-        raise error
-    return msg.data
+@dataclass(eq=False)
+class _Pending:
+    subject: str
+    deadline: float
+    future: asyncio.Future[bytes] | None = None
+    queue: asyncio.Queue[Msg | RpcError] | None = None
+    node: str = ""
+    timer: asyncio.TimerHandle | None = None
+    control: str = ""
+
+    def fail(self, error: RpcError) -> None:
+        if self.future is not None:
+            if not self.future.done():
+                self.future.set_exception(error)
+        elif self.queue is not None:
+            self.queue.put_nowait(error)
 
 
-async def stream(nc: NATS, subject: str, payload: bytes, timeout: float,
-                 headers: dict[str, str], window: int) -> AsyncIterator[bytes]:
-    """Open a server stream and yield its messages with credit-based flow control.
+class Requester:
+    """Sends calls on one NATS connection and matches replies to them."""
 
-    Credit is returned as messages are consumed, so a slow consumer slows the producer.
-    Closing the iterator early cancels the stream at the node.
-    """
-    deadline = time.monotonic() + timeout
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    control = ""
-    finished = False
-    unacked = 0
-    try:
-        await nc.publish(subject, payload, reply=inbox,
-                         headers={**headers, h.STREAM_WINDOW: str(window)})
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded(f"stream did not finish within {timeout:.3g} s")
-            try:
-                msg: Msg = await sub.next_msg(timeout=remaining)
-            except nats.errors.TimeoutError:
-                raise DeadlineExceeded(f"stream did not finish within {timeout:.3g} s") from None
-            msg_headers = msg.headers or {}
-            control = control or msg_headers.get(h.STREAM_CONTROL, "")
-            if h.END in msg_headers or h.NATS_STATUS in msg_headers:
-                finished = True
-                error = error_from(msg_headers)
-                if error is not None:
-                    raise error
+    def __init__(self, nc: NATS, accept_timeout_s: float = 2.0) -> None:
+        self._nc = nc
+        self._accept_timeout = accept_timeout_s
+        self._prefix = ""
+        self._tokens = itertools.count(1)
+        self._pending: dict[str, _Pending] = {}
+        self._by_node: dict[str, set[str]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._prefix = self._nc.new_inbox() + "."
+        await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+
+    # -- unary ------------------------------------------------------------------------
+
+    async def call(self, subject: str, payload: bytes, timeout: float,
+                   headers: dict[str, str]) -> bytes:
+        """Send one request; return the reply's payload or raise its RpcError."""
+        assert self._loop is not None, "Requester.start() first"
+        loop = self._loop
+        token = str(next(self._tokens))
+        pending = _Pending(subject, loop.time() + timeout, future=loop.create_future())
+        self._pending[token] = pending
+        pending.timer = loop.call_later(min(timeout, self._accept_timeout), self._expire, token)
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            return await pending.future  # type: ignore[misc]
+        finally:
+            self._forget(token)
+
+    # -- server streams ---------------------------------------------------------------
+
+    async def stream(self, subject: str, payload: bytes, timeout: float,
+                     headers: dict[str, str], window: int) -> AsyncIterator[bytes]:
+        """Open a server stream; yield its messages, returning credit as they are consumed.
+
+        Closing the iterator early cancels the stream at the node.
+        """
+        assert self._loop is not None, "Requester.start() first"
+        loop = self._loop
+        token = str(next(self._tokens))
+        pending = _Pending(subject, loop.time() + timeout, queue=asyncio.Queue())
+        self._pending[token] = pending
+        pending.timer = loop.call_later(min(timeout, self._accept_timeout), self._expire, token)
+        finished = False
+        unacked = 0
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token,
+                                   headers={**headers, h.STREAM_WINDOW: str(window)})
+            assert pending.queue is not None
+            while True:
+                item = await pending.queue.get()
+                if isinstance(item, RpcError):
+                    finished = True
+                    raise item
+                msg_headers = item.headers or {}
+                if h.END in msg_headers or h.NATS_STATUS in msg_headers:
+                    finished = True
+                    error = error_from(msg_headers)
+                    if error is not None:
+                        raise error
+                    return
+                yield item.data
+                unacked += 1
+                if pending.control and unacked * 2 >= window:
+                    await self._nc.publish(pending.control, b"", headers={h.ACK: str(unacked)})
+                    unacked = 0
+        finally:
+            self._forget(token)
+            if not finished and pending.control and not self._nc.is_closed:
+                with contextlib.suppress(Exception):
+                    await self._nc.publish(pending.control, b"", headers={h.CANCEL: "1"})
+
+    # -- replies ----------------------------------------------------------------------
+
+    def _on_accepted(self, token: str, pending: _Pending, node: str) -> None:
+        assert self._loop is not None
+        if not pending.node:
+            pending.node = node
+            self._by_node.setdefault(node, set()).add(token)
+        if pending.timer is not None:
+            pending.timer.cancel()
+        pending.timer = self._loop.call_at(pending.deadline, self._expire, token)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        token = msg.subject[len(self._prefix):]
+        pending = self._pending.get(token)
+        if pending is None:
+            return  # the caller already gave up
+        msg_headers = msg.headers
+        if msg_headers:
+            node = msg_headers.get(h.ACCEPTED)
+            if node is not None:
+                self._on_accepted(token, pending, node)
                 return
-            yield msg.data
-            unacked += 1
-            if control and unacked * 2 >= window:
-                await nc.publish(control, b"", headers={h.ACK: str(unacked)})
-                unacked = 0
-    finally:
-        if not finished and control and not nc.is_closed:
-            with contextlib.suppress(Exception):
-                await nc.publish(control, b"", headers={h.CANCEL: "1"})
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        if pending.future is not None:
+            if pending.future.done():
+                return
+            error = error_from(msg_headers)
+            if error is None:
+                pending.future.set_result(msg.data)
+            else:
+                pending.future.set_exception(error)
+            return
+        # a stream message: it also proves the node is alive
+        if msg_headers and not pending.control:
+            pending.control = msg_headers.get(h.STREAM_CONTROL, "")
+        if pending.control and not pending.node:
+            self._on_accepted(token, pending, msg_headers.get(h.NODE, "") if msg_headers else "")
+        assert pending.queue is not None
+        pending.queue.put_nowait(msg)
+
+    def _expire(self, token: str) -> None:
+        pending = self._pending.get(token)
+        if pending is None:
+            return
+        assert self._loop is not None
+        if self._loop.time() >= pending.deadline - 0.001:
+            pending.fail(DeadlineExceeded(f"no reply within the call's deadline "
+                                          f"({pending.subject.removeprefix('revo.rpc.')})"))
+        else:
+            pending.fail(Unavailable(
+                f"no node took the call within {self._accept_timeout:g} s; the node that "
+                "received it may have died. Retry if the call is safe to repeat"))
+
+    def node_gone(self, node_id: str) -> None:
+        """Fail every call that ``node_id`` accepted: it left the mesh without answering."""
+        for token in self._by_node.pop(node_id, ()):
+            pending = self._pending.get(token)
+            if pending is not None:
+                pending.fail(Unavailable(f"node {node_id} stopped while serving the call; "
+                                         "retry if the call is safe to repeat"))
+
+    def _forget(self, token: str) -> None:
+        pending = self._pending.pop(token, None)
+        if pending is None:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if pending.node:
+            tokens = self._by_node.get(pending.node)
+            if tokens is not None:
+                tokens.discard(token)
+                if not tokens:
+                    del self._by_node[pending.node]
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
