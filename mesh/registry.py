@@ -230,7 +230,10 @@ class RegistryView:
                 except Exception as exc:
                     log.error("ignoring malformed registry entry %s: %s", entry.key, exc)
                     continue
-                self._seen[node_id] = _Seen(announcement, time.monotonic())
+                # Age by the node's own heartbeat time, so an entry left behind by a node
+                # that died long ago is not taken as fresh when a gateway starts.
+                age = max(0.0, time.time() - announcement.node.heartbeat_at.ToNanoseconds() / 1e9)
+                self._seen[node_id] = _Seen(announcement, time.monotonic() - age)
             if self._ready.is_set():
                 self._rebuild()
 

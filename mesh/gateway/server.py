@@ -76,10 +76,10 @@ class _Router(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         found = self.handlers.get(path)
         if found is not None:
             return found
-        message = self._gateway.explain_unknown(path)
+        code, message = self._gateway.explain_unknown(path)
 
         async def unknown(request: bytes, context: ServicerContext) -> bytes:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+            await context.abort(code, message)
             raise AssertionError("unreachable: abort raises")
 
         return grpc.unary_unary_rpc_method_handler(unknown)
@@ -115,6 +115,7 @@ class Gateway:
         self._background: set[asyncio.Task[None]] = set()
         self._requester: Requester | None = None
         self._nodes: set[str] = set()
+        self._ever_served: set[str] = set()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -182,6 +183,7 @@ class Gateway:
         self._router.rebuild(snapshot)
         self._reflection.update(snapshot)
         served = set(snapshot.services)
+        self._ever_served |= served
         changed = served ^ self._served
         self._served = served
         if changed:
@@ -271,12 +273,19 @@ class Gateway:
 
         return handle
 
-    def explain_unknown(self, path: str) -> str:
+    def explain_unknown(self, path: str) -> tuple[grpc.StatusCode, str]:
+        """The status and message for a path with no route."""
         snapshot = self._view.snapshot if self._view else Snapshot()
         service, _, method = path.strip("/").partition("/")
         if service in snapshot.services:
             methods = ", ".join(m.name for m in snapshot.services[service].methods)
-            return f"service {service} has no method '{method}'; its methods: {methods}"
+            return (grpc.StatusCode.UNIMPLEMENTED,
+                    f"service {service} has no method '{method}'; its methods: {methods}")
+        if service in self._ever_served:
+            return (grpc.StatusCode.UNAVAILABLE,
+                    f"no live node serves {service} right now; start a node with its engine "
+                    "or retry")
         served = ", ".join(sorted({s.full_name for s in _OWN_SERVICES} | snapshot.services.keys()))
-        return (f"unknown method {path}: no live node serves service '{service}'. "
-                f"The mesh serves: {served}")
+        return (grpc.StatusCode.UNIMPLEMENTED,
+                f"unknown method {path}: the mesh serves no service '{service}'. "
+                f"It serves: {served}")

@@ -87,12 +87,13 @@ class Requester:
         assert self._loop is not None, "Requester.start() first"
         loop = self._loop
         token = str(next(self._tokens))
-        pending = _Pending(subject, loop.time() + timeout, future=loop.create_future())
+        future: asyncio.Future[bytes] = loop.create_future()
+        pending = _Pending(subject, loop.time() + timeout, future=future)
         self._pending[token] = pending
         pending.timer = loop.call_later(min(timeout, self._accept_timeout), self._expire, token)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            return await pending.future  # type: ignore[misc]
+            return await future
         finally:
             self._forget(token)
 

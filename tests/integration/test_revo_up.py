@@ -1,0 +1,93 @@
+"""`revo up` as a user runs it: real processes, endpoints printed, Ctrl-C leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from mesh.embedded.nats_server import free_port
+from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it is gone for our purpose
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ", 1)[1].startswith("Z"))
+
+
+def _revo(*args: str, env: dict[str, str], cwd: Path, timeout: float = 30):
+    return subprocess.run([sys.executable, "-m", "mesh", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
+    gateway = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ,
+               REVO_HOME=str(tmp_path / "home"),
+               REVO_NATS__PORT=str(free_port()),
+               REVO_NATS__MONITOR_PORT=str(free_port()),
+               REVO_GATEWAY__ADDRESS=gateway,
+               REVO_PLUGINS__ONLY="echo")
+    up = subprocess.Popen([sys.executable, "-m", "mesh", "up"], env=env, cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert up.stdout is not None
+        banner = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = up.stdout.readline()
+            if not line:
+                break
+            banner.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        text = "".join(banner)
+        assert "revo is up" in text, text
+        assert gateway in text
+
+        with grpc.insecure_channel(gateway) as channel:
+            reply = echo_pb2_grpc.EchoServiceStub(channel).Echo(
+                echo_pb2.EchoRequest(payload=b"up"), timeout=10)
+        assert reply.payload == b"up"
+
+        status = _revo("status", env=env, cwd=tmp_path)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "echo" in status.stdout and "running" in status.stdout
+
+        state = json.loads((tmp_path / "home/run/up.json").read_text())
+        pids = list(state["processes"].values())
+        assert len(pids) == 3 and all(_alive(pid) for pid in pids)
+
+        started = time.monotonic()
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=20) == 0
+        assert time.monotonic() - started < 15
+        assert not [pid for pid in pids if _alive(pid)], "revo up left processes behind"
+        assert not (tmp_path / "home/run/up.json").exists()
+
+        after = _revo("status", env=env, cwd=tmp_path)
+        assert after.returncode == 1
+        assert "not running" in after.stdout
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+
+
+def test_revo_up_refuses_bad_configuration(tmp_path: Path):
+    env = dict(os.environ, REVO_HOME=str(tmp_path / "home"))
+    (tmp_path / "revo.toml").write_text('[gateway]\nadress = "127.0.0.1:1"\n')
+    result = _revo("up", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "did you mean 'gateway.address'" in result.stderr
