@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -85,12 +86,9 @@ async def test_client_applies_default_timeout_and_metadata(mesh_harness):
     mesh = await mesh_harness(plugins={"only": ["echo"]})
     async with MeshClient(mesh.target, timeout=0.2, metadata=[("x-request-id", "abc")]) as client:
         echo = client.stub(echo_pb2_grpc.EchoServiceStub)
-        try:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:  # no timeout given: 0.2 s applies
             await echo.Echo(echo_pb2.EchoRequest(delay_ms=3000))
-        except grpc.aio.AioRpcError as exc:
-            assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        else:
-            raise AssertionError("the client's default timeout was not applied")
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         reply = await echo.Echo(echo_pb2.EchoRequest(payload=b"ok"), timeout=5)
         assert reply.payload == b"ok"
         assert (await client.mesh.ListNodes(mesh_pb2.ListNodesRequest())).nodes

@@ -63,11 +63,13 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
 
         status = _revo("status", env=env, cwd=tmp_path)
         assert status.returncode == 0, status.stdout + status.stderr
-        assert "echo" in status.stdout and "running" in status.stdout
+        assert "echo" in status.stdout
+        assert "running" in status.stdout
 
         state = json.loads((tmp_path / "home/run/up.json").read_text())
         pids = list(state["processes"].values())
-        assert len(pids) == 3 and all(_alive(pid) for pid in pids)
+        assert len(pids) == 3
+        assert all(_alive(pid) for pid in pids)
 
         started = time.monotonic()
         up.send_signal(signal.SIGINT)
