@@ -16,7 +16,7 @@ async def main(target: str) -> None:
     async with MeshClient(target, timeout=5.0, metadata=[("x-request-id", "example-1")]) as client:
         for node in await client.list_nodes():
             print(f"node {node.id}: engines {', '.join(e.name for e in node.engines)}")
-        echo = client.stub(echo_pb2_grpc.EchoServiceStub)
+        echo = echo_pb2_grpc.EchoServiceStub(client.channel)
         reply = await echo.Echo(echo_pb2.EchoRequest(payload=b"hello, revo"))
         print(f"Echo -> {reply.payload.decode()!r} (answered by {reply.node_id})")
         counted = [r.index async for r in echo.Count(echo_pb2.CountRequest(count=5))]

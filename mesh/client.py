@@ -7,13 +7,13 @@
 
     async with MeshClient("127.0.0.1:50051", timeout=5.0) as client:
         nodes = await client.list_nodes()
-        echo = client.stub(echo_pb2_grpc.EchoServiceStub)
+        echo = echo_pb2_grpc.EchoServiceStub(client.channel)  # typed as the async stub
         reply = await echo.Echo(echo_pb2.EchoRequest(payload=b"hi"))
 
-Every call made through the client gets its default ``timeout`` (when the call gives
-none) and its ``metadata``, and is retried on ``UNAVAILABLE`` per its :class:`RetryPolicy`
-(by gRPC's own retry machinery, so a retry happens only when it is safe: before any
-response was received).
+Generated stubs are bound to ``client.channel``. Every call made through it gets the
+client's default ``timeout`` (when the call gives none) and its ``metadata``, and is
+retried on ``UNAVAILABLE`` per its :class:`RetryPolicy` (by gRPC's own retry machinery, so
+a retry happens only when it is safe: before any response was received).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -29,7 +29,6 @@ from mesh._gen.revo.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 __all__ = ["MeshClient", "RetryPolicy", "probe_mesh"]
 
-StubT = TypeVar("StubT")
 Metadata = Sequence[tuple[str, str]]
 
 
@@ -111,10 +110,6 @@ class MeshClient:
             self.channel = grpc.aio.secure_channel(target, credentials, options=options,
                                                    interceptors=interceptors)
         self.mesh = mesh_pb2_grpc.MeshServiceStub(self.channel)
-
-    def stub(self, stub_type: type[StubT]) -> StubT:
-        """A generated stub (``*_pb2_grpc.FooServiceStub``) bound to this client's channel."""
-        return stub_type(self.channel)  # type: ignore[call-arg]
 
     async def list_nodes(self) -> list[mesh_pb2.Node]:
         response = await self.mesh.ListNodes(mesh_pb2.ListNodesRequest())

@@ -13,7 +13,7 @@ Installed with ``revo-mesh`` (entry point ``pytest11``), so an engine's test sui
 
         async def test_echo(mesh_harness):
             mesh = await mesh_harness(plugins={"only": ["echo"]})
-            stub = mesh.stub(EchoServiceStub)
+            stub = EchoServiceStub(mesh.channel)
             assert (await stub.Echo(EchoRequest(payload=b"x"))).payload == b"x"
 
 Processes that a test must kill (``revo node`` under SIGKILL) are started with
@@ -29,9 +29,9 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
@@ -44,7 +44,6 @@ from mesh.runtime.node import Node
 
 __all__ = ["MeshHarness", "spawn_node", "wait_for"]
 
-StubT = TypeVar("StubT")
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -97,16 +96,12 @@ class MeshHarness:
 
     config: MeshConfig
     gateway: Gateway
-    nodes: list[Node] = field(default_factory=list)
-    channel: grpc.aio.Channel | None = None
+    nodes: list[Node]
+    channel: grpc.aio.Channel
 
     @property
     def target(self) -> str:
         return self.gateway.address
-
-    def stub(self, stub_type: type[StubT]) -> StubT:
-        assert self.channel is not None
-        return stub_type(self.channel)  # type: ignore[call-arg]
 
     async def wait_for_service(self, service: str, nodes: int = 1, timeout: float = 10.0) -> None:
         def ready() -> bool:
@@ -144,8 +139,7 @@ async def mesh_harness(
 
     yield start
     for harness in reversed(harnesses):
-        if harness.channel is not None:
-            await harness.channel.close(None)
+        await harness.channel.close(None)
         await harness.gateway.stop(grace=1.0)
         for node in harness.nodes:
             with contextlib.suppress(Exception):

@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from mesh._gen.revo.mesh.v1 import mesh_pb2, mesh_pb2_grpc
+from mesh._gen.revo.mesh.v1 import mesh_pb2
 from mesh.client import MeshClient
 from mesh.testing import wait_for
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
@@ -22,7 +22,7 @@ ECHO_SERVICE = "revo.echo.v1.EchoService"
 
 async def test_health_reports_each_served_service(mesh_harness):
     mesh = await mesh_harness(plugins={"only": ["echo"]})
-    health = mesh.stub(health_pb2_grpc.HealthStub)
+    health = health_pb2_grpc.HealthStub(mesh.channel)
     overall = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert overall.status == health_pb2.HealthCheckResponse.SERVING
     echo = await health.Check(health_pb2.HealthCheckRequest(service=ECHO_SERVICE), timeout=5)
@@ -34,7 +34,7 @@ async def test_health_reports_each_served_service(mesh_harness):
     async def not_serving() -> bool:
         reply = await health.Check(health_pb2.HealthCheckRequest(service=ECHO_SERVICE),
                                    timeout=5)
-        return reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        return bool(reply.status == health_pb2.HealthCheckResponse.NOT_SERVING)
 
     await wait_for(not_serving, 10, "echo NOT_SERVING after its node left")
 
@@ -85,11 +85,10 @@ async def test_mesh_service_lists_nodes_engines_and_methods(mesh_harness):
 async def test_client_applies_default_timeout_and_metadata(mesh_harness):
     mesh = await mesh_harness(plugins={"only": ["echo"]})
     async with MeshClient(mesh.target, timeout=0.2, metadata=[("x-request-id", "abc")]) as client:
-        echo = client.stub(echo_pb2_grpc.EchoServiceStub)
+        echo = echo_pb2_grpc.EchoServiceStub(client.channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:  # no timeout given: 0.2 s applies
             await echo.Echo(echo_pb2.EchoRequest(delay_ms=3000))
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         reply = await echo.Echo(echo_pb2.EchoRequest(payload=b"ok"), timeout=5)
         assert reply.payload == b"ok"
         assert (await client.mesh.ListNodes(mesh_pb2.ListNodesRequest())).nodes
-    assert mesh_pb2_grpc.MeshServiceStub  # the typed stub is importable for other clients
