@@ -133,6 +133,18 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
+def _open_tables(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Keys whose values are tables of free keys (``plugins.extra``, ``engines``)."""
+    tables = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            tables.extend(_open_tables(annotation, f"{prefix}{name}."))
+        elif getattr(annotation, "__origin__", None) is dict:
+            tables.append(f"{prefix}{name}")
+    return tables
+
+
 def _suggest(key: str, known: list[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
@@ -145,7 +157,8 @@ def _env_overrides(environ: Mapping[str, str], known: list[str]) -> dict[str, An
             continue
         path = name[len(ENV_PREFIX):].lower().split("__")
         dotted = ".".join(path)
-        if dotted not in known and path[0] != "engines":
+        below_table = any(dotted.startswith(table + ".") for table in _open_tables(MeshConfig))
+        if dotted not in known and not below_table:
             env_known = [ENV_PREFIX + k.upper().replace(".", "__") for k in known]
             raise ConfigError(f"unknown setting {name}{_suggest(name, env_known)}")
         node = tree
@@ -204,8 +217,9 @@ def load_config(
     known = _known_keys(MeshConfig)
     data: dict[str, Any] = {}
     source = "defaults"
-    file = Path(path) if path else Path(environ.get("REVO_CONFIG", "revo.toml"))
-    if path or file.exists():
+    named = path or environ.get("REVO_CONFIG")
+    file = Path(named) if named else Path("revo.toml")
+    if named or file.exists():
         try:
             data = tomllib.loads(file.read_text())
         except FileNotFoundError as exc:

@@ -38,7 +38,15 @@ from google.protobuf.message import Message
 
 from mesh.errors import ConfigError
 
-__all__ = ["Context", "Engine", "EngineSpec", "hookimpl", "method_attribute"]
+__all__ = [
+    "Context",
+    "Engine",
+    "EngineSpec",
+    "MethodBinding",
+    "bind_methods",
+    "hookimpl",
+    "method_attribute",
+]
 
 hookimpl = pluggy.HookimplMarker("revo")
 """Marks a plugin's implementation of a ``revo_*`` hook."""

@@ -48,10 +48,14 @@ class PluginRecord:
     spec: EngineSpec | None = None
     settings: Any = None
     methods: dict[str, MethodBinding] = field(default_factory=dict)
+    overrides: str = ""
+    """The installed plugin that ``plugins.extra`` replaced, if any."""
 
     def fail(self, status: PluginStatus, exc: BaseException | str) -> None:
         self.status = status
         self.message = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        if self.overrides:
+            self.message += f" (loaded from {self.source}, which overrides {self.overrides})"
         log.error("plugin %s: %s: %s", self.name, status.value, self.message)
 
 
@@ -78,17 +82,30 @@ class PluginHost:
 
     # -- loading ----------------------------------------------------------------------
 
-    def _entry_points(self) -> list[EntryPoint]:
-        found = list(entry_points(group=ENTRY_POINT_GROUP)) if self._discover else []
-        found += [EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in self._extra.items()]
-        return sorted(found, key=lambda ep: ep.name)
+    def _entry_points(self) -> tuple[list[EntryPoint], dict[str, EntryPoint]]:
+        """Entry points by name (``plugins.extra`` wins), and the installed ones it overrode."""
+        installed = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)} \
+            if self._discover else {}
+        chosen = dict(installed)
+        overridden = {}
+        for name, value in self._extra.items():
+            if name in installed:
+                overridden[name] = installed[name]
+            chosen[name] = EntryPoint(name, value, ENTRY_POINT_GROUP)
+        return sorted(chosen.values(), key=lambda ep: ep.name), overridden
 
     def load(self) -> list[PluginRecord]:
         """Import, declare and configure every plugin; return their records."""
-        for ep in self._entry_points():
+        chosen, overridden = self._entry_points()
+        for ep in chosen:
             record = PluginRecord(name=ep.name, source=ep.value)
             if ep.dist is not None:
                 record.distribution, record.version = ep.dist.name, ep.dist.version
+            if ep.name in overridden:
+                old = overridden[ep.name]
+                record.overrides = f"{old.value} from {old.dist.name if old.dist else '?'}"
+                log.warning("plugin %s: plugins.extra loads %s instead of the installed %s",
+                            ep.name, ep.value, record.overrides)
             self.records[ep.name] = record
             if ep.name in self._block or (self._only and ep.name not in self._only):
                 record.status, record.message = PluginStatus.DISABLED, "blocked by configuration"

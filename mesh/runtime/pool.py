@@ -235,6 +235,8 @@ class EnginePool:
         self._idle: deque[_Slot] = deque()
         self._waiting: deque[Call] = deque()
         self._stopping = False
+        self._restart_timers: set[asyncio.TimerHandle] = set()
+        self._restarts: set[asyncio.Task[None]] = set()
         self.stats = PoolStats()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -270,6 +272,11 @@ class EnginePool:
     async def stop(self, timeout: float = 10.0) -> None:
         """Fail waiting calls with UNAVAILABLE and stop every actor (bounded by ``timeout``)."""
         self._stopping = True
+        for timer in self._restart_timers:
+            timer.cancel()
+        self._restart_timers.clear()
+        if self._restarts:  # each stops the actor it was starting, then returns
+            await asyncio.wait(set(self._restarts), timeout=timeout)
         while self._waiting:
             self._fail(self._waiting.popleft(), Unavailable(f"engine '{self.name}' is stopping"))
         refs = [slot.ref for slot in self._slots if slot.ref is not None]
@@ -364,6 +371,9 @@ class EnginePool:
                 continue
             if call.future is not None and call.future.done():
                 continue  # the caller went away
+            if call.sink is not None and call.ctx.cancelled.is_set():
+                call.sink.end(Cancelled("the caller cancelled the stream before it started"))
+                continue
             self._dispatch(slot, call)
             return
         self._idle.append(slot)
@@ -393,7 +403,15 @@ class EnginePool:
         slot.restarting = True
         log.warning("engine %s: restarting actor %d in %.2f s (failure %d in a row)",
                     self.name, slot.index, delay, slot.failures)
-        self.loop.call_later(delay, lambda: self.loop.create_task(self._restart(slot)))
+
+        def begin() -> None:
+            self._restart_timers.discard(timer)
+            task = self.loop.create_task(self._restart(slot))
+            self._restarts.add(task)
+            task.add_done_callback(self._restarts.discard)
+
+        timer = self.loop.call_later(delay, begin)
+        self._restart_timers.add(timer)
 
     async def _restart(self, slot: _Slot) -> None:
         if self._stopping:
@@ -406,8 +424,9 @@ class EnginePool:
             log.error("engine %s: actor %d failed to restart: %s", self.name, slot.index, exc)
             self._schedule_restart(slot)
             return
-        if self._stopping:
-            ref.stop(block=False)
+        if self._stopping:  # stop() is waiting for us: stop what we started, fully
+            await self.loop.run_in_executor(None, lambda: ref.stop(block=True,
+                                                                   timeout=self._start_timeout))
             return
         slot.ref, slot.restarting = ref, False
         self.stats.restarts += 1

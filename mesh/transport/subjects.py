@@ -23,14 +23,14 @@ _NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 def _service(service: str) -> str:
-    if not _SERVICE.match(service):
+    if not _SERVICE.fullmatch(service):
         raise ValueError(f"not a fully qualified service name: {service!r}")
     return service
 
 
 def method_subject(service: str, method: str) -> str:
     """Subject of one RPC, e.g. ``revo.rpc.revo.echo.v1.EchoService.Echo``."""
-    if not _TOKEN.match(method):
+    if not _TOKEN.fullmatch(method):
         raise ValueError(f"not a method name: {method!r}")
     return f"{RPC_PREFIX}.{_service(service)}.{method}"
 
@@ -52,7 +52,7 @@ def method_from_subject(subject: str) -> str:
 
 def registry_key(node_id: str) -> str:
     """KV key of a node's announcement."""
-    if not _NODE_ID.match(node_id):
+    if not _NODE_ID.fullmatch(node_id):
         raise ValueError(f"node id must be 1-128 of [A-Za-z0-9_-]: {node_id!r}")
     return REGISTRY_NODE_PREFIX + node_id
 
