@@ -1,0 +1,55 @@
+"""``python -m benchmarks <name> [--quick]``: run one benchmark and write its results.
+
+Each benchmark writes ``benchmarks/results/<name>.json`` and ``<name>.md``.
+``python -m benchmarks`` alone lists the benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from benchmarks._report import RESULTS_DIR
+
+# name -> (module with ``run(quick, results_dir) -> int``, what it measures)
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "mesh_hop": ("benchmarks.mesh_hop",
+                 "Echo through gateway -> NATS -> node, and colocated, vs plain gRPC "
+                 "(p50/p99, req/s at concurrency 1 and 64)"),
+}
+
+
+def _listing() -> str:
+    width = max(len(name) for name in BENCHMARKS)
+    return "benchmarks:\n" + "\n".join(f"  {name:<{width}}  {about}"
+                                       for name, (_, about) in BENCHMARKS.items())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description="Run a revo benchmark.",
+        epilog=_listing(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", choices=sorted(BENCHMARKS),
+                        help="the benchmark to run (omit to list them)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run (fewer rounds, shorter cells) for a quick check")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR,
+                        help=f"directory for the results (default: {RESULTS_DIR})")
+    args = parser.parse_args(argv)
+    if args.name is None:
+        print(_listing())
+        return 0
+    module = importlib.import_module(BENCHMARKS[args.name][0])
+    run: Callable[..., int] = module.run
+    try:
+        return run(quick=args.quick, results_dir=args.out)
+    except KeyboardInterrupt:
+        print(f"{args.name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
