@@ -1,9 +1,11 @@
 """An engine's pool of pykka actors, fed from a bounded queue and supervised by its node.
 
-The loop thread owns the pool: it queues calls, hands each to an idle actor (one call per
-actor at a time, so a crash loses at most the call that caused it), and restarts an actor
-that failed, with capped exponential backoff. Actors run engine code in their own threads
-and hand results back with ``loop.call_soon_threadsafe``; nothing here blocks the loop.
+Calls wait in one bounded queue shared by the pool's actors. An idle actor is woken with a
+``_Drain`` message and then takes calls from the queue one at a time until it is empty, so
+under load actors go from call to call without a round trip through the event loop, and a
+crash loses at most the call that caused it. Outcomes go back to the loop in batches (one
+``call_soon_threadsafe`` wakes the loop for all that are ready). The loop thread restarts an
+actor that failed, with capped exponential backoff. Nothing here blocks the loop.
 """
 
 from __future__ import annotations
@@ -118,6 +120,11 @@ class _Start:
     pass
 
 
+@dataclass(frozen=True)
+class _Drain:
+    """Tells an idle actor that calls are waiting in the pool's queue."""
+
+
 class EngineActor(pykka.ThreadingActor):
     """Runs one engine instance; serves one call at a time."""
 
@@ -128,8 +135,8 @@ class EngineActor(pykka.ThreadingActor):
         self._engine: Engine | None = None
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Call):
-            self._serve(message)
+        if isinstance(message, _Drain):
+            self._drain()
             return None
         if isinstance(message, _Start):
             self._engine = self._pool.spec.engine(self._pool.settings)
@@ -144,14 +151,29 @@ class EngineActor(pykka.ThreadingActor):
             except Exception:
                 log.exception("engine %s: stop() failed", self._pool.name)
 
-    def _serve(self, call: Call) -> None:
+    def _drain(self) -> None:
+        """Serve queued calls until the queue is empty (or this actor crashes)."""
+        pool = self._pool
+        call = pool.take(self._slot)
+        while call is not None:
+            result, error, crashed = self._serve(call)
+            if crashed:
+                pool.post(self._slot, call, result, error)
+                self.actor_ref.stop(block=False)
+                return
+            self._slot.failures = 0  # restart backoff counts failures in a row
+            # Take the next call (or go idle) before the caller hears back, so a caller
+            # that calls again at once finds this actor ready rather than busy.
+            done, call = call, pool.take(self._slot)
+            pool.post(None, done, result, error)
+
+    def _serve(self, call: Call) -> tuple[bytes | None, RpcError | None, bool]:
+        """Serve one call: its encoded response or error, and whether the engine crashed."""
         result: bytes | None = None
         error: RpcError | None = None
         crashed = False
         binding = call.binding
         try:
-            if call.ctx.expired:
-                raise DeadlineExceeded(f"deadline passed before {binding.path} started")
             try:
                 request = binding.request_type.FromString(call.payload)
             except DecodeError as exc:
@@ -175,10 +197,7 @@ class EngineActor(pykka.ThreadingActor):
                           binding.path, call.ctx.request_id)
             error = Internal(f"engine '{self._pool.name}' failed in {binding.path}: "
                              f"{type(exc).__name__}: {exc}")
-        self._pool.loop.call_soon_threadsafe(self._pool.complete, self._slot, call, result, error,
-                                             crashed)
-        if crashed:
-            self.actor_ref.stop(block=False)
+        return result, error, crashed
 
     @staticmethod
     def _encode(binding: MethodBinding, message: Message | Iterable[Message]) -> bytes:
@@ -193,9 +212,11 @@ class EngineActor(pykka.ThreadingActor):
 class _Slot:
     index: int
     ref: pykka.ActorRef[EngineActor] | None = None
-    busy: bool = False
     failures: int = 0
     restarting: bool = False
+
+
+_Outcome = tuple["_Slot | None", Call, bytes | None, RpcError | None]
 
 
 @dataclass
@@ -232,8 +253,13 @@ class EnginePool:
         self._backoff_max = backoff_max_s
         self._start_timeout = start_timeout_s
         self._slots = [_Slot(i) for i in range(size)]
+        # Shared with the actor threads, guarded by _lock: the queue and who is idle.
+        self._lock = threading.Lock()
         self._idle: deque[_Slot] = deque()
         self._waiting: deque[Call] = deque()
+        # Outcomes posted by actors; _wake_pending is set while a delivery is scheduled.
+        self._outcomes: deque[_Outcome] = deque()
+        self._wake_pending = False
         self._stopping = False
         self._restart_timers: set[asyncio.TimerHandle] = set()
         self._restarts: set[asyncio.Task[None]] = set()
@@ -261,7 +287,7 @@ class EnginePool:
         for slot, result in zip(self._slots, results, strict=True):
             if not isinstance(result, BaseException):
                 slot.ref = result
-                self._idle.append(slot)
+                self._make_idle(slot)
         if errors:
             await self.stop()
             error = errors[0]
@@ -277,12 +303,15 @@ class EnginePool:
         self._restart_timers.clear()
         if self._restarts:  # each stops the actor it was starting, then returns
             await asyncio.wait(set(self._restarts), timeout=timeout)
-        while self._waiting:
-            self._fail(self._waiting.popleft(), Unavailable(f"engine '{self.name}' is stopping"))
+        with self._lock:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            self._idle.clear()
+        for call in waiting:
+            self._fail(call, Unavailable(f"engine '{self.name}' is stopping"))
         refs = [slot.ref for slot in self._slots if slot.ref is not None]
         for slot in self._slots:
             slot.ref = None
-        self._idle.clear()
 
         def stop_all() -> None:
             futures = [ref.stop(block=False) for ref in refs]
@@ -324,59 +353,72 @@ class EnginePool:
         return sink
 
     def submit(self, call: Call) -> None:
-        """Hand ``call`` to an idle actor, or queue it; raise when the queue is full."""
+        """Queue ``call`` and wake an idle actor if there is one; raise when the queue is full."""
         if self._stopping:
             raise Unavailable(f"engine '{self.name}' is stopping; retry on another node")
-        if self._idle:
-            self._dispatch(self._idle.popleft(), call)
-        elif len(self._waiting) < self.max_pending:
+        with self._lock:
+            if len(self._waiting) >= self.max_pending and not self._idle:
+                raise ResourceExhausted(
+                    f"engine '{self.name}' is at capacity ({self.size} actors busy, "
+                    f"{self.max_pending} calls queued); retry later or add nodes")
             self._waiting.append(call)
-        else:
-            raise ResourceExhausted(
-                f"engine '{self.name}' is at capacity ({self.size} actors busy, "
-                f"{self.max_pending} calls queued); retry later or add nodes")
+            slot = self._idle.popleft() if self._idle else None
+        if slot is not None and slot.ref is not None:
+            slot.ref.tell(_Drain())
 
-    def _dispatch(self, slot: _Slot, call: Call) -> None:
-        assert slot.ref is not None
-        slot.busy = True
-        slot.ref.tell(call)
-
-    def complete(self, slot: _Slot, call: Call, result: bytes | None, error: RpcError | None,
-                 crashed: bool) -> None:
-        """Deliver an actor's outcome and give the actor its next call (loop thread)."""
-        slot.busy = False
-        if error is None:
-            self.stats.served += 1
-            self._deliver(call, result or b"")
-        else:
-            self._fail(call, error)
-        if crashed:
-            self.stats.crashed += 1
-            self.stats.last_error = error.message if error else ""
-            slot.ref = None
-            slot.failures += 1
-            self._schedule_restart(slot)
-            return
-        slot.failures = 0
-        self._next(slot)
-
-    def _next(self, slot: _Slot) -> None:
-        if self._stopping or slot.ref is None:
-            return
-        while self._waiting:
-            call = self._waiting.popleft()
+    def take(self, slot: _Slot) -> Call | None:
+        """The next call for ``slot``'s actor, or None (and the slot is idle). Actor thread."""
+        while True:
+            with self._lock:
+                if self._stopping or not self._waiting:
+                    self._idle.append(slot)
+                    return None
+                call = self._waiting.popleft()
+            if call.future is not None and call.future.done():
+                continue  # the caller went away (its deadline passed)
             if call.ctx.expired:
-                self._fail(call, DeadlineExceeded(
+                self.post(None, call, None, DeadlineExceeded(
                     f"deadline passed while {call.binding.path} waited for a free actor"))
                 continue
-            if call.future is not None and call.future.done():
-                continue  # the caller went away
             if call.sink is not None and call.ctx.cancelled.is_set():
-                call.sink.end(Cancelled("the caller cancelled the stream before it started"))
+                self.post(None, call, None,
+                          Cancelled("the caller cancelled the stream before it started"))
                 continue
-            self._dispatch(slot, call)
-            return
-        self._idle.append(slot)
+            return call
+
+    def post(self, crashed: _Slot | None, call: Call, result: bytes | None,
+             error: RpcError | None) -> None:
+        """Hand an outcome to the loop; wakes it only if no delivery is pending. Actor thread."""
+        self._outcomes.append((crashed, call, result, error))
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.loop.call_soon_threadsafe(self._deliver_outcomes)
+
+    def _deliver_outcomes(self) -> None:
+        self._wake_pending = False  # before draining: a later post schedules a new delivery
+        outcomes = self._outcomes
+        while outcomes:
+            crashed, call, result, error = outcomes.popleft()
+            if error is None:
+                self.stats.served += 1
+                self._deliver(call, result or b"")
+            else:
+                self._fail(call, error)
+            if crashed is not None:
+                self.stats.crashed += 1
+                self.stats.last_error = error.message if error else ""
+                crashed.ref = None
+                crashed.failures += 1
+                self._schedule_restart(crashed)
+
+    def _make_idle(self, slot: _Slot) -> None:
+        """Put a (re)started actor to work, or on the idle list. Loop thread."""
+        with self._lock:
+            busy = bool(self._waiting) and not self._stopping
+            if not busy:
+                self._idle.append(slot)
+        if busy and slot.ref is not None:
+            slot.ref.tell(_Drain())
 
     @staticmethod
     def _deliver(call: Call, result: bytes) -> None:
@@ -431,7 +473,7 @@ class EnginePool:
         slot.ref, slot.restarting = ref, False
         self.stats.restarts += 1
         self.stats.history.append(time.time())
-        self._next(slot)
+        self._make_idle(slot)
 
     # -- status -----------------------------------------------------------------------
 

@@ -188,7 +188,8 @@ async def test_wrong_response_type_is_internal(start_pool: PoolFactory) -> None:
 async def test_full_queue_is_resource_exhausted(start_pool: PoolFactory) -> None:
     pool = await start_pool(ECHO_SPEC, EchoSettings(), max_pending=0)
     busy = asyncio.ensure_future(echo(pool, b"slow", delay_ms=300, methods=ECHO_METHODS))
-    await asyncio.sleep(0)  # let it take the only actor
+    await asyncio.sleep(0)  # the call is submitted
+    await eventually(lambda: pool.pending == 0)  # the only actor took it
 
     with pytest.raises(ResourceExhausted) as caught:
         await echo(pool, b"one too many", methods=ECHO_METHODS)
@@ -202,7 +203,8 @@ async def test_deadline_passing_while_queued_is_deadline_exceeded(
         start_pool: PoolFactory) -> None:
     pool = await start_pool(ECHO_SPEC, EchoSettings())
     busy = asyncio.ensure_future(echo(pool, b"slow", delay_ms=300, methods=ECHO_METHODS))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the call is submitted
+    await eventually(lambda: pool.pending == 0)
 
     started = time.monotonic()
     with pytest.raises(DeadlineExceeded):
@@ -217,7 +219,8 @@ async def test_expired_call_left_in_the_queue_is_failed_not_run(
         start_pool: PoolFactory) -> None:
     pool = await start_pool(ECHO_SPEC, EchoSettings())
     busy = asyncio.ensure_future(echo(pool, b"slow", delay_ms=200, methods=ECHO_METHODS))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the call is submitted
+    await eventually(lambda: pool.pending == 0)
     # Submitted without pool.call's own timer: the queue itself must notice the deadline.
     future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
     ctx = context(ECHO, timeout=0.05)
@@ -332,7 +335,8 @@ async def test_cancel_stops_the_producer(start_pool: PoolFactory) -> None:
 async def test_stream_cancelled_while_queued_never_starts(start_pool: PoolFactory) -> None:
     pool = await start_pool()
     busy = asyncio.ensure_future(echo(pool, b"slow", delay_ms=200))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the call is submitted
+    await eventually(lambda: pool.pending == 0)
     sink, _ = count_stream(pool, 5, window=5)
     assert pool.pending == 1
 
