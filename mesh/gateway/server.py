@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -34,6 +33,7 @@ from mesh.registry import RegistryView, Route, Snapshot, file_set
 from mesh.runtime.node import Node
 from mesh.transport import headers as h
 from mesh.transport.connection import connect
+from mesh.transport.ids import new_request_id
 from mesh.transport.rpc import Requester
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,8 @@ class Gateway:
             await self.node.stop()
         if self._view is not None:
             await self._view.stop()
+        if self._requester is not None:
+            await self._requester.stop()
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
@@ -209,7 +211,7 @@ class Gateway:
                 request_id = str(value)
             elif key == TRACEPARENT_METADATA:
                 traceparent = str(value)
-        return timeout, request_id or uuid.uuid4().hex, traceparent
+        return timeout, request_id or new_request_id(), traceparent
 
     @staticmethod
     def _headers(timeout: float, request_id: str, traceparent: str) -> dict[str, str]:

@@ -17,7 +17,6 @@ import re
 import secrets
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -36,6 +35,7 @@ from mesh.runtime.pool import EnginePool, PoolState
 from mesh.transport import headers as h
 from mesh.transport import subjects
 from mesh.transport.connection import connect
+from mesh.transport.ids import new_request_id
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def request_context(path: str, msg_headers: dict[str, str], node_id: str,
                               f"got {timeout_ms!r}") from None
     return Context(
         method=path,
-        request_id=msg_headers.get(h.REQUEST_ID) or uuid.uuid4().hex,
+        request_id=msg_headers.get(h.REQUEST_ID) or new_request_id(),
         deadline=time.monotonic() + timeout,
         node_id=node_id,
         caller=msg_headers.get(h.CALLER, ""),
@@ -110,7 +110,9 @@ class Node:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._background: set[asyncio.Task[None]] = set()
+        # Reply subjects of calls not yet answered nor accepted, with their start times.
+        self._unaccepted: dict[str, float] = {}
+        self._accepter: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -165,6 +167,7 @@ class Node:
         self._registry = RegistryWriter(self.nc, self.id, self.config.node.heartbeat_s,
                                         self.announcement)
         await self._registry.start()
+        self._accepter = asyncio.get_running_loop().create_task(self._accept_long_calls())
         log.info("node %s serving %s", self.id, ", ".join(services) or "nothing")
 
     async def stop(self) -> None:
@@ -183,6 +186,10 @@ class Node:
             except TimeoutError:
                 log.warning("node %s: %d calls still running after %.1f s", self.id,
                             self._inflight, grace)
+        if self._accepter is not None:
+            self._accepter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepter
         if self._registry is not None:
             await self._registry.stop()
         for pool in self.pools.values():
@@ -241,19 +248,18 @@ class Node:
             service, _, method = msg.subject[len(subjects.RPC_PREFIX) + 1:].rpartition(".")
             path = subjects.grpc_path(service, method)
             msg_headers = msg.headers or {}
-            accept = asyncio.get_running_loop().call_later(ACCEPT_AFTER_S, self._accept,
-                                                           msg.reply)
+            self._unaccepted[msg.reply] = time.monotonic()
             try:
                 pool, binding = self.route(path)
                 ctx = request_context(path, msg_headers, self.id,
                                       self.config.gateway.default_timeout_s)
                 if binding.server_streaming:
-                    await self._serve_stream(msg, pool, binding, ctx, msg_headers, accept)
+                    await self._serve_stream(msg, pool, binding, ctx, msg_headers)
                     return
                 try:
                     data = await pool.call(binding, msg.data, ctx)
                 finally:
-                    accept.cancel()
+                    self._unaccepted.pop(msg.reply, None)
                 assert self.nc is not None
                 if len(data) > self.nc.max_payload - _HEADER_ROOM:
                     raise ResourceExhausted(
@@ -271,15 +277,24 @@ class Node:
         finally:
             self._done()
 
-    def _accept(self, reply: str) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._reply(reply, headers={h.ACCEPTED: self.id}))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    async def _accept_long_calls(self) -> None:
+        """Tell callers which calls run longer than ACCEPT_AFTER_S (one sweep for all)."""
+        headers = {h.ACCEPTED: self.id}
+        while True:
+            await asyncio.sleep(ACCEPT_AFTER_S / 2)
+            cutoff = time.monotonic() - ACCEPT_AFTER_S
+            due = []
+            for reply, started in self._unaccepted.items():  # in arrival order
+                if started > cutoff:
+                    break
+                due.append(reply)
+            for reply in due:
+                del self._unaccepted[reply]
+                with contextlib.suppress(Exception):
+                    await self._reply(reply, headers=headers)
 
     async def _serve_stream(self, msg: Msg, pool: EnginePool, binding: MethodBinding,
-                            ctx: Context, msg_headers: dict[str, str],
-                            accept: asyncio.TimerHandle) -> None:
+                            ctx: Context, msg_headers: dict[str, str]) -> None:
         assert self.nc is not None
         try:
             window = max(1, min(4096, int(msg_headers.get(h.STREAM_WINDOW, "16"))))
@@ -301,7 +316,7 @@ class Node:
         try:
             async for item in sink.messages():
                 if first:
-                    accept.cancel()
+                    self._unaccepted.pop(msg.reply, None)
                     await self._reply(msg.reply, item, {h.STREAM_CONTROL: control, h.NODE: self.id})
                     first = False
                 else:
@@ -310,7 +325,7 @@ class Node:
         except RpcError as error:
             await self._reply(msg.reply, headers={h.END: "1", **error_headers(error)})
         finally:
-            accept.cancel()
+            self._unaccepted.pop(msg.reply, None)
             sink.cancel()
             with contextlib.suppress(Exception):
                 await control_sub.unsubscribe()

@@ -72,12 +72,46 @@ class Requester:
         self._tokens = itertools.count(1)
         self._pending: dict[str, _Pending] = {}
         self._by_node: dict[str, set[str]] = {}
+        # Tokens of calls waiting to be answered or accepted, with the loop time at which
+        # they give up; insertion order is deadline order, so one sweep checks them all.
+        self._unaccepted: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._prefix = self._nc.new_inbox() + "."
         await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        self._sweeper = self._loop.create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    def _watch(self, token: str, pending: _Pending, timeout: float) -> None:
+        """Arrange for a call that is neither answered nor accepted in time to fail."""
+        assert self._loop is not None
+        if timeout < self._accept_timeout:  # rare: its own timer, at its deadline
+            pending.timer = self._loop.call_later(timeout, self._expire, token)
+        else:
+            self._unaccepted[token] = self._loop.time() + self._accept_timeout
+
+    async def _sweep(self) -> None:
+        assert self._loop is not None
+        period = max(0.02, self._accept_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = self._loop.time()
+            due = []
+            for token, give_up_at in self._unaccepted.items():
+                if give_up_at > now:
+                    break
+                due.append(token)
+            for token in due:
+                del self._unaccepted[token]
+                self._expire(token)
 
     # -- unary ------------------------------------------------------------------------
 
@@ -90,7 +124,7 @@ class Requester:
         future: asyncio.Future[bytes] = loop.create_future()
         pending = _Pending(subject, loop.time() + timeout, future=future)
         self._pending[token] = pending
-        pending.timer = loop.call_later(min(timeout, self._accept_timeout), self._expire, token)
+        self._watch(token, pending, timeout)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
             return await future
@@ -110,7 +144,7 @@ class Requester:
         token = str(next(self._tokens))
         pending = _Pending(subject, loop.time() + timeout, queue=asyncio.Queue())
         self._pending[token] = pending
-        pending.timer = loop.call_later(min(timeout, self._accept_timeout), self._expire, token)
+        self._watch(token, pending, timeout)
         finished = False
         unacked = 0
         try:
@@ -147,6 +181,7 @@ class Requester:
         if not pending.node:
             pending.node = node
             self._by_node.setdefault(node, set()).add(token)
+        self._unaccepted.pop(token, None)
         if pending.timer is not None:
             pending.timer.cancel()
         pending.timer = self._loop.call_at(pending.deadline, self._expire, token)
@@ -204,6 +239,7 @@ class Requester:
         pending = self._pending.pop(token, None)
         if pending is None:
             return
+        self._unaccepted.pop(token, None)
         if pending.timer is not None:
             pending.timer.cancel()
         if pending.node:
