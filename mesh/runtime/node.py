@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -20,8 +21,6 @@ import time
 from collections.abc import AsyncIterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 import mesh
@@ -34,7 +33,7 @@ from mesh.registry import RegistryWriter, file_set
 from mesh.runtime.pool import EnginePool, PoolState
 from mesh.transport import headers as h
 from mesh.transport import subjects
-from mesh.transport.connection import connect
+from mesh.transport.connection import MeshConnection, connect, encode_headers
 from mesh.transport.ids import new_request_id
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ class Node:
         )
         self.pools: dict[str, EnginePool] = {}
         self.routes: dict[str, tuple[EnginePool, MethodBinding]] = {}
-        self.nc: NATS | None = None
+        self.nc: MeshConnection | None = None
         self.started_at = time.time()
         self.draining = False
         self._subs: list[Subscription] = []
@@ -156,14 +155,14 @@ class Node:
         if serve_nats:
             await self.serve_nats()
 
-    async def serve_nats(self, nc: NATS | None = None) -> None:
+    async def serve_nats(self, nc: MeshConnection | None = None) -> None:
         """Connect (or use ``nc``), subscribe every hosted service and join the registry."""
         self.nc = nc or await connect(self.config.nats, name=f"revo-node {self.id}")
         services = sorted({binding.service for _, binding in self.routes.values()})
         for service in services:
-            self._subs.append(await self.nc.subscribe(
-                subjects.service_wildcard(service), queue=subjects.queue_group(service),
-                cb=self._on_request))
+            self._subs.append(await self.nc.subscribe_direct(
+                subjects.service_wildcard(service), self._on_request,
+                queue=subjects.queue_group(service)))
         self._registry = RegistryWriter(self.nc, self.id, self.config.node.heartbeat_s,
                                         self.announcement)
         await self._registry.start()
@@ -173,9 +172,10 @@ class Node:
     async def stop(self) -> None:
         """Stop taking calls, finish in-flight ones (bounded), leave the registry, drain."""
         self.draining = True
+        assert self.nc is not None or not self._subs
         for sub in self._subs:
             with contextlib.suppress(Exception):
-                await sub.drain()  # type: ignore[no-untyped-call]
+                await self.nc.unsubscribe_direct(sub)  # type: ignore[union-attr]
         self._subs.clear()
         grace = self.config.node.shutdown_grace_s
         if self._inflight:
@@ -224,58 +224,65 @@ class Node:
 
     # -- NATS serving -----------------------------------------------------------------
 
-    async def _on_request(self, msg: Msg) -> None:
-        # NATS runs a subscription's callbacks one at a time: serve in a task of its own.
+    def _send(self, subject: str, data: bytes = b"",
+              headers: dict[str, str] | None = None) -> None:
+        assert self.nc is not None
+        self.nc.publish_nowait(subject, data, headers=encode_headers(headers) if headers else b"")
+
+    def _on_request(self, subject: str, reply: str, data: bytes,
+                    msg_headers: dict[str, str] | None) -> None:
+        """A call from NATS (on the loop, straight from the read loop: must not block)."""
+        if not reply:
+            log.warning("dropping a request on %s without a reply subject", subject)
+            return
+        service, _, method = subject[len(subjects.RPC_PREFIX) + 1:].rpartition(".")
+        path = f"/{service}/{method}"
+        headers = msg_headers or {}
+        try:
+            pool, binding = self.route(path)
+            ctx = request_context(path, headers, self.id, self.config.gateway.default_timeout_s)
+            if binding.server_streaming:
+                self._begin(reply)
+                task = asyncio.get_running_loop().create_task(
+                    self._serve_stream(reply, data, pool, binding, ctx, headers))
+                task.add_done_callback(lambda _: self._end(reply))
+                return
+            future = pool.start_call(binding, data, ctx)
+        except RpcError as error:
+            self._send(reply, headers=error_headers(error))
+            return
+        self._begin(reply)
+        future.add_done_callback(functools.partial(self._answer, reply))
+
+    def _begin(self, reply: str) -> None:
         self._inflight += 1
         self._idle.clear()
-        asyncio.get_running_loop().create_task(self._serve(msg))
+        self._unaccepted[reply] = time.monotonic()
 
-    def _done(self) -> None:
+    def _end(self, reply: str) -> None:
+        self._unaccepted.pop(reply, None)
         self._inflight -= 1
         if self._inflight == 0:
             self._idle.set()
 
-    async def _reply(self, subject: str, data: bytes = b"",
-                     headers: dict[str, str] | None = None) -> None:
+    def _answer(self, reply: str, future: asyncio.Future[bytes]) -> None:
         assert self.nc is not None
-        await self.nc.publish(subject, data, headers=headers)
-
-    async def _serve(self, msg: Msg) -> None:
         try:
-            if not msg.reply:
-                log.warning("dropping a request on %s without a reply subject", msg.subject)
-                return
-            service, _, method = msg.subject[len(subjects.RPC_PREFIX) + 1:].rpartition(".")
-            path = subjects.grpc_path(service, method)
-            msg_headers = msg.headers or {}
-            self._unaccepted[msg.reply] = time.monotonic()
-            try:
-                pool, binding = self.route(path)
-                ctx = request_context(path, msg_headers, self.id,
-                                      self.config.gateway.default_timeout_s)
-                if binding.server_streaming:
-                    await self._serve_stream(msg, pool, binding, ctx, msg_headers)
-                    return
-                try:
-                    data = await pool.call(binding, msg.data, ctx)
-                finally:
-                    self._unaccepted.pop(msg.reply, None)
-                assert self.nc is not None
-                if len(data) > self.nc.max_payload - _HEADER_ROOM:
-                    raise ResourceExhausted(
-                        f"response of {len(data)} bytes exceeds the mesh's message limit "
-                        f"({self.nc.max_payload - _HEADER_ROOM} bytes)")
-            except RpcError as error:
-                await self._reply(msg.reply, headers=error_headers(error))
-                return
-            await self._reply(msg.reply, data)
+            data = future.result()
+            if len(data) > self.nc.max_payload - _HEADER_ROOM:
+                raise ResourceExhausted(
+                    f"response of {len(data)} bytes exceeds the mesh's message limit "
+                    f"({self.nc.max_payload - _HEADER_ROOM} bytes)")
+            self._send(reply, data)
+        except RpcError as error:
+            self._send(reply, headers=error_headers(error))
         except Exception:
-            log.exception("node %s failed serving %s", self.id, msg.subject)
+            log.exception("node %s failed answering a call", self.id)
             with contextlib.suppress(Exception):
-                await self._reply(msg.reply, headers=error_headers(
+                self._send(reply, headers=error_headers(
                     Internal(f"node {self.id} failed serving the call; see its log")))
         finally:
-            self._done()
+            self._end(reply)
 
     async def _accept_long_calls(self) -> None:
         """Tell callers which calls run longer than ACCEPT_AFTER_S (one sweep for all)."""
@@ -291,19 +298,24 @@ class Node:
             for reply in due:
                 del self._unaccepted[reply]
                 with contextlib.suppress(Exception):
-                    await self._reply(reply, headers=headers)
+                    self._send(reply, headers=headers)
 
-    async def _serve_stream(self, msg: Msg, pool: EnginePool, binding: MethodBinding,
-                            ctx: Context, msg_headers: dict[str, str]) -> None:
+    async def _serve_stream(self, reply: str, data: bytes, pool: EnginePool,
+                            binding: MethodBinding, ctx: Context,
+                            msg_headers: dict[str, str]) -> None:
         assert self.nc is not None
         try:
             window = max(1, min(4096, int(msg_headers.get(h.STREAM_WINDOW, "16"))))
-        except ValueError:
-            raise InvalidArgument(f"header {h.STREAM_WINDOW} must be an integer") from None
-        sink = pool.stream(binding, msg.data, ctx, window)
+            sink = pool.stream(binding, data, ctx, window)
+        except (ValueError, RpcError) as exc:
+            error = exc if isinstance(exc, RpcError) else InvalidArgument(
+                f"header {h.STREAM_WINDOW} must be an integer")
+            self._send(reply, headers={h.END: "1", **error_headers(error)})
+            return
 
-        async def on_control(control_msg: Msg) -> None:
-            control_headers = control_msg.headers or {}
+        def on_control(subject: str, _reply: str, _data: bytes,
+                       control_headers: dict[str, str] | None) -> None:
+            control_headers = control_headers or {}
             if h.CANCEL in control_headers:
                 sink.cancel()
             elif h.ACK in control_headers:
@@ -311,24 +323,23 @@ class Node:
                     sink.grant(max(0, min(window, int(control_headers[h.ACK]))))
 
         control = self.nc.new_inbox()
-        control_sub = await self.nc.subscribe(control, cb=on_control)
+        control_sub = await self.nc.subscribe_direct(control, on_control)
         first = True
         try:
             async for item in sink.messages():
                 if first:
-                    self._unaccepted.pop(msg.reply, None)
-                    await self._reply(msg.reply, item, {h.STREAM_CONTROL: control, h.NODE: self.id})
+                    self._unaccepted.pop(reply, None)
+                    self._send(reply, item, {h.STREAM_CONTROL: control, h.NODE: self.id})
                     first = False
                 else:
-                    await self._reply(msg.reply, item)
-            await self._reply(msg.reply, headers={h.END: "1"})
+                    self._send(reply, item)
+            self._send(reply, headers={h.END: "1"})
         except RpcError as error:
-            await self._reply(msg.reply, headers={h.END: "1", **error_headers(error)})
+            self._send(reply, headers={h.END: "1", **error_headers(error)})
         finally:
-            self._unaccepted.pop(msg.reply, None)
             sink.cancel()
             with contextlib.suppress(Exception):
-                await control_sub.unsubscribe()
+                await self.nc.unsubscribe_direct(control_sub)
 
     # -- description ------------------------------------------------------------------
 

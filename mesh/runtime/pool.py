@@ -327,17 +327,20 @@ class EnginePool:
 
     # -- calls ------------------------------------------------------------------------
 
-    async def call(self, binding: MethodBinding, payload: bytes, ctx: Context) -> bytes:
-        """Run a unary call on an actor and return the encoded response."""
+    def start_call(self, binding: MethodBinding, payload: bytes,
+                   ctx: Context) -> asyncio.Future[bytes]:
+        """Queue a unary call; the future holds the encoded response or the RpcError."""
         future: asyncio.Future[bytes] = self.loop.create_future()
         self.submit(Call(binding, payload, ctx, future=future))
         # A hung engine must not hold the caller (or the node's drain) past the deadline.
         timer = self.loop.call_later(ctx.time_remaining(), self._expire, future, ctx,
                                      binding.path)
-        try:
-            return await future
-        finally:
-            timer.cancel()
+        future.add_done_callback(lambda _: timer.cancel())
+        return future
+
+    async def call(self, binding: MethodBinding, payload: bytes, ctx: Context) -> bytes:
+        """Run a unary call on an actor and return the encoded response."""
+        return await self.start_call(binding, payload, ctx)
 
     @staticmethod
     def _expire(future: asyncio.Future[bytes], ctx: Context, path: str) -> None:

@@ -1,38 +1,157 @@
-"""Connecting to NATS the same way everywhere."""
+"""Connecting to NATS the same way everywhere, with a lean path for the mesh's RPC traffic.
+
+:class:`MeshConnection` is nats-py's client plus two things the per-call path needs:
+
+* :meth:`~MeshConnection.subscribe_direct`: the subscription's handler is called
+  synchronously from the read loop with the raw subject, reply, payload and parsed
+  headers. nats-py otherwise builds a ``Msg``, queues it, and hands it to a task of the
+  subscription's own; for one message per call on both sides of every hop, that hop is a
+  large share of the mesh's cost.
+* :meth:`~MeshConnection.publish_nowait`: queues a message for nats-py's flusher without
+  awaiting, with headers already encoded (the mesh's headers are known to be safe).
+
+Both rely on two nats-py internals (``Client._process_msg`` and the pending buffer that
+``Client._flusher`` writes); ``tests/unit/test_connection.py`` and every integration test
+exercise them, and the dependency is pinned to the nats-py minor versions they were checked
+against. Everything else (connect, reconnect, TLS, JetStream) is nats-py's own.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable, Mapping
 
-import nats
-from nats.aio.client import Client as NATS
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 
 from mesh.config import NatsSettings
+from mesh.transport import headers as h
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DirectHandler", "MeshConnection", "connect", "encode_headers", "parse_headers"]
 
-async def connect(settings: NatsSettings, name: str) -> NATS:
+DirectHandler = Callable[[str, str, bytes, dict[str, str] | None], None]
+"""``handler(subject, reply, payload, headers)``, called on the loop; must not block."""
+
+_HEADER_LINE = b"NATS/1.0"
+_CRLF = b"\r\n"
+
+
+def encode_headers(values: Mapping[str, str]) -> bytes:
+    """A NATS header block. Names and values must be single-line (see ``h.header_text``)."""
+    return b"".join([_HEADER_LINE, _CRLF,
+                     *(f"{key}: {value}\r\n".encode() for key, value in values.items()),
+                     _CRLF])
+
+
+def parse_headers(raw: bytes) -> dict[str, str]:
+    """Parse a NATS header block, including an inline status (``NATS/1.0 503``)."""
+    lines = raw.split(_CRLF)
+    out: dict[str, str] = {}
+    status = lines[0][len(_HEADER_LINE):].strip()
+    if status:
+        code, _, description = status.partition(b" ")
+        out[h.NATS_STATUS] = code.decode()
+        if description:
+            out["Description"] = description.decode()
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            out[name.decode().strip()] = value.decode().strip()
+    return out
+
+
+async def _never_called(msg: object) -> None:  # pragma: no cover - direct subs bypass it
+    raise AssertionError("a direct subscription's messages go to its handler")
+
+
+class MeshConnection(Client):  # type: ignore[misc]
+    """nats-py's client with direct-dispatch subscriptions and non-awaiting publishes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._direct: dict[int, DirectHandler] = {}
+        self._flushed: asyncio.Future[None] | None = None
+
+    async def subscribe_direct(self, subject: str, handler: DirectHandler,
+                               queue: str = "") -> Subscription:
+        """Subscribe with ``handler`` called synchronously for every message."""
+        sub: Subscription = await self.subscribe(subject, queue=queue, cb=_never_called)
+        self._direct[sub._id] = handler
+        return sub
+
+    async def unsubscribe_direct(self, sub: Subscription) -> None:
+        """Stop interest; messages already on their way are still handled."""
+        await sub.unsubscribe()
+        await self.flush()
+        self._direct.pop(sub._id, None)
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes,
+                           headers: bytes) -> None:
+        handler = self._direct.get(sid)
+        if handler is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        try:
+            handler(subject.decode(), reply.decode(), data,
+                    parse_headers(headers) if headers else None)
+        except Exception:  # never let a handler's bug stop the read loop
+            log.exception("handler for %s failed", subject)
+
+    def publish_nowait(self, subject: str, payload: bytes = b"", reply: str = "",
+                       headers: bytes = b"") -> None:
+        """Queue a message for the flusher. ``headers`` comes from :func:`encode_headers`."""
+        if self.is_closed:
+            raise nats.errors.ConnectionClosedError
+        if headers:
+            cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+                subject.encode(), reply.encode(), len(headers), len(headers) + len(payload),
+                headers, payload)
+        else:
+            cmd = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload),
+                                               payload)
+        self._pending.append(cmd)
+        self._pending_data_size += len(cmd)
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += len(payload)
+        queue = self._flush_queue
+        if queue is not None and queue.empty():
+            # The flusher completes the future it is handed; one finished future serves all.
+            if self._flushed is None:
+                self._flushed = asyncio.get_running_loop().create_future()
+                self._flushed.set_result(None)
+            queue.put_nowait(self._flushed)
+
+
+async def connect(settings: NatsSettings, name: str) -> MeshConnection:
     """Connect to the configured NATS servers; reconnect forever once connected."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats (%s): %s", name, exc)
 
     async def on_disconnected() -> None:
-        log.warning("nats (%s): disconnected", name)
+        log.info("nats (%s): disconnected", name)
 
     async def on_reconnected() -> None:
         log.info("nats (%s): reconnected", name)
 
     servers = [url.strip() for url in settings.url.split(",") if url.strip()]
-    return await nats.connect(
+    nc = MeshConnection()
+    await nc.connect(
         servers=servers,
         name=name,
-        connect_timeout=settings.connect_timeout_s,
+        # nats-py annotates these as int but waits with asyncio (floats are fine)
+        connect_timeout=settings.connect_timeout_s,  # type: ignore[arg-type]
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]
         allow_reconnect=True,
         error_cb=on_error,
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
     )
+    return nc

@@ -20,15 +20,16 @@ import itertools
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-
 from mesh.errors import DeadlineExceeded, RpcError, Unavailable, status_from_code
 from mesh.transport import headers as h
+from mesh.transport.connection import MeshConnection, encode_headers
+
+_Message = tuple[bytes, dict[str, str] | None]
 
 __all__ = ["Requester", "error_from"]
 
 _NO_RESPONDERS = "503"
+_CANCEL = encode_headers({h.CANCEL: "1"})
 
 
 def error_from(msg_headers: Mapping[str, str] | None) -> RpcError | None:
@@ -49,7 +50,7 @@ class _Pending:
     subject: str
     deadline: float
     future: asyncio.Future[bytes] | None = None
-    queue: asyncio.Queue[Msg | RpcError] | None = None
+    queue: asyncio.Queue[_Message | RpcError] | None = None
     node: str = ""
     timer: asyncio.TimerHandle | None = None
     control: str = ""
@@ -65,7 +66,7 @@ class _Pending:
 class Requester:
     """Sends calls on one NATS connection and matches replies to them."""
 
-    def __init__(self, nc: NATS, accept_timeout_s: float = 2.0) -> None:
+    def __init__(self, nc: MeshConnection, accept_timeout_s: float = 2.0) -> None:
         self._nc = nc
         self._accept_timeout = accept_timeout_s
         self._prefix = ""
@@ -81,7 +82,7 @@ class Requester:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._prefix = self._nc.new_inbox() + "."
-        await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        await self._nc.subscribe_direct(self._prefix + "*", self._on_reply)
         self._sweeper = self._loop.create_task(self._sweep())
 
     async def stop(self) -> None:
@@ -126,7 +127,8 @@ class Requester:
         self._pending[token] = pending
         self._watch(token, pending, timeout)
         try:
-            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            self._nc.publish_nowait(subject, payload, self._prefix + token,
+                                    encode_headers(headers))
             return await future
         finally:
             self._forget(token)
@@ -148,31 +150,32 @@ class Requester:
         finished = False
         unacked = 0
         try:
-            await self._nc.publish(subject, payload, reply=self._prefix + token,
-                                   headers={**headers, h.STREAM_WINDOW: str(window)})
+            self._nc.publish_nowait(subject, payload, self._prefix + token,
+                                    encode_headers({**headers, h.STREAM_WINDOW: str(window)}))
             assert pending.queue is not None
             while True:
                 item = await pending.queue.get()
                 if isinstance(item, RpcError):
                     finished = True
                     raise item
-                msg_headers = item.headers or {}
-                if h.END in msg_headers or h.NATS_STATUS in msg_headers:
+                data, msg_headers = item
+                if msg_headers and (h.END in msg_headers or h.NATS_STATUS in msg_headers):
                     finished = True
                     error = error_from(msg_headers)
                     if error is not None:
                         raise error
                     return
-                yield item.data
+                yield data
                 unacked += 1
                 if pending.control and unacked * 2 >= window:
-                    await self._nc.publish(pending.control, b"", headers={h.ACK: str(unacked)})
+                    self._nc.publish_nowait(pending.control,
+                                            headers=encode_headers({h.ACK: str(unacked)}))
                     unacked = 0
         finally:
             self._forget(token)
             if not finished and pending.control and not self._nc.is_closed:
                 with contextlib.suppress(Exception):
-                    await self._nc.publish(pending.control, b"", headers={h.CANCEL: "1"})
+                    self._nc.publish_nowait(pending.control, headers=_CANCEL)
 
     # -- replies ----------------------------------------------------------------------
 
@@ -186,12 +189,12 @@ class Requester:
             pending.timer.cancel()
         pending.timer = self._loop.call_at(pending.deadline, self._expire, token)
 
-    async def _on_reply(self, msg: Msg) -> None:
-        token = msg.subject[len(self._prefix):]
+    def _on_reply(self, subject: str, reply: str, data: bytes,
+                  msg_headers: dict[str, str] | None) -> None:
+        token = subject[len(self._prefix):]
         pending = self._pending.get(token)
         if pending is None:
             return  # the caller already gave up
-        msg_headers = msg.headers
         if msg_headers:
             node = msg_headers.get(h.ACCEPTED)
             if node is not None:
@@ -202,7 +205,7 @@ class Requester:
                 return
             error = error_from(msg_headers)
             if error is None:
-                pending.future.set_result(msg.data)
+                pending.future.set_result(data)
             else:
                 pending.future.set_exception(error)
             return
@@ -212,7 +215,7 @@ class Requester:
         if pending.control and not pending.node:
             self._on_accepted(token, pending, msg_headers.get(h.NODE, "") if msg_headers else "")
         assert pending.queue is not None
-        pending.queue.put_nowait(msg)
+        pending.queue.put_nowait((data, msg_headers))
 
     def _expire(self, token: str) -> None:
         pending = self._pending.get(token)
