@@ -11,9 +11,11 @@
         reply = await echo.Echo(echo_pb2.EchoRequest(payload=b"hi"))
 
 Generated stubs are bound to ``client.channel``. Every call made through it gets the
-client's default ``timeout`` (when the call gives none) and its ``metadata``, and is
-retried on ``UNAVAILABLE`` per its :class:`RetryPolicy` (by gRPC's own retry machinery, so
-a retry happens only when it is safe: before any response was received).
+client's default ``timeout`` (when the call gives none) and its ``metadata``. Pass a
+:class:`RetryPolicy` to retry calls that fail ``UNAVAILABLE`` (by gRPC's own retry
+machinery). Retries are off by default: ``UNAVAILABLE`` also reports a node that died
+while serving a call, which may already have run, so retry only calls that are safe to
+repeat.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class MeshClient:
         *,
         timeout: float | None = 30.0,
         metadata: Metadata = (),
-        retry: RetryPolicy | None = RetryPolicy(),
+        retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         max_message_bytes: int = 4 * 1024 * 1024,
     ) -> None:

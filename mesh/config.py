@@ -14,9 +14,9 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mesh.errors import ConfigError
 
@@ -48,7 +48,8 @@ class NatsSettings(_Section):
     monitor_port: int = Field(8222, ge=0, le=65535, description="monitor port (/healthz)")
     max_payload_bytes: int = Field(8 * 1024 * 1024, gt=0,
                                    description="largest NATS message (embedded server)")
-    connect_timeout_s: float = Field(5.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0, description="time to wait for the first "
+                                     "connection before giving up")
 
 
 class GatewaySettings(_Section):
@@ -110,7 +111,13 @@ class MeshConfig(_Section):
     """Everything a node, a gateway or ``revo up`` reads."""
 
     home: Path = Field(Path(".revo"), description="state directory (REVO_HOME)")
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
     nats: NatsSettings = Field(default_factory=NatsSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     node: NodeSettings = Field(default_factory=NodeSettings)
@@ -205,12 +212,15 @@ def _explain(error: ValidationError, source: str, known: list[str]) -> ConfigErr
 def load_config(
     path: Path | str | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    read_file: bool = True,
     **overrides: Any,
 ) -> MeshConfig:
     """Read the configuration.
 
     ``path`` defaults to ``$REVO_CONFIG`` or ``./revo.toml`` (skipped when absent).
     ``overrides`` are top-level sections or keys applied last (used by the CLI's flags).
+    ``read_file=False`` ignores every file (tests build their configuration from scratch).
     Raises :class:`ConfigError` with the key to fix and a suggestion.
     """
     environ = os.environ if environ is None else environ
@@ -219,7 +229,7 @@ def load_config(
     source = "defaults"
     named = path or environ.get("REVO_CONFIG")
     file = Path(named) if named else Path("revo.toml")
-    if named or file.exists():
+    if read_file and (named or file.exists()):
         try:
             data = tomllib.loads(file.read_text())
         except FileNotFoundError as exc:

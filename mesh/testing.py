@@ -42,7 +42,7 @@ from mesh.embedded.processes import spawn, stop_process
 from mesh.gateway import Gateway
 from mesh.runtime.node import Node
 
-__all__ = ["MeshHarness", "spawn_node", "wait_for"]
+__all__ = ["MeshHarness", "spawn_node", "stop_node", "wait_for"]
 
 
 
@@ -71,7 +71,7 @@ def mesh_config(nats_server: NatsServer, tmp_path: Path) -> Callable[..., MeshCo
             "node": {"heartbeat_s": 0.25, "shutdown_grace_s": 5.0,
                      "restart_backoff_s": 0.05},
         }
-        return load_config(environ={}, **_merge(base, sections))
+        return load_config(environ={}, read_file=False, **_merge(base, sections))
 
     return make
 

@@ -168,7 +168,8 @@ def run_up(config: MeshConfig) -> int:
     code = 0
     try:
         state = launcher.start()
-        print(f"revo is up ({len(launcher.children)} mesh processes + nats-server)\n"
+        extra = " + nats-server" if launcher.nats is not None else ""
+        print(f"revo is up ({len(launcher.children)} mesh processes{extra})\n"
               f"  gateway (gRPC)   {state['gateway']}\n"
               f"  NATS             {state['nats']}\n"
               f"  NATS monitor     {state['nats_monitor'] or '-'}\n"

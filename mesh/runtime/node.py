@@ -20,6 +20,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 
+import nats.errors
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.subscription import Subscription
 
@@ -334,6 +335,10 @@ class Node:
                 else:
                     self._send(reply, item)
             self._send(reply, headers={h.END: "1"})
+        except nats.errors.MaxPayloadError:
+            self._send(reply, headers={h.END: "1", **error_headers(ResourceExhausted(
+                f"a stream message exceeds the mesh's NATS message limit "
+                f"({self.nc.max_payload} bytes)"))})
         except RpcError as error:
             self._send(reply, headers={h.END: "1", **error_headers(error)})
         finally:

@@ -108,6 +108,9 @@ class MeshConnection(Client):  # type: ignore[misc]
         """Queue a message for the flusher. ``headers`` comes from :func:`encode_headers`."""
         if self.is_closed:
             raise nats.errors.ConnectionClosedError
+        if len(payload) + len(headers) > self.max_payload:
+            # nats-server would close the whole connection over one such message
+            raise nats.errors.MaxPayloadError
         if headers:
             cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
                 subject.encode(), reply.encode(), len(headers), len(headers) + len(payload),

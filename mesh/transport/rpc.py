@@ -20,7 +20,15 @@ import itertools
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from mesh.errors import DeadlineExceeded, RpcError, Unavailable, status_from_code
+import nats.errors
+
+from mesh.errors import (
+    DeadlineExceeded,
+    ResourceExhausted,
+    RpcError,
+    Unavailable,
+    status_from_code,
+)
 from mesh.transport import headers as h
 from mesh.transport.connection import MeshConnection, encode_headers
 
@@ -127,8 +135,7 @@ class Requester:
         self._pending[token] = pending
         self._watch(token, pending, timeout)
         try:
-            self._nc.publish_nowait(subject, payload, self._prefix + token,
-                                    encode_headers(headers))
+            self._publish(subject, payload, self._prefix + token, encode_headers(headers))
             return await future
         finally:
             self._forget(token)
@@ -150,8 +157,8 @@ class Requester:
         finished = False
         unacked = 0
         try:
-            self._nc.publish_nowait(subject, payload, self._prefix + token,
-                                    encode_headers({**headers, h.STREAM_WINDOW: str(window)}))
+            self._publish(subject, payload, self._prefix + token,
+                          encode_headers({**headers, h.STREAM_WINDOW: str(window)}))
             assert pending.queue is not None
             while True:
                 item = await pending.queue.get()
@@ -159,7 +166,8 @@ class Requester:
                     finished = True
                     raise item
                 data, msg_headers = item
-                if msg_headers and (h.END in msg_headers or h.NATS_STATUS in msg_headers):
+                if msg_headers and (h.END in msg_headers or h.STATUS in msg_headers
+                                    or h.NATS_STATUS in msg_headers):
                     finished = True
                     error = error_from(msg_headers)
                     if error is not None:
@@ -176,6 +184,16 @@ class Requester:
             if not finished and pending.control and not self._nc.is_closed:
                 with contextlib.suppress(Exception):
                     self._nc.publish_nowait(pending.control, headers=_CANCEL)
+
+    def _publish(self, subject: str, payload: bytes, reply: str, headers: bytes) -> None:
+        try:
+            self._nc.publish_nowait(subject, payload, reply, headers)
+        except nats.errors.MaxPayloadError:
+            raise ResourceExhausted(
+                f"request of {len(payload)} bytes exceeds the mesh's NATS message limit "
+                f"({self._nc.max_payload} bytes with headers)") from None
+        except nats.errors.ConnectionClosedError:
+            raise Unavailable("the gateway has no NATS connection; retry shortly") from None
 
     # -- replies ----------------------------------------------------------------------
 

@@ -143,3 +143,17 @@ async def test_service_whose_nodes_all_left_is_unavailable(mesh_harness):
     from mesh.testing import wait_for
 
     await wait_for(gone, 10, "UNAVAILABLE once the only node left")
+
+
+async def test_message_beyond_what_nats_carries_is_refused_and_gateway_keeps_serving(
+        mesh_harness, nats_server):
+    # the gateway's own limit is set above nats-server's max_payload: the gateway clamps it
+    mesh = await mesh_harness(plugins=ONLY_ECHO,
+                              gateway={"max_message_bytes": 2 * nats_server.max_payload})
+    stub = echo_pb2_grpc.EchoServiceStub(mesh.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Echo(echo_pb2.EchoRequest(payload=b"x" * (nats_server.max_payload + 10)),
+                        timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    reply = await stub.Echo(echo_pb2.EchoRequest(payload=b"still here"), timeout=5)
+    assert reply.payload == b"still here"

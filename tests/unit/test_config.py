@@ -231,3 +231,10 @@ def test_missing_file_named_by_revo_config_is_a_config_error(tmp_path: Path) -> 
 
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(environ={"REVO_CONFIG": str(missing)})
+
+
+def test_log_level_is_checked_and_case_insensitive() -> None:
+    assert load_config(environ={"REVO_LOG_LEVEL": "debug"}, read_file=False).log_level == "DEBUG"
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={"REVO_LOG_LEVEL": "loud"}, read_file=False)
+    assert "log_level" in str(caught.value)
