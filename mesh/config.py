@@ -48,6 +48,8 @@ class NatsSettings(_Section):
     monitor_port: int = Field(8222, ge=0, le=65535, description="monitor port (/healthz)")
     max_payload_bytes: int = Field(8 * 1024 * 1024, gt=0,
                                    description="largest NATS message (embedded server)")
+    embedded_cpus: int = Field(1, ge=0, description="cores (GOMAXPROCS) of the embedded "
+                               "server; 0 lets Go use all")
     connect_timeout_s: float = Field(5.0, gt=0, description="time to wait for the first "
                                      "connection before giving up")
 

@@ -86,6 +86,7 @@ class Launcher:
             self.nats = NatsServer(home / "nats", port=self.config.nats.port,
                                    monitor_port=self.config.nats.monitor_port,
                                    max_payload=self.config.nats.max_payload_bytes,
+                                   cpus=self.config.nats.embedded_cpus,
                                    log_file=self.logs / "nats-server.log").start()
             nats_url = self.nats.url
         else:
