@@ -248,12 +248,11 @@ class Node:
                     self._serve_stream(reply, data, pool, binding, ctx, headers))
                 task.add_done_callback(lambda _: self._end(reply))
                 return
-            future = pool.start_call(binding, data, ctx)
+            pool.start_call(binding, data, ctx, functools.partial(self._answer, reply))
         except RpcError as error:
             self._send(reply, headers=error_headers(error))
             return
         self._begin(reply)
-        future.add_done_callback(functools.partial(self._answer, reply))
 
     def _begin(self, reply: str) -> None:
         self._inflight += 1
@@ -266,10 +265,12 @@ class Node:
         if self._inflight == 0:
             self._idle.set()
 
-    def _answer(self, reply: str, future: asyncio.Future[bytes]) -> None:
+    def _answer(self, reply: str, data: bytes | None, error: RpcError | None) -> None:
         assert self.nc is not None
         try:
-            data = future.result()
+            if error is not None:
+                raise error
+            assert data is not None
             if len(data) > self.nc.max_payload - _HEADER_ROOM:
                 raise ResourceExhausted(
                     f"response of {len(data)} bytes exceeds the mesh's message limit "

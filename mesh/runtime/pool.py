@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,15 +104,22 @@ class StreamSink:
             yield item
 
 
-@dataclass
+Respond = Callable[[bytes | None, "RpcError | None"], None]
+"""``respond(response, error)``: a unary call's outcome, called once on the loop."""
+
+
+@dataclass(eq=False)
 class Call:
-    """One call on its way to an actor."""
+    """One call on its way to an actor. Exactly one of ``respond`` and ``sink`` is set."""
 
     binding: MethodBinding
     payload: bytes
     ctx: Context
-    future: asyncio.Future[bytes] | None = None
+    respond: Respond | None = None
     sink: StreamSink | None = None
+    timer: asyncio.TimerHandle | None = None
+    finished: bool = False
+    """Set on the loop once the outcome was delivered (or the deadline passed)."""
 
 
 @dataclass(frozen=True)
@@ -327,26 +334,32 @@ class EnginePool:
 
     # -- calls ------------------------------------------------------------------------
 
-    def start_call(self, binding: MethodBinding, payload: bytes,
-                   ctx: Context) -> asyncio.Future[bytes]:
-        """Queue a unary call; the future holds the encoded response or the RpcError."""
-        future: asyncio.Future[bytes] = self.loop.create_future()
-        self.submit(Call(binding, payload, ctx, future=future))
+    def start_call(self, binding: MethodBinding, payload: bytes, ctx: Context,
+                   respond: Respond) -> None:
+        """Queue a unary call; ``respond`` gets its outcome (raises if it cannot queue)."""
+        call = Call(binding, payload, ctx, respond=respond)
+        self.submit(call)
         # A hung engine must not hold the caller (or the node's drain) past the deadline.
-        timer = self.loop.call_later(ctx.time_remaining(), self._expire, future, ctx,
-                                     binding.path)
-        future.add_done_callback(lambda _: timer.cancel())
-        return future
+        call.timer = self.loop.call_later(ctx.time_remaining(), self._expire, call)
 
     async def call(self, binding: MethodBinding, payload: bytes, ctx: Context) -> bytes:
         """Run a unary call on an actor and return the encoded response."""
-        return await self.start_call(binding, payload, ctx)
+        future: asyncio.Future[bytes] = self.loop.create_future()
 
-    @staticmethod
-    def _expire(future: asyncio.Future[bytes], ctx: Context, path: str) -> None:
-        ctx.cancelled.set()  # lets a waiting engine give up early
-        if not future.done():
-            future.set_exception(DeadlineExceeded(f"{path} did not finish before its deadline"))
+        def respond(result: bytes | None, error: RpcError | None) -> None:
+            if not future.done():
+                if error is None:
+                    future.set_result(result or b"")
+                else:
+                    future.set_exception(error)
+
+        self.start_call(binding, payload, ctx, respond)
+        return await future
+
+    def _expire(self, call: Call) -> None:
+        call.ctx.cancelled.set()  # lets a waiting engine give up early
+        self._fail(call, DeadlineExceeded(
+            f"{call.binding.path} did not finish before its deadline"))
 
     def stream(self, binding: MethodBinding, payload: bytes, ctx: Context,
                window: int) -> StreamSink:
@@ -377,8 +390,8 @@ class EnginePool:
                     self._idle.append(slot)
                     return None
                 call = self._waiting.popleft()
-            if call.future is not None and call.future.done():
-                continue  # the caller went away (its deadline passed)
+            if call.finished:
+                continue  # its deadline passed while it waited
             if call.ctx.expired:
                 self.post(None, call, None, DeadlineExceeded(
                     f"deadline passed while {call.binding.path} waited for a free actor"))
@@ -424,20 +437,22 @@ class EnginePool:
             slot.ref.tell(_Drain())
 
     @staticmethod
-    def _deliver(call: Call, result: bytes) -> None:
-        if call.future is not None:
-            if not call.future.done():
-                call.future.set_result(result)
-        elif call.sink is not None:
-            call.sink.end(None)
-
-    @staticmethod
-    def _fail(call: Call, error: RpcError) -> None:
-        if call.future is not None:
-            if not call.future.done():
-                call.future.set_exception(error)
+    def _finish(call: Call, result: bytes | None, error: RpcError | None) -> None:
+        if call.finished:
+            return
+        call.finished = True
+        if call.timer is not None:
+            call.timer.cancel()
+        if call.respond is not None:
+            call.respond(result, error)
         elif call.sink is not None:
             call.sink.end(error)
+
+    def _deliver(self, call: Call, result: bytes) -> None:
+        self._finish(call, result, None)
+
+    def _fail(self, call: Call, error: RpcError) -> None:
+        self._finish(call, None, error)
 
     # -- supervision ------------------------------------------------------------------
 
