@@ -131,27 +131,26 @@ class MeshConfig(_Section):
         return self.engines.get(name) or EngineSettings.model_validate({})
 
 
-def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    keys = []
+def _leaf_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
+    """Every leaf key of the model (``gateway.address``) with its annotation."""
+    leaves: dict[str, Any] = {}
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, _Section):
-            keys.extend(_known_keys(annotation, f"{prefix}{name}."))
+            leaves.update(_leaf_fields(annotation, f"{prefix}{name}."))
         else:
-            keys.append(f"{prefix}{name}")
-    return keys
+            leaves[f"{prefix}{name}"] = annotation
+    return leaves
 
 
-def _open_tables(model: type[BaseModel], prefix: str = "") -> list[str]:
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return list(_leaf_fields(model))
+
+
+def _open_tables(model: type[BaseModel]) -> list[str]:
     """Keys whose values are tables of free keys (``plugins.extra``, ``engines``)."""
-    tables = []
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, _Section):
-            tables.extend(_open_tables(annotation, f"{prefix}{name}."))
-        elif getattr(annotation, "__origin__", None) is dict:
-            tables.append(f"{prefix}{name}")
-    return tables
+    return [key for key, annotation in _leaf_fields(model).items()
+            if getattr(annotation, "__origin__", None) is dict]
 
 
 def _suggest(key: str, known: list[str]) -> str:
