@@ -39,8 +39,7 @@ from mesh.transport.rpc import Requester
 log = logging.getLogger(__name__)
 
 REQUEST_ID_METADATA = "x-request-id"
-# Room kept in a NATS message for the mesh's headers.
-MESSAGE_HEADER_ROOM = 4096
+
 TRACEPARENT_METADATA = "traceparent"
 
 _OWN_SERVICES = (
@@ -132,7 +131,7 @@ class Gateway:
         self._view = RegistryView(self.nc, self._on_registry, base_files=self._own_files)
         await self._view.start()
         limit = self.config.gateway.max_message_bytes
-        nats_limit = self.nc.max_payload - MESSAGE_HEADER_ROOM
+        nats_limit = self.nc.max_payload - h.HEADER_ROOM
         if limit > nats_limit:
             log.warning("gateway.max_message_bytes (%d) is above what NATS carries (%d after "
                         "headers); using %d", limit, nats_limit, nats_limit)

@@ -50,8 +50,6 @@ _POOL_STATUS = {
     PoolState.DEGRADED: mesh_pb2.ENGINE_STATUS_DEGRADED,
     PoolState.STOPPING: mesh_pb2.ENGINE_STATUS_STOPPING,
 }
-# Room left in a NATS message for headers when checking a reply's size.
-_HEADER_ROOM = 4096
 # A call still running after this long is acknowledged with Revo-Accepted, so its caller can
 # tell a slow call from one lost with a dead node (see mesh.transport.rpc).
 ACCEPT_AFTER_S = 0.1
@@ -271,10 +269,10 @@ class Node:
             if error is not None:
                 raise error
             assert data is not None
-            if len(data) > self.nc.max_payload - _HEADER_ROOM:
+            if len(data) > self.nc.max_payload - h.HEADER_ROOM:
                 raise ResourceExhausted(
                     f"response of {len(data)} bytes exceeds the mesh's message limit "
-                    f"({self.nc.max_payload - _HEADER_ROOM} bytes)")
+                    f"({self.nc.max_payload - h.HEADER_ROOM} bytes)")
             self._send(reply, data)
         except RpcError as error:
             self._send(reply, headers=error_headers(error))

@@ -52,6 +52,9 @@ CANCEL = "Revo-Cancel"
 # Set by nats-server itself on a no-responders reply.
 NATS_STATUS = "Status"
 
+# Room kept in every NATS message for the mesh's headers when checking a payload's size.
+HEADER_ROOM = 4096
+
 _UNSAFE = str.maketrans({"\r": " ", "\n": " "})
 
 
