@@ -115,7 +115,8 @@ class Gateway:
         self._served: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._requester: Requester | None = None
-        self._nodes: set[str] = set()
+        self._nodes: dict[str, bool] = {}
+        """Live node ids, and whether each said it is draining."""
         self._ever_served: set[str] = set()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -182,10 +183,14 @@ class Gateway:
         await self._server.wait_for_termination()
 
     def _on_registry(self, snapshot: Snapshot) -> None:
-        nodes = {a.node.id for a in snapshot.nodes}
+        nodes = {a.node.id: a.node.draining for a in snapshot.nodes}
         if self._requester is not None:
-            for gone in self._nodes - nodes:
-                log.warning("node %s left the mesh", gone)
+            for gone in self._nodes.keys() - nodes.keys():
+                if self._nodes[gone]:
+                    log.info("node %s left the mesh after draining", gone)
+                else:
+                    log.warning("node %s left the mesh without draining (killed, or cut off "
+                                "from NATS)", gone)
                 self._requester.node_gone(gone)
         self._nodes = nodes
         self._router.rebuild(snapshot)

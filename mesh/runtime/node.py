@@ -171,6 +171,9 @@ class Node:
     async def stop(self) -> None:
         """Stop taking calls, finish in-flight ones (bounded), leave the registry, drain."""
         self.draining = True
+        if self._registry is not None:  # gateways see a planned departure, not a failure
+            with contextlib.suppress(Exception):
+                await self._registry.publish()
         assert self.nc is not None or not self._subs
         for sub in self._subs:
             with contextlib.suppress(Exception):
