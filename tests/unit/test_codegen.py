@@ -30,7 +30,8 @@ def test_method_attribute(rpc: str, attribute: str) -> None:
 
 
 def test_the_check_reports_a_changed_file_and_changes_nothing(tmp_path: Path) -> None:
-    echo = next(tree for tree in codegen.TREES if tree.python_package == "revo_engine_echo._gen")
+    echo = next(tree for tree in codegen.repo_trees()
+                if tree.python_package == "revo_engine_echo._gen")
     out = tmp_path / "_gen"
     shutil.copytree(echo.out_dir, out, ignore=shutil.ignore_patterns("__pycache__"))
     edited = out / "revo" / "echo" / "v1" / "echo_pb2.pyi"
@@ -39,7 +40,7 @@ def test_the_check_reports_a_changed_file_and_changes_nothing(tmp_path: Path) ->
     tree = codegen.ProtoTree(echo.proto_root, out, echo.python_package)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(codegen, "ROOT", tmp_path)  # report paths relative to the copy
+        patch.chdir(tmp_path)  # paths are reported relative to the working directory
         stale = codegen.regenerate(check=True, trees=(tree,))
 
     assert stale == ["_gen/revo/echo/v1/echo_pb2.pyi", "_gen/stray.py"]
