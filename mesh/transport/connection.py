@@ -7,13 +7,16 @@
   headers. nats-py otherwise builds a ``Msg``, queues it, and hands it to a task of the
   subscription's own; for one message per call on both sides of every hop, that hop is a
   large share of the mesh's cost.
-* :meth:`~MeshConnection.publish_nowait`: queues a message for nats-py's flusher without
-  awaiting, with headers already encoded (the mesh's headers are known to be safe).
+* :meth:`~MeshConnection.publish_nowait`: queues a message without awaiting, with headers
+  already encoded (the mesh's headers are known to be safe), and writes everything queued
+  in one pass of the event loop with one write, without waking nats-py's flusher task
+  (which still takes over while reconnecting or when the socket is backed up).
 
-Both rely on two nats-py internals (``Client._process_msg`` and the pending buffer that
-``Client._flusher`` writes); ``tests/unit/test_connection.py`` and every integration test
-exercise them, and the dependency is pinned to the nats-py minor versions they were checked
-against. Everything else (connect, reconnect, TLS, JetStream) is nats-py's own.
+Both rely on nats-py internals (``Client._process_msg``, the pending buffer that
+``Client._flusher`` writes, and the TCP transport's stream writer).
+``tests/integration/test_connection.py`` (reconnects included) and every other integration
+test exercise them, and ``pyproject.toml`` pins nats-py to the minor version they were
+checked against. Everything else (connect, reconnect, TLS, JetStream) is nats-py's own.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ __all__ = ["DirectHandler", "MeshConnection", "connect", "encode_headers", "pars
 DirectHandler = Callable[[str, str, bytes, dict[str, str] | None], None]
 """``handler(subject, reply, payload, headers)``, called on the loop; must not block."""
 
+# Above this many unsent bytes in the socket's buffer, writes go through nats-py's flusher,
+# which waits for the buffer to drain.
+_WRITE_BUFFER_LIMIT = 1024 * 1024
 _HEADER_LINE = b"NATS/1.0"
 _CRLF = b"\r\n"
 
@@ -75,6 +81,7 @@ class MeshConnection(Client):  # type: ignore[misc]
         super().__init__()
         self._direct: dict[int, DirectHandler] = {}
         self._flushed: asyncio.Future[None] | None = None
+        self._write_scheduled = False
 
     async def subscribe_direct(self, subject: str, handler: DirectHandler,
                                queue: str = "") -> Subscription:
@@ -122,6 +129,31 @@ class MeshConnection(Client):  # type: ignore[misc]
         self._pending_data_size += len(cmd)
         self.stats["out_msgs"] += 1
         self.stats["out_bytes"] += len(payload)
+        if not self._write_scheduled:
+            # One write per pass of the loop, for every message queued in that pass.
+            self._write_scheduled = True
+            asyncio.get_running_loop().call_soon(self._write_pending)
+
+    def _write_pending(self) -> None:
+        """Write what is pending now; leave it to nats-py's flusher when that is safer."""
+        self._write_scheduled = False
+        if not self._pending_data_size:
+            return
+        if not self.is_connected or self.is_connecting:
+            return  # nats-py writes the pending buffer once it has reconnected
+        writer = getattr(self._transport, "_io_writer", None)
+        if writer is None or writer.transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
+            self._kick_flusher()  # not a plain TCP stream, or the socket is backed up
+            return
+        try:
+            writer.writelines(self._pending)
+        except OSError:
+            self._kick_flusher()  # the flusher meets the error and starts nats-py's recovery
+            return
+        self._pending = []
+        self._pending_data_size = 0
+
+    def _kick_flusher(self) -> None:
         queue = self._flush_queue
         if queue is not None and queue.empty():
             # The flusher completes the future it is handed; one finished future serves all.

@@ -1,0 +1,52 @@
+"""The mesh's direct NATS path against a real server, through a server restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mesh.config import NatsSettings
+from mesh.embedded.nats_server import NatsServer
+from mesh.testing import wait_for
+from mesh.transport.connection import connect, encode_headers
+
+
+async def test_direct_subscription_and_publish_survive_a_server_restart(tmp_path):
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        settings = NatsSettings(url=server.url)
+        nc = await connect(settings, "test")
+        got: list[tuple[str, bytes, dict[str, str] | None]] = []
+        await nc.subscribe_direct("t.direct", lambda s, r, d, hd: got.append((r, d, hd)))
+
+        nc.publish_nowait("t.direct", b"one", "re.ply", encode_headers({"A": "1"}))
+        nc.publish_nowait("t.direct", b"two")
+        await wait_for(lambda: len(got) == 2, 5, "both messages")
+        assert got == [("re.ply", b"one", {"A": "1"}), ("", b"two", None)]
+
+        port = server.port
+        server.kill()
+        await wait_for(lambda: not nc.is_connected, 10, "the client to notice")
+        nc.publish_nowait("t.direct", b"while away")  # kept until reconnected
+        server = NatsServer(tmp_path / "nats", port=port).start()
+        await wait_for(lambda: nc.is_connected, 15, "the client to reconnect")
+        nc.publish_nowait("t.direct", b"after")
+        await wait_for(lambda: len(got) == 4, 10, "the messages sent around the restart")
+        assert [d for _, d, _ in got[2:]] == [b"while away", b"after"]
+        await nc.close()
+    finally:
+        server.stop()
+
+
+async def test_publish_larger_than_the_server_allows_is_refused_locally(nats_server):
+    import nats.errors
+
+    nc = await connect(NatsSettings(url=nats_server.url), "test")
+    try:
+        with pytest.raises(nats.errors.MaxPayloadError):
+            nc.publish_nowait("t.big", b"x" * (nc.max_payload + 1))
+        await asyncio.sleep(0.1)
+        assert nc.is_connected  # the connection was not sacrificed
+    finally:
+        await nc.close()
