@@ -68,7 +68,7 @@ class Settings:
     def for_mode(cls, quick: bool) -> Settings:
         if quick:
             return cls("quick", rounds=2, duration_s=3.0, warmup_s=1.0, max_calls=250_000)
-        return cls("full", rounds=3, duration_s=10.0, warmup_s=2.0, max_calls=1_000_000)
+        return cls("full", rounds=5, duration_s=8.0, warmup_s=2.0, max_calls=1_000_000)
 
 
 @dataclass
