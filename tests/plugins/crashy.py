@@ -10,43 +10,27 @@ old one. ``Count`` streams indexes, waiting ``interval_ms`` between them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from mesh.engine import Context, Engine, EngineSpec, hookimpl
+from mesh.engine import Context, EngineSpec, hookimpl
 from mesh.errors import InvalidArgument
+from revo_engine_echo import EchoEngine, EchoSettings
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
 
 CRASH = b"crash"
 INVALID = b"invalid"
 
 
-class CrashyEngine(Engine):
-    services = (echo_pb2.DESCRIPTOR.services_by_name["EchoService"],)
+class CrashyEngine(EchoEngine):
+    """The echo engine, failing on request; ``Count`` and ``Stats`` are echo's own."""
 
     def __init__(self, settings: object = None) -> None:
-        super().__init__(settings)
-        self.answered = 0
+        super().__init__(EchoSettings())
 
     def echo(self, request: echo_pb2.EchoRequest, ctx: Context) -> echo_pb2.EchoResponse:
         if request.payload == CRASH:
             raise RuntimeError(f"boom: crashy was asked to crash (request {ctx.request_id})")
         if request.payload == INVALID:
             raise InvalidArgument("crashy refuses the payload b'invalid'; send anything else")
-        if request.delay_ms:
-            ctx.cancelled.wait(request.delay_ms / 1000)
-        self.answered += 1
-        return echo_pb2.EchoResponse(payload=request.payload, node_id=ctx.node_id)
-
-    def count(self, request: echo_pb2.CountRequest,
-              ctx: Context) -> Iterator[echo_pb2.CountResponse]:
-        for index in range(request.count):
-            if index and request.interval_ms and ctx.cancelled.wait(request.interval_ms / 1000):
-                return
-            self.answered += 1
-            yield echo_pb2.CountResponse(index=index)
-
-    def stats(self, request: echo_pb2.StatsRequest, ctx: Context) -> echo_pb2.StatsResponse:
-        return echo_pb2.StatsResponse(answered=self.answered, node_id=ctx.node_id)
+        return super().echo(request, ctx)
 
 
 @hookimpl
