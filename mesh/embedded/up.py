@@ -28,6 +28,22 @@ log = logging.getLogger(__name__)
 
 STOP_BUDGET_S = 15.0
 READY_TIMEOUT_S = 90.0
+# A process that dies after starting is restarted after RESTART_BACKOFF_S, doubling for
+# each death in a row up to RESTART_BACKOFF_MAX_S; one that ran STABLE_AFTER_S resets it.
+RESTART_BACKOFF_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 60.0
+
+
+@dataclass
+class _Supervised:
+    """How to start one child again, and how often it has died lately."""
+
+    argv: list[str]
+    log_file: Path
+    started_at: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
 
 
 def state_file(config: MeshConfig) -> Path:
@@ -64,6 +80,9 @@ class Launcher:
     nats: NatsServer | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stop_requested: threading.Event = field(default_factory=threading.Event)
+    _supervised: dict[str, _Supervised] = field(default_factory=dict)
+    _env: dict[str, str] = field(default_factory=dict)
+    _state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def logs(self) -> Path:
@@ -91,13 +110,13 @@ class Launcher:
             nats_url = self.nats.url
         else:
             nats_url = self.config.nats.url
-        env = self._child_env(nats_url)
-        revo = [sys.executable, "-m", "mesh"]
-        self.children["node"] = spawn([*revo, "node"], log_file=self.logs / "node.log", env=env)
-        self.children["gateway"] = spawn([*revo, "gateway"], log_file=self.logs / "gateway.log",
-                                         env=env)
+        self._env = self._child_env(nats_url)
+        for name in ("node", "gateway"):
+            self._supervised[name] = _Supervised([sys.executable, "-m", "mesh", name],
+                                                 self.logs / f"{name}.log")
+            self._spawn(name)
         self._wait_ready()
-        state = {
+        self._state = {
             "pid": os.getpid(),
             "started_at": time.time(),
             "gateway": self.config.gateway.address,
@@ -105,11 +124,19 @@ class Launcher:
             "nats_monitor": (f"http://127.0.0.1:{self.nats.monitor_port}" if self.nats else ""),
             "home": str(home.resolve()),
             "logs": str(self.logs.resolve()),
-            "processes": {name: p.pid for name, p in self.children.items()}
-            | ({"nats-server": self.nats.process.pid} if self.nats and self.nats.process else {}),
         }
-        state_file(self.config).write_text(json.dumps(state, indent=2))
-        return state
+        self._write_state()
+        return self._state
+
+    def _spawn(self, name: str) -> None:
+        child = self._supervised[name]
+        self.children[name] = spawn(child.argv, log_file=child.log_file, env=self._env)
+        child.started_at, child.restart_at = time.monotonic(), None
+
+    def _write_state(self) -> None:
+        self._state["processes"] = {name: p.pid for name, p in self.children.items()} | (
+            {"nats-server": self.nats.process.pid} if self.nats and self.nats.process else {})
+        state_file(self.config).write_text(json.dumps(self._state, indent=2))
 
     def _wait_ready(self) -> None:
         """Until the gateway answers and lists a node, or a child dies."""
@@ -133,9 +160,34 @@ class Launcher:
                                    f"see {self.logs / (name + '.log')}")
 
     def wait(self) -> None:
-        """Block until asked to stop or a child dies (which raises)."""
-        while not self.stop_requested.wait(0.5):
-            self._check_children()
+        """Block until asked to stop, restarting a child that dies (with capped backoff)."""
+        while not self.stop_requested.wait(0.2):
+            if self.nats is not None and self.nats.process is not None \
+                    and self.nats.process.poll() is not None:
+                code = self.nats.process.returncode
+                print(f"nats-server exited with code {code}; restarting it (see "
+                      f"{self.logs / 'nats-server.log'})", flush=True)
+                self.nats.process = None
+                self.nats.start()  # same ports and data: nodes and gateway reconnect
+                self._write_state()
+            for name, process in self.children.items():
+                if process.poll() is not None:
+                    self._supervise(name, process.returncode)
+
+    def _supervise(self, name: str, code: int) -> None:
+        child = self._supervised[name]
+        now = time.monotonic()
+        if child.restart_at is None:
+            if now - child.started_at >= STABLE_AFTER_S:
+                child.failures = 0
+            child.failures += 1
+            delay = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** (child.failures - 1))
+            child.restart_at = now + delay
+            print(f"{name} exited with code {code}; restarting it in {delay:g} s "
+                  f"(see {child.log_file})", flush=True)
+        elif now >= child.restart_at:
+            self._spawn(name)
+            self._write_state()
 
     def stop(self) -> None:
         """Stop everything in reverse start order, within the stop budget."""

@@ -66,10 +66,33 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
         assert "echo" in status.stdout
         assert "running" in status.stdout
 
-        state = json.loads((tmp_path / "home/run/up.json").read_text())
+        state_file = tmp_path / "home/run/up.json"
+        state = json.loads(state_file.read_text())
         pids = list(state["processes"].values())
         assert len(pids) == 3
         assert all(_alive(pid) for pid in pids)
+
+        # a node that dies is restarted, and the mesh serves again
+        os.kill(state["processes"]["node"], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            node = json.loads(state_file.read_text())["processes"]["node"]
+            if node != state["processes"]["node"]:
+                break
+            time.sleep(0.2)
+        assert node != state["processes"]["node"], "the killed node was not restarted"
+        pids.append(node)
+        reply = None
+        with grpc.insecure_channel(gateway) as channel:
+            stub = echo_pb2_grpc.EchoServiceStub(channel)
+            for _ in range(100):  # bounded: until the new node has joined
+                try:
+                    reply = stub.Echo(echo_pb2.EchoRequest(payload=b"again"), timeout=5)
+                    break
+                except grpc.RpcError:
+                    time.sleep(0.2)
+        assert reply is not None
+        assert reply.payload == b"again"
 
         started = time.monotonic()
         up.send_signal(signal.SIGINT)
