@@ -1,7 +1,8 @@
 """``revo up``: the whole mesh on one machine, as real servers run as child processes.
 
 Start order: nats-server (JetStream, data under ``$REVO_HOME/nats``), one node with every
-installed engine, then the gateway. Stop order is the reverse, on Ctrl-C or SIGTERM, within
+installed engine, then the gateway. Once up, a child that dies is started again (node and
+gateway with capped backoff). Stop order is the reverse, on Ctrl-C or SIGTERM, within
 :data:`STOP_BUDGET_S` seconds; children are also killed by the kernel if this process dies.
 ``$REVO_HOME/run/up.json`` records what runs, for ``revo status``.
 """
