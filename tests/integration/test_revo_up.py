@@ -82,17 +82,17 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
             time.sleep(0.2)
         assert node != state["processes"]["node"], "the killed node was not restarted"
         pids.append(node)
-        reply = None
+        again: echo_pb2.EchoResponse | None = None
         with grpc.insecure_channel(gateway) as channel:
             stub = echo_pb2_grpc.EchoServiceStub(channel)
             for _ in range(100):  # bounded: until the new node has joined
                 try:
-                    reply = stub.Echo(echo_pb2.EchoRequest(payload=b"again"), timeout=5)
+                    again = stub.Echo(echo_pb2.EchoRequest(payload=b"again"), timeout=5)
                     break
                 except grpc.RpcError:
                     time.sleep(0.2)
-        assert reply is not None
-        assert reply.payload == b"again"
+        assert again is not None
+        assert again.payload == b"again"
 
         started = time.monotonic()
         up.send_signal(signal.SIGINT)
