@@ -1,33 +1,35 @@
-"""Child processes that never outlive their parent."""
+"""Child processes that do not outlive their parent.
+
+Each child runs in a session of its own, so a Ctrl-C in the terminal reaches only the
+parent, which stops its children in order. Where util-linux's ``setpriv`` is present (every
+mainstream Linux), the child is also started through ``setpriv --pdeathsig TERM``, so the
+kernel asks it to stop if the parent dies without doing so (for example on SIGKILL).
+The kernel ties that to the spawning *thread*: spawn from a thread that lives as long as
+the children should (the launchers here spawn from their main thread).
+This avoids ``preexec_fn``, which is not safe in a process that has threads (gRPC's):
+a child forked while another thread held a lock could hang before it ever ran.
+"""
 
 from __future__ import annotations
 
-import ctypes
-import os
-import signal
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    os.setpgrp()  # a Ctrl-C in the terminal reaches only the parent, which stops us in order
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
 def spawn(argv: Sequence[str], *, log_file: Path | None = None,
           env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start ``argv``; it is killed if this process dies, and ignores the terminal's Ctrl-C."""
+    """Start ``argv`` in its own session, stopped by the kernel if this process dies."""
+    command = [_SETPRIV, "--pdeathsig", "TERM", "--", *argv] if _SETPRIV else list(argv)
     out = open(log_file, "ab") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115
     try:
-        return subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=dict(env) if env else None,
-                                preexec_fn=_die_with_parent)
+                                start_new_session=True)
     finally:
         if log_file is not None:
             out.close()  # type: ignore[union-attr]

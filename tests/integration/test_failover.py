@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from mesh.gateway import Gateway
-from mesh.testing import spawn_node, stop_node, wait_for
+from mesh.testing import spawn_node, wait_for
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
 
 ECHO_SERVICE = "revo.echo.v1.EchoService"
@@ -102,11 +102,13 @@ async def test_sigterm_finishes_in_flight_calls_then_exits_zero(gateway, tmp_pat
             slow = [asyncio.ensure_future(stub.Echo(
                 echo_pb2.EchoRequest(payload=b"slow%d" % i, delay_ms=800), timeout=10))
                 for i in range(4)]
-            await asyncio.sleep(0.3)  # the calls are running (2 actors) or queued (2)
+            # the node holds all four (2 running, 2 queued): it has acknowledged each of them
+            await wait_for(lambda: len(gateway._requester._by_node.get("drain", ())) == 4,
+                           10, "the node to accept the four calls")
             os.kill(node.pid, signal.SIGTERM)
             replies = await asyncio.gather(*slow)
             assert [r.payload for r in replies] == [b"slow%d" % i for i in range(4)]
-            code = await asyncio.to_thread(stop_node, node, 15)
+            code = await asyncio.to_thread(node.wait, 15)  # exits on its own after draining
             assert code == 0
             # a call after it left is refused clearly, not hung
             with pytest.raises(grpc.aio.AioRpcError) as caught:
