@@ -3,7 +3,8 @@
 Start order: nats-server (JetStream, data under ``$REVO_HOME/nats``), one node with every
 installed engine, then the gateway. Once up, a child that dies is started again (node and
 gateway with capped backoff). Stop order is the reverse, on Ctrl-C or SIGTERM, within
-:data:`STOP_BUDGET_S` seconds; children are also killed by the kernel if this process dies.
+:data:`STOP_BUDGET_S` seconds; the kernel also stops the
+children if this process dies (see ``mesh.embedded.processes``).
 ``$REVO_HOME/run/up.json`` records what runs, for ``revo status``.
 """
 
