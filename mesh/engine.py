@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -166,5 +166,4 @@ def bind_methods(spec: EngineSpec) -> dict[str, MethodBinding]:
     return bindings
 
 
-Handler = Callable[[Message, Context], Message | Iterable[Message]]
 SettingsMap = Mapping[str, Any]

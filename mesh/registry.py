@@ -121,6 +121,17 @@ class Route:
         return self.method.server_streaming
 
 
+def _only_heartbeat_changed(old: registry_pb2.NodeAnnouncement,
+                            new: registry_pb2.NodeAnnouncement) -> bool:
+    if old.files != new.files or old.heartbeat_ms != new.heartbeat_ms:
+        return False
+    stamp = old.node.heartbeat_at
+    probe = registry_pb2.NodeAnnouncement()
+    probe.node.CopyFrom(new.node)
+    probe.node.heartbeat_at.CopyFrom(stamp)
+    return bool(probe.node == old.node)
+
+
 @dataclass
 class _Seen:
     announcement: registry_pb2.NodeAnnouncement
@@ -233,6 +244,12 @@ class RegistryView:
                 # Age by the node's own heartbeat time, so an entry left behind by a node
                 # that died long ago is not taken as fresh when a gateway starts.
                 age = max(0.0, time.time() - announcement.node.heartbeat_at.ToNanoseconds() / 1e9)
+                seen = self._seen.get(node_id)
+                if seen is not None and _only_heartbeat_changed(seen.announcement, announcement):
+                    # the common case: keep routes and descriptors, refresh liveness only
+                    seen.announcement.node.heartbeat_at.CopyFrom(announcement.node.heartbeat_at)
+                    seen.at = time.monotonic() - age
+                    continue
                 self._seen[node_id] = _Seen(announcement, time.monotonic() - age)
             if self._ready.is_set():
                 self._rebuild()
@@ -251,11 +268,6 @@ class RegistryView:
                 self._rebuild()
 
     def _rebuild(self) -> None:
-        previous = self.snapshot
         self.snapshot = build_snapshot(self._fresh(), self._base_files)
-        if self._on_change is not None and (
-            previous.routes.keys() != self.snapshot.routes.keys()
-            or previous.service_nodes != self.snapshot.service_nodes
-            or [a.node for a in previous.nodes] != [a.node for a in self.snapshot.nodes]
-        ):
+        if self._on_change is not None:
             self._on_change(self.snapshot)

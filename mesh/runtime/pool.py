@@ -15,10 +15,9 @@ import enum
 import logging
 import queue
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -227,7 +226,6 @@ class _Slot:
     index: int
     ref: pykka.ActorRef[EngineActor] | None = None
     failures: int = 0
-    restarting: bool = False
 
 
 _Outcome = tuple["_Slot | None", Call, bytes | None, RpcError | None]
@@ -239,7 +237,6 @@ class PoolStats:
     served: int = 0
     crashed: int = 0
     last_error: str = ""
-    history: deque[float] = field(default_factory=lambda: deque(maxlen=32))
 
 
 class EnginePool:
@@ -467,7 +464,6 @@ class EnginePool:
         if self._stopping:
             return
         delay = min(self._backoff_max, self._backoff * 2 ** (slot.failures - 1))
-        slot.restarting = True
         log.warning("engine %s: restarting actor %d in %.2f s (failure %d in a row)",
                     self.name, slot.index, delay, slot.failures)
 
@@ -495,9 +491,8 @@ class EnginePool:
             await self.loop.run_in_executor(None, lambda: ref.stop(block=True,
                                                                    timeout=self._start_timeout))
             return
-        slot.ref, slot.restarting = ref, False
+        slot.ref = ref
         self.stats.restarts += 1
-        self.stats.history.append(time.time())
         self._make_idle(slot)
 
     # -- status -----------------------------------------------------------------------

@@ -269,7 +269,3 @@ class Requester:
                 tokens.discard(token)
                 if not tokens:
                     del self._by_node[pending.node]
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._pending)
