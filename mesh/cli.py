@@ -77,7 +77,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     import grpc
 
     from mesh._gen.revo.mesh.v1 import mesh_pb2
-    from mesh.client import MeshClient
+    from mesh.auth.tokens import operator_token
+    from mesh.client import MeshClient, client_credentials
     from mesh.embedded.up import read_state
 
     config = _config(args)
@@ -91,7 +92,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"revo up: not running under {config.home}")
 
     async def query() -> tuple[list[mesh_pb2.Node], list[mesh_pb2.Service]]:
-        async with MeshClient(target, timeout=3.0, retry=None) as client:
+        async with MeshClient(target, timeout=3.0, retry=None,
+                              credentials=client_credentials(config),
+                              token=operator_token(config, ttl_s=60)) as client:
             return await client.list_nodes(), await client.list_services()
 
     try:

@@ -10,6 +10,8 @@
         echo = echo_pb2_grpc.EchoServiceStub(client.channel)  # typed as the async stub
         reply = await echo.Echo(echo_pb2.EchoRequest(payload=b"hi"))
 
+With auth on (the default), sign in first (``await client.login(user, password)``) or
+pass ``token=``; every call then carries ``authorization: Bearer <token>``.
 Generated stubs are bound to ``client.channel``. Every call made through it gets the
 client's default ``timeout`` (when the call gives none) and its ``metadata``. Pass a
 :class:`RetryPolicy` to retry calls that fail ``UNAVAILABLE`` (by gRPC's own retry
@@ -27,9 +29,11 @@ from typing import Any
 
 import grpc
 
+from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
 from mesh._gen.revo.mesh.v1 import mesh_pb2, mesh_pb2_grpc
+from mesh.config import MeshConfig
 
-__all__ = ["MeshClient", "RetryPolicy", "probe_mesh"]
+__all__ = ["MeshClient", "RetryPolicy", "client_credentials", "probe_mesh"]
 
 Metadata = Sequence[tuple[str, str]]
 
@@ -64,9 +68,12 @@ class _Defaults(grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
     def __init__(self, timeout: float | None, metadata: Metadata) -> None:
         self._timeout = timeout
         self._metadata = tuple(metadata)
+        self.token = ""
 
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*self._metadata)
+        if self.token:
+            metadata.add("authorization", f"Bearer {self.token}")
         for key, value in details.metadata or ():
             metadata.add(key, value)
         return grpc.aio.ClientCallDetails(
@@ -96,6 +103,7 @@ class MeshClient:
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         max_message_bytes: int = 4 * 1024 * 1024,
+        token: str | None = None,
     ) -> None:
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -104,7 +112,9 @@ class MeshClient:
         ]
         if retry is not None:
             options.append(("grpc.service_config", retry.service_config()))
-        interceptors: list[Any] = [_Defaults(timeout, metadata)]
+        self._defaults = _Defaults(timeout, metadata)
+        self._defaults.token = token or ""
+        interceptors: list[Any] = [self._defaults]
         if credentials is None:
             self.channel = grpc.aio.insecure_channel(target, options=options,
                                                      interceptors=interceptors)
@@ -112,6 +122,39 @@ class MeshClient:
             self.channel = grpc.aio.secure_channel(target, credentials, options=options,
                                                    interceptors=interceptors)
         self.mesh = mesh_pb2_grpc.MeshServiceStub(self.channel)
+        self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
+        self.tokens: auth_pb2.Tokens | None = None
+
+    @property
+    def token(self) -> str:
+        """The access token sent with every call ('' for none)."""
+        return self._defaults.token
+
+    @token.setter
+    def token(self, value: str) -> None:
+        self._defaults.token = value
+
+    async def login(self, username: str, password: str) -> auth_pb2.Tokens:
+        """Sign in; later calls carry the access token."""
+        response = await self.auth.Login(auth_pb2.LoginRequest(username=username,
+                                                                password=password))
+        self.tokens, self.token = response.tokens, response.tokens.access_token
+        return response.tokens
+
+    async def refresh(self) -> auth_pb2.Tokens:
+        """Trade the refresh token from :meth:`login` for a new pair."""
+        if self.tokens is None:
+            raise RuntimeError("login() first")
+        response = await self.auth.Refresh(auth_pb2.RefreshRequest(
+            refresh_token=self.tokens.refresh_token))
+        self.tokens, self.token = response.tokens, response.tokens.access_token
+        return response.tokens
+
+    async def logout(self) -> None:
+        """Revoke both tokens on every gateway."""
+        refresh = self.tokens.refresh_token if self.tokens else ""
+        await self.auth.Logout(auth_pb2.LogoutRequest(refresh_token=refresh))
+        self.tokens, self.token = None, ""
 
     async def list_nodes(self) -> list[mesh_pb2.Node]:
         response = await self.mesh.ListNodes(mesh_pb2.ListNodesRequest())
@@ -131,15 +174,32 @@ class MeshClient:
         await self.close()
 
 
-def probe_mesh(target: str, timeout: float = 1.0) -> list[mesh_pb2.Node] | None:
+def client_credentials(config: MeshConfig) -> grpc.ChannelCredentials | None:
+    """Credentials for local tools to reach this configuration's gateway (None: plain)."""
+    tls = config.gateway.tls
+    if tls.cert_file is None:
+        return None
+    root = (tls.ca_file or tls.cert_file).read_bytes()
+    if tls.require_client_cert:
+        assert tls.key_file is not None
+        return grpc.ssl_channel_credentials(root, tls.key_file.read_bytes(),
+                                            tls.cert_file.read_bytes())
+    return grpc.ssl_channel_credentials(root)
+
+
+def probe_mesh(target: str, timeout: float = 1.0, token: str | None = None,
+               credentials: grpc.ChannelCredentials | None = None) -> list[mesh_pb2.Node] | None:
     """The mesh's nodes if the gateway at ``target`` answers and lists at least one, else None.
 
     Blocking; for launchers and command-line tools.
     """
-    with grpc.insecure_channel(target) as channel:
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    with (grpc.secure_channel(target, credentials) if credentials
+          else grpc.insecure_channel(target)) as channel:
         stub = mesh_pb2_grpc.MeshServiceStub(channel)
         try:
-            nodes = list(stub.ListNodes(mesh_pb2.ListNodesRequest(), timeout=timeout).nodes)
+            nodes = list(stub.ListNodes(mesh_pb2.ListNodesRequest(), timeout=timeout,
+                                        metadata=metadata).nodes)
         except grpc.RpcError:
             return None
     return nodes or None

@@ -32,6 +32,8 @@ class ProtoTree:
     proto_root: Path
     out_dir: Path
     python_package: str
+    generate: bool = True
+    """False for a tree that is only imported from (the mesh's own, for outside engines)."""
 
 
 def package_tree(proto_root: Path, package_dir: Path) -> ProtoTree:
@@ -96,6 +98,8 @@ def _generate_into(dest: Path, trees: tuple[ProtoTree, ...]) -> None:
 
     include = Path(protoc.__file__).parent / "_proto"
     for tree in trees:
+        if not tree.generate:
+            continue
         out = dest / tree.python_package.replace(".", "/")
         out.mkdir(parents=True, exist_ok=True)
         protos = sorted(p.relative_to(tree.proto_root).as_posix()
@@ -137,7 +141,7 @@ def regenerate(check: bool = False, trees: tuple[ProtoTree, ...] | None = None) 
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         _generate_into(scratch, trees)
-        for tree in trees:
+        for tree in (t for t in trees if t.generate):
             fresh = _tree_files(scratch / tree.python_package.replace(".", "/"))
             current = _tree_files(tree.out_dir) if tree.out_dir.exists() else {}
             label = _label(tree.out_dir)
@@ -167,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         if any(len(pair) != 2 for pair in pairs):
             parser.error("--tree takes PROTO_ROOT=PACKAGE_DIR")
         trees = tuple(package_tree(Path(proto), Path(package)) for proto, package in pairs)
+        # outside engines import revo/mesh/v1/options.proto (permissions) from the mesh
+        mesh_tree = repo_trees()[0]
+        trees += (ProtoTree(mesh_tree.proto_root, mesh_tree.out_dir, mesh_tree.python_package,
+                            generate=False),)
     changed = regenerate(check=args.check, trees=trees)
     if args.check and changed:
         print("generated code is stale; run `python -m mesh.codegen`:", *changed, sep="\n  ")

@@ -21,18 +21,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mesh.errors import ConfigError
 
 __all__ = [
+    "AuditSettings",
+    "AuthSettings",
     "EngineSettings",
     "GatewaySettings",
+    "Limit",
+    "LoginThrottle",
     "MeshConfig",
     "NatsSettings",
     "NodeSettings",
     "PluginSettings",
+    "RateLimitSettings",
+    "TlsSettings",
     "load_config",
 ]
 
 ENV_PREFIX = "REVO_"
 # Variables that belong to the launcher or the test suite rather than to the model.
-_ENV_NOT_CONFIG = frozenset({"REVO_CONFIG"})
+# Secrets are read from the environment where they are used, never kept in the model.
+_ENV_NOT_CONFIG = frozenset({"REVO_CONFIG", "REVO_JWT_SECRET", "REVO_IDENTITY_SECRET",
+                             "REVO_ADMIN_PASSWORD"})
 
 
 class _Section(BaseModel):
@@ -52,6 +60,30 @@ class NatsSettings(_Section):
                                "server; 0 lets Go use all")
     connect_timeout_s: float = Field(5.0, gt=0, description="time to wait for the first "
                                      "connection before giving up")
+    tls_ca_file: Path | None = Field(None, description="CA that signed the NATS server's "
+                                     "certificate (turns TLS on)")
+    tls_cert_file: Path | None = Field(None, description="client certificate, when NATS "
+                                       "verifies clients")
+    tls_key_file: Path | None = Field(None, description="key of tls_cert_file")
+    user: str = Field("", description="NATS user (with password)")
+    password: str = Field("", description="NATS password; prefer a creds file")
+    creds_file: Path | None = Field(None, description="NATS credentials file (JWT + nkey)")
+    server_tls_cert_file: Path | None = Field(
+        None, description="embedded server: serve TLS with this certificate")
+    server_tls_key_file: Path | None = Field(None, description="embedded server: its key")
+
+
+class TlsSettings(_Section):
+    """TLS of the gateway's gRPC port; off unless a certificate and key are given."""
+
+    cert_file: Path | None = Field(None, description="PEM certificate chain (turns TLS on)")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file")
+    client_ca_file: Path | None = Field(None, description="CA for client certificates "
+                                        "(mutual TLS)")
+    require_client_cert: bool = Field(False, description="refuse clients without a "
+                                      "certificate signed by client_ca_file")
+    ca_file: Path | None = Field(None, description="CA that signed cert_file: local tools "
+                                 "(revo up, revo status) verify the gateway with it")
 
 
 class GatewaySettings(_Section):
@@ -69,6 +101,7 @@ class GatewaySettings(_Section):
     colocate: bool = Field(False, description="host the engines in the gateway's own process")
     stream_window: int = Field(32, ge=1, le=4096,
                                description="stream messages in flight before an ack")
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
 
 class NodeSettings(_Section):
@@ -93,6 +126,82 @@ class PluginSettings(_Section):
     extra: dict[str, str] = Field(default_factory=dict,
                                   description="name = 'module[:object]' plugins not installed "
                                               "as distributions (development)")
+
+
+class Limit(BaseModel):
+    """A rate: ``rate`` requests per second on average, up to ``burst`` at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate: float = Field(gt=0, description="requests per second, sustained")
+    burst: int = Field(ge=1, description="requests allowed at once")
+
+    @property
+    def window_s(self) -> float:
+        """The time ``burst`` requests take to refill."""
+        return self.burst / self.rate
+
+
+def _default_role_limits() -> dict[str, Limit]:
+    return {"admin": Limit(rate=200, burst=400), "developer": Limit(rate=100, burst=200),
+            "analyst": Limit(rate=50, burst=100), "viewer": Limit(rate=20, burst=40)}
+
+
+class RateLimitSettings(_Section):
+    """Per-user limits, shared by every gateway through counters in NATS."""
+
+    enabled: bool = Field(True, description="enforce rate limits")
+    roles: dict[str, Limit] = Field(default_factory=_default_role_limits,
+                                    description="each user's limit, by role")
+    methods: dict[str, Limit] = Field(
+        default_factory=dict, description="each user's limit on one method, keyed by path "
+        "('/revo.echo.v1.EchoService/Echo'), on top of the role's")
+    fail_open: bool = Field(True, description="admit calls when NATS cannot be asked "
+                            "(logged); false refuses them UNAVAILABLE")
+
+
+class LoginThrottle(_Section):
+    """How many failed sign-ins are allowed before Login answers RESOURCE_EXHAUSTED."""
+
+    per_user: int = Field(5, ge=1, description="failures per user name per window")
+    per_address: int = Field(20, ge=1, description="failures per client address per window")
+    window_s: float = Field(300.0, gt=0, description="the window, in seconds")
+
+
+class AuditSettings(_Section):
+    """The audit stream: one record per call, in JetStream with file storage."""
+
+    enabled: bool = Field(True, description="record every call")
+    max_age_days: float = Field(90.0, gt=0, description="records older than this are removed")
+    max_bytes: int = Field(1 << 30, gt=0, description="oldest records go beyond this size")
+    replicas: int = Field(1, ge=1, le=5, description="stream replicas (NATS cluster)")
+
+
+class AuthSettings(_Section):
+    """Sign-in, tokens, roles, rate limits and audit at the gateway."""
+
+    enabled: bool = Field(True, description="require tokens; false serves every method "
+                          "to anyone (development only)")
+    issuer: str = Field("revo", description="the tokens' iss claim")
+    audience: str = Field("revo-mesh", description="the tokens' aud claim")
+    algorithm: Literal["HS256", "RS256", "EdDSA"] = Field(
+        "HS256", description="signing algorithm; HS256 uses REVO_JWT_SECRET or secret_file")
+    secret_file: Path | None = Field(None, description="HS256 secret (default: "
+                                     "<home>/secrets/jwt.secret, created when absent)")
+    signing_key_file: Path | None = Field(None, description="RS256/EdDSA private key (PEM)")
+    key_id: str = Field("", description="kid of the signing key (default: derived from it)")
+    verify_keys: dict[str, Path] = Field(
+        default_factory=dict, description="kid = file: older keys (public PEM, or secret "
+        "for HS256) still accepted until their tokens expire")
+    access_ttl_s: int = Field(900, ge=10, description="access token lifetime")
+    refresh_ttl_s: int = Field(7 * 86400, ge=60, description="refresh token lifetime")
+    leeway_s: int = Field(5, ge=0, le=300, description="clock skew allowed on exp and nbf")
+    identity_secret_file: Path | None = Field(
+        None, description="key that seals caller identity from gateways to nodes (default: "
+        "REVO_IDENTITY_SECRET, else <home>/secrets/identity.key)")
+    login: LoginThrottle = Field(default_factory=LoginThrottle)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
 
 class EngineSettings(BaseModel):
@@ -124,6 +233,7 @@ class MeshConfig(_Section):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     node: NodeSettings = Field(default_factory=NodeSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     engines: dict[str, EngineSettings] = Field(default_factory=dict)
 
     def engine(self, name: str) -> EngineSettings:

@@ -10,6 +10,10 @@ The tree::
     │   ├── Unavailable            UNAVAILABLE: nobody can serve it now; safe to retry
     │   ├── DeadlineExceeded       DEADLINE_EXCEEDED
     │   ├── ResourceExhausted      RESOURCE_EXHAUSTED: too big, or too many
+    │   │   └── RateLimited        ... over a rate limit; carries retry_after_s
+    │   ├── Unauthenticated        UNAUTHENTICATED: no valid token; sign in (again)
+    │   ├── PermissionDenied       PERMISSION_DENIED: the role lacks the permission named
+    │   ├── AlreadyExists          ALREADY_EXISTS
     │   ├── Cancelled              CANCELLED: the caller went away
     │   └── Internal               INTERNAL: a bug in an engine or in the mesh
     └── ConfigError                configuration that cannot be used; names the key to fix
@@ -22,9 +26,12 @@ restarted.
 
 from __future__ import annotations
 
+import math
+
 from grpc import StatusCode
 
 __all__ = [
+    "AlreadyExists",
     "Cancelled",
     "ConfigError",
     "DeadlineExceeded",
@@ -32,8 +39,11 @@ __all__ = [
     "InvalidArgument",
     "MeshError",
     "NotFound",
+    "PermissionDenied",
+    "RateLimited",
     "ResourceExhausted",
     "RpcError",
+    "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "status_from_code",
@@ -139,3 +149,46 @@ class Internal(RpcError):
 
     def __init__(self, message: str = "") -> None:
         super().__init__(StatusCode.INTERNAL, message)
+
+
+class RateLimited(ResourceExhausted):
+    """``RESOURCE_EXHAUSTED``: Over a rate limit; try again after ``retry_after_s`` seconds.
+
+    The gateway sends the wait as ``retry-after`` (whole seconds, rounded up) and
+    ``retry-after-ms`` trailing metadata.
+    """
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        return (("retry-after", str(max(1, math.ceil(self.retry_after_s)))),
+                ("retry-after-ms", str(max(1, math.ceil(self.retry_after_s * 1000)))))
+
+
+class Unauthenticated(RpcError):
+    """``UNAUTHENTICATED``: No valid credentials; sign in (again) and send the token."""
+
+    code = StatusCode.UNAUTHENTICATED
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(StatusCode.UNAUTHENTICATED, message)
+
+
+class PermissionDenied(RpcError):
+    """``PERMISSION_DENIED``: The caller's role does not grant what the method needs."""
+
+    code = StatusCode.PERMISSION_DENIED
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(StatusCode.PERMISSION_DENIED, message)
+
+
+class AlreadyExists(RpcError):
+    """``ALREADY_EXISTS``: The thing the request would create is already there."""
+
+    code = StatusCode.ALREADY_EXISTS
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(StatusCode.ALREADY_EXISTS, message)

@@ -12,16 +12,17 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor, MethodDescriptor, ServiceDescriptor
 from nats.aio.client import Client as NATS
-from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from mesh._gen.revo.mesh.v1 import mesh_pb2, registry_pb2
 from mesh.transport import subjects
+from mesh.transport.kv import KeyValue, open_bucket
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +32,10 @@ ENTRY_TTL_S = 60.0
 MISSED_HEARTBEATS = 3
 
 
-async def open_bucket(nc: NATS):  # type: ignore[no-untyped-def]
+async def open_registry(nc: NATS) -> KeyValue:
     """The registry bucket, created on first use."""
-    js = nc.jetstream()
-    try:
-        return await js.key_value(subjects.REGISTRY_BUCKET)
-    except (BucketNotFoundError, NotFoundError):
-        return await js.create_key_value(bucket=subjects.REGISTRY_BUCKET, history=1,
-                                         ttl=ENTRY_TTL_S,
-                                         description="revo mesh: live nodes and their services")
+    return await open_bucket(nc, subjects.REGISTRY_BUCKET, ttl=ENTRY_TTL_S,
+                             description="revo mesh: live nodes and their services")
 
 
 def file_set(services: Iterable[ServiceDescriptor]) -> descriptor_pb2.FileDescriptorSet:
@@ -74,10 +70,10 @@ class RegistryWriter:
         self._heartbeat_s = heartbeat_s
         self._announce = announce
         self._task: asyncio.Task[None] | None = None
-        self._kv = None
+        self._kv: KeyValue | None = None
 
     async def start(self) -> None:
-        self._kv = await open_bucket(self._nc)
+        self._kv = await open_registry(self._nc)
         await self.publish()
         self._task = asyncio.get_running_loop().create_task(self._beat())
 
@@ -204,11 +200,11 @@ class RegistryView:
         self._seen: dict[str, _Seen] = {}
         self.snapshot = build_snapshot((), base_files)
         self._tasks: list[asyncio.Task[None]] = []
-        self._watcher = None
+        self._watcher: Any = None
         self._ready = asyncio.Event()
 
     async def start(self, timeout: float = 5.0) -> None:
-        kv = await open_bucket(self._nc)
+        kv = await open_registry(self._nc)
         self._watcher = await kv.watchall()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._watch()), loop.create_task(self._expire())]

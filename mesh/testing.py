@@ -70,6 +70,8 @@ def mesh_config(nats_server: NatsServer, tmp_path: Path) -> Callable[..., MeshCo
             "gateway": {"address": "127.0.0.1:0"},
             "node": {"heartbeat_s": 0.25, "shutdown_grace_s": 5.0,
                      "restart_backoff_s": 0.05},
+            # off unless a test asks: auth=dict(enabled=True) (see tests/integration/auth)
+            "auth": {"enabled": False, "audit": {"enabled": False}},
         }
         return load_config(environ={}, read_file=False, **_merge(base, sections))
 
@@ -155,6 +157,8 @@ def spawn_node(config: MeshConfig, log_file: Path, *, extra_env: dict[str, str] 
         "REVO_NATS__URL": config.nats.url,
         "REVO_NODE__HEARTBEAT_S": str(config.node.heartbeat_s),
         "REVO_NODE__SHUTDOWN_GRACE_S": str(config.node.shutdown_grace_s),
+        "REVO_AUTH__ENABLED": str(config.auth.enabled).lower(),
+        "REVO_AUTH__AUDIT__ENABLED": str(config.auth.audit.enabled).lower(),
     })
     env.update(extra_env or {})
     return spawn([sys.executable, "-m", "mesh", command], log_file=log_file, env=env)

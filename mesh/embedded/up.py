@@ -142,12 +142,15 @@ class Launcher:
 
     def _wait_ready(self) -> None:
         """Until the gateway answers and lists a node, or a child dies."""
-        from mesh.client import probe_mesh
+        from mesh.auth.tokens import operator_token
+        from mesh.client import client_credentials, probe_mesh
 
+        token = operator_token(self.config, ttl_s=READY_TIMEOUT_S + 60)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline and not self.stop_requested.is_set():
             self._check_children()
-            if probe_mesh(self.config.gateway.address, timeout=1.0):
+            if probe_mesh(self.config.gateway.address, timeout=1.0, token=token,
+                          credentials=client_credentials(self.config)):
                 return
             time.sleep(0.2)
         if self.stop_requested.is_set():

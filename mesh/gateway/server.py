@@ -13,21 +13,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 from nats.aio.client import Client as NATS
 
-from mesh._gen.revo.mesh.v1 import mesh_pb2, mesh_pb2_grpc
+from mesh._gen.revo.auth.v1 import auth_pb2
+from mesh._gen.revo.mesh.v1 import mesh_pb2
+from mesh.auth.guard import Guard, Principal, current_principal
+from mesh.auth.roles import READ as PERMISSION_READ
+from mesh.auth.roles import Permission, declared_permission
+from mesh.auth.service import AuthServicer, UserServicer
+from mesh.auth.users import ADMIN_PASSWORD_ENV
 from mesh.config import MeshConfig
 from mesh.engine import Context
-from mesh.errors import RpcError
+from mesh.errors import ConfigError, Internal, RateLimited, RpcError
 from mesh.gateway.mesh_service import MeshServicer
 from mesh.registry import RegistryView, Route, Snapshot, file_set
 from mesh.runtime.node import Node
@@ -36,17 +45,28 @@ from mesh.transport.connection import connect
 from mesh.transport.ids import new_request_id
 from mesh.transport.rpc import Requester
 
+__all__ = ["Gateway", "server_credentials"]
+
 log = logging.getLogger(__name__)
 
 REQUEST_ID_METADATA = "x-request-id"
 
 TRACEPARENT_METADATA = "traceparent"
 
-_OWN_SERVICES = (
+AUTHORIZATION_METADATA = "authorization"
+
+# Served by the gateway itself, behind the guard like every engine's service.
+_GUARDED_SERVICES = (
     mesh_pb2.DESCRIPTOR.services_by_name["MeshService"],
+    auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
+    auth_pb2.DESCRIPTOR.services_by_name["UserService"],
+)
+# Open to anyone and not audited: probes and tools call these all the time.
+_OPEN_SERVICES = (
     health_pb2.DESCRIPTOR.services_by_name["Health"],
     reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
 )
+_OWN_SERVICES = _GUARDED_SERVICES + _OPEN_SERVICES
 
 ServicerContext = grpc.aio.ServicerContext[bytes, bytes]
 if TYPE_CHECKING:  # generic only in the type stubs
@@ -54,6 +74,24 @@ if TYPE_CHECKING:  # generic only in the type stubs
 else:
     MethodHandler = grpc.RpcMethodHandler
 Unary = Callable[[bytes, ServicerContext], Awaitable[bytes]]
+
+
+class _Call:
+    """What the gateway reads from one call's metadata."""
+
+    __slots__ = ("authorization", "principal", "request_id", "timeout", "traceparent")
+
+    def __init__(self, timeout: float, request_id: str, traceparent: str,
+                 authorization: str) -> None:
+        self.timeout = timeout
+        self.request_id = request_id
+        self.traceparent = traceparent
+        self.authorization = authorization
+        self.principal: Principal | None = None
+
+
+Inner = Callable[[Any, ServicerContext, _Call], Awaitable[Any]]
+StreamInner = Callable[[Any, ServicerContext, _Call], AsyncIterator[Any]]
 
 
 class _Reflection(ReflectionServicer):  # type: ignore[misc]
@@ -71,23 +109,21 @@ class _Router(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self.handlers: dict[str, MethodHandler] = {}
+        self.own: dict[str, MethodHandler] = {}
+        """The gateway's own guarded services."""
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> MethodHandler:
         path = handler_call_details.method
         found = self.handlers.get(path)
         if found is not None:
             return found
-        code, message = self._gateway.explain_unknown(path)
-
-        async def unknown(request: bytes, context: ServicerContext) -> bytes:
-            await context.abort(code, message)
-            raise AssertionError("unreachable: abort raises")
-
-        return grpc.unary_unary_rpc_method_handler(unknown)
+        return grpc.unary_unary_rpc_method_handler(self._gateway.unknown_handler(path))
 
     def rebuild(self, snapshot: Snapshot) -> None:
-        handlers: dict[str, MethodHandler] = {}
+        handlers: dict[str, MethodHandler] = dict(self.own)
         for path, route in snapshot.routes.items():
+            if path in self.own:
+                continue
             if route.server_streaming:
                 handlers[path] = grpc.unary_stream_rpc_method_handler(
                     self._gateway.stream_handler(route))
@@ -118,12 +154,20 @@ class Gateway:
         self._nodes: dict[str, bool] = {}
         """Live node ids, and whether each said it is draining."""
         self._ever_served: set[str] = set()
+        self.guard: Guard | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> int:
         """Connect, learn the registry, and listen; returns the bound port."""
         self.nc = await connect(self.config.nats, name="revo-gateway")
+        self.guard = Guard(self.config, self.nc, f"gw-{new_request_id()[:12]}")
+        await self.guard.start()
+        admin_password = os.environ.get(ADMIN_PASSWORD_ENV, "")
+        if self.guard.enabled and admin_password:
+            created = await self.guard.users.ensure_admin(admin_password)
+            if created is not None:
+                log.info("created user 'admin' from %s", ADMIN_PASSWORD_ENV)
         self._requester = Requester(self.nc, self.config.gateway.accept_timeout_s)
         await self._requester.start()
         if self.node is not None:
@@ -142,11 +186,17 @@ class Gateway:
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
         ])
-        mesh_pb2_grpc.add_MeshServiceServicer_to_server(MeshServicer(self._view), server)
+        for service, servicer in zip(
+                _GUARDED_SERVICES, (MeshServicer(self._view), AuthServicer(self.guard),
+                                    UserServicer(self.guard)), strict=True):
+            self._router.own.update(self._servicer_handlers(service, servicer))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(self._reflection, server)
         server.add_generic_rpc_handlers((self._router,))
-        self.port = server.add_insecure_port(self.config.gateway.address)
+        credentials = server_credentials(self.config)
+        self.port = (server.add_secure_port(self.config.gateway.address, credentials)
+                     if credentials is not None
+                     else server.add_insecure_port(self.config.gateway.address))
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.gateway.address}")
         await server.start()
@@ -174,6 +224,8 @@ class Gateway:
             await self._view.stop()
         if self._requester is not None:
             await self._requester.stop()
+        if self.guard is not None:
+            await self.guard.stop()
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
@@ -211,52 +263,121 @@ class Gateway:
 
     # -- calls ------------------------------------------------------------------------
 
-    def _call_options(self, context: ServicerContext) -> tuple[float, str, str]:
+    def _call(self, context: ServicerContext) -> _Call:
         remaining = context.time_remaining()
         settings = self.config.gateway
         timeout = settings.default_timeout_s if remaining is None else min(
             remaining, settings.max_timeout_s)
-        request_id = traceparent = ""
+        request_id = traceparent = authorization = ""
         for key, value in context.invocation_metadata() or ():
             if key == REQUEST_ID_METADATA:
                 request_id = str(value)
             elif key == TRACEPARENT_METADATA:
                 traceparent = str(value)
-        return timeout, request_id or new_request_id(), traceparent
+            elif key == AUTHORIZATION_METADATA:
+                authorization = value if isinstance(value, str) else value.decode(
+                    errors="replace")
+        return _Call(timeout, request_id or new_request_id(), traceparent, authorization)
 
-    @staticmethod
-    def _headers(timeout: float, request_id: str, traceparent: str) -> dict[str, str]:
-        out = {h.REQUEST_ID: request_id, h.TIMEOUT_MS: str(max(1, int(timeout * 1000)))}
-        if traceparent:
-            out[h.TRACEPARENT] = traceparent
+    def _headers(self, call: _Call) -> dict[str, str]:
+        timeout_ms = max(1, int(call.timeout * 1000))
+        out = {h.REQUEST_ID: call.request_id, h.TIMEOUT_MS: str(timeout_ms)}
+        if call.traceparent:
+            out[h.TRACEPARENT] = call.traceparent
+        if call.principal is not None and self.guard is not None:
+            out.update(self.guard.identity_headers(
+                call.principal, int(time.time() * 1000) + timeout_ms + 1000))
         return out
 
-    def _local_context(self, route: Route, timeout: float, request_id: str,
-                       traceparent: str) -> Context:
+    def _local_context(self, route: Route, call: _Call) -> Context:
         assert self.node is not None
-        return Context(method=route.path, request_id=request_id,
-                       deadline=time.monotonic() + timeout, node_id=self.node.id,
-                       traceparent=traceparent)
+        principal = call.principal
+        return Context(method=route.path, request_id=call.request_id,
+                       deadline=time.monotonic() + call.timeout, node_id=self.node.id,
+                       caller=principal.user if principal else "",
+                       role=principal.role if principal else "",
+                       traceparent=call.traceparent)
+
+    def _guarded_unary(self, path: str, permission: Permission,
+                       inner: Inner) -> Callable[[Any, ServicerContext], Awaitable[Any]]:
+        """``inner`` behind the guard: admitted or refused, then audited."""
+        guard = self.guard
+        assert guard is not None
+
+        async def handle(request: Any, context: ServicerContext) -> Any:
+            started = time.perf_counter()
+            call = self._call(context)
+            error: RpcError | None = None
+            try:
+                call.principal = await guard.admit(path, permission, call.authorization)
+                token = current_principal.set(call.principal)
+                try:
+                    return await inner(request, context, call)
+                finally:
+                    current_principal.reset(token)
+            except RpcError as exc:
+                error = exc
+            except Exception as exc:  # a bug in the gateway's own services
+                log.exception("%s failed", path)
+                error = Internal(f"{path} failed: {type(exc).__name__}: {exc}")
+            finally:
+                guard.record(path=path, permission=permission, principal=call.principal,
+                             error=error, started=started, request_id=call.request_id,
+                             peer=context.peer() or "")
+            if isinstance(error, RateLimited):
+                context.set_trailing_metadata(error.trailers())
+            await context.abort(error.code, error.message)
+            raise AssertionError("unreachable: abort raises")
+
+        return handle
+
+    def _guarded_stream(self, path: str, permission: Permission,
+                        inner: StreamInner) -> Callable[[Any, ServicerContext], AsyncIterator[Any]]:
+        guard = self.guard
+        assert guard is not None
+
+        async def handle(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            call = self._call(context)
+            error: RpcError | None = None
+            status = ""
+            try:
+                call.principal = await guard.admit(path, permission, call.authorization)
+                messages = inner(request, context, call)
+                try:
+                    async for item in messages:
+                        yield item
+                finally:
+                    await messages.aclose()  # type: ignore[attr-defined]
+            except RpcError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                status = "CANCELLED"
+                raise
+            finally:
+                guard.record(path=path, permission=permission, principal=call.principal,
+                             error=error, started=started, request_id=call.request_id,
+                             peer=context.peer() or "", status=status)
+            if error is not None:
+                if isinstance(error, RateLimited):
+                    context.set_trailing_metadata(error.trailers())
+                await context.abort(error.code, error.message)
+
+        return handle
 
     def unary_handler(self, route: Route) -> Unary:
         local = self.node is not None and route.path in self.node.routes
 
-        async def handle(request: bytes, context: ServicerContext) -> bytes:
-            timeout, request_id, traceparent = self._call_options(context)
-            try:
-                if local:
-                    assert self.node is not None
-                    return await self.node.call(
-                        route.path, request,
-                        self._local_context(route, timeout, request_id, traceparent))
-                assert self._requester is not None
-                return await self._requester.call(route.subject, request, timeout,
-                                                  self._headers(timeout, request_id, traceparent))
-            except RpcError as error:
-                await context.abort(error.code, error.message)
-                raise AssertionError("unreachable: abort raises") from error
+        async def forward(request: bytes, context: ServicerContext, call: _Call) -> bytes:
+            if local:
+                assert self.node is not None
+                return await self.node.call(route.path, request,
+                                            self._local_context(route, call))
+            assert self._requester is not None
+            return await self._requester.call(route.subject, request, call.timeout,
+                                              self._headers(call))
 
-        return handle
+        return self._guarded_unary(route.path, declared_permission(route.method), forward)
 
     def stream_handler(
         self, route: Route
@@ -264,27 +385,49 @@ class Gateway:
         local = self.node is not None and route.path in self.node.routes
         window = self.config.gateway.stream_window
 
-        async def handle(request: bytes, context: ServicerContext) -> AsyncIterator[bytes]:
-            timeout, request_id, traceparent = self._call_options(context)
+        def forward(request: bytes, context: ServicerContext, call: _Call) -> AsyncIterator[bytes]:
             if local:
                 assert self.node is not None
-                messages = self.node.stream(
-                    route.path, request,
-                    self._local_context(route, timeout, request_id, traceparent), window)
-            else:
-                assert self._requester is not None
-                messages = self._requester.stream(
-                    route.subject, request, timeout,
-                    self._headers(timeout, request_id, traceparent), window)
-            try:
-                async for item in messages:
-                    yield item
-            except RpcError as error:
-                await context.abort(error.code, error.message)
-            finally:
-                await messages.aclose()  # type: ignore[attr-defined]
+                return self.node.stream(route.path, request,
+                                        self._local_context(route, call), window)
+            assert self._requester is not None
+            return self._requester.stream(route.subject, request, call.timeout,
+                                          self._headers(call), window)
 
-        return handle
+        return self._guarded_stream(route.path, declared_permission(route.method), forward)
+
+    def _servicer_handlers(self, service: ServiceDescriptor,
+                           servicer: object) -> dict[str, MethodHandler]:
+        """Handlers for one of the gateway's own services, behind the guard."""
+        handlers: dict[str, MethodHandler] = {}
+        for method in service.methods:
+            path = f"/{service.full_name}/{method.name}"
+            behavior = getattr(servicer, method.name)
+
+            async def inner(request: Any, context: ServicerContext, call: _Call,
+                            behavior: Any = behavior) -> Any:
+                return await behavior(request, context)
+
+            handlers[path] = grpc.unary_unary_rpc_method_handler(
+                self._guarded_unary(path, declared_permission(method), inner),
+                request_deserializer=message_factory.GetMessageClass(
+                    method.input_type).FromString,
+                response_serializer=lambda message: message.SerializeToString())
+        return handlers
+
+    def unknown_handler(self, path: str) -> Unary:
+        """Unknown paths: callers must still sign in before they learn what is served."""
+        code, message = self.explain_unknown(path)
+
+        async def unknown(request: bytes, context: ServicerContext, call: _Call) -> bytes:
+            raise RpcError(code, message)
+
+        if self.guard is None:
+            async def bare(request: bytes, context: ServicerContext) -> bytes:
+                await context.abort(code, message)
+                raise AssertionError("unreachable: abort raises")
+            return bare
+        return self._guarded_unary(path, PERMISSION_READ, unknown)
 
     def explain_unknown(self, path: str) -> tuple[grpc.StatusCode, str]:
         """The status and message for a path with no route."""
@@ -302,3 +445,21 @@ class Gateway:
         return (grpc.StatusCode.UNIMPLEMENTED,
                 f"unknown method {path}: the mesh serves no service '{service}'. "
                 f"It serves: {served}")
+
+
+def server_credentials(config: MeshConfig) -> grpc.ServerCredentials | None:
+    """TLS for the gateway's port when a certificate and key are configured."""
+    tls = config.gateway.tls
+    if tls.cert_file is None and tls.key_file is None:
+        return None
+    if tls.cert_file is None or tls.key_file is None:
+        raise ConfigError("gateway.tls needs both cert_file and key_file")
+    try:
+        pair = (tls.key_file.read_bytes(), tls.cert_file.read_bytes())
+        client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    except OSError as exc:
+        raise ConfigError(f"gateway.tls: cannot read {exc.filename}: {exc.strerror}") from exc
+    if tls.require_client_cert and client_ca is None:
+        raise ConfigError("gateway.tls.require_client_cert needs gateway.tls.client_ca_file")
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca,
+                                       require_client_auth=tls.require_client_cert)

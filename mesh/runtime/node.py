@@ -25,6 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.subscription import Subscription
 
 import mesh
+from mesh.auth.identity import IdentitySeal
 from mesh._gen.revo.mesh.v1 import mesh_pb2, registry_pb2
 from mesh.config import MeshConfig
 from mesh.engine import Context, MethodBinding
@@ -61,8 +62,12 @@ def default_node_id() -> str:
 
 
 def request_context(path: str, msg_headers: dict[str, str], node_id: str,
-                    default_timeout_s: float) -> Context:
-    """The engine's view of a call, from the request's headers."""
+                    default_timeout_s: float, seal: IdentitySeal | None = None) -> Context:
+    """The engine's view of a call, from the request's headers.
+
+    With ``seal`` (auth on) the caller's identity must be sealed by a gateway, else the
+    call is refused; without it (auth off) identity headers are ignored."""
+    caller, role = seal.open(msg_headers) if seal is not None else ("", "")
     timeout_ms = msg_headers.get(h.TIMEOUT_MS)
     try:
         timeout = int(timeout_ms) / 1000 if timeout_ms else default_timeout_s
@@ -74,8 +79,8 @@ def request_context(path: str, msg_headers: dict[str, str], node_id: str,
         request_id=msg_headers.get(h.REQUEST_ID) or new_request_id(),
         deadline=time.monotonic() + timeout,
         node_id=node_id,
-        caller=msg_headers.get(h.CALLER, ""),
-        role=msg_headers.get(h.ROLE, ""),
+        caller=caller,
+        role=role,
         traceparent=msg_headers.get(h.TRACEPARENT, ""),
     )
 
@@ -100,6 +105,8 @@ class Node:
         )
         self.pools: dict[str, EnginePool] = {}
         self.routes: dict[str, tuple[EnginePool, MethodBinding]] = {}
+        self._seal = IdentitySeal.from_config(config) if config.auth.enabled else None
+        """With auth on, calls over NATS must carry an identity sealed by a gateway."""
         self.nc: MeshConnection | None = None
         self.started_at = time.time()
         self.draining = False
@@ -242,7 +249,8 @@ class Node:
         headers = msg_headers or {}
         try:
             pool, binding = self.route(path)
-            ctx = request_context(path, headers, self.id, self.config.gateway.default_timeout_s)
+            ctx = request_context(path, headers, self.id, self.config.gateway.default_timeout_s,
+                                  self._seal)
             if binding.server_streaming:
                 self._begin(reply)
                 task = asyncio.get_running_loop().create_task(

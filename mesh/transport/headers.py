@@ -8,6 +8,7 @@ Requests (gateway -> node):
 ``traceparent``           W3C trace context of the caller's span
 ``Revo-Caller``           authenticated user (set only by a gateway)
 ``Revo-Role``             the caller's role (set only by a gateway)
+``Revo-Identity``         seal over caller and role: ``<expires ms>.<HMAC>`` (mesh.auth.identity)
 ``Revo-Stream-Window``    server streaming: messages the node may send before an ack
 ========================  ==========================================================
 
@@ -37,6 +38,7 @@ TIMEOUT_MS = "Revo-Timeout-Ms"
 TRACEPARENT = "traceparent"
 CALLER = "Revo-Caller"
 ROLE = "Revo-Role"
+IDENTITY = "Revo-Identity"
 STREAM_WINDOW = "Revo-Stream-Window"
 
 STATUS = "Revo-Status"

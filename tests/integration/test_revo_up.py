@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 
+from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
 from mesh.embedded.nats_server import free_port
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
 
@@ -38,7 +40,8 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
                REVO_NATS__PORT=str(free_port()),
                REVO_NATS__MONITOR_PORT=str(free_port()),
                REVO_GATEWAY__ADDRESS=gateway,
-               REVO_PLUGINS__ONLY="echo")
+               REVO_PLUGINS__ONLY="echo",
+               REVO_ADMIN_PASSWORD="first-admin-password")
     up = subprocess.Popen([sys.executable, "-m", "mesh", "up"], env=env, cwd=tmp_path,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -57,9 +60,19 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
         assert gateway in text
 
         with grpc.insecure_channel(gateway) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                echo_pb2_grpc.EchoServiceStub(channel).Echo(echo_pb2.EchoRequest(payload=b"up"),
+                                                            timeout=10)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            # REVO_ADMIN_PASSWORD created the first admin
+            tokens = auth_pb2_grpc.AuthServiceStub(channel).Login(
+                auth_pb2.LoginRequest(username="admin", password="first-admin-password"),
+                timeout=10).tokens
             reply = echo_pb2_grpc.EchoServiceStub(channel).Echo(
-                echo_pb2.EchoRequest(payload=b"up"), timeout=10)
+                echo_pb2.EchoRequest(payload=b"up"), timeout=10,
+                metadata=(("authorization", f"Bearer {tokens.access_token}"),))
         assert reply.payload == b"up"
+        assert (reply.caller, reply.role) == ("admin", "admin")
 
         status = _revo("status", env=env, cwd=tmp_path)
         assert status.returncode == 0, status.stdout + status.stderr
@@ -87,7 +100,9 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
             stub = echo_pb2_grpc.EchoServiceStub(channel)
             for _ in range(100):  # bounded: until the new node has joined
                 try:
-                    again = stub.Echo(echo_pb2.EchoRequest(payload=b"again"), timeout=5)
+                    again = stub.Echo(echo_pb2.EchoRequest(payload=b"again"), timeout=5,
+                                      metadata=(("authorization",
+                                                 f"Bearer {tokens.access_token}"),))
                     break
                 except grpc.RpcError:
                     time.sleep(0.2)

@@ -38,10 +38,13 @@ def test_the_check_reports_a_changed_file_and_changes_nothing(tmp_path: Path) ->
     edited.write_text(edited.read_text() + "# edited by hand\n")
     (out / "stray.py").write_text("")
     tree = codegen.ProtoTree(echo.proto_root, out, echo.python_package)
+    mesh = codegen.repo_trees()[0]  # echo imports the mesh's options.proto
+    imported = codegen.ProtoTree(mesh.proto_root, mesh.out_dir, mesh.python_package,
+                                 generate=False)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp_path)  # paths are reported relative to the working directory
-        stale = codegen.regenerate(check=True, trees=(tree,))
+        stale = codegen.regenerate(check=True, trees=(tree, imported))
 
     assert stale == ["_gen/revo/echo/v1/echo_pb2.pyi", "_gen/stray.py"]
     assert edited.read_text().endswith("# edited by hand\n")

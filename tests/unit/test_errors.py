@@ -10,6 +10,7 @@ import pytest
 
 import mesh.errors
 from mesh.errors import (
+    AlreadyExists,
     Cancelled,
     ConfigError,
     DeadlineExceeded,
@@ -17,8 +18,11 @@ from mesh.errors import (
     InvalidArgument,
     MeshError,
     NotFound,
+    PermissionDenied,
+    RateLimited,
     ResourceExhausted,
     RpcError,
+    Unauthenticated,
     Unavailable,
     Unimplemented,
     status_from_code,
@@ -33,6 +37,9 @@ SUBCLASS_CODES = [
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Cancelled, grpc.StatusCode.CANCELLED),
     (Internal, grpc.StatusCode.INTERNAL),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
 ]
 
 
@@ -54,7 +61,7 @@ def test_every_rpc_error_subclass_is_covered() -> None:
     subclasses = {cls for _, cls in inspect.getmembers(mesh.errors, inspect.isclass)
                   if issubclass(cls, RpcError) and cls is not RpcError}
 
-    assert subclasses == {error_type for error_type, _ in SUBCLASS_CODES}
+    assert subclasses == {error_type for error_type, _ in SUBCLASS_CODES} | {RateLimited}
 
 
 def test_rpc_error_takes_any_code() -> None:
@@ -112,3 +119,10 @@ def test_tree_in_docstring_names_every_error() -> None:
     for name in mesh.errors.__all__:
         if inspect.isclass(getattr(mesh.errors, name)):
             assert name in doc, f"{name} is missing from the tree in mesh.errors' docstring"
+
+
+def test_rate_limited_is_resource_exhausted_with_retry_after_trailers() -> None:
+    error = RateLimited("over the limit", retry_after_s=0.2)
+    assert isinstance(error, ResourceExhausted)
+    assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert dict(error.trailers()) == {"retry-after": "1", "retry-after-ms": "200"}

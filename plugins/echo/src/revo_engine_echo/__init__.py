@@ -49,6 +49,7 @@ class EchoEngine(Engine):
             ctx.cancelled.wait(request.delay_ms / 1000)
         self.answered += 1
         return echo_pb2.EchoResponse(payload=self.settings.prefix + request.payload,
+                                     caller=ctx.caller, role=ctx.role,
                                      node_id=ctx.node_id)
 
     def count(self, request: echo_pb2.CountRequest,

@@ -46,18 +46,28 @@ class EchoResponse(_message.Message):
 
     PAYLOAD_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
     payload: _builtins.bytes
     node_id: _builtins.str
     """The node that answered."""
+    caller: _builtins.str
+    """The caller as the engine saw it: the user the gateway signed in, empty
+    when the call carried no identity (auth disabled).
+    """
+    role: _builtins.str
+    """The caller's role."""
     def __init__(
         self,
         *,
         payload: _builtins.bytes = ...,
         node_id: _builtins.str = ...,
+        caller: _builtins.str = ...,
+        role: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "payload", b"payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "node_id", b"node_id", "payload", b"payload", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

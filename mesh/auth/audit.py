@@ -1,0 +1,203 @@
+"""The audit trail: one record per call, appended to a JetStream stream.
+
+Stream ``REVO_AUDIT`` (file storage, kept ``auth.audit.max_age_days`` and at most
+``auth.audit.max_bytes``) on subjects ``revo.audit.<decision>.<user>``, where decision is
+``allow`` or ``deny`` and user is ``-`` for anonymous callers. A record is JSON::
+
+    {"time": 1795480000.123, "request_id": "...", "gateway": "...", "peer": "ipv4:...",
+     "user": "alice", "role": "developer", "method": "/revo.echo.v1.EchoService/Echo",
+     "permission": "execute", "decision": "allow", "reason": "", "status": "OK",
+     "latency_ms": 0.84}
+
+Never a token, password, hash or payload. Records are published without waiting (calls
+do not pay for the audit) but each is kept until JetStream acknowledges it and resent with
+the same ``Nats-Msg-Id`` (deduplicated by the stream) when no acknowledgement comes, so a
+NATS outage delays records instead of losing them, up to ``_MAX_PENDING`` records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from mesh.config import AuditSettings
+from mesh.transport.connection import MeshConnection, encode_headers
+
+__all__ = ["STREAM", "AuditLog", "AuditRecord", "read_audit"]
+
+log = logging.getLogger(__name__)
+
+STREAM = "REVO_AUDIT"
+SUBJECT_PREFIX = "revo.audit"
+_MAX_PENDING = 100_000
+_RESEND_AFTER_S = 2.0
+
+
+@dataclass
+class AuditRecord:
+    time: float
+    request_id: str
+    gateway: str
+    peer: str
+    user: str
+    role: str
+    method: str
+    permission: str
+    decision: str
+    reason: str
+    status: str
+    latency_ms: float
+
+    def subject(self) -> str:
+        return f"{SUBJECT_PREFIX}.{self.decision}.{self.user or '-'}"
+
+
+def stream_config(settings: AuditSettings) -> StreamConfig:
+    return StreamConfig(
+        name=STREAM, subjects=[f"{SUBJECT_PREFIX}.>"], storage=StorageType.FILE,
+        max_age=settings.max_age_days * 86400, max_bytes=settings.max_bytes,
+        discard=DiscardPolicy.OLD, duplicate_window=120.0, num_replicas=settings.replicas,
+        description="revo: one record per call at the gateways")
+
+
+async def ensure_stream(nc: NATS, settings: AuditSettings) -> None:
+    js = nc.jetstream()
+    config = stream_config(settings)
+    try:
+        await js.stream_info(STREAM)
+        await js.update_stream(config)
+    except NotFoundError:
+        with contextlib.suppress(Exception):
+            await js.add_stream(config)
+        await js.stream_info(STREAM)
+
+
+class AuditLog:
+    """Appends records for one gateway; never blocks the call it records."""
+
+    def __init__(self, nc: MeshConnection, settings: AuditSettings, gateway_id: str) -> None:
+        self._nc = nc
+        self._settings = settings
+        self._gateway = gateway_id
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[float, str, bytes]] = {}
+        self._inbox = ""
+        self._sub: Any = None
+        self._resender: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    async def start(self) -> None:
+        await ensure_stream(self._nc, self._settings)
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+        self._resender = asyncio.get_running_loop().create_task(self._resend())
+
+    async def stop(self, flush_s: float = 2.0) -> None:
+        deadline = time.monotonic() + flush_s
+        while self._pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self._pending:
+            log.error("audit: %d records not acknowledged at shutdown", len(self._pending))
+        if self._resender is not None:
+            self._resender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resender
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    def record(self, record: AuditRecord) -> None:
+        if len(self._pending) >= _MAX_PENDING:
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.error("audit: %d records dropped: JetStream has not acknowledged the "
+                          "last %d", self.dropped, _MAX_PENDING)
+            return
+        number = next(self._ids)
+        payload = json.dumps(asdict(record), separators=(",", ":")).encode()
+        self._pending[number] = (time.monotonic(), record.subject(), payload)
+        self._send(number, record.subject(), payload)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _send(self, number: int, subject: str, payload: bytes) -> None:
+        headers = encode_headers({"Nats-Msg-Id": f"{self._gateway}-{number}"})
+        try:
+            self._nc.publish_nowait(subject, payload, reply=f"{self._inbox}.{number}",
+                                    headers=headers)
+        except Exception as exc:  # closed or reconnecting: the resender tries again
+            log.debug("audit publish deferred: %s", exc)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        try:
+            number = int(msg.subject.rsplit(".", 1)[1])
+            answer = json.loads(msg.data)
+        except ValueError:
+            return
+        if "error" in answer:
+            log.warning("audit: JetStream refused a record: %s", answer["error"])
+            return  # resent later
+        self._pending.pop(number, None)
+
+    async def _resend(self) -> None:
+        while True:
+            await asyncio.sleep(_RESEND_AFTER_S / 2)
+            now = time.monotonic()
+            for number, (sent, subject, payload) in list(self._pending.items()):
+                if now - sent >= _RESEND_AFTER_S and self._nc.is_connected:
+                    self._pending[number] = (now, subject, payload)
+                    self._send(number, subject, payload)
+
+
+async def read_audit(nc: NATS, *, decision: str = "*", user: str = "*",
+                     since: float | None = None, follow: bool = False,
+                     idle_s: float = 0.5) -> AsyncIterator[dict[str, Any]]:
+    """Records in order, filtered by decision and user (``*`` for any), from ``since``
+    (epoch seconds; default: the beginning); ``follow`` waits for new ones forever."""
+    js = nc.jetstream()
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def collect(msg: Msg) -> None:
+        await queue.put(msg)
+
+    subject = f"{SUBJECT_PREFIX}.{decision}.{user}"
+    if since is None:
+        sub = await js.subscribe(subject, cb=collect, ordered_consumer=True,
+                                 deliver_policy=DeliverPolicy.ALL, stream=STREAM)
+    else:
+        sub = await js.subscribe(subject, cb=collect, ordered_consumer=True,
+                                 deliver_policy=DeliverPolicy.BY_START_TIME, stream=STREAM,
+                                 config=_start_time(since))
+    try:
+        while True:
+            try:
+                msg = await asyncio.wait_for(queue.get(), None if follow else idle_s)
+            except TimeoutError:
+                return
+            try:
+                yield json.loads(msg.data)
+            except ValueError:
+                continue
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+def _start_time(since: float) -> ConsumerConfig:
+    return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                          opt_start_time=datetime.fromtimestamp(since, UTC))

@@ -1,0 +1,162 @@
+"""The gate every call passes at the gateway: who, may they, how often, and the record.
+
+:meth:`Guard.admit` authenticates the bearer token, checks revocation, checks the
+permission the method declares, and takes one request from the caller's rate limits;
+:meth:`Guard.record` appends the audit record when the call ends (allowed or not).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nats.aio.client import Client as NATS
+
+from mesh.auth.audit import AuditLog, AuditRecord
+from mesh.auth.identity import IdentitySeal
+from mesh.auth.limiter import SharedLimiter, subject_token
+from mesh.auth.revocations import RevocationList
+from mesh.auth.roles import PUBLIC, Permission, grants, permission_name
+from mesh.auth.tokens import Claims, Keyring, TokenService
+from mesh.auth.users import UserStore
+from mesh.config import Limit, MeshConfig
+from mesh.errors import PermissionDenied, RpcError, Unauthenticated
+from mesh.transport.connection import MeshConnection
+
+__all__ = ["ANONYMOUS", "AUTHORIZATION_METADATA", "Guard", "Principal", "current_principal"]
+
+log = logging.getLogger(__name__)
+
+AUTHORIZATION_METADATA = "authorization"
+_BEARER = "bearer "
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a signed-in user, or anonymous (public methods, auth off)."""
+
+    user: str = ""
+    role: str = ""
+    claims: Claims | None = None
+
+
+ANONYMOUS = Principal()
+
+current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar(
+    "current_principal", default=ANONYMOUS)
+"""The caller of the call being served (the gateway's own services read it)."""
+
+
+def bearer_token(authorization: str) -> str:
+    """The token in an ``authorization`` metadata value ('' when there is none)."""
+    if not authorization:
+        return ""
+    if authorization[:len(_BEARER)].lower() != _BEARER:
+        raise Unauthenticated("the authorization metadata must be 'Bearer <access token>'")
+    return authorization[len(_BEARER):].strip()
+
+
+class Guard:
+    """Authentication, authorization, rate limits and audit for one gateway."""
+
+    def __init__(self, config: MeshConfig, nc: MeshConnection, gateway_id: str,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        settings = config.auth
+        self.enabled = settings.enabled
+        self.gateway_id = gateway_id
+        self.tokens = TokenService(settings, Keyring.from_settings(
+            settings, Path(config.home), environ)) if self.enabled else None
+        self.seal = IdentitySeal.from_config(config, environ) if self.enabled else None
+        self.users = UserStore(nc, replicas=settings.audit.replicas)
+        self.revocations = RevocationList(nc, keep_s=settings.refresh_ttl_s + settings.leeway_s)
+        limits = settings.rate_limits
+        windows = [lim.window_s for lim in [*limits.roles.values(), *limits.methods.values()]]
+        self.limiter = SharedLimiter(
+            nc, longest_window_s=max([settings.login.window_s, *windows]),
+            fail_open=limits.fail_open, replicas=settings.audit.replicas)
+        self.rate_limits = self.enabled and limits.enabled
+        self.audit = AuditLog(nc, settings.audit, gateway_id) if settings.audit.enabled else None
+        self._nc: NATS = nc
+
+    async def start(self) -> None:
+        if self.enabled:
+            await self.users.start()
+            await self.revocations.start()
+            await self.limiter.start()
+        if self.audit is not None:
+            await self.audit.start()
+
+    async def stop(self) -> None:
+        if self.audit is not None:
+            await self.audit.stop()
+        await self.limiter.stop()
+        await self.revocations.stop()
+
+    # -- the checks -------------------------------------------------------------------
+
+    def authenticate(self, token: str) -> Principal:
+        assert self.tokens is not None
+        claims = self.tokens.verify(token)
+        reason = self.revocations.reason(claims)
+        if reason:
+            raise Unauthenticated(reason)
+        return Principal(claims.user, claims.role, claims)
+
+    async def admit(self, path: str, permission: Permission, authorization: str) -> Principal:
+        """The caller, if it may make this call now; else the RpcError to answer.
+
+        ``authorization`` is the call's ``authorization`` metadata ('' when absent)."""
+        if not self.enabled:
+            return ANONYMOUS
+        token = bearer_token(authorization)
+        if permission == PUBLIC:
+            return self.authenticate(token) if token else ANONYMOUS
+        if not token:
+            raise Unauthenticated(
+                f"{path} needs a signed-in caller: send metadata 'authorization: Bearer "
+                "<access token>' (from /revo.auth.v1.AuthService/Login)")
+        principal = self.authenticate(token)
+        if not grants(principal.role, permission):
+            raise PermissionDenied(
+                f"role '{principal.role}' lacks the '{permission_name(permission)}' "
+                f"permission that {path} needs")
+        if self.rate_limits:
+            await self._limit(principal, path)
+        return principal
+
+    async def _limit(self, principal: Principal, path: str) -> None:
+        limits = self.config.auth.rate_limits
+        role_limit: Limit | None = limits.roles.get(principal.role)
+        if role_limit is not None:
+            await self.limiter.acquire(f"user.{principal.user}", role_limit)
+        method_limit = limits.methods.get(path)
+        if method_limit is not None:
+            await self.limiter.acquire(f"method.{principal.user}.{subject_token(path)}",
+                                       method_limit)
+
+    def identity_headers(self, principal: Principal, expires_ms: int) -> dict[str, str]:
+        if self.seal is None or principal is ANONYMOUS:
+            return {}
+        return self.seal.headers(principal.user, principal.role, expires_ms)
+
+    # -- the record -------------------------------------------------------------------
+
+    def record(self, *, path: str, permission: Permission, principal: Principal | None,
+               error: RpcError | None, started: float, request_id: str, peer: str,
+               status: str = "") -> None:
+        if self.audit is None:
+            return
+        denied = principal is None and error is not None  # refused before it ran
+        self.audit.record(AuditRecord(
+            time=time.time(), request_id=request_id, gateway=self.gateway_id, peer=peer,
+            user=principal.user if principal else "", role=principal.role if principal else "",
+            method=path, permission=permission_name(permission),
+            decision="deny" if denied else "allow",
+            reason=error.message if denied and error is not None else "",
+            status=status or (error.code.name if error is not None else "OK"),
+            latency_ms=round((time.perf_counter() - started) * 1000, 3)))

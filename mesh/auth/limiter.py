@@ -1,0 +1,237 @@
+"""Rate limits shared by every gateway: atomic counters in NATS JetStream.
+
+A limit of ``rate`` requests per second with ``burst`` at once is enforced as a sliding
+window of ``burst / rate`` seconds holding at most ``burst`` requests: the count of the
+current window plus the previous window's count weighted by how much of it still
+overlaps. Counts live in a JetStream stream with atomic counters (``allow_msg_counter``,
+nats-server 2.12+), one subject per key and window, so every gateway replica adds to the
+same numbers: two gateways never admit more than one limit between them.
+
+Asking NATS on every call would add a round trip to each, so a gateway *leases* tokens:
+it adds ``n`` to the shared counter and spends those ``n`` locally, then leases again
+(before running out, in the background). Leases grow from 1 to ``burst / 16``, so small
+limits stay exact and large ones cost a round trip per many calls. Tokens leased but not
+spent when a window ends are lost to that window: a gateway may admit slightly *fewer*
+calls than the limit, never more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NATS
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from mesh.config import Limit
+from mesh.errors import RateLimited, Unavailable
+
+__all__ = ["STREAM", "SharedLimiter", "subject_token"]
+
+log = logging.getLogger(__name__)
+
+STREAM = "REVO_LIMITS"
+SUBJECT_PREFIX = "revo.limits"
+INCREMENT = "Nats-Incr"
+_LEASE_DIVISOR = 16
+_ASK_TIMEOUT_S = 0.5
+
+
+def subject_token(text: str) -> str:
+    """A NATS-subject-safe token for any text (user names are already safe)."""
+    if text.replace("-", "").replace("_", "").isalnum() and len(text) <= 64:
+        return text
+    return "h" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass
+class _Bucket:
+    window: int = -1
+    tokens: int = 0
+    lease: int = 1
+    previous: int | None = None
+    current: int = 0
+    refilling: bool = False
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+class SharedLimiter:
+    """Admits or refuses calls against limits counted in NATS."""
+
+    def __init__(self, nc: NATS, *, longest_window_s: float, fail_open: bool = True,
+                 replicas: int = 1) -> None:
+        self._nc = nc
+        self._max_age = max(60.0, 2 * longest_window_s + 10)
+        self._fail_open = fail_open
+        self._replicas = replicas
+        self._buckets: dict[str, _Bucket] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._warned_at = 0.0
+
+    async def start(self) -> None:
+        js = self._nc.jetstream()
+        config = StreamConfig(name=STREAM, subjects=[f"{SUBJECT_PREFIX}.>"],
+                              storage=StorageType.MEMORY, allow_msg_counter=True,
+                              max_msgs_per_subject=1, max_age=self._max_age,
+                              num_replicas=self._replicas,
+                              description="revo: rate-limit counters (one per key and window)")
+        try:
+            info = await js.stream_info(STREAM)
+            if (info.config.max_age or 0) < self._max_age:
+                await js.update_stream(config)
+        except NotFoundError:
+            with contextlib.suppress(Exception):  # another gateway created it first
+                await js.add_stream(config)
+            await js.stream_info(STREAM)
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- calls ------------------------------------------------------------------------
+
+    async def acquire(self, key: str, limit: Limit, now: float | None = None) -> None:
+        """Take one request from ``key``'s limit, or raise :class:`RateLimited`."""
+        now = time.time() if now is None else now
+        window_s = limit.window_s
+        index = int(now // window_s)
+        state = self._buckets.get(key)
+        if state is None:
+            state = self._buckets[key] = _Bucket()
+        if state.window != index:
+            state.window, state.tokens = index, 0
+            state.previous = None
+        if state.tokens > 0:
+            state.tokens -= 1
+            if state.tokens < state.lease // 2 and not state.refilling:
+                self._refill(key, limit, index)
+            return
+        granted = await self._lease(key, limit, index, now, state.lease)
+        if state.window == index:
+            if granted > 1:
+                state.tokens += granted - 1
+            if granted == state.lease:
+                state.lease = min(state.lease * 2, max(1, limit.burst // _LEASE_DIVISOR))
+        if granted == 0:
+            raise RateLimited(*self._refusal(key, limit, index, now))
+
+    async def count(self, key: str, limit: Limit, add: int = 0,
+                    now: float | None = None) -> tuple[float, float]:
+        """Add ``add`` to ``key``'s count; the estimated count in the window, and the
+        seconds until one more would fit."""
+        now = time.time() if now is None else now
+        index = int(now // limit.window_s)
+        current, previous = await asyncio.gather(
+            self._ask(self._subject(key, limit, index), add),
+            self._ask(self._subject(key, limit, index - 1), 0))
+        return (self._estimate(previous, current, limit, now),
+                self.wait_s(limit, previous, current, now))
+
+    @staticmethod
+    def wait_s(limit: Limit, previous: int, current: int, now: float) -> float:
+        """Seconds until the sliding window has room for one more request."""
+        window, burst = limit.window_s, limit.burst
+        elapsed = now % window
+        if current + 1 <= burst:  # the previous window's share has to age out
+            if previous <= 0:
+                return 1 / limit.rate
+            estimate = previous * (1 - elapsed / window) + current
+            return max(1 / limit.rate, (estimate + 1 - burst) * window / previous)
+        # this window alone is full: wait for it to end and age enough in the next one
+        return (window - elapsed) + window * (1 - (burst - 1) / current)
+
+    # -- internals --------------------------------------------------------------------
+
+    @staticmethod
+    def _subject(key: str, limit: Limit, index: int) -> str:
+        return f"{SUBJECT_PREFIX}.{key}.w{int(limit.window_s * 1000)}.{index}"
+
+    @staticmethod
+    def _estimate(previous: int, current: int, limit: Limit, now: float) -> float:
+        elapsed = (now % limit.window_s) / limit.window_s
+        return previous * (1 - elapsed) + current
+
+    def _refill(self, key: str, limit: Limit, index: int) -> None:
+        state = self._buckets[key]
+        state.refilling = True
+
+        async def refill() -> None:
+            try:
+                granted = await self._lease(key, limit, index, time.time(), state.lease)
+                if state.window == index:
+                    state.tokens += granted
+            except Exception as exc:
+                log.debug("background lease for %s failed: %s", key, exc)
+            finally:
+                state.refilling = False
+
+        task = asyncio.get_running_loop().create_task(refill())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _lease(self, key: str, limit: Limit, index: int, now: float, want: int) -> int:
+        """Add ``want`` to the shared count; how many of them fit under the limit."""
+        state = self._buckets[key]
+        try:
+            if state.previous is None:
+                current, previous = await asyncio.gather(
+                    self._ask(self._subject(key, limit, index), want),
+                    self._ask(self._subject(key, limit, index - 1), 0))
+                state.previous = previous
+            else:
+                current = await self._ask(self._subject(key, limit, index), want)
+        except Unavailable:
+            if self._fail_open:
+                return want
+            raise
+        state.current = current
+        estimate = self._estimate(state.previous, current, limit, now)
+        over = math.ceil(estimate - limit.burst) if estimate > limit.burst else 0
+        granted = max(0, want - over)
+        if granted < want:  # give back what does not fit, for the other gateways
+            self._give_back(self._subject(key, limit, index), want - granted)
+        return granted
+
+    def _refusal(self, key: str, limit: Limit, index: int, now: float) -> tuple[str, float]:
+        state = self._buckets[key]
+        wait = self.wait_s(limit, state.previous or 0, state.current, now)
+        return (f"rate limit: at most {limit.burst} calls per {limit.window_s:g} s "
+                f"({limit.rate:g}/s) for {key.split('.', 1)[-1]}; retry after {wait:.2f} s",
+                wait)
+
+    def _give_back(self, subject: str, amount: int) -> None:
+        async def give() -> None:
+            with contextlib.suppress(Exception):
+                await self._ask(subject, -amount)
+
+        task = asyncio.get_running_loop().create_task(give())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _ask(self, subject: str, add: int) -> int:
+        """Add ``add`` (may be 0 or negative) to a counter; its new value."""
+        try:
+            reply = await self._nc.request(subject, b"", timeout=_ASK_TIMEOUT_S,
+                                           headers={INCREMENT: f"{add:+d}"})
+            answer = json.loads(reply.data)
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._warned_at > 10:
+                self._warned_at = now
+                log.warning("rate limits: cannot reach NATS (%s); %s", exc,
+                            "admitting calls" if self._fail_open else "refusing calls")
+            raise Unavailable("rate limits cannot be checked right now (NATS unreachable); "
+                              "retry shortly") from exc
+        if "error" in answer:
+            raise Unavailable(f"rate-limit counter refused: {answer['error']}")
+        return int(answer.get("val", 0))

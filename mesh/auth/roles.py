@@ -1,0 +1,65 @@
+"""Roles, the permissions each grants, and the permission each method declares.
+
+A method declares what it needs in its proto::
+
+    rpc Search(SearchRequest) returns (SearchResponse) {
+      option (revo.mesh.v1.permission) = PERMISSION_READ;
+    }
+
+The gateway reads the option from the descriptor the engine announces, so an engine from
+any distribution declares its permissions the same way. A method with no declaration
+needs ``manage``: deny by default.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeAlias
+
+from google.protobuf.descriptor import MethodDescriptor
+
+from mesh._gen.revo.mesh.v1 import options_pb2
+
+if TYPE_CHECKING:
+    Permission: TypeAlias = options_pb2.Permission.ValueType
+else:  # the enum's values are ints at run time
+    Permission = int
+
+__all__ = ["PERMISSION_NAMES", "ROLES", "Permission", "declared_permission", "grants",
+           "permission_name"]
+
+READ = options_pb2.PERMISSION_READ
+WRITE = options_pb2.PERMISSION_WRITE
+EXECUTE = options_pb2.PERMISSION_EXECUTE
+MANAGE = options_pb2.PERMISSION_MANAGE
+PUBLIC = options_pb2.PERMISSION_PUBLIC
+
+ROLES: dict[str, frozenset[Permission]] = {
+    "admin": frozenset({READ, WRITE, EXECUTE, MANAGE}),
+    "developer": frozenset({READ, WRITE, EXECUTE}),
+    "analyst": frozenset({READ, EXECUTE}),
+    "viewer": frozenset({READ}),
+}
+"""Each role and what it grants. ``admin`` alone manages users."""
+
+PERMISSION_NAMES: dict[Permission, str] = {
+    PUBLIC: "public", READ: "read", WRITE: "write", EXECUTE: "execute", MANAGE: "manage",
+}
+
+
+def permission_name(permission: Permission) -> str:
+    return PERMISSION_NAMES.get(permission, "manage")
+
+
+def declared_permission(method: MethodDescriptor) -> Permission:
+    """What ``method`` needs: its ``(revo.mesh.v1.permission)`` option, else ``manage``."""
+    options = method.GetOptions()
+    if options.HasExtension(options_pb2.permission):
+        value = options.Extensions[options_pb2.permission]
+        if value in PERMISSION_NAMES:
+            return value
+    return MANAGE
+
+
+def grants(role: str, permission: Permission) -> bool:
+    """Whether ``role`` may call a method that needs ``permission``."""
+    return permission == PUBLIC or permission in ROLES.get(role, frozenset())

@@ -1,0 +1,189 @@
+"""``revo.auth.v1.AuthService`` and ``UserService``, served by every gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
+from mesh.auth.guard import Guard, current_principal
+from mesh.auth.passwords import verify_password
+from mesh.auth.roles import ROLES
+from mesh.auth.tokens import ACCESS, REFRESH, Claims
+from mesh.auth.users import User
+from mesh.config import Limit
+from mesh.errors import InvalidArgument, RateLimited, Unauthenticated, Unavailable
+
+__all__ = ["AuthServicer", "UserServicer"]
+
+log = logging.getLogger(__name__)
+
+ServicerContext = grpc.aio.ServicerContext[Any, Any]
+
+_LOGIN_REFUSED = "wrong user name or password"
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _peer_host(peer: str) -> str:
+    """``ipv4:127.0.0.1:5000`` -> ``127.0.0.1`` (the port changes per connection)."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]%")
+    return rest.rsplit(":", 1)[0] if kind == "ipv4" else peer
+
+
+def user_message(user: User) -> auth_pb2.User:
+    return auth_pb2.User(username=user.username, role=user.role, disabled=user.disabled,
+                         created_at=_timestamp(user.created_at),
+                         updated_at=_timestamp(user.updated_at))
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+
+    def _tokens(self, user: User) -> auth_pb2.Tokens:
+        tokens = self._guard.tokens
+        if tokens is None:
+            raise Unavailable("sign-in is off on this gateway (auth.enabled = false)")
+        access, access_claims = tokens.issue(user.username, user.role, ACCESS, user.generation)
+        refresh, refresh_claims = tokens.issue(user.username, user.role, REFRESH,
+                                               user.generation)
+        return auth_pb2.Tokens(access_token=access,
+                               access_expires_at=_timestamp(access_claims.expires_at),
+                               refresh_token=refresh,
+                               refresh_expires_at=_timestamp(refresh_claims.expires_at),
+                               token_type="Bearer")
+
+    async def _throttle(self, keys: list[tuple[str, Limit]], add: int) -> None:
+        guard = self._guard
+        try:
+            counts = await asyncio.gather(*(guard.limiter.count(k, lim, add) for k, lim in keys))
+        except Unavailable:
+            if guard.config.auth.rate_limits.fail_open:
+                return
+            raise
+        if add:
+            return
+        for (key, limit), (estimate, wait) in zip(keys, counts, strict=True):
+            if estimate >= limit.burst:
+                what = "user" if key.startswith("login.user.") else "address"
+                raise RateLimited(f"too many failed sign-ins for this {what}; retry after "
+                                  f"{wait:.0f} s", wait)
+
+    async def Login(self, request: auth_pb2.LoginRequest,
+                    context: ServicerContext) -> auth_pb2.LoginResponse:  # type: ignore[override]
+        guard = self._guard
+        if not request.username or not request.password:
+            raise InvalidArgument("Login needs a username and a password")
+        settings = guard.config.auth.login
+        host = _peer_host(context.peer() or "")
+        address = "a" + hashlib.sha256(host.encode()).hexdigest()[:24]
+        name_key = "u" + hashlib.sha256(request.username.encode()).hexdigest()[:24]
+        keys = [(f"login.user.{name_key}", Limit(rate=settings.per_user / settings.window_s,
+                                                   burst=settings.per_user)),
+                (f"login.addr.{address}", Limit(rate=settings.per_address / settings.window_s,
+                                                  burst=settings.per_address))]
+        await self._throttle(keys, 0)
+        user = await guard.users.get(request.username)
+        ok = await asyncio.to_thread(verify_password, request.password,
+                                     user.password_hash if user else None)
+        if not ok or user is None or user.disabled:
+            await self._throttle(keys, 1)
+            log.info("sign-in refused for %r from %s", request.username[:64], host)
+            raise Unauthenticated(_LOGIN_REFUSED if not (ok and user and user.disabled)
+                                  else "this user is disabled; ask an admin")
+        return auth_pb2.LoginResponse(tokens=self._tokens(user))
+
+    async def Refresh(self, request: auth_pb2.RefreshRequest,
+                      context: ServicerContext) -> auth_pb2.RefreshResponse:  # type: ignore[override]
+        guard = self._guard
+        if guard.tokens is None:
+            raise Unavailable("sign-in is off on this gateway (auth.enabled = false)")
+        claims = guard.tokens.verify(request.refresh_token, REFRESH)
+        reason = guard.revocations.reason(claims)
+        if reason:
+            raise Unauthenticated(reason.replace("token", "refresh token", 1))
+        user = await guard.users.get(claims.user)
+        if user is None or user.disabled:
+            raise Unauthenticated("this user no longer exists or is disabled")
+        await guard.revocations.revoke_token(claims)  # one use only
+        return auth_pb2.RefreshResponse(tokens=self._tokens(user))
+
+    async def Logout(self, request: auth_pb2.LogoutRequest,
+                     context: ServicerContext) -> auth_pb2.LogoutResponse:  # type: ignore[override]
+        guard = self._guard
+        principal = current_principal.get()
+        revoke: list[Claims] = [principal.claims] if principal.claims else []
+        if request.refresh_token and guard.tokens is not None:
+            refresh = guard.tokens.verify(request.refresh_token, REFRESH)
+            if refresh.user != principal.user:
+                raise InvalidArgument("the refresh token belongs to another user")
+            revoke.append(refresh)
+        for claims in revoke:
+            await guard.revocations.revoke_token(claims)
+        return auth_pb2.LogoutResponse()
+
+    async def WhoAmI(self, request: auth_pb2.WhoAmIRequest,
+                     context: ServicerContext) -> auth_pb2.WhoAmIResponse:  # type: ignore[override]
+        principal = current_principal.get()
+        reply = auth_pb2.WhoAmIResponse(username=principal.user, role=principal.role,
+                                        permissions=sorted(ROLES.get(principal.role, frozenset())))
+        if principal.claims is not None:
+            reply.expires_at.CopyFrom(_timestamp(principal.claims.expires_at))
+        return reply
+
+
+class UserServicer(auth_pb2_grpc.UserServiceServicer):
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+
+    async def _revoke(self, user: User) -> User:
+        await self._guard.revocations.revoke_user(user.username, user.generation)
+        return user
+
+    async def CreateUser(self, request: auth_pb2.CreateUserRequest,
+                         context: ServicerContext) -> auth_pb2.CreateUserResponse:  # type: ignore[override]
+        user = await self._guard.users.create(request.username, request.role, request.password)
+        log.info("user %s created (role %s) by %s", user.username, user.role,
+                 current_principal.get().user)
+        return auth_pb2.CreateUserResponse(user=user_message(user))
+
+    async def ListUsers(self, request: auth_pb2.ListUsersRequest,
+                        context: ServicerContext) -> auth_pb2.ListUsersResponse:  # type: ignore[override]
+        users = await self._guard.users.list()
+        return auth_pb2.ListUsersResponse(users=[user_message(u) for u in users])
+
+    async def SetRole(self, request: auth_pb2.SetRoleRequest,
+                      context: ServicerContext) -> auth_pb2.SetRoleResponse:  # type: ignore[override]
+        user = await self._revoke(await self._guard.users.update(request.username,
+                                                                  role=request.role))
+        return auth_pb2.SetRoleResponse(user=user_message(user))
+
+    async def ResetPassword(self, request: auth_pb2.ResetPasswordRequest,
+                            context: ServicerContext) -> auth_pb2.ResetPasswordResponse:  # type: ignore[override]
+        user = await self._revoke(await self._guard.users.update(request.username,
+                                                                  password=request.password))
+        return auth_pb2.ResetPasswordResponse(user=user_message(user))
+
+    async def DisableUser(self, request: auth_pb2.DisableUserRequest,
+                          context: ServicerContext) -> auth_pb2.DisableUserResponse:  # type: ignore[override]
+        user = await self._guard.users.update(request.username, disabled=request.disabled)
+        if user.disabled:
+            await self._revoke(user)
+        return auth_pb2.DisableUserResponse(user=user_message(user))
+
+    async def DeleteUser(self, request: auth_pb2.DeleteUserRequest,
+                         context: ServicerContext) -> auth_pb2.DeleteUserResponse:  # type: ignore[override]
+        await self._revoke(await self._guard.users.delete(request.username))
+        return auth_pb2.DeleteUserResponse()
