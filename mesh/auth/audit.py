@@ -23,9 +23,9 @@ import itertools
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.client import Client as NATS

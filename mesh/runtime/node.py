@@ -25,8 +25,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.subscription import Subscription
 
 import mesh
-from mesh.auth.identity import IdentitySeal
 from mesh._gen.revo.mesh.v1 import mesh_pb2, registry_pb2
+from mesh.auth.identity import IdentitySeal
 from mesh.config import MeshConfig
 from mesh.engine import Context, MethodBinding
 from mesh.errors import Internal, InvalidArgument, ResourceExhausted, RpcError, Unimplemented

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
@@ -176,10 +178,22 @@ async def connect(settings: NatsSettings, name: str) -> MeshConnection:
         log.info("nats (%s): reconnected", name)
 
     servers = [url.strip() for url in settings.url.split(",") if url.strip()]
+    secure: dict[str, Any] = {}
+    if settings.tls_ca_file is not None:
+        context = ssl.create_default_context(cafile=str(settings.tls_ca_file))
+        if settings.tls_cert_file is not None:
+            context.load_cert_chain(str(settings.tls_cert_file),
+                                    str(settings.tls_key_file) if settings.tls_key_file else None)
+        secure["tls"] = context
+    if settings.user:
+        secure.update(user=settings.user, password=settings.password)
+    if settings.creds_file is not None:
+        secure["user_credentials"] = str(settings.creds_file)
     nc = MeshConnection()
     await nc.connect(
         servers=servers,
         name=name,
+        **secure,
         # nats-py annotates these as int but waits with asyncio (floats are fine)
         connect_timeout=settings.connect_timeout_s,  # type: ignore[arg-type]
         max_reconnect_attempts=-1,
