@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mesh.config import MeshConfig, load_config
@@ -137,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     sub.add_parser("plugins", help="installed engine plugins and their status"
                    ).set_defaults(func=cmd_plugins)
+    from mesh.auth.commands import add_parsers
+
+    def with_config(command: Callable[[argparse.Namespace, MeshConfig], int]
+                    ) -> Callable[[argparse.Namespace], int]:
+        def run(args: argparse.Namespace) -> int:
+            config = _config(args)
+            logging.getLogger("mesh.transport").setLevel(logging.WARNING)  # no connect chatter
+            return command(args, config)
+        return run
+
+    add_parsers(sub, with_config)
     return parser
 
 

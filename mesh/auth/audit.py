@@ -107,7 +107,7 @@ class AuditLog:
 
     async def stop(self, flush_s: float = 2.0) -> None:
         deadline = time.monotonic() + flush_s
-        while self._pending and time.monotonic() < deadline:
+        while self._pending and time.monotonic() < deadline:  # noqa: ASYNC110 (acks arrive)
             await asyncio.sleep(0.02)
         if self._pending:
             log.error("audit: %d records not acknowledged at shutdown", len(self._pending))
@@ -170,6 +170,13 @@ async def read_audit(nc: NATS, *, decision: str = "*", user: str = "*",
     """Records in order, filtered by decision and user (``*`` for any), from ``since``
     (epoch seconds; default: the beginning); ``follow`` waits for new ones forever."""
     js = nc.jetstream()
+    try:
+        last = (await js.stream_info(STREAM)).state.last_seq
+    except NotFoundError:
+        raise NotFoundError(description=f"no audit records here: stream {STREAM} does not "
+                            "exist (no gateway with audit on has used this NATS)") from None
+    if not last and not follow:
+        return
     queue: asyncio.Queue[Msg] = asyncio.Queue()
 
     async def collect(msg: Msg) -> None:
@@ -189,10 +196,10 @@ async def read_audit(nc: NATS, *, decision: str = "*", user: str = "*",
                 msg = await asyncio.wait_for(queue.get(), None if follow else idle_s)
             except TimeoutError:
                 return
-            try:
+            with contextlib.suppress(ValueError):
                 yield json.loads(msg.data)
-            except ValueError:
-                continue
+            if not follow and msg.metadata.sequence.stream >= last:
+                return
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

@@ -43,9 +43,14 @@ class RevocationList:
         self._bucket: KeyValue | None = None
         self._mirror: Mirror | None = None
 
-    async def start(self) -> None:
+    async def open(self) -> None:
+        """Open the bucket for writing only (``revo users``)."""
         self._bucket = await open_bucket(self._nc, BUCKET, ttl=self._keep_s,
                                          description="revo: revoked tokens and users")
+
+    async def start(self) -> None:
+        await self.open()
+        assert self._bucket is not None
         self._mirror = Mirror(self._bucket, self._put, self._delete)
         await self._mirror.start()
 

@@ -15,7 +15,7 @@ from mesh.auth.guard import Guard, current_principal
 from mesh.auth.passwords import verify_password
 from mesh.auth.roles import ROLES
 from mesh.auth.tokens import ACCESS, REFRESH, Claims
-from mesh.auth.users import User
+from mesh.auth.users import Accounts, User
 from mesh.config import Limit
 from mesh.errors import InvalidArgument, RateLimited, Unauthenticated, Unavailable
 
@@ -147,14 +147,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 class UserServicer(auth_pb2_grpc.UserServiceServicer):
     def __init__(self, guard: Guard) -> None:
         self._guard = guard
-
-    async def _revoke(self, user: User) -> User:
-        await self._guard.revocations.revoke_user(user.username, user.generation)
-        return user
+        self._accounts = Accounts(guard.users, guard.revocations.revoke_user)
 
     async def CreateUser(self, request: auth_pb2.CreateUserRequest,
                          context: ServicerContext) -> auth_pb2.CreateUserResponse:  # type: ignore[override]
-        user = await self._guard.users.create(request.username, request.role, request.password)
+        user = await self._accounts.create(request.username, request.role, request.password)
         log.info("user %s created (role %s) by %s", user.username, user.role,
                  current_principal.get().user)
         return auth_pb2.CreateUserResponse(user=user_message(user))
@@ -166,24 +163,20 @@ class UserServicer(auth_pb2_grpc.UserServiceServicer):
 
     async def SetRole(self, request: auth_pb2.SetRoleRequest,
                       context: ServicerContext) -> auth_pb2.SetRoleResponse:  # type: ignore[override]
-        user = await self._revoke(await self._guard.users.update(request.username,
-                                                                  role=request.role))
+        user = await self._accounts.set_role(request.username, request.role)
         return auth_pb2.SetRoleResponse(user=user_message(user))
 
     async def ResetPassword(self, request: auth_pb2.ResetPasswordRequest,
                             context: ServicerContext) -> auth_pb2.ResetPasswordResponse:  # type: ignore[override]
-        user = await self._revoke(await self._guard.users.update(request.username,
-                                                                  password=request.password))
+        user = await self._accounts.reset_password(request.username, request.password)
         return auth_pb2.ResetPasswordResponse(user=user_message(user))
 
     async def DisableUser(self, request: auth_pb2.DisableUserRequest,
                           context: ServicerContext) -> auth_pb2.DisableUserResponse:  # type: ignore[override]
-        user = await self._guard.users.update(request.username, disabled=request.disabled)
-        if user.disabled:
-            await self._revoke(user)
+        user = await self._accounts.set_disabled(request.username, request.disabled)
         return auth_pb2.DisableUserResponse(user=user_message(user))
 
     async def DeleteUser(self, request: auth_pb2.DeleteUserRequest,
                          context: ServicerContext) -> auth_pb2.DeleteUserResponse:  # type: ignore[override]
-        await self._revoke(await self._guard.users.delete(request.username))
+        await self._accounts.delete(request.username)
         return auth_pb2.DeleteUserResponse()

@@ -108,8 +108,9 @@ class Keyring:
                 private = _load_pem(settings.signing_key_file)
                 algorithm = _algorithm_of(private)
                 if algorithm != settings.algorithm or not hasattr(private, "sign"):
+                    kind = "RSA" if settings.algorithm == "RS256" else "Ed25519"
                     raise ConfigError(f"auth.signing_key_file must hold a {settings.algorithm} "
-                                      f"private key ({'RSA' if settings.algorithm == 'RS256' else 'Ed25519'})")
+                                      f"private key ({kind})")
                 public = private.public_key()
                 kid = settings.key_id or f"{algorithm.lower()}-{_fingerprint(_public_der(public))}"
                 signing = _Key(kid, algorithm, public, private)
@@ -165,9 +166,9 @@ class TokenService:
             raise Unauthenticated(f"this is a {claims.kind} token; send an {kind} token")
         if time.time() > claims.expires_at + self.settings.leeway_s:
             self._cache.pop(token, None)
-            raise Unauthenticated(f"the {kind} token expired at "
-                                  f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(claims.expires_at))}"
-                                  f"; {'refresh it or ' if kind == ACCESS else ''}sign in again")
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(claims.expires_at))
+            hint = "refresh it or sign in again" if kind == ACCESS else "sign in again"
+            raise Unauthenticated(f"the {kind} token expired at {when}; {hint}")
         return claims
 
     def _decode(self, token: str) -> Claims:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -26,6 +27,7 @@ from mesh.transport.kv import KeyValue, open_bucket
 __all__ = [
     "ADMIN_PASSWORD_ENV",
     "BUCKET",
+    "Accounts",
     "User",
     "UserStore",
     "check_password",
@@ -181,3 +183,32 @@ class UserStore:
             return await self.create("admin", "admin", password)
         except AlreadyExists:
             return None
+
+
+class Accounts:
+    """User changes together with the revocations they imply (gateway and ``revo users``)."""
+
+    def __init__(self, users: UserStore, revoke_user: Callable[[str, int], Awaitable[None]]
+                 ) -> None:
+        self.users = users
+        self._revoke_user = revoke_user
+
+    async def create(self, username: str, role: str, password: str) -> User:
+        return await self.users.create(username, role, password)
+
+    async def set_role(self, username: str, role: str) -> User:
+        return await self._revoked(await self.users.update(username, role=role))
+
+    async def reset_password(self, username: str, password: str) -> User:
+        return await self._revoked(await self.users.update(username, password=password))
+
+    async def set_disabled(self, username: str, disabled: bool) -> User:
+        user = await self.users.update(username, disabled=disabled)
+        return await self._revoked(user) if disabled else user
+
+    async def delete(self, username: str) -> User:
+        return await self._revoked(await self.users.delete(username))
+
+    async def _revoked(self, user: User) -> User:
+        await self._revoke_user(user.username, user.generation)
+        return user

@@ -1,0 +1,195 @@
+"""``revo users``, ``revo audit`` and ``revo token``: security from the command line.
+
+They talk to NATS directly (``nats.url``), like the gateways do, so they work before any
+admin exists and without a gateway running. Whoever can reach NATS and read the mesh's
+secrets is an operator; protect both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from nats.js.errors import NotFoundError
+
+from mesh.auth.audit import read_audit
+from mesh.auth.revocations import RevocationList
+from mesh.auth.roles import ROLES
+from mesh.auth.tokens import operator_token
+from mesh.auth.users import Accounts, User, UserStore
+from mesh.config import MeshConfig
+from mesh.errors import RpcError
+from mesh.transport.connection import MeshConnection, connect
+
+__all__ = ["add_parsers"]
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(f"password for {args.username}: ")
+    if getpass.getpass("again: ") != first:
+        raise SystemExit("revo users: the passwords differ")
+    return first
+
+
+def _row(user: User) -> str:
+    changed = datetime.fromtimestamp(user.updated_at, UTC).strftime("%Y-%m-%d %H:%M")
+    return (f"{user.username:<24} {user.role:<10} "
+            f"{'disabled' if user.disabled else 'enabled':<9} {changed}")
+
+
+async def _with_accounts(config: MeshConfig,
+                         work: Callable[[Accounts], Awaitable[int]]) -> int:
+    nc: MeshConnection = await connect(config.nats, name="revo-users")
+    try:
+        users = UserStore(nc, replicas=config.auth.audit.replicas)
+        await users.start()
+        revocations = RevocationList(nc, config.auth.refresh_ttl_s + config.auth.leeway_s)
+        await revocations.open()
+        return await work(Accounts(users, revocations.revoke_user))
+    finally:
+        await nc.drain()
+
+
+def cmd_users(args: argparse.Namespace, config: MeshConfig) -> int:
+    async def work(accounts: Accounts) -> int:
+        action = args.action
+        if action == "list":
+            found = await accounts.users.list()
+            print(f"{'USER':<24} {'ROLE':<10} {'STATUS':<9} CHANGED (UTC)")
+            for user in found:
+                print(_row(user))
+            return 0
+        if action == "create":
+            user = await accounts.create(args.username, args.role, _password(args))
+        elif action == "set-role":
+            user = await accounts.set_role(args.username, args.role)
+        elif action == "reset-password":
+            user = await accounts.reset_password(args.username, _password(args))
+        elif action in ("disable", "enable"):
+            user = await accounts.set_disabled(args.username, action == "disable")
+        else:
+            user = await accounts.delete(args.username)
+            print(f"deleted {user.username}; their tokens are revoked")
+            return 0
+        print(_row(user))
+        return 0
+
+    try:
+        return asyncio.run(_with_accounts(config, work))
+    except RpcError as exc:
+        print(f"revo users: {exc.message}", file=sys.stderr)
+        return 1
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def _since(text: str | None) -> float | None:
+    if not text:
+        return None
+    match = _DURATION.match(text)
+    if match:
+        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return time.time() - float(match.group(1)) * scale
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"revo audit: --since takes 30m, 2h, 1d or an ISO time, not {text!r}"
+                         ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _line(record: dict[str, object]) -> str:
+    stamp = datetime.fromtimestamp(float(str(record.get("time", 0))), UTC)
+    reason = f"  {record['reason']}" if record.get("reason") else ""
+    return (f"{stamp:%Y-%m-%d %H:%M:%S.%f}"[:-3] + f" {record.get('decision', ''):<5} "
+            f"{record.get('status', ''):<18} {record.get('user') or '-':<16} "
+            f"{record.get('role') or '-':<9} {record.get('method', '')} "
+            f"{record.get('latency_ms', '')} ms  id={record.get('request_id', '')}{reason}")
+
+
+def cmd_audit(args: argparse.Namespace, config: MeshConfig) -> int:
+    async def run() -> int:
+        nc = await connect(config.nats, name="revo-audit")
+        shown: list[dict[str, object]] = []
+        try:
+            async for record in read_audit(nc, decision=args.decision or "*",
+                                           user=args.user or "*", since=_since(args.since),
+                                           follow=args.follow):
+                if args.method and args.method not in str(record.get("method", "")):
+                    continue
+                if args.status and str(record.get("status")) != args.status.upper():
+                    continue
+                if args.follow:
+                    print(json.dumps(record) if args.json else _line(record), flush=True)
+                else:
+                    shown.append(record)
+        finally:
+            await nc.drain()
+        for record in shown[-args.limit:] if args.limit else shown:
+            print(json.dumps(record) if args.json else _line(record))
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return 0
+    except NotFoundError as exc:
+        print(f"revo audit: {exc.description}", file=sys.stderr)
+        return 1
+
+
+def cmd_token(args: argparse.Namespace, config: MeshConfig) -> int:
+    token = operator_token(config, ttl_s=args.ttl, user=args.user)
+    if token is None:
+        print("revo token: auth is off (auth.enabled = false); no token is needed",
+              file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+                run: Callable[[Callable[[argparse.Namespace, MeshConfig], int]],
+                              Callable[[argparse.Namespace], int]]) -> None:
+    users = sub.add_parser("users", help="manage users (straight in NATS; no gateway needed)")
+    actions = users.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every user, role and status")
+    for name, text in (("create", "add a user"), ("set-role", "change a user's role"),
+                       ("reset-password", "set a new password"), ("disable", "stop sign-in"),
+                       ("enable", "allow sign-in again"), ("delete", "remove a user")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("username")
+        if name in ("create", "set-role"):
+            action.add_argument("--role", required=True, choices=sorted(ROLES))
+        if name in ("create", "reset-password"):
+            action.add_argument("--password-stdin", action="store_true",
+                                help="read the password from stdin (scripts)")
+    users.set_defaults(func=run(cmd_users))
+
+    audit = sub.add_parser("audit", help="read the audit trail (oldest first)")
+    audit.add_argument("--user", help="only this user ('-' for anonymous)")
+    audit.add_argument("--decision", choices=["allow", "deny"])
+    audit.add_argument("--method", help="only methods whose path contains this")
+    audit.add_argument("--status", help="only this status (OK, UNAUTHENTICATED, ...)")
+    audit.add_argument("--since", help="30m, 2h, 1d or an ISO time (default: everything)")
+    audit.add_argument("--limit", type=int, default=100, help="show the last N (default 100; "
+                       "0 for all)")
+    audit.add_argument("-f", "--follow", action="store_true", help="wait for new records")
+    audit.add_argument("--json", action="store_true", help="one JSON record per line")
+    audit.set_defaults(func=run(cmd_audit))
+
+    token = sub.add_parser("token", help="print an admin access token signed with this "
+                           "machine's key (for grpcurl and scripts)")
+    token.add_argument("--user", default="operator", help="the token's subject")
+    token.add_argument("--ttl", type=float, default=900.0, help="lifetime in seconds")
+    token.set_defaults(func=run(cmd_token))
