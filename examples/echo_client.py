@@ -1,19 +1,36 @@
 """Call the example echo engine through a running mesh (`./dev up` in another terminal).
 
     .venv/bin/python examples/echo_client.py [--target 127.0.0.1:50051]
+
+It signs in as ``admin`` with the password `revo up` generated in
+``.revo/secrets/admin.password`` (or ``$REVO_USER`` / ``$REVO_PASSWORD``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+from pathlib import Path
 
+from mesh._gen.revo.auth.v1 import auth_pb2
 from mesh.client import MeshClient
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
 
 
+def credentials() -> tuple[str, str]:
+    password = os.environ.get("REVO_PASSWORD")
+    if password is None:
+        home = Path(os.environ.get("REVO_HOME", ".revo"))
+        password = (home / "secrets" / "admin.password").read_text().strip()
+    return os.environ.get("REVO_USER", "admin"), password
+
+
 async def main(target: str) -> None:
     async with MeshClient(target, timeout=5.0, metadata=[("x-request-id", "example-1")]) as client:
+        await client.login(*credentials())
+        me = await client.auth.WhoAmI(auth_pb2.WhoAmIRequest())
+        print(f"signed in as {me.username} ({me.role})")
         for node in await client.list_nodes():
             print(f"node {node.id}: engines {', '.join(e.name for e in node.engines)}")
         echo = echo_pb2_grpc.EchoServiceStub(client.channel)
@@ -21,6 +38,7 @@ async def main(target: str) -> None:
         print(f"Echo -> {reply.payload.decode()!r} (answered by {reply.node_id})")
         counted = [r.index async for r in echo.Count(echo_pb2.CountRequest(count=5))]
         print(f"Count streamed {counted}")
+        await client.logout()
 
 
 if __name__ == "__main__":

@@ -142,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     def with_config(command: Callable[[argparse.Namespace, MeshConfig], int]
                     ) -> Callable[[argparse.Namespace], int]:
         def run(args: argparse.Namespace) -> int:
+            from mesh.embedded.up import read_state
+
             config = _config(args)
+            state = read_state(config)
+            if state and state.get("nats"):  # the NATS of the `revo up` running here
+                config.nats.url = state["nats"]
             logging.getLogger("mesh.transport").setLevel(logging.WARNING)  # no connect chatter
             return command(args, config)
         return run

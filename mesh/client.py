@@ -61,9 +61,11 @@ class RetryPolicy:
         }]})
 
 
-class _Defaults(grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-                grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
-    """Applies the client's default timeout and metadata to every call."""
+class _Defaults:
+    """The client's default timeout, metadata and token, applied to every call.
+
+    grpc.aio files an interceptor under the first call kind it implements, so each kind
+    gets its own interceptor object sharing this state."""
 
     def __init__(self, timeout: float | None, metadata: Metadata) -> None:
         self._timeout = timeout
@@ -84,11 +86,24 @@ class _Defaults(grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
             wait_for_ready=details.wait_for_ready,
         )
 
+    def interceptors(self) -> list[Any]:
+        return [_UnaryDefaults(self), _StreamDefaults(self)]
+
+
+class _UnaryDefaults(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, defaults: _Defaults) -> None:
+        self._defaults = defaults
+
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(self._defaults._details(details), request)
+
+
+class _StreamDefaults(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, defaults: _Defaults) -> None:
+        self._defaults = defaults
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(self._defaults._details(details), request)
 
 
 class MeshClient:
@@ -114,7 +129,7 @@ class MeshClient:
             options.append(("grpc.service_config", retry.service_config()))
         self._defaults = _Defaults(timeout, metadata)
         self._defaults.token = token or ""
-        interceptors: list[Any] = [self._defaults]
+        interceptors = self._defaults.interceptors()
         if credentials is None:
             self.channel = grpc.aio.insecure_channel(target, options=options,
                                                      interceptors=interceptors)

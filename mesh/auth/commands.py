@@ -46,9 +46,18 @@ def _row(user: User) -> str:
             f"{'disabled' if user.disabled else 'enabled':<9} {changed}")
 
 
+async def _connect(config: MeshConfig, name: str) -> MeshConnection:
+    try:
+        return await asyncio.wait_for(connect(config.nats, name=name),
+                                      config.nats.connect_timeout_s)
+    except (TimeoutError, OSError) as exc:
+        raise SystemExit(f"revo: cannot reach NATS at {config.nats.url} ({exc or 'timed out'}); "
+                         "is the mesh up? (set nats.url / REVO_NATS__URL)") from None
+
+
 async def _with_accounts(config: MeshConfig,
                          work: Callable[[Accounts], Awaitable[int]]) -> int:
-    nc: MeshConnection = await connect(config.nats, name="revo-users")
+    nc = await _connect(config, "revo-users")
     try:
         users = UserStore(nc, replicas=config.auth.audit.replicas)
         await users.start()
@@ -119,7 +128,7 @@ def _line(record: dict[str, object]) -> str:
 
 def cmd_audit(args: argparse.Namespace, config: MeshConfig) -> int:
     async def run() -> int:
-        nc = await connect(config.nats, name="revo-audit")
+        nc = await _connect(config, "revo-audit")
         shown: list[dict[str, object]] = []
         try:
             async for record in read_audit(nc, decision=args.decision or "*",

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mesh.auth.secrets import load_secret
+from mesh.auth.users import ADMIN_PASSWORD_ENV
 from mesh.config import MeshConfig
 from mesh.embedded.nats_server import NatsServer
 from mesh.embedded.processes import spawn, stop_process
@@ -97,7 +99,16 @@ class Launcher:
         # Leave room in the stop budget for the gateway and nats-server.
         grace = min(self.config.node.shutdown_grace_s, STOP_BUDGET_S / 3)
         env["REVO_NODE__SHUTDOWN_GRACE_S"] = str(grace)
+        if self.config.auth.enabled and not env.get(ADMIN_PASSWORD_ENV):
+            # the first admin of a laptop mesh: a random password, kept for its owner
+            password = load_secret(ADMIN_PASSWORD_ENV, self.admin_password_file, {})
+            env[ADMIN_PASSWORD_ENV] = password.decode()
         return env
+
+    @property
+    def admin_password_file(self) -> Path:
+        """Where ``revo up`` keeps the first admin's generated password."""
+        return Path(self.config.home) / "secrets" / "admin.password"
 
     def start(self) -> dict[str, Any]:
         home = self.config.home
@@ -233,7 +244,9 @@ def run_up(config: MeshConfig) -> int:
               f"  NATS monitor     {state['nats_monitor'] or '-'}\n"
               f"  state            {state['home']}\n"
               f"  logs             {state['logs']}\n"
-              "Ctrl-C stops everything.", flush=True)
+              + (f"  sign in          as 'admin', password in {launcher.admin_password_file}"
+                 "\n" if config.auth.enabled and launcher.admin_password_file.exists() else "")
+              + "Ctrl-C stops everything.", flush=True)
         launcher.wait()
     except KeyboardInterrupt:
         pass
