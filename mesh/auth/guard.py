@@ -115,7 +115,10 @@ class Guard:
             return ANONYMOUS
         token = bearer_token(authorization)
         if permission == PUBLIC:
-            return self.authenticate(token) if token else ANONYMOUS
+            try:
+                return self.authenticate(token) if token else ANONYMOUS
+            except Unauthenticated:  # a stale token must not keep anyone from signing in
+                return ANONYMOUS
         if not token:
             raise Unauthenticated(
                 f"{path} needs a signed-in caller: send metadata 'authorization: Bearer "
@@ -139,10 +142,12 @@ class Guard:
             await self.limiter.acquire(f"method.{principal.user}.{subject_token(path)}",
                                        method_limit)
 
-    def identity_headers(self, principal: Principal, expires_ms: int) -> dict[str, str]:
-        if self.seal is None or principal is ANONYMOUS:
+    def identity_headers(self, principal: Principal, path: str,
+                         expires_ms: int) -> dict[str, str]:
+        """Sealed identity for the node (anonymous callers of public methods too)."""
+        if self.seal is None:
             return {}
-        return self.seal.headers(principal.user, principal.role, expires_ms)
+        return self.seal.headers(principal.user, principal.role, path, expires_ms)
 
     # -- the record -------------------------------------------------------------------
 

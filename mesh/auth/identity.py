@@ -1,7 +1,8 @@
 """The caller's identity on its way from a gateway to a node, sealed so nodes can trust it.
 
 A gateway that admitted a call adds ``Revo-Caller`` and ``Revo-Role`` and a seal,
-``Revo-Identity: <expires ms>.<HMAC-SHA256>``, over the three values with a key that only
+``Revo-Identity: <expires ms>.<HMAC-SHA256>``, over the three values and the method's
+path (a seal is good for one method until the call's deadline) with a key that only
 gateways and nodes hold (``REVO_IDENTITY_SECRET``, else ``auth.identity_secret_file``, else
 ``<home>/secrets/identity.key``). With auth on, a node refuses a call whose identity is
 missing, expired or not sealed by that key, so a client that reaches NATS directly cannot
@@ -38,17 +39,19 @@ class IdentitySeal:
         path = config.auth.identity_secret_file or Path(config.home) / "secrets" / "identity.key"
         return cls(load_secret(IDENTITY_SECRET_ENV, path, environ))
 
-    def _mac(self, caller: str, role: str, expires_ms: int) -> str:
-        message = f"{caller}\n{role}\n{expires_ms}".encode()
+    def _mac(self, caller: str, role: str, path: str, expires_ms: int) -> str:
+        message = f"{caller}\n{role}\n{path}\n{expires_ms}".encode()
         digest = hmac.new(self._key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
-    def headers(self, caller: str, role: str, expires_ms: int) -> dict[str, str]:
-        """The identity headers for a call that the caller waits for until ``expires_ms``."""
+    def headers(self, caller: str, role: str, path: str, expires_ms: int) -> dict[str, str]:
+        """The identity headers for a call of ``path`` (``/pkg.Service/Method``) that the
+        caller waits for until ``expires_ms``."""
         return {h.CALLER: caller, h.ROLE: role,
-                h.IDENTITY: f"{expires_ms}.{self._mac(caller, role, expires_ms)}"}
+                h.IDENTITY: f"{expires_ms}.{self._mac(caller, role, path, expires_ms)}"}
 
-    def open(self, msg_headers: Mapping[str, str], now_ms: int | None = None) -> tuple[str, str]:
+    def open(self, msg_headers: Mapping[str, str], path: str,
+             now_ms: int | None = None) -> tuple[str, str]:
         """The caller and role of a sealed call, or :class:`Unauthenticated`."""
         seal = msg_headers.get(h.IDENTITY, "")
         caller, role = msg_headers.get(h.CALLER, ""), msg_headers.get(h.ROLE, "")
@@ -56,7 +59,8 @@ class IdentitySeal:
         if not seal or not expires.isdigit():
             raise Unauthenticated("this node takes calls only through a gateway: the call "
                                   f"carries no {h.IDENTITY} seal")
-        if not hmac.compare_digest(mac.encode(), self._mac(caller, role, int(expires)).encode()):
+        if not hmac.compare_digest(mac.encode(),
+                                   self._mac(caller, role, path, int(expires)).encode()):
             raise Unauthenticated("the caller identity is not sealed by a gateway of this "
                                   "mesh (forged, or a different identity key)")
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms

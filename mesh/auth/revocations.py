@@ -20,6 +20,7 @@ import math
 import time
 
 from nats.aio.client import Client as NATS
+from nats.js.errors import KeyWrongLastSequenceError
 
 from mesh.auth.tokens import Claims
 from mesh.transport.kv import KeyValue, Mirror, open_bucket
@@ -81,16 +82,17 @@ class RevocationList:
                     "sign in again")
         return ""
 
-    async def revoke_token(self, claims: Claims) -> None:
+    async def revoke_token(self, claims: Claims) -> bool:
+        """Revoke one token; False when it was revoked already (a refresh token raced)."""
         assert self._bucket is not None
         ttl = max(1, math.ceil(claims.expires_at - time.time()) + 1)
         self._tokens[claims.jti] = claims.expires_at
         try:
             await self._bucket.create(_JTI + claims.jti, str(claims.expires_at).encode(),
                                       msg_ttl=ttl)
-        except Exception as exc:
-            if "wrong last sequence" not in str(exc) and "key exists" not in str(exc).lower():
-                raise
+        except KeyWrongLastSequenceError:
+            return False
+        return True
 
     async def revoke_user(self, user: str, generation: int) -> None:
         """Revoke every token of ``user`` issued in a generation before ``generation``."""

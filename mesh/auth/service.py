@@ -117,7 +117,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         user = await guard.users.get(claims.user)
         if user is None or user.disabled:
             raise Unauthenticated("this user no longer exists or is disabled")
-        await guard.revocations.revoke_token(claims)  # one use only
+        if not await guard.revocations.revoke_token(claims):  # one use only, even when raced
+            raise Unauthenticated("the refresh token was already used; sign in again")
         return auth_pb2.RefreshResponse(tokens=self._tokens(user))
 
     async def Logout(self, request: auth_pb2.LogoutRequest,

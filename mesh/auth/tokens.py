@@ -163,7 +163,9 @@ class TokenService:
                 self._cache.clear()
             self._cache[token] = claims
         if claims.kind != kind:
-            raise Unauthenticated(f"this is a {claims.kind} token; send an {kind} token")
+            raise Unauthenticated(f"this is {'an' if claims.kind == ACCESS else 'a'} "
+                                  f"{claims.kind} token; send {'an' if kind == ACCESS else 'a'} "
+                                  f"{kind} token")
         if time.time() > claims.expires_at + self.settings.leeway_s:
             self._cache.pop(token, None)
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(claims.expires_at))

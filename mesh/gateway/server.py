@@ -279,14 +279,14 @@ class Gateway:
                     errors="replace")
         return _Call(timeout, request_id or new_request_id(), traceparent, authorization)
 
-    def _headers(self, call: _Call) -> dict[str, str]:
+    def _headers(self, call: _Call, path: str) -> dict[str, str]:
         timeout_ms = max(1, int(call.timeout * 1000))
         out = {h.REQUEST_ID: call.request_id, h.TIMEOUT_MS: str(timeout_ms)}
         if call.traceparent:
             out[h.TRACEPARENT] = call.traceparent
         if call.principal is not None and self.guard is not None:
             out.update(self.guard.identity_headers(
-                call.principal, int(time.time() * 1000) + timeout_ms + 1000))
+                call.principal, path, int(time.time() * 1000) + timeout_ms + 1000))
         return out
 
     def _local_context(self, route: Route, call: _Call) -> Context:
@@ -375,7 +375,7 @@ class Gateway:
                                             self._local_context(route, call))
             assert self._requester is not None
             return await self._requester.call(route.subject, request, call.timeout,
-                                              self._headers(call))
+                                              self._headers(call, route.path))
 
         return self._guarded_unary(route.path, declared_permission(route.method), forward)
 
@@ -392,7 +392,7 @@ class Gateway:
                                         self._local_context(route, call), window)
             assert self._requester is not None
             return self._requester.stream(route.subject, request, call.timeout,
-                                          self._headers(call), window)
+                                          self._headers(call, route.path), window)
 
         return self._guarded_stream(route.path, declared_permission(route.method), forward)
 

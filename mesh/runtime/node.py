@@ -67,7 +67,7 @@ def request_context(path: str, msg_headers: dict[str, str], node_id: str,
 
     With ``seal`` (auth on) the caller's identity must be sealed by a gateway, else the
     call is refused; without it (auth off) identity headers are ignored."""
-    caller, role = seal.open(msg_headers) if seal is not None else ("", "")
+    caller, role = seal.open(msg_headers, path) if seal is not None else ("", "")
     timeout_ms = msg_headers.get(h.TIMEOUT_MS)
     try:
         timeout = int(timeout_ms) / 1000 if timeout_ms else default_timeout_s

@@ -1,0 +1,106 @@
+"""Engine ``guarded``: one method per permission, for tests of roles at the gateway.
+
+Service ``revo.guardedtest.v1.GuardedService`` is built here at import time (no ``.proto``
+file): ``Read``, ``Write``, ``Execute``, ``Manage`` and ``Public`` each declare the
+``(revo.mesh.v1.permission)`` their name says; ``Undeclared`` declares none, so the gateway
+must treat it as ``manage``. Every method answers ``GuardedResponse`` with the path it
+served and the caller and role the engine saw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+
+from mesh._gen.revo.mesh.v1 import options_pb2  # puts options.proto in the default pool
+from mesh.engine import Context, Engine, EngineSpec, hookimpl
+
+PACKAGE = "revo.guardedtest.v1"
+FILE = "revo/guardedtest/v1/guarded.proto"
+SERVICE = f"{PACKAGE}.GuardedService"
+
+PERMISSIONS: dict[str, int | None] = {
+    "Read": options_pb2.PERMISSION_READ,
+    "Write": options_pb2.PERMISSION_WRITE,
+    "Execute": options_pb2.PERMISSION_EXECUTE,
+    "Manage": options_pb2.PERMISSION_MANAGE,
+    "Public": options_pb2.PERMISSION_PUBLIC,
+    "Undeclared": None,
+}
+"""Each method, and the permission it declares (None: no option at all)."""
+
+
+def _file() -> descriptor_pb2.FileDescriptorProto:
+    file = descriptor_pb2.FileDescriptorProto(
+        name=FILE, package=PACKAGE, syntax="proto3",
+        dependency=[options_pb2.DESCRIPTOR.name])
+    file.message_type.add(name="GuardedRequest")
+    response = file.message_type.add(name="GuardedResponse")
+    for number, name in enumerate(("method", "caller", "role"), start=1):
+        response.field.add(name=name, number=number,
+                           type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+                           label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    service = file.service.add(name="GuardedService")
+    for name, permission in PERMISSIONS.items():
+        method = service.method.add(name=name, input_type=f".{PACKAGE}.GuardedRequest",
+                                    output_type=f".{PACKAGE}.GuardedResponse")
+        if permission is not None:
+            options = descriptor_pb2.MethodOptions()
+            options.Extensions[options_pb2.permission] = permission  # type: ignore[misc]
+            method.options.CopyFrom(options)
+    return file
+
+
+def _service() -> ServiceDescriptor:
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(FILE)
+    except KeyError:  # first import in this process
+        pool.AddSerializedFile(_file().SerializeToString())
+    return pool.FindServiceByName(SERVICE)
+
+
+GUARDED_SERVICE = _service()
+GuardedRequest: Any = message_factory.GetMessageClass(
+    GUARDED_SERVICE.file.pool.FindMessageTypeByName(f"{PACKAGE}.GuardedRequest"))
+GuardedResponse: Any = message_factory.GetMessageClass(
+    GUARDED_SERVICE.file.pool.FindMessageTypeByName(f"{PACKAGE}.GuardedResponse"))
+
+
+def path(method: str) -> str:
+    """The gRPC path of one of the service's methods."""
+    return f"/{SERVICE}/{method}"
+
+
+class GuardedEngine(Engine):
+    """Answers every method with what the engine saw of the call."""
+
+    services = (GUARDED_SERVICE,)
+
+    def _answer(self, ctx: Context) -> Any:
+        return GuardedResponse(method=ctx.method, caller=ctx.caller, role=ctx.role)
+
+    def read(self, request: Any, ctx: Context) -> Any:
+        return self._answer(ctx)
+
+    def write(self, request: Any, ctx: Context) -> Any:
+        return self._answer(ctx)
+
+    def execute(self, request: Any, ctx: Context) -> Any:
+        return self._answer(ctx)
+
+    def manage(self, request: Any, ctx: Context) -> Any:
+        return self._answer(ctx)
+
+    def public(self, request: Any, ctx: Context) -> Any:
+        return self._answer(ctx)
+
+    def undeclared(self, request: Any, ctx: Context) -> Any:
+        return self._answer(ctx)
+
+
+@hookimpl
+def revo_engine() -> EngineSpec:
+    return EngineSpec(name="guarded", engine=GuardedEngine, pool_size=1)
