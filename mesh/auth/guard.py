@@ -107,10 +107,9 @@ class Guard:
             raise Unauthenticated(reason)
         return Principal(claims.user, claims.role, claims)
 
-    async def admit(self, path: str, permission: Permission, authorization: str) -> Principal:
-        """The caller, if it may make this call now; else the RpcError to answer.
-
-        ``authorization`` is the call's ``authorization`` metadata ('' when absent)."""
+    def identify(self, path: str, permission: Permission, authorization: str) -> Principal:
+        """Who calls (from the ``authorization`` metadata, '' when absent), or
+        :class:`Unauthenticated` when the method needs a signed-in caller and has none."""
         if not self.enabled:
             return ANONYMOUS
         token = bearer_token(authorization)
@@ -123,13 +122,23 @@ class Guard:
             raise Unauthenticated(
                 f"{path} needs a signed-in caller: send metadata 'authorization: Bearer "
                 "<access token>' (from /revo.auth.v1.AuthService/Login)")
-        principal = self.authenticate(token)
+        return self.authenticate(token)
+
+    async def authorize(self, principal: Principal, path: str, permission: Permission) -> None:
+        """Refuse with :class:`PermissionDenied` or :class:`RateLimited`, or return."""
+        if not self.enabled or permission == PUBLIC:
+            return
         if not grants(principal.role, permission):
             raise PermissionDenied(
                 f"role '{principal.role}' lacks the '{permission_name(permission)}' "
                 f"permission that {path} needs")
         if self.rate_limits:
             await self._limit(principal, path)
+
+    async def admit(self, path: str, permission: Permission, authorization: str) -> Principal:
+        """:meth:`identify` then :meth:`authorize`: the caller, if it may call now."""
+        principal = self.identify(path, permission, authorization)
+        await self.authorize(principal, path, permission)
         return principal
 
     async def _limit(self, principal: Principal, path: str) -> None:
@@ -152,11 +161,13 @@ class Guard:
     # -- the record -------------------------------------------------------------------
 
     def record(self, *, path: str, permission: Permission, principal: Principal | None,
-               error: RpcError | None, started: float, request_id: str, peer: str,
-               status: str = "") -> None:
+               admitted: bool, error: RpcError | None, started: float, request_id: str,
+               peer: str, status: str = "") -> None:
+        """Append the call's audit record; ``admitted`` is False for a call the guard
+        refused (it never ran)."""
         if self.audit is None:
             return
-        denied = principal is None and error is not None  # refused before it ran
+        denied = not admitted
         self.audit.record(AuditRecord(
             time=time.time(), request_id=request_id, gateway=self.gateway_id, peer=peer,
             user=principal.user if principal else "", role=principal.role if principal else "",

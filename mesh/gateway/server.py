@@ -308,8 +308,11 @@ class Gateway:
             started = time.perf_counter()
             call = self._call(context)
             error: RpcError | None = None
+            admitted = False
             try:
-                call.principal = await guard.admit(path, permission, call.authorization)
+                call.principal = guard.identify(path, permission, call.authorization)
+                await guard.authorize(call.principal, path, permission)
+                admitted = True
                 token = current_principal.set(call.principal)
                 try:
                     return await inner(request, context, call)
@@ -322,7 +325,7 @@ class Gateway:
                 error = Internal(f"{path} failed: {type(exc).__name__}: {exc}")
             finally:
                 guard.record(path=path, permission=permission, principal=call.principal,
-                             error=error, started=started, request_id=call.request_id,
+                             admitted=admitted, error=error, started=started, request_id=call.request_id,
                              peer=context.peer() or "")
             if isinstance(error, RateLimited):
                 context.set_trailing_metadata(error.trailers())
@@ -341,8 +344,11 @@ class Gateway:
             call = self._call(context)
             error: RpcError | None = None
             status = ""
+            admitted = False
             try:
-                call.principal = await guard.admit(path, permission, call.authorization)
+                call.principal = guard.identify(path, permission, call.authorization)
+                await guard.authorize(call.principal, path, permission)
+                admitted = True
                 messages = inner(request, context, call)
                 try:
                     async for item in messages:
@@ -356,7 +362,7 @@ class Gateway:
                 raise
             finally:
                 guard.record(path=path, permission=permission, principal=call.principal,
-                             error=error, started=started, request_id=call.request_id,
+                             admitted=admitted, error=error, started=started, request_id=call.request_id,
                              peer=context.peer() or "", status=status)
             if error is not None:
                 if isinstance(error, RateLimited):

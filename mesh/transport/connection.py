@@ -22,6 +22,7 @@ checked against. Everything else (connect, reconnect, TLS, JetStream) is nats-py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Mapping
@@ -166,9 +167,15 @@ class MeshConnection(Client):  # type: ignore[misc]
 
 
 async def connect(settings: NatsSettings, name: str) -> MeshConnection:
-    """Connect to the configured NATS servers; reconnect forever once connected."""
+    """Connect to the configured NATS servers; reconnect forever once connected.
+
+    The first connection must succeed within ``nats.connect_timeout_s``, else
+    :class:`ConnectionError` says why (refused, TLS, credentials), so a misconfigured
+    process exits with the reason instead of retrying silently."""
+    last_error: list[Exception] = []
 
     async def on_error(exc: Exception) -> None:
+        last_error[:] = [exc]
         log.warning("nats (%s): %s", name, exc)
 
     async def on_disconnected() -> None:
@@ -190,17 +197,24 @@ async def connect(settings: NatsSettings, name: str) -> MeshConnection:
     if settings.creds_file is not None:
         secure["user_credentials"] = str(settings.creds_file)
     nc = MeshConnection()
-    await nc.connect(
-        servers=servers,
-        name=name,
-        **secure,
-        # nats-py annotates these as int but waits with asyncio (floats are fine)
-        connect_timeout=settings.connect_timeout_s,  # type: ignore[arg-type]
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,  # type: ignore[arg-type]
-        allow_reconnect=True,
-        error_cb=on_error,
-        disconnected_cb=on_disconnected,
-        reconnected_cb=on_reconnected,
-    )
+    try:
+        await asyncio.wait_for(nc.connect(
+            servers=servers,
+            name=name,
+            **secure,
+            # nats-py annotates these as int but waits with asyncio (floats are fine)
+            connect_timeout=settings.connect_timeout_s,  # type: ignore[arg-type]
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]
+            allow_reconnect=True,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        ), settings.connect_timeout_s)
+    except TimeoutError:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        reason = last_error[0] if last_error else "no answer"
+        raise ConnectionError(f"cannot connect to NATS at {settings.url} within "
+                              f"{settings.connect_timeout_s:g} s: {reason}") from None
     return nc
