@@ -144,6 +144,7 @@ class UserStore:
     async def update(self, username: str, *, role: str | None = None,
                      password: str | None = None, disabled: bool | None = None) -> User:
         """Change a user; every change that affects access starts a new generation."""
+        check_username(username)
         if role is not None:
             check_role(role)
         password_hash = None

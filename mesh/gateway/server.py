@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -36,7 +37,7 @@ from mesh.auth.service import AuthServicer, UserServicer
 from mesh.auth.users import ADMIN_PASSWORD_ENV
 from mesh.config import MeshConfig
 from mesh.engine import Context
-from mesh.errors import ConfigError, Internal, RateLimited, RpcError
+from mesh.errors import ConfigError, Internal, InvalidArgument, RateLimited, RpcError
 from mesh.gateway.mesh_service import MeshServicer
 from mesh.registry import RegistryView, Route, Snapshot, file_set
 from mesh.runtime.node import Node
@@ -307,6 +308,7 @@ class Gateway:
         async def handle(request: Any, context: ServicerContext) -> Any:
             started = time.perf_counter()
             call = self._call(context)
+            peer = context.peer() or ""  # read before the call can end
             error: RpcError | None = None
             admitted = False
             try:
@@ -326,7 +328,7 @@ class Gateway:
             finally:
                 guard.record(path=path, permission=permission, principal=call.principal,
                              admitted=admitted, error=error, started=started, request_id=call.request_id,
-                             peer=context.peer() or "")
+                             peer=peer)
             if isinstance(error, RateLimited):
                 context.set_trailing_metadata(error.trailers())
             await context.abort(error.code, error.message)
@@ -342,6 +344,7 @@ class Gateway:
         async def handle(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
             call = self._call(context)
+            peer = context.peer() or ""  # read before the call can end
             error: RpcError | None = None
             status = ""
             admitted = False
@@ -363,7 +366,7 @@ class Gateway:
             finally:
                 guard.record(path=path, permission=permission, principal=call.principal,
                              admitted=admitted, error=error, started=started, request_id=call.request_id,
-                             peer=context.peer() or "", status=status)
+                             peer=peer, status=status)
             if error is not None:
                 if isinstance(error, RateLimited):
                     context.set_trailing_metadata(error.trailers())
@@ -409,15 +412,20 @@ class Gateway:
         for method in service.methods:
             path = f"/{service.full_name}/{method.name}"
             behavior = getattr(servicer, method.name)
+            request_type = message_factory.GetMessageClass(method.input_type)
 
-            async def inner(request: Any, context: ServicerContext, call: _Call,
-                            behavior: Any = behavior) -> Any:
-                return await behavior(request, context)
+            async def inner(request: bytes, context: ServicerContext, call: _Call,
+                            behavior: Any = behavior, request_type: Any = request_type,
+                            path: str = path) -> Any:
+                try:  # parsed only once the caller is admitted
+                    message = request_type.FromString(request)
+                except DecodeError:
+                    raise InvalidArgument(f"{path}: the request is not a valid "
+                                          f"{request_type.DESCRIPTOR.full_name}") from None
+                return await behavior(message, context)
 
             handlers[path] = grpc.unary_unary_rpc_method_handler(
                 self._guarded_unary(path, declared_permission(method), inner),
-                request_deserializer=message_factory.GetMessageClass(
-                    method.input_type).FromString,
                 response_serializer=lambda message: message.SerializeToString())
         return handlers
 
