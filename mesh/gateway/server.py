@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from google.protobuf import message_factory
-from google.protobuf.message import DecodeError
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -327,7 +327,8 @@ class Gateway:
                 error = Internal(f"{path} failed: {type(exc).__name__}: {exc}")
             finally:
                 guard.record(path=path, permission=permission, principal=call.principal,
-                             admitted=admitted, error=error, started=started, request_id=call.request_id,
+                             admitted=admitted, error=error, started=started,
+                             request_id=call.request_id,
                              peer=peer)
             if isinstance(error, RateLimited):
                 context.set_trailing_metadata(error.trailers())
@@ -365,7 +366,8 @@ class Gateway:
                 raise
             finally:
                 guard.record(path=path, permission=permission, principal=call.principal,
-                             admitted=admitted, error=error, started=started, request_id=call.request_id,
+                             admitted=admitted, error=error, started=started,
+                             request_id=call.request_id,
                              peer=peer, status=status)
             if error is not None:
                 if isinstance(error, RateLimited):
