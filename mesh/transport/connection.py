@@ -175,7 +175,8 @@ async def connect(settings: NatsSettings, name: str) -> MeshConnection:
     last_error: list[Exception] = []
 
     async def on_error(exc: Exception) -> None:
-        last_error[:] = [exc]
+        if str(exc) not in map(str, last_error):
+            last_error[:] = [*last_error[-2:], exc]
         log.warning("nats (%s): %s", name, exc)
 
     async def on_disconnected() -> None:
@@ -214,7 +215,7 @@ async def connect(settings: NatsSettings, name: str) -> MeshConnection:
     except TimeoutError:
         with contextlib.suppress(Exception):
             await nc.close()
-        reason = last_error[0] if last_error else "no answer"
+        reason = "; ".join(map(str, last_error)) if last_error else "no answer"
         raise ConnectionError(f"cannot connect to NATS at {settings.url} within "
                               f"{settings.connect_timeout_s:g} s: {reason}") from None
     return nc
