@@ -3,7 +3,7 @@
     .venv/bin/python examples/echo_client.py [--target 127.0.0.1:50051]
 
 It signs in as ``admin`` with the password `revo up` generated in
-``.revo/secrets/admin.password`` (or ``$REVO_USER`` / ``$REVO_PASSWORD``).
+``.revo/secrets/admin.password`` (or ``--user NAME --password-file FILE``).
 """
 
 from __future__ import annotations
@@ -18,17 +18,15 @@ from mesh.client import MeshClient
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
 
 
-def credentials() -> tuple[str, str]:
-    password = os.environ.get("REVO_PASSWORD")
-    if password is None:
-        home = Path(os.environ.get("REVO_HOME", ".revo"))
-        password = (home / "secrets" / "admin.password").read_text().strip()
-    return os.environ.get("REVO_USER", "admin"), password
+def credentials(user: str, password_file: str | None) -> tuple[str, str]:
+    home = Path(os.environ.get("REVO_HOME", ".revo"))
+    path = Path(password_file) if password_file else home / "secrets" / "admin.password"
+    return user, path.read_text().strip()
 
 
-async def main(target: str) -> None:
+async def main(target: str, user: str, password_file: str | None) -> None:
     async with MeshClient(target, timeout=5.0, metadata=[("x-request-id", "example-1")]) as client:
-        await client.login(*credentials())
+        await client.login(*credentials(user, password_file))
         me = await client.auth.WhoAmI(auth_pb2.WhoAmIRequest())
         print(f"signed in as {me.username} ({me.role})")
         for node in await client.list_nodes():
@@ -44,4 +42,7 @@ async def main(target: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--target", default="127.0.0.1:50051")
-    asyncio.run(main(parser.parse_args().target))
+    parser.add_argument("--user", default="admin")
+    parser.add_argument("--password-file", help="default: <REVO_HOME>/secrets/admin.password")
+    args = parser.parse_args()
+    asyncio.run(main(args.target, args.user, args.password_file))

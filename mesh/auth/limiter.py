@@ -234,4 +234,7 @@ class SharedLimiter:
                               "retry shortly") from exc
         if "error" in answer:
             raise Unavailable(f"rate-limit counter refused: {answer['error']}")
-        return int(answer.get("val", 0))
+        if "val" not in answer:
+            raise Unavailable("rate limits need nats-server 2.12 or later (atomic counters); "
+                              "this server acknowledged without a counter value")
+        return int(answer["val"])

@@ -119,6 +119,8 @@ class Launcher:
                                    monitor_port=self.config.nats.monitor_port,
                                    max_payload=self.config.nats.max_payload_bytes,
                                    cpus=self.config.nats.embedded_cpus,
+                                   tls_cert_file=self.config.nats.server_tls_cert_file,
+                                   tls_key_file=self.config.nats.server_tls_key_file,
                                    log_file=self.logs / "nats-server.log").start()
             nats_url = self.nats.url
         else:

@@ -37,7 +37,7 @@ from mesh.auth.service import AuthServicer, UserServicer
 from mesh.auth.users import ADMIN_PASSWORD_ENV
 from mesh.config import MeshConfig
 from mesh.engine import Context
-from mesh.errors import ConfigError, Internal, InvalidArgument, RateLimited, RpcError
+from mesh.errors import Cancelled, ConfigError, Internal, InvalidArgument, RateLimited, RpcError
 from mesh.gateway.mesh_service import MeshServicer
 from mesh.registry import RegistryView, Route, Snapshot, file_set
 from mesh.runtime.node import Node
@@ -322,6 +322,9 @@ class Gateway:
                     current_principal.reset(token)
             except RpcError as exc:
                 error = exc
+            except asyncio.CancelledError:  # the caller went away
+                error = Cancelled("the caller cancelled the call")
+                raise
             except Exception as exc:  # a bug in the gateway's own services
                 log.exception("%s failed", path)
                 error = Internal(f"{path} failed: {type(exc).__name__}: {exc}")
@@ -438,7 +441,8 @@ class Gateway:
         async def unknown(request: bytes, context: ServicerContext, call: _Call) -> bytes:
             raise RpcError(code, message)
 
-        if self.guard is None:
+        if self.guard is None or path.startswith("/grpc."):
+            # standard services (reflection v1 probes from grpcurl) stay open, like health
             async def bare(request: bytes, context: ServicerContext) -> bytes:
                 await context.abort(code, message)
                 raise AssertionError("unreachable: abort raises")

@@ -3,14 +3,20 @@ the sign-in throttle (per user name and per client address)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 import uuid
 from typing import Any
 
 import grpc
+import nats
 
 from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
+from mesh.auth.limiter import SharedLimiter
 from mesh.client import MeshClient
+from mesh.config import Limit
+from mesh.errors import RateLimited
 from mesh.gateway import Gateway
 from mesh.testing import wait_for
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
@@ -47,6 +53,28 @@ async def _echo(channel: grpc.aio.Channel, token: str) -> grpc.aio.AioRpcError |
     except grpc.aio.AioRpcError as exc:
         return exc
     return None
+
+
+async def test_a_lease_in_flight_when_the_window_turns_fails_no_call(nats_server):
+    """A call still waiting for its counter when a later call starts the next window is
+    admitted or refused, never failed by the other window's state."""
+    limit = Limit(rate=1, burst=2)  # windows of 2 s
+    key = f"user.{_name('window')}"
+    start = (int(time.time() // limit.window_s) + 10) * limit.window_s  # a window of its own
+    nc = await nats.connect(nats_server.url)
+    limiter = SharedLimiter(nc, longest_window_s=limit.window_s)
+    try:
+        await limiter.start()
+        await limiter.acquire(key, limit, now=start + 0.5)  # learns the previous window
+        outcomes = await asyncio.gather(
+            limiter.acquire(key, limit, now=start + 0.6),  # asks NATS, then...
+            limiter.acquire(key, limit, now=start + limit.window_s + 0.1),  # the next window
+            return_exceptions=True)
+    finally:
+        await limiter.stop()
+        await nc.close()
+    for outcome in outcomes:
+        assert outcome is None or isinstance(outcome, RateLimited), repr(outcome)
 
 
 def _retry_after(error: grpc.aio.AioRpcError) -> tuple[int, int]:
