@@ -182,20 +182,22 @@ class SharedLimiter:
     async def _lease(self, key: str, limit: Limit, index: int, now: float, want: int) -> int:
         """Add ``want`` to the shared count; how many of them fit under the limit."""
         state = self._buckets[key]
+        previous = state.previous  # the window may turn while this lease is in flight
         try:
-            if state.previous is None:
+            if previous is None:
                 current, previous = await asyncio.gather(
                     self._ask(self._subject(key, limit, index), want),
                     self._ask(self._subject(key, limit, index - 1), 0))
-                state.previous = previous
             else:
                 current = await self._ask(self._subject(key, limit, index), want)
         except Unavailable:
             if self._fail_open:
                 return want
             raise
-        state.current = current
-        estimate = self._estimate(state.previous, current, limit, now)
+        assert previous is not None
+        if state.window == index:
+            state.previous, state.current = previous, current
+        estimate = self._estimate(previous, current, limit, now)
         over = math.ceil(estimate - limit.burst) if estimate > limit.burst else 0
         granted = max(0, want - over)
         if granted < want:  # give back what does not fit, for the other gateways
