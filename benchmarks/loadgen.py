@@ -7,7 +7,9 @@ loop) with the server it measures::
 
 One ``grpc.aio`` channel; ``--concurrency`` coroutines each issue one unary call at a time
 with the same pre-serialized request bytes (the channel neither serializes nor parses, so
-every target pays the same client cost). A warm-up phase runs first and is discarded. Every
+every target pays the same client cost). ``--metadata KEY=VALUE`` (repeatable, e.g.
+``authorization=Bearer <token>``) is sent with every call, built once before the first.
+A warm-up phase runs first and is discarded. Every
 phase ends at its duration or its call budget, whichever comes first. The result is one
 JSON object on stdout: successful calls, errors by status code, req/s, and latency
 percentiles measured around each call with ``time.perf_counter_ns``.
@@ -50,13 +52,13 @@ class Phase:
 
 
 async def _worker(call: CallBytes, request: bytes, phase: Phase, end_ns: int, max_calls: int,
-                  timeout: float) -> None:
+                  timeout: float, metadata: grpc.aio.Metadata | None) -> None:
     clock = time.perf_counter_ns
     while phase.issued < max_calls and clock() < end_ns:
         phase.issued += 1
         start = clock()
         try:
-            await call(request, timeout=timeout)
+            await call(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             phase.errors[exc.code().name] += 1
             continue
@@ -64,12 +66,13 @@ async def _worker(call: CallBytes, request: bytes, phase: Phase, end_ns: int, ma
 
 
 async def run_phase(call: CallBytes, request: bytes, concurrency: int, duration_s: float,
-                    max_calls: int, timeout: float) -> Phase:
+                    max_calls: int, timeout: float,
+                    metadata: grpc.aio.Metadata | None = None) -> Phase:
     """Run ``concurrency`` callers until ``duration_s`` passes or ``max_calls`` are issued."""
     phase = Phase()
     start = time.perf_counter_ns()
     end_ns = start + int(duration_s * 1e9)
-    await asyncio.gather(*(_worker(call, request, phase, end_ns, max_calls, timeout)
+    await asyncio.gather(*(_worker(call, request, phase, end_ns, max_calls, timeout, metadata)
                            for _ in range(concurrency)))
     phase.elapsed_s = (time.perf_counter_ns() - start) / 1e9
     phase.capped = phase.issued >= max_calls
@@ -77,18 +80,24 @@ async def run_phase(call: CallBytes, request: bytes, concurrency: int, duration_
 
 
 async def measure(address: str, concurrency: int, duration_s: float, warmup_s: float,
-                  max_calls: int, payload_bytes: int, timeout: float) -> dict[str, Any]:
+                  max_calls: int, payload_bytes: int, timeout: float,
+                  metadata: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     payload = bytes(range(256)) * (payload_bytes // 256 + 1)
     request = echo_pb2.EchoRequest(payload=payload[:payload_bytes]).SerializeToString()
+    # Built once: grpc.aio would otherwise convert a tuple into Metadata on every call.
+    sent = grpc.aio.Metadata(*metadata) if metadata else None
     async with grpc.aio.insecure_channel(address) as channel:
         call: CallBytes = channel.unary_unary(ECHO_METHOD, None, None)
         # One checked call: the target really echoes (a wrong target fails here, not silently).
-        reply = echo_pb2.EchoResponse.FromString(await call(request, timeout=timeout))
+        reply = echo_pb2.EchoResponse.FromString(
+            await call(request, timeout=timeout, metadata=sent))
         if reply.payload != payload[:payload_bytes]:
             raise RuntimeError(f"{address} answered Echo with a different payload")
-        warmup = await run_phase(call, request, concurrency, warmup_s, max_calls, timeout)
+        warmup = await run_phase(call, request, concurrency, warmup_s, max_calls, timeout,
+                                 sent)
         cpu_start = time.process_time()
-        phase = await run_phase(call, request, concurrency, duration_s, max_calls, timeout)
+        phase = await run_phase(call, request, concurrency, duration_s, max_calls, timeout,
+                                sent)
         cpu_s = time.process_time() - cpu_start
     ms = sorted(ns / 1e6 for ns in phase.latencies_ns)
     calls = len(ms)
@@ -126,15 +135,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="call budget of each phase (the measurement stops at it)")
     parser.add_argument("--payload-bytes", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each call (s)")
+    parser.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
+                        help="metadata sent with every call (repeatable)")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.max_calls < 1 or args.duration <= 0 or args.warmup < 0:
         parser.error("concurrency and max-calls must be >= 1, duration > 0, warmup >= 0")
+    metadata: list[tuple[str, str]] = []
+    for item in args.metadata:
+        key, sep, value = item.partition("=")
+        if not sep or not key or key != key.lower():
+            parser.error(f"--metadata {item.split('=')[0]}=...: expected a lower-case "
+                         "KEY=VALUE")
+        metadata.append((key, value))
     result: dict[str, Any] = {}
 
     async def run() -> None:
         result.update(await measure(args.address, args.concurrency, args.duration,
                                     args.warmup, args.max_calls, args.payload_bytes,
-                                    args.timeout))
+                                    args.timeout, metadata))
 
     run_loop(run)
     json.dump(result, sys.stdout)

@@ -10,7 +10,11 @@ Each is measured at concurrency 1 and 64 by :mod:`benchmarks.loadgen` in its own
 Targets are interleaved within a round and the run has several rounds; every reported
 metric is the median over rounds, as a 2-core machine is noisy. The mesh and the colocated
 gateway each get their own nats-server, so that neither's node answers the other's calls
-(NATS would spread the calls over both in one queue group).
+(NATS would spread the calls over both in one queue group). Both run with security off
+(:data:`SECURITY_OFF`); :mod:`benchmarks.auth_overhead` measures what it costs.
+
+The machinery (:class:`Fleet`, :func:`start_mesh`, :func:`run_loadgen`, :func:`run_rounds`)
+is shared with the other benchmarks.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib.util import find_spec
@@ -32,7 +36,9 @@ from typing import Any
 import grpc
 
 from benchmarks._report import RESULTS_DIR, machine_info, markdown_table, median, write_results
+from mesh.auth.tokens import operator_token
 from mesh.client import probe_mesh
+from mesh.config import load_config
 from mesh.embedded.nats_server import NatsServer, free_port
 from mesh.embedded.processes import spawn, stop_process
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
@@ -45,6 +51,15 @@ CONCURRENCIES = (1, 64)
 PAYLOAD_BYTES = 16
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
+TOKEN_TTL_S = 4 * 3600.0
+"""Lifetime of the load generator's token: longer than any run."""
+SECURITY_OFF: dict[str, str] = {
+    "REVO_AUTH__ENABLED": "false",
+    "REVO_AUTH__RATE_LIMITS__ENABLED": "false",
+    "REVO_AUTH__AUDIT__ENABLED": "false",
+}
+"""The mesh's settings for a hop without security (what mesh_hop measures; the cost of
+security is ``benchmarks.auth_overhead``'s)."""
 # Upper bounds the results are judged against (ratios to plain gRPC on the same machine).
 RATIO_TARGETS = {
     "ratio_p50_c1_max": 1.8,
@@ -83,6 +98,15 @@ class Target:
     startup_s: float = 0.0
     nats_pid: int | None = None
     """The target's own nats-server, whose CPU counts as the target's."""
+    nats_monitor: str | None = None
+    """The monitoring address (``http://host:port``) of the target's own nats-server."""
+    token: str | None = None
+    """The access token callers send (auth on), else None."""
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata every call to the target carries."""
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
     def cpu_s(self) -> float | None:
         """CPU seconds its processes (and its nats-server) have used so far."""
@@ -192,8 +216,10 @@ def _python_env() -> dict[str, str]:
     return env
 
 
-def _child_env(home: Path, nats_url: str | None = None) -> dict[str, str]:
-    """The environment of a server: :func:`_python_env` plus the target's own settings."""
+def _child_env(home: Path, nats_url: str | None = None,
+               settings: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a server: :func:`_python_env` plus the target's own settings
+    (``settings``: more ``REVO_*`` variables)."""
     env = _python_env()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "revo.toml"
@@ -203,16 +229,18 @@ def _child_env(home: Path, nats_url: str | None = None) -> dict[str, str]:
     if nats_url is not None:
         env["REVO_NATS__URL"] = nats_url
         env["REVO_PLUGINS__ONLY"] = "echo"
+    env.update(settings or {})
     return env
 
 
-def _echo_works(address: str, timeout: float = 2.0) -> bool:
+def _echo_works(address: str, timeout: float = 2.0,
+                metadata: tuple[tuple[str, str], ...] = ()) -> bool:
     request = echo_pb2.EchoRequest(payload=b"ready?")
     with grpc.insecure_channel(address) as channel:
         call = channel.unary_unary(ECHO_METHOD, None, None)
         try:
             reply = echo_pb2.EchoResponse.FromString(
-                call(request.SerializeToString(), timeout=timeout))
+                call(request.SerializeToString(), timeout=timeout, metadata=metadata))
         except grpc.RpcError:
             return False
     return reply.payload == request.payload
@@ -223,7 +251,8 @@ def _wait_ready(target: Target, mesh: bool, started: float) -> None:
     deadline = started + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         target.check_alive()
-        if (not mesh or probe_mesh(target.address, timeout=1.0)) and _echo_works(target.address):
+        if (not mesh or probe_mesh(target.address, timeout=1.0, token=target.token)) \
+                and _echo_works(target.address, metadata=target.metadata):
             target.startup_s = round(time.monotonic() - started, 2)
             return
         time.sleep(0.1)
@@ -238,43 +267,51 @@ def _plain_loop(target: Target) -> str:
     return "unknown"
 
 
-def start_targets(fleet: Fleet) -> dict[str, Target]:
-    """Start the three targets; returns them ready to serve."""
-    # mesh.runtime.process runs the node and the gateway on uvloop whenever it imports.
-    mesh_loop = "uvloop" if find_spec("uvloop") else "asyncio"
-    python = sys.executable
-    targets: dict[str, Target] = {}
-
+def start_plain(fleet: Fleet) -> Target:
+    """The baseline, plain gRPC echo server, ready to serve."""
     plain = Target("plain", f"127.0.0.1:{free_port()}", loop="?")
     started = time.monotonic()
     fleet.spawn(plain, "server",
-                [python, "-m", "benchmarks.echo_server", "--address", plain.address],
+                [sys.executable, "-m", "benchmarks.echo_server", "--address", plain.address],
                 _child_env(fleet.workdir / "plain-home"))
     _wait_ready(plain, mesh=False, started=started)
     plain.loop = _plain_loop(plain)
-    targets["plain"] = plain
+    return plain
 
-    mesh = Target("mesh", f"127.0.0.1:{free_port()}", loop=mesh_loop)
-    started = time.monotonic()
-    nats = fleet.nats("mesh-nats")
-    mesh.nats_pid = nats.process.pid if nats.process else None
-    env = _child_env(fleet.workdir / "mesh-home", nats.url)
-    fleet.spawn(mesh, "node", [python, "-m", "mesh", "node"], env)
-    fleet.spawn(mesh, "gateway", [python, "-m", "mesh", "gateway", "--address", mesh.address],
-                env)
-    _wait_ready(mesh, mesh=True, started=started)
-    targets["mesh"] = mesh
 
-    colocated = Target("colocated", f"127.0.0.1:{free_port()}", loop=mesh_loop)
+def start_mesh(fleet: Fleet, name: str, settings: Mapping[str, str], *,
+               colocate: bool = False) -> Target:
+    """A gateway with its own nats-server and ``REVO_HOME``, and a node unless ``colocate``
+    (the engine in the gateway's process), configured by ``settings`` (``REVO_*``
+    variables); ready to serve. With auth on, the target carries an admin token signed
+    with the key in its home."""
+    # mesh.runtime.process runs the node and the gateway on uvloop whenever it imports.
+    target = Target(name, f"127.0.0.1:{free_port()}",
+                    loop="uvloop" if find_spec("uvloop") else "asyncio")
     started = time.monotonic()
-    nats = fleet.nats("colocated-nats")
-    colocated.nats_pid = nats.process.pid if nats.process else None
-    env = _child_env(fleet.workdir / "colocated-home", nats.url)
-    fleet.spawn(colocated, "gateway", [python, "-m", "mesh", "gateway", "--colocate",
-                                       "--address", colocated.address], env)
-    _wait_ready(colocated, mesh=True, started=started)
-    targets["colocated"] = colocated
-    return targets
+    nats = fleet.nats(f"{name}-nats")
+    target.nats_pid = nats.process.pid if nats.process else None
+    target.nats_monitor = f"http://127.0.0.1:{nats.monitor_port}"
+    env = _child_env(fleet.workdir / f"{name}-home", nats.url, settings)
+    # Creates the home's signing key (race-free) before the gateway reads it; None, auth off.
+    target.token = operator_token(load_config(environ=env), ttl_s=TOKEN_TTL_S, environ=env)
+    python = sys.executable
+    if colocate:
+        fleet.spawn(target, "gateway", [python, "-m", "mesh", "gateway", "--colocate",
+                                        "--address", target.address], env)
+    else:
+        fleet.spawn(target, "node", [python, "-m", "mesh", "node"], env)
+        fleet.spawn(target, "gateway",
+                    [python, "-m", "mesh", "gateway", "--address", target.address], env)
+    _wait_ready(target, mesh=True, started=started)
+    return target
+
+
+def start_targets(fleet: Fleet) -> dict[str, Target]:
+    """Start the three targets; returns them ready to serve."""
+    return {"plain": start_plain(fleet),
+            "mesh": start_mesh(fleet, "mesh", SECURITY_OFF),
+            "colocated": start_mesh(fleet, "colocated", SECURITY_OFF, colocate=True)}
 
 
 def run_loadgen(target: Target, concurrency: int, settings: Settings) -> dict[str, Any]:
@@ -284,6 +321,8 @@ def run_loadgen(target: Target, concurrency: int, settings: Settings) -> dict[st
             "--concurrency", str(concurrency), "--duration", str(settings.duration_s),
             "--warmup", str(settings.warmup_s), "--max-calls", str(settings.max_calls),
             "--payload-bytes", str(PAYLOAD_BYTES), "--timeout", str(settings.call_timeout_s)]
+    for key, value in target.metadata:
+        argv += ["--metadata", f"{key}={value}"]
     # Both phases, plus the longest a last call may take, plus start-up.
     limit = settings.warmup_s + settings.duration_s + settings.call_timeout_s + 30
     cpu_before = target.cpu_s()
@@ -303,14 +342,15 @@ def run_loadgen(target: Target, concurrency: int, settings: Settings) -> dict[st
     return result
 
 
-def _ratio(numerator: float, denominator: float) -> float:
+def ratio(numerator: float, denominator: float) -> float:
     return round(numerator / denominator, 3) if denominator > 0 else float("nan")
 
 
-def summarize(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(raw: list[dict[str, Any]],
+              targets: Sequence[str] = TARGETS) -> list[dict[str, Any]]:
     """One cell per target and concurrency: medians over rounds, sums of calls and errors."""
     cells = []
-    for target in TARGETS:
+    for target in targets:
         for concurrency in CONCURRENCIES:
             runs = [r for r in raw if r["target"] == target and r["concurrency"] == concurrency]
             cells.append({
@@ -344,7 +384,7 @@ def _merge_counts(counts: Iterator[dict[str, int]]) -> dict[str, int]:
     return merged
 
 
-def _cell(cells: list[dict[str, Any]], target: str, concurrency: int) -> dict[str, Any]:
+def find_cell(cells: list[dict[str, Any]], target: str, concurrency: int) -> dict[str, Any]:
     return next(c for c in cells if c["target"] == target and c["concurrency"] == concurrency)
 
 
@@ -357,11 +397,11 @@ def _round_ratios(raw: list[dict[str, Any]], rounds: int) -> list[dict[str, floa
                               and r["target"] == target and r["concurrency"] == concurrency))
         out.append({
             "round": index,
-            "ratio_p50_c1": _ratio(get("mesh", 1, "p50_ms"), get("plain", 1, "p50_ms")),
-            "ratio_rps_c64": _ratio(get("mesh", 64, "rps"), get("plain", 64, "rps")),
-            "colocated_ratio_p50_c1": _ratio(get("colocated", 1, "p50_ms"),
+            "ratio_p50_c1": ratio(get("mesh", 1, "p50_ms"), get("plain", 1, "p50_ms")),
+            "ratio_rps_c64": ratio(get("mesh", 64, "rps"), get("plain", 64, "rps")),
+            "colocated_ratio_p50_c1": ratio(get("colocated", 1, "p50_ms"),
                                              get("plain", 1, "p50_ms")),
-            "colocated_ratio_rps_c64": _ratio(get("colocated", 64, "rps"),
+            "colocated_ratio_rps_c64": ratio(get("colocated", 64, "rps"),
                                               get("plain", 64, "rps")),
         })
     return out
@@ -370,13 +410,13 @@ def _round_ratios(raw: list[dict[str, Any]], rounds: int) -> list[dict[str, floa
 def build_results(raw: list[dict[str, Any]], targets: dict[str, Target],
                   settings: Settings, command: str) -> dict[str, Any]:
     cells = summarize(raw)
-    plain1, plain64 = _cell(cells, "plain", 1), _cell(cells, "plain", 64)
+    plain1, plain64 = find_cell(cells, "plain", 1), find_cell(cells, "plain", 64)
     ratios = {
-        "ratio_p50_c1": _ratio(_cell(cells, "mesh", 1)["p50_ms"], plain1["p50_ms"]),
-        "ratio_rps_c64": _ratio(_cell(cells, "mesh", 64)["rps"], plain64["rps"]),
-        "colocated_ratio_p50_c1": _ratio(_cell(cells, "colocated", 1)["p50_ms"],
+        "ratio_p50_c1": ratio(find_cell(cells, "mesh", 1)["p50_ms"], plain1["p50_ms"]),
+        "ratio_rps_c64": ratio(find_cell(cells, "mesh", 64)["rps"], plain64["rps"]),
+        "colocated_ratio_p50_c1": ratio(find_cell(cells, "colocated", 1)["p50_ms"],
                                          plain1["p50_ms"]),
-        "colocated_ratio_rps_c64": _ratio(_cell(cells, "colocated", 64)["rps"], plain64["rps"]),
+        "colocated_ratio_rps_c64": ratio(find_cell(cells, "colocated", 64)["rps"], plain64["rps"]),
     }
     verdict = {
         "ratio_p50_c1": ratios["ratio_p50_c1"] <= RATIO_TARGETS["ratio_p50_c1_max"],
@@ -417,7 +457,7 @@ def _fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def _findings_line(results: dict[str, Any]) -> str:
+def findings_line(results: dict[str, Any]) -> str:
     found = results.get("log_findings", {}).get("run", {})
     if not found:
         return "none"
@@ -433,9 +473,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     cells = results["cells"]
     rows = []
     for cell in cells:
-        plain = _cell(cells, "plain", cell["concurrency"])
-        p50_ratio = _ratio(cell["p50_ms"], plain["p50_ms"])
-        rps_ratio = _ratio(cell["rps"], plain["rps"])
+        plain = find_cell(cells, "plain", cell["concurrency"])
+        p50_ratio = ratio(cell["p50_ms"], plain["p50_ms"])
+        rps_ratio = ratio(cell["rps"], plain["rps"])
         rows.append([cell["target"], str(cell["concurrency"]), _fmt(cell["p50_ms"]),
                      _fmt(cell["p99_ms"]), f"{cell['rps']:,.0f}", f"{p50_ratio:.2f}x",
                      f"{rps_ratio:.2f}x", _fmt_cpu(cell["server_cpu_us_per_call"]),
@@ -477,7 +517,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"(`benchmarks/echo_server.py`, loop: {loops['plain']}).",
         "- **mesh**: `python -m mesh gateway` -> nats-server -> `python -m mesh node` -> echo "
         f"actor, `REVO_PLUGINS__ONLY=echo` (loop: {loops['mesh']}, as `mesh.runtime.process` "
-        "picks it).",
+        "picks it). Security off (`REVO_AUTH__ENABLED=false`, no rate limits, no audit), "
+        "in both mesh targets; what it costs is `auth_overhead`'s.",
         "- **colocated**: `python -m mesh gateway --colocate`, the echo engine in the gateway's "
         "process (own nats-server, so no other node shares its calls).",
         f"- Load: `benchmarks/loadgen.py` in a separate process ({loops['loadgen']}), one "
@@ -491,7 +532,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"- {s['rounds']} rounds; in each, for each concurrency, the targets in turn "
         "(plain, mesh, colocated). Each figure is the median over rounds; calls and errors "
         "are totals.",
-        f"- Warnings or errors in the servers' logs during the run: {_findings_line(results)}.",
+        f"- Warnings or errors in the servers' logs during the run: {findings_line(results)}.",
         "- All servers bind 127.0.0.1 and run on the same machine as the load generator, so "
         "absolute figures drift with the machine: compare the ratios.",
         "",
@@ -514,8 +555,8 @@ def _new_findings(before: dict[str, dict[str, Any]],
 
 
 @contextmanager
-def _workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="revo-bench-mesh-hop-"))
+def _workdir(name: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=f"revo-bench-{name.replace('_', '-')}-"))
     ok = False
     try:
         yield path
@@ -524,46 +565,75 @@ def _workdir() -> Iterator[Path]:
         if ok:
             shutil.rmtree(path, ignore_errors=True)
         else:
-            print(f"mesh_hop: logs kept in {path}", file=sys.stderr)
+            print(f"{name}: logs kept in {path}", file=sys.stderr)
+
+
+@dataclass
+class Measured:
+    """What :func:`run_rounds` measured, and what went wrong around it."""
+
+    targets: dict[str, Target]
+    raw: list[dict[str, Any]]
+    """One loadgen result per round, concurrency and target, with ``round`` and ``target``."""
+    stop_problems: list[str]
+    log_findings: dict[str, dict[str, dict[str, Any]]]
+    """Warnings and errors in the servers' logs, ``run`` (until the stop) and ``stop``."""
+    inspected: dict[str, Any] = field(default_factory=dict)
+    """What ``inspect`` found after the last round (its own keys)."""
+
+
+def run_rounds(name: str, start: Callable[[Fleet], dict[str, Target]], settings: Settings,
+               order: Callable[[int], Sequence[str]],
+               inspect: Callable[[dict[str, Target]], dict[str, Any]] | None = None,
+               ) -> Measured:
+    """Start the targets with ``start``; in each round, for each concurrency, measure them
+    in the order ``order(round)`` gives; then ``inspect`` them, still running; stop
+    everything (in a scratch directory, kept only when something failed)."""
+    raw: list[dict[str, Any]] = []
+    inspected: dict[str, Any] = {}
+    with _workdir(name) as workdir:
+        fleet = Fleet(workdir)
+        try:
+            targets = start(fleet)
+            print(f"{name}: ready in " + ", ".join(f"{n} {t.startup_s:g} s"
+                                                   for n, t in targets.items()), flush=True)
+            for index in range(settings.rounds):
+                for concurrency in CONCURRENCIES:
+                    for target_name in order(index):
+                        result = run_loadgen(targets[target_name], concurrency, settings)
+                        raw.append({"round": index, "target": target_name} | result)
+                        print(f"{name}: round {index + 1}/{settings.rounds} {target_name:<9} "
+                              f"c={concurrency:<3} p50 {result['p50_ms']:.3f} ms  "
+                              f"p99 {result['p99_ms']:.3f} ms  {result['rps']:>8.0f} req/s  "
+                              f"errors {result['errors']}", flush=True)
+            for target in targets.values():
+                target.check_alive()
+            if inspect is not None:
+                inspected = inspect(targets)
+        finally:
+            findings = fleet.log_findings()  # before the stop, whose own messages follow
+            problems = fleet.stop()
+            findings_at_stop = _new_findings(findings, fleet.log_findings())
+        for problem in problems:
+            print(f"{name}: on stop: {problem}", file=sys.stderr)
+        for when, found_by_log in (("during the run", findings),
+                                   ("while stopping", findings_at_stop)):
+            for log_name, found in found_by_log.items():
+                print(f"{name}: {log_name} {when}: {found['warnings']} warnings, "
+                      f"{found['errors']} errors, e.g.\n  " + "\n  ".join(found["samples"]),
+                      file=sys.stderr)
+    return Measured(targets, raw, problems, {"run": findings, "stop": findings_at_stop},
+                    inspected)
 
 
 def run(quick: bool = False, results_dir: Path | None = None) -> int:
     """Run the benchmark; write its JSON and markdown; return an exit code."""
     settings = Settings.for_mode(quick)
     command = "python -m benchmarks mesh_hop" + (" --quick" if quick else "")
-    raw: list[dict[str, Any]] = []
-    with _workdir() as workdir:
-        fleet = Fleet(workdir)
-        try:
-            targets = start_targets(fleet)
-            print("mesh_hop: ready in " + ", ".join(f"{n} {t.startup_s:g} s"
-                                                    for n, t in targets.items()), flush=True)
-            for index in range(settings.rounds):
-                for concurrency in CONCURRENCIES:
-                    for name in TARGETS:
-                        result = run_loadgen(targets[name], concurrency, settings)
-                        raw.append({"round": index, "target": name} | result)
-                        print(f"mesh_hop: round {index + 1}/{settings.rounds} {name:<9} "
-                              f"c={concurrency:<3} p50 {result['p50_ms']:.3f} ms  "
-                              f"p99 {result['p99_ms']:.3f} ms  {result['rps']:>8.0f} req/s  "
-                              f"errors {result['errors']}", flush=True)
-            for target in targets.values():
-                target.check_alive()
-        finally:
-            findings = fleet.log_findings()  # before the stop, whose own messages follow
-            problems = fleet.stop()
-            findings_at_stop = _new_findings(findings, fleet.log_findings())
-        for problem in problems:
-            print(f"mesh_hop: on stop: {problem}", file=sys.stderr)
-        for when, found_by_log in (("during the run", findings),
-                                   ("while stopping", findings_at_stop)):
-            for log_name, found in found_by_log.items():
-                print(f"mesh_hop: {log_name} {when}: {found['warnings']} warnings, "
-                      f"{found['errors']} errors, e.g.\n  " + "\n  ".join(found["samples"]),
-                      file=sys.stderr)
-    results = build_results(raw, targets, settings, command)
-    results["stop_problems"] = problems
-    results["log_findings"] = {"run": findings, "stop": findings_at_stop}
+    measured = run_rounds(NAME, start_targets, settings, lambda _: TARGETS)
+    results = build_results(measured.raw, measured.targets, settings, command)
+    results["stop_problems"] = measured.stop_problems
+    results["log_findings"] = measured.log_findings
     markdown = render_markdown(results)
     json_path, md_path = write_results(NAME, results, markdown, results_dir or RESULTS_DIR)
     print(markdown)
