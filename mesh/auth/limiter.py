@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 from nats.js.api import StorageType, StreamConfig
@@ -58,8 +58,10 @@ class _Bucket:
     lease: int = 1
     previous: int | None = None
     current: int = 0
-    refilling: bool = False
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    leasing: asyncio.Future[None] | None = None
+    """The one lease in flight for this key; callers without a token wait for it."""
+    refused_until: float = 0.0
+    """Until then the limit is known to be full here: refuse without asking NATS."""
 
 
 class SharedLimiter:
@@ -101,29 +103,53 @@ class SharedLimiter:
     # -- calls ------------------------------------------------------------------------
 
     async def acquire(self, key: str, limit: Limit, now: float | None = None) -> None:
-        """Take one request from ``key``'s limit, or raise :class:`RateLimited`."""
+        """Take one request from ``key``'s limit, or raise :class:`RateLimited`.
+
+        Only one lease per key is in flight at a time: callers that find no token wait for
+        it instead of each leasing (a herd at a window's start would otherwise reserve
+        more than the burst between them and refuse calls that fit)."""
         now = time.time() if now is None else now
-        window_s = limit.window_s
-        index = int(now // window_s)
+        index = int(now // limit.window_s)
         state = self._buckets.get(key)
         if state is None:
             state = self._buckets[key] = _Bucket()
-        if state.window != index:
-            state.window, state.tokens = index, 0
-            state.previous = None
-        if state.tokens > 0:
-            state.tokens -= 1
-            if state.tokens < state.lease // 2 and not state.refilling:
-                self._refill(key, limit, index)
-            return
-        granted = await self._lease(key, limit, index, now, state.lease)
+        for _ in range(64):  # bounded: each pass either takes a token or waits for a lease
+            if state.window != index:
+                state.window, state.tokens, state.previous = index, 0, None
+            if state.tokens > 0:
+                state.tokens -= 1
+                if state.tokens < state.lease // 2 and state.leasing is None:
+                    self._refill(key, limit, index)
+                return
+            if now < state.refused_until:
+                raise RateLimited(*self._refusal(key, limit, now))
+            if state.leasing is not None:
+                await asyncio.shield(state.leasing)
+                continue
+            granted = await self._locked_lease(state, key, limit, index, now)
+            if granted == 0:
+                wait = self.wait_s(limit, state.previous or 0, state.current, now)
+                state.refused_until = now + min(wait, 0.05)
+                raise RateLimited(*self._refusal(key, limit, now))
+        raise RateLimited(*self._refusal(key, limit, now))
+
+    async def _locked_lease(self, state: _Bucket, key: str, limit: Limit, index: int,
+                            now: float, done: asyncio.Future[None] | None = None) -> int:
+        """Lease as the key's only lease in flight; the tokens go to the bucket."""
+        if done is None:
+            done = asyncio.get_running_loop().create_future()
+        state.leasing = done
+        want = state.lease
+        try:
+            granted = await self._lease(key, limit, index, now, want)
+        finally:
+            state.leasing = None
+            done.set_result(None)
         if state.window == index:
-            if granted > 1:
-                state.tokens += granted - 1
-            if granted == state.lease:
-                state.lease = min(state.lease * 2, max(1, limit.burst // _LEASE_DIVISOR))
-        if granted == 0:
-            raise RateLimited(*self._refusal(key, limit, index, now))
+            state.tokens += granted
+            if granted == want:
+                state.lease = min(want * 2, max(1, limit.burst // _LEASE_DIVISOR))
+        return granted
 
     async def count(self, key: str, limit: Limit, add: int = 0,
                     now: float | None = None) -> tuple[float, float]:
@@ -162,18 +188,16 @@ class SharedLimiter:
         return previous * (1 - elapsed) + current
 
     def _refill(self, key: str, limit: Limit, index: int) -> None:
+        """Lease the next tokens in the background, before the bucket runs out."""
         state = self._buckets[key]
-        state.refilling = True
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        state.leasing = done  # now, so no other refill starts before this one runs
 
         async def refill() -> None:
             try:
-                granted = await self._lease(key, limit, index, time.time(), state.lease)
-                if state.window == index:
-                    state.tokens += granted
+                await self._locked_lease(state, key, limit, index, time.time(), done)
             except Exception as exc:
                 log.debug("background lease for %s failed: %s", key, exc)
-            finally:
-                state.refilling = False
 
         task = asyncio.get_running_loop().create_task(refill())
         self._background.add(task)
@@ -204,7 +228,7 @@ class SharedLimiter:
             self._give_back(self._subject(key, limit, index), want - granted)
         return granted
 
-    def _refusal(self, key: str, limit: Limit, index: int, now: float) -> tuple[str, float]:
+    def _refusal(self, key: str, limit: Limit, now: float) -> tuple[str, float]:
         state = self._buckets[key]
         wait = self.wait_s(limit, state.previous or 0, state.current, now)
         return (f"rate limit: at most {limit.burst} calls per {limit.window_s:g} s "

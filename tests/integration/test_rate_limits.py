@@ -82,6 +82,25 @@ async def test_a_lease_in_flight_when_the_window_turns_fails_no_call(nats_server
     assert not failed, f"{len(failed)} of {len(outcomes)} calls failed: {failed[0]!r}"
 
 
+async def test_a_herd_at_a_windows_start_shares_one_lease(nats_server):
+    """64 calls at once under a limit they fit in are all admitted: they wait for one
+    lease rather than each reserving a share of the burst."""
+    limit = Limit(rate=1_000_000, burst=1_000_000)
+    nc = await nats.connect(nats_server.url)
+    limiter = SharedLimiter(nc, longest_window_s=limit.window_s)
+    try:
+        await limiter.start()
+        for _ in range(5):
+            key = f"user.{_name('herd')}"
+            outcomes = await asyncio.gather(*(limiter.acquire(key, limit) for _ in range(64)),
+                                            return_exceptions=True)
+            refused = [o for o in outcomes if o is not None]
+            assert not refused, f"{len(refused)} of 64 refused: {refused[0]!r}"
+    finally:
+        await limiter.stop()
+        await nc.close()
+
+
 def _retry_after(error: grpc.aio.AioRpcError) -> tuple[int, int]:
     """The ``retry-after`` (s) and ``retry-after-ms`` trailers of a refusal."""
     metadata: Any = error.trailing_metadata() or ()  # grpc.aio.Metadata: (key, value) pairs
