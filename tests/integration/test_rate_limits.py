@@ -83,17 +83,22 @@ async def test_a_lease_in_flight_when_the_window_turns_fails_no_call(nats_server
 
 
 async def test_a_herd_at_a_windows_start_shares_one_lease(nats_server):
-    """64 calls at once under a limit they fit in are all admitted: they wait for one
-    lease rather than each reserving a share of the burst."""
-    limit = Limit(rate=1_000_000, burst=1_000_000)
+    """64 calls at once at a window's start, under a limit they fit in, are all admitted:
+    they wait for one lease at a time rather than each reserving a lease of the burst."""
+    limit = Limit(rate=16, burst=160)  # windows of 10 s; leases grow to 10
+    first = (int(time.time() // limit.window_s) + 10) * limit.window_s
     nc = await nats.connect(nats_server.url)
     limiter = SharedLimiter(nc, longest_window_s=limit.window_s)
     try:
         await limiter.start()
-        for _ in range(5):
+        for attempt in range(3):
             key = f"user.{_name('herd')}"
-            outcomes = await asyncio.gather(*(limiter.acquire(key, limit) for _ in range(64)),
-                                            return_exceptions=True)
+            start = first + attempt * 3 * limit.window_s
+            for _ in range(30):  # the leases grow to their largest
+                await limiter.acquire(key, limit, now=start + 1)
+            outcomes = await asyncio.gather(
+                *(limiter.acquire(key, limit, now=start + limit.window_s + 0.5)
+                  for _ in range(64)), return_exceptions=True)
             refused = [o for o in outcomes if o is not None]
             assert not refused, f"{len(refused)} of 64 refused: {refused[0]!r}"
     finally:
