@@ -2,17 +2,23 @@
 
 Stream ``REVO_AUDIT`` (file storage, kept ``auth.audit.max_age_days`` and at most
 ``auth.audit.max_bytes``) on subjects ``revo.audit.<decision>.<user>``, where decision is
-``allow`` or ``deny`` and user is ``-`` for anonymous callers. A record is JSON::
+``allow`` or ``deny`` and user is ``-`` for anonymous callers. A record is one JSON line::
 
     {"time": 1795480000.123, "request_id": "...", "gateway": "...", "peer": "ipv4:...",
      "user": "alice", "role": "developer", "method": "/revo.echo.v1.EchoService/Echo",
      "permission": "execute", "decision": "allow", "reason": "", "status": "OK",
      "latency_ms": 0.84}
 
-Never a token, password, hash or payload. Records are published without waiting (calls
-do not pay for the audit) but each is kept until JetStream acknowledges it and resent with
-the same ``Nats-Msg-Id`` (deduplicated by the stream) when no acknowledgement comes, so a
-NATS outage delays records instead of losing them, up to ``_MAX_PENDING`` records.
+Never a token, password, hash or payload.
+
+Calls do not wait for their record. A gateway collects records for ``_FLUSH_S`` (or up to
+``_BATCH_MAX``) and appends each subject's records as one message of JSON lines, so the
+audit costs one write and one acknowledgement per batch rather than per call (measured:
+per-record messages added about a third to a call's latency at one call in flight).
+Every batch is kept until JetStream acknowledges it and resent with the same
+``Nats-Msg-Id`` (the stream drops duplicates) when no acknowledgement comes, so a NATS
+outage delays records instead of losing them, up to ``_MAX_PENDING`` records held.
+:func:`read_audit` yields records one by one.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,9 +50,11 @@ STREAM = "REVO_AUDIT"
 SUBJECT_PREFIX = "revo.audit"
 _MAX_PENDING = 100_000
 _RESEND_AFTER_S = 2.0
+_FLUSH_S = 0.005
+_BATCH_MAX = 256
 
 
-@dataclass
+@dataclass(slots=True)
 class AuditRecord:
     time: float
     request_id: str
@@ -63,6 +71,9 @@ class AuditRecord:
 
     def subject(self) -> str:
         return f"{SUBJECT_PREFIX}.{self.decision}.{self.user or '-'}"
+
+
+_FIELDS = tuple(AuditRecord.__dataclass_fields__)
 
 
 def stream_config(settings: AuditSettings) -> StreamConfig:
@@ -93,7 +104,11 @@ class AuditLog:
         self._settings = settings
         self._gateway = gateway_id
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[float, str, bytes]] = {}
+        self._buffer: list[AuditRecord] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._pending: dict[int, tuple[float, str, bytes, int]] = {}
+        """Batches sent and not yet acknowledged: sent at, subject, payload, records."""
+        self._held = 0
         self._inbox = ""
         self._sub: Any = None
         self._resender: asyncio.Task[None] | None = None
@@ -102,38 +117,62 @@ class AuditLog:
     async def start(self) -> None:
         await ensure_stream(self._nc, self._settings)
         self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+        self._sub = await self._nc.subscribe_direct(f"{self._inbox}.*", self._on_ack)
         self._resender = asyncio.get_running_loop().create_task(self._resend())
 
     async def stop(self, flush_s: float = 2.0) -> None:
+        self.flush()
         deadline = time.monotonic() + flush_s
         while self._pending and time.monotonic() < deadline:  # noqa: ASYNC110 (acks arrive)
             await asyncio.sleep(0.02)
         if self._pending:
-            log.error("audit: %d records not acknowledged at shutdown", len(self._pending))
+            log.error("audit: %d records not acknowledged at shutdown", self._held)
         if self._resender is not None:
             self._resender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._resender
         if self._sub is not None:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await self._nc.unsubscribe_direct(self._sub)
 
     def record(self, record: AuditRecord) -> None:
-        if len(self._pending) >= _MAX_PENDING:
+        """Queue ``record``; it is sent with the next batch."""
+        if self._held + len(self._buffer) >= _MAX_PENDING:
             self.dropped += 1
             if self.dropped % 1000 == 1:
                 log.error("audit: %d records dropped: JetStream has not acknowledged the "
                           "last %d", self.dropped, _MAX_PENDING)
             return
-        number = next(self._ids)
-        payload = json.dumps(asdict(record), separators=(",", ":")).encode()
-        self._pending[number] = (time.monotonic(), record.subject(), payload)
-        self._send(number, record.subject(), payload)
+        self._buffer.append(record)
+        if len(self._buffer) >= _BATCH_MAX:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(_FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        """Send what is queued now, one message per subject (and per ``_BATCH_MAX``)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        records, self._buffer = self._buffer, []
+        by_subject: dict[str, list[bytes]] = {}
+        for record in records:
+            line = json.dumps({name: getattr(record, name) for name in _FIELDS},
+                              separators=(",", ":")).encode()
+            by_subject.setdefault(record.subject(), []).append(line)
+        for subject, lines in by_subject.items():
+            for start in range(0, len(lines), _BATCH_MAX):
+                chunk = lines[start:start + _BATCH_MAX]
+                number = next(self._ids)
+                payload = b"\n".join(chunk)
+                self._pending[number] = (time.monotonic(), subject, payload, len(chunk))
+                self._held += len(chunk)
+                self._send(number, subject, payload)
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Records queued or sent and not yet acknowledged."""
+        return self._held + len(self._buffer)
 
     def _send(self, number: int, subject: str, payload: bytes) -> None:
         headers = encode_headers({"Nats-Msg-Id": f"{self._gateway}-{number}"})
@@ -143,24 +182,27 @@ class AuditLog:
         except Exception as exc:  # closed or reconnecting: the resender tries again
             log.debug("audit publish deferred: %s", exc)
 
-    async def _on_ack(self, msg: Msg) -> None:
+    def _on_ack(self, subject: str, reply: str, data: bytes,
+                headers: dict[str, str] | None) -> None:
         try:
-            number = int(msg.subject.rsplit(".", 1)[1])
-            answer = json.loads(msg.data)
+            number = int(subject.rsplit(".", 1)[1])
+            answer = json.loads(data)
         except ValueError:
             return
         if "error" in answer:
-            log.warning("audit: JetStream refused a record: %s", answer["error"])
+            log.warning("audit: JetStream refused a batch: %s", answer["error"])
             return  # resent later
-        self._pending.pop(number, None)
+        sent = self._pending.pop(number, None)
+        if sent is not None:
+            self._held -= sent[3]
 
     async def _resend(self) -> None:
         while True:
             await asyncio.sleep(_RESEND_AFTER_S / 2)
             now = time.monotonic()
-            for number, (sent, subject, payload) in list(self._pending.items()):
+            for number, (sent, subject, payload, count) in list(self._pending.items()):
                 if now - sent >= _RESEND_AFTER_S and self._nc.is_connected:
-                    self._pending[number] = (now, subject, payload)
+                    self._pending[number] = (now, subject, payload, count)
                     self._send(number, subject, payload)
 
 
@@ -196,8 +238,9 @@ async def read_audit(nc: NATS, *, decision: str = "*", user: str = "*",
                 msg = await asyncio.wait_for(queue.get(), None if follow else idle_s)
             except TimeoutError:
                 return
-            with contextlib.suppress(ValueError):
-                yield json.loads(msg.data)
+            for line in msg.data.splitlines():
+                with contextlib.suppress(ValueError):
+                    yield json.loads(line)
             if not follow and msg.metadata.sequence.stream >= last:
                 return
     finally:
