@@ -23,6 +23,7 @@ alternates between rounds) and every figure is the median over rounds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.request
 from pathlib import Path
@@ -95,9 +96,26 @@ def audit_stream(targets: dict[str, Target]) -> dict[str, Any]:
             if stream.get("name") == AUDIT_STREAM:
                 state, config = stream.get("state") or {}, stream.get("config") or {}
                 return {"audit_stream": {"messages": state.get("messages", 0),
+                                         "records": _count_records(targets["on"]),
                                          "bytes": state.get("bytes", 0),
                                          "storage": config.get("storage", "?")}}
     return {"audit_stream": {"error": f"no stream {AUDIT_STREAM}"}}
+
+
+def _count_records(target: Target) -> int:
+    """Audit records in the stream (a message holds a batch of them)."""
+    import nats
+
+    from mesh.auth.audit import read_audit
+
+    async def count() -> int:
+        nc = await nats.connect(target.nats_url or "")
+        try:
+            return sum([1 async for _ in read_audit(nc)])
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
 
 
 def _get(raw: list[dict[str, Any]], index: int, target: str, concurrency: int,
@@ -206,11 +224,13 @@ def _audit_line(results: dict[str, Any]) -> str:
     if "messages" not in stream:
         return f"could not be read ({stream.get('error', 'not inspected')})"
     served = results["calls_served"]["on"]
-    extra = stream["messages"] - served
+    records = stream.get("records", 0)
+    extra = records - served
     why = (f"{extra:,} more: readiness probes" if extra >= 0
            else f"{-extra:,} fewer: not acknowledged yet, or dropped")
-    return (f"{stream['messages']:,} records, {stream['bytes'] / 1e6:.1f} MB "
-            f"({stream['storage']} storage) for {served:,} Echo calls served ({why})")
+    return (f"{records:,} records in {stream['messages']:,} messages (batches), "
+            f"{stream['bytes'] / 1e6:.1f} MB ({stream['storage']} storage) for {served:,} "
+            f"Echo calls served ({why})")
 
 
 def _errors_line(cells: list[dict[str, Any]]) -> str:
@@ -304,7 +324,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "call should be admitted (refusals are listed under failed calls) while the limiter "
         "takes a token from its leased budget on every call (and leases more from the NATS "
         "counters as it runs out, and at each 1 s window).",
-        "- **Audit on**: `REVO_AUTH__AUDIT__ENABLED=true`, one record per call published to "
+        "- **Audit on**: `REVO_AUTH__AUDIT__ENABLED=true`, one record per call, sent in "
+        "batches (one message of JSON lines per subject, every few ms) to "
         f"the JetStream stream `{AUDIT_STREAM}` and acknowledged; after the run the stream "
         f"held {_audit_line(results)}.",
         f"- Load: `benchmarks/loadgen.py` in a separate process ({loops['loadgen']}), one "

@@ -100,6 +100,8 @@ class Target:
     """The target's own nats-server, whose CPU counts as the target's."""
     nats_monitor: str | None = None
     """The monitoring address (``http://host:port``) of the target's own nats-server."""
+    nats_url: str | None = None
+    """The client URL of the target's own nats-server."""
     token: str | None = None
     """The access token callers send (auth on), else None."""
 
@@ -292,6 +294,7 @@ def start_mesh(fleet: Fleet, name: str, settings: Mapping[str, str], *,
     nats = fleet.nats(f"{name}-nats")
     target.nats_pid = nats.process.pid if nats.process else None
     target.nats_monitor = f"http://127.0.0.1:{nats.monitor_port}"
+    target.nats_url = nats.url
     env = _child_env(fleet.workdir / f"{name}-home", nats.url, settings)
     # Creates the home's signing key (race-free) before the gateway reads it; None, auth off.
     target.token = operator_token(load_config(environ=env), ttl_s=TOKEN_TTL_S, environ=env)

@@ -27,11 +27,15 @@ from mesh.transport import headers as h
 __all__ = ["IDENTITY_SECRET_ENV", "IdentitySeal"]
 
 IDENTITY_SECRET_ENV = "REVO_IDENTITY_SECRET"
+_CACHE_LIMIT = 4096
 
 
 class IdentitySeal:
     def __init__(self, key: bytes) -> None:
         self._key = key
+        self._made: dict[tuple[str, str, str, int], dict[str, str]] = {}
+        self._opened: dict[tuple[str, str, str, str], int] = {}
+        """Seals already checked, and when each expires (calls repeat them)."""
 
     @classmethod
     def from_config(cls, config: MeshConfig,
@@ -46,15 +50,28 @@ class IdentitySeal:
 
     def headers(self, caller: str, role: str, path: str, expires_ms: int) -> dict[str, str]:
         """The identity headers for a call of ``path`` (``/pkg.Service/Method``) that the
-        caller waits for until ``expires_ms``."""
-        return {h.CALLER: caller, h.ROLE: role,
+        caller waits for until ``expires_ms`` (rounded up to the second, so a caller's
+        calls within a second share one seal; the result must not be changed)."""
+        expires_ms = -(-expires_ms // 1000) * 1000
+        key = (caller, role, path, expires_ms)
+        made = self._made.get(key)
+        if made is None:
+            if len(self._made) >= _CACHE_LIMIT:
+                self._made.clear()
+            made = self._made[key] = {
+                h.CALLER: caller, h.ROLE: role,
                 h.IDENTITY: f"{expires_ms}.{self._mac(caller, role, path, expires_ms)}"}
+        return made
 
     def open(self, msg_headers: Mapping[str, str], path: str,
              now_ms: int | None = None) -> tuple[str, str]:
         """The caller and role of a sealed call, or :class:`Unauthenticated`."""
         seal = msg_headers.get(h.IDENTITY, "")
         caller, role = msg_headers.get(h.CALLER, ""), msg_headers.get(h.ROLE, "")
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        known = self._opened.get((caller, role, path, seal))
+        if known is not None and known >= now_ms:
+            return caller, role
         expires, _, mac = seal.partition(".")
         if not seal or not expires.isdigit():
             raise Unauthenticated("this node takes calls only through a gateway: the call "
@@ -63,7 +80,9 @@ class IdentitySeal:
                                    self._mac(caller, role, path, int(expires)).encode()):
             raise Unauthenticated("the caller identity is not sealed by a gateway of this "
                                   "mesh (forged, or a different identity key)")
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         if int(expires) < now_ms:
             raise Unauthenticated("the caller identity's seal has expired")
+        if len(self._opened) >= _CACHE_LIMIT:
+            self._opened.clear()
+        self._opened[(caller, role, path, seal)] = int(expires)
         return caller, role
