@@ -163,3 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"revo: configuration error: {exc}", file=sys.stderr)
         return 2
+    except ConnectionError as exc:
+        print(f"revo: {exc}", file=sys.stderr)
+        return 1

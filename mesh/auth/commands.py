@@ -158,6 +158,9 @@ def cmd_audit(args: argparse.Namespace, config: MeshConfig) -> int:
 
 
 def cmd_token(args: argparse.Namespace, config: MeshConfig) -> int:
+    if not 0 < args.ttl <= 86400:
+        print("revo token: --ttl must be between 1 and 86400 seconds", file=sys.stderr)
+        return 2
     token = operator_token(config, ttl_s=args.ttl, user=args.user)
     if token is None:
         print("revo token: auth is off (auth.enabled = false); no token is needed",
@@ -200,5 +203,7 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     token = sub.add_parser("token", help="print an admin access token signed with this "
                            "machine's key (for grpcurl and scripts)")
     token.add_argument("--user", default="operator", help="the token's subject")
-    token.add_argument("--ttl", type=float, default=900.0, help="lifetime in seconds")
+    token.add_argument("--ttl", type=float, default=900.0,
+                       help="lifetime in seconds (at most 86400: the token cannot be revoked "
+                       "except by rotating the signing key)")
     token.set_defaults(func=run(cmd_token))

@@ -145,10 +145,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return reply
 
 
+class _AuthOff:
+    """Stands in for the user store when auth is off: every call says so."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise Unavailable("users are not managed here: auth is off on this gateway "
+                          "(auth.enabled = false)")
+
+
 class UserServicer(auth_pb2_grpc.UserServiceServicer):
     def __init__(self, guard: Guard) -> None:
         self._guard = guard
-        self._accounts = Accounts(guard.users, guard.revocations.revoke_user)
+        self._accounts: Any = (Accounts(guard.users, guard.revocations.revoke_user)
+                               if guard.enabled else _AuthOff())
 
     async def CreateUser(self, request: auth_pb2.CreateUserRequest,
                          context: ServicerContext) -> auth_pb2.CreateUserResponse:  # type: ignore[override]
@@ -159,7 +168,7 @@ class UserServicer(auth_pb2_grpc.UserServiceServicer):
 
     async def ListUsers(self, request: auth_pb2.ListUsersRequest,
                         context: ServicerContext) -> auth_pb2.ListUsersResponse:  # type: ignore[override]
-        users = await self._guard.users.list()
+        users = await self._accounts.users.list()
         return auth_pb2.ListUsersResponse(users=[user_message(u) for u in users])
 
     async def SetRole(self, request: auth_pb2.SetRoleRequest,

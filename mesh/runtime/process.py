@@ -37,7 +37,11 @@ def run_node(config: MeshConfig) -> int:
 
     async def main() -> None:
         node = Node(config)
-        await node.start()
+        try:
+            await node.start()
+        except BaseException:  # e.g. NATS unreachable: stop the actors, or they keep us alive
+            await node.stop()
+            raise
         try:
             await _until_signal()
         finally:
@@ -54,7 +58,11 @@ def run_gateway(config: MeshConfig) -> int:
 
     async def main() -> None:
         gateway = Gateway(config, node=Node(config) if config.gateway.colocate else None)
-        await gateway.start()
+        try:
+            await gateway.start()
+        except BaseException:
+            await gateway.stop(grace=0)
+            raise
         print(f"gateway listening on {gateway.address}", flush=True)
         try:
             await _until_signal()

@@ -43,3 +43,29 @@ async def test_login_refresh_logout(mesh_harness) -> None:
             await echo.Echo(echo_pb2.EchoRequest(payload=b"x"))
         assert revoked.value.code() is grpc.StatusCode.UNAUTHENTICATED
         assert "revoked" in (revoked.value.details() or "")
+
+
+async def test_user_management_says_auth_is_off(mesh_harness) -> None:
+    from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
+
+    mesh = await mesh_harness(plugins={"only": ["echo"]})  # auth off
+    users = auth_pb2_grpc.UserServiceStub(mesh.channel)
+    for call in (users.ListUsers(auth_pb2.ListUsersRequest()),
+                 users.DisableUser(auth_pb2.DisableUserRequest(username="bob"))):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "auth is off" in (refused.value.details() or "")
+
+
+def test_a_node_without_nats_exits_with_the_reason(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, REVO_HOME=str(tmp_path), REVO_NATS__URL="nats://127.0.0.1:1",
+               REVO_NATS__CONNECT_TIMEOUT_S="1", REVO_PLUGINS__ONLY="echo")
+    done = subprocess.run([sys.executable, "-m", "mesh", "node"], env=env, timeout=30,
+                          capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert "cannot connect to NATS" in done.stderr
