@@ -11,11 +11,11 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
-from mesh.auth.guard import Guard, current_principal
+from mesh.auth.guard import Guard, Principal, current_principal
 from mesh.auth.passwords import verify_password
 from mesh.auth.roles import ROLES
 from mesh.auth.tokens import ACCESS, REFRESH, Claims
-from mesh.auth.users import Accounts, User
+from mesh.auth.users import _NAME, Accounts, User
 from mesh.config import Limit
 from mesh.errors import InvalidArgument, RateLimited, Unauthenticated, Unavailable
 
@@ -94,6 +94,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                                                    burst=settings.per_user)),
                 (f"login.addr.{address}", Limit(rate=settings.per_address / settings.window_s,
                                                   burst=settings.per_address))]
+        if _NAME.match(request.username):  # the audit record names who tried
+            current_principal.set(Principal(user=request.username))
         await self._throttle(keys, 0)
         user = await guard.users.get(request.username)
         ok = await asyncio.to_thread(verify_password, request.password,
@@ -103,6 +105,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             log.info("sign-in refused for %r from %s", request.username[:64], host)
             raise Unauthenticated(_LOGIN_REFUSED if not (ok and user and user.disabled)
                                   else "this user is disabled; ask an admin")
+        current_principal.set(Principal(user=user.username, role=user.role))
         return auth_pb2.LoginResponse(tokens=self._tokens(user))
 
     async def Refresh(self, request: auth_pb2.RefreshRequest,

@@ -318,7 +318,8 @@ class Gateway:
                 token = current_principal.set(call.principal)
                 try:
                     return await inner(request, context, call)
-                finally:
+                finally:  # Login names the user it tried, for the audit record
+                    call.principal = current_principal.get()
                     current_principal.reset(token)
             except RpcError as exc:
                 error = exc

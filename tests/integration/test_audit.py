@@ -169,9 +169,10 @@ async def test_every_call_leaves_one_record_with_who_what_and_why(nats_private, 
                       permission="execute", decision="allow", status="OK")
         _check_record(one["anonymous"], scenario, user="", role="", method=ECHO,
                       permission="execute", decision="deny", status="UNAUTHENTICATED")
-        _check_record(one["login"], scenario, user="", role="", method=LOGIN,
+        # sign-ins name who tried (and, once in, the role)
+        _check_record(one["login"], scenario, user=dev, role="developer", method=LOGIN,
                       permission="public", decision="allow", status="OK")
-        _check_record(one["login-refused"], scenario, user="", role="", method=LOGIN,
+        _check_record(one["login-refused"], scenario, user=dev, role="", method=LOGIN,
                       permission="public", decision=None, status="UNAUTHENTICATED")
         # the caller is known once the token verified: a refusal names who was refused
         _check_record(one["forbidden"], scenario, user=viewer, role="viewer", method=ECHO,
