@@ -1,7 +1,8 @@
 """The gate every call passes at the gateway: who, may they, how often, and the record.
 
-:meth:`Guard.admit` authenticates the bearer token, checks revocation, checks the
-permission the method declares, and takes one request from the caller's rate limits;
+:meth:`Guard.identify` authenticates the bearer token and checks revocation;
+:meth:`Guard.authorize` checks the permission the method declares and takes one request
+from the caller's rate limits;
 :meth:`Guard.record` appends the audit record when the call ends (allowed or not).
 """
 
@@ -134,12 +135,6 @@ class Guard:
                 f"permission that {path} needs")
         if self.rate_limits:
             await self._limit(principal, path)
-
-    async def admit(self, path: str, permission: Permission, authorization: str) -> Principal:
-        """:meth:`identify` then :meth:`authorize`: the caller, if it may call now."""
-        principal = self.identify(path, permission, authorization)
-        await self.authorize(principal, path, permission)
-        return principal
 
     async def _limit(self, principal: Principal, path: str) -> None:
         limits = self.config.auth.rate_limits

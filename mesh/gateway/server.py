@@ -30,7 +30,7 @@ from nats.aio.client import Client as NATS
 
 from mesh._gen.revo.auth.v1 import auth_pb2
 from mesh._gen.revo.mesh.v1 import mesh_pb2
-from mesh.auth.guard import Guard, Principal, current_principal
+from mesh.auth.guard import AUTHORIZATION_METADATA, Guard, Principal, current_principal
 from mesh.auth.roles import READ as PERMISSION_READ
 from mesh.auth.roles import Permission, declared_permission
 from mesh.auth.service import AuthServicer, UserServicer
@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 REQUEST_ID_METADATA = "x-request-id"
 
 TRACEPARENT_METADATA = "traceparent"
-
-AUTHORIZATION_METADATA = "authorization"
 
 # Served by the gateway itself, behind the guard like every engine's service.
 _GUARDED_SERVICES = (
