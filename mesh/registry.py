@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor, MethodDescriptor, ServiceDescriptor
@@ -22,7 +21,7 @@ from nats.aio.client import Client as NATS
 
 from mesh._gen.revo.mesh.v1 import mesh_pb2, registry_pb2
 from mesh.transport import subjects
-from mesh.transport.kv import KeyValue, open_bucket
+from mesh.transport.kv import KeyValue, Mirror, open_bucket
 
 log = logging.getLogger(__name__)
 
@@ -199,56 +198,50 @@ class RegistryView:
         self._on_change = on_change
         self._seen: dict[str, _Seen] = {}
         self.snapshot = build_snapshot((), base_files)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._watcher: Any = None
-        self._ready = asyncio.Event()
+        self._expirer: asyncio.Task[None] | None = None
+        self._mirror: Mirror | None = None
+        self._ready = False
 
     async def start(self, timeout: float = 5.0) -> None:
-        kv = await open_registry(self._nc)
-        self._watcher = await kv.watchall()
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._watch()), loop.create_task(self._expire())]
+        self._mirror = Mirror(await open_registry(self._nc), self._put, self._delete)
+        self._expirer = asyncio.get_running_loop().create_task(self._expire())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            await self._mirror.start(timeout)
+        self._ready = True  # the bucket's contents are in (or the wait gave up)
+        self._rebuild()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        if self._expirer is not None:
+            self._expirer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
+                await self._expirer
+        if self._mirror is not None:
+            await self._mirror.stop()
 
-    async def _watch(self) -> None:
-        assert self._watcher is not None
-        async for entry in self._watcher:
-            if entry is None:  # initial values delivered
-                self._ready.set()
-                self._rebuild()
-                continue
-            node_id = entry.key.removeprefix(subjects.REGISTRY_NODE_PREFIX)
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._seen.pop(node_id, None)
-            else:
-                try:
-                    announcement = registry_pb2.NodeAnnouncement.FromString(entry.value)
-                except Exception as exc:
-                    log.error("ignoring malformed registry entry %s: %s", entry.key, exc)
-                    continue
-                # Age by the node's own heartbeat time, so an entry left behind by a node
-                # that died long ago is not taken as fresh when a gateway starts.
-                age = max(0.0, time.time() - announcement.node.heartbeat_at.ToNanoseconds() / 1e9)
-                seen = self._seen.get(node_id)
-                if seen is not None and _only_heartbeat_changed(seen.announcement, announcement):
-                    # the common case: keep routes and descriptors, refresh liveness only
-                    seen.announcement.node.heartbeat_at.CopyFrom(announcement.node.heartbeat_at)
-                    seen.at = time.monotonic() - age
-                    continue
-                self._seen[node_id] = _Seen(announcement, time.monotonic() - age)
-            if self._ready.is_set():
-                self._rebuild()
+    def _delete(self, key: str) -> None:
+        self._seen.pop(key.removeprefix(subjects.REGISTRY_NODE_PREFIX), None)
+        if self._ready:
+            self._rebuild()
+
+    def _put(self, key: str, value: bytes) -> None:
+        node_id = key.removeprefix(subjects.REGISTRY_NODE_PREFIX)
+        try:
+            announcement = registry_pb2.NodeAnnouncement.FromString(value)
+        except Exception as exc:
+            log.error("ignoring malformed registry entry %s: %s", key, exc)
+            return
+        # Age by the node's own heartbeat time, so an entry left behind by a node that died
+        # long ago is not taken as fresh when a gateway starts.
+        age = max(0.0, time.time() - announcement.node.heartbeat_at.ToNanoseconds() / 1e9)
+        seen = self._seen.get(node_id)
+        if seen is not None and _only_heartbeat_changed(seen.announcement, announcement):
+            # the common case: keep routes and descriptors, refresh liveness only
+            seen.announcement.node.heartbeat_at.CopyFrom(announcement.node.heartbeat_at)
+            seen.at = time.monotonic() - age
+            return
+        self._seen[node_id] = _Seen(announcement, time.monotonic() - age)
+        if self._ready:
+            self._rebuild()
 
     def _fresh(self) -> list[registry_pb2.NodeAnnouncement]:
         now = time.monotonic()
