@@ -82,6 +82,8 @@ class Guard:
             fail_open=limits.fail_open, replicas=settings.audit.replicas)
         self.rate_limits = self.enabled and limits.enabled
         self.audit = AuditLog(nc, settings.audit, gateway_id) if settings.audit.enabled else None
+        self.active = self.enabled or self.audit is not None
+        """False when the guard has nothing to check or record (auth and audit off)."""
         self._nc: NATS = nc
 
     async def start(self) -> None:

@@ -302,6 +302,8 @@ class Gateway:
         """``inner`` behind the guard: admitted or refused, then audited."""
         guard = self.guard
         assert guard is not None
+        if not guard.active:  # nothing to check or record: the bare forward
+            return self._bare_unary(inner)
 
         async def handle(request: Any, context: ServicerContext) -> Any:
             started = time.perf_counter()
@@ -343,6 +345,8 @@ class Gateway:
                         inner: StreamInner) -> Callable[[Any, ServicerContext], AsyncIterator[Any]]:
         guard = self.guard
         assert guard is not None
+        if not guard.active:
+            return self._bare_stream(inner)
 
         async def handle(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
@@ -375,6 +379,30 @@ class Gateway:
                 if isinstance(error, RateLimited):
                     context.set_trailing_metadata(error.trailers())
                 await context.abort(error.code, error.message)
+
+        return handle
+
+    def _bare_unary(self, inner: Inner) -> Callable[[Any, ServicerContext], Awaitable[Any]]:
+        async def handle(request: Any, context: ServicerContext) -> Any:
+            try:
+                return await inner(request, context, self._call(context))
+            except RpcError as error:
+                await context.abort(error.code, error.message)
+                raise AssertionError("unreachable: abort raises") from error
+
+        return handle
+
+    def _bare_stream(self, inner: StreamInner
+                     ) -> Callable[[Any, ServicerContext], AsyncIterator[Any]]:
+        async def handle(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
+            messages = inner(request, context, self._call(context))
+            try:
+                async for item in messages:
+                    yield item
+            except RpcError as error:
+                await context.abort(error.code, error.message)
+            finally:
+                await messages.aclose()  # type: ignore[attr-defined]
 
         return handle
 
