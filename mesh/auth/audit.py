@@ -40,14 +40,15 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageTyp
 from nats.js.errors import NotFoundError
 
 from mesh.config import AuditSettings
+from mesh.transport import subjects
 from mesh.transport.connection import MeshConnection, encode_headers
 
 __all__ = ["STREAM", "AuditLog", "AuditRecord", "read_audit"]
 
 log = logging.getLogger(__name__)
 
-STREAM = "REVO_AUDIT"
-SUBJECT_PREFIX = "revo.audit"
+STREAM = subjects.AUDIT_STREAM
+SUBJECT_PREFIX = subjects.AUDIT_PREFIX
 _MAX_PENDING = 100_000
 _RESEND_AFTER_S = 2.0
 _FLUSH_S = 0.02

@@ -32,13 +32,14 @@ from nats.js.errors import NotFoundError
 
 from mesh.config import Limit
 from mesh.errors import RateLimited, Unavailable
+from mesh.transport import subjects
 
 __all__ = ["STREAM", "SharedLimiter", "subject_token"]
 
 log = logging.getLogger(__name__)
 
-STREAM = "REVO_LIMITS"
-SUBJECT_PREFIX = "revo.limits"
+STREAM = subjects.LIMITS_STREAM
+SUBJECT_PREFIX = subjects.LIMITS_PREFIX
 INCREMENT = "Nats-Incr"
 _LEASE_DIVISOR = 16
 _ASK_TIMEOUT_S = 0.5

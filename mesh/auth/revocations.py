@@ -23,13 +23,14 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import KeyWrongLastSequenceError
 
 from mesh.auth.tokens import Claims
+from mesh.transport import subjects
 from mesh.transport.kv import KeyValue, Mirror, open_bucket
 
 __all__ = ["BUCKET", "RevocationList"]
 
 log = logging.getLogger(__name__)
 
-BUCKET = "revo_revocations"
+BUCKET = subjects.REVOCATIONS_BUCKET
 _JTI = "jti."
 _USER = "user."
 

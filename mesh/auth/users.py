@@ -22,6 +22,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from mesh.auth.passwords import MIN_PASSWORD_LENGTH, hash_password
 from mesh.auth.roles import ROLES
 from mesh.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from mesh.transport import subjects
 from mesh.transport.kv import KeyValue, open_bucket
 
 __all__ = [
@@ -35,7 +36,7 @@ __all__ = [
     "check_username",
 ]
 
-BUCKET = "revo_users"
+BUCKET = subjects.USERS_BUCKET
 ADMIN_PASSWORD_ENV = "REVO_ADMIN_PASSWORD"
 _PREFIX = "users."
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -4,6 +4,10 @@
 ``revo.rpc.<package>.<Service>.<Method>``  one RPC; nodes serving it share a queue group
 ``<queue group>`` = ``revo.<package>.<Service>``
 KV bucket ``revo_registry``, key ``nodes.<node id>``  a node's announcement
+KV bucket ``revo_users``, key ``users.<name>``       a user (mesh.auth.users)
+KV bucket ``revo_revocations``, ``jti.<id>`` / ``user.<name>``  revoked tokens
+stream ``REVO_LIMITS``: ``revo.limits.<key>.w<ms>.<n>``  rate-limit counters
+stream ``REVO_AUDIT``: ``revo.audit.<allow|deny>.<user>``  audit records
 =======================================  ============================================
 
 Application subjects never start with ``$`` (reserved for the server).
@@ -16,6 +20,12 @@ import re
 RPC_PREFIX = "revo.rpc"
 REGISTRY_BUCKET = "revo_registry"
 REGISTRY_NODE_PREFIX = "nodes."
+USERS_BUCKET = "revo_users"
+REVOCATIONS_BUCKET = "revo_revocations"
+LIMITS_STREAM = "REVO_LIMITS"
+LIMITS_PREFIX = "revo.limits"
+AUDIT_STREAM = "REVO_AUDIT"
+AUDIT_PREFIX = "revo.audit"
 
 _SERVICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
