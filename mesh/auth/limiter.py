@@ -20,19 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
-from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import NotFoundError
 
 from mesh.config import Limit
 from mesh.errors import RateLimited, Unavailable
-from mesh.transport import subjects
+from mesh.transport import counters, subjects
 
 __all__ = ["STREAM", "SharedLimiter", "subject_token"]
 
@@ -40,7 +37,6 @@ log = logging.getLogger(__name__)
 
 STREAM = subjects.LIMITS_STREAM
 SUBJECT_PREFIX = subjects.LIMITS_PREFIX
-INCREMENT = "Nats-Incr"
 _LEASE_DIVISOR = 16
 _ASK_TIMEOUT_S = 0.5
 
@@ -79,20 +75,10 @@ class SharedLimiter:
         self._warned_at = 0.0
 
     async def start(self) -> None:
-        js = self._nc.jetstream()
-        config = StreamConfig(name=STREAM, subjects=[f"{SUBJECT_PREFIX}.>"],
-                              storage=StorageType.MEMORY, allow_msg_counter=True,
-                              max_msgs_per_subject=1, max_age=self._max_age,
-                              num_replicas=self._replicas,
-                              description="revo: rate-limit counters (one per key and window)")
-        try:
-            info = await js.stream_info(STREAM)
-            if (info.config.max_age or 0) < self._max_age:
-                await js.update_stream(config)
-        except NotFoundError:
-            with contextlib.suppress(Exception):  # another gateway created it first
-                await js.add_stream(config)
-            await js.stream_info(STREAM)
+        await counters.ensure_counter_stream(
+            self._nc, STREAM, [f"{SUBJECT_PREFIX}.>"], max_age=self._max_age, memory=True,
+            replicas=self._replicas,
+            description="revo: rate-limit counters (one per key and window)")
 
     async def stop(self) -> None:
         for task in list(self._background):
@@ -248,20 +234,12 @@ class SharedLimiter:
     async def _ask(self, subject: str, add: int) -> int:
         """Add ``add`` (may be 0 or negative) to a counter; its new value."""
         try:
-            reply = await self._nc.request(subject, b"", timeout=_ASK_TIMEOUT_S,
-                                           headers={INCREMENT: f"{add:+d}"})
-            answer = json.loads(reply.data)
-        except Exception as exc:
+            return await counters.add(self._nc, subject, add, _ASK_TIMEOUT_S)
+        except counters.CounterError as exc:
             now = time.monotonic()
             if now - self._warned_at > 10:
                 self._warned_at = now
-                log.warning("rate limits: cannot reach NATS (%s); %s", exc,
+                log.warning("rate limits: %s; %s", exc,
                             "admitting calls" if self._fail_open else "refusing calls")
-            raise Unavailable("rate limits cannot be checked right now (NATS unreachable); "
+            raise Unavailable(f"rate limits cannot be checked right now ({exc}); "
                               "retry shortly") from exc
-        if "error" in answer:
-            raise Unavailable(f"rate-limit counter refused: {answer['error']}")
-        if "val" not in answer:
-            raise Unavailable("rate limits need nats-server 2.12 or later (atomic counters); "
-                              "this server acknowledged without a counter value")
-        return int(answer["val"])
