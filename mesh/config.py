@@ -28,6 +28,7 @@ __all__ = [
     "Limit",
     "LoginThrottle",
     "MeshConfig",
+    "ModelSettings",
     "NatsSettings",
     "NodeSettings",
     "PluginSettings",
@@ -204,6 +205,17 @@ class AuthSettings(_Section):
     audit: AuditSettings = Field(default_factory=AuditSettings)
 
 
+class ModelSettings(_Section):
+    """Model calls: what each user may spend on paid models."""
+
+    budget_usd: float = Field(10.0, ge=0, description="each user's spend on paid models per "
+                              "period, in US dollars (0: paid models refused)")
+    budget_period: Literal["day", "month"] = Field("month", description="when budgets reset "
+                                                   "(UTC)")
+    user_budgets_usd: dict[str, float] = Field(
+        default_factory=dict, description="user = dollars: budgets other than budget_usd")
+
+
 class EngineSettings(BaseModel):
     """Settings of one engine: the mesh's keys, plus the plugin's own (validated by it)."""
 
@@ -234,6 +246,7 @@ class MeshConfig(_Section):
     node: NodeSettings = Field(default_factory=NodeSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
     engines: dict[str, EngineSettings] = Field(default_factory=dict)
 
     def engine(self, name: str) -> EngineSettings:

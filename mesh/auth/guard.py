@@ -19,13 +19,14 @@ from nats.aio.client import Client as NATS
 
 from mesh.auth.audit import AuditLog, AuditRecord
 from mesh.auth.identity import IdentitySeal
-from mesh.auth.limiter import SharedLimiter, subject_token
+from mesh.auth.limiter import SharedLimiter
 from mesh.auth.revocations import RevocationList
 from mesh.auth.roles import PUBLIC, Permission, grants, permission_name
 from mesh.auth.tokens import Claims, Keyring, TokenService
 from mesh.auth.users import UserStore
 from mesh.config import Limit, MeshConfig
 from mesh.errors import PermissionDenied, RpcError, Unauthenticated
+from mesh.transport import subjects
 from mesh.transport.connection import MeshConnection
 
 __all__ = ["ANONYMOUS", "AUTHORIZATION_METADATA", "Guard", "Principal", "current_principal"]
@@ -145,7 +146,7 @@ class Guard:
             await self.limiter.acquire(f"user.{principal.user}", role_limit)
         method_limit = limits.methods.get(path)
         if method_limit is not None:
-            await self.limiter.acquire(f"method.{principal.user}.{subject_token(path)}",
+            await self.limiter.acquire(f"method.{principal.user}.{subjects.subject_token(path)}",
                                        method_limit)
 
     def identity_headers(self, principal: Principal, path: str,

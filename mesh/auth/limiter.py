@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import time
@@ -31,7 +30,7 @@ from mesh.config import Limit
 from mesh.errors import RateLimited, Unavailable
 from mesh.transport import counters, subjects
 
-__all__ = ["STREAM", "SharedLimiter", "subject_token"]
+__all__ = ["STREAM", "SharedLimiter"]
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +38,6 @@ STREAM = subjects.LIMITS_STREAM
 SUBJECT_PREFIX = subjects.LIMITS_PREFIX
 _LEASE_DIVISOR = 16
 _ASK_TIMEOUT_S = 0.5
-
-
-def subject_token(text: str) -> str:
-    """A NATS-subject-safe token for any text (user names are already safe)."""
-    if text.replace("-", "").replace("_", "").isalnum() and len(text) <= 64:
-        return text
-    return "h" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 @dataclass

@@ -8,6 +8,7 @@ KV bucket ``revo_users``, key ``users.<name>``       a user (mesh.auth.users)
 KV bucket ``revo_revocations``, ``jti.<id>`` / ``user.<name>``  revoked tokens
 stream ``REVO_LIMITS``: ``revo.limits.<key>.w<ms>.<n>``  rate-limit counters
 stream ``REVO_AUDIT``: ``revo.audit.<allow|deny>.<user>``  audit records
+stream ``REVO_SPEND``: ``revo.spend.<user>.<period>``  model spend, micro-USD (budgets)
 =======================================  ============================================
 
 Application subjects never start with ``$`` (reserved for the server).
@@ -15,6 +16,7 @@ Application subjects never start with ``$`` (reserved for the server).
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 RPC_PREFIX = "revo.rpc"
@@ -26,6 +28,8 @@ LIMITS_STREAM = "REVO_LIMITS"
 LIMITS_PREFIX = "revo.limits"
 AUDIT_STREAM = "REVO_AUDIT"
 AUDIT_PREFIX = "revo.audit"
+SPEND_STREAM = "REVO_SPEND"
+SPEND_PREFIX = "revo.spend"
 
 _SERVICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -70,3 +74,10 @@ def registry_key(node_id: str) -> str:
 def grpc_path(service: str, method: str) -> str:
     """The gRPC path ``/package.Service/Method``."""
     return f"/{service}/{method}"
+
+
+def subject_token(text: str) -> str:
+    """A NATS-subject-safe token for any text (names that are safe already stay as they are)."""
+    if text.replace("-", "").replace("_", "").isalnum() and len(text) <= 64:
+        return text
+    return "h" + hashlib.sha256(text.encode()).hexdigest()[:24]

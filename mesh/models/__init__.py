@@ -1,0 +1,1 @@
+"""Model calls: local models on Triton first, cloud APIs as fallback, every cent accounted."""
