@@ -23,6 +23,7 @@ from mesh.errors import ConfigError
 __all__ = [
     "AuditSettings",
     "AuthSettings",
+    "CatalogModel",
     "EngineSettings",
     "GatewaySettings",
     "Limit",
@@ -205,9 +206,49 @@ class AuthSettings(_Section):
     audit: AuditSettings = Field(default_factory=AuditSettings)
 
 
-class ModelSettings(_Section):
-    """Model calls: what each user may spend on paid models."""
+class CatalogModel(BaseModel):
+    """One model the router may call."""
 
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="the name callers use")
+    provider: Literal["triton", "openai", "anthropic", "openai_compatible"] = Field(
+        description="who serves it")
+    upstream: str = Field("", description="the provider's model id (default: name)")
+    base_url: str = Field("", description="API base URL (OpenAI-compatible servers, proxies)")
+    api_key_env: str = Field("", description="environment variable holding the API key")
+    api_key_file: Path | None = Field(None, description="file holding the API key")
+    input_usd_per_million: float = Field(0.0, ge=0, description="price of prompt tokens")
+    output_usd_per_million: float = Field(0.0, ge=0, description="price of completion tokens")
+    cached_usd_per_million: float | None = Field(
+        None, ge=0, description="price of cached prompt tokens (default: input price)")
+    context_window: int = Field(8192, gt=0, description="prompt + completion tokens")
+    priority: int = Field(100, description="lower is tried first by 'auto'")
+    max_output_tokens: int = Field(1024, gt=0, description="completion cap when the request "
+                                   "gives none")
+
+    @property
+    def local(self) -> bool:
+        return self.provider == "triton"
+
+    @property
+    def paid(self) -> bool:
+        return self.input_usd_per_million > 0 or self.output_usd_per_million > 0
+
+
+class ModelSettings(_Section):
+    """Model calls: the catalog the router chooses from, and what users may spend."""
+
+    catalog: list[CatalogModel] = Field(default_factory=list,
+                                        description="models, as [[models.catalog]] tables")
+    reference_model: str = Field("", description="cloud model whose price measures savings "
+                                 "(default: the dearest cloud model)")
+    retries: int = Field(2, ge=0, le=10, description="retries per model on 429/5xx/timeouts")
+    backoff_s: float = Field(0.2, gt=0, description="first retry delay (doubles, with jitter)")
+    backoff_max_s: float = Field(5.0, gt=0, description="longest retry delay")
+    cooldown_after: int = Field(3, ge=1, description="consecutive failures that cool a model")
+    cooldown_s: float = Field(30.0, gt=0, description="how long a cooled model is skipped")
+    timeout_s: float = Field(60.0, gt=0, description="per provider call")
     budget_usd: float = Field(10.0, ge=0, description="each user's spend on paid models per "
                               "period, in US dollars (0: paid models refused)")
     budget_period: Literal["day", "month"] = Field("month", description="when budgets reset "

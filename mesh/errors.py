@@ -14,6 +14,7 @@ The tree::
     │   ├── Unauthenticated        UNAUTHENTICATED: no valid token; sign in (again)
     │   ├── PermissionDenied       PERMISSION_DENIED: the role lacks the permission named
     │   ├── AlreadyExists          ALREADY_EXISTS
+    │   ├── FailedPrecondition     FAILED_PRECONDITION: the system is not in a state to serve it
     │   ├── Cancelled              CANCELLED: the caller went away
     │   └── Internal               INTERNAL: a bug in an engine or in the mesh
     └── ConfigError                configuration that cannot be used; names the key to fix
@@ -35,6 +36,7 @@ __all__ = [
     "Cancelled",
     "ConfigError",
     "DeadlineExceeded",
+    "FailedPrecondition",
     "Internal",
     "InvalidArgument",
     "MeshError",
@@ -192,3 +194,13 @@ class AlreadyExists(RpcError):
 
     def __init__(self, message: str = "") -> None:
         super().__init__(StatusCode.ALREADY_EXISTS, message)
+
+
+class FailedPrecondition(RpcError):
+    """``FAILED_PRECONDITION``: The request is valid but cannot be served as things stand
+    (e.g. no model fits its cost limit); the message says what would have to change."""
+
+    code = StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(StatusCode.FAILED_PRECONDITION, message)

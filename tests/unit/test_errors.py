@@ -14,6 +14,7 @@ from mesh.errors import (
     Cancelled,
     ConfigError,
     DeadlineExceeded,
+    FailedPrecondition,
     Internal,
     InvalidArgument,
     MeshError,
@@ -40,6 +41,7 @@ SUBCLASS_CODES = [
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
 

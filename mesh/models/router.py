@@ -1,0 +1,273 @@
+"""The model router: which model answers, what it may cost, and what happens when it fails.
+
+For each request the router orders the catalog (a named model, ``force_local``, or
+``auto`` by priority), drops models whose context window cannot hold the prompt and those
+whose estimated cost exceeds ``cost_limit_usd`` (none left: ``FAILED_PRECONDITION``
+saying why), skips models cooling down after repeated failures, and then, model by model:
+
+1. reserves the estimated cost in the user's budget (paid models only; over budget:
+   ``RESOURCE_EXHAUSTED``, while free local models stay allowed);
+2. streams the answer; retryable failures (429, 5xx, timeouts, cut connections) are
+   retried with exponential backoff and jitter, honouring ``retry-after``;
+3. when a model fails *after it has streamed text*, the next model continues from that
+   text, given as an assistant prefix: the caller sees one stream, and the final
+   :class:`Outcome` records the switch;
+4. settles the reservation to the provider's own usage report.
+
+Closing the stream (the caller went away) closes the provider's HTTP stream and settles
+what was spent so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from mesh.config import CatalogModel, ModelSettings
+from mesh.errors import FailedPrecondition, InvalidArgument, Unavailable
+from mesh.models.budget import Budgets, Reservation
+from mesh.models.providers import Chunk, Provider, ProviderError, ProviderUsage, Turn
+
+__all__ = ["Outcome", "Request", "Router", "Switch", "estimate_tokens"]
+
+log = logging.getLogger(__name__)
+
+_ROLES = frozenset({"system", "user", "assistant"})
+
+
+def estimate_tokens(text: str) -> int:
+    """A cautious token estimate (about four characters per token, rounded up)."""
+    return max(1, math.ceil(len(text) / 3.5))
+
+
+@dataclass(frozen=True)
+class Request:
+    turns: Sequence[Turn]
+    max_tokens: int = 0
+    temperature: float = 0.0
+    top_p: float = 0.0
+    stop: Sequence[str] = ()
+    force_local: bool = False
+    model: str = ""
+    cost_limit_usd: float = 0.0
+    no_fallback: bool = False
+
+
+@dataclass(frozen=True)
+class Switch:
+    from_model: str
+    to_model: str
+    reason: str
+    tokens_before: int
+
+
+@dataclass
+class Outcome:
+    """What the final message of a stream reports."""
+
+    model: str = ""
+    provider: str = ""
+    usage: ProviderUsage = field(default_factory=ProviderUsage)
+    cost_usd: float = 0.0
+    savings_usd: float = 0.0
+    latency_ms: float = 0.0
+    finish_reason: str = ""
+    switches: list[Switch] = field(default_factory=list)
+
+
+def cost_usd(model: CatalogModel, usage: ProviderUsage) -> float:
+    cached_price = (model.cached_usd_per_million if model.cached_usd_per_million is not None
+                    else model.input_usd_per_million)
+    fresh = max(0, usage.prompt_tokens - usage.cached_tokens)
+    return (fresh * model.input_usd_per_million + usage.cached_tokens * cached_price
+            + usage.completion_tokens * model.output_usd_per_million) / 1e6
+
+
+@dataclass
+class _Health:
+    failures: int = 0
+    cool_until: float = 0.0
+
+
+class Router:
+    """Routes generation requests over a catalog of providers."""
+
+    def __init__(self, settings: ModelSettings, providers: Mapping[str, Provider],
+                 budgets: Budgets) -> None:
+        """``providers`` maps each catalog model's name to the provider serving it."""
+        self.settings = settings
+        self.catalog = {m.name: m for m in settings.catalog}
+        self.providers = providers
+        self.budgets = budgets
+        self._health = {name: _Health() for name in self.catalog}
+        self._reference = self._reference_model()
+
+    def _reference_model(self) -> CatalogModel | None:
+        if self.settings.reference_model:
+            return self.catalog.get(self.settings.reference_model)
+        cloud = [m for m in self.catalog.values() if m.paid]
+        return max(cloud, key=lambda m: m.output_usd_per_million, default=None)
+
+    # -- choosing ---------------------------------------------------------------------
+
+    def validate(self, request: Request) -> None:
+        if not request.turns or not any(t.content.strip() for t in request.turns):
+            raise InvalidArgument("the prompt is empty: send at least one message with text")
+        for turn in request.turns:
+            if turn.role not in _ROLES:
+                raise InvalidArgument(f"message role {turn.role[:20]!r} is not one of "
+                                      "system, user, assistant")
+        if request.max_tokens < 0:
+            raise InvalidArgument(f"max_tokens must be 0 (model default) or more, got "
+                                  f"{request.max_tokens}")
+        if request.model and request.model != "auto" and request.model not in self.catalog:
+            raise InvalidArgument(f"unknown model {request.model[:80]!r}; models: "
+                                  f"{', '.join(self.catalog) or 'none configured'}")
+
+    def candidates(self, request: Request) -> list[CatalogModel]:
+        """The models to try, in order; FAILED_PRECONDITION when none can serve."""
+        self.validate(request)
+        prompt = sum(estimate_tokens(t.content) for t in request.turns)
+        models = sorted(self.catalog.values(), key=lambda m: (m.priority, m.name))
+        if request.model and request.model != "auto":
+            chosen = self.catalog[request.model]
+            models = [chosen] + ([] if request.no_fallback else
+                                 [m for m in models if m is not chosen])
+        elif request.no_fallback:
+            models = models[:1]
+        reasons: list[str] = []
+        fitting = []
+        for model in models:
+            completion = request.max_tokens or model.max_output_tokens
+            if request.force_local and not model.local:
+                reasons.append(f"{model.name}: not local")
+            elif prompt + completion > model.context_window:
+                reasons.append(f"{model.name}: about {prompt} prompt + {completion} completion "
+                               f"tokens exceed its context window of {model.context_window}")
+            elif request.cost_limit_usd and (
+                    estimate := self._estimate(model, prompt, completion)) > \
+                    request.cost_limit_usd:
+                reasons.append(f"{model.name}: about ${estimate:.4f} is over the cost limit "
+                               f"of ${request.cost_limit_usd:.4f}")
+            else:
+                fitting.append(model)
+        if not fitting:
+            raise FailedPrecondition("no model can take this request: " + "; ".join(reasons))
+        return fitting
+
+    @staticmethod
+    def _estimate(model: CatalogModel, prompt: int, completion: int) -> float:
+        return cost_usd(model, ProviderUsage(prompt, completion))
+
+    def _cooling(self, model: CatalogModel, now: float) -> bool:
+        return self._health[model.name].cool_until > now
+
+    def _failed(self, model: CatalogModel) -> None:
+        health = self._health[model.name]
+        health.failures += 1
+        if health.failures >= self.settings.cooldown_after:
+            health.cool_until = time.monotonic() + self.settings.cooldown_s
+            log.warning("model %s cools down for %.0f s after %d failures", model.name,
+                        self.settings.cooldown_s, health.failures)
+
+    def _succeeded(self, model: CatalogModel) -> None:
+        self._health[model.name] = _Health()
+
+    def healthy(self, name: str) -> bool:
+        return not self._cooling(self.catalog[name], time.monotonic())
+
+    # -- generating -------------------------------------------------------------------
+
+    async def generate(self, user: str, request: Request,
+                       outcome: Outcome) -> AsyncIterator[str]:
+        """Text deltas; ``outcome`` is filled in when the stream ends."""
+        started = time.perf_counter()
+        sent = ""
+        last_error = "no model tried"
+        models = self.candidates(request)
+        now = time.monotonic()
+        ready = [m for m in models if not self._cooling(m, now)] or models[:1]
+        previous: CatalogModel | None = None
+        for model in ready:
+            if previous is not None:
+                outcome.switches.append(Switch(previous.name, model.name, last_error,
+                                               estimate_tokens(sent) if sent else 0))
+            previous = model
+            for attempt in range(self.settings.retries + 1):
+                turns = list(request.turns) + ([Turn("assistant", sent)] if sent else [])
+                prompt = sum(estimate_tokens(t.content) for t in turns)
+                completion = request.max_tokens or model.max_output_tokens
+                reservation: Reservation | None = None
+                if model.paid:
+                    reservation = await self.budgets.reserve(
+                        user, self._estimate(model, prompt, completion))
+                streamed = ""
+                usage: ProviderUsage | None = None
+                finish = ""
+                try:
+                    async for chunk in self._stream(model, turns, request, completion):
+                        if chunk.text:
+                            streamed += chunk.text
+                            sent += chunk.text
+                            yield chunk.text
+                        if chunk.usage is not None:
+                            usage, finish = chunk.usage, chunk.finish_reason
+                except ProviderError as error:
+                    last_error = f"{model.name}: {error}"
+                    self._failed(model)
+                    spent = ProviderUsage(prompt, estimate_tokens(streamed) if streamed else 0)
+                    if reservation is not None:
+                        await self.budgets.settle(reservation, cost_usd(model, spent))
+                    if streamed or not error.retryable or attempt == self.settings.retries:
+                        break  # to the next model, from what was already sent
+                    await asyncio.sleep(self._backoff(attempt, error.retry_after_s))
+                    continue
+                except BaseException:  # the caller went away: settle what it cost so far
+                    if reservation is not None:
+                        spent = ProviderUsage(prompt, estimate_tokens(streamed) if streamed
+                                              else 0)
+                        await asyncio.shield(self.budgets.settle(reservation,
+                                                                 cost_usd(model, spent)))
+                    raise
+                assert usage is not None
+                self._succeeded(model)
+                paid = cost_usd(model, usage)
+                if reservation is not None:
+                    await self.budgets.settle(reservation, paid)
+                reference = cost_usd(self._reference, usage) if self._reference else paid
+                outcome.model, outcome.provider = model.name, model.provider
+                outcome.usage, outcome.finish_reason = usage, finish
+                outcome.cost_usd, outcome.savings_usd = paid, max(0.0, reference - paid)
+                outcome.latency_ms = (time.perf_counter() - started) * 1000
+                return
+            if request.no_fallback:
+                break
+        raise Unavailable(f"no model could answer; last failure: {last_error}")
+
+    async def _stream(self, model: CatalogModel, turns: Sequence[Turn], request: Request,
+                      completion: int) -> AsyncIterator[Chunk]:
+        provider = self.providers.get(model.name)
+        if provider is None:
+            raise ProviderError("connection", f"no provider configured for {model.name}")
+        stream = provider.stream(model.upstream or model.name, turns, max_tokens=completion,
+                                 temperature=request.temperature, top_p=request.top_p,
+                                 stop=request.stop, timeout_s=self.settings.timeout_s)
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]  # closes the HTTP stream
+
+    def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
+        delay: float = min(self.settings.backoff_max_s,
+                           self.settings.backoff_s * float(2 ** attempt))
+        delay *= 0.5 + random.random()  # jitter: retries from many callers spread out
+        if retry_after_s is not None:
+            delay = max(delay, min(retry_after_s, self.settings.backoff_max_s))
+        return delay
+
