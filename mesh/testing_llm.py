@@ -13,8 +13,9 @@ Stdlib only, so plugin authors' tests can use it without the mesh running::
             assert server.requests[0].body["model"] == "gpt-test"
 
 Routes: ``POST /v1/chat/completions`` and ``POST /v1/embeddings`` (OpenAI, ``Authorization:
-Bearer KEY``) and ``POST /v1/messages`` (Anthropic, ``x-api-key: KEY``). A wrong or missing key
-gets 401 before any behaviour is consumed.
+Bearer KEY``) and ``POST /v1/messages`` (Anthropic, ``x-api-key: KEY`` or ``Authorization:
+Bearer KEY``, which anthropic SDK 2.x sends). A wrong or missing key gets 401 before any
+behaviour is consumed.
 
 Each request takes the next :class:`Behaviour` from the script (:meth:`FakeLLMServer.script`),
 or the server's ``default`` when the script is empty. Build behaviours with :func:`answer`,
@@ -34,9 +35,11 @@ import itertools
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -174,7 +177,7 @@ class FakeLLMServer:
         self._stopping = threading.Event()
         self._ids = itertools.count(1)
         self._connections: set[socket.socket] = set()
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: _QuietHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # lifecycle
@@ -184,8 +187,7 @@ class FakeLLMServer:
         if self._httpd is not None:
             raise RuntimeError("FakeLLMServer is already started")
         self._stopping.clear()
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        httpd.daemon_threads = True
+        httpd = _QuietHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="fake-llm-server", daemon=True)
@@ -203,10 +205,8 @@ class FakeLLMServer:
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
-            try:
+            with contextlib.suppress(OSError):  # already closed by the peer
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by the peer
         if thread is not None:
             thread.join(timeout=5)
         self._httpd = self._thread = None
@@ -274,6 +274,14 @@ class FakeLLMServer:
 
     def _next_id(self) -> int:
         return next(self._ids)
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # peers hanging up is the point here
+            super().handle_error(request, client_address)
 
 
 class _DropConnection(Exception):
@@ -346,11 +354,14 @@ class _FakeLLMHandler(BaseHTTPRequestHandler):
         expected = self.fake.api_key
         if expected is None:
             return True
+        bearer = self.headers.get("authorization") == f"Bearer {expected}"
         if api == "openai":
-            return self.headers.get("authorization") == f"Bearer {expected}"
-        return self.headers.get("x-api-key") == expected
+            return bearer
+        # the Anthropic API takes x-api-key; anthropic SDK 2.x sends the key as a bearer token
+        return bearer or self.headers.get("x-api-key") == expected
 
-    def _serve(self, body: Any, api: str, reply: Any) -> None:
+    def _serve(self, body: Any, api: str,
+               reply: Callable[[dict[str, Any], Behaviour], None]) -> None:
         if not self._authorised(api):
             self._send_error(api, 401, None, None)
             return

@@ -54,9 +54,10 @@ async def make_router(nats_server: NatsServer, fake: FakeLLMServer
         budgets = Budgets(nc, config)
         await budgets.start()
         # the "local" model is an OpenAI-compatible server here (Triton is tested apart)
-        providers: dict[str, Provider] = {"local": OpenAIProvider("triton", KEY, fake.openai_base_url),
-                     "cheap": OpenAIProvider("openai", KEY, fake.openai_base_url),
-                     "claude": AnthropicProvider("anthropic", KEY, fake.base_url)}
+        providers: dict[str, Provider] = {
+            "local": OpenAIProvider("triton", KEY, fake.openai_base_url),
+            "cheap": OpenAIProvider("openai", KEY, fake.openai_base_url),
+            "claude": AnthropicProvider("anthropic", KEY, fake.base_url)}
         return Router(config, providers, budgets)
 
     yield make
