@@ -12,7 +12,8 @@ saying why), skips models cooling down after repeated failures, and then, model 
 3. when a model fails *after it has streamed text*, the next model continues from that
    text, given as an assistant prefix: the caller sees one stream, and the final
    :class:`Outcome` records the switch;
-4. settles the reservation to the provider's own usage report.
+4. settles the reservation to the provider's own usage report and appends the call to
+   the ledger (:mod:`mesh.models.ledger`) before the stream ends.
 
 Closing the stream (the caller went away) closes the provider's HTTP stream and settles
 what was spent so far.
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from mesh.config import CatalogModel, ModelSettings
 from mesh.errors import FailedPrecondition, InvalidArgument, Unavailable
 from mesh.models.budget import Budgets, Reservation
+from mesh.models.ledger import Entry, Ledger
 from mesh.models.providers import Chunk, Provider, ProviderError, ProviderUsage, Turn
 
 __all__ = ["Outcome", "Request", "Router", "Switch", "estimate_tokens"]
@@ -98,12 +100,13 @@ class Router:
     """Routes generation requests over a catalog of providers."""
 
     def __init__(self, settings: ModelSettings, providers: Mapping[str, Provider],
-                 budgets: Budgets) -> None:
+                 budgets: Budgets, ledger: Ledger | None = None) -> None:
         """``providers`` maps each catalog model's name to the provider serving it."""
         self.settings = settings
         self.catalog = {m.name: m for m in settings.catalog}
         self.providers = providers
         self.budgets = budgets
+        self.ledger = ledger
         self._health = {name: _Health() for name in self.catalog}
         self._reference = self._reference_model()
 
@@ -244,6 +247,15 @@ class Router:
                 outcome.usage, outcome.finish_reason = usage, finish
                 outcome.cost_usd, outcome.savings_usd = paid, max(0.0, reference - paid)
                 outcome.latency_ms = (time.perf_counter() - started) * 1000
+                if self.ledger is not None:  # stored before the caller hears it is done
+                    await self.ledger.record(Entry(
+                        time=time.time(), user=user, model=model.name,
+                        provider=model.provider, local=model.local,
+                        prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens,
+                        cached_tokens=usage.cached_tokens, cost_usd=paid,
+                        savings_usd=outcome.savings_usd, latency_ms=outcome.latency_ms,
+                        switches=len(outcome.switches)))
                 return
             if request.no_fallback:
                 break

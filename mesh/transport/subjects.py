@@ -9,6 +9,7 @@ KV bucket ``revo_revocations``, ``jti.<id>`` / ``user.<name>``  revoked tokens
 stream ``REVO_LIMITS``: ``revo.limits.<key>.w<ms>.<n>``  rate-limit counters
 stream ``REVO_AUDIT``: ``revo.audit.<allow|deny>.<user>``  audit records
 stream ``REVO_SPEND``: ``revo.spend.<user>.<period>``  model spend, micro-USD (budgets)
+stream ``REVO_LEDGER``: ``revo.ledger.<user>``  one record per model call
 =======================================  ============================================
 
 Application subjects never start with ``$`` (reserved for the server).
@@ -30,6 +31,8 @@ AUDIT_STREAM = "REVO_AUDIT"
 AUDIT_PREFIX = "revo.audit"
 SPEND_STREAM = "REVO_SPEND"
 SPEND_PREFIX = "revo.spend"
+LEDGER_STREAM = "REVO_LEDGER"
+LEDGER_PREFIX = "revo.ledger"
 
 _SERVICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

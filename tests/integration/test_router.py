@@ -14,6 +14,7 @@ from mesh.config import ModelSettings
 from mesh.embedded.nats_server import NatsServer
 from mesh.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from mesh.models.budget import Budgets
+from mesh.models.ledger import Ledger, summarize
 from mesh.models.providers import (
     AnthropicProvider,
     OpenAIProvider,
@@ -58,7 +59,9 @@ async def make_router(nats_server: NatsServer, fake: FakeLLMServer
             "local": OpenAIProvider("triton", KEY, fake.openai_base_url),
             "cheap": OpenAIProvider("openai", KEY, fake.openai_base_url),
             "claude": AnthropicProvider("anthropic", KEY, fake.base_url)}
-        return Router(config, providers, budgets)
+        ledger = Ledger(nc)
+        await ledger.start()
+        return Router(config, providers, budgets, ledger)
 
     yield make
     await nc.close()
@@ -96,6 +99,11 @@ async def test_cloud_cost_counts_cached_tokens_at_their_price(make_router: Any,
     expected = (200 * 3.0 + 800 * 0.3 + 10 * 15.0) / 1e6
     assert outcome.cost_usd == pytest.approx(expected)
     assert await router.budgets.spent_usd(user) == pytest.approx(expected, abs=2e-6)
+    assert router.ledger is not None
+    [row] = summarize(await router.ledger.entries(user))
+    assert (row.model, row.requests, row.prompt_tokens, row.completion_tokens,
+            row.cached_tokens) == ("claude", 1, 1000, 10, 800)
+    assert row.cost_usd == pytest.approx(expected)
 
 
 async def test_fallback_order_after_retries(make_router: Any, fake: FakeLLMServer) -> None:
