@@ -249,6 +249,14 @@ class ModelSettings(_Section):
     cooldown_after: int = Field(3, ge=1, description="consecutive failures that cool a model")
     cooldown_s: float = Field(30.0, gt=0, description="how long a cooled model is skipped")
     timeout_s: float = Field(60.0, gt=0, description="per provider call")
+    triton_embedded: bool = Field(True, description="`revo up` starts tritonserver on "
+                                  "triton_repository (needs the models extra)")
+    triton_repository: Path = Field(Path("triton_models"), description="Triton model "
+                                    "repository (relative to the working directory)")
+    triton_models: list[str] = Field(default_factory=lambda: ["embedder"],
+                                     description="models Triton loads at start")
+    triton_url: str = Field("", description="Triton gRPC host:port (production; `revo up` "
+                            "sets it to its own server)")
     budget_usd: float = Field(10.0, ge=0, description="each user's spend on paid models per "
                               "period, in US dollars (0: paid models refused)")
     budget_period: Literal["day", "month"] = Field("month", description="when budgets reset "

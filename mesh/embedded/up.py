@@ -27,6 +27,7 @@ from mesh.auth.users import ADMIN_PASSWORD_ENV
 from mesh.config import MeshConfig
 from mesh.embedded.nats_server import NatsServer
 from mesh.embedded.processes import spawn, stop_process
+from mesh.embedded.triton import TritonServer
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ def _alive(pid: int) -> bool:
 class Launcher:
     config: MeshConfig
     nats: NatsServer | None = None
+    triton: TritonServer | None = None
+    triton_note: str = ""
+    """Why Triton did not start, when it did not."""
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stop_requested: threading.Event = field(default_factory=threading.Event)
     _supervised: dict[str, _Supervised] = field(default_factory=dict)
@@ -125,7 +129,10 @@ class Launcher:
             nats_url = self.nats.url
         else:
             nats_url = self.config.nats.url
+        self._start_triton()
         self._env = self._child_env(nats_url)
+        if self.triton is not None:
+            self._env["REVO_MODELS__TRITON_URL"] = self.triton.grpc_url
         for name in ("node", "gateway"):
             self._supervised[name] = _Supervised([sys.executable, "-m", "mesh", name],
                                                  self.logs / f"{name}.log")
@@ -137,11 +144,33 @@ class Launcher:
             "gateway": self.config.gateway.address,
             "nats": nats_url,
             "nats_monitor": (f"http://127.0.0.1:{self.nats.monitor_port}" if self.nats else ""),
+            "triton": self.triton.grpc_url if self.triton else "",
             "home": str(home.resolve()),
             "logs": str(self.logs.resolve()),
         }
         self._write_state()
         return self._state
+
+    def _start_triton(self) -> None:
+        """Start tritonserver for local models; the mesh runs without it when it cannot."""
+        models = self.config.models
+        if not models.triton_embedded:
+            self.triton_note = "off (models.triton_embedded = false)"
+            return
+        repository = Path(models.triton_repository)
+        if not repository.is_dir():
+            self.triton_note = (f"not started: no model repository at {repository.resolve()} "
+                                "(set models.triton_repository)")
+            return
+        server = TritonServer(repository, self.config.home / "triton", models.triton_models,
+                              log_file=self.logs / "tritonserver.log")
+        try:
+            self.triton = server.start()
+        except FileNotFoundError as exc:
+            self.triton_note = f"not started: {exc}"
+        except (RuntimeError, TimeoutError) as exc:
+            self.triton_note = f"not started: {exc}"
+            server.stop()
 
     def _spawn(self, name: str) -> None:
         child = self._supervised[name]
@@ -150,7 +179,9 @@ class Launcher:
 
     def _write_state(self) -> None:
         self._state["processes"] = {name: p.pid for name, p in self.children.items()} | (
-            {"nats-server": self.nats.process.pid} if self.nats and self.nats.process else {})
+            {"nats-server": self.nats.process.pid} if self.nats and self.nats.process else {}) | (
+            {"tritonserver": self.triton.process.pid}
+            if self.triton and self.triton.process else {})
         state_file(self.config).write_text(json.dumps(self._state, indent=2))
 
     def _wait_ready(self) -> None:
@@ -188,6 +219,16 @@ class Launcher:
                 self.nats.process = None
                 self.nats.start()  # same ports and data: nodes and gateway reconnect
                 self._write_state()
+            if self.triton is not None and self.triton.process is not None \
+                    and self.triton.process.poll() is not None:
+                print(f"tritonserver exited with code {self.triton.process.returncode}; "
+                      f"restarting it (see {self.logs / 'tritonserver.log'})", flush=True)
+                self.triton.process = None
+                try:
+                    self.triton.start()  # same ports
+                except (RuntimeError, TimeoutError) as exc:
+                    print(f"tritonserver did not come back: {exc}", flush=True)
+                self._write_state()
             for name, process in self.children.items():
                 if process.poll() is not None:
                     self._supervise(name, process.returncode)
@@ -217,6 +258,8 @@ class Launcher:
                 code = stop_process(process, remaining)
                 if code not in (0, -signal.SIGTERM):
                     log.warning("%s exited with code %s", name, code)
+        if self.triton is not None:
+            self.triton.stop(timeout=max(0.5, deadline - time.monotonic() - 2.0))
         if self.nats is not None:
             self.nats.stop(timeout=max(0.5, deadline - time.monotonic()))
         state_file(self.config).unlink(missing_ok=True)
@@ -244,6 +287,7 @@ def run_up(config: MeshConfig) -> int:
               f"  gateway (gRPC)   {state['gateway']}\n"
               f"  NATS             {state['nats']}\n"
               f"  NATS monitor     {state['nats_monitor'] or '-'}\n"
+              f"  Triton (gRPC)    {state['triton'] or launcher.triton_note}\n"
               f"  state            {state['home']}\n"
               f"  logs             {state['logs']}\n"
               + (f"  sign in          as 'admin', password in {launcher.admin_password_file}"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -33,6 +35,17 @@ def _revo(*args: str, env: dict[str, str], cwd: Path, timeout: float = 30):
                           capture_output=True, text=True, timeout=timeout)
 
 
+TRITON_MODELS = Path(__file__).resolve().parents[2] / "triton_models"
+
+
+def _triton_http(tmp_path: Path) -> str:
+    """The HTTP address of revo up's tritonserver, from its command line in the log dir."""
+    log = (tmp_path / "home/logs/tritonserver.log").read_text()
+    port = re.search(r"Started HTTPService at 127\.0\.0\.1:(\d+)", log)
+    assert port, log[-2000:]
+    return f"127.0.0.1:{port.group(1)}"
+
+
 def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
     gateway = f"127.0.0.1:{free_port()}"
     env = dict(os.environ,
@@ -41,13 +54,14 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
                REVO_NATS__MONITOR_PORT=str(free_port()),
                REVO_GATEWAY__ADDRESS=gateway,
                REVO_PLUGINS__ONLY="echo",
-               REVO_ADMIN_PASSWORD="first-admin-password")
+               REVO_ADMIN_PASSWORD="first-admin-password",
+               REVO_MODELS__TRITON_REPOSITORY=str(TRITON_MODELS))
     up = subprocess.Popen([sys.executable, "-m", "mesh", "up"], env=env, cwd=tmp_path,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert up.stdout is not None
         banner = []
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             line = up.stdout.readline()
             if not line:
@@ -82,8 +96,13 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
         state_file = tmp_path / "home/run/up.json"
         state = json.loads(state_file.read_text())
         pids = list(state["processes"].values())
-        assert len(pids) == 3
+        assert set(state["processes"]) == {"nats-server", "tritonserver", "node", "gateway"}
         assert all(_alive(pid) for pid in pids)
+        # Triton runs the embedder, and the mesh's processes were told where it is
+        assert state["triton"] in text
+        with urllib.request.urlopen(f"http://{_triton_http(tmp_path)}/v2/models/embedder/ready",
+                                    timeout=5) as ready:
+            assert ready.status == 200
 
         # a node that dies is restarted, and the mesh serves again
         os.kill(state["processes"]["node"], signal.SIGKILL)
