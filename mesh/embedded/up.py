@@ -282,7 +282,8 @@ def run_up(config: MeshConfig) -> int:
     code = 0
     try:
         state = launcher.start()
-        extra = " + nats-server" if launcher.nats is not None else ""
+        extra = (" + nats-server" if launcher.nats is not None else "") + (
+            " + tritonserver" if launcher.triton is not None else "")
         print(f"revo is up ({len(launcher.children)} mesh processes{extra})\n"
               f"  gateway (gRPC)   {state['gateway']}\n"
               f"  NATS             {state['nats']}\n"
