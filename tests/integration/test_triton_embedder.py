@@ -77,3 +77,25 @@ def test_concurrent_requests_each_get_their_own_vectors(client) -> None:
         results = list(pool.map(lambda s: embed(client, [s])[0], sentences))
 
     np.testing.assert_allclose(np.stack(results), expected, atol=1e-5)
+
+
+async def test_the_mesh_embeds_through_the_async_client(triton: TritonServer) -> None:
+    from mesh.errors import InvalidArgument
+    from mesh.models.local import TritonEmbedder
+
+    embedder = TritonEmbedder(triton.grpc_url)
+    try:
+        assert await embedder.ready()
+        texts = [f"sentence number {i} about cats" for i in range(70)]  # two slices of 64
+        vectors = await embedder.embed(texts)
+        assert len(vectors) == 70
+        assert all(len(v) == 384 for v in vectors)
+        np.testing.assert_allclose(np.asarray(vectors[0]), embed(
+            triton_grpc.InferenceServerClient(triton.grpc_url), [texts[0]])[0], atol=1e-5)
+        with pytest.raises(InvalidArgument, match="empty"):
+            await embedder.embed(["fine", "  "])
+    finally:
+        await embedder.close()
+    unready = TritonEmbedder("127.0.0.1:1")
+    assert not await unready.ready()
+    await unready.close()
