@@ -22,6 +22,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "auth_overhead": ("benchmarks.auth_overhead",
                       "The mesh hop with auth, RBAC, rate limits and audit on vs off, vs "
                       "plain gRPC (on/off p50 at c=1, req/s at c=64)"),
+    "embedder": ("benchmarks.embedder",
+                 "Triton embedder with and without dynamic batching at concurrency 32, and "
+                 "in-process sentence-transformers (sentences/s)"),
 }
 
 
