@@ -25,8 +25,6 @@ import os
 import random
 import re
 import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -46,6 +44,7 @@ from benchmarks._report import (
     percentile,
     write_results,
 )
+from benchmarks.mesh_hop import _workdir
 from mesh.embedded.triton import TritonServer
 
 NAME = "embedder"
@@ -461,18 +460,6 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 # --- Run ----------------------------------------------------------------------------------
 
-@contextmanager
-def _workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=f"revo-bench-{NAME}-"))
-    ok = False
-    try:
-        yield path
-        ok = True
-    finally:
-        if ok:
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            print(f"{NAME}: logs kept in {path}", file=sys.stderr)
 
 
 def _start(name: str, repository: Path, workdir: Path) -> tuple[TritonServer, float]:
@@ -491,7 +478,7 @@ def measure(settings: Settings, progress: Callable[[str], None]) -> tuple[
     expected = _encode(model, sentences)
     inputs = _triton_inputs(sentences)
     raw: list[dict[str, Any]] = []
-    with _workdir() as workdir:
+    with _workdir(NAME) as workdir:
         servers: dict[str, TritonServer] = {}
         startup: dict[str, float] = {}
         try:

@@ -8,12 +8,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.embedded.processes import spawn, stop_process
+from mesh.embedded.processes import http_ok, spawn, stop_process, wait_until_ready
 
 __all__ = ["NatsServer", "find_nats_server", "free_port"]
 
@@ -88,24 +86,20 @@ class NatsServer:
         log = self.log_file or self.store_dir / "nats-server.log"
         env = dict(os.environ, GOMAXPROCS=str(self.cpus)) if self.cpus > 0 else None
         self.process = spawn([find_nats_server(), "-c", str(config)], log_file=log, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.process.returncode}; "
-                                   f"see {log}: {log.read_text()[-2000:]}")
-            if self.healthy():
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"nats-server not healthy within {timeout:g} s; see {log}")
+        try:
+            wait_until_ready(self.process, self.health_url, name="nats-server", log=log,
+                             timeout=timeout, poll_s=0.05)
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
 
     def healthy(self) -> bool:
-        try:
-            url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        return http_ok(self.health_url)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is not None:

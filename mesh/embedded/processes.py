@@ -15,6 +15,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -45,3 +47,27 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float) -> int:
             process.kill()
             process.wait()
     return process.returncode
+
+
+def http_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 within a second."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def wait_until_ready(process: subprocess.Popen[bytes], ready_url: str, *, name: str,
+                     log: Path, timeout: float, poll_s: float) -> None:
+    """Poll ``ready_url`` until it answers 200; raise with the log's end if ``process``
+    exits first (RuntimeError) or ``timeout`` passes (TimeoutError)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}; "
+                               f"see {log}: {log.read_text()[-3000:]}")
+        if http_ok(ready_url):
+            return
+        time.sleep(poll_s)
+    raise TimeoutError(f"{name} not ready within {timeout:g} s; see {log}")

@@ -18,14 +18,12 @@ import site
 import subprocess
 import sys
 import sysconfig
-import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.embedded.nats_server import free_port
-from mesh.embedded.processes import spawn, stop_process
+from mesh.embedded.processes import http_ok, spawn, stop_process, wait_until_ready
 
 __all__ = ["TritonServer", "find_tritonserver"]
 
@@ -144,27 +142,20 @@ class TritonServer:
         command = self.command()
         log = self.log_file or self.work_dir / "tritonserver.log"
         self.process = spawn(command, log_file=log, env=self.environment())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                self.process = None
-                raise RuntimeError(f"tritonserver exited with {code}; "
-                                   f"see {log}: {log.read_text()[-3000:]}")
-            if self.ready():
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"tritonserver not ready within {timeout:g} s; see {log}")
+        try:
+            wait_until_ready(self.process, f"{self.http_url}/v2/health/ready",
+                             name="tritonserver", log=log, timeout=timeout, poll_s=0.1)
+        except RuntimeError:
+            self.process = None
+            raise
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
 
     def ready(self) -> bool:
         """Whether the server is up and every model it was asked to load is ready."""
-        try:
-            url = f"{self.http_url}/v2/health/ready"
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        return http_ok(f"{self.http_url}/v2/health/ready")
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.process is not None:
