@@ -257,6 +257,14 @@ class ModelSettings(_Section):
                                      description="models Triton loads at start")
     triton_url: str = Field("", description="Triton gRPC host:port (production; `revo up` "
                             "sets it to its own server)")
+    generator_checkpoint: Path | None = Field(
+        None, description="Hugging Face checkpoint directory that `revo up`'s Triton loads "
+        "as the `generator` model (unset: no generator)")
+
+    @field_validator("generator_checkpoint", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
     budget_usd: float = Field(10.0, ge=0, description="each user's spend on paid models per "
                               "period, in US dollars (0: paid models refused)")
     budget_period: Literal["day", "month"] = Field("month", description="when budgets reset "

@@ -8,24 +8,38 @@ Two things make the wheel's binary run beside this interpreter (see docs/operato
   ``LIBDIR`` goes first on ``LD_LIBRARY_PATH`` (another build of 3.11 fails to load models);
 - the stub ignores ``PYTHONPATH``, so the server passes this environment's site-packages in
   ``TRITON_SITE_PACKAGES`` and each ``model.py`` puts them first on ``sys.path`` itself.
+
+The ``generator`` model needs a checkpoint that is not part of the repository: it is loaded
+after start through Triton's load API with a config override (the repository's
+``config.pbtxt`` with parameter ``checkpoint`` set), see :meth:`TritonServer.load_generator`.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import os
 import site
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Sequence
-from dataclasses import dataclass
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mesh.embedded.nats_server import free_port
 from mesh.embedded.processes import http_ok, spawn, stop_process, wait_until_ready
 
-__all__ = ["TritonServer", "find_tritonserver"]
+__all__ = ["GENERATOR", "CheckpointError", "TritonServer", "check_checkpoint",
+           "config_override", "find_tritonserver"]
+
+logger = logging.getLogger(__name__)
+
+GENERATOR = "generator"
+"""Name of the streaming text model in ``triton_models/``."""
 
 SITE_PACKAGES_ENV = "TRITON_SITE_PACKAGES"
 """Environment variable naming the site-packages a Triton ``model.py`` puts first on sys.path."""
@@ -50,6 +64,53 @@ def find_tritonserver() -> Path:
     if root is None or not (root / "bin" / "tritonserver").is_file():
         raise FileNotFoundError(_MISSING)
     return root
+
+
+class CheckpointError(ValueError):
+    """A generator checkpoint that cannot be loaded; the message says what is wrong."""
+
+
+def check_checkpoint(path: Path) -> Path:
+    """``path`` resolved, when it looks like a Hugging Face causal LM checkpoint directory
+    (``config.json`` with a ``model_type``, weights, tokenizer files); else CheckpointError."""
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise CheckpointError(f"generator checkpoint {path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"generator checkpoint {path} is not a directory: give the "
+                              "folder that holds config.json, the weights and the tokenizer")
+    config = path / "config.json"
+    if not config.is_file():
+        raise CheckpointError(f"generator checkpoint {path} is not a Hugging Face checkpoint: "
+                              "it has no config.json")
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (ValueError, AttributeError):
+        model_type = None
+    if not model_type:
+        raise CheckpointError(f"{config} is not a Hugging Face model config (no model_type)")
+    weights = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+    if not any(next(path.glob(pattern), None) for pattern in weights):
+        raise CheckpointError(f"generator checkpoint {path} has no weights "
+                              "(model.safetensors or pytorch_model.bin)")
+    tokenizer = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any((path / name).is_file() for name in tokenizer):
+        raise CheckpointError(f"generator checkpoint {path} has no tokenizer "
+                              "(tokenizer.json or tokenizer_config.json)")
+    return path
+
+
+def config_override(repository: Path, model: str, parameters: Mapping[str, str]) -> str:
+    """``<repository>/<model>/config.pbtxt`` as the JSON that Triton's load API takes as a
+    config override, with ``parameters`` set: the repository on disk stays as it is."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    text = (repository / model / "config.pbtxt").read_text()
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    return json_format.MessageToJson(config, preserving_proto_field_name=True, indent=None)
 
 
 def _backend_directory(root: Path, into: Path) -> Path:
@@ -90,6 +151,9 @@ class TritonServer:
     log_file: Path | None = None
     log_verbose: int = 0
     process: subprocess.Popen[bytes] | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+    """Models loaded through :meth:`load_model` with their config override; loaded again
+    when the server is started again (after it died)."""
 
     @property
     def grpc_url(self) -> str:
@@ -110,6 +174,9 @@ class TritonServer:
             f"--backend-directory={backends}",
             f"--cache-directory={self.work_dir / 'cache'}",
             "--model-control-mode=explicit",
+            # A model that failed to load after start (a bad generator checkpoint) must not
+            # make the whole server unready: ready() asks about each model instead.
+            "--strict-readiness=false",
             "--http-address=127.0.0.1", f"--http-port={self.http_port}",
             "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
             "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
@@ -151,11 +218,53 @@ class TritonServer:
         except TimeoutError:
             self.stop()
             raise
+        for name, config in list(self.overrides.items()):
+            try:
+                self.load_model(name, config)
+            except RuntimeError as exc:
+                logger.warning("%s", exc)
         return self
+
+    def load_model(self, name: str, config: str | None = None,
+                   timeout: float = 600.0) -> None:
+        """Load (or reload) model ``name``, with ``config`` (JSON) instead of its
+        ``config.pbtxt`` when given. Blocks until Triton has loaded it; RuntimeError with
+        Triton's reason when it could not (the server and its other models keep running)."""
+        body = json.dumps({"parameters": {"config": config}} if config else {}).encode()
+        try:
+            self._post(f"/v2/repository/models/{name}/load", body, timeout)
+        except urllib.error.HTTPError as exc:
+            try:
+                reason = json.loads(exc.read()).get("error", "")
+            except ValueError:
+                reason = ""
+            reason = reason.split("\n\nAt:")[0]  # the Python backend appends a traceback
+            raise RuntimeError(f"Triton could not load {name}: "
+                               f"{reason or f'HTTP {exc.code}'}") from None
+        except OSError as exc:
+            raise RuntimeError(f"Triton could not load {name}: {exc}") from exc
+        if config:
+            self.overrides[name] = config
+
+    def _post(self, path: str, body: bytes, timeout: float) -> None:
+        request = urllib.request.Request(f"{self.http_url}{path}", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout):
+            pass
+
+    def load_generator(self, checkpoint: Path, timeout: float = 600.0) -> None:
+        """Load ``generator`` from a Hugging Face checkpoint directory. CheckpointError when
+        the directory is not one (nothing is sent to Triton), RuntimeError when Triton
+        could not load it."""
+        checked = check_checkpoint(checkpoint)
+        self.load_model(GENERATOR, config_override(
+            self.model_repository, GENERATOR, {"checkpoint": str(checked)}), timeout)
 
     def ready(self) -> bool:
         """Whether the server is up and every model it was asked to load is ready."""
-        return http_ok(f"{self.http_url}/v2/health/ready")
+        names = [*(m for m in self.models if m != "*"), *self.overrides]
+        return http_ok(f"{self.http_url}/v2/health/ready") and all(
+            http_ok(f"{self.http_url}/v2/models/{name}/ready") for name in names)
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.process is not None:

@@ -27,7 +27,7 @@ from mesh.auth.users import ADMIN_PASSWORD_ENV
 from mesh.config import MeshConfig
 from mesh.embedded.nats_server import NatsServer
 from mesh.embedded.processes import spawn, stop_process
-from mesh.embedded.triton import TritonServer
+from mesh.embedded.triton import GENERATOR, CheckpointError, TritonServer
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class Launcher:
     triton: TritonServer | None = None
     triton_note: str = ""
     """Why Triton did not start, when it did not."""
+    generator_note: str = ""
+    """Whether Triton serves the generator, and if not why and how to turn it on."""
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stop_requested: threading.Event = field(default_factory=threading.Event)
     _supervised: dict[str, _Supervised] = field(default_factory=dict)
@@ -145,6 +147,8 @@ class Launcher:
             "nats": nats_url,
             "nats_monitor": (f"http://127.0.0.1:{self.nats.monitor_port}" if self.nats else ""),
             "triton": self.triton.grpc_url if self.triton else "",
+            "generator": (str(self.config.models.generator_checkpoint)
+                          if self.triton and GENERATOR in self.triton.overrides else ""),
             "home": str(home.resolve()),
             "logs": str(self.logs.resolve()),
         }
@@ -154,6 +158,7 @@ class Launcher:
     def _start_triton(self) -> None:
         """Start tritonserver for local models; the mesh runs without it when it cannot."""
         models = self.config.models
+        self.generator_note = "not loaded: Triton is not running"
         if not models.triton_embedded:
             self.triton_note = "off (models.triton_embedded = false)"
             return
@@ -162,7 +167,9 @@ class Launcher:
             self.triton_note = (f"not started: no model repository at {repository.resolve()} "
                                 "(set models.triton_repository)")
             return
-        server = TritonServer(repository, self.config.home / "triton", models.triton_models,
+        # The generator needs a checkpoint, so it loads only through _load_generator.
+        startup = [name for name in models.triton_models if name != GENERATOR]
+        server = TritonServer(repository, self.config.home / "triton", startup,
                               log_file=self.logs / "tritonserver.log")
         try:
             self.triton = server.start()
@@ -171,6 +178,31 @@ class Launcher:
         except (RuntimeError, TimeoutError) as exc:
             self.triton_note = f"not started: {exc}"
             server.stop()
+        if self.triton is not None:
+            self._load_generator(self.triton)
+
+    def _load_generator(self, triton: TritonServer) -> None:
+        """Load the generator when a checkpoint is configured; say why not otherwise.
+        Whatever happens, Triton and its other models keep running."""
+        checkpoint = self.config.models.generator_checkpoint
+        if checkpoint is None:
+            self.generator_note = ("off: set models.generator_checkpoint (or "
+                                   "REVO_MODELS__GENERATOR_CHECKPOINT) to a Hugging Face "
+                                   "checkpoint directory to serve local generation")
+            log.info("generator %s", self.generator_note)
+            return
+        try:
+            triton.load_generator(checkpoint)
+        except CheckpointError as exc:
+            self.generator_note = f"not loaded: {exc} (models.generator_checkpoint)"
+        except RuntimeError as exc:
+            self.generator_note = (f"not loaded: {exc} (see "
+                                   f"{self.logs / 'tritonserver.log'})")
+        else:
+            self.generator_note = f"model '{GENERATOR}' from {checkpoint}"
+            log.info("generator loaded from %s", checkpoint)
+            return
+        log.warning("generator %s", self.generator_note)
 
     def _spawn(self, name: str) -> None:
         child = self._supervised[name]
@@ -289,6 +321,7 @@ def run_up(config: MeshConfig) -> int:
               f"  NATS             {state['nats']}\n"
               f"  NATS monitor     {state['nats_monitor'] or '-'}\n"
               f"  Triton (gRPC)    {state['triton'] or launcher.triton_note}\n"
+              f"  generator        {launcher.generator_note}\n"
               f"  state            {state['home']}\n"
               f"  logs             {state['logs']}\n"
               + (f"  sign in          as 'admin', password in {launcher.admin_password_file}"
