@@ -152,6 +152,8 @@ class TritonPythonModel:
                               cancelled=cancelled, context_window=self.context_window):
             if isinstance(event, Final):
                 if event.finish_reason == "cancelled":
+                    pb_utils.Logger.log_info(f"generator: request cancelled after "
+                                             f"{event.completion_tokens} tokens")
                     sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
                         "cancelled", pb_utils.TritonError.CANCELLED)),
                         flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
