@@ -21,30 +21,45 @@ an iterable (usually a generator) of responses; the mesh pulls the next item onl
 caller can take it. Raise :class:`mesh.errors.RpcError` for failures the caller should see
 with their own status; any other exception is answered ``INTERNAL`` and the actor is
 restarted.
+
+An engine whose work is mostly waiting on I/O (HTTP APIs, other services, NATS) derives
+from :class:`AsyncEngine` instead: one instance per node lives on the node's event loop,
+its methods are ``async def`` (async generators for server streams) and many calls run
+concurrently, each as a task, bounded by ``max_pending``. It reaches the node's NATS
+connection and configuration through :attr:`AsyncEngine.runtime`. It must never block the
+loop: CPU-heavy work belongs in an :class:`Engine`'s actors.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pluggy
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from mesh.errors import ConfigError
+from mesh.errors import ConfigError, Unavailable
+
+if TYPE_CHECKING:
+    from mesh.config import MeshConfig
+    from mesh.transport.connection import MeshConnection
 
 __all__ = [
+    "AsyncEngine",
     "Context",
     "Engine",
+    "EngineRuntime",
     "EngineSpec",
     "MethodBinding",
     "bind_methods",
     "hookimpl",
+    "is_async_engine",
     "method_attribute",
 ]
 
@@ -74,6 +89,10 @@ class Context:
     cancelled: threading.Event = field(default_factory=threading.Event)
     """Set when the caller went away (streams) or the deadline passed."""
 
+    def cancel(self) -> None:
+        """Mark the call cancelled (the caller went away or its deadline passed)."""
+        self.cancelled.set()
+
     def time_remaining(self) -> float:
         """Seconds until the deadline (negative when it has passed)."""
         return self.deadline - time.monotonic()
@@ -100,22 +119,66 @@ class Engine:
         """Called in the actor's thread when the actor stops or is replaced."""
 
 
+class EngineRuntime:
+    """What the node offers an :class:`AsyncEngine`: its identity, configuration and NATS."""
+
+    def __init__(self, node_id: str, config: MeshConfig,
+                 nc: MeshConnection | None = None) -> None:
+        self.node_id = node_id
+        self.config = config
+        self._nc = nc
+
+    @property
+    def nc(self) -> MeshConnection:
+        """The node's NATS connection (JetStream through ``nc.jetstream()``)."""
+        if self._nc is None:
+            raise Unavailable("this node has no NATS connection: the engine needs one")
+        return self._nc
+
+
+class AsyncEngine:
+    """Base class of engines that run on the node's event loop; one instance per node.
+
+    Methods are ``async def`` (async generators for server-streaming RPCs). ``start`` and
+    ``stop`` run on the loop too; :attr:`runtime` is set before ``start``.
+    """
+
+    services: ClassVar[Sequence[ServiceDescriptor]] = ()
+    runtime: EngineRuntime
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    async def start(self) -> None:
+        """Open what the engine needs (streams, clients); raise to fail the start."""
+
+    async def stop(self) -> None:
+        """Close what ``start`` opened; in-flight calls have finished or been cancelled."""
+
+
+def is_async_engine(spec: EngineSpec) -> bool:
+    return isinstance(spec.engine, type) and issubclass(spec.engine, AsyncEngine)
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """What a plugin declares from ``revo_engine``."""
 
     name: str
     """The engine's name; must equal the plugin's entry point name in ``revo.engines``."""
-    engine: Callable[[Any], Engine]
-    """An :class:`Engine` subclass, or any callable taking the settings and returning one."""
+    engine: Callable[[Any], Engine | AsyncEngine]
+    """An :class:`Engine` or :class:`AsyncEngine` subclass, or any callable taking the
+    settings and returning an :class:`Engine`."""
     services: Sequence[ServiceDescriptor] = ()
     """Defaults to ``engine.services``."""
     version: str = ""
     """Defaults to the version of the distribution that provides the plugin."""
     pool_size: int = 2
-    """Actors in the pool; ``[engines.<name>] pool_size`` overrides it."""
+    """Actors in the pool; ``[engines.<name>] pool_size`` overrides it (not used by an
+    :class:`AsyncEngine`)."""
     max_pending: int = 1024
-    """Calls that may wait for a free actor before callers get ``RESOURCE_EXHAUSTED``."""
+    """Calls that may wait for a free actor (for an :class:`AsyncEngine`: calls in
+    flight) before callers get ``RESOURCE_EXHAUSTED``."""
 
     def service_descriptors(self) -> tuple[ServiceDescriptor, ...]:
         found = self.services or getattr(self.engine, "services", ())
@@ -131,6 +194,8 @@ class MethodBinding:
     attribute: str
     request_type: type[Message]
     server_streaming: bool
+    is_async: bool = False
+    """Served on the node's loop by an :class:`AsyncEngine`."""
 
     @property
     def service(self) -> str:
@@ -145,6 +210,7 @@ def bind_methods(spec: EngineSpec) -> dict[str, MethodBinding]:
     if not services:
         raise ConfigError(f"engine '{spec.name}' declares no services: set Engine.services")
     engine_type = spec.engine if isinstance(spec.engine, type) else None
+    is_async = is_async_engine(spec)
     bindings: dict[str, MethodBinding] = {}
     for service in services:
         for method in service.methods:
@@ -155,6 +221,8 @@ def bind_methods(spec: EngineSpec) -> dict[str, MethodBinding]:
             if engine_type is not None and not callable(getattr(engine_type, attribute, None)):
                 raise ConfigError(f"engine '{spec.name}' lacks method '{attribute}' "
                                   f"for rpc {service.full_name}.{method.name}")
+            if is_async:
+                _check_async(spec.name, getattr(engine_type, attribute), method)
             path = f"/{service.full_name}/{method.name}"
             bindings[path] = MethodBinding(
                 path=path,
@@ -162,8 +230,19 @@ def bind_methods(spec: EngineSpec) -> dict[str, MethodBinding]:
                 attribute=attribute,
                 request_type=message_factory.GetMessageClass(method.input_type),
                 server_streaming=method.server_streaming,
+                is_async=is_async,
             )
     return bindings
+
+
+def _check_async(engine: str, function: Any, method: MethodDescriptor) -> None:
+    if method.server_streaming and not inspect.isasyncgenfunction(function):
+        raise ConfigError(f"engine '{engine}': {function.__name__} serves the server stream "
+                          f"{method.full_name}, so it must be an async generator "
+                          "(async def with yield)")
+    if not method.server_streaming and not inspect.iscoroutinefunction(function):
+        raise ConfigError(f"engine '{engine}': {function.__name__} must be 'async def' "
+                          "in an AsyncEngine")
 
 
 SettingsMap = Mapping[str, Any]

@@ -170,8 +170,7 @@ class Gateway:
         self._requester = Requester(self.nc, self.config.gateway.accept_timeout_s)
         await self._requester.start()
         if self.node is not None:
-            await self.node.start(serve_nats=False)
-            await self.node.serve_nats(self.nc)
+            await self.node.start(nc=self.nc)
         self._view = RegistryView(self.nc, self._on_registry, base_files=self._own_files)
         await self._view.start()
         limit = self.config.gateway.max_message_bytes

@@ -28,10 +28,11 @@ import mesh
 from mesh._gen.revo.mesh.v1 import mesh_pb2, registry_pb2
 from mesh.auth.identity import IdentitySeal
 from mesh.config import MeshConfig
-from mesh.engine import Context, MethodBinding
+from mesh.engine import Context, EngineRuntime, MethodBinding, is_async_engine
 from mesh.errors import Internal, InvalidArgument, ResourceExhausted, RpcError, Unimplemented
 from mesh.plugins.host import PluginHost, PluginRecord, PluginStatus
 from mesh.registry import RegistryWriter, file_set
+from mesh.runtime.loop_pool import LoopPool
 from mesh.runtime.pool import EnginePool, PoolState
 from mesh.transport import headers as h
 from mesh.transport import subjects
@@ -54,6 +55,10 @@ _POOL_STATUS = {
 # A call still running after this long is acknowledged with Revo-Accepted, so its caller can
 # tell a slow call from one lost with a dead node (see mesh.transport.rpc).
 ACCEPT_AFTER_S = 0.1
+
+
+Pool = EnginePool | LoopPool
+"""An engine's pool: actors (:class:`Engine`) or tasks on the loop (:class:`AsyncEngine`)."""
 
 
 def default_node_id() -> str:
@@ -103,8 +108,8 @@ class Node:
             extra=config.plugins.extra,
             settings={name: s.plugin_settings() for name, s in config.engines.items()},
         )
-        self.pools: dict[str, EnginePool] = {}
-        self.routes: dict[str, tuple[EnginePool, MethodBinding]] = {}
+        self.pools: dict[str, Pool] = {}
+        self.routes: dict[str, tuple[Pool, MethodBinding]] = {}
         self._seal = IdentitySeal.from_config(config) if config.auth.enabled else None
         """With auth on, calls over NATS must carry an identity sealed by a gateway."""
         self.nc: MeshConnection | None = None
@@ -121,20 +126,32 @@ class Node:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    async def start(self, *, serve_nats: bool = True) -> None:
-        """Load plugins, start their pools, and (unless told not to) serve them on NATS."""
+    async def start(self, *, nc: MeshConnection | None = None,
+                    serve_nats: bool = True) -> None:
+        """Connect to NATS (or use ``nc``), load plugins, start their pools, and (unless told
+        not to) serve them on NATS. Engines start after the connection, so an
+        :class:`~mesh.engine.AsyncEngine` may open streams in its ``start``."""
         loop = asyncio.get_running_loop()
+        if serve_nats or nc is not None:
+            self.nc = nc or await connect(self.config.nats, name=f"revo-node {self.id}")
         self.host.load()
         records = self.host.enabled()
-        pools = {}
+        runtime = EngineRuntime(self.id, self.config, self.nc)
+        pools: dict[str, Pool] = {}
         for record in records:
             assert record.spec is not None
             settings = self.config.engine(record.name)
+            max_pending = (settings.max_pending if settings.max_pending is not None
+                           else record.spec.max_pending)
+            if is_async_engine(record.spec):
+                pools[record.name] = LoopPool(
+                    record.spec, record.settings, runtime, loop=loop, max_pending=max_pending,
+                    start_timeout_s=self.config.node.start_timeout_s)
+                continue
             pools[record.name] = EnginePool(
                 record.spec, record.settings, loop=loop,
                 size=settings.pool_size or record.spec.pool_size,
-                max_pending=(settings.max_pending if settings.max_pending is not None
-                             else record.spec.max_pending),
+                max_pending=max_pending,
                 backoff_s=self.config.node.restart_backoff_s,
                 backoff_max_s=self.config.node.restart_backoff_max_s,
                 start_timeout_s=self.config.node.start_timeout_s,
@@ -159,11 +176,11 @@ class Node:
             log.info("engine %s started: %d actors, %d methods", name, pool.size,
                      len(record.methods))
         if serve_nats:
-            await self.serve_nats()
+            await self._serve_nats()
 
-    async def serve_nats(self, nc: MeshConnection | None = None) -> None:
-        """Connect (or use ``nc``), subscribe every hosted service and join the registry."""
-        self.nc = nc or await connect(self.config.nats, name=f"revo-node {self.id}")
+    async def _serve_nats(self) -> None:
+        """Subscribe every hosted service and join the registry."""
+        assert self.nc is not None
         services = sorted({binding.service for _, binding in self.routes.values()})
         for service in services:
             self._subs.append(await self.nc.subscribe_direct(
@@ -210,7 +227,7 @@ class Node:
 
     # -- calls (also the gateway's co-located fast path) ------------------------------
 
-    def route(self, path: str) -> tuple[EnginePool, MethodBinding]:
+    def route(self, path: str) -> tuple[Pool, MethodBinding]:
         found = self.routes.get(path)
         if found is None:
             raise Unimplemented(f"method {path} is not served by node {self.id}")
@@ -311,7 +328,7 @@ class Node:
                 with contextlib.suppress(Exception):
                     self._send(reply, headers=headers)
 
-    async def _serve_stream(self, reply: str, data: bytes, pool: EnginePool,
+    async def _serve_stream(self, reply: str, data: bytes, pool: Pool,
                             binding: MethodBinding, ctx: Context,
                             msg_headers: dict[str, str]) -> None:
         assert self.nc is not None

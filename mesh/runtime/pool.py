@@ -23,7 +23,7 @@ from typing import Any
 import pykka
 from google.protobuf.message import DecodeError, Message
 
-from mesh.engine import Context, Engine, EngineSpec, MethodBinding
+from mesh.engine import AsyncEngine, Context, Engine, EngineSpec, MethodBinding
 from mesh.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -36,7 +36,7 @@ from mesh.errors import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Call", "EnginePool", "PoolState", "StreamSink"]
+__all__ = ["Call", "EnginePool", "PoolState", "StreamSink", "decode_request", "encode_response"]
 
 
 class PoolState(enum.Enum):
@@ -90,7 +90,7 @@ class StreamSink:
         self._credit.release(count)
 
     def cancel(self) -> None:
-        self._ctx.cancelled.set()
+        self._ctx.cancel()
         self._credit.release()  # wake a producer waiting for credit
 
     async def messages(self) -> AsyncIterator[bytes]:
@@ -152,8 +152,11 @@ class EngineActor(pykka.ThreadingActor):
             self._drain()
             return None
         if isinstance(message, _Start):
-            self._engine = self._pool.spec.engine(self._pool.settings)
-            self._engine.start()
+            engine = self._pool.spec.engine(self._pool.settings)
+            if isinstance(engine, AsyncEngine):  # a factory's result: only known now
+                raise TypeError("an AsyncEngine must be declared as the EngineSpec's class")
+            self._engine = engine
+            engine.start()
             return True
         return None
 
@@ -187,18 +190,14 @@ class EngineActor(pykka.ThreadingActor):
         crashed = False
         binding = call.binding
         try:
-            try:
-                request = binding.request_type.FromString(call.payload)
-            except DecodeError as exc:
-                raise InvalidArgument(f"request is not a valid "
-                                      f"{binding.descriptor.input_type.full_name}: {exc}") from None
+            request = decode_request(binding, call.payload)
             assert self._engine is not None
             response = getattr(self._engine, binding.attribute)(request, call.ctx)
             if call.sink is not None:
                 for item in response:
-                    call.sink.put(self._encode(binding, item))
+                    call.sink.put(encode_response(binding, item))
             else:
-                result = self._encode(binding, response)
+                result = encode_response(binding, response)
         except RpcError as exc:
             error = exc
         except _StreamStopped:
@@ -212,13 +211,21 @@ class EngineActor(pykka.ThreadingActor):
                              f"{type(exc).__name__}: {exc}")
         return result, error, crashed
 
-    @staticmethod
-    def _encode(binding: MethodBinding, message: Message | Iterable[Message]) -> bytes:
-        expected = binding.descriptor.output_type
-        if not isinstance(message, Message) or message.DESCRIPTOR is not expected:
-            raise TypeError(f"{binding.attribute}() returned {type(message).__name__}, "
-                            f"expected {expected.full_name}")
-        return message.SerializeToString()
+
+def decode_request(binding: MethodBinding, payload: bytes) -> Message:
+    try:
+        return binding.request_type.FromString(payload)
+    except DecodeError as exc:
+        raise InvalidArgument(f"request is not a valid "
+                              f"{binding.descriptor.input_type.full_name}: {exc}") from None
+
+
+def encode_response(binding: MethodBinding, message: Message | Iterable[Message]) -> bytes:
+    expected = binding.descriptor.output_type
+    if not isinstance(message, Message) or message.DESCRIPTOR is not expected:
+        raise TypeError(f"{binding.attribute}() returned {type(message).__name__}, "
+                        f"expected {expected.full_name}")
+    return message.SerializeToString()
 
 
 @dataclass(eq=False)
@@ -361,7 +368,7 @@ class EnginePool:
         return await future
 
     def _expire(self, call: Call) -> None:
-        call.ctx.cancelled.set()  # lets a waiting engine give up early
+        call.ctx.cancel()  # lets a waiting engine give up early
         self._fail(call, DeadlineExceeded(
             f"{call.binding.path} did not finish before its deadline"))
 

@@ -1,0 +1,210 @@
+"""AsyncEngine calls as tasks on the loop: outcomes, streams with credit, deadlines,
+cancellation, capacity and failures. No sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from mesh.config import MeshConfig
+from mesh.engine import (
+    AsyncEngine,
+    Context,
+    EngineRuntime,
+    EngineSpec,
+    bind_methods,
+)
+from mesh.errors import (
+    Cancelled,
+    ConfigError,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from mesh.runtime.loop_pool import LoopPool
+from mesh.runtime.pool import PoolState
+from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+
+SERVICE = echo_pb2.DESCRIPTOR.services_by_name["EchoService"]
+ECHO, COUNT, STATS = (f"/revo.echo.v1.EchoService/{m}" for m in ("Echo", "Count", "Stats"))
+
+
+class AsyncEcho(AsyncEngine):
+    """Echo on the loop; records what happened for the assertions."""
+
+    services = (SERVICE,)
+    events: list[str]
+
+    async def start(self) -> None:
+        self.events = ["started"]
+        self.produced = 0
+
+    async def stop(self) -> None:
+        self.events.append("stopped")
+
+    async def echo(self, request: echo_pb2.EchoRequest, ctx: Context) -> echo_pb2.EchoResponse:
+        if request.payload == b"crash":
+            raise ValueError("boom")
+        if request.payload == b"bad":
+            raise InvalidArgument("bad payload")
+        await asyncio.sleep(request.delay_ms / 1000)
+        return echo_pb2.EchoResponse(payload=request.payload, node_id=self.runtime.node_id)
+
+    async def count(self, request: echo_pb2.CountRequest,
+                    ctx: Context) -> AsyncIterator[echo_pb2.CountResponse]:
+        try:
+            for index in range(request.count):
+                self.produced += 1
+                yield echo_pb2.CountResponse(index=index)
+                await asyncio.sleep(request.interval_ms / 1000)
+        finally:
+            self.events.append("stream closed")
+
+    async def stats(self, request: echo_pb2.StatsRequest,
+                    ctx: Context) -> echo_pb2.StatsResponse:
+        return echo_pb2.StatsRequest()  # type: ignore[return-value]  # the wrong type
+
+
+SPEC = EngineSpec(name="async-echo", engine=AsyncEcho)
+METHODS = bind_methods(SPEC)
+
+
+def context(path: str, timeout: float = 5.0) -> Context:
+    return Context(method=path, request_id="t", deadline=time.monotonic() + timeout)
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[LoopPool]:
+    runtime = EngineRuntime("node-1", MeshConfig())
+    started = LoopPool(SPEC, None, runtime, loop=asyncio.get_running_loop(), max_pending=4)
+    await started.start()
+    yield started
+    await started.stop(timeout=5.0)
+
+
+def engine(pool: LoopPool) -> AsyncEcho:
+    assert isinstance(pool.engine, AsyncEcho)
+    return pool.engine
+
+
+async def echo(pool: LoopPool, payload: bytes, delay_ms: int = 0, timeout: float = 5.0) -> bytes:
+    request = echo_pb2.EchoRequest(payload=payload, delay_ms=delay_ms)
+    data = await pool.call(METHODS[ECHO], request.SerializeToString(), context(ECHO, timeout))
+    return data
+
+
+async def test_unary_calls_run_concurrently_on_the_loop(pool: LoopPool) -> None:
+    assert pool.state is PoolState.RUNNING
+    assert pool.alive == 1
+    replies = await asyncio.gather(*(echo(pool, b"%d" % i, delay_ms=200) for i in range(4)))
+    decoded = [echo_pb2.EchoResponse.FromString(r) for r in replies]
+    assert [r.payload for r in decoded] == [b"0", b"1", b"2", b"3"]
+    assert {r.node_id for r in decoded} == {"node-1"}  # the runtime reached the engine
+    assert pool.stats.served == 4
+
+
+async def test_errors_keep_their_status_and_failures_are_internal(pool: LoopPool) -> None:
+    with pytest.raises(InvalidArgument, match="bad payload"):
+        await echo(pool, b"bad")
+    with pytest.raises(Internal, match="ValueError: boom"):
+        await echo(pool, b"crash")
+    with pytest.raises(Internal, match=r"expected revo\.echo\.v1\.StatsResponse"):
+        await pool.call(METHODS[STATS], b"", context(STATS))
+    with pytest.raises(InvalidArgument, match=r"not a valid revo\.echo\.v1\.EchoRequest"):
+        await pool.call(METHODS[ECHO], b"\xff\xff", context(ECHO))
+    assert pool.stats.crashed == 2
+    assert pool.state is PoolState.RUNNING
+    assert await echo(pool, b"still here")
+
+
+async def test_a_call_past_its_deadline_is_cancelled(pool: LoopPool) -> None:
+    with pytest.raises(DeadlineExceeded):
+        await echo(pool, b"slow", delay_ms=5000, timeout=0.1)
+    await asyncio.sleep(0.01)  # the task's own end, just after its caller heard
+    assert pool.pending == 0  # the task was cancelled, not left running
+
+
+async def test_calls_beyond_max_pending_are_refused(pool: LoopPool) -> None:
+    running = [asyncio.ensure_future(echo(pool, b"x", delay_ms=300)) for _ in range(4)]
+    await asyncio.sleep(0)
+    with pytest.raises(ResourceExhausted, match="at capacity"):
+        await echo(pool, b"one too many")
+    await asyncio.gather(*running)
+
+
+async def test_a_stream_produces_only_what_its_consumer_grants(pool: LoopPool) -> None:
+    request = echo_pb2.CountRequest(count=100).SerializeToString()
+    stream = pool.stream(METHODS[COUNT], request, context(COUNT), window=3)
+    received = []
+    async for item in stream.messages():
+        received.append(echo_pb2.CountResponse.FromString(item).index)
+        if len(received) == 5:
+            break
+        await asyncio.sleep(0.01)
+        assert engine(pool).produced <= len(received) + 3
+        stream.grant(1)
+    stream.cancel()
+    await asyncio.sleep(0.05)
+    assert received == [0, 1, 2, 3, 4]
+    assert "stream closed" in engine(pool).events  # the generator was closed
+
+
+async def test_cancelling_a_stream_closes_the_generator_and_says_so(pool: LoopPool) -> None:
+    request = echo_pb2.CountRequest(count=1000, interval_ms=50).SerializeToString()
+    ctx = context(COUNT)
+    stream = pool.stream(METHODS[COUNT], request, ctx, window=1000)
+    messages = stream.messages()
+    await anext(messages)
+    stream.cancel()
+    with pytest.raises(Cancelled):
+        async for _ in messages:
+            pass
+    assert ctx.cancelled.is_set()
+    assert "stream closed" in engine(pool).events
+
+
+async def test_a_stream_past_its_deadline_ends_deadline_exceeded(pool: LoopPool) -> None:
+    request = echo_pb2.CountRequest(count=1000, interval_ms=50).SerializeToString()
+    stream = pool.stream(METHODS[COUNT], request, context(COUNT, timeout=0.2), window=1000)
+    with pytest.raises(DeadlineExceeded):
+        async for _ in stream.messages():
+            pass
+
+
+async def test_stop_cancels_calls_in_flight_then_stops_the_engine(pool: LoopPool) -> None:
+    events = engine(pool).events
+    running = asyncio.ensure_future(echo(pool, b"x", delay_ms=5000))
+    await asyncio.sleep(0.05)
+    await pool.stop(timeout=5.0)
+    with pytest.raises(Unavailable, match="stopped during the call"):
+        await running
+    assert events[-1] == "stopped"
+    with pytest.raises(Unavailable, match="stopping"):
+        await echo(pool, b"late")
+
+
+def test_an_async_engine_needs_async_methods() -> None:
+    class Blocking(AsyncEcho):
+        def echo(self, request: Any, ctx: Context) -> Any:  # type: ignore[override]
+            return request
+
+    with pytest.raises(ConfigError, match="must be 'async def'"):
+        bind_methods(EngineSpec(name="blocking", engine=Blocking))
+
+    class NotAGenerator(AsyncEcho):
+        async def count(self, request: Any, ctx: Context) -> Any:  # type: ignore[override]
+            return []
+
+    with pytest.raises(ConfigError, match="async generator"):
+        bind_methods(EngineSpec(name="plain", engine=NotAGenerator))
+
+
+def test_the_runtime_says_when_there_is_no_nats() -> None:
+    with pytest.raises(Unavailable, match="no NATS connection"):
+        _ = EngineRuntime("n", MeshConfig()).nc
