@@ -34,6 +34,7 @@ import hashlib
 import itertools
 import json
 import re
+import select
 import socket
 import sys
 import threading
@@ -97,7 +98,9 @@ def status(code: int, body: Any = None, retry_after: float | None = None) -> Beh
 
 
 def hang(seconds: float, text: str = DEFAULT_TEXT) -> Behaviour:
-    """Wait ``seconds`` (at most 30, cut short by :meth:`FakeLLMServer.stop`), then answer."""
+    """Wait ``seconds`` (at most 30, cut short by :meth:`FakeLLMServer.stop`), then answer.
+
+    A client that hangs up meanwhile is counted in :attr:`FakeLLMServer.hung_up`."""
     return Behaviour("hang", text=text, seconds=min(seconds, MAX_HANG_S))
 
 
@@ -177,6 +180,7 @@ class FakeLLMServer:
         self._stopping = threading.Event()
         self._ids = itertools.count(1)
         self._connections: set[socket.socket] = set()
+        self._hangups = 0
         self._httpd: _QuietHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -264,6 +268,16 @@ class FakeLLMServer:
     def _next_behaviour(self) -> Behaviour:
         with self._lock:
             return self._script.popleft() if self._script else self.default
+
+    @property
+    def hung_up(self) -> int:
+        """Requests whose client closed the connection while a :func:`hang` held them."""
+        with self._lock:
+            return self._hangups
+
+    def _hung_up(self) -> None:
+        with self._lock:
+            self._hangups += 1
 
     def _track(self, conn: socket.socket, open_: bool) -> None:
         with self._lock:
@@ -372,9 +386,20 @@ class _FakeLLMHandler(BaseHTTPRequestHandler):
         if behaviour.kind == "status":
             self._send_error(api, behaviour.status_code, behaviour.body, behaviour.retry_after)
             return
-        if behaviour.kind == "hang" and self.fake._stopping.wait(behaviour.seconds):
-            raise _DropConnection
+        if behaviour.kind == "hang":
+            self._hang(behaviour.seconds)
         reply(body, behaviour)
+
+    def _hang(self, seconds: float) -> None:
+        """Wait, unless the server stops or the client hangs up (counted in ``hung_up``)."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self.fake._stopping.wait(min(remaining, 0.05)):
+                raise _DropConnection
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                self.fake._hung_up()
+                raise _DropConnection
 
     # responses
 

@@ -94,6 +94,8 @@ def cost_usd(model: CatalogModel, usage: ProviderUsage) -> float:
 class _Health:
     failures: int = 0
     cool_until: float = 0.0
+    ready: bool = True
+    """False while a local model's server says it is not ready."""
 
 
 class Router:
@@ -160,6 +162,13 @@ class Router:
             else:
                 fitting.append(model)
         if not fitting:
+            largest = max((m.context_window for m in models
+                           if m.local or not request.force_local), default=0)
+            if prompt >= largest:
+                raise InvalidArgument(
+                    f"the prompt is about {prompt} tokens, more than the largest context "
+                    f"window of the models that could take it ({largest} tokens); "
+                    "shorten it")
             raise FailedPrecondition("no model can take this request: " + "; ".join(reasons))
         return fitting
 
@@ -168,7 +177,8 @@ class Router:
         return cost_usd(model, ProviderUsage(prompt, completion))
 
     def _cooling(self, model: CatalogModel, now: float) -> bool:
-        return self._health[model.name].cool_until > now
+        health = self._health[model.name]
+        return not health.ready or health.cool_until > now
 
     def _failed(self, model: CatalogModel) -> None:
         health = self._health[model.name]
@@ -179,7 +189,15 @@ class Router:
                         self.settings.cooldown_s, health.failures)
 
     def _succeeded(self, model: CatalogModel) -> None:
-        self._health[model.name] = _Health()
+        self._health[model.name] = _Health(ready=self._health[model.name].ready)
+
+    def set_ready(self, name: str, ready: bool) -> None:
+        """Record a local model's readiness (from its server's health check)."""
+        health = self._health[name]
+        if health.ready != ready:
+            log.log(logging.INFO if ready else logging.WARNING, "model %s is %s", name,
+                    "ready" if ready else "not ready; it is skipped until it is")
+        health.ready = ready
 
     def healthy(self, name: str) -> bool:
         return not self._cooling(self.catalog[name], time.monotonic())

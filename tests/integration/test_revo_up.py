@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
+from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.embedded.nats_server import free_port
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
 
@@ -53,7 +54,7 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
                REVO_NATS__PORT=str(free_port()),
                REVO_NATS__MONITOR_PORT=str(free_port()),
                REVO_GATEWAY__ADDRESS=gateway,
-               REVO_PLUGINS__ONLY="echo",
+               REVO_PLUGINS__ONLY="echo,models",
                REVO_ADMIN_PASSWORD="first-admin-password",
                REVO_MODELS__TRITON_REPOSITORY=str(TRITON_MODELS))
     up = subprocess.Popen([sys.executable, "-m", "mesh", "up"], env=env, cwd=tmp_path,
@@ -87,6 +88,17 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
                 metadata=(("authorization", f"Bearer {tokens.access_token}"),))
         assert reply.payload == b"up"
         assert (reply.caller, reply.role) == ("admin", "admin")
+        # ModelService embeds on revo up's Triton
+        with grpc.insecure_channel(gateway) as channel:
+            models = models_pb2_grpc.ModelServiceStub(channel)
+            signed_in = (("authorization", f"Bearer {tokens.access_token}"),)
+            listed = models.ListModels(models_pb2.ListModelsRequest(), timeout=10,
+                                       metadata=signed_in)
+            embedded = models.Embed(models_pb2.EmbedRequest(texts=["one", "two"]),
+                                    timeout=30, metadata=signed_in)
+        assert [(m.name, m.healthy, m.embeds) for m in listed.models] == [
+            ("embedder", True, True)]
+        assert [len(e.values) for e in embedded.embeddings] == [384, 384]
 
         status = _revo("status", env=env, cwd=tmp_path)
         assert status.returncode == 0, status.stdout + status.stderr

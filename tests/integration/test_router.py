@@ -208,8 +208,16 @@ async def test_bad_input_is_invalid_argument(make_router: Any, request_: Request
 async def test_a_prompt_over_every_context_window_is_refused(make_router: Any) -> None:
     router = await make_router()
     huge = [Turn("user", "word " * 40_000)]
-    with pytest.raises(FailedPrecondition, match="context window"):
+    with pytest.raises(InvalidArgument, match="largest context window"):
         await _run(router, Request(huge))
+
+
+async def test_a_completion_cap_over_the_context_window_is_a_precondition(
+        make_router: Any) -> None:
+    router = await make_router()
+    with pytest.raises(FailedPrecondition, match="exceed its context window"):
+        await _run(router, Request(PROMPT, model="local", no_fallback=True,
+                                   max_tokens=5000))
 
 
 async def test_all_models_failing_is_unavailable(make_router: Any,

@@ -84,7 +84,9 @@ class Sampling(_message.Message):
     top_p: _builtins.float
     """0 (off) to 1."""
     max_tokens: _builtins.int
-    """Upper bound on completion tokens; 0 uses the model's default."""
+    """Upper bound on completion tokens; 0 uses the model's default. Negative is
+    INVALID_ARGUMENT.
+    """
     seed: _builtins.int
     """Fixed for reproducible sampling where the model supports it."""
     @_builtins.property

@@ -1,0 +1,233 @@
+"""Engine ``models``: ``revo.models.v1.ModelService`` on the mesh, through the router.
+
+An :class:`~mesh.engine.AsyncEngine` (its work is waiting on Triton and cloud APIs), so
+one router per node serves every call concurrently from the node's event loop: cooldowns
+and local readiness are shared by all calls on the node, while budgets and the ledger live
+in JetStream and are shared by every node. Configured by ``[models]`` in ``revo.toml``
+(:class:`~mesh.config.ModelSettings`), not by ``[engines.models]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from mesh._gen.revo.models.v1 import models_pb2 as pb
+from mesh.auth.roles import MANAGE, grants
+from mesh.config import CatalogModel, ModelSettings
+from mesh.engine import AsyncEngine, Context, EngineSpec, hookimpl
+from mesh.errors import ConfigError, FailedPrecondition, InvalidArgument, PermissionDenied
+from mesh.models.advice import recommend
+from mesh.models.budget import Budgets
+from mesh.models.ledger import Ledger, summarize
+from mesh.models.providers import Provider, Turn
+from mesh.models.router import Outcome, Request, Router
+
+__all__ = ["ModelEngine", "build_providers"]
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_S = 5.0
+"""How often local models' readiness is asked of Triton."""
+EMBEDDER = "embedder"
+"""The Triton embedding model's name (``triton_models/embedder``)."""
+_EMBEDDER_CONTEXT = 256  # all-MiniLM-L6-v2's max_seq_length
+_DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
+def build_providers(settings: ModelSettings) -> dict[str, Provider]:
+    """One provider per catalog model, by its name; raises ConfigError naming the fix."""
+    from mesh.models.providers import AnthropicProvider, OpenAIProvider, read_key
+
+    providers: dict[str, Provider] = {}
+    for model in settings.catalog:
+        env = model.api_key_env or _DEFAULT_KEY_ENV.get(model.provider, "")
+        key = read_key(env, model.api_key_file) if env or model.api_key_file else ""
+        if model.provider == "triton":
+            provider = _triton_provider(settings, model)
+            if provider is not None:
+                providers[model.name] = provider
+        elif model.provider == "anthropic":
+            providers[model.name] = AnthropicProvider("anthropic", key, model.base_url or None)
+        elif model.provider == "openai":
+            providers[model.name] = OpenAIProvider("openai", key, model.base_url or None)
+        else:
+            if not model.base_url:
+                raise ConfigError(f"models.catalog '{model.name}': an openai_compatible "
+                                  "model needs base_url")
+            providers[model.name] = OpenAIProvider(model.name, key, model.base_url)
+    return providers
+
+
+def _triton_provider(settings: ModelSettings, model: CatalogModel) -> Provider | None:
+    if not settings.triton_url:
+        log.warning("models.catalog '%s' is served by Triton, but models.triton_url is not "
+                    "set (revo up sets it): the model is skipped", model.name)
+        return None
+    from mesh.models.local import TritonGenerator
+
+    # the router asks for model.upstream or model.name: readiness is checked on the same
+    return TritonGenerator(settings.triton_url, model=model.upstream or model.name)
+
+
+def _request(message: pb.GenerateRequest) -> Request:
+    sampling, policy = message.sampling, message.policy
+    if not 0.0 <= sampling.temperature <= 2.0:
+        raise InvalidArgument(f"sampling.temperature must be between 0 and 2, got "
+                              f"{sampling.temperature:g}")
+    if not 0.0 <= sampling.top_p <= 1.0:
+        raise InvalidArgument(f"sampling.top_p must be between 0 and 1, got "
+                              f"{sampling.top_p:g}")
+    if policy.cost_limit_usd < 0:
+        raise InvalidArgument(f"policy.cost_limit_usd must be 0 (no limit) or more, got "
+                              f"{policy.cost_limit_usd:g}")
+    return Request(
+        turns=[Turn(m.role, m.content) for m in message.messages],
+        max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+        top_p=sampling.top_p, stop=tuple(sampling.stop), force_local=policy.force_local,
+        model=policy.model, cost_limit_usd=policy.cost_limit_usd,
+        no_fallback=policy.no_fallback)
+
+
+def _done(outcome: Outcome) -> pb.Done:
+    usage = outcome.usage
+    return pb.Done(
+        model=outcome.model, provider=outcome.provider,
+        usage=pb.Usage(prompt_tokens=usage.prompt_tokens,
+                       completion_tokens=usage.completion_tokens,
+                       cached_tokens=usage.cached_tokens),
+        cost_usd=outcome.cost_usd, savings_usd=outcome.savings_usd,
+        latency_ms=outcome.latency_ms, finish_reason=outcome.finish_reason,
+        switches=[pb.Switch(from_model=s.from_model, to_model=s.to_model, reason=s.reason,
+                            tokens_before=s.tokens_before) for s in outcome.switches])
+
+
+class ModelEngine(AsyncEngine):
+    services = (pb.DESCRIPTOR.services_by_name["ModelService"],)
+
+    async def start(self) -> None:
+        settings = self.models = self.runtime.config.models
+        nc = self.runtime.nc
+        self.budgets = Budgets(nc, settings)
+        self.ledger = Ledger(nc)
+        await asyncio.gather(self.budgets.start(), self.ledger.start())
+        self.providers = build_providers(settings)
+        self.router = Router(settings, self.providers, self.budgets, self.ledger)
+        self.embedder: Any = None
+        if settings.triton_url:
+            from mesh.models.local import TritonEmbedder
+
+            self.embedder = TritonEmbedder(settings.triton_url, EMBEDDER, settings.timeout_s)
+        self._local = {m.name for m in settings.catalog if m.local and m.name in self.providers}
+        for name in {m.name for m in settings.catalog if m.local} - self._local:
+            self.router.set_ready(name, False)
+        self._watch = (asyncio.get_running_loop().create_task(self._watch_health())
+                       if self._local else None)
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        for closable in [self.embedder, *self.providers.values()]:
+            close = getattr(closable, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+
+    async def _ready(self, name: str) -> bool:
+        ready = getattr(self.providers[name], "ready", None)
+        return bool(await ready()) if ready is not None else True
+
+    async def _watch_health(self) -> None:
+        while True:
+            for name in sorted(self._local):
+                self.router.set_ready(name, await self._ready(name))
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+
+    # -- ModelService -----------------------------------------------------------------
+
+    async def generate(self, request: pb.GenerateRequest,
+                       ctx: Context) -> AsyncIterator[pb.GenerateResponse]:
+        outcome = Outcome()
+        async for delta in self.router.generate(ctx.caller, _request(request), outcome):
+            yield pb.GenerateResponse(delta=delta)
+        yield pb.GenerateResponse(done=_done(outcome))
+
+    async def embed(self, request: pb.EmbedRequest, ctx: Context) -> pb.EmbedResponse:
+        if request.model not in ("", EMBEDDER):
+            raise InvalidArgument(f"unknown embedding model {request.model[:80]!r}; "
+                                  f"models: {EMBEDDER}")
+        if self.embedder is None:
+            raise FailedPrecondition("no embedding model: set models.triton_url to a Triton "
+                                     "serving 'embedder' (revo up does this)")
+        vectors = await self.embedder.embed(list(request.texts))
+        return pb.EmbedResponse(embeddings=[pb.Embedding(values=v) for v in vectors],
+                                model=EMBEDDER)
+
+    async def list_models(self, request: pb.ListModelsRequest,
+                          ctx: Context) -> pb.ListModelsResponse:
+        models = []
+        for model in sorted(self.router.catalog.values(), key=lambda m: (m.priority, m.name)):
+            models.append(pb.Model(
+                name=model.name, provider=model.provider,
+                tier=pb.TIER_LOCAL if model.local else pb.TIER_CLOUD,
+                healthy=self.router.healthy(model.name),
+                input_usd_per_million=model.input_usd_per_million,
+                output_usd_per_million=model.output_usd_per_million,
+                context_window=model.context_window, priority=model.priority,
+                generates=True))
+        if self.embedder is not None:
+            models.append(pb.Model(name=EMBEDDER, provider="triton", tier=pb.TIER_LOCAL,
+                                   healthy=await self.embedder.ready(),
+                                   context_window=_EMBEDDER_CONTEXT, embeds=True))
+        return pb.ListModelsResponse(models=models)
+
+    def _whose(self, asked: str, ctx: Context) -> str:
+        """The ledger user a caller may read: themself, or anyone with ``manage``."""
+        user = asked or ctx.caller
+        if user != ctx.caller and self.runtime.config.auth.enabled \
+                and not grants(ctx.role, MANAGE):
+            raise PermissionDenied(f"reading the usage of {user!r} needs the manage "
+                                   f"permission; role {ctx.role!r} lacks it")
+        return user
+
+    async def get_usage(self, request: pb.GetUsageRequest,
+                        ctx: Context) -> pb.GetUsageResponse:
+        period = request.period or "month"
+        if period not in ("day", "month"):
+            raise InvalidArgument(f"period must be 'day' or 'month', got {period[:20]!r}")
+        user = self._whose(request.user, ctx)
+        since = request.since.ToSeconds() if request.HasField("since") else 0.0
+        entries = await self.ledger.entries(user, since)
+        rows = summarize(entries, period)
+        completion = sum(e.completion_tokens for e in entries)
+        local = sum(e.completion_tokens for e in entries if e.local)
+        return pb.GetUsageResponse(
+            rows=[pb.UsageRow(user=r.user, model=r.model, period=r.period,
+                              requests=r.requests,
+                              usage=pb.Usage(prompt_tokens=r.prompt_tokens,
+                                             completion_tokens=r.completion_tokens,
+                                             cached_tokens=r.cached_tokens),
+                              cost_usd=r.cost_usd, savings_usd=r.savings_usd) for r in rows],
+            total_cost_usd=sum(r.cost_usd for r in rows),
+            total_savings_usd=sum(r.savings_usd for r in rows),
+            local_share=local / completion if completion else 0.0)
+
+    async def recommend(self, request: pb.RecommendRequest,
+                        ctx: Context) -> pb.RecommendResponse:
+        user = self._whose(request.user, ctx)
+        advice = recommend(await self.ledger.entries(user), self.models.catalog, time.time())
+        return pb.RecommendResponse(recommendations=[
+            pb.Recommendation(summary=r.summary, from_model=r.from_model, to_model=r.to_model,
+                              monthly_savings_usd=r.monthly_savings_usd,
+                              traffic_share=r.traffic_share) for r in advice])
+
+
+@hookimpl
+def revo_engine() -> EngineSpec:
+    return EngineSpec(name="models", engine=ModelEngine)
