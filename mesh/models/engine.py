@@ -90,7 +90,8 @@ def _request(message: pb.GenerateRequest) -> Request:
         max_tokens=sampling.max_tokens, temperature=sampling.temperature,
         top_p=sampling.top_p, stop=tuple(sampling.stop), force_local=policy.force_local,
         model=policy.model, cost_limit_usd=policy.cost_limit_usd,
-        no_fallback=policy.no_fallback)
+        no_fallback=policy.no_fallback,
+        seed=sampling.seed if sampling.HasField("seed") else None)
 
 
 def _done(outcome: Outcome) -> pb.Done:

@@ -75,7 +75,10 @@ class Provider(Protocol):
 
     def stream(self, model: str, turns: Sequence[Turn], *, max_tokens: int,
                temperature: float, top_p: float, stop: Sequence[str],
-               timeout_s: float) -> AsyncIterator[Chunk]: ...
+               timeout_s: float, seed: int | None = None) -> AsyncIterator[Chunk]:
+        """Text deltas, then one chunk with the provider's usage and finish reason.
+        ``seed`` makes sampling repeatable where the provider supports it."""
+        ...
 
 
 def read_key(env_name: str, file: Path | None = None) -> str:
@@ -126,10 +129,12 @@ class OpenAIProvider:
 
     async def stream(self, model: str, turns: Sequence[Turn], *, max_tokens: int,
                      temperature: float, top_p: float, stop: Sequence[str],
-                     timeout_s: float) -> AsyncIterator[Chunk]:
+                     timeout_s: float, seed: int | None = None) -> AsyncIterator[Chunk]:
         options: dict[str, Any] = {"temperature": temperature}
         if max_tokens:
             options["max_tokens"] = max_tokens
+        if seed is not None:
+            options["seed"] = seed
         if top_p:
             options["top_p"] = top_p
         if stop:
@@ -170,7 +175,8 @@ class AnthropicProvider:
 
     async def stream(self, model: str, turns: Sequence[Turn], *, max_tokens: int,
                      temperature: float, top_p: float, stop: Sequence[str],
-                     timeout_s: float) -> AsyncIterator[Chunk]:
+                     timeout_s: float, seed: int | None = None) -> AsyncIterator[Chunk]:
+        # Anthropic's API has no seed: sampling with temperature > 0 is not repeatable
         system = "\n\n".join(t.content for t in turns if t.role == "system")
         messages = [{"role": t.role, "content": t.content} for t in turns
                     if t.role != "system"]

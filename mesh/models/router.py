@@ -58,6 +58,7 @@ class Request:
     model: str = ""
     cost_limit_usd: float = 0.0
     no_fallback: bool = False
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,8 @@ class Router:
             raise ProviderError("connection", f"no provider configured for {model.name}")
         stream = provider.stream(model.upstream or model.name, turns, max_tokens=completion,
                                  temperature=request.temperature, top_p=request.top_p,
-                                 stop=request.stop, timeout_s=self.settings.timeout_s)
+                                 stop=request.stop, timeout_s=self.settings.timeout_s,
+                                 seed=request.seed)
         try:
             async for chunk in stream:
                 yield chunk

@@ -95,8 +95,11 @@ async def test_generate_streams_deltas_then_an_exact_account(start: Any,
     mesh = await start()
     _, stub, metadata = await _client(mesh)
     fake.script(answer("two three five"))
-    deltas, done = await _generate(stub, _ask(model="cheap"), metadata)
+    request = _ask(model="cheap")
+    request.sampling.seed = 7
+    deltas, done = await _generate(stub, request, metadata)
     assert deltas == split_tokens("two three five")
+    assert fake.requests[0].body["seed"] == 7  # sampling reaches the provider
     prompt_words = len(PROMPT.split())
     assert (done.model, done.provider, done.finish_reason) == ("cheap", "openai", "stop")
     assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (prompt_words, 3)
