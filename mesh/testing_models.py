@@ -11,12 +11,14 @@
 
 The weights are random (seeded), so the text is noise; what the checkpoint is good for is
 exercising real tokenization, real forward passes, streaming, stop sequences and token counts.
-The tokenizer is a byte-level BPE trained on a few lines of built-in text, so every string
-encodes, and nothing is downloaded. Needs the ``models`` extra (torch, transformers).
+The tokenizer is a byte-level BPE trained on a few lines of built-in text (``1b``: plus
+made-up words, to fill a 32000-token vocabulary), so every string encodes, and nothing is
+downloaded. Needs the ``models`` extra (torch, transformers).
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +54,21 @@ _SIZES: dict[str, tuple[int, int, int, int, int, int]] = {
 }
 
 
+def _corpus(vocab_size: int) -> list[str]:
+    """Training text: the built-in lines, plus (for a realistic vocabulary) lines of made-up
+    words with Zipf frequencies, so that BPE finds enough merges to fill ``vocab_size``."""
+    lines = _TEXT * 4
+    if vocab_size > 1000:
+        rng = random.Random(0)
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        lexicon = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 10)))
+                   for _ in range(2 * vocab_size)]
+        words = rng.choices(lexicon, weights=[1 / (i + 1) for i in range(len(lexicon))],
+                            k=20 * vocab_size)
+        lines += [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)]
+    return lines
+
+
 def _tokenizer(vocab_size: int) -> object:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -62,7 +79,7 @@ def _tokenizer(vocab_size: int) -> object:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[EOS_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(_TEXT * 4, trainer=trainer)
+    tokenizer.train_from_iterator(_corpus(vocab_size), trainer=trainer)
     fast: object = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
         chat_template=CHAT_TEMPLATE)
