@@ -61,6 +61,16 @@ def _parameter(config: dict[str, Any], key: str) -> str:
     return str(value.get("string_value", "")) if isinstance(value, dict) else ""
 
 
+def _dtype(dtype: Any) -> dict[str, Any]:
+    """``from_pretrained``'s dtype argument: ``dtype`` since transformers 4.56, earlier
+    ``torch_dtype`` (production images may carry an older transformers)."""
+    import transformers
+    from packaging.version import Version
+
+    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return {key: dtype}
+
+
 def _text(value: str) -> Any:
     return np.array([value.encode("utf-8")], dtype=np.object_)
 
@@ -97,7 +107,7 @@ class TritonPythonModel:
             self.device, dtype = torch.device("cpu"), torch.float32
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-            self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
+            self.model = AutoModelForCausalLM.from_pretrained(checkpoint, **_dtype(dtype))
         except Exception as error:  # what transformers raises varies with what is broken
             raise pb_utils.TritonModelException(
                 f"checkpoint {checkpoint} did not load as a causal language model with its "
