@@ -9,7 +9,8 @@ delta (``text_output``), then a final response (flag ``COMPLETE_FINAL``) with
 The checkpoint directory comes from the model config parameter ``checkpoint`` (set by a
 load-time config override, see ``mesh.embedded.triton``), else ``GENERATOR_CHECKPOINT``.
 Each request runs in its own thread (``execute`` returns at once), so concurrent streams
-progress together; a request the client cancels stops before its next token.
+progress together, at most ``max_concurrent`` (a config parameter, default 4) generating at
+once while the others wait; a request the client cancels stops before its next token.
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ class TritonPythonModel:
         self.context_window = getattr(self.model.config, "max_position_embeddings", None)
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
+        # streams generating at once (each holds its own KV cache); the rest wait their turn
+        self._running = threading.BoundedSemaphore(
+            max(1, int(_parameter(config, "max_concurrent") or 4)))
         self._stopping = threading.Event()
         pb_utils.Logger.log_info(
             f"generator: {checkpoint} on {self.device} ({dtype}), "
@@ -132,7 +136,16 @@ class TritonPythonModel:
     def _serve(self, request: Any) -> None:
         sender = request.get_response_sender()
         try:
-            self._stream(request, sender)
+            while not self._running.acquire(timeout=0.1):
+                if self._stopping.is_set() or request.is_cancelled():
+                    sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                        "cancelled", pb_utils.TritonError.CANCELLED)),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    return
+            try:
+                self._stream(request, sender)
+            finally:
+                self._running.release()
         except BadRequest as error:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
                 INVALID + str(error), pb_utils.TritonError.INVALID_ARG)),
