@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from mesh.models.ledger import Ledger, summarize
 from mesh.models.providers import Provider, Turn
 from mesh.models.router import Outcome, Request, Router
 
-__all__ = ["ModelEngine", "build_providers"]
+__all__ = ["ModelEngine", "build_providers", "with_local_generator"]
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,26 @@ HEALTH_INTERVAL_S = 5.0
 """How often local models' readiness is asked of Triton."""
 EMBEDDER = "embedder"
 """The Triton embedding model's name (``triton_models/embedder``)."""
+GENERATOR = "generator"
+"""The Triton generation model's name (``triton_models/generator``)."""
 _EMBEDDER_CONTEXT = 256  # all-MiniLM-L6-v2's max_seq_length
 _DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
+def with_local_generator(settings: ModelSettings) -> ModelSettings:
+    """``settings``, plus a catalog entry ``local`` for Triton's ``generator`` when a
+    checkpoint is configured and no catalog entry is served by Triton already."""
+    checkpoint = settings.generator_checkpoint
+    if checkpoint is None or any(m.local for m in settings.catalog):
+        return settings
+    window = 2048
+    with contextlib.suppress(OSError, ValueError, TypeError):  # another machine's path
+        config = json.loads((checkpoint / "config.json").read_text())
+        window = int(config.get("max_position_embeddings") or window)
+    local = CatalogModel(name="local", provider="triton", upstream=GENERATOR,
+                         context_window=window, max_output_tokens=min(1024, window // 2),
+                         priority=min((m.priority for m in settings.catalog), default=0) - 1)
+    return settings.model_copy(update={"catalog": [local, *settings.catalog]})
 
 
 def build_providers(settings: ModelSettings) -> dict[str, Provider]:
@@ -111,7 +130,7 @@ class ModelEngine(AsyncEngine):
     services = (pb.DESCRIPTOR.services_by_name["ModelService"],)
 
     async def start(self) -> None:
-        settings = self.models = self.runtime.config.models
+        settings = self.models = with_local_generator(self.runtime.config.models)
         nc = self.runtime.nc
         self.budgets = Budgets(nc, settings)
         self.ledger = Ledger(nc)
