@@ -25,6 +25,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "embedder": ("benchmarks.embedder",
                  "Triton embedder with and without dynamic batching at concurrency 32, and "
                  "in-process sentence-transformers (sentences/s)"),
+    "router_overhead": ("benchmarks.router_overhead",
+                        "Streamed completions through the mesh's model router and LiteLLM's "
+                        "Router vs the OpenAI SDK direct (added p50 ms at c=1 and 8)"),
 }
 
 
