@@ -139,13 +139,7 @@ def serve_upstream() -> int:
     """Serve :data:`REPLY` on a loopback port until SIGTERM; prints the base URL first."""
     from mesh.testing_llm import FakeLLMServer, answer
 
-    server = FakeLLMServer(api_key=API_KEY, default=answer(REPLY)).start()
-    # Without TCP_NODELAY a stream's second small write waits for the client's delayed
-    # ACK (40 ms on Linux); no real API streams like that, and it would drown the overhead.
-    handler = server._httpd.RequestHandlerClass if server._httpd else None
-    if handler is None or not hasattr(handler, "disable_nagle_algorithm"):
-        raise RuntimeError("FakeLLMServer changed: cannot turn off Nagle's algorithm")
-    handler.disable_nagle_algorithm = True
+    server = FakeLLMServer(api_key=API_KEY, default=answer(REPLY)).start()  # TCP_NODELAY on
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

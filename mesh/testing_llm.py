@@ -312,6 +312,9 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
 class _FakeLLMHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # chunked streams, so a dropped connection is detectable
     timeout = 10  # idle keep-alive connections end on their own
+    # TCP_NODELAY: without it a stream's second small write waits for the client's delayed
+    # ACK (40 ms on Linux); no real API streams like that
+    disable_nagle_algorithm = True
     fake: FakeLLMServer
 
     def setup(self) -> None:
