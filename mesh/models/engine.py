@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from mesh._gen.revo.models.v1 import models_pb2 as pb
@@ -91,6 +91,43 @@ def _triton_provider(settings: ModelSettings, model: CatalogModel) -> Provider |
 
     # the router asks for model.upstream or model.name: readiness is checked on the same
     return TritonGenerator(settings.triton_url, model=model.upstream or model.name)
+
+
+async def coalesced(deltas: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+    """``deltas``, read by a task of its own, with those that arrived while the previous
+    one was on its way joined into one: when the upstream is faster than the caller (a
+    burst of tokens already received), the mesh sends one message instead of one per token.
+    Closing this generator cancels the reader, which closes ``deltas``."""
+    queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+
+    async def read() -> None:
+        try:
+            async with contextlib.aclosing(deltas):  # type: ignore[type-var]
+                async for delta in deltas:
+                    queue.put_nowait(delta)
+        except Exception as error:
+            queue.put_nowait(error)
+        else:
+            queue.put_nowait(None)
+
+    reader = asyncio.get_running_loop().create_task(read())
+    try:
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            text = "".join(item for item in items if isinstance(item, str))
+            if text:
+                yield text
+            end = items[-1]  # the end or an error is always the last item queued
+            if end is None:
+                return
+            if isinstance(end, BaseException):
+                raise end
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
 
 
 def _request(message: pb.GenerateRequest) -> Request:
@@ -174,8 +211,9 @@ class ModelEngine(AsyncEngine):
     async def generate(self, request: pb.GenerateRequest,
                        ctx: Context) -> AsyncIterator[pb.GenerateResponse]:
         outcome = Outcome()
-        async for delta in self.router.generate(ctx.caller, _request(request), outcome):
-            yield pb.GenerateResponse(delta=delta)
+        deltas = self.router.generate(ctx.caller, _request(request), outcome)
+        async for text in coalesced(deltas):
+            yield pb.GenerateResponse(delta=text)
         yield pb.GenerateResponse(done=_done(outcome))
 
     async def embed(self, request: pb.EmbedRequest, ctx: Context) -> pb.EmbedResponse:

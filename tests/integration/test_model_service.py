@@ -98,7 +98,7 @@ async def test_generate_streams_deltas_then_an_exact_account(start: Any,
     request = _ask(model="cheap")
     request.sampling.seed = 7
     deltas, done = await _generate(stub, request, metadata)
-    assert deltas == split_tokens("two three five")
+    assert "".join(deltas) == "two three five"  # a burst may arrive as fewer deltas
     assert fake.requests[0].body["seed"] == 7  # sampling reaches the provider
     prompt_words = len(PROMPT.split())
     assert (done.model, done.provider, done.finish_reason) == ("cheap", "openai", "stop")

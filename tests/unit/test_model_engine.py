@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from mesh.config import ModelSettings
 from mesh.errors import ConfigError
-from mesh.models.engine import build_providers, with_local_generator
+from mesh.models.engine import build_providers, coalesced, with_local_generator
 
 CLOUD = {"name": "gpt", "provider": "openai", "priority": 5, "output_usd_per_million": 1.0}
 
@@ -50,3 +52,41 @@ def test_triton_models_are_skipped_without_a_triton_url() -> None:
     settings = ModelSettings.model_validate(
         {"catalog": [{"name": "local", "provider": "triton"}, CLOUD]})
     assert list(build_providers(settings)) == ["gpt"]
+
+
+async def _source(items: list[str | float | Exception], closed: list[bool]
+                  ) -> AsyncIterator[str]:
+    """Yields strings, sleeps for floats, raises exceptions; records being closed."""
+    try:
+        for item in items:
+            if isinstance(item, Exception):
+                raise item
+            if isinstance(item, float):
+                await asyncio.sleep(item)
+            else:
+                yield item
+    finally:
+        closed.append(True)
+
+
+async def test_deltas_that_arrive_together_are_sent_as_one() -> None:
+    closed: list[bool] = []
+    got = [d async for d in coalesced(_source(["a", "b", "c", 0.05, "d", 0.05, "e"], closed))]
+    assert got == ["abc", "d", "e"]
+    assert closed == [True]
+
+
+async def test_an_error_comes_after_the_text_before_it() -> None:
+    closed: list[bool] = []
+    stream = coalesced(_source(["a", "b", ValueError("upstream cut")], closed))
+    assert await anext(stream) == "ab"
+    with pytest.raises(ValueError, match="upstream cut"):
+        await anext(stream)
+
+
+async def test_closing_early_closes_the_source() -> None:
+    closed: list[bool] = []
+    stream = coalesced(_source(["a", 0.05, "b", 10.0, "never"], closed))
+    assert await anext(stream) == "a"
+    await stream.aclose()
+    assert closed == [True]
