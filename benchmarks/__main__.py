@@ -14,7 +14,8 @@ from pathlib import Path
 
 from benchmarks._report import RESULTS_DIR
 
-# name -> (module with ``run(quick, results_dir) -> int``, what it measures)
+# name -> (module with ``run(quick, results_dir) -> int``, what it measures); a module may
+# also have ``add_arguments(parser)``: its options reach ``run`` as keyword arguments.
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "mesh_hop": ("benchmarks.mesh_hop",
                  "Echo through gateway -> NATS -> node, and colocated, vs plain gRPC "
@@ -28,6 +29,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "router_overhead": ("benchmarks.router_overhead",
                         "Streamed completions through the mesh's model router and LiteLLM's "
                         "Router vs the OpenAI SDK direct (added p50 ms at c=1 and 8)"),
+    "generator": ("benchmarks.generator",
+                  "Triton generator tokens/s and first token through the mesh vs direct "
+                  "and Triton's SDK, at c=1 and 4 (--size tiny|small|1b)"),
 }
 
 
@@ -47,14 +51,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a short run (fewer rounds, shorter cells) for a quick check")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help=f"directory for the results (default: {RESULTS_DIR})")
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_known_args(argv)
     if args.name is None:
+        parser.parse_args(argv)  # unknown options are errors
         print(_listing())
         return 0
     module = importlib.import_module(BENCHMARKS[args.name][0])
+    common = set(vars(args))
+    if hasattr(module, "add_arguments"):  # the benchmark's own options, e.g. --size
+        module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    own = {key: value for key, value in vars(args).items() if key not in common}
     run: Callable[..., int] = module.run
     try:
-        return run(quick=args.quick, results_dir=args.out)
+        return run(quick=args.quick, results_dir=args.out, **own)
     except KeyboardInterrupt:
         print(f"{args.name}: interrupted", file=sys.stderr)
         return 130

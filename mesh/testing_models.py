@@ -6,14 +6,15 @@
 
     from mesh.testing_models import make_checkpoint
 
-    checkpoint = make_checkpoint(tmp_path / "tiny")          # a few MB, about a second
-    checkpoint = make_checkpoint(tmp_path / "1b", size="1b")  # ~1.1e9 parameters (GPU work)
+    checkpoint = make_checkpoint(tmp_path / "tiny")             # a few MB, about a second
+    checkpoint = make_checkpoint(tmp_path / "small", size="small")  # ~3e7 parameters (CPU)
+    checkpoint = make_checkpoint(tmp_path / "1b", size="1b")     # ~1.1e9 parameters (GPU)
 
 The weights are random (seeded), so the text is noise; what the checkpoint is good for is
 exercising real tokenization, real forward passes, streaming, stop sequences and token counts.
-The tokenizer is a byte-level BPE trained on a few lines of built-in text (``1b``: plus
-made-up words, to fill a 32000-token vocabulary), so every string encodes, and nothing is
-downloaded. Needs the ``models`` extra (torch, transformers).
+The tokenizer is a byte-level BPE trained on a few lines of built-in text (``small`` and
+``1b``: plus made-up words, to fill an 8000- or 32000-token vocabulary), so every string
+encodes, and nothing is downloaded. Needs the ``models`` extra (torch, transformers).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ _TEXT = [
 # (hidden, layers, heads, kv heads, intermediate, vocabulary)
 _SIZES: dict[str, tuple[int, int, int, int, int, int]] = {
     "tiny": (64, 2, 4, 2, 128, 512),
+    # ~3.2e7 parameters: 8 layers x ~2.9e6 + 2 x 8000 x 512 embeddings; milliseconds per
+    # token on a CPU, so CPU benchmarks measure serving costs against real forward passes.
+    "small": (512, 8, 8, 4, 1408, 8000),
     # Llama shapes at ~1.1e9 parameters: 22 layers x ~44.6e6 + 2 x 32000 x 2048 embeddings.
     "1b": (2048, 22, 32, 4, 5632, 32000),
 }
@@ -86,13 +90,15 @@ def _tokenizer(vocab_size: int) -> object:
     return fast
 
 
-def make_checkpoint(path: Path, *, size: Literal["tiny", "1b"] = "tiny",
+def make_checkpoint(path: Path, *, size: Literal["tiny", "small", "1b"] = "tiny",
                     seed: int = 0) -> Path:
     """Write a random-weight Llama-shaped checkpoint and its tokenizer into ``path``.
 
     ``tiny``: 2 layers of width 64 and a 512-token vocabulary (well under a million
-    parameters, about a second). ``1b``: about 1.1e9 parameters saved in bfloat16 (~2.2 GB;
-    meant for a GPU machine). The same ``seed`` gives the same weights. Returns ``path``.
+    parameters, about a second). ``small``: 8 layers of width 512 and an 8000-token
+    vocabulary (about 3.2e7 parameters in float32, ~130 MB; a few seconds). ``1b``: about
+    1.1e9 parameters saved in bfloat16 (~2.2 GB; meant for a GPU machine). The same
+    ``seed`` gives the same weights. Returns ``path``.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

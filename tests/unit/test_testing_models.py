@@ -61,5 +61,16 @@ def test_the_same_seed_makes_the_same_weights(tmp_path: Path, tiny: Path) -> Non
 
 
 def test_an_unknown_size_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="size must be one of tiny, 1b"):
+    with pytest.raises(ValueError, match="size must be one of tiny, small, 1b"):
         make_checkpoint(tmp_path, size="7b")  # type: ignore[arg-type]
+
+
+def test_a_small_checkpoint_has_tens_of_millions_of_parameters(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    small = make_checkpoint(tmp_path / "small", size="small")
+    model = AutoModelForCausalLM.from_pretrained(small)
+
+    assert 20_000_000 < sum(p.numel() for p in model.parameters()) < 50_000_000
+    assert len(AutoTokenizer.from_pretrained(small)) == 8000
+    assert check_checkpoint(small) == small.resolve()
