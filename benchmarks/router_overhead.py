@@ -773,8 +773,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         "are totals.",
         "- Reading the figures: the upstream sends all tokens at once, the worst case for a "
         "cost paid per token (a real API spaces them by 10 ms or more, which hides most of "
-        "it), so the overhead here is mostly per-token CPU: the mesh carries each delta as a "
-        "NATS message and a gRPC stream message, LiteLLM rebuilds each chunk in Python. On a "
+        "it), so the overhead here is mostly per-token CPU: the node parses every chunk with "
+        "the SDK and joins the deltas that arrived together into one NATS and gRPC message "
+        "(so its first message waits for the burst to be parsed), LiteLLM rebuilds each "
+        "chunk in Python. On a "
         "2-core machine shared by every process, CPU is latency. At 8 calls in flight the "
         "direct and LiteLLM paths are limited by their one client process (its CPU is "
         "above), while the mesh spreads the work over its gateway and node.",
