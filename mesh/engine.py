@@ -123,10 +123,17 @@ class EngineRuntime:
     """What the node offers an :class:`AsyncEngine`: its identity, configuration and NATS."""
 
     def __init__(self, node_id: str, config: MeshConfig,
-                 nc: MeshConnection | None = None) -> None:
+                 nc: MeshConnection | None = None,
+                 collect: Callable[[str], dict[str, Any]] | None = None) -> None:
         self.node_id = node_id
         self.config = config
         self._nc = nc
+        self._collect = collect
+
+    def collect(self, hook: str) -> dict[str, Any]:
+        """Every enabled plugin's answer to ``hook`` (a ``revo_*`` hook without arguments,
+        such as ``revo_task_types``), by plugin name."""
+        return self._collect(hook) if self._collect is not None else {}
 
     @property
     def nc(self) -> MeshConnection:

@@ -18,6 +18,7 @@ A plugin whose import, declaration, configuration or start fails is reported wit
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pluggy
@@ -62,4 +63,28 @@ def revo_configure(settings: SettingsMap) -> Any:
         to fix: the plugin gets *config error* and is not started.
 
     .. versionadded:: 0.1
+    """
+
+
+# -- offer work to other engines ---------------------------------------------------------
+
+@hookspec
+def revo_task_types() -> Mapping[str, Callable[[bytes, Any], bytes]] | None:
+    """Task types this plugin offers to the task engine (Parallel Mind, engine ``parallel``).
+
+    Called on every enabled plugin when the task engine starts; a task submitted with
+    ``TypedWork(type=NAME, payload=...)`` runs ``handler(payload, ctx)`` in a worker actor's
+    thread and its return value (bytes) is the task's result. ``ctx`` is a
+    ``revo_engine_parallel.TaskContext``: ``task_id``, ``owner``, ``attempt``,
+    ``cancelled`` (a ``threading.Event`` set on Cancel or timeout; long work should check
+    it), ``time_remaining()`` and ``progress(fraction, message)``. Raise
+    :class:`~mesh.errors.RpcError` for a failure with its status (``INVALID_ARGUMENT`` and
+    other non-retryable codes fail the task; ``UNAVAILABLE`` and the like are retried);
+    any other exception counts as a crash and is retried until the task's attempts run
+    out, then dead-lettered.
+
+    :returns: a mapping of type name to handler, or None. Two plugins offering one name is
+        a start error of the task engine.
+
+    .. versionadded:: 0.2
     """

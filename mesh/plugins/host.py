@@ -173,6 +173,15 @@ class PluginHost:
 
     # -- queries ----------------------------------------------------------------------
 
+    def collect(self, hook: str) -> dict[str, Any]:
+        """Each enabled plugin's non-None answer to ``hook`` (no arguments), by plugin name."""
+        answers: dict[str, Any] = {}
+        for record in self.enabled():
+            answer = self._call(hook, record.name)
+            if answer is not None:
+                answers[record.name] = answer
+        return answers
+
     def enabled(self) -> list[PluginRecord]:
         """Plugins ready to start, in name order."""
         return [r for r in self.records.values() if r.status is PluginStatus.ENABLED]

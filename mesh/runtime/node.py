@@ -136,7 +136,7 @@ class Node:
             self.nc = nc or await connect(self.config.nats, name=f"revo-node {self.id}")
         self.host.load()
         records = self.host.enabled()
-        runtime = EngineRuntime(self.id, self.config, self.nc)
+        runtime = EngineRuntime(self.id, self.config, self.nc, self.host.collect)
         pools: dict[str, Pool] = {}
         for record in records:
             assert record.spec is not None

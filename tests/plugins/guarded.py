@@ -9,6 +9,7 @@ served and the caller and role the engine saw.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -16,6 +17,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from mesh._gen.revo.mesh.v1 import options_pb2  # puts options.proto in the default pool
 from mesh.engine import Context, Engine, EngineSpec, hookimpl
+from mesh.errors import InvalidArgument, Unavailable
 
 PACKAGE = "revo.guardedtest.v1"
 FILE = "revo/guardedtest/v1/guarded.proto"
@@ -104,3 +106,42 @@ class GuardedEngine(Engine):
 @hookimpl
 def revo_engine() -> EngineSpec:
     return EngineSpec(name="guarded", engine=GuardedEngine, pool_size=1)
+
+
+# -- task types for the Parallel Mind tests (tests/integration/test_tasks*.py) -------------
+
+EFFECTS: dict[str, int] = {}
+"""How many times each ``test.effect`` key took effect (in this process)."""
+_effects_lock = threading.Lock()
+
+
+def _fail(payload: bytes, ctx: Any) -> bytes:
+    """Fails with UNAVAILABLE (retryable) or, with payload b"fatal", INVALID_ARGUMENT."""
+    if payload == b"fatal":
+        raise InvalidArgument("this input can never work")
+    raise Unavailable(f"attempt {ctx.attempt} failed")
+
+
+def _crash(payload: bytes, ctx: Any) -> bytes:
+    raise RuntimeError("poison: this task crashes its worker every time")
+
+
+def _effect(payload: bytes, ctx: Any) -> bytes:
+    """Takes effect once per key (the payload): a retried task must not double it."""
+    with _effects_lock:
+        EFFECTS[payload.decode()] = EFFECTS.get(payload.decode(), 0) + 1
+    return payload
+
+
+def _progress(payload: bytes, ctx: Any) -> bytes:
+    for step in range(1, 5):
+        ctx.progress(step / 4, f"step {step}")
+        if ctx.cancelled.wait(0.1):
+            return b"stopped"
+    return b"done"
+
+
+@hookimpl
+def revo_task_types() -> dict[str, Any]:
+    return {"test.fail": _fail, "test.crash": _crash, "test.effect": _effect,
+            "test.progress": _progress}

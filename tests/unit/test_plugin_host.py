@@ -247,3 +247,14 @@ def test_extra_plugin_with_an_installed_name_gets_one_clear_outcome() -> None:
         assert "tests.plugins.crashy" in record.message
         assert "revo_engine_echo" in record.message or "revo-engine-echo" in record.message
         assert "already registered" not in record.message
+
+
+def test_revo_task_types_answers_are_collected_from_enabled_plugins_only() -> None:
+    host = PluginHost(discover=False, extra={"guarded": "tests.plugins.guarded",
+                                             "echo": "revo_engine_echo"}, block=["echo"])
+    host.load()
+
+    offered = host.collect("revo_task_types")
+
+    assert list(offered) == ["guarded"]  # echo offers none; a blocked plugin is not asked
+    assert {"test.fail", "test.crash", "test.effect"} <= set(offered["guarded"])

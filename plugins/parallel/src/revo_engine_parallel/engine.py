@@ -1,0 +1,313 @@
+"""``revo.tasks.v1.TaskService``: submit, watch and manage durable tasks.
+
+An :class:`~mesh.engine.AsyncEngine`: its calls wait on JetStream. The work itself runs on
+the node's :class:`~revo_engine_parallel.workers.WorkerPool` of pykka actors, fed by the
+:class:`~revo_engine_parallel.dispatch.Dispatcher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
+
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
+from nats.js.errors import APIError, KeyWrongLastSequenceError
+
+from mesh.auth.identity import IdentitySeal
+from mesh.auth.roles import MANAGE, declared_permission, grants, permission_name
+from mesh.engine import AsyncEngine, Context
+from mesh.errors import (
+    ConfigError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from mesh.registry import RegistryView
+from mesh.transport.rpc import Requester
+from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
+from revo_engine_parallel.dispatch import REVISION_HEADER, Dispatcher, Handler
+from revo_engine_parallel.settings import ParallelSettings
+from revo_engine_parallel.store import (
+    CANCEL_PREFIX,
+    FINISHED,
+    KICK_SUBJECT,
+    ROLE_HEADER,
+    TaskStore,
+    new_task_id,
+    now_timestamp,
+    owner_token,
+    queue_subject,
+    task_key,
+)
+from revo_engine_parallel.workers import WorkerPool
+
+__all__ = ["TaskEngine"]
+
+_CANCEL_WAIT_S = 5.0
+
+
+class TaskEngine(AsyncEngine):
+    services = (pb.DESCRIPTOR.services_by_name["TaskService"],)
+    settings: ParallelSettings
+
+    async def start(self) -> None:
+        from revo_engine_parallel import builtin_types
+
+        if not isinstance(self.settings, ParallelSettings):
+            self.settings = ParallelSettings.parse(dict(self.settings or {}))
+        runtime = self.runtime
+        self.handlers = _task_types(runtime.collect("revo_task_types"), builtin_types())
+        self.store = TaskStore(runtime.nc, self.settings)
+        await self.store.open()
+        self.view = RegistryView(runtime.nc)
+        await self.view.start()
+        self.requester = Requester(runtime.nc)
+        await self.requester.start()
+        config = runtime.config
+        self.auth = config.auth.enabled
+        self.pool = WorkerPool(asyncio.get_running_loop(), self.settings.workers_min,
+                               self.settings.workers_max, self.settings.idle_s)
+        self.pool.start()
+        self.dispatcher = Dispatcher(
+            self.store, self.pool, self.settings, node_id=runtime.node_id,
+            handlers=self.handlers, view=self.view, requester=self.requester,
+            seal=IdentitySeal.from_config(config) if self.auth else None)
+        await self.dispatcher.start()
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop()
+        await self.pool.stop()
+        await self.requester.stop()
+        await self.view.stop()
+
+    # -- validation -------------------------------------------------------------------
+
+    def _checked(self, spec: pb.TaskSpec, index: int, ctx: Context) -> pb.TaskSpec:
+        """The spec with defaults filled in, or InvalidArgument naming the task and field."""
+        s = self.settings
+        where = f"tasks[{index}]"
+        kind = spec.WhichOneof("work")
+        if kind is None:
+            raise InvalidArgument(f"{where}: set call (a mesh method) or typed (a task type)")
+        if kind == "call":
+            size = len(spec.call.request)
+            self._check_call(spec.call, where, ctx)
+        else:
+            size = len(spec.typed.payload)
+            if spec.typed.type not in self.handlers:
+                raise InvalidArgument(f"{where}: unknown task type {spec.typed.type[:80]!r}; "
+                                      f"types: {', '.join(sorted(self.handlers)) or 'none'}")
+        if size > s.payload_limit_bytes:
+            raise InvalidArgument(f"{where}: the payload of {size} bytes is over the limit of "
+                                  f"{s.payload_limit_bytes} bytes")
+        if spec.priority > 9:
+            raise InvalidArgument(f"{where}: priority must be 1 (lowest) to 9 (highest), or 0 "
+                                  f"for the default {s.default_priority}; got {spec.priority}")
+        if spec.HasField("timeout"):
+            timeout = spec.timeout.ToTimedelta().total_seconds()
+            if timeout <= 0:
+                raise InvalidArgument(f"{where}: timeout must be more than 0 s, got "
+                                      f"{timeout:g} s")
+            if timeout > s.max_timeout_s:
+                raise InvalidArgument(f"{where}: timeout of {timeout:g} s is over the limit of "
+                                      f"{s.max_timeout_s:g} s")
+        if spec.max_attempts > s.max_attempts_limit:
+            raise InvalidArgument(f"{where}: max_attempts must be at most "
+                                  f"{s.max_attempts_limit}, got {spec.max_attempts}")
+        if len(spec.idempotency_key) > 256:
+            raise InvalidArgument(f"{where}: idempotency_key is longer than 256 characters")
+        checked = pb.TaskSpec()
+        checked.CopyFrom(spec)
+        checked.priority = spec.priority or s.default_priority
+        checked.max_attempts = spec.max_attempts or s.default_max_attempts
+        if not spec.HasField("timeout"):
+            checked.timeout.FromTimedelta(timedelta(seconds=s.default_timeout_s))
+        return checked
+
+    def _check_call(self, call: pb.MethodCall, where: str, ctx: Context) -> None:
+        route = self.view.snapshot.routes.get(call.method)
+        if route is None:
+            raise InvalidArgument(f"{where}: unknown method {call.method[:200]!r}: no node "
+                                  "serves it (methods are /package.Service/Method)")
+        if route.server_streaming:
+            raise InvalidArgument(f"{where}: {call.method} streams its answer; only unary "
+                                  "methods can be tasks")
+        needed = declared_permission(route.method)
+        if self.auth and not grants(ctx.role, needed):
+            raise PermissionDenied(f"{where}: {call.method} needs the "
+                                   f"{permission_name(needed)} permission; role "
+                                   f"{ctx.role!r} lacks it")
+        try:
+            message_factory.GetMessageClass(route.method.input_type).FromString(call.request)
+        except DecodeError as exc:
+            raise InvalidArgument(f"{where}: request is not a valid "
+                                  f"{route.method.input_type.full_name}: {exc}") from None
+
+    # -- TaskService ------------------------------------------------------------------
+
+    async def submit(self, request: pb.SubmitRequest, ctx: Context) -> pb.SubmitResponse:
+        if not request.tasks:
+            raise InvalidArgument("Submit needs at least one task")
+        if len(request.tasks) > self.settings.batch_limit:
+            raise InvalidArgument(f"Submit takes at most {self.settings.batch_limit} tasks "
+                                  f"at once, got {len(request.tasks)}; split the batch")
+        specs = [self._checked(spec, i, ctx) for i, spec in enumerate(request.tasks)]
+        tasks = await asyncio.gather(*(self._submit(spec, ctx) for spec in specs),
+                                     return_exceptions=True)
+        new = [t for t in tasks if isinstance(t, pb.Task) and not t.deduplicated]
+        if new:
+            kick = "\n".join(sorted({f"{t.spec.priority}.{owner_token(t.owner)}"
+                                     for t in new}))
+            await self.runtime.nc.publish(KICK_SUBJECT, kick.encode())
+        for result in tasks:
+            if isinstance(result, BaseException):
+                raise result  # the ones before it are queued and stay queued
+        return pb.SubmitResponse(tasks=[t for t in tasks if isinstance(t, pb.Task)])
+
+    async def _submit(self, spec: pb.TaskSpec, ctx: Context) -> pb.Task:
+        owner = ctx.caller
+        task = pb.Task(id=new_task_id(), owner=owner, spec=spec, state=pb.TASK_STATE_QUEUED)
+        task.created_at.CopyFrom(now_timestamp())
+        if spec.idempotency_key:
+            existing = await self.store.claim_key(owner, spec.idempotency_key, task.id)
+            if existing is not None:
+                found = await self.store.get(owner, existing)
+                earlier = found[0] if found else pb.Task(id=existing, owner=owner, spec=spec,
+                                                         state=pb.TASK_STATE_QUEUED)
+                earlier.deduplicated = True
+                return earlier
+        revision = await self.store.put(task)
+        try:
+            await self.store.js.publish(
+                queue_subject(spec.priority, owner), task.SerializeToString(),
+                headers={ROLE_HEADER: ctx.role, REVISION_HEADER: str(revision)})
+        except APIError as exc:
+            with contextlib.suppress(Exception):
+                await self.store.tasks.purge(task_key(owner, task.id))
+                if spec.idempotency_key:
+                    await self.store.release_key(owner, spec.idempotency_key)
+            if "maximum messages" in str(exc).lower():
+                raise ResourceExhausted(
+                    f"the task queue is full ({self.settings.queue_limit} tasks queued or "
+                    "running); retry later") from exc
+            raise
+        return task
+
+    async def _visible(self, task_id: str, ctx: Context) -> pb.Task:
+        """The task, if the caller owns it or may manage; else NOT_FOUND."""
+        if not task_id:
+            raise InvalidArgument("give the task's id")
+        found = await self.store.get(ctx.caller, task_id)
+        if found is not None:
+            return found[0]
+        if not self.auth or grants(ctx.role, MANAGE):
+            task = await self.store.find(task_id)
+            if task is not None:
+                return task
+        raise NotFound(f"no task {task_id[:64]!r} of yours")
+
+    async def get(self, request: pb.GetRequest, ctx: Context) -> pb.Task:
+        return await self._visible(request.id, ctx)
+
+    async def cancel(self, request: pb.CancelRequest, ctx: Context) -> pb.Task:
+        task = await self._visible(request.id, ctx)
+        for _ in range(5):
+            if task.state in FINISHED:
+                return task
+            if task.state == pb.TASK_STATE_RUNNING:
+                return await self._cancel_running(task)
+            found = await self.store.get(task.owner, task.id)
+            if found is None:
+                raise NotFound(f"task {task.id} is gone")
+            task, revision = found
+            if task.state != pb.TASK_STATE_QUEUED:
+                continue
+            task.state = pb.TASK_STATE_CANCELLED
+            task.finished_at.CopyFrom(now_timestamp())
+            try:
+                await self.store.tasks.update(task_key(task.owner, task.id),
+                                              task.SerializeToString(), last=revision)
+                return task  # its queue message is dropped when a node next takes it
+            except KeyWrongLastSequenceError:
+                continue
+        return task
+
+    async def _cancel_running(self, task: pb.Task) -> pb.Task:
+        """Tell the running node; return the record once it says the task ended."""
+        updates = self.store.watch(task.owner, task.id)
+        try:
+            await self.runtime.nc.publish(f"{CANCEL_PREFIX}.{task.id}", b"")
+            deadline = time.monotonic() + _CANCEL_WAIT_S
+            while (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    current = await asyncio.wait_for(anext(updates), remaining)
+                except (TimeoutError, StopAsyncIteration):
+                    break
+                task = current
+                if task.state in FINISHED:
+                    break
+        finally:
+            await updates.aclose()  # type: ignore[attr-defined]
+        return task
+
+    async def watch(self, request: pb.WatchRequest, ctx: Context) -> AsyncIterator[pb.Task]:
+        task = await self._visible(request.id, ctx)
+        updates = self.store.watch(task.owner, task.id)
+        try:
+            async for current in updates:
+                yield current
+                if current.state in FINISHED:
+                    return
+        finally:
+            await updates.aclose()  # type: ignore[attr-defined]
+
+    async def list(self, request: pb.ListRequest, ctx: Context) -> pb.ListResponse:
+        owner = request.owner or ctx.caller
+        if owner != ctx.caller and self.auth and not grants(ctx.role, MANAGE):
+            raise PermissionDenied(f"listing the tasks of {owner!r} needs the manage "
+                                   f"permission; role {ctx.role!r} lacks it")
+        if request.limit > 1000:
+            raise InvalidArgument(f"limit must be at most 1000, got {request.limit}")
+        pattern = "t.*.*" if owner == "*" else f"t.{owner_token(owner)}.*"
+        since = request.since.ToNanoseconds() if request.HasField("since") else 0
+        tasks = [t for t in await self.store.scan(pattern)
+                 if (not request.state or t.state == request.state)
+                 and t.created_at.ToNanoseconds() >= since]
+        tasks.sort(key=lambda t: t.id, reverse=True)
+        return pb.ListResponse(tasks=tasks[:request.limit or 100])
+
+    async def stats(self, request: pb.StatsRequest, ctx: Context) -> pb.StatsResponse:
+        await self.dispatcher.refresh()
+        by_priority: dict[int, int] = {}
+        for (priority, _), count in self.dispatcher.depth.items():
+            by_priority[priority] = by_priority.get(priority, 0) + count
+        stats = self.dispatcher.stats
+        return pb.StatsResponse(
+            depth=[pb.PriorityDepth(priority=p, tasks=n) for p, n in sorted(by_priority.items())],
+            workers=self.pool.size, busy_workers=self.pool.busy, succeeded=stats.succeeded,
+            failed=stats.failed, dead_lettered=stats.dead_lettered,
+            throughput_per_s=stats.throughput(), node=self.runtime.node_id)
+
+
+def _task_types(offered: Mapping[str, object], builtin: Mapping[str, Handler]
+                ) -> dict[str, Handler]:
+    """Every plugin's task types; one name offered twice is a ConfigError."""
+    types: dict[str, Handler] = dict(builtin)
+    owners = dict.fromkeys(builtin, "revo-engine-parallel")
+    for plugin, mapping in offered.items():
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(f"plugin {plugin}: revo_task_types() returned "
+                              f"{type(mapping).__name__}, expected a mapping of name to handler")
+        for name, handler in mapping.items():
+            if name in types:
+                raise ConfigError(f"task type {name!r} is offered by both {owners[name]} and "
+                                  f"{plugin}")
+            if not callable(handler):
+                raise ConfigError(f"plugin {plugin}: task type {name!r} is not callable")
+            types[name], owners[name] = handler, plugin
+    return types

@@ -1,0 +1,208 @@
+"""Where tasks live in JetStream, and every name for it (one place for each name).
+
+- Stream ``REVO_TASKS`` (work queue, file storage, at most ``queue_limit`` messages, new
+  ones refused when full): one message per queued task on
+  ``revo.tasks.q.<priority>.<owner>``, removed when the task is acknowledged.
+- Bucket ``revo_tasks``: each task's record (:class:`Task`) under ``t.<owner>.<id>``.
+- Bucket ``revo_task_keys``: ``<owner>.<hash of idempotency key>`` -> task id, created
+  atomically, so two Submits of one key make one task.
+- Object store ``revo_task_results``: results over ``inline_result_bytes``.
+- Stream ``REVO_TASKS_DEAD`` on ``revo.tasks.dead.<owner>``: one record per dead letter.
+- ``revo.tasks.cancel.<id>`` (core NATS): tells the node running a task to stop it.
+- ``revo.tasks.kick`` (core NATS): a Submit's hint to every node that work is waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from mesh.transport.connection import MeshConnection
+from mesh.transport.kv import open_bucket
+from mesh.transport.subjects import subject_token
+from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
+from revo_engine_parallel.settings import ParallelSettings
+
+__all__ = ["TaskStore", "new_task_id", "now_timestamp", "queue_subject"]
+
+STREAM = "REVO_TASKS"
+QUEUE_PREFIX = "revo.tasks.q"
+DEAD_STREAM = "REVO_TASKS_DEAD"
+DEAD_PREFIX = "revo.tasks.dead"
+TASKS_BUCKET = "revo_tasks"
+KEYS_BUCKET = "revo_task_keys"
+RESULTS_BUCKET = "revo_task_results"
+CANCEL_PREFIX = "revo.tasks.cancel"
+KICK_SUBJECT = "revo.tasks.kick"
+ROLE_HEADER = "Revo-Task-Role"
+"""The owner's role when the task was submitted (queue messages only)."""
+
+FINISHED = frozenset({pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_FAILED,
+                      pb.TASK_STATE_CANCELLED, pb.TASK_STATE_DEAD_LETTERED})
+
+
+def new_task_id() -> str:
+    """Time-ordered and unique: 16 hex digits of nanoseconds, 8 of randomness."""
+    return f"{time.time_ns():016x}{os.urandom(4).hex()}"
+
+
+def owner_token(owner: str) -> str:
+    return subject_token(owner or "-")
+
+
+def queue_subject(priority: int, owner: str) -> str:
+    return f"{QUEUE_PREFIX}.{priority}.{owner_token(owner)}"
+
+
+def task_key(owner: str, task_id: str) -> str:
+    return f"t.{owner_token(owner)}.{task_id}"
+
+
+def now_timestamp() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+class TaskStore:
+    """The streams and buckets of Parallel Mind, opened (and created) by :meth:`open`."""
+
+    def __init__(self, nc: MeshConnection, settings: ParallelSettings) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.settings = settings
+        self.tasks: KeyValue
+        self.keys: KeyValue
+
+    async def open(self) -> None:
+        s = self.settings
+        await self._stream(StreamConfig(
+            name=STREAM, subjects=[f"{QUEUE_PREFIX}.>"], retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE, max_msgs=s.queue_limit, discard=DiscardPolicy.NEW,
+            num_replicas=s.replicas, description="revo Parallel Mind: queued tasks"))
+        await self._stream(StreamConfig(
+            name=DEAD_STREAM, subjects=[f"{DEAD_PREFIX}.>"], storage=StorageType.FILE,
+            max_age=s.keep_s, num_replicas=s.replicas,
+            description="revo Parallel Mind: dead-lettered tasks and why"))
+        self.tasks = await open_bucket(self.nc, TASKS_BUCKET, replicas=s.replicas,
+                                       ttl=s.keep_s, description="revo Parallel Mind: tasks")
+        self.keys = await open_bucket(self.nc, KEYS_BUCKET, replicas=s.replicas, ttl=s.keep_s,
+                                      description="revo Parallel Mind: idempotency keys")
+
+    async def _stream(self, config: StreamConfig) -> None:
+        assert config.name is not None
+        try:
+            await self.js.stream_info(config.name)
+        except NotFoundError:
+            with contextlib.suppress(BadRequestError):  # another node created it first
+                await self.js.add_stream(config)
+
+    # -- records ----------------------------------------------------------------------
+
+    async def put(self, task: pb.Task) -> int:
+        return int(await self.tasks.put(task_key(task.owner, task.id), task.SerializeToString()))
+
+    async def get(self, owner: str, task_id: str) -> tuple[pb.Task, int] | None:
+        try:
+            entry = await self.tasks.get(task_key(owner, task_id))
+        except Exception:  # KeyNotFoundError, KeyDeletedError
+            return None
+        if entry.value is None:
+            return None
+        return pb.Task.FromString(entry.value), int(entry.revision or 0)
+
+    async def find(self, task_id: str) -> pb.Task | None:
+        """A task of any owner (for callers with manage)."""
+        for task in await self.scan(f"t.*.{task_id}"):
+            return task
+        return None
+
+    async def scan(self, pattern: str) -> list[pb.Task]:
+        """Every task whose key matches ``pattern`` (``t.<owner>.*``, ``t.*.*``)."""
+        found: list[pb.Task] = []
+        try:
+            watcher = await self.tasks.watch(pattern, ignore_deletes=True)
+        except NotFoundError:
+            return found
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of the current values
+                    break
+                if entry.value:
+                    found.append(pb.Task.FromString(entry.value))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
+
+    async def watch(self, owner: str, task_id: str) -> AsyncIterator[pb.Task]:
+        """The task's record now, then each change (forever: the caller stops reading)."""
+        watcher = await self.tasks.watch(task_key(owner, task_id), include_history=False)
+        try:
+            async for entry in watcher:
+                if entry is not None and entry.value:
+                    yield pb.Task.FromString(entry.value)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+    # -- idempotency ------------------------------------------------------------------
+
+    @staticmethod
+    def _key_name(owner: str, key: str) -> str:
+        return f"{owner_token(owner)}.{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+    async def release_key(self, owner: str, key: str) -> None:
+        """Forget ``key`` (its task was never queued)."""
+        await self.keys.purge(self._key_name(owner, key))
+
+    async def claim_key(self, owner: str, key: str, task_id: str) -> str | None:
+        """Bind ``key`` to ``task_id``; the task id it already has, if any."""
+        name = self._key_name(owner, key)
+        try:
+            await self.keys.create(name, task_id.encode())
+            return None
+        except KeyWrongLastSequenceError:
+            entry = await self.keys.get(name)
+            return entry.value.decode() if entry.value else None
+
+    # -- dead letters -----------------------------------------------------------------
+
+    async def dead_letter(self, task: pb.Task) -> None:
+        await self.js.publish(f"{DEAD_PREFIX}.{owner_token(task.owner)}",
+                              task.SerializeToString())
+
+    # -- results ----------------------------------------------------------------------
+
+    async def store_result(self, task: pb.Task, result: bytes) -> None:
+        """Inline, or in the object store when large."""
+        if len(result) <= self.settings.inline_result_bytes:
+            task.result = result
+            return
+        store = await self._results()
+        name = f"{owner_token(task.owner)}/{task.id}"
+        await store.put(name, result)
+        task.result_object = name
+
+    async def read_result(self, name: str) -> bytes:
+        store = await self._results()
+        return bytes((await store.get(name)).data or b"")
+
+    async def _results(self) -> Any:
+        try:
+            return await self.js.object_store(RESULTS_BUCKET)
+        except Exception:
+            from nats.js.api import ObjectStoreConfig
+
+            with contextlib.suppress(Exception):
+                return await self.js.create_object_store(RESULTS_BUCKET, config=ObjectStoreConfig(
+                    bucket=RESULTS_BUCKET, ttl=self.settings.keep_s,
+                    storage=StorageType.FILE, replicas=self.settings.replicas))
+            return await self.js.object_store(RESULTS_BUCKET)

@@ -1,0 +1,209 @@
+"""Parallel Mind through a real gateway and nodes on a real nats-server with JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from mesh.testing import MeshHarness, wait_for
+from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
+from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2_grpc
+from tests.plugins import guarded
+
+ECHO = "/revo.echo.v1.EchoService/Echo"
+PLUGINS = {"only": ["parallel", "echo", "guarded"],
+           "extra": {"guarded": "tests.plugins.guarded"}}
+
+
+def typed(kind: str, payload: bytes = b"", **spec: Any) -> pb.TaskSpec:
+    return pb.TaskSpec(typed=pb.TypedWork(type=kind, payload=payload), **spec)
+
+
+def call(method: str, request: bytes, **spec: Any) -> pb.TaskSpec:
+    return pb.TaskSpec(call=pb.MethodCall(method=method, request=request), **spec)
+
+
+SETTINGS = {"workers_min": 2, "workers_max": 8, "retry_delay_s": 0.05, "idle_s": 1.0}
+
+
+@pytest.fixture
+async def start(mesh_harness: Any) -> Any:
+    async def make(**settings: Any) -> MeshHarness:
+        harness: MeshHarness = await mesh_harness(
+            plugins=PLUGINS, engines={"parallel": {**SETTINGS, **settings}})
+        return harness
+
+    return make
+
+
+@pytest.fixture
+async def mesh(start: Any) -> MeshHarness:
+    harness: MeshHarness = await start()
+    return harness
+
+
+def stub(mesh: MeshHarness) -> Any:
+    return tasks_pb2_grpc.TaskServiceStub(mesh.channel)
+
+
+async def finished(tasks: Any, task_id: str, timeout: float = 20.0) -> pb.Task:
+    seen: list[pb.Task] = [t async for t in tasks.Watch(pb.WatchRequest(id=task_id),
+                                                        timeout=timeout)]
+    return seen[-1]
+
+
+async def test_a_typed_task_and_a_method_call_run_and_report(mesh: MeshHarness) -> None:
+    tasks = stub(mesh)
+    request = echo_pb2.EchoRequest(payload=b"from a task").SerializeToString()
+    submitted = await tasks.Submit(pb.SubmitRequest(tasks=[
+        typed("noop", b"hello"), call(ECHO, request)]), timeout=10)
+    assert [t.state for t in submitted.tasks] == [pb.TASK_STATE_QUEUED] * 2
+    noop, echo = [await finished(tasks, t.id) for t in submitted.tasks]
+    assert (noop.state, noop.result, noop.attempts) == (pb.TASK_STATE_SUCCEEDED, b"hello", 1)
+    assert echo.state == pb.TASK_STATE_SUCCEEDED
+    assert echo_pb2.EchoResponse.FromString(echo.result).payload == b"from a task"
+    got = await tasks.Get(pb.GetRequest(id=echo.id), timeout=5)
+    assert got.finished_at.ToNanoseconds() >= got.created_at.ToNanoseconds() > 0
+
+
+def seconds(value: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(int(value * 1e9))
+    return duration
+
+
+async def test_retryable_failures_are_retried_then_dead_lettered(mesh: MeshHarness) -> None:
+    tasks = stub(mesh)
+    (task,) = (await tasks.Submit(pb.SubmitRequest(tasks=[
+        typed("test.fail", max_attempts=3)]), timeout=10)).tasks
+    done = await finished(tasks, task.id)
+    assert (done.state, done.attempts) == (pb.TASK_STATE_DEAD_LETTERED, 3)
+    assert done.dead_letter_reason == "3 attempts failed; last: UNAVAILABLE: attempt 3 failed"
+
+
+async def test_a_non_retryable_error_fails_at_once(mesh: MeshHarness) -> None:
+    tasks = stub(mesh)
+    (task,) = (await tasks.Submit(pb.SubmitRequest(tasks=[
+        typed("test.fail", b"fatal", max_attempts=5)]), timeout=10)).tasks
+    done = await finished(tasks, task.id)
+    assert (done.state, done.attempts) == (pb.TASK_STATE_FAILED, 1)
+    assert (done.error.code, done.error.message) == ("INVALID_ARGUMENT",
+                                                     "this input can never work")
+
+
+async def test_a_poison_task_is_dead_lettered_and_the_workers_go_on(mesh: MeshHarness) -> None:
+    tasks = stub(mesh)
+    (poison,) = (await tasks.Submit(pb.SubmitRequest(tasks=[
+        typed("test.crash", max_attempts=2)]), timeout=10)).tasks
+    done = await finished(tasks, poison.id)
+    assert done.state == pb.TASK_STATE_DEAD_LETTERED
+    assert "crashed its worker" in done.dead_letter_reason
+    after = (await tasks.Submit(pb.SubmitRequest(tasks=[typed("noop", b"ok")] * 4),
+                                timeout=10)).tasks
+    results = [await finished(tasks, t.id) for t in after]
+    assert {(t.state, t.result) for t in results} == {(pb.TASK_STATE_SUCCEEDED, b"ok")}
+
+
+async def test_an_idempotency_key_makes_one_task_and_one_effect(mesh: MeshHarness) -> None:
+    tasks = stub(mesh)
+    key = f"effect-{time.time_ns()}"
+    spec = typed("test.effect", key.encode(), idempotency_key=key)
+    first, second = await asyncio.gather(*(
+        tasks.Submit(pb.SubmitRequest(tasks=[spec]), timeout=10) for _ in range(2)))
+    ids = {first.tasks[0].id, second.tasks[0].id}
+    assert len(ids) == 1
+    assert sorted([first.tasks[0].deduplicated, second.tasks[0].deduplicated]) == [False, True]
+    assert (await finished(tasks, ids.pop())).state == pb.TASK_STATE_SUCCEEDED
+    again = (await tasks.Submit(pb.SubmitRequest(tasks=[spec]), timeout=10)).tasks[0]
+    assert again.deduplicated
+    assert again.state == pb.TASK_STATE_SUCCEEDED
+    assert guarded.EFFECTS[key] == 1
+
+
+async def test_cancel_a_queued_and_a_running_task(start: Any) -> None:
+    mesh = await start(workers_min=1, workers_max=1)
+    tasks = stub(mesh)
+    running, queued = (await tasks.Submit(pb.SubmitRequest(tasks=[
+        typed("sleep", b"20000"), typed("noop", b"never")]), timeout=10)).tasks
+    await wait_for(lambda: _state(tasks, running.id, pb.TASK_STATE_RUNNING),
+                   what="the first task to run")
+    cancelled = await tasks.Cancel(pb.CancelRequest(id=queued.id), timeout=10)
+    assert cancelled.state == pb.TASK_STATE_CANCELLED
+    stopped = await tasks.Cancel(pb.CancelRequest(id=running.id), timeout=10)
+    assert stopped.state == pb.TASK_STATE_CANCELLED
+    await asyncio.sleep(0.5)  # the freed worker takes the queued task's message, and drops it
+    final = await tasks.Get(pb.GetRequest(id=queued.id), timeout=5)
+    assert (final.state, final.attempts, final.result) == (pb.TASK_STATE_CANCELLED, 0, b"")
+
+
+async def _state(tasks: Any, task_id: str, state: int) -> bool:
+    return bool((await tasks.Get(pb.GetRequest(id=task_id), timeout=5)).state == state)
+
+
+async def test_an_attempt_past_its_timeout_is_stopped(mesh: MeshHarness) -> None:
+    tasks = stub(mesh)
+    (task,) = (await tasks.Submit(pb.SubmitRequest(tasks=[
+        typed("sleep", b"5000", timeout=seconds(0.2), max_attempts=1)]), timeout=10)).tasks
+    done = await finished(tasks, task.id)
+    assert done.state == pb.TASK_STATE_DEAD_LETTERED
+    assert "DEADLINE_EXCEEDED" in done.dead_letter_reason
+
+
+async def test_watch_streams_progress_until_the_end(mesh: MeshHarness) -> None:
+    tasks = stub(mesh)
+    (task,) = (await tasks.Submit(pb.SubmitRequest(tasks=[typed("test.progress")]),
+                                  timeout=10)).tasks
+    seen = [t async for t in tasks.Watch(pb.WatchRequest(id=task.id), timeout=20)]
+    assert seen[-1].state == pb.TASK_STATE_SUCCEEDED
+    assert any(0 < t.progress.fraction < 1 and t.state == pb.TASK_STATE_RUNNING for t in seen)
+
+
+async def test_list_and_stats(mesh: MeshHarness) -> None:
+    tasks = stub(mesh)
+    submitted = (await tasks.Submit(pb.SubmitRequest(tasks=[typed("noop")] * 3),
+                                    timeout=10)).tasks
+    for task in submitted:
+        await finished(tasks, task.id)
+    listed = await tasks.List(pb.ListRequest(state=pb.TASK_STATE_SUCCEEDED, limit=1000),
+                              timeout=10)
+    assert {t.id for t in submitted} <= {t.id for t in listed.tasks}
+    stats = await tasks.Stats(pb.StatsRequest(), timeout=10)
+    assert stats.workers >= 2
+    assert stats.succeeded >= 3
+
+
+@pytest.mark.parametrize(("spec", "match"), [
+    (call("/revo.nope.v1.Nope/Do", b""), "unknown method"),
+    (call("/revo.echo.v1.EchoService/Count", b""), "only unary methods"),
+    (call(ECHO, b"\xff\xff"), "not a valid revo.echo.v1.EchoRequest"),
+    (typed("noop", priority=10), "priority must be 1"),
+    (typed("noop", b"x" * (2 << 20)), "over the limit"),
+    (typed("noop", timeout=seconds(0)), "more than 0 s"),
+    (typed("noop", timeout=seconds(-1)), "more than 0 s"),
+    (typed("nope"), "unknown task type"),
+    (pb.TaskSpec(), "set call"),
+    (typed("noop", max_attempts=1000), "max_attempts"),
+])
+async def test_bad_input_is_invalid_argument(mesh: MeshHarness, spec: pb.TaskSpec,
+                                             match: str) -> None:
+    tasks = stub(mesh)
+    before = (await tasks.List(pb.ListRequest(limit=1000), timeout=10)).tasks
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await tasks.Submit(pb.SubmitRequest(tasks=[typed("noop"), spec]), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert match in (refused.value.details() or "")
+    assert "tasks[1]" in (refused.value.details() or "")
+    after = (await tasks.List(pb.ListRequest(limit=1000), timeout=10)).tasks
+    assert len(after) == len(before)  # nothing of the batch was queued
+
+
+async def test_an_empty_submit_is_invalid(mesh: MeshHarness) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub(mesh).Submit(pb.SubmitRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
