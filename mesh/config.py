@@ -116,6 +116,8 @@ class NodeSettings(_Section):
     start_timeout_s: float = Field(30.0, gt=0, description="time an engine may take to start")
     restart_backoff_s: float = Field(0.1, gt=0, description="first restart delay of an actor")
     restart_backoff_max_s: float = Field(30.0, gt=0, description="cap of the restart delay")
+    metrics_address: str = Field("", description="host:port where the node serves Prometheus "
+                                 "metrics at /metrics (empty: not served)")
 
 
 class PluginSettings(_Section):

@@ -19,6 +19,7 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator
+from wsgiref.simple_server import WSGIServer
 
 import nats.errors
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -29,7 +30,14 @@ from mesh._gen.revo.mesh.v1 import mesh_pb2, registry_pb2
 from mesh.auth.identity import IdentitySeal
 from mesh.config import MeshConfig
 from mesh.engine import Context, EngineRuntime, MethodBinding, is_async_engine
-from mesh.errors import Internal, InvalidArgument, ResourceExhausted, RpcError, Unimplemented
+from mesh.errors import (
+    ConfigError,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    RpcError,
+    Unimplemented,
+)
 from mesh.plugins.host import PluginHost, PluginRecord, PluginStatus
 from mesh.registry import RegistryWriter, file_set
 from mesh.runtime.loop_pool import LoopPool
@@ -59,6 +67,20 @@ ACCEPT_AFTER_S = 0.1
 
 Pool = EnginePool | LoopPool
 """An engine's pool: actors (:class:`Engine`) or tasks on the loop (:class:`AsyncEngine`)."""
+
+
+def serve_metrics(address: str) -> WSGIServer:
+    """Serve the process's Prometheus registry on ``host:port`` (``/metrics``)."""
+    import prometheus_client
+
+    host, _, port = address.rpartition(":")
+    try:
+        server, _thread = prometheus_client.start_http_server(int(port), addr=host or "127.0.0.1")
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"node.metrics_address {address!r}: cannot serve metrics there "
+                          f"({exc})") from exc
+    log.info("metrics at http://%s:%s/metrics", host or "127.0.0.1", port)
+    return server
 
 
 def default_node_id() -> str:
@@ -123,6 +145,7 @@ class Node:
         # Reply subjects of calls not yet answered nor accepted, with their start times.
         self._unaccepted: dict[str, float] = {}
         self._accepter: asyncio.Task[None] | None = None
+        self._metrics: WSGIServer | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -175,6 +198,8 @@ class Node:
                 self.routes[path] = (pool, binding)
             log.info("engine %s started: %d actors, %d methods", name, pool.size,
                      len(record.methods))
+        if self.config.node.metrics_address:
+            self._metrics = serve_metrics(self.config.node.metrics_address)
         if serve_nats:
             await self._serve_nats()
 
@@ -220,6 +245,9 @@ class Node:
             await self._registry.stop()
         for pool in self.pools.values():
             await pool.stop()
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()

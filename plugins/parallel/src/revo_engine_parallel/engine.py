@@ -31,6 +31,7 @@ from mesh.registry import RegistryView
 from mesh.transport.rpc import Requester
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.dispatch import REVISION_HEADER, Dispatcher, Handler
+from revo_engine_parallel.metrics import TaskMetrics
 from revo_engine_parallel.settings import ParallelSettings
 from revo_engine_parallel.store import (
     CANCEL_PREFIX,
@@ -78,8 +79,11 @@ class TaskEngine(AsyncEngine):
             handlers=self.handlers, view=self.view, requester=self.requester,
             seal=IdentitySeal.from_config(config) if self.auth else None)
         await self.dispatcher.start()
+        self.metrics = TaskMetrics(runtime.node_id, self.pool, self.dispatcher)
+        self.metrics.register()
 
     async def stop(self) -> None:
+        self.metrics.unregister()
         await self.dispatcher.stop()
         await self.pool.stop()
         await self.requester.stop()
