@@ -207,3 +207,32 @@ async def test_an_empty_submit_is_invalid(mesh: MeshHarness) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub(mesh).Submit(pb.SubmitRequest(), timeout=10)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.fixture
+def own_nats(tmp_path: Any) -> Any:
+    """A nats-server of the test's own: a queue nothing else has left tasks in."""
+    from mesh.embedded.nats_server import NatsServer
+
+    server = NatsServer(tmp_path / "nats").start()
+    yield server
+    server.stop()
+
+
+async def test_submit_beyond_the_queue_limit_is_resource_exhausted(
+        own_nats: Any, mesh_harness: Any) -> None:
+    mesh: MeshHarness = await mesh_harness(
+        plugins=PLUGINS, nats={"url": own_nats.url},
+        engines={"parallel": {**SETTINGS, "workers_min": 1, "workers_max": 1,
+                              "queue_limit": 3}})
+    tasks = stub(mesh)
+    accepted = (await tasks.Submit(pb.SubmitRequest(tasks=[typed("sleep", b"20000")] * 3),
+                                   timeout=10)).tasks
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await tasks.Submit(pb.SubmitRequest(tasks=[typed("noop")]), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue is full" in (refused.value.details() or "")
+    for task in accepted:  # the accepted ones are kept
+        got = await tasks.Get(pb.GetRequest(id=task.id), timeout=5)
+        assert got.state in (pb.TASK_STATE_QUEUED, pb.TASK_STATE_RUNNING)
+        await tasks.Cancel(pb.CancelRequest(id=task.id), timeout=10)

@@ -16,7 +16,6 @@ class ParallelSettings(BaseModel):
 
     workers_min: int = Field(4, ge=1, le=256, description="worker actors kept when idle")
     workers_max: int = Field(32, ge=1, le=256, description="worker actors at most")
-    scale_interval_s: float = Field(0.5, gt=0, description="how often the pool is resized")
     idle_s: float = Field(10.0, gt=0, description="a worker idle this long is stopped "
                           "(down to workers_min)")
     queue_limit: int = Field(100_000, ge=1, description="tasks queued or running, mesh-wide; "

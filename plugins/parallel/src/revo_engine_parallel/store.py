@@ -99,12 +99,18 @@ class TaskStore:
                                       description="revo Parallel Mind: idempotency keys")
 
     async def _stream(self, config: StreamConfig) -> None:
+        """Create the stream, or bring an existing one's limits to this configuration."""
         assert config.name is not None
         try:
-            await self.js.stream_info(config.name)
+            info = await self.js.stream_info(config.name)
         except NotFoundError:
             with contextlib.suppress(BadRequestError):  # another node created it first
                 await self.js.add_stream(config)
+            return
+        current = info.config
+        if (current.max_msgs, current.max_age) != (config.max_msgs, config.max_age):
+            current.max_msgs, current.max_age = config.max_msgs, config.max_age
+            await self.js.update_stream(current)
 
     # -- records ----------------------------------------------------------------------
 
