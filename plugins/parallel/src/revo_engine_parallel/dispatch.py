@@ -215,8 +215,8 @@ class Dispatcher:
             if not msgs:
                 self._empty.add(queue)
                 continue
-            for msg in msgs:
-                await self._begin(msg)
+            # claims go out together: each is a JetStream round trip
+            await asyncio.gather(*(self._begin(msg) for msg in msgs))
 
     async def _fetch(self, queue: Queue, count: int) -> list[Msg]:
         sub = self._subs.get(queue)
