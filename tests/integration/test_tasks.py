@@ -236,3 +236,26 @@ async def test_submit_beyond_the_queue_limit_is_resource_exhausted(
         got = await tasks.Get(pb.GetRequest(id=task.id), timeout=5)
         assert got.state in (pb.TASK_STATE_QUEUED, pb.TASK_STATE_RUNNING)
         await tasks.Cancel(pb.CancelRequest(id=task.id), timeout=10)
+
+
+async def test_a_large_result_goes_to_the_object_store_and_get_reads_it(start: Any) -> None:
+    mesh = await start(inline_result_bytes=1024)
+    tasks = stub(mesh)
+    big = bytes(range(256)) * 200  # 51,200 bytes
+    (task,) = (await tasks.Submit(pb.SubmitRequest(tasks=[typed("noop", big)]),
+                                  timeout=10)).tasks
+    done = await finished(tasks, task.id)
+    assert done.state == pb.TASK_STATE_SUCCEEDED
+    assert done.result_object
+    assert done.result == b""  # the record stays small
+    assert (await tasks.Get(pb.GetRequest(id=task.id), timeout=10)).result == big
+
+
+async def test_a_result_over_the_limit_fails_the_task(start: Any) -> None:
+    mesh = await start(result_limit_bytes=100)
+    tasks = stub(mesh)
+    (task,) = (await tasks.Submit(pb.SubmitRequest(tasks=[typed("noop", b"x" * 101)]),
+                                  timeout=10)).tasks
+    done = await finished(tasks, task.id)
+    assert (done.state, done.error.code) == (pb.TASK_STATE_FAILED, "RESOURCE_EXHAUSTED")
+    assert "over the limit of 100 bytes" in done.error.message

@@ -8,6 +8,9 @@ import time
 import urllib.request
 from typing import Any
 
+import grpc
+import pytest
+
 from mesh.embedded.nats_server import free_port
 from mesh.testing import MeshHarness, wait_for
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
@@ -102,3 +105,26 @@ async def test_the_pool_grows_with_work_and_shrinks_when_idle(mesh_harness: Any)
     await wait_for(lambda: _gauge(address, "parallel_mind_active_workers") == 1, timeout=20,
                    what="the pool to shrink back to workers_min")
     assert _gauge(address, "parallel_mind_queue_depth") >= 0
+
+
+async def test_a_task_is_visible_to_its_owner_and_to_managers_only(mesh_harness: Any) -> None:
+    since = time.time()
+    mesh: MeshHarness = await mesh_harness(plugins=PLUGINS, auth=LIMITS)
+    tasks, owner = await _owner(mesh)
+    _, stranger = await _owner(mesh)
+    admin = bearer((await login(mesh.channel, await add_user(mesh, "admin"))).access_token)
+    (task,) = (await tasks.Submit(pb.SubmitRequest(tasks=[typed("noop")]), metadata=owner,
+                                  timeout=10)).tasks
+    for call in (tasks.Get(pb.GetRequest(id=task.id), metadata=stranger, timeout=5),
+                 tasks.Cancel(pb.CancelRequest(id=task.id), metadata=stranger, timeout=5)):
+        with pytest.raises(grpc.aio.AioRpcError) as hidden:
+            await call
+        assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await tasks.List(pb.ListRequest(owner="*"), metadata=stranger, timeout=5)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (await tasks.Get(pb.GetRequest(id=task.id), metadata=admin, timeout=5)).id == task.id
+    everyone = await tasks.List(pb.ListRequest(owner="*", limit=1000), metadata=admin,
+                                timeout=10)
+    assert task.id in {t.id for t in everyone.tasks}
+    await remove_users_since(mesh, since)

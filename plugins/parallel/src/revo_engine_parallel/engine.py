@@ -216,7 +216,11 @@ class TaskEngine(AsyncEngine):
         raise NotFound(f"no task {task_id[:64]!r} of yours")
 
     async def get(self, request: pb.GetRequest, ctx: Context) -> pb.Task:
-        return await self._visible(request.id, ctx)
+        """The task; a result kept in the object store is read back into ``result``."""
+        task = await self._visible(request.id, ctx)
+        if task.result_object and not task.result:
+            task.result = await self.store.read_result(task.result_object)
+        return task
 
     async def cancel(self, request: pb.CancelRequest, ctx: Context) -> pb.Task:
         task = await self._visible(request.id, ctx)

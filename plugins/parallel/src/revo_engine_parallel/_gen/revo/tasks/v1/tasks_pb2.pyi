@@ -262,7 +262,9 @@ class Task(_message.Message):
     result: _builtins.bytes
     """The response (a MethodCall's serialized response), when it fits inline."""
     result_object: _builtins.str
-    """The object holding a large result (object store revo_task_results)."""
+    """The object holding a large result (object store revo_task_results); Get
+    returns its content in result, Watch and List do not.
+    """
     dead_letter_reason: _builtins.str
     node: _builtins.str
     """The node that ran (or runs) the latest attempt."""

@@ -87,7 +87,8 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Get(self, request, context):
-        """Get returns one task.
+        """Get returns one task, with its result (read from the object store when
+        it is kept there).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,7 +43,9 @@ class TaskServiceStub:
     idempotency key the owner already used returns the existing task.
     """
     Get: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.GetRequest, _tasks_pb2.Task]
-    """Get returns one task."""
+    """Get returns one task, with its result (read from the object store when
+    it is kept there).
+    """
     Cancel: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.CancelRequest, _tasks_pb2.Task]
     """Cancel stops a queued or running task; a finished task is returned as is."""
     Watch: _grpc.UnaryStreamMultiCallable[_tasks_pb2.WatchRequest, _tasks_pb2.Task]
@@ -67,7 +69,9 @@ class TaskServiceAsyncStub(TaskServiceStub):
     idempotency key the owner already used returns the existing task.
     """
     Get: _aio.UnaryUnaryMultiCallable[_tasks_pb2.GetRequest, _tasks_pb2.Task]  # type: ignore[assignment]
-    """Get returns one task."""
+    """Get returns one task, with its result (read from the object store when
+    it is kept there).
+    """
     Cancel: _aio.UnaryUnaryMultiCallable[_tasks_pb2.CancelRequest, _tasks_pb2.Task]  # type: ignore[assignment]
     """Cancel stops a queued or running task; a finished task is returned as is."""
     Watch: _aio.UnaryStreamMultiCallable[_tasks_pb2.WatchRequest, _tasks_pb2.Task]  # type: ignore[assignment]
@@ -100,7 +104,9 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_pb2.GetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_pb2.Task, _abc.Awaitable[_tasks_pb2.Task]]:
-        """Get returns one task."""
+        """Get returns one task, with its result (read from the object store when
+        it is kept there).
+        """
 
     @_abc_1.abstractmethod
     def Cancel(
