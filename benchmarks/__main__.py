@@ -32,6 +32,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "generator": ("benchmarks.generator",
                   "Triton generator tokens/s and first token through the mesh vs direct "
                   "and Triton's SDK, at c=1 and 4 (--size tiny|small|1b)"),
+    "tasks": ("benchmarks.tasks",
+              "Durable tasks through the mesh (one and two nodes) vs Celery on Redis and an "
+              "in-process thread pool (tasks/s, p50 ms; no-op and 10 ms sleep)"),
 }
 
 
