@@ -70,7 +70,10 @@ class NatsServer:
             "port": self.port,
             "http": f"127.0.0.1:{self.monitor_port}",
             "max_payload": self.max_payload,
-            "jetstream": {"store_dir": str(self.store_dir / "jetstream")},
+            # fsync JetStream's files every second (default: two minutes), so that what
+            # was acknowledged survives the machine losing power, not only the process
+            "jetstream": {"store_dir": str(self.store_dir / "jetstream"),
+                          "sync_interval": "1s"},
         }
         if self.tls_cert_file is not None:
             tls: dict[str, object] = {"cert_file": str(self.tls_cert_file),
