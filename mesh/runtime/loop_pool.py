@@ -27,7 +27,14 @@ from mesh.errors import (
     RpcError,
     Unavailable,
 )
-from mesh.runtime.pool import PoolState, PoolStats, Respond, decode_request, encode_response
+from mesh.runtime.pool import (
+    PoolState,
+    PoolStats,
+    Respond,
+    decode_request,
+    encode_response,
+    outcome_of,
+)
 
 __all__ = ["LoopPool", "LoopStream"]
 
@@ -204,17 +211,7 @@ class LoopPool:
         timer = self.loop.call_later(max(0.0, ctx.time_remaining()), expire)
 
     async def call(self, binding: MethodBinding, payload: bytes, ctx: Context) -> bytes:
-        future: asyncio.Future[bytes] = self.loop.create_future()
-
-        def respond(result: bytes | None, error: RpcError | None) -> None:
-            if not future.done():
-                if error is None:
-                    future.set_result(result or b"")
-                else:
-                    future.set_exception(error)
-
-        self.start_call(binding, payload, ctx, respond)
-        return await future
+        return await outcome_of(self.start_call, self.loop, binding, payload, ctx)
 
     def stream(self, binding: MethodBinding, payload: bytes, ctx: Context,
                window: int) -> LoopStream:

@@ -36,7 +36,8 @@ from mesh.errors import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Call", "EnginePool", "PoolState", "StreamSink", "decode_request", "encode_response"]
+__all__ = ["Call", "EnginePool", "PoolState", "StreamSink", "decode_request", "encode_response",
+           "outcome_of"]
 
 
 class PoolState(enum.Enum):
@@ -212,6 +213,23 @@ class EngineActor(pykka.ThreadingActor):
         return result, error, crashed
 
 
+async def outcome_of(start_call: Callable[[MethodBinding, bytes, Context, Respond], None],
+                     loop: asyncio.AbstractEventLoop, binding: MethodBinding, payload: bytes,
+                     ctx: Context) -> bytes:
+    """Start a unary call with ``start_call`` and wait for its response (or raise its error)."""
+    future: asyncio.Future[bytes] = loop.create_future()
+
+    def respond(result: bytes | None, error: RpcError | None) -> None:
+        if not future.done():
+            if error is None:
+                future.set_result(result or b"")
+            else:
+                future.set_exception(error)
+
+    start_call(binding, payload, ctx, respond)
+    return await future
+
+
 def decode_request(binding: MethodBinding, payload: bytes) -> Message:
     try:
         return binding.request_type.FromString(payload)
@@ -355,17 +373,7 @@ class EnginePool:
 
     async def call(self, binding: MethodBinding, payload: bytes, ctx: Context) -> bytes:
         """Run a unary call on an actor and return the encoded response."""
-        future: asyncio.Future[bytes] = self.loop.create_future()
-
-        def respond(result: bytes | None, error: RpcError | None) -> None:
-            if not future.done():
-                if error is None:
-                    future.set_result(result or b"")
-                else:
-                    future.set_exception(error)
-
-        self.start_call(binding, payload, ctx, respond)
-        return await future
+        return await outcome_of(self.start_call, self.loop, binding, payload, ctx)
 
     def _expire(self, call: Call) -> None:
         call.ctx.cancel()  # lets a waiting engine give up early
