@@ -9,6 +9,7 @@ served and the caller and role the engine saw.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -141,7 +142,32 @@ def _progress(payload: bytes, ctx: Any) -> bytes:
     return b"done"
 
 
+EFFECTS_DIR_ENV = "TEST_EFFECTS_DIR"  # not REVO_: the config refuses unknown REVO_ names
+"""Where ``test.file_effect`` records its effects: a node in another process writes them."""
+
+
+def _file_effect(payload: bytes, ctx: Any) -> bytes:
+    """Payload ``<key> <ms>``: append the key to a file of this process, then wait ``ms``.
+
+    The effect comes first, so a node killed during the wait leaves an effect whose task is
+    not yet acknowledged: its redelivery shows at-least-once execution.
+    """
+    key, _, ms = payload.decode().partition(" ")
+    folder = os.environ.get(EFFECTS_DIR_ENV)
+    if not folder:
+        raise InvalidArgument(f"test.file_effect needs {EFFECTS_DIR_ENV} set on the node")
+    line = f"{key} {ctx.task_id} {ctx.attempt}\n".encode()
+    fd = os.open(os.path.join(folder, f"effects-{os.getpid()}.log"),
+                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line)  # one write of a short line on O_APPEND: never interleaved
+    finally:
+        os.close(fd)
+    ctx.cancelled.wait(int(ms or "0") / 1000)
+    return key.encode()
+
+
 @hookimpl
 def revo_task_types() -> dict[str, Any]:
     return {"test.fail": _fail, "test.crash": _crash, "test.effect": _effect,
-            "test.progress": _progress}
+            "test.progress": _progress, "test.file_effect": _file_effect}

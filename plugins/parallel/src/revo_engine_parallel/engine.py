@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
+from nats.js.api import Header
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 
 from mesh.auth.identity import IdentitySeal
@@ -35,6 +36,7 @@ from revo_engine_parallel.metrics import TaskMetrics
 from revo_engine_parallel.settings import ParallelSettings
 from revo_engine_parallel.store import (
     CANCEL_PREFIX,
+    DUPLICATE_WINDOW_S,
     FINISHED,
     KICK_SUBJECT,
     ROLE_HEADER,
@@ -161,46 +163,87 @@ class TaskEngine(AsyncEngine):
             raise InvalidArgument(f"Submit takes at most {self.settings.batch_limit} tasks "
                                   f"at once, got {len(request.tasks)}; split the batch")
         specs = [self._checked(spec, i, ctx) for i, spec in enumerate(request.tasks)]
-        tasks = await asyncio.gather(*(self._submit(spec, ctx) for spec in specs),
-                                     return_exceptions=True)
-        new = [t for t in tasks if isinstance(t, pb.Task) and not t.deduplicated]
-        if new:
+        outcomes = await asyncio.gather(*(self._submit(spec, ctx) for spec in specs),
+                                        return_exceptions=True)
+        queued = [t for t, q in (o for o in outcomes if isinstance(o, tuple)) if q]
+        if queued:
             kick = "\n".join(sorted({f"{t.spec.priority}.{owner_token(t.owner)}"
-                                     for t in new}))
+                                     for t in queued}))
             await self.runtime.nc.publish(KICK_SUBJECT, kick.encode())
-        for result in tasks:
-            if isinstance(result, BaseException):
-                raise result  # the ones before it are queued and stay queued
-        return pb.SubmitResponse(tasks=[t for t in tasks if isinstance(t, pb.Task)])
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # the ones before it are queued and stay queued
+        return pb.SubmitResponse(tasks=[o[0] for o in outcomes if isinstance(o, tuple)])
 
-    async def _submit(self, spec: pb.TaskSpec, ctx: Context) -> pb.Task:
+    async def _submit(self, spec: pb.TaskSpec, ctx: Context) -> tuple[pb.Task, bool]:
+        """The task for ``spec``, and whether this call put it in the queue."""
         owner = ctx.caller
         task = pb.Task(id=new_task_id(), owner=owner, spec=spec, state=pb.TASK_STATE_QUEUED)
         task.created_at.CopyFrom(now_timestamp())
         if spec.idempotency_key:
             existing = await self.store.claim_key(owner, spec.idempotency_key, task.id)
             if existing is not None:
-                found = await self.store.get(owner, existing)
-                earlier = found[0] if found else pb.Task(id=existing, owner=owner, spec=spec,
-                                                         state=pb.TASK_STATE_QUEUED)
-                earlier.deduplicated = True
-                return earlier
-        revision = await self.store.put(task)
+                return await self._submitted_before(existing, task, ctx)
         try:
-            await self.store.js.publish(
-                queue_subject(spec.priority, owner), task.SerializeToString(),
-                headers={ROLE_HEADER: ctx.role, REVISION_HEADER: str(revision)})
-        except APIError as exc:
+            revision = await self.store.create(task)
+        except KeyWrongLastSequenceError:  # a Submit of the same key requeued it first
+            found = await self.store.get(owner, task.id)
+            if found is None:
+                raise
+            task, revision = found
+        try:
+            await self._enqueue(task, revision, ctx.role)
+        except Exception:
             with contextlib.suppress(Exception):
                 await self.store.tasks.purge(task_key(owner, task.id))
                 if spec.idempotency_key:
                     await self.store.release_key(owner, spec.idempotency_key)
+            raise
+        return task, True
+
+    async def _submitted_before(self, task_id: str, fresh: pb.Task,
+                                ctx: Context) -> tuple[pb.Task, bool]:
+        """The task an idempotency key already names, queued again if it may not be.
+
+        The Submit that claimed the key may have stopped (its node died) after the claim
+        and before the task's record, or its queue message, was written: such a task would
+        stay QUEUED forever and its key could never run. So a task without a record is
+        written now under the key's id, and a QUEUED one younger than half the stream's
+        duplicate window is published again: the message id (the task's id) makes the
+        stream keep one message when the first one did arrive.
+        """
+        owner = fresh.owner
+        found = await self.store.get(owner, task_id)
+        if found is None:
+            fresh.id = task_id
+            try:
+                found = fresh, await self.store.create(fresh)
+            except KeyWrongLastSequenceError:  # the first Submit wrote it meanwhile
+                found = await self.store.get(owner, task_id)
+                if found is None:
+                    raise
+        task, revision = found
+        queued = False
+        age_s = time.time() - task.created_at.ToNanoseconds() / 1e9
+        if task.state == pb.TASK_STATE_QUEUED and age_s < DUPLICATE_WINDOW_S / 2:
+            queued = await self._enqueue(task, revision, ctx.role)
+        task.deduplicated = True
+        return task, queued
+
+    async def _enqueue(self, task: pb.Task, revision: int, role: str) -> bool:
+        """Publish the task's queue message; False when the stream already had it."""
+        try:
+            ack = await self.store.js.publish(
+                queue_subject(task.spec.priority, task.owner), task.SerializeToString(),
+                headers={ROLE_HEADER: role, REVISION_HEADER: str(revision),
+                         Header.MSG_ID: task.id})
+        except APIError as exc:
             if "maximum messages" in str(exc).lower():
                 raise ResourceExhausted(
                     f"the task queue is full ({self.settings.queue_limit} tasks queued or "
                     "running); retry later") from exc
             raise
-        return task
+        return not ack.duplicate
 
     async def _visible(self, task_id: str, ctx: Context) -> pb.Task:
         """The task, if the caller owns it or may manage; else NOT_FOUND."""

@@ -45,6 +45,9 @@ CANCEL_PREFIX = "revo.tasks.cancel"
 KICK_SUBJECT = "revo.tasks.kick"
 ROLE_HEADER = "Revo-Task-Role"
 """The owner's role when the task was submitted (queue messages only)."""
+DUPLICATE_WINDOW_S = 120.0
+"""The task stream drops a second message with the same ``Nats-Msg-Id`` (the task's id)
+published within this time, so queueing a task again is safe within it."""
 
 FINISHED = frozenset({pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_FAILED,
                       pb.TASK_STATE_CANCELLED, pb.TASK_STATE_DEAD_LETTERED})
@@ -88,7 +91,8 @@ class TaskStore:
         await self._stream(StreamConfig(
             name=STREAM, subjects=[f"{QUEUE_PREFIX}.>"], retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE, max_msgs=s.queue_limit, discard=DiscardPolicy.NEW,
-            num_replicas=s.replicas, description="revo Parallel Mind: queued tasks"))
+            duplicate_window=DUPLICATE_WINDOW_S, num_replicas=s.replicas,
+            description="revo Parallel Mind: queued tasks"))
         await self._stream(StreamConfig(
             name=DEAD_STREAM, subjects=[f"{DEAD_PREFIX}.>"], storage=StorageType.FILE,
             max_age=s.keep_s, num_replicas=s.replicas,
@@ -116,6 +120,11 @@ class TaskStore:
 
     async def put(self, task: pb.Task) -> int:
         return int(await self.tasks.put(task_key(task.owner, task.id), task.SerializeToString()))
+
+    async def create(self, task: pb.Task) -> int:
+        """Write a new task's record; KeyWrongLastSequenceError if it exists."""
+        return int(await self.tasks.create(task_key(task.owner, task.id),
+                                           task.SerializeToString()))
 
     async def get(self, owner: str, task_id: str) -> tuple[pb.Task, int] | None:
         try:
