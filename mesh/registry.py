@@ -203,7 +203,8 @@ class RegistryView:
         self._ready = False
 
     async def start(self, timeout: float = 5.0) -> None:
-        self._mirror = Mirror(await open_registry(self._nc), self._put, self._delete)
+        self._mirror = Mirror(await open_registry(self._nc), self._put, self._delete,
+                              nc=self._nc)
         self._expirer = asyncio.get_running_loop().create_task(self._expire())
         with contextlib.suppress(TimeoutError):
             await self._mirror.start(timeout)

@@ -53,7 +53,7 @@ class RevocationList:
     async def start(self) -> None:
         await self.open()
         assert self._bucket is not None
-        self._mirror = Mirror(self._bucket, self._put, self._delete)
+        self._mirror = Mirror(self._bucket, self._put, self._delete, nc=self._nc)
         await self._mirror.start()
 
     async def stop(self) -> None:

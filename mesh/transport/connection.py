@@ -82,6 +82,8 @@ class MeshConnection(Client):  # type: ignore[misc]
 
     def __init__(self) -> None:
         super().__init__()
+        self.reconnect_listeners: list[Callable[[], None]] = []
+        """Called on the loop after each reconnection (watches that must start again)."""
         self._direct: dict[int, DirectHandler] = {}
         self._flushed: asyncio.Future[None] | None = None
         self._write_scheduled = False
@@ -184,6 +186,11 @@ async def connect(settings: NatsSettings, name: str) -> MeshConnection:
 
     async def on_reconnected() -> None:
         log.info("nats (%s): reconnected", name)
+        for listener in list(nc.reconnect_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("nats (%s): a reconnect listener failed", name)
 
     servers = [url.strip() for url in settings.url.split(",") if url.strip()]
     secure: dict[str, Any] = {}

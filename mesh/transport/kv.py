@@ -43,23 +43,35 @@ class Mirror:
 
     ``on_put(key, value)`` and ``on_delete(key)`` run on the loop for each change;
     :meth:`start` returns once the bucket's current contents have been delivered.
+
+    Given the connection, the watch starts again after each reconnection (the current
+    values are delivered again): a restarted nats-server forgets the watch's consumer, and
+    nats-py would notice only after missing its heartbeats for many seconds.
     """
 
     def __init__(self, bucket: KeyValue, on_put: Callable[[str, bytes], None],
-                 on_delete: Callable[[str], None]) -> None:
+                 on_delete: Callable[[str], None], nc: NATS | None = None) -> None:
         self._bucket = bucket
         self._on_put = on_put
         self._on_delete = on_delete
+        self._nc = nc
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._restart: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 5.0) -> None:
-        self._watcher = await self._bucket.watchall()
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        await self._begin()
+        listeners = getattr(self._nc, "reconnect_listeners", None)
+        if listeners is not None:
+            listeners.append(self._reconnected)
         await asyncio.wait_for(self._ready.wait(), timeout)
 
-    async def stop(self) -> None:
+    async def _begin(self) -> None:
+        self._watcher = await self._bucket.watchall()
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _end(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -67,6 +79,33 @@ class Mirror:
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()
+
+    def _reconnected(self) -> None:
+        if self._restart is None or self._restart.done():
+            self._restart = asyncio.get_running_loop().create_task(self._watch_again())
+
+    async def _watch_again(self) -> None:
+        await self._end()
+        for delay in (0.0, 0.5, 1.0, 2.0, 4.0):  # JetStream may need a moment after a restart
+            await asyncio.sleep(delay)
+            try:
+                await self._begin()
+                log.info("watch of bucket %s started again after a reconnection",
+                         self._bucket._name)
+                return
+            except Exception as exc:
+                log.warning("watch of bucket %s could not start again yet: %s",
+                            self._bucket._name, exc)
+        log.error("watch of bucket %s did not start again; nats-py's own recovery is left",
+                  self._bucket._name)
+
+    async def stop(self) -> None:
+        listeners = getattr(self._nc, "reconnect_listeners", None)
+        if listeners is not None and self._reconnected in listeners:
+            listeners.remove(self._reconnected)
+        if self._restart is not None:
+            self._restart.cancel()
+        await self._end()
 
     async def _watch(self) -> None:
         assert self._watcher is not None
