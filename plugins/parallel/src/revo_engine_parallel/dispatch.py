@@ -142,6 +142,8 @@ class Dispatcher:
         for running in list(self._running.values()):
             running.over = True
             running.context.cancelled.set()
+            if running.future is not None:  # a method call: its worker stops waiting
+                running.future.cancel()
             with contextlib.suppress(Exception):
                 await running.msg.nak()
 
