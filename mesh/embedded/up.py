@@ -306,7 +306,16 @@ def run_up(config: MeshConfig) -> int:
         return 1
     launcher = Launcher(config)
 
+    signalled = False
+
     def on_signal(signum: int, frame: object) -> None:
+        # A second signal (Ctrl-C twice, or `timeout` passing one on) can arrive while this
+        # handler is inside Event.set() holding the event's lock; setting it again from the
+        # nested handler would deadlock. Only the first signal sets it.
+        nonlocal signalled
+        if signalled:
+            return
+        signalled = True
         launcher.stop_requested.set()
 
     signal.signal(signal.SIGINT, on_signal)
