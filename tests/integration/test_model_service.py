@@ -251,3 +251,18 @@ async def test_embed_without_triton_says_how_to_get_one(start: Any) -> None:
         await stub.Embed(pb.EmbedRequest(texts=["x"], model="ada"), metadata=metadata,
                          timeout=10)
     assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_gateway_hosting_the_engine_itself_serves_it_the_same(
+        mesh_harness: Any, fake: FakeLLMServer) -> None:
+    since = time.time()
+    mesh: MeshHarness = await mesh_harness(
+        plugins={"only": ["models"]}, auth=AUTH, colocate=True,
+        models={"catalog": _catalog(fake), "retries": 0, "timeout_s": 5.0})
+    _, stub, metadata = await _client(mesh)
+    fake.script(answer("one two"))
+    deltas, done = await _generate(stub, _ask(model="cheap"), metadata)
+    assert ("".join(deltas), done.model) == ("one two", "cheap")
+    listed = await stub.ListModels(pb.ListModelsRequest(), metadata=metadata, timeout=10)
+    assert len(listed.models) == 3
+    await remove_users_since(mesh, since)
