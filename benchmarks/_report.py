@@ -46,6 +46,12 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def median_known(values: Sequence[float | None], digits: int = 3) -> float | None:
+    """The median of the values that were measured (None: not measured), rounded."""
+    known = [v for v in values if v is not None]
+    return round(median(known), digits) if known else None
+
+
 def _version(distribution: str) -> str:
     try:
         return metadata.version(distribution)

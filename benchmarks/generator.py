@@ -50,7 +50,7 @@ from benchmarks._report import (
     RESULTS_DIR,
     machine_info,
     markdown_table,
-    median,
+    median_known,
     percentile,
     write_results,
 )
@@ -625,10 +625,6 @@ METRICS = ("aggregate_tokens_per_s", "stream_tokens_per_s_p50", "ttft_ms_p50", "
            "ms_per_token_after_first_p50", "client_cpu_us_per_token")
 
 
-def _median_known(values: Sequence[float | None], digits: int = 2) -> float | None:
-    known = [v for v in values if v is not None]
-    return round(median(known), digits) if known else None
-
 
 def summarize(raw: list[dict[str, Any]], paths: Sequence[str]) -> list[dict[str, Any]]:
     """One cell per path and concurrency: medians over rounds; completions and errors summed."""
@@ -641,8 +637,8 @@ def summarize(raw: list[dict[str, Any]], paths: Sequence[str]) -> list[dict[str,
                 kinds.update(r["error_kinds"])
             names = sorted({n for r in runs for n in r["cpu_us_per_token"]})
             cells.append({"path": path, "concurrency": concurrency}
-                         | {m: _median_known([r[m] for r in runs]) for m in METRICS}
-                         | {"cpu_us_per_token": {n: _median_known(
+                         | {m: median_known([r[m] for r in runs], 2) for m in METRICS}
+                         | {"cpu_us_per_token": {n: median_known(
                              [r["cpu_us_per_token"].get(n) for r in runs], 1) for n in names}}
                          | {"completions": sum(r["completions"] for r in runs),
                             "tokens": sum(r["tokens"] for r in runs),
@@ -722,7 +718,7 @@ def build_results(measured: dict[str, Any], settings: Settings, size: str,
         "aggregate_tokens_per_s_c4_sdk": get("sdk", 4, "aggregate_tokens_per_s"),
         "ratio_mesh_direct_c4": _ratio(get("mesh", 4, "aggregate_tokens_per_s"),
                                        get("direct", 4, "aggregate_tokens_per_s")),
-        "median_round_ratio_mesh_direct": _median_known(
+        "median_round_ratio_mesh_direct": median_known(
             [r.get("mesh_c1") for r in per_round], 3),
         "cells": cells,
         "round_ratios": per_round,

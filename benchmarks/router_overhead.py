@@ -51,7 +51,7 @@ from benchmarks._report import (
     RESULTS_DIR,
     machine_info,
     markdown_table,
-    median,
+    median_known,
     percentile,
     write_results,
 )
@@ -498,10 +498,6 @@ METRICS = ("total_p50_ms", "total_p90_ms", "total_p99_ms", "first_p50_ms", "firs
            "upstream_cpu_us_per_call", "client_cpu_pct")
 
 
-def _median_known(values: list[float | None], digits: int = 3) -> float | None:
-    known = [v for v in values if v is not None]
-    return round(median(known), digits) if known else None
-
 
 def summarize(raw: list[dict[str, Any]], paths: Sequence[str]) -> list[dict[str, Any]]:
     """One cell per path and concurrency: medians over rounds, sums of calls and errors."""
@@ -513,7 +509,7 @@ def summarize(raw: list[dict[str, Any]], paths: Sequence[str]) -> list[dict[str,
             for r in runs:
                 kinds.update(r["error_kinds"])
             cells.append({"path": path, "concurrency": concurrency}
-                         | {m: _median_known([r.get(m) for r in runs]) for m in METRICS}
+                         | {m: median_known([r.get(m) for r in runs]) for m in METRICS}
                          | {"mesh_cpu_us_per_call_by_process": _by_process(runs)}
                          | {"calls": sum(r["calls"] for r in runs),
                             "errors": sum(r["errors"] for r in runs),
@@ -529,7 +525,7 @@ def _by_process(runs: list[dict[str, Any]]) -> dict[str, float | None] | None:
              if r.get("mesh_cpu_us_per_call_by_process")]
     if not found:
         return None
-    return {name: _median_known([f.get(name) for f in found], 1) for name in found[0]}
+    return {name: median_known([f.get(name) for f in found], 1) for name in found[0]}
 
 
 def find_cell(cells: list[dict[str, Any]], path: str, concurrency: int) -> dict[str, Any]:
@@ -585,7 +581,7 @@ def build_results(raw: list[dict[str, Any]], targets: Targets, settings: Setting
         return added[f"c{concurrency}"].get(path, {}).get(metric)
 
     def round_median(path: str, concurrency: int) -> float | None:
-        return _median_known([r.get(path) for r in per_round
+        return median_known([r.get(path) for r in per_round
                               if r["concurrency"] == concurrency])
 
     mesh, litellm = headline("mesh"), headline("litellm")

@@ -50,7 +50,7 @@ from benchmarks._report import (
     RESULTS_DIR,
     machine_info,
     markdown_table,
-    median,
+    median_known,
     percentile,
     write_results,
 )
@@ -660,10 +660,6 @@ METRICS = ("burst_tasks_per_s", "burst_seen_tasks_per_s", "burst_p50_ms", "burst
            "server_cpu_ms_per_task", "client_cpu_ms_per_task", "client_cpu_s")
 
 
-def _median_known(values: list[float | None], digits: int = 3) -> float | None:
-    known = [v for v in values if v is not None]
-    return round(median(known), digits) if known else None
-
 
 def summarize(raw: list[dict[str, Any]], paths: Sequence[str]) -> list[dict[str, Any]]:
     """One cell per path and workload: medians over rounds, sums of tasks and errors."""
@@ -672,7 +668,7 @@ def summarize(raw: list[dict[str, Any]], paths: Sequence[str]) -> list[dict[str,
         for workload in WORKLOADS:
             runs = [r for r in raw if r["path"] == path and r["workload"] == workload]
             cells.append({"path": path, "workload": workload}
-                         | {m: _median_known([r.get(m) for r in runs]) for m in METRICS}
+                         | {m: median_known([r.get(m) for r in runs]) for m in METRICS}
                          | {"tasks": sum(r["burst_tasks"] + r["single_tasks"] for r in runs),
                             "errors": sum(r["burst_errors"] + r["single_errors"]
                                           + r["warmup_errors"] for r in runs),
