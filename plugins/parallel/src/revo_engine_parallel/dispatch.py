@@ -152,6 +152,13 @@ class Dispatcher:
     def waiting(self) -> int:
         return sum(count for queue, count in self.depth.items() if queue not in self._empty)
 
+    def depth_by_priority(self) -> dict[int, int]:
+        """Tasks queued or running, mesh-wide, summed over owners."""
+        totals: dict[int, int] = {}
+        for (priority, _), count in list(self.depth.items()):
+            totals[priority] = totals.get(priority, 0) + count
+        return totals
+
     async def refresh(self) -> None:
         try:
             info = await self.store.js.stream_info(STREAM, subjects_filter=f"{QUEUE_PREFIX}.>")

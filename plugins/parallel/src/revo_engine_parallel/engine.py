@@ -334,9 +334,7 @@ class TaskEngine(AsyncEngine):
 
     async def stats(self, request: pb.StatsRequest, ctx: Context) -> pb.StatsResponse:
         await self.dispatcher.refresh()
-        by_priority: dict[int, int] = {}
-        for (priority, _), count in self.dispatcher.depth.items():
-            by_priority[priority] = by_priority.get(priority, 0) + count
+        by_priority = self.dispatcher.depth_by_priority()
         stats = self.dispatcher.stats
         return pb.StatsResponse(
             depth=[pb.PriorityDepth(priority=p, tasks=n) for p, n in sorted(by_priority.items())],

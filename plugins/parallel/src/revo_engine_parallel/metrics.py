@@ -50,9 +50,7 @@ class TaskMetrics(Collector):
         depth = GaugeMetricFamily("parallel_mind_queue_depth",
                                   "Tasks queued or running, mesh-wide, by priority",
                                   labels=["node", "priority"])
-        by_priority: dict[int, int] = {}
-        for (priority, _), count in list(self._dispatcher.depth.items()):
-            by_priority[priority] = by_priority.get(priority, 0) + count
+        by_priority = self._dispatcher.depth_by_priority()
         for priority in range(1, 10):
             depth.add_metric([node, str(priority)], by_priority.get(priority, 0))
         yield depth

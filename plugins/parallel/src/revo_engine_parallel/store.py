@@ -85,6 +85,7 @@ class TaskStore:
         self.settings = settings
         self.tasks: KeyValue
         self.keys: KeyValue
+        self._results_store: Any = None
 
     async def open(self) -> None:
         s = self.settings
@@ -211,13 +212,19 @@ class TaskStore:
         return bytes((await store.get(name)).data or b"")
 
     async def _results(self) -> Any:
+        """The results object store, opened (or created) on first use and then kept."""
+        if self._results_store is not None:
+            return self._results_store
         try:
-            return await self.js.object_store(RESULTS_BUCKET)
+            store = await self.js.object_store(RESULTS_BUCKET)
         except Exception:
             from nats.js.api import ObjectStoreConfig
 
-            with contextlib.suppress(Exception):
-                return await self.js.create_object_store(RESULTS_BUCKET, config=ObjectStoreConfig(
+            try:
+                store = await self.js.create_object_store(RESULTS_BUCKET, config=ObjectStoreConfig(
                     bucket=RESULTS_BUCKET, ttl=self.settings.keep_s,
                     storage=StorageType.FILE, replicas=self.settings.replicas))
-            return await self.js.object_store(RESULTS_BUCKET)
+            except Exception:  # another node created it first
+                store = await self.js.object_store(RESULTS_BUCKET)
+        self._results_store = store
+        return store
