@@ -53,14 +53,16 @@ def collection() -> str:
 def vectors(count: int, seed: int = 0) -> np.ndarray[Any, Any]:
     rng = np.random.default_rng(seed)
     v = rng.standard_normal((count, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    unit: np.ndarray[Any, Any] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return unit
 
 
 def near(vector: np.ndarray[Any, Any], noise: float, seed: int = 1) -> np.ndarray[Any, Any]:
     """A vector at about cosine 1/sqrt(1 + noise^2) from ``vector``."""
     rng = np.random.default_rng(seed)
     out = vector + noise * rng.standard_normal(DIM).astype(np.float32) / np.sqrt(DIM)
-    return out / np.linalg.norm(out)
+    unit: np.ndarray[Any, Any] = out / np.linalg.norm(out)
+    return unit
 
 
 def memory(text: str, vector: np.ndarray[Any, Any] | None = None, *,

@@ -80,7 +80,8 @@ def stub(mesh: MeshHarness) -> Any:
 async def _search(recall: Any, vector: np.ndarray[Any, Any], **fields: Any) -> pb.SearchResponse:
     request = pb.SearchRequest(**fields)
     request.vector.extend(vector.tolist())
-    return await recall.Search(request, timeout=10)
+    found: pb.SearchResponse = await recall.Search(request, timeout=10)
+    return found
 
 
 async def test_remember_search_get_update_forget_round_trip(start: Any) -> None:
@@ -131,7 +132,7 @@ async def test_metadata_filters_and_min_score(start: Any) -> None:
                                             "draft": i == 5})
         for i in range(6)]), timeout=10)
 
-    def condition(key: str, op: int = 0, value: Any = None, values: Any = ()) -> pb.Condition:
+    def condition(key: str, op: Any = 0, value: Any = None, values: Any = ()) -> pb.Condition:
         c = pb.Condition(key=key, op=op, values=[_value(x) for x in values])
         if value is not None:
             c.value.CopyFrom(_value(value))
@@ -249,8 +250,12 @@ async def test_concurrent_writers_on_two_nodes_lose_nothing(start: Any) -> None:
         found = await _search(recall, data[-1], top_k=1, after_sequence=last)
         assert found.hits[0].memory.text == f"w{writers - 1} b{batches - 1} m{per_batch - 1}"
     for node in mesh.nodes:
-        await wait_for(lambda n=node: len(_engine(n).index) == total, 10,
-                       f"{total} memories in {node.id}'s index")
+        index_of = _engine(node)
+
+        def holds_all(engine: Any = index_of) -> bool:
+            return bool(len(engine.index) == total)
+
+        await wait_for(holds_all, 10, f"{total} memories in {node.id}'s index")
 
 
 async def test_memories_survive_a_node_restart(start: Any, mesh_harness: Any,
@@ -274,7 +279,8 @@ BAD: list[tuple[str, Any, str]] = [
     ("wrong dimension", lambda v: pb.RememberRequest(memories=[memory("x", v[:100])]),
      "100 dimensions"),
     ("unknown scope", lambda v: pb.RememberRequest(memories=[
-        memory("x", v, scope=pb.Scope(kind=9, id="x"))]), "unknown scope kind"),
+        memory("x", v, scope=pb.Scope(kind=9, id="x"))]),  # type: ignore[arg-type]
+     "unknown scope kind"),
     ("bad scope id", lambda v: pb.RememberRequest(memories=[
         memory("x", v, scope=pb.Scope(kind=pb.SCOPE_KIND_PROJECT, id='a" or 1'))]),
      "letters, digits"),
@@ -293,7 +299,7 @@ BAD_SEARCH: list[tuple[str, dict[str, Any], str]] = [
         key="lang", value=Value(string_value='py" or lang != "x'))]}, "quotes"),
     ("operator in a filter key", {"filters": [pb.Condition(
         key="lang == 'x' or 1", value=Value(string_value="py"))]}, "filter key"),
-    ("unknown operator", {"filters": [pb.Condition(key="n", op=42,
+    ("unknown operator", {"filters": [pb.Condition(key="n", op=42,  # type: ignore[arg-type]
                                                    value=Value(number_value=1))]},
      "unknown operator"),
     ("min_score out of range", {"min_score": 2.0}, "min_score"),
