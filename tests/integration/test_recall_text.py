@@ -35,7 +35,8 @@ async def _mesh(mesh_harness: Any, triton_url: str) -> MeshHarness:
         engines={"recall": {"collection": collection()}})
     await harness.wait_for_service(SERVICE)
     await harness.wait_for_service("revo.models.v1.ModelService")
-    engine: Any = harness.nodes[0].pools["recall"].engine
+    pool: Any = harness.nodes[0].pools["recall"]
+    engine = pool.engine
     await wait_for(lambda: engine.index is not None, 30, "the memory index loaded")
     return harness
 
