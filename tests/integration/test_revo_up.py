@@ -37,6 +37,7 @@ def _revo(*args: str, env: dict[str, str], cwd: Path, timeout: float = 30):
 
 
 TRITON_MODELS = Path(__file__).resolve().parents[2] / "triton_models"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _triton_http(tmp_path: Path) -> str:
@@ -54,7 +55,7 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
                REVO_NATS__PORT=str(free_port()),
                REVO_NATS__MONITOR_PORT=str(free_port()),
                REVO_GATEWAY__ADDRESS=gateway,
-               REVO_PLUGINS__ONLY="echo,models",
+               REVO_PLUGINS__ONLY="echo,models,recall",
                REVO_ADMIN_PASSWORD="first-admin-password",
                REVO_MODELS__TRITON_REPOSITORY=str(TRITON_MODELS))
     up = subprocess.Popen([sys.executable, "-m", "mesh", "up"], env=env, cwd=tmp_path,
@@ -99,6 +100,18 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
         assert [(m.name, m.healthy, m.embeds) for m in listed.models] == [
             ("embedder", True, True)]
         assert [len(e.values) for e in embedded.embeddings] == [384, 384]
+        # Perfect Recall remembers and finds by meaning (examples/recall_client.py)
+        password_file = tmp_path / "admin.password"
+        password_file.write_text("first-admin-password")
+        example = subprocess.run(
+            [sys.executable, str(EXAMPLES / "recall_client.py"), "--target", gateway,
+             "--password-file", str(password_file)],
+            env=env, capture_output=True, text=True, timeout=120)
+        assert example.returncode == 0, example.stdout + example.stderr
+        assert example.stdout.count("OUTCOME_STORED") == 5, example.stdout
+        assert "OUTCOME_MERGED" in example.stdout
+        first_hit = example.stdout.split("Search 'which port", 1)[1].splitlines()[1]
+        assert "port 5433" in first_hit, example.stdout
 
         status = _revo("status", env=env, cwd=tmp_path)
         assert status.returncode == 0, status.stdout + status.stderr
