@@ -405,3 +405,35 @@ async def test_searches_are_timed_in_the_retrieval_histogram(start: Any) -> None
     assert REGISTRY.get_sample_value("perfect_recall_memories", {"node": node}) == 1
     assert REGISTRY.get_sample_value("perfect_recall_writes_total",
                                      {"node": node, "outcome": "stored"}) == 1
+
+
+@pytest.mark.parametrize("backend", ["lite"], indirect=True)
+async def test_the_index_grows_a_graph_and_rebuilds_without_losing_writes(start: Any) -> None:
+    mesh = await start(exact_max=300)
+    recall = stub(mesh)
+    engine = _engine(mesh.nodes[0])
+    data = vectors(1200, seed=31)
+    ids: list[str] = []
+    for b in range(12):  # past exact_max: a graph is built while writes go on
+        reply = await recall.Remember(pb.RememberRequest(memories=[
+            memory(f"m{i}", data[i]) for i in range(b * 100, b * 100 + 100)]), timeout=30)
+        ids.extend(r.id for r in reply.results)
+    await wait_for(lambda: engine.index.kind == "hnsw" and engine._rebuild is None, 30,
+                   "the graph")
+    assert len(engine.index) == 1200
+
+    async def found(i: int) -> bool:
+        hits = (await _search(recall, data[i], top_k=1)).hits
+        return bool(hits) and hits[0].memory.id == ids[i]
+
+    assert sum([await found(i) for i in range(0, 1200, 20)]) >= 58  # of 60
+    forgot = await recall.Forget(pb.ForgetRequest(ids=ids[:400]), timeout=30)
+    assert forgot.forgotten == 400
+    extra = await recall.Remember(pb.RememberRequest(memories=[  # lands during the rebuild
+        memory("late", near(data[0], 3.0))]), timeout=30)
+    await wait_for(lambda: engine._rebuild is None and engine.index.dead == 0, 30,
+                   "the rebuild after 400 deletes")
+    assert len(engine.index) == 801
+    assert engine.index.get(extra.results[0].id) is not None
+    assert not any([await found(i) for i in range(0, 400, 40)])
+    assert sum([await found(i) for i in range(400, 1200, 20)]) >= 39  # of 40

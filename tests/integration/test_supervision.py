@@ -81,6 +81,7 @@ async def test_failing_plugins_are_reported_and_the_node_serves_the_others(mesh_
         "bad_start": mesh_pb2.ENGINE_STATUS_START_ERROR,
         "models": mesh_pb2.ENGINE_STATUS_DISABLED,  # installed, not in plugins.only
         "parallel": mesh_pb2.ENGINE_STATUS_DISABLED,
+        "recall": mesh_pb2.ENGINE_STATUS_DISABLED,
     }
     assert {name: e.status for name, e in engines.items()} == expected
     for name in FAULTY:

@@ -327,7 +327,11 @@ class MemoryIndex:
         count = len(self._scope_slots[code])
         if self._hnsw is None or count <= self.settings.exact_max:
             slots = self._candidate_slots(codes)
-            scores = queries @ self._vectors[slots].T
+            used = len(self._rows)
+            if len(slots) * 4 >= used:
+                scores = (queries @ self._vectors[:used].T)[:, slots]
+            else:
+                scores = queries @ self._vectors[slots].T
             best = np.argmax(scores, axis=1)
             found = [(int(slots[b]), float(scores[i, b])) for i, b in enumerate(best)]
         else:
@@ -339,7 +343,13 @@ class MemoryIndex:
     def _exact(self, query: Vector, top_k: int, codes: frozenset[int],
                keep: Callable[[int, float], Row | None]) -> list[SearchHit]:
         slots = self._candidate_slots(codes)
-        scores = self._vectors[slots] @ query
+        used = len(self._rows)
+        if len(slots) * 4 >= used:
+            # Most slots are candidates: one product over the contiguous matrix, then pick
+            # the candidates' scores (copying their vectors first costs ten times more).
+            scores = (self._vectors[:used] @ query)[slots]
+        else:
+            scores = self._vectors[slots] @ query
         hits: list[SearchHit] = []
         want = top_k
         while True:

@@ -28,6 +28,20 @@ _FIELDS = ["id", "scope", "owner", "client_id", "text", "text_hash", "metadata",
 _TEXT_MAX = 65_535
 
 
+class _QuietAllocTimestamp(logging.Filter):
+    """milvus-lite's in-process gRPC server lacks ``AllocTimestamp``, which pymilvus's query
+    iterator asks for first (it then uses a client-side timestamp): drop that one ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[2] if record.exc_info else None
+        while exc is not None and exc.tb_next is not None:
+            exc = exc.tb_next
+        return exc is None or exc.tb_frame.f_code.co_name != "AllocTimestamp"
+
+
+logging.getLogger("grpc._server").addFilter(_QuietAllocTimestamp())
+
+
 def quote(value: str) -> str:
     """``value`` as a Milvus string literal (JSON's escaping is Milvus's)."""
     return json.dumps(value)
