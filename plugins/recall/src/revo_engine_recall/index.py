@@ -263,8 +263,7 @@ class MemoryIndex:
 
     def snapshot(self) -> tuple[list[Row], Vector]:
         """The live rows and a copy of their vectors, for a rebuild on another thread."""
-        slots = [s for s in self._slot_of.values()]
-        slots.sort()
+        slots = sorted(self._slot_of.values())
         rows = [r for s in slots if (r := self._rows[s]) is not None]
         return rows, self._vectors[np.asarray(slots, dtype=np.int64)].copy()
 

@@ -1,8 +1,7 @@
 """Milvus, the source of truth, through pymilvus: one code path for milvus-lite and servers.
 
-Blocking calls; the engine runs them on its Milvus thread. Expressions sent to Milvus are
-built here from the engine's own values only (memory ids it generated, scope keys it
-validated, integers), each quoted as a JSON string literal.
+Blocking calls; the engine runs them on its Milvus thread. The only expression sent to
+Milvus is the purge's, over integers; everything else goes by primary key.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from pymilvus import DataType, MilvusClient
 from mesh.errors import ConfigError
 from revo_engine_recall.index import Row, Vector
 
-__all__ = ["MilvusStore", "quote"]
+__all__ = ["MilvusStore"]
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +39,6 @@ class _QuietAllocTimestamp(logging.Filter):
 
 
 logging.getLogger("grpc._server").addFilter(_QuietAllocTimestamp())
-
-
-def quote(value: str) -> str:
-    """``value`` as a Milvus string literal (JSON's escaping is Milvus's)."""
-    return json.dumps(value)
-
-
-def _in(field: str, values: Sequence[str]) -> str:
-    return f"{field} in [{', '.join(quote(v) for v in values)}]"
 
 
 def row_of(entity: dict[str, Any]) -> Row:

@@ -57,7 +57,8 @@ class Item:
 class Plan:
     results: list[pb.Remembered] = field(default_factory=list)
     writes: dict[str, tuple[Row, Vector]] = field(default_factory=dict)
-    outcomes: dict[int, int] = field(default_factory=dict)
+    stored: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(scope, text digest) -> id of the memories this batch stores as new."""
 
 
 def _expiry(now_ms: int, ttl_ms: int) -> int:
@@ -135,15 +136,16 @@ def plan(index: MemoryIndex, items: list[Item], owner: str, now_ms: int,
                   created_ms=now_ms, updated_ms=now_ms,
                   expires_ms=_expiry(now_ms, item.ttl_ms))
         out.writes[mid] = (row, item.vector)
+        out.stored[(item.scope, item.digest)] = mid
         stored.setdefault(item.scope, []).append(i)
         out.results.append(pb.Remembered(id=mid, outcome=pb.OUTCOME_STORED))
     return out
 
 
 def _same_text(index: MemoryIndex, out: Plan, item: Item) -> tuple[Row, Vector] | None:
-    for pending in out.writes.values():
-        if pending[0].scope == item.scope and pending[0].text_hash == item.digest:
-            return pending
+    pending = out.stored.get((item.scope, item.digest))
+    if pending is not None:
+        return out.writes[pending]
     held = index.by_text(item.scope, item.digest)
     if held is None:
         return None
