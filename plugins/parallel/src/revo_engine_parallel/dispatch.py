@@ -30,11 +30,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import KeyWrongLastSequenceError
 
-from mesh.auth.identity import IdentitySeal
+from mesh.calls import MeshCalls
 from mesh.errors import Cancelled, DeadlineExceeded, RpcError, Unavailable
-from mesh.registry import RegistryView
-from mesh.transport import headers as h
-from mesh.transport.rpc import Requester
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.scheduling import Queue, Scheduler
 from revo_engine_parallel.settings import ParallelSettings
@@ -94,16 +91,13 @@ class _Running:
 
 class Dispatcher:
     def __init__(self, store: TaskStore, pool: WorkerPool, settings: ParallelSettings, *,
-                 node_id: str, handlers: Mapping[str, Handler], view: RegistryView,
-                 requester: Requester, seal: IdentitySeal | None) -> None:
+                 node_id: str, handlers: Mapping[str, Handler], calls: MeshCalls) -> None:
         self.store = store
         self.pool = pool
         self.settings = settings
         self.node_id = node_id
         self.handlers = handlers
-        self.view = view
-        self.requester = requester
-        self.seal = seal
+        self.calls = calls
         self.stats = NodeStats()
         self.depth: dict[Queue, int] = {}
         """Tasks queued or running per queue, mesh-wide (from the stream, ~1 s old)."""
@@ -336,17 +330,9 @@ class Dispatcher:
         return call
 
     async def _call(self, task: pb.Task, role: str, ctx: TaskContext) -> bytes:
-        method = task.spec.call.method
-        route = self.view.snapshot.routes.get(method)
-        if route is None:
-            raise Unavailable(f"no live node serves {method} right now")
-        timeout = max(0.001, ctx.time_remaining())
-        headers = {h.REQUEST_ID: task.id, h.TIMEOUT_MS: str(max(1, int(timeout * 1000)))}
-        if self.seal is not None:
-            headers.update(self.seal.headers(task.owner, role, method,
-                                             int(time.time() * 1000 + timeout * 1000) + 1000))
-        return await self.requester.call(route.subject, task.spec.call.request, timeout,
-                                         headers)
+        call = task.spec.call
+        return await self.calls.call(call.method, call.request, caller=task.owner, role=role,
+                                     request_id=task.id, timeout=ctx.time_remaining())
 
     def _report(self, task_id: str, fraction: float, message: str) -> None:
         """From a worker thread: record progress (best effort, latest wins)."""

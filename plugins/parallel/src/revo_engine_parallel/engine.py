@@ -18,8 +18,8 @@ from google.protobuf.message import DecodeError
 from nats.js.api import Header
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 
-from mesh.auth.identity import IdentitySeal
 from mesh.auth.roles import MANAGE, declared_permission, grants, permission_name
+from mesh.calls import MeshCalls
 from mesh.engine import AsyncEngine, Context
 from mesh.errors import (
     ConfigError,
@@ -28,8 +28,6 @@ from mesh.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from mesh.registry import RegistryView
-from mesh.transport.rpc import Requester
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.dispatch import REVISION_HEADER, Dispatcher, Handler
 from revo_engine_parallel.metrics import TaskMetrics
@@ -67,19 +65,16 @@ class TaskEngine(AsyncEngine):
         self.handlers = _task_types(runtime.collect("revo_task_types"), builtin_types())
         self.store = TaskStore(runtime.nc, self.settings)
         await self.store.open()
-        self.view = RegistryView(runtime.nc)
-        await self.view.start()
-        self.requester = Requester(runtime.nc)
-        await self.requester.start()
         config = runtime.config
+        self.calls = MeshCalls(runtime.nc, config)
+        await self.calls.start()
         self.auth = config.auth.enabled
         self.pool = WorkerPool(asyncio.get_running_loop(), self.settings.workers_min,
                                self.settings.workers_max, self.settings.idle_s)
         self.pool.start()
         self.dispatcher = Dispatcher(
             self.store, self.pool, self.settings, node_id=runtime.node_id,
-            handlers=self.handlers, view=self.view, requester=self.requester,
-            seal=IdentitySeal.from_config(config) if self.auth else None)
+            handlers=self.handlers, calls=self.calls)
         await self.dispatcher.start()
         self.metrics = TaskMetrics(runtime.node_id, self.pool, self.dispatcher)
         self.metrics.register()
@@ -88,8 +83,7 @@ class TaskEngine(AsyncEngine):
         self.metrics.unregister()
         await self.dispatcher.stop()
         await self.pool.stop()
-        await self.requester.stop()
-        await self.view.stop()
+        await self.calls.stop()
 
     # -- validation -------------------------------------------------------------------
 
@@ -136,7 +130,7 @@ class TaskEngine(AsyncEngine):
         return checked
 
     def _check_call(self, call: pb.MethodCall, where: str, ctx: Context) -> None:
-        route = self.view.snapshot.routes.get(call.method)
+        route = self.calls.route(call.method)
         if route is None:
             raise InvalidArgument(f"{where}: unknown method {call.method[:200]!r}: no node "
                                   "serves it (methods are /package.Service/Method)")

@@ -25,12 +25,9 @@ from typing import Any, TypeVar
 import numpy as np
 import threadpoolctl
 
-from mesh.auth.identity import IdentitySeal
+from mesh.calls import MeshCalls
 from mesh.engine import AsyncEngine, Context
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from mesh.registry import RegistryView
-from mesh.transport import headers as h
-from mesh.transport.rpc import Requester
 from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
 from revo_engine_recall.changes import ChangeFeed
 from revo_engine_recall.filters import metadata_dict, predicate
@@ -91,11 +88,8 @@ class RecallEngine(AsyncEngine):
         self.feed = ChangeFeed(runtime.nc, s.collection, s.changes_max_age_s, s.replicas)
         start_sequence = await self.feed.open()
         self.auth = runtime.config.auth.enabled
-        self.seal = IdentitySeal.from_config(runtime.config) if self.auth else None
-        self.view = RegistryView(runtime.nc)
-        await self.view.start()
-        self.requester = Requester(runtime.nc)
-        await self.requester.start()
+        self.calls = MeshCalls(runtime.nc, runtime.config)
+        await self.calls.start()
         self.metrics = RecallMetrics(runtime.node_id, self)
         self.metrics.register()
         self._tasks = [asyncio.create_task(self._load(start_sequence)),
@@ -109,8 +103,7 @@ class RecallEngine(AsyncEngine):
                 await task
         self.metrics.unregister()
         await self.feed.close()
-        await self.requester.stop()
-        await self.view.stop()
+        await self.calls.stop()
         await self._on_milvus(self.store.close)
         self._milvus.shutdown(wait=True)
         self._cpu.shutdown(wait=True)
@@ -282,21 +275,16 @@ class RecallEngine(AsyncEngine):
         return text
 
     async def _embed(self, texts: list[str], ctx: Context) -> list[Vector]:
-        route = self.view.snapshot.routes.get(EMBED)
-        if route is None:
+        if self.calls.route(EMBED) is None:
             raise FailedPrecondition("no node serves ModelService.Embed, which makes "
                                      "embeddings from text: start the models engine (revo "
                                      "up does) or send vectors")
         from mesh._gen.revo.models.v1 import models_pb2
 
-        timeout = max(0.5, min(30.0, ctx.time_remaining()))
-        headers = {h.REQUEST_ID: ctx.request_id, h.TIMEOUT_MS: str(int(timeout * 1000))}
-        if self.seal is not None:
-            headers.update(self.seal.headers(ctx.caller, ctx.role, EMBED,
-                                             int((time.time() + timeout) * 1000) + 1000))
         request = models_pb2.EmbedRequest(texts=texts, model=self.settings.embed_model)
-        reply = models_pb2.EmbedResponse.FromString(await self.requester.call(
-            route.subject, request.SerializeToString(), timeout, headers))
+        reply = models_pb2.EmbedResponse.FromString(await self.calls.call(
+            EMBED, request.SerializeToString(), caller=ctx.caller, role=ctx.role,
+            request_id=ctx.request_id, timeout=max(0.5, min(30.0, ctx.time_remaining()))))
         vectors = [np.asarray(e.values, dtype=np.float32) for e in reply.embeddings]
         if len(vectors) != len(texts) or any(len(v) != self.settings.dim for v in vectors):
             raise FailedPrecondition(

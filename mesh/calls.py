@@ -1,0 +1,64 @@
+"""Calling another engine's method from inside the mesh, on behalf of a caller.
+
+An engine that needs another engine's method (Perfect Recall asks ``ModelService.Embed``
+for embeddings; a Parallel Mind task calls any unary method) does what the gateway does for
+a client: it finds the method's route in the registry, sends the request over NATS with the
+request id and the deadline as headers, and, when auth is on, seals the original caller's
+identity so the receiving node checks that caller's role, not the engine's.
+:class:`MeshCalls` is that, once, for every engine.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mesh.auth.identity import IdentitySeal
+from mesh.config import MeshConfig
+from mesh.errors import Unavailable
+from mesh.registry import RegistryView, Route
+from mesh.transport import headers as h
+from mesh.transport.connection import MeshConnection
+from mesh.transport.rpc import Requester
+
+__all__ = ["MeshCalls"]
+
+_SEAL_SLACK_MS = 1000
+"""How much longer than the call's deadline its identity seal stays valid (clock skew)."""
+
+
+class MeshCalls:
+    """Unary calls to mesh methods as a given caller; :meth:`start` before, :meth:`stop`
+    after."""
+
+    def __init__(self, nc: MeshConnection, config: MeshConfig) -> None:
+        self.view = RegistryView(nc)
+        self.requester = Requester(nc)
+        self.seal = IdentitySeal.from_config(config) if config.auth.enabled else None
+
+    async def start(self) -> None:
+        await self.view.start()
+        await self.requester.start()
+
+    async def stop(self) -> None:
+        await self.requester.stop()
+        await self.view.stop()
+
+    def route(self, method: str) -> Route | None:
+        """Where ``method`` (``/pkg.Service/Method``) is served now; None when no live node
+        serves it."""
+        return self.view.snapshot.routes.get(method)
+
+    async def call(self, method: str, request: bytes, *, caller: str, role: str,
+                   request_id: str, timeout: float) -> bytes:
+        """The serialized answer of ``method`` to ``request``, called as ``caller`` with
+        ``role``, waiting at most ``timeout`` seconds. Raises the callee's error, or
+        UNAVAILABLE when no live node serves the method."""
+        route = self.route(method)
+        if route is None:
+            raise Unavailable(f"no live node serves {method} right now")
+        timeout = max(0.001, timeout)
+        headers = {h.REQUEST_ID: request_id, h.TIMEOUT_MS: str(max(1, int(timeout * 1000)))}
+        if self.seal is not None:
+            expires_ms = int((time.time() + timeout) * 1000) + _SEAL_SLACK_MS
+            headers.update(self.seal.headers(caller, role, method, expires_ms))
+        return await self.requester.call(route.subject, request, timeout, headers)

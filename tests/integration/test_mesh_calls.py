@@ -1,0 +1,60 @@
+"""An engine calling another engine's method as its own caller (``mesh.calls.MeshCalls``):
+the receiving node checks that caller's role. Real gateway, node and nats-server; auth on."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from mesh.calls import MeshCalls
+from mesh.errors import RpcError
+from mesh.testing import MeshHarness
+from mesh.transport.connection import connect
+from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from tests.integration.test_auth import AUTH, remove_users_since
+
+ECHO = "/revo.echo.v1.EchoService/Echo"
+
+
+@pytest.fixture
+async def calls(mesh_harness) -> AsyncIterator[MeshCalls]:
+    since = time.time()
+    mesh: MeshHarness = await mesh_harness(plugins={"only": ["echo"]}, auth=AUTH)
+    nc = await connect(mesh.config.nats, "test-mesh-calls")
+    calls = MeshCalls(nc, mesh.config)
+    await calls.start()
+    assert calls.route(ECHO) is not None  # the node announced itself before the harness returned
+    try:
+        yield calls
+    finally:
+        await calls.stop()
+        await nc.close()
+        await remove_users_since(mesh, since)
+
+
+async def _echo(calls: MeshCalls, caller: str, role: str) -> echo_pb2.EchoResponse:
+    reply = await calls.call(ECHO, echo_pb2.EchoRequest(payload=b"hi").SerializeToString(),
+                             caller=caller, role=role, request_id="req-1", timeout=5.0)
+    return echo_pb2.EchoResponse.FromString(reply)
+
+
+async def test_the_callee_sees_the_original_caller_and_role(calls: MeshCalls) -> None:
+    reply = await _echo(calls, "ada", "analyst")
+    assert (reply.payload, reply.caller, reply.role) == (b"hi", "ada", "analyst")
+
+
+async def test_the_callee_checks_the_original_callers_role(calls: MeshCalls) -> None:
+    with pytest.raises(RpcError) as refused:
+        await _echo(calls, "vic", "viewer")  # Echo needs EXECUTE; a viewer only reads
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_method_nobody_serves_is_unavailable(calls: MeshCalls) -> None:
+    with pytest.raises(RpcError) as missing:
+        await calls.call("/revo.nothing.v1.Nothing/Never", b"", caller="ada", role="admin",
+                         request_id="req-2", timeout=1.0)
+    assert missing.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "/revo.nothing.v1.Nothing/Never" in missing.value.message
