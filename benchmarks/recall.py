@@ -39,6 +39,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -108,6 +109,8 @@ neighbours are far below it, so none are expected)."""
 CALL_TIMEOUT_S = 120.0
 READY_TIMEOUT_S = 120.0
 STATS_EVERY = 4
+LOADING_SEARCH_EVERY_S = 0.2
+"""While ours loads, one vector search this often (how searches fare while writes go on)."""
 """Remember batches between two ``Stats`` calls during the load (to see the index change)."""
 PROGRESS_EVERY = 20
 """Remember batches between two progress lines."""
@@ -467,17 +470,91 @@ class Mesh:
         return search
 
 
-def load_mesh(mesh: Mesh, data: Vectors, timeout_s: float,
+def search_meanwhile(mesh: Mesh, queries: Vectors, stop: threading.Event,
+                     deadline: float) -> tuple[threading.Thread, list[float], list[str]]:
+    """A thread that asks one vector search every :data:`LOADING_SEARCH_EVERY_S` until
+    ``stop`` (or ``deadline``): how searches fare while writes go on. Its latencies (ms) and
+    errors fill the returned lists."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    search = mesh.vector_search(queries)
+
+    def ask() -> None:
+        for i in itertools.count():
+            if stop.wait(LOADING_SEARCH_EVERY_S) or time.monotonic() > deadline:
+                return
+            sent = time.perf_counter()
+            try:
+                search(i % len(queries))
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}"[:200])
+            else:
+                latencies.append((time.perf_counter() - sent) * 1e3)
+
+    thread = threading.Thread(target=ask, name="search-while-loading", daemon=True)
+    thread.start()
+    return thread, latencies, errors
+
+
+def load_mesh(mesh: Mesh, data: Vectors, queries: Vectors, timeout_s: float,
               progress: Callable[[str], None]) -> dict[str, Any]:
-    """Remember every vector in batches; the rate, the outcomes, and when the engine's index
-    became a graph."""
+    """Remember every vector in batches, with a search now and then meanwhile; the rate,
+    the outcomes, those searches' latency, and when the engine's index became a graph."""
     from revo_engine_recall.index import IndexSettings
 
     outcomes: Counter[str] = Counter()
     batch_ms: list[float] = []
     kinds: list[tuple[float, str]] = []
-    hnsw_at: float | None = None
     deadline = time.monotonic() + timeout_s
+    started = time.perf_counter()
+    stop = threading.Event()
+    searcher, during, search_errors = search_meanwhile(mesh, queries, stop, deadline)
+    try:
+        loaded_s = _load_batches(mesh, data, deadline, timeout_s, outcomes, batch_ms, kinds,
+                                 progress)
+    finally:
+        stop.set()
+        searcher.join(CALL_TIMEOUT_S)
+    hnsw_at = next((at for at, kind in kinds if kind == "hnsw"), None)
+    # A collection above exact_max gets a graph, built off the engine's thread: wait for it.
+    expected = "hnsw" if len(data) > IndexSettings().exact_max else "exact"
+    wait_until = time.monotonic() + max(300.0, len(data) / 500)
+    kind = mesh.index_kind()
+    while kind != expected and time.monotonic() < wait_until:
+        time.sleep(0.5)
+        kind = mesh.index_kind()
+    if kind == "hnsw" and hnsw_at is None:
+        hnsw_at = time.perf_counter() - started
+    stats = mesh.stats()
+    batches = sorted(batch_ms)
+    during.sort()
+    return {
+        "insert_per_s": round(len(data) / loaded_s, 1),
+        "insert_s": round(loaded_s, 2),
+        "remember_batch_p50_ms": round(percentile(batches, 50), 2),
+        "remember_batch_p99_ms": round(percentile(batches, 99), 2),
+        "p50_ms_search_during_load": round(percentile(during, 50), 2) if during else None,
+        "p99_ms_search_during_load": round(percentile(during, 99), 2) if during else None,
+        "max_ms_search_during_load": round(during[-1], 2) if during else None,
+        "searches_during_load": len(during),
+        "search_errors_during_load": search_errors[:5],
+        "outcomes": dict(outcomes),
+        "memories_stored": outcomes.get("OUTCOME_STORED", 0),
+        "memories_merged": outcomes.get("OUTCOME_MERGED", 0),
+        "stats_memories": stats.memories,
+        "index_after_load": stats.index,
+        "index_expected": expected,
+        "hnsw_after_s": round(hnsw_at, 2) if hnsw_at is not None else None,
+        "hnsw_after_load_s": round(max(0.0, hnsw_at - loaded_s), 2)
+        if hnsw_at is not None else None,
+        "index_during_load": kinds,
+    }
+
+
+def _load_batches(mesh: Mesh, data: Vectors, deadline: float, timeout_s: float,
+                  outcomes: Counter[str], batch_ms: list[float], kinds: list[tuple[float, str]],
+                  progress: Callable[[str], None]) -> float:
+    """Remember ``data`` a batch at a time (filling the other arguments); seconds taken."""
     started = time.perf_counter()
     for number, start in enumerate(range(0, len(data), REMEMBER_BATCH)):
         if time.monotonic() > deadline:
@@ -491,38 +568,9 @@ def load_mesh(mesh: Mesh, data: Vectors, timeout_s: float,
             kind = mesh.index_kind()
             if not kinds or kinds[-1][1] != kind:
                 kinds.append((round(time.perf_counter() - started, 2), kind))
-            if kind == "hnsw" and hnsw_at is None:
-                hnsw_at = time.perf_counter() - started
             if number % PROGRESS_EVERY == PROGRESS_EVERY - 1:
                 progress(f"  loaded {start + REMEMBER_BATCH:,} memories, index {kind}")
-    loaded_s = time.perf_counter() - started
-    # A collection above exact_max gets a graph, built off the engine's thread: wait for it.
-    expected = "hnsw" if len(data) > IndexSettings().exact_max else "exact"
-    wait_until = time.monotonic() + max(300.0, len(data) / 500)
-    kind = mesh.index_kind()
-    while kind != expected and time.monotonic() < wait_until:
-        time.sleep(0.5)
-        kind = mesh.index_kind()
-    if kind == "hnsw" and hnsw_at is None:
-        hnsw_at = time.perf_counter() - started
-    stats = mesh.stats()
-    batches = sorted(batch_ms)
-    return {
-        "insert_per_s": round(len(data) / loaded_s, 1),
-        "insert_s": round(loaded_s, 2),
-        "remember_batch_p50_ms": round(percentile(batches, 50), 2),
-        "remember_batch_p99_ms": round(percentile(batches, 99), 2),
-        "outcomes": dict(outcomes),
-        "memories_stored": outcomes.get("OUTCOME_STORED", 0),
-        "memories_merged": outcomes.get("OUTCOME_MERGED", 0),
-        "stats_memories": stats.memories,
-        "index_after_load": stats.index,
-        "index_expected": expected,
-        "hnsw_after_s": round(hnsw_at, 2) if hnsw_at is not None else None,
-        "hnsw_after_load_s": round(max(0.0, hnsw_at - loaded_s), 2)
-        if hnsw_at is not None else None,
-        "index_during_load": kinds,
-    }
+    return time.perf_counter() - started
 
 
 # -- the peers --------------------------------------------------------------------------
@@ -843,7 +891,8 @@ def measure_size(size: int, queries: Vectors, texts: Sequence[str], settings: Se
             try:
                 mesh = Mesh(fleet, triton_url)
                 progress(f"{size:,}: mesh ready in {mesh.target.startup_s:g} s; loading")
-                result |= load_mesh(mesh, data, settings.load_timeout_s(size), progress)
+                result |= load_mesh(mesh, data, queries, settings.load_timeout_s(size),
+                                    progress)
             except Exception as exc:  # ours failed: say so, and still measure the peers
                 mesh_problem = f"{type(exc).__name__}: {exc}"[:500]
                 progress(f"{size:,}: ours not measured: {mesh_problem}")
@@ -1106,6 +1155,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                   f"{c.get('index_after_load', '-')}"
                   + (f" ({_num(c.get('hnsw_after_s'), 1)} s)" if c.get("hnsw_after_s")
                      else ""),
+                  f"{_num(c.get('p50_ms_search_during_load'))} / "
+                  f"{_num(c.get('p99_ms_search_during_load'))}",
                   _num(c.get("chroma_insert_per_s"), 0),
                   _num(c.get("milvus_lite_insert_per_s"), 0), _num(c.get("index_build_s"), 1),
                   _x(c.get("ratio_p50_search_to_chroma_server")),
@@ -1117,10 +1168,11 @@ def render_markdown(results: dict[str, Any]) -> str:
                  for c in sizes]
     load = markdown_table(
         ["size", "ours memories/s", "stored / merged", "engine index (graph after)",
-         "ChromaDB vectors/s", "Milvus-lite rows/s", "MemoryIndex.build s",
+         "ours search while loading p50 / p99 ms", "ChromaDB vectors/s",
+         "Milvus-lite rows/s", "MemoryIndex.build s",
          "mesh / Chroma server p50", "p99", "index / Chroma in-process p50", "p99",
          "mesh / Chroma in-process p50", "p99"], load_rows,
-        [False, True, True, False, True, True, True] + [True] * 6)
+        [False, True, True, False, True, True, True, True] + [True] * 6)
     target_rows = [[c["target"], c["threshold"].replace("<", "&lt;").replace(">", "&gt;"),
                     (f"p50 {_x(c['value'][0])}, p99 {_x(c['value'][1])}"
                      if isinstance(c["value"], list) else _num(c["value"], 3)),
@@ -1197,7 +1249,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "merged counts the outcomes), storage: milvus-lite at `<REVO_HOME>/recall.db` (the "
         "default). Above `exact_max` (20k) the engine builds an HNSW graph off its thread; "
         f"searches wait until `Stats.index` says `hnsw` (the table's time: from the first "
-        f"batch until a `Stats` call, made every {STATS_EVERY} batches, first said so).",
+        f"batch until a `Stats` call, made every {STATS_EVERY} batches, first said so). "
+        f"Meanwhile another thread asks one vector search every "
+        f"{LOADING_SEARCH_EVERY_S:g} s: *search while loading* (the first batches included).",
         "- **MemoryIndex.search in-process**: `MemoryIndex.build(IndexSettings(), rows, "
         "vectors)` of the same data (defaults: exact up to 20k candidates, else faiss HNSW "
         "M 32, efConstruction 64, efSearch 96) searched in the benchmark's process: the "

@@ -52,6 +52,37 @@ def test_search_matches_brute_force_within_scopes(exact_max: int) -> None:
     assert np.mean(recall) / 10 >= (1.0 if exact_max > 3000 else 0.9)
 
 
+def test_writes_outside_the_graph_are_searched_exactly_until_it_takes_them() -> None:
+    data, queries = _data(3000), _data(40, seed=1)
+    rows = _rows(3000, scope=lambda i: "project:p" if i % 3 else "user:a")
+    index = MemoryIndex.build(IndexSettings(dim=DIM, exact_max=100), rows[:2000], data[:2000])
+    index.apply(list(zip(rows[2000:], data[2000:], strict=True)), ["m2001"])
+    assert index.graph_debt == 1000  # the write did not wait for the graph
+    in_project = np.array([i % 3 != 0 and i != 2001 for i in range(3000)])
+
+    def recall() -> float:
+        found = []
+        for query in queries:
+            hits, path = index.search(query, 10, ["project:p"])
+            assert path == "hnsw" and all(h.row.scope == "project:p" for h in hits)
+            assert "m2001" not in {h.row.id for h in hits}
+            found.append(len({h.row.id for h in hits}
+                             & _exact_top(data, query, in_project, 10)))
+        return float(np.mean(found)) / 10
+
+    assert recall() >= 0.9
+    # a write's own memory is found at once, from the tail
+    assert index.search(data[2999], 1, ["project:p"])[0][0].row.id == "m2999"
+    assert [r.id if r else None for r, _ in index.nearest(data[2998:3000], "project:p")] == [
+        "m2998", "m2999"]
+    assert index.grow_graph(400) == 600
+    assert recall() >= 0.9
+    while index.grow_graph(256):
+        pass
+    assert index.graph_debt == 0
+    assert recall() >= 0.9
+
+
 def test_updates_deletes_and_expiry_are_seen_at_once_and_rebuilds_keep_them() -> None:
     data = _data(1200)
     index = MemoryIndex.build(IndexSettings(dim=DIM, exact_max=100), _rows(1200), data)

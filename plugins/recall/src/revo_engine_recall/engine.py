@@ -48,6 +48,13 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_IDS = 1000
 _WAIT_S = 5.0
 """How long a write waits for its own change to come back through the feed."""
+GRAPH_STEP = 64
+"""Slots added to the graph at a time: each step holds the index thread (and the searches
+queued behind it) for a few milliseconds to tens of milliseconds at a million memories."""
+GRAPH_DEBT_MAX = 8192
+"""Slots a write may leave outside the graph. Searches scan those exactly (about 1 ms for
+8k); past it, the change waits for the graph to take the excess, which slows writers,
+not searches."""
 T = TypeVar("T")
 Change = tuple[list[tuple[Row, Vector]], list[str]]
 
@@ -84,6 +91,7 @@ class RecallEngine(AsyncEngine):
         self.loaded = 0
         self.purged = 0
         self._writes = asyncio.Lock()
+        self._growing: asyncio.Task[None] | None = None
         await self._on_milvus(self.store.open)
         self.feed = ChangeFeed(runtime.nc, s.collection, s.changes_max_age_s, s.replicas)
         start_sequence = await self.feed.open()
@@ -96,9 +104,10 @@ class RecallEngine(AsyncEngine):
                        asyncio.create_task(self._purge_loop())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._growing] if self._growing else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.metrics.unregister()
@@ -161,6 +170,9 @@ class RecallEngine(AsyncEngine):
                             deletes: list[str]) -> None:
         index = self._ready()
         await self._on_index(index.apply, upserts, deletes)
+        while index.graph_debt > GRAPH_DEBT_MAX:  # back-pressure: writers wait, not readers
+            await self._on_index(index.grow_graph, GRAPH_STEP)
+        self._grow_soon()
         if self._rebuild is not None:
             self._rebuild[1].append((upserts, deletes))
             if self._rebuild[0].done():
@@ -171,6 +183,16 @@ class RecallEngine(AsyncEngine):
                 self._builder, MemoryIndex.build, self.settings.index(), rows, vectors)
             self._rebuild = (building, [])
             building.add_done_callback(lambda _: self._swap_soon())
+
+    def _grow_soon(self) -> None:
+        if self._growing is None or self._growing.done():
+            self._growing = asyncio.get_running_loop().create_task(self._grow())
+
+    async def _grow(self) -> None:
+        """Add the slots written since to the graph, a step at a time, so that searches
+        queued meanwhile run between the steps."""
+        while (index := self.index) is not None and index.graph_debt:
+            await self._on_index(index.grow_graph, GRAPH_STEP)
 
     def _swap_soon(self) -> None:
         task = asyncio.get_running_loop().create_task(self._swap())
@@ -199,6 +221,7 @@ class RecallEngine(AsyncEngine):
 
         await self._on_index(catch_up)
         self.index = index
+        self._grow_soon()
         log.info("recall: index rebuilt (%d memories, %s)", len(index), index.kind)
 
     def _ready(self) -> MemoryIndex:

@@ -8,7 +8,9 @@ engine applies every change it writes, and every change other nodes write, throu
   takes a new slot, a delete leaves a tombstone until the next rebuild);
 - each slot's scope as a small integer code, and its expiry;
 - each memory's row (text, metadata...) for answers and metadata filters;
-- above ``exact_max`` memories, a faiss HNSW graph over the slots.
+- above ``exact_max`` memories, a faiss HNSW graph over the slots. A write does not wait
+  for the graph: its slots are searched exactly (the *tail*) until :meth:`grow_graph`,
+  which the engine calls in small steps between searches, has added them.
 
 A search resolves the caller's scopes to codes, counts the candidates, and takes the exact
 path (a matrix product over those slots) when there are at most ``exact_max`` of them, else
@@ -79,6 +81,16 @@ class IndexSettings:
     """Allowed-slot bitmaps kept for repeated scope sets (each is n/8 bytes)."""
 
 
+def _best(slots: Vector, scores: Vector, count: int) -> list[tuple[int, float]]:
+    """The ``count`` best (slot, score) pairs, best first."""
+    if count < len(scores):
+        part = np.argpartition(-scores, count)[:count]
+        order = part[np.argsort(-scores[part], kind="stable")]
+    else:
+        order = np.argsort(-scores, kind="stable")
+    return [(int(slots[i]), float(scores[i])) for i in order]
+
+
 def unit(vectors: Vector) -> Vector:
     """Rows scaled to length 1 (zero rows stay zero), as float32."""
     v = np.asarray(vectors, dtype=np.float32)
@@ -116,6 +128,11 @@ class MemoryIndex:
     @property
     def slots(self) -> int:
         return len(self._rows)
+
+    @property
+    def graph_debt(self) -> int:
+        """Slots written since the graph last grew (searched exactly until it takes them)."""
+        return len(self._rows) - self._hnsw_count if self._hnsw is not None else 0
 
     def get(self, memory_id: str) -> Row | None:
         slot = self._slot_of.get(memory_id)
@@ -210,9 +227,6 @@ class MemoryIndex:
             for key, bitmap in self._bitmaps.items():
                 if code in key:
                     bitmap[slot >> 3] |= np.uint8(1 << (slot & 7))
-        if self._hnsw is not None:
-            self._hnsw.add(self._vectors[self._hnsw_count:len(self._rows)])
-            self._hnsw_count = len(self._rows)
 
     def _remove(self, memory_id: str) -> None:
         slot = self._slot_of.pop(memory_id, None)
@@ -250,6 +264,17 @@ class MemoryIndex:
         codes[:len(self._rows)] = self._codes[:len(self._rows)]
         self._vectors, self._codes = vectors, codes
         self._bitmaps.clear()
+
+    def grow_graph(self, limit: int) -> int:
+        """Add up to ``limit`` of the slots written since to the graph; returns the debt
+        left. Writes do not wait for the graph (adding to it is the slow part of a write):
+        the newest slots are searched exactly until it has them."""
+        if self._hnsw is not None:
+            end = min(len(self._rows), self._hnsw_count + max(1, limit))
+            if end > self._hnsw_count:
+                self._hnsw.add(self._vectors[self._hnsw_count:end])
+                self._hnsw_count = end
+        return self.graph_debt
 
     # -- rebuilding -------------------------------------------------------------------
 
@@ -305,12 +330,19 @@ class MemoryIndex:
 
         if self._hnsw is None or candidates <= self.settings.exact_max:
             return self._exact(query, top_k, codes, keep), "exact"
+        tail = self._tail(codes)
+        tail_scores = self._vectors[tail] @ query
+        in_graph = candidates - len(tail)
         want = top_k if predicate is None else top_k * 4 + 16
         while True:
-            slots, scores = self._graph(query, min(want, candidates), codes, candidates)
-            hits = [SearchHit(row, float(score)) for slot, score in zip(slots, scores, strict=True)
-                    if (row := keep(int(slot), float(score))) is not None]
-            if len(hits) >= top_k or len(slots) < min(want, candidates) or want >= candidates:
+            asked = min(want, in_graph)
+            slots, scores = (self._graph(query, asked, codes, in_graph) if asked > 0
+                             else (tail[:0], tail_scores[:0]))
+            near = _best(np.concatenate([slots, tail]), np.concatenate([scores, tail_scores]),
+                         want)
+            hits = [SearchHit(row, float(score)) for slot, score in near
+                    if (row := keep(slot, score)) is not None]
+            if len(hits) >= top_k or len(slots) < asked or want >= candidates:
                 return hits[:top_k], "hnsw"
             if want >= 4096:  # the filter rejects nearly everything near: scan them all
                 return self._exact(query, top_k, codes, keep), "exact"
@@ -337,6 +369,13 @@ class MemoryIndex:
             params = self._graph_params(codes, 1, count)
             top, nearest = self._hnsw.search(queries, 1, params=params)
             found = [(int(n[0]), float(t[0])) for t, n in zip(top, nearest, strict=True)]
+            tail = self._tail(codes)
+            if len(tail):
+                scores = queries @ self._vectors[tail].T
+                best = np.argmax(scores, axis=1)
+                found = [(int(tail[b]), float(scores[i, b])) if scores[i, b] > score
+                         else (slot, score)
+                         for i, (b, (slot, score)) in enumerate(zip(best, found, strict=True))]
         return [(self._rows[slot] if slot >= 0 else None, score) for slot, score in found]
 
     def _exact(self, query: Vector, top_k: int, codes: frozenset[int],
@@ -372,6 +411,15 @@ class MemoryIndex:
                     self._scope_slots[code], dtype=np.int64, count=len(self._scope_slots[code]))
             parts.append(array)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _tail(self, codes: frozenset[int]) -> Vector:
+        """The live slots of ``codes`` not in the graph yet."""
+        start = self._hnsw_count
+        tail_codes = self._codes[start:len(self._rows)]
+        if len(codes) == 1:
+            (code,) = codes
+            return np.flatnonzero(tail_codes == code) + start
+        return np.flatnonzero(np.isin(tail_codes, np.fromiter(codes, np.int32))) + start
 
     def _graph(self, query: Vector, want: int, codes: frozenset[int],
                candidates: int) -> tuple[Vector, Vector]:
