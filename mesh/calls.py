@@ -2,9 +2,10 @@
 
 An engine that needs another engine's method (Perfect Recall asks ``ModelService.Embed``
 for embeddings; a Parallel Mind task calls any unary method) does what the gateway does for
-a client: it finds the method's route in the registry, sends the request over NATS with the
-request id and the deadline as headers, and, when auth is on, seals the original caller's
-identity so the receiving node checks that caller's role, not the engine's.
+a client: it finds the method's route in the registry, checks (when auth is on) that the
+original caller's role grants the method's declared permission, as the gateway would, and
+sends the request over NATS with the request id, the deadline and the caller's sealed
+identity as headers, so the receiving engine sees that caller, not the calling engine.
 :class:`MeshCalls` is that, once, for every engine.
 """
 
@@ -13,8 +14,9 @@ from __future__ import annotations
 import time
 
 from mesh.auth.identity import IdentitySeal
+from mesh.auth.roles import declared_permission, grants, permission_name
 from mesh.config import MeshConfig
-from mesh.errors import Unavailable
+from mesh.errors import PermissionDenied, Unavailable
 from mesh.registry import RegistryView, Route
 from mesh.transport import headers as h
 from mesh.transport.connection import MeshConnection
@@ -51,11 +53,17 @@ class MeshCalls:
     async def call(self, method: str, request: bytes, *, caller: str, role: str,
                    request_id: str, timeout: float) -> bytes:
         """The serialized answer of ``method`` to ``request``, called as ``caller`` with
-        ``role``, waiting at most ``timeout`` seconds. Raises the callee's error, or
-        UNAVAILABLE when no live node serves the method."""
+        ``role``, waiting at most ``timeout`` seconds. Raises the callee's error,
+        UNAVAILABLE when no live node serves the method, and PERMISSION_DENIED when auth is
+        on and ``role`` lacks the method's permission."""
         route = self.route(method)
         if route is None:
             raise Unavailable(f"no live node serves {method} right now")
+        if self.seal is not None:
+            needed = declared_permission(route.method)
+            if not grants(role, needed):
+                raise PermissionDenied(f"{method} needs the {permission_name(needed)} "
+                                       f"permission; role {role!r} lacks it")
         timeout = max(0.001, timeout)
         headers = {h.REQUEST_ID: request_id, h.TIMEOUT_MS: str(max(1, int(timeout * 1000)))}
         if self.seal is not None:

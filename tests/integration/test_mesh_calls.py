@@ -1,5 +1,6 @@
 """An engine calling another engine's method as its own caller (``mesh.calls.MeshCalls``):
-the receiving node checks that caller's role. Real gateway, node and nats-server; auth on."""
+the callee sees that caller, and the caller's role must grant the method's permission.
+Real gateway, node and nats-server; auth on."""
 
 from __future__ import annotations
 
@@ -46,10 +47,12 @@ async def test_the_callee_sees_the_original_caller_and_role(calls: MeshCalls) ->
     assert (reply.payload, reply.caller, reply.role) == (b"hi", "ada", "analyst")
 
 
-async def test_the_callee_checks_the_original_callers_role(calls: MeshCalls) -> None:
+async def test_the_original_callers_role_must_grant_the_permission(calls: MeshCalls) -> None:
     with pytest.raises(RpcError) as refused:
         await _echo(calls, "vic", "viewer")  # Echo needs EXECUTE; a viewer only reads
     assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "execute" in refused.value.message.lower()
+    assert "viewer" in refused.value.message
 
 
 async def test_a_method_nobody_serves_is_unavailable(calls: MeshCalls) -> None:
