@@ -17,7 +17,7 @@ from mesh.auth.identity import IdentitySeal
 from mesh.auth.roles import declared_permission, grants, permission_name
 from mesh.config import MeshConfig
 from mesh.errors import PermissionDenied, Unavailable
-from mesh.registry import RegistryView, Route
+from mesh.registry import RegistryView, Route, Snapshot
 from mesh.transport import headers as h
 from mesh.transport.connection import MeshConnection
 from mesh.transport.rpc import Requester
@@ -33,9 +33,18 @@ class MeshCalls:
     after."""
 
     def __init__(self, nc: MeshConnection, config: MeshConfig) -> None:
-        self.view = RegistryView(nc)
-        self.requester = Requester(nc)
+        self.requester = Requester(nc, config.gateway.accept_timeout_s)
+        self.view = RegistryView(nc, self._on_registry)
         self.seal = IdentitySeal.from_config(config) if config.auth.enabled else None
+        self._nodes: set[str] = set()
+
+    def _on_registry(self, snapshot: Snapshot) -> None:
+        """A node that left the mesh fails the calls it had accepted at once (as the
+        gateway's do), instead of at their deadlines."""
+        nodes = {a.node.id for a in snapshot.nodes}
+        for gone in self._nodes - nodes:
+            self.requester.node_gone(gone)
+        self._nodes = nodes
 
     async def start(self) -> None:
         await self.view.start()

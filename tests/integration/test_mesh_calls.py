@@ -4,15 +4,19 @@ Real gateway, node and nats-server; auth on."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from mesh.calls import MeshCalls
 from mesh.errors import RpcError
-from mesh.testing import MeshHarness
+from mesh.testing import MeshHarness, spawn_node, wait_for
 from mesh.transport.connection import connect
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
 from tests.integration.test_auth import AUTH, remove_users_since
@@ -61,3 +65,31 @@ async def test_a_method_nobody_serves_is_unavailable(calls: MeshCalls) -> None:
                          request_id="req-2", timeout=1.0)
     assert missing.value.code == grpc.StatusCode.UNAVAILABLE
     assert "/revo.nothing.v1.Nothing/Never" in missing.value.message
+
+
+async def test_a_call_whose_node_dies_fails_unavailable_before_its_deadline(
+        mesh_config: Any, tmp_path: Path) -> None:
+    config = mesh_config(gateway={"accept_timeout_s": 1.0})
+    node = spawn_node(config, tmp_path / "node.log",
+                      extra_env={"REVO_PLUGINS__ONLY": "echo", "REVO_NODE__ID": "doomed"})
+    nc = await connect(config.nats, "test-mesh-calls-gone")
+    calls = MeshCalls(nc, config)
+    await calls.start()
+    try:
+        await wait_for(lambda: calls.route(ECHO) is not None, 30, "the node serving echo")
+        slow = asyncio.create_task(calls.call(  # accepted, then its node is killed
+            ECHO, echo_pb2.EchoRequest(payload=b"x", delay_ms=60_000).SerializeToString(),
+            caller="ada", role="admin", request_id="req-3", timeout=60.0))
+        await asyncio.sleep(1.5)  # past the accept timeout: the node has said it runs it
+        assert not slow.done()
+        node.send_signal(signal.SIGKILL)
+        with pytest.raises(RpcError) as gone:
+            await asyncio.wait_for(slow, 50)  # not the 60 s deadline
+        assert gone.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "doomed stopped while serving the call" in gone.value.message
+    finally:
+        await calls.stop()
+        await nc.close()
+        if node.poll() is None:
+            node.kill()
+        node.wait(10)
