@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import gc
 import hashlib
 import itertools
@@ -848,7 +849,7 @@ def measure_size(size: int, queries: Vectors, texts: Sequence[str], settings: Se
                  text_problem: str | None, progress: Callable[[str], None]
                  ) -> dict[str, Any]:
     """Everything at ``size``; frees what it built before returning."""
-    result: dict[str, Any] = {"size": size}
+    result: dict[str, Any] = {"size": size, "revision": _revision()}
     not_measured: dict[str, str] = {}
     started = time.perf_counter()
     data = make_data(size, len(queries))
@@ -958,6 +959,7 @@ def measure_size(size: int, queries: Vectors, texts: Sequence[str], settings: Se
     result["log_findings"] = {"run": findings, "stop": at_stop}
     result["stop_problems"] = stop_problems
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
+    result["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return result
 
 
@@ -1290,10 +1292,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "Compare within the run.",
         "- Warnings or errors in the servers' logs: " + ("; ".join(findings) if findings
                                                          else "none") + ".",
-        f"- Code measured: commit `{results['revision']['commit']}`"
-        + (", with uncommitted changes in "
-           + ", ".join(f"`{p}`" for p in results["revision"]["uncommitted_in_mesh_or_engine"])
-           if results["revision"]["uncommitted_in_mesh_or_engine"] else "") + ".",
+        "- Code measured: " + _code_measured(results) + ".",
         "",
         f"Reproduce: `{results['command']}` (results in `benchmarks/results/{NAME}.json`).",
     ]
@@ -1307,6 +1306,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default=None,
                         help="comma-separated collection sizes (default: 10000,100000,1000000;"
                              " with --quick: 10000)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the sizes of the existing results that this run does not "
+                             "measure (each with the commit it was measured at)")
     parser.add_argument("--milvus-lite-max", type=int, default=MILVUS_LITE_MAX,
                         help="measure Milvus-lite directly up to this size (default: "
                              f"{MILVUS_LITE_MAX})")
@@ -1322,7 +1324,7 @@ def parse_sizes(text: str | None) -> tuple[int, ...] | None:
 
 
 def run(quick: bool = False, results_dir: Path | None = None, sizes: str | None = None,
-        milvus_lite_max: int = MILVUS_LITE_MAX) -> int:
+        milvus_lite_max: int = MILVUS_LITE_MAX, merge: bool = False) -> int:
     """Run the benchmark; write its JSON and markdown; return an exit code."""
     try:
         chosen = parse_sizes(sizes)
@@ -1335,9 +1337,13 @@ def run(quick: bool = False, results_dir: Path | None = None, sizes: str | None 
                   "recall plugin; ./dev bench)", file=sys.stderr)
             return 2
     settings = Settings.for_mode(quick, chosen, milvus_lite_max)
+    earlier_path = (results_dir or RESULTS_DIR) / f"{NAME}.json"
+    earlier = (json.loads(earlier_path.read_text())  # read now: this run rewrites it
+               if merge and earlier_path.exists() else None)
     command = f"python -m benchmarks {NAME}" + (" --quick" if quick else "") + (
         f" --sizes {','.join(map(str, settings.sizes))}" if chosen else "") + (
-        f" --milvus-lite-max {milvus_lite_max}" if milvus_lite_max != MILVUS_LITE_MAX else "")
+        f" --milvus-lite-max {milvus_lite_max}" if milvus_lite_max != MILVUS_LITE_MAX else ""
+    ) + (" --merge" if merge else "")
 
     def progress(line: str) -> None:
         print(f"{NAME}: {line}", flush=True)
@@ -1363,11 +1369,50 @@ def run(quick: bool = False, results_dir: Path | None = None, sizes: str | None 
                      f"{_num(cell['chroma_p99_ms_search'])} ms, numpy p99 "
                      f"{_num(cell['numpy_p99_ms'])} ms")
             if size != settings.sizes[-1]:  # what is measured so far, should a size fail
-                _write(measured, settings, command, loadavg, results_dir)
-    json_path, md_path, markdown = _write(measured, settings, command, loadavg, results_dir)
+                _write(merge_earlier(measured, earlier), settings, command, loadavg,
+                       results_dir)
+    json_path, md_path, markdown = _write(merge_earlier(measured, earlier), settings, command,
+                                          loadavg, results_dir)
     print(markdown)
     print(f"\nwrote {json_path} and {md_path}")
     return 0
+
+
+def _code_measured(results: dict[str, Any]) -> str:
+    """Which commit each size measured (sizes kept from an earlier run may differ)."""
+    def described(revision: dict[str, Any]) -> str:
+        dirty = revision.get("uncommitted_in_mesh_or_engine") or []
+        return f"commit `{revision.get('commit')}`" + (
+            ", with uncommitted changes in " + ", ".join(f"`{p}`" for p in dirty)
+            if dirty else "")
+
+    by_revision: dict[str, list[str]] = {}
+    for cell in results["sizes"]:
+        text = described(cell.get("revision", results["revision"]))
+        if cell.get("kept_from"):
+            text += f" (kept from the run of {cell['measured_at']})"
+        by_revision.setdefault(text, []).append(_size_label(cell["size"]))
+    if len(by_revision) <= 1:
+        return next(iter(by_revision), described(results["revision"]))
+    return "; ".join(f"{', '.join(sizes)}: {text}" for text, sizes in by_revision.items())
+
+
+def merge_earlier(measured: list[dict[str, Any]], earlier: dict[str, Any] | None
+                  ) -> list[dict[str, Any]]:
+    """``measured`` plus the sizes of the ``earlier`` results that this run did not measure
+    (each keeps the commit and date it was measured at), in size order."""
+    if earlier is None:
+        return measured
+    sizes = {cell["size"] for cell in measured}
+    kept = []
+    for cell in earlier.get("sizes", []):
+        if cell["size"] in sizes:
+            continue
+        cell = {**cell, "revision": cell.get("revision", earlier.get("revision", {})),
+                "measured_at": cell.get("measured_at", earlier.get("machine", {}).get("date")),
+                "kept_from": cell.get("kept_from", earlier.get("command", "an earlier run"))}
+        kept.append(cell)
+    return sorted([*measured, *kept], key=lambda cell: cell["size"])
 
 
 def _write(measured: list[dict[str, Any]], settings: Settings, command: str,

@@ -32,6 +32,7 @@ from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
 from revo_engine_recall.changes import ChangeFeed
 from revo_engine_recall.filters import metadata_dict, predicate
 from revo_engine_recall.index import MemoryIndex, Row, SearchHit, Vector, unit
+from revo_engine_recall.lite import LiteServer
 from revo_engine_recall.metrics import RecallMetrics
 from revo_engine_recall.scopes import Access, scope_key, scope_message
 from revo_engine_recall.settings import RecallSettings
@@ -43,6 +44,8 @@ __all__ = ["RecallEngine"]
 log = logging.getLogger(__name__)
 
 EMBED = "/revo.models.v1.ModelService/Embed"
+SERVER_SCHEMES = ("http://", "https://", "tcp://", "unix:")
+"""``milvus_uri`` prefixes of a Milvus server; anything else is a milvus-lite directory."""
 _CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,256}$")
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_IDS = 1000
@@ -79,6 +82,11 @@ class RecallEngine(AsyncEngine):
             self.settings = RecallSettings.parse(dict(self.settings or {}))
         s, runtime = self.settings, self.runtime
         uri = s.milvus_uri or str(Path(runtime.config.home) / "recall.db")
+        self.lite: LiteServer | None = None
+        if not uri.startswith(SERVER_SCHEMES):  # a milvus-lite data directory
+            log = Path(runtime.config.home) / "logs" / f"milvus-lite-{runtime.node_id}.log"
+            self.lite = LiteServer(Path(uri), log)
+            uri = await self.lite.start()
         self.store = MilvusStore(uri, s.milvus_token, s.collection, s.dim)
         self._milvus = ThreadPoolExecutor(1, thread_name_prefix="recall-milvus")
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="recall-index",
@@ -92,7 +100,12 @@ class RecallEngine(AsyncEngine):
         self.purged = 0
         self._writes = asyncio.Lock()
         self._growing: asyncio.Task[None] | None = None
-        await self._on_milvus(self.store.open)
+        try:
+            await self._on_milvus(self.store.open)
+        except BaseException:
+            if self.lite is not None:
+                self.lite.stop()
+            raise
         self.feed = ChangeFeed(runtime.nc, s.collection, s.changes_max_age_s, s.replicas)
         start_sequence = await self.feed.open()
         self.auth = runtime.config.auth.enabled
@@ -114,6 +127,8 @@ class RecallEngine(AsyncEngine):
         await self.feed.close()
         await self.calls.stop()
         await self._on_milvus(self.store.close)
+        if self.lite is not None:
+            await self._on_milvus(self.lite.stop)
         self._milvus.shutdown(wait=True)
         self._cpu.shutdown(wait=True)
         self._builder.shutdown(wait=False, cancel_futures=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,20 +24,6 @@ log = logging.getLogger(__name__)
 _FIELDS = ["id", "scope", "owner", "client_id", "text", "text_hash", "metadata",
            "created_ms", "updated_ms", "expires_ms", "merged"]
 _TEXT_MAX = 65_535
-
-
-class _QuietAllocTimestamp(logging.Filter):
-    """milvus-lite's in-process gRPC server lacks ``AllocTimestamp``, which pymilvus's query
-    iterator asks for first (it then uses a client-side timestamp): drop that one ERROR."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[2] if record.exc_info else None
-        while exc is not None and exc.tb_next is not None:
-            exc = exc.tb_next
-        return exc is None or exc.tb_frame.f_code.co_name != "AllocTimestamp"
-
-
-logging.getLogger("grpc._server").addFilter(_QuietAllocTimestamp())
 
 
 def row_of(entity: dict[str, Any]) -> Row:
@@ -63,7 +48,6 @@ def entity_of(row: Row, vector: Vector) -> dict[str, Any]:
 class MilvusStore:
     def __init__(self, uri: str, token: str, collection: str, dim: int) -> None:
         self.uri = uri
-        self.lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
         self._token = token
         self.collection = collection
         self.dim = dim
@@ -75,8 +59,6 @@ class MilvusStore:
         return self._client
 
     def open(self) -> None:
-        if self.lite:
-            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
         self._client = MilvusClient(uri=self.uri, token=self._token)
         client = self._client
         if not client.has_collection(self.collection):
