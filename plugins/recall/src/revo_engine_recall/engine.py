@@ -85,8 +85,8 @@ class RecallEngine(AsyncEngine):
         self.lite: LiteServer | None = None
         if not uri.startswith(SERVER_SCHEMES):  # a milvus-lite data directory
             log = Path(runtime.config.home) / "logs" / f"milvus-lite-{runtime.node_id}.log"
-            self.lite = LiteServer(Path(uri), log)
-            uri = await self.lite.start()
+            self.lite = await LiteServer.shared(Path(uri), log)
+            uri = self.lite.uri
         self.store = MilvusStore(uri, s.milvus_token, s.collection, s.dim)
         self._milvus = ThreadPoolExecutor(1, thread_name_prefix="recall-milvus")
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="recall-index",
@@ -104,7 +104,7 @@ class RecallEngine(AsyncEngine):
             await self._on_milvus(self.store.open)
         except BaseException:
             if self.lite is not None:
-                self.lite.stop()
+                self.lite.release()
             raise
         self.feed = ChangeFeed(runtime.nc, s.collection, s.changes_max_age_s, s.replicas)
         start_sequence = await self.feed.open()
@@ -128,7 +128,7 @@ class RecallEngine(AsyncEngine):
         await self.calls.stop()
         await self._on_milvus(self.store.close)
         if self.lite is not None:
-            await self._on_milvus(self.lite.stop)
+            await self._on_milvus(self.lite.release)
         self._milvus.shutdown(wait=True)
         self._cpu.shutdown(wait=True)
         self._builder.shutdown(wait=False, cancel_futures=True)
