@@ -120,9 +120,11 @@ class LiteServer:
                 self._shared.pop(key, None)
         self.stop()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
         """SIGINT (milvus-lite then finishes its calls and closes its files), then SIGTERM
-        and SIGKILL after ``timeout`` each."""
+        and SIGKILL after ``timeout`` each. Closing waits for milvus-lite's background index
+        builds, which take minutes on a large collection; cutting them short loses nothing
+        written (milvus-lite replays its log when it starts again)."""
         if self.process is None:
             return
         if self.process.poll() is None:
