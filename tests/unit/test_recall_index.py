@@ -64,7 +64,8 @@ def test_writes_outside_the_graph_are_searched_exactly_until_it_takes_them() -> 
         found = []
         for query in queries:
             hits, path = index.search(query, 10, ["project:p"])
-            assert path == "hnsw" and all(h.row.scope == "project:p" for h in hits)
+            assert path == "hnsw"
+            assert all(h.row.scope == "project:p" for h in hits)
             assert "m2001" not in {h.row.id for h in hits}
             found.append(len({h.row.id for h in hits}
                              & _exact_top(data, query, in_project, 10)))
