@@ -80,7 +80,7 @@ def plan(index: MemoryIndex, items: list[Item], owner: str, now_ms: int,
     vectors = np.stack([item.vector for item in items]) if items else np.zeros((0, 1))
     similar = vectors @ vectors.T
     """Cosine of every pair of the batch's items (one product, for near-duplicates within
-    it: a dot product per pair in Python took a quarter of a 500-item write)."""
+    it: a dot product per pair in Python took a sixth of the node's time while loading)."""
     stored: dict[str, list[int]] = {}
     """Items of this batch stored as new, by scope (for near-duplicates within it)."""
 
