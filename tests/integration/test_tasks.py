@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import Any
 
 import grpc
+import nats
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
@@ -14,6 +16,16 @@ from mesh.testing import MeshHarness, wait_for
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2_grpc
+from revo_engine_parallel.store import (
+    KEYS_BUCKET,
+    KICK_SUBJECT,
+    QUEUE_PREFIX,
+    idempotency_key_name,
+    new_task_id,
+    now_timestamp,
+    owner_token,
+    queue_subject,
+)
 from tests.plugins import guarded
 
 ECHO = "/revo.echo.v1.EchoService/Echo"
@@ -29,6 +41,9 @@ def call(method: str, request: bytes, **spec: Any) -> pb.TaskSpec:
     return pb.TaskSpec(call=pb.MethodCall(method=method, request=request), **spec)
 
 
+RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+PAUSE_S = 11.0
+"""Long enough for a publish and the request after it to time out (5 s each)."""
 SETTINGS = {"workers_min": 2, "workers_max": 8, "retry_delay_s": 0.05, "idle_s": 1.0}
 
 
@@ -124,6 +139,53 @@ async def test_an_idempotency_key_makes_one_task_and_one_effect(mesh: MeshHarnes
     assert again.deduplicated
     assert again.state == pb.TASK_STATE_SUCCEEDED
     assert guarded.EFFECTS[key] == 1
+
+
+async def test_a_submit_that_stopped_half_way_is_finished_not_lost(mesh: MeshHarness) -> None:
+    """The two states a Submit leaves when its node dies or NATS goes away mid-call: a
+    claimed key with nothing queued (the retry with the key queues the task), and a queue
+    message without a record (the node that takes it writes the record and runs it)."""
+    tasks = stub(mesh)
+    model = (await tasks.Submit(pb.SubmitRequest(tasks=[typed("noop")]), timeout=10)).tasks[0]
+    nc = await nats.connect(mesh.config.nats.url)
+    try:
+        js = nc.jetstream()
+        # stopped after claiming its key: the key names a task that has no record, no message
+        key = f"half-{time.time_ns()}"
+        claimed_id = new_task_id()
+        keys = await js.key_value(KEYS_BUCKET)
+        await keys.create(idempotency_key_name(model.owner, key), claimed_id.encode())
+        retry = (await tasks.Submit(pb.SubmitRequest(
+            tasks=[typed("test.effect", key.encode(), idempotency_key=key)]),
+            timeout=10)).tasks[0]
+        assert (retry.id, retry.deduplicated) == (claimed_id, True)
+
+        # stopped after queueing, before the record: only the message exists
+        lone = pb.Task(id=new_task_id(), owner=model.owner, state=pb.TASK_STATE_QUEUED)
+        lone.spec.CopyFrom(model.spec)
+        lone.spec.typed.CopyFrom(pb.TypedWork(type="test.effect", payload=lone.id.encode()))
+        lone.created_at.CopyFrom(now_timestamp())
+        await js.publish(queue_subject(lone.spec.priority, lone.owner), lone.SerializeToString(),
+                         headers={"Nats-Msg-Id": lone.id})
+        await nc.publish(KICK_SUBJECT, f"{lone.spec.priority}.{owner_token(lone.owner)}".encode())
+    finally:
+        await nc.close()
+
+    async def record_of(task_id: str) -> pb.Task | None:
+        try:
+            return await tasks.Get(pb.GetRequest(id=task_id), timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return None
+
+    for task_id, effect in ((claimed_id, key), (lone.id, lone.id)):
+        async def succeeded(task_id: str = task_id) -> bool:
+            record = await record_of(task_id)
+            return record is not None and record.state == pb.TASK_STATE_SUCCEEDED
+
+        await wait_for(succeeded, 20, f"task {task_id} to run")
+        assert guarded.EFFECTS[effect] == 1
 
 
 async def test_cancel_a_queued_and_a_running_task(start: Any) -> None:
@@ -259,3 +321,43 @@ async def test_a_result_over_the_limit_fails_the_task(start: Any) -> None:
     done = await finished(tasks, task.id)
     assert (done.state, done.error.code) == (pb.TASK_STATE_FAILED, "RESOURCE_EXHAUSTED")
     assert "over the limit of 100 bytes" in done.error.message
+
+
+async def test_a_submit_whose_publish_times_out_then_lands_runs_its_task_once(
+        own_nats: Any, mesh_harness: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nats-server stops (SIGSTOP) just as a Submit publishes its task: the publish times
+    out, and it lands, late, when the server resumes, as does anything the node sent after
+    it. The caller, told the Submit failed, retries with its key; the task must run, once.
+    (Undoing the failed Submit used to land after the late publish and drop the task, its
+    key still claimed: the retry found it QUEUED forever.)"""
+    mesh: MeshHarness = await mesh_harness(plugins=PLUGINS, nats={"url": own_nats.url},
+                                           engines={"parallel": SETTINGS})
+    js = mesh.nodes[0].pools["parallel"].engine.store.js
+    publish, server = js.publish, own_nats.process
+
+    async def publish_as_the_server_stops(subject: str, *args: Any, **kwargs: Any) -> Any:
+        if not subject.startswith(QUEUE_PREFIX):  # a record or a key: not this one
+            return await publish(subject, *args, **kwargs)
+        monkeypatch.setattr(js, "publish", publish)  # once
+        server.send_signal(signal.SIGSTOP)
+        asyncio.get_running_loop().call_later(PAUSE_S, server.send_signal, signal.SIGCONT)
+        return await publish(subject, *args, **kwargs)
+
+    monkeypatch.setattr(js, "publish", publish_as_the_server_stops)
+    tasks = stub(mesh)
+    key = f"late-{time.time_ns()}"
+    spec = typed("test.effect", key.encode(), idempotency_key=key)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await tasks.Submit(pb.SubmitRequest(tasks=[spec]), timeout=PAUSE_S + 5)
+    deadline = time.monotonic() + 30
+    while True:  # the caller's retry, until the mesh answers again
+        try:
+            task = (await tasks.Submit(pb.SubmitRequest(tasks=[spec]), timeout=5)).tasks[0]
+            break
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in RETRY or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    assert task.deduplicated
+    assert (await finished(tasks, task.id)).state == pb.TASK_STATE_SUCCEEDED
+    assert guarded.EFFECTS[key] == 1

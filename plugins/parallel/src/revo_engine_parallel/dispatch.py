@@ -49,15 +49,14 @@ from revo_engine_parallel.store import (
 )
 from revo_engine_parallel.workers import Job, TaskContext, WorkerPool
 
-__all__ = ["REVISION_HEADER", "Dispatcher", "Handler", "NodeStats"]
+__all__ = ["Dispatcher", "Handler", "NodeStats"]
 
 log = logging.getLogger(__name__)
 
-REVISION_HEADER = "Revo-Task-Revision"
-"""The record's revision when the task was queued (a claim compares against it)."""
 RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL",
                        "ABORTED", "UNKNOWN", "DATA_LOSS"})
 REFRESH_S = 1.0
+_CLAIM_TRIES = 5
 
 Handler = Callable[[bytes, TaskContext], bytes]
 
@@ -251,7 +250,7 @@ class Dispatcher:
         headers = msg.headers or {}
         attempt = int(msg.metadata.num_delivered or 1)
         limit = task.spec.max_attempts
-        claimed = await self._claim(task, int(headers.get(REVISION_HEADER, "0") or 0), attempt)
+        claimed = await self._claim(task, attempt)
         if claimed is None:
             await msg.ack()  # cancelled, or finished by an earlier delivery
             return
@@ -284,10 +283,20 @@ class Dispatcher:
             running.timer.cancel()
             await msg.nak()
 
-    async def _claim(self, task: pb.Task, revision: int,
-                     attempt: int) -> tuple[pb.Task, int] | None:
-        """The record set RUNNING for this attempt, or None when it must not run."""
-        for _ in range(5):
+    async def _claim(self, task: pb.Task, attempt: int) -> tuple[pb.Task, int] | None:
+        """The record set RUNNING for this attempt, or None when it must not run.
+
+        ``task`` is the queue message's copy. With no record yet (the Submit that queued it
+        stopped before writing one, or has not written it yet) the message's copy becomes
+        the record. A finished record (cancelled, or finished by an earlier delivery) means
+        the message is stale. Compare-and-set: a cancel that lands meanwhile is seen.
+        """
+        for _ in range(_CLAIM_TRIES):
+            found = await self.store.get(task.owner, task.id)
+            if found is not None:
+                task, revision = found
+                if task.state in FINISHED:
+                    return None
             running = pb.Task()
             running.CopyFrom(task)
             running.state = pb.TASK_STATE_RUNNING
@@ -295,15 +304,15 @@ class Dispatcher:
             running.node = self.node_id
             running.started_at.CopyFrom(now_timestamp())
             try:
+                if found is None:
+                    return running, await self.store.create(running)
                 new = await self.store.tasks.update(task_key(task.owner, task.id),
                                                     running.SerializeToString(), last=revision)
                 return running, int(new)
             except KeyWrongLastSequenceError:
-                current = await self.store.get(task.owner, task.id)
-                if current is None or current[0].state in FINISHED:
-                    return None
-                task, revision = current
-        return None
+                continue
+        raise RuntimeError(f"task {task.id}: its record kept changing during "
+                           f"{_CLAIM_TRIES} claims; JetStream will deliver it again")
 
     # -- the work ---------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ the node's :class:`~revo_engine_parallel.workers.WorkerPool` of pykka actors, fe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
@@ -29,12 +28,11 @@ from mesh.errors import (
     ResourceExhausted,
 )
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
-from revo_engine_parallel.dispatch import REVISION_HEADER, Dispatcher, Handler
+from revo_engine_parallel.dispatch import Dispatcher, Handler
 from revo_engine_parallel.metrics import TaskMetrics
 from revo_engine_parallel.settings import ParallelSettings
 from revo_engine_parallel.store import (
     CANCEL_PREFIX,
-    DUPLICATE_WINDOW_S,
     FINISHED,
     KICK_SUBJECT,
     ROLE_HEADER,
@@ -170,7 +168,14 @@ class TaskEngine(AsyncEngine):
         return pb.SubmitResponse(tasks=[o[0] for o in outcomes if isinstance(o, tuple)])
 
     async def _submit(self, spec: pb.TaskSpec, ctx: Context) -> tuple[pb.Task, bool]:
-        """The task for ``spec``, and whether this call put it in the queue."""
+        """The task for ``spec``, and whether this call put it in the queue.
+
+        The queue message goes first and carries the whole task; the record follows. So a
+        record in ``QUEUED`` always has its message, and a Submit that stops half-way
+        leaves either nothing or a message the first node to take it writes the record for.
+        Nothing is undone on failure: an undo raced the caller's retry and could land after
+        it (a write sent while NATS reconnects goes out late).
+        """
         owner = ctx.caller
         task = pb.Task(id=new_task_id(), owner=owner, spec=spec, state=pb.TASK_STATE_QUEUED)
         task.created_at.CopyFrom(now_timestamp())
@@ -178,59 +183,46 @@ class TaskEngine(AsyncEngine):
             existing = await self.store.claim_key(owner, spec.idempotency_key, task.id)
             if existing is not None:
                 return await self._submitted_before(existing, task, ctx)
-        try:
-            revision = await self.store.create(task)
-        except KeyWrongLastSequenceError:  # a Submit of the same key requeued it first
-            found = await self.store.get(owner, task.id)
-            if found is None:
-                raise
-            task, revision = found
-        try:
-            await self._enqueue(task, revision, ctx.role)
-        except Exception:
-            with contextlib.suppress(Exception):
-                await self.store.tasks.purge(task_key(owner, task.id))
-                if spec.idempotency_key:
-                    await self.store.release_key(owner, spec.idempotency_key)
-            raise
-        return task, True
+        queued = await self._enqueue(task, ctx.role)
+        return await self._record(task), queued
 
     async def _submitted_before(self, task_id: str, fresh: pb.Task,
                                 ctx: Context) -> tuple[pb.Task, bool]:
-        """The task an idempotency key already names, queued again if it may not be.
+        """The task an idempotency key already names, queued now if it never was.
 
-        The Submit that claimed the key may have stopped (its node died) after the claim
-        and before the task's record, or its queue message, was written: such a task would
-        stay QUEUED forever and its key could never run. So a task without a record is
-        written now under the key's id, and a QUEUED one younger than half the stream's
-        duplicate window is published again: the message id (the task's id) makes the
-        stream keep one message when the first one did arrive.
+        A key without a record means the Submit that claimed it stopped (its node died, or
+        NATS went away) before writing the record, and perhaps before queueing. So the task
+        is queued now under the key's id: the message id is the task's id, and the stream
+        keeps one message per id within its duplicate window, so a first message that did
+        arrive is not doubled.
         """
-        owner = fresh.owner
-        found = await self.store.get(owner, task_id)
-        if found is None:
+        found = await self.store.get(fresh.owner, task_id)
+        if found is not None:
+            task, queued = found[0], False
+        else:
             fresh.id = task_id
-            try:
-                found = fresh, await self.store.create(fresh)
-            except KeyWrongLastSequenceError:  # the first Submit wrote it meanwhile
-                found = await self.store.get(owner, task_id)
-                if found is None:
-                    raise
-        task, revision = found
-        queued = False
-        age_s = time.time() - task.created_at.ToNanoseconds() / 1e9
-        if task.state == pb.TASK_STATE_QUEUED and age_s < DUPLICATE_WINDOW_S / 2:
-            queued = await self._enqueue(task, revision, ctx.role)
+            queued = await self._enqueue(fresh, ctx.role)
+            task = await self._record(fresh)
         task.deduplicated = True
         return task, queued
 
-    async def _enqueue(self, task: pb.Task, revision: int, role: str) -> bool:
+    async def _record(self, task: pb.Task) -> pb.Task:
+        """Write a queued task's record; the record as it is if a node wrote it first."""
+        try:
+            await self.store.create(task)
+            return task
+        except KeyWrongLastSequenceError:  # a node took the task, or a retry wrote it
+            found = await self.store.get(task.owner, task.id)
+            if found is None:
+                raise
+            return found[0]
+
+    async def _enqueue(self, task: pb.Task, role: str) -> bool:
         """Publish the task's queue message; False when the stream already had it."""
         try:
             ack = await self.store.js.publish(
                 queue_subject(task.spec.priority, task.owner), task.SerializeToString(),
-                headers={ROLE_HEADER: role, REVISION_HEADER: str(revision),
-                         Header.MSG_ID: task.id})
+                headers={ROLE_HEADER: role, Header.MSG_ID: task.id})
         except APIError as exc:
             if "maximum messages" in str(exc).lower():
                 raise ResourceExhausted(

@@ -23,7 +23,12 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from mesh.transport.connection import MeshConnection
@@ -32,7 +37,7 @@ from mesh.transport.subjects import subject_token
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.settings import ParallelSettings
 
-__all__ = ["TaskStore", "new_task_id", "now_timestamp", "queue_subject"]
+__all__ = ["TaskStore", "idempotency_key_name", "new_task_id", "now_timestamp", "queue_subject"]
 
 STREAM = "REVO_TASKS"
 QUEUE_PREFIX = "revo.tasks.q"
@@ -68,6 +73,11 @@ def queue_subject(priority: int, owner: str) -> str:
 
 def task_key(owner: str, task_id: str) -> str:
     return f"t.{owner_token(owner)}.{task_id}"
+
+
+def idempotency_key_name(owner: str, key: str) -> str:
+    """The key's name in the keys bucket: the owner, and a hash of the caller's key."""
+    return f"{owner_token(owner)}.{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
 
 def now_timestamp() -> Timestamp:
@@ -128,9 +138,10 @@ class TaskStore:
                                            task.SerializeToString()))
 
     async def get(self, owner: str, task_id: str) -> tuple[pb.Task, int] | None:
+        """The record and its revision; None when there is none (NATS errors propagate)."""
         try:
             entry = await self.tasks.get(task_key(owner, task_id))
-        except Exception:  # KeyNotFoundError, KeyDeletedError
+        except KeyNotFoundError:  # kv.get raises it for a deleted key too
             return None
         if entry.value is None:
             return None
@@ -171,17 +182,9 @@ class TaskStore:
 
     # -- idempotency ------------------------------------------------------------------
 
-    @staticmethod
-    def _key_name(owner: str, key: str) -> str:
-        return f"{owner_token(owner)}.{hashlib.sha256(key.encode()).hexdigest()[:32]}"
-
-    async def release_key(self, owner: str, key: str) -> None:
-        """Forget ``key`` (its task was never queued)."""
-        await self.keys.purge(self._key_name(owner, key))
-
     async def claim_key(self, owner: str, key: str, task_id: str) -> str | None:
         """Bind ``key`` to ``task_id``; the task id it already has, if any."""
-        name = self._key_name(owner, key)
+        name = idempotency_key_name(owner, key)
         try:
             await self.keys.create(name, task_id.encode())
             return None
