@@ -173,7 +173,8 @@ async def test_a_submit_that_stopped_half_way_is_finished_not_lost(mesh: MeshHar
 
     async def record_of(task_id: str) -> pb.Task | None:
         try:
-            return await tasks.Get(pb.GetRequest(id=task_id), timeout=5)
+            record: pb.Task = await tasks.Get(pb.GetRequest(id=task_id), timeout=5)
+            return record
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
@@ -332,7 +333,8 @@ async def test_a_submit_whose_publish_times_out_then_lands_runs_its_task_once(
     key still claimed: the retry found it QUEUED forever.)"""
     mesh: MeshHarness = await mesh_harness(plugins=PLUGINS, nats={"url": own_nats.url},
                                            engines={"parallel": SETTINGS})
-    js = mesh.nodes[0].pools["parallel"].engine.store.js
+    engine: Any = mesh.nodes[0].pools["parallel"].engine
+    js = engine.store.js
     publish, server = js.publish, own_nats.process
 
     async def publish_as_the_server_stops(subject: str, *args: Any, **kwargs: Any) -> Any:
