@@ -333,8 +333,8 @@ async def test_a_submit_whose_publish_times_out_then_lands_runs_its_task_once(
     key still claimed: the retry found it QUEUED forever.)"""
     mesh: MeshHarness = await mesh_harness(plugins=PLUGINS, nats={"url": own_nats.url},
                                            engines={"parallel": SETTINGS})
-    engine: Any = mesh.nodes[0].pools["parallel"].engine
-    js = engine.store.js
+    pool: Any = mesh.nodes[0].pools["parallel"]
+    js = pool.engine.store.js
     publish, server = js.publish, own_nats.process
 
     async def publish_as_the_server_stops(subject: str, *args: Any, **kwargs: Any) -> Any:
