@@ -10,7 +10,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 __all__ = ["KeyValue", "Mirror", "open_bucket"]
@@ -21,15 +21,25 @@ log = logging.getLogger(__name__)
 async def open_bucket(nc: NATS, name: str, *, description: str, history: int = 1,
                       ttl: float | None = None, memory: bool = False,
                       replicas: int = 1) -> KeyValue:
-    """Bucket ``name``, created with this configuration when it does not exist yet."""
+    """Bucket ``name``, created with this configuration when it does not exist yet.
+
+    Reads are direct gets (``allow_direct``): any server holding the bucket answers with
+    the raw message, where the stream API answers through the stream's leader in JSON with
+    the value in base64. A bucket created without it is given it.
+    """
     js = nc.jetstream()
     try:
+        info = await js.stream_info(f"KV_{name}")  # a bucket's stream (NATS ADR-8)
+    except NotFoundError:
+        info = None
+    if info is not None:
+        if not info.config.allow_direct:
+            info.config.allow_direct = True
+            await js.update_stream(info.config)
         return await js.key_value(name)
-    except (BucketNotFoundError, NotFoundError):
-        pass
     config = KeyValueConfig(bucket=name, description=description, history=history, ttl=ttl,
                             storage=StorageType.MEMORY if memory else StorageType.FILE,
-                            replicas=replicas)
+                            replicas=replicas, direct=True)
     try:
         return await js.create_key_value(config)
     except Exception:  # another process created it first
