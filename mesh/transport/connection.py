@@ -11,6 +11,9 @@
   already encoded (the mesh's headers are known to be safe), and writes everything queued
   in one pass of the event loop with one write, without waking nats-py's flusher task
   (which still takes over while reconnecting or when the socket is backed up).
+* :meth:`~MeshConnection.direct_get`: JetStream's direct get of a subject's last message
+  over those two, for reads on a hot path (a task's record as a node claims it); nats-py's
+  request adds a task, a ``Msg`` and an e-mail header parser to each.
 
 Both rely on nats-py internals (``Client._process_msg``, the pending buffer that
 ``Client._flusher`` writes, and the TCP transport's stream writer).
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 __all__ = ["DirectHandler", "MeshConnection", "connect", "encode_headers", "parse_headers"]
 
 DirectHandler = Callable[[str, str, bytes, dict[str, str] | None], None]
+StoredMessage = tuple[bytes, dict[str, str]]
+"""A stream message as a direct get answers it: the payload, and headers that include
+``Nats-Sequence`` (its sequence in the stream)."""
 """``handler(subject, reply, payload, headers)``, called on the loop; must not block."""
 
 # Above this many unsent bytes in the socket's buffer, writes go through nats-py's flusher,
@@ -47,6 +53,8 @@ DirectHandler = Callable[[str, str, bytes, dict[str, str] | None], None]
 _WRITE_BUFFER_LIMIT = 1024 * 1024
 _HEADER_LINE = b"NATS/1.0"
 _CRLF = b"\r\n"
+_GET_STATUS = {"503": "no responders: the stream is missing or does not allow direct gets",
+               "408": "the server timed out", "400": "bad request"}
 
 
 def encode_headers(values: Mapping[str, str]) -> bytes:
@@ -87,6 +95,10 @@ class MeshConnection(Client):  # type: ignore[misc]
         self._direct: dict[int, DirectHandler] = {}
         self._flushed: asyncio.Future[None] | None = None
         self._write_scheduled = False
+        self._gets: dict[str, asyncio.Future[StoredMessage | None]] = {}
+        self._get_inbox = ""
+        self._get_setup = asyncio.Lock()
+        self._get_count = 0
 
     async def subscribe_direct(self, subject: str, handler: DirectHandler,
                                queue: str = "") -> Subscription:
@@ -114,6 +126,45 @@ class MeshConnection(Client):  # type: ignore[misc]
                     parse_headers(headers) if headers else None)
         except Exception:  # never let a handler's bug stop the read loop
             log.exception("handler for %s failed", subject)
+
+    async def direct_get(self, stream: str, subject: str,
+                         timeout: float = 5.0) -> StoredMessage | None:
+        """The last message on ``subject`` in ``stream`` (which must allow direct gets), or
+        None when there is none. NATS errors raise; no answer in ``timeout`` raises
+        :class:`nats.errors.TimeoutError`."""
+        if not self._get_inbox:
+            async with self._get_setup:
+                if not self._get_inbox:
+                    inbox = self.new_inbox()
+                    await self.subscribe_direct(f"{inbox}.*", self._on_get)
+                    self._get_inbox = inbox
+        self._get_count += 1
+        token = str(self._get_count)
+        future: asyncio.Future[StoredMessage | None] = asyncio.get_running_loop().create_future()
+        self._gets[token] = future
+        try:
+            self.publish_nowait(f"$JS.API.DIRECT.GET.{stream}.{subject}",
+                                reply=f"{self._get_inbox}.{token}")
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None
+        finally:
+            self._gets.pop(token, None)
+
+    def _on_get(self, subject: str, reply: str, data: bytes,
+                headers: dict[str, str] | None) -> None:
+        future = self._gets.pop(subject.rpartition(".")[2], None)
+        if future is None or future.done():
+            return  # timed out already
+        status = (headers or {}).get(h.NATS_STATUS, "")
+        if status == "404":
+            future.set_result(None)
+        elif status or headers is None:
+            why = (headers or {}).get("Description") or _GET_STATUS.get(status, "no headers")
+            future.set_exception(nats.errors.Error(f"direct get failed: {status} ({why})"))
+        else:
+            future.set_result((data, headers))
 
     def publish_nowait(self, subject: str, payload: bytes = b"", reply: str = "",
                        headers: bytes = b"") -> None:

@@ -13,7 +13,9 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-__all__ = ["KeyValue", "Mirror", "open_bucket"]
+from mesh.transport.connection import MeshConnection
+
+__all__ = ["KeyValue", "Mirror", "latest", "open_bucket"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,19 @@ async def open_bucket(nc: NATS, name: str, *, description: str, history: int = 1
         with contextlib.suppress(Exception):
             return await js.key_value(name)
         raise
+
+
+async def latest(nc: MeshConnection, bucket: str, key: str,
+                 timeout: float = 5.0) -> tuple[bytes, int] | None:
+    """``key``'s value and revision in ``bucket`` (one opened by :func:`open_bucket`), by
+    one direct get; None when it has none, or was deleted or purged."""
+    found = await nc.direct_get(f"KV_{bucket}", f"$KV.{bucket}.{key}", timeout)
+    if found is None:
+        return None
+    data, headers = found
+    if headers.get("KV-Operation") in ("DEL", "PURGE"):
+        return None
+    return data, int(headers["Nats-Sequence"])
 
 
 class Mirror:

@@ -1,14 +1,19 @@
-"""Opening JetStream key-value buckets (``mesh.transport.kv.open_bucket``) on a real server."""
+"""JetStream key-value buckets (``mesh.transport.kv``) on a real server: opening, reading."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import nats
+import nats.errors
+import pytest
 from nats.js.api import KeyValueConfig
 
+from mesh.config import NatsSettings
 from mesh.embedded.nats_server import NatsServer
-from mesh.transport.kv import open_bucket
+from mesh.transport.connection import connect
+from mesh.transport.kv import latest, open_bucket
 
 
 async def test_buckets_read_by_direct_get_and_an_older_bucket_is_given_it(
@@ -29,5 +34,27 @@ async def test_buckets_read_by_direct_get_and_an_older_bucket_is_given_it(
         assert (await bucket.get("k")).value == b"v"
         await bucket.put("k", b"w")
         assert (await bucket.get("k")).value == b"w"
+    finally:
+        await nc.close()
+
+
+async def test_latest_reads_a_value_and_its_revision_by_one_direct_get(
+        nats_server: NatsServer) -> None:
+    nc = await connect(NatsSettings(url=nats_server.url), "test")
+    try:
+        name = f"latest_{time.time_ns()}"
+        bucket = await open_bucket(nc, name, description="test")
+        assert await latest(nc, name, "k") is None
+        revision = await bucket.put("k", b"one")
+        await bucket.put("other", b"x")
+        assert await latest(nc, name, "k") == (b"one", revision)
+        revision = await bucket.put("k", b"two")
+        # many at once, as a node claiming a fetched batch does
+        got = await asyncio.gather(*(latest(nc, name, "k") for _ in range(50)))
+        assert set(got) == {(b"two", revision)}
+        await bucket.delete("k")
+        assert await latest(nc, name, "k") is None
+        with pytest.raises(nats.errors.Error, match=r"direct get failed: 503"):
+            await latest(nc, "no_such_bucket", "k", timeout=2)
     finally:
         await nc.close()

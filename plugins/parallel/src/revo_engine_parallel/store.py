@@ -25,14 +25,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import (
     BadRequestError,
-    KeyNotFoundError,
     KeyWrongLastSequenceError,
     NotFoundError,
 )
 from nats.js.kv import KeyValue
 
 from mesh.transport.connection import MeshConnection
-from mesh.transport.kv import open_bucket
+from mesh.transport.kv import latest, open_bucket
 from mesh.transport.subjects import subject_token
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.settings import ParallelSettings
@@ -133,19 +132,20 @@ class TaskStore:
         return int(await self.tasks.put(task_key(task.owner, task.id), task.SerializeToString()))
 
     async def create(self, task: pb.Task) -> int:
-        """Write a new task's record; KeyWrongLastSequenceError if it exists."""
-        return int(await self.tasks.create(task_key(task.owner, task.id),
-                                           task.SerializeToString()))
+        """Write a new task's record; KeyWrongLastSequenceError if it exists.
+
+        Records are never deleted (they expire whole with the bucket's age limit), so this
+        is a compare-and-set against "no message yet", without the read that nats-py's
+        ``create`` makes after a conflict to tell a deleted key from a live one."""
+        return int(await self.tasks.update(task_key(task.owner, task.id),
+                                           task.SerializeToString(), last=0))
 
     async def get(self, owner: str, task_id: str) -> tuple[pb.Task, int] | None:
         """The record and its revision; None when there is none (NATS errors propagate)."""
-        try:
-            entry = await self.tasks.get(task_key(owner, task_id))
-        except KeyNotFoundError:  # kv.get raises it for a deleted key too
+        found = await latest(self.nc, TASKS_BUCKET, task_key(owner, task_id))
+        if found is None or not found[0]:
             return None
-        if entry.value is None:
-            return None
-        return pb.Task.FromString(entry.value), int(entry.revision or 0)
+        return pb.Task.FromString(found[0]), found[1]
 
     async def find(self, task_id: str) -> pb.Task | None:
         """A task of any owner (for callers with manage)."""
