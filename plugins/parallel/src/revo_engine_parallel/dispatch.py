@@ -104,6 +104,8 @@ class Dispatcher:
         self._subs: dict[Queue, Any] = {}
         self._empty: set[Queue] = set()
         self._running: dict[str, _Running] = {}
+        self._claims: set[asyncio.Task[None]] = set()
+        """Tasks fetched and being claimed: each holds one idle worker for its task."""
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._nc_subs: list[Any] = []
@@ -123,10 +125,11 @@ class Dispatcher:
     async def stop(self) -> None:
         """Take no more tasks; running ones are given back to the queue for another node."""
         self._stopping = True
-        for task in self._tasks:
+        stopping = [*self._tasks, *self._claims]
+        for task in stopping:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+        for task in stopping:  # a claim cut short leaves its message to be delivered again
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for sub in [*self._nc_subs, *self._subs.values()]:
             with contextlib.suppress(Exception):
@@ -198,27 +201,41 @@ class Dispatcher:
             except Exception:
                 log.exception("task dispatch failed; retrying")
                 await asyncio.sleep(0.5)
-            if self.pool.free and self.waiting():
+            if self._free() > 0 and self.waiting():
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), REFRESH_S)
 
+    def _free(self) -> int:
+        """Idle workers not yet promised to a task being claimed."""
+        return self.pool.free - len(self._claims)
+
     async def _dispatch(self) -> None:
         while not self._stopping:
-            if not self.pool.free:
+            if self._free() <= 0:
                 self.pool.resize(self.waiting())
-                if not self.pool.free:
+                if self._free() <= 0:
                     return
             queue = self._scheduler.next(
                 q for q, count in self.depth.items() if count > 0 and q not in self._empty)
             if queue is None:
                 return
-            msgs = await self._fetch(queue, self.pool.free)
+            msgs = await self._fetch(queue, self._free())
             if not msgs:
                 self._empty.add(queue)
                 continue
-            # claims go out together: each is a JetStream round trip
-            await asyncio.gather(*(self._begin(msg) for msg in msgs))
+            # claims go out together, and the next fetch does not wait for them: a claim is
+            # two JetStream round trips (read the record, then compare-and-set it)
+            for msg in msgs:
+                claim = self._loop.create_task(self._begin(msg))
+                self._claims.add(claim)
+                claim.add_done_callback(self._claimed)
+
+    def _claimed(self, claim: asyncio.Task[None]) -> None:
+        self._claims.discard(claim)
+        if not claim.cancelled() and (exc := claim.exception()) is not None:
+            log.error("claiming a task failed (JetStream will deliver it again): %s", exc)
+        self._wake.set()
 
     async def _fetch(self, queue: Queue, count: int) -> list[Msg]:
         sub = self._subs.get(queue)

@@ -184,7 +184,8 @@ class TaskEngine(AsyncEngine):
             if existing is not None:
                 return await self._submitted_before(existing, task, ctx)
         queued = await self._enqueue(task, ctx.role)
-        return await self._record(task), queued
+        await self._record(task)  # when a node was first, the answer is still as submitted
+        return task, queued
 
     async def _submitted_before(self, task_id: str, fresh: pb.Task,
                                 ctx: Context) -> tuple[pb.Task, bool]:
@@ -202,20 +203,21 @@ class TaskEngine(AsyncEngine):
         else:
             fresh.id = task_id
             queued = await self._enqueue(fresh, ctx.role)
-            task = await self._record(fresh)
+            task = fresh
+            if not await self._record(fresh):
+                found = await self.store.get(fresh.owner, task_id)
+                task = found[0] if found is not None else fresh
         task.deduplicated = True
         return task, queued
 
-    async def _record(self, task: pb.Task) -> pb.Task:
-        """Write a queued task's record; the record as it is if a node wrote it first."""
+    async def _record(self, task: pb.Task) -> bool:
+        """Write a queued task's record; False when a node that took the task (or a retry
+        of the Submit) wrote it first."""
         try:
             await self.store.create(task)
-            return task
-        except KeyWrongLastSequenceError:  # a node took the task, or a retry wrote it
-            found = await self.store.get(task.owner, task.id)
-            if found is None:
-                raise
-            return found[0]
+            return True
+        except KeyWrongLastSequenceError:
+            return False
 
     async def _enqueue(self, task: pb.Task, role: str) -> bool:
         """Publish the task's queue message; False when the stream already had it."""
