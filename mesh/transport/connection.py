@@ -43,10 +43,10 @@ log = logging.getLogger(__name__)
 __all__ = ["DirectHandler", "MeshConnection", "connect", "encode_headers", "parse_headers"]
 
 DirectHandler = Callable[[str, str, bytes, dict[str, str] | None], None]
+"""``handler(subject, reply, payload, headers)``, called on the loop; must not block."""
 StoredMessage = tuple[bytes, dict[str, str]]
 """A stream message as a direct get answers it: the payload, and headers that include
 ``Nats-Sequence`` (its sequence in the stream)."""
-"""``handler(subject, reply, payload, headers)``, called on the loop; must not block."""
 
 # Above this many unsent bytes in the socket's buffer, writes go through nats-py's flusher,
 # which waits for the buffer to drain.

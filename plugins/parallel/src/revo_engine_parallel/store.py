@@ -23,11 +23,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import (
-    BadRequestError,
-    KeyWrongLastSequenceError,
-    NotFoundError,
-)
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from mesh.transport.connection import MeshConnection
