@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from typing import Any
@@ -363,3 +364,28 @@ async def test_a_submit_whose_publish_times_out_then_lands_runs_its_task_once(
     assert task.deduplicated
     assert (await finished(tasks, task.id)).state == pb.TASK_STATE_SUCCEEDED
     assert guarded.EFFECTS[key] == 1
+
+
+@pytest.mark.timeout(60)
+async def test_a_node_stops_even_when_a_cancel_is_lost_inside_a_fetch(
+        start: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Python 3.11 ``asyncio.wait_for`` (which nats-py's fetch uses) can lose a cancel
+    when what it waits for completes at the same moment. The dispatcher then went on, and
+    with work waiting and workers free it spun without awaiting: stop() never returned
+    (found in CI as a test that timed out in its teardown)."""
+    mesh = await start(workers_min=1, workers_max=1)
+    pool: Any = mesh.nodes[0].pools["parallel"]
+    dispatcher = pool.engine.dispatcher
+    fetching = asyncio.Event()
+
+    async def fetch_that_loses_the_cancel(queue: Any, count: int) -> list[Any]:
+        fetching.set()
+        with contextlib.suppress(asyncio.CancelledError):  # lost, as wait_for may lose it
+            await asyncio.sleep(30)
+        raise RuntimeError("the fetch failed")
+
+    monkeypatch.setattr(dispatcher, "_fetch", fetch_that_loses_the_cancel)
+    await stub(mesh).Submit(pb.SubmitRequest(tasks=[typed("noop")]), timeout=10)
+    await asyncio.wait_for(fetching.wait(), 10)
+    await dispatcher.stop()
+    assert all(task.done() for task in dispatcher._tasks)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -25,7 +26,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import KeyWrongLastSequenceError
@@ -105,7 +105,9 @@ class Dispatcher:
         self._empty: set[Queue] = set()
         self._running: dict[str, _Running] = {}
         self._claims: set[asyncio.Task[None]] = set()
-        """Tasks fetched and being claimed: each holds one idle worker for its task."""
+        """Fetched batches being claimed."""
+        self._claiming = 0
+        """Tasks in those batches: each holds one idle worker until it is handed over."""
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._nc_subs: list[Any] = []
@@ -185,8 +187,12 @@ class Dispatcher:
                 self._empty.discard(queue)
         self._wake.set()
 
+    # Each loop also ends on ``_stopping``: on Python 3.11 a cancel can be lost inside
+    # ``asyncio.wait_for`` (nats-py's fetch and requests use it) when what it waits for
+    # completes at the same moment, and the dispatch loop would then spin without awaiting.
+
     async def _refresh_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(REFRESH_S)
             await self.refresh()
             self.pool.resize(self.waiting())
@@ -194,7 +200,7 @@ class Dispatcher:
     # -- taking tasks -----------------------------------------------------------------
 
     async def _dispatch_forever(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 await self._dispatch()
@@ -208,7 +214,7 @@ class Dispatcher:
 
     def _free(self) -> int:
         """Idle workers not yet promised to a task being claimed."""
-        return self.pool.free - len(self._claims)
+        return self.pool.free - self._claiming
 
     async def _dispatch(self) -> None:
         while not self._stopping:
@@ -224,18 +230,36 @@ class Dispatcher:
             if not msgs:
                 self._empty.add(queue)
                 continue
-            # claims go out together, and the next fetch does not wait for them: a claim is
-            # two JetStream round trips (read the record, then compare-and-set it)
-            for msg in msgs:
-                claim = self._loop.create_task(self._begin(msg))
-                self._claims.add(claim)
-                claim.add_done_callback(self._claimed)
+            # the batch is claimed while the next fetch goes out
+            self._claiming += len(msgs)
+            claim = self._loop.create_task(self._begin_all(msgs))
+            self._claims.add(claim)
+            claim.add_done_callback(functools.partial(self._claimed, len(msgs)))
 
-    def _claimed(self, claim: asyncio.Task[None]) -> None:
+    def _claimed(self, count: int, claim: asyncio.Task[None]) -> None:
         self._claims.discard(claim)
+        self._claiming -= count
         if not claim.cancelled() and (exc := claim.exception()) is not None:
-            log.error("claiming a task failed (JetStream will deliver it again): %s", exc)
+            log.error("claiming tasks failed (JetStream will deliver them again): %s", exc)
         self._wake.set()
+
+    async def _begin_all(self, msgs: list[Msg]) -> None:
+        """Claim a fetched batch: one read for all its records, then the claims together."""
+        tasks: list[tuple[Msg, pb.Task]] = []
+        for msg in msgs:
+            try:
+                tasks.append((msg, pb.Task.FromString(msg.data)))
+            except Exception:
+                log.error("dropping an unreadable task message on %s", msg.subject)
+                await msg.term()
+        records = await self.store.get_many([task for _, task in tasks])
+        outcomes = await asyncio.gather(
+            *(self._begin(msg, task, records.get(task.id)) for msg, task in tasks),
+            return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                log.error("claiming a task failed (JetStream will deliver it again): %s",
+                          outcome)
 
     async def _fetch(self, queue: Queue, count: int) -> list[Msg]:
         sub = self._subs.get(queue)
@@ -243,7 +267,7 @@ class Dispatcher:
             sub = self._subs[queue] = await self._consumer(queue)
         try:
             return list(await sub.fetch(max(1, min(count, 64)), timeout=0.05))
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises its own, or asyncio's when its deadline passed
             return []
 
     async def _consumer(self, queue: Queue) -> Any:
@@ -256,18 +280,13 @@ class Dispatcher:
             max_ack_pending=-1, inactive_threshold=self.settings.keep_s))
         return await js.pull_subscribe_bind(durable=durable, stream=STREAM)
 
-    async def _begin(self, msg: Msg) -> None:
-        """Claim a delivered task and hand it to a worker."""
-        try:
-            task = pb.Task.FromString(msg.data)
-        except Exception:
-            log.error("dropping an unreadable task message on %s", msg.subject)
-            await msg.term()
-            return
+    async def _begin(self, msg: Msg, task: pb.Task, record: tuple[pb.Task, int] | None) -> None:
+        """Claim a delivered task (``record`` as read for its batch) and hand it to a
+        worker."""
         headers = msg.headers or {}
         attempt = int(msg.metadata.num_delivered or 1)
         limit = task.spec.max_attempts
-        claimed = await self._claim(task, attempt)
+        claimed = await self._claim(task, attempt, record)
         if claimed is None:
             await msg.ack()  # cancelled, or finished by an earlier delivery
             return
@@ -300,16 +319,20 @@ class Dispatcher:
             running.timer.cancel()
             await msg.nak()
 
-    async def _claim(self, task: pb.Task, attempt: int) -> tuple[pb.Task, int] | None:
+    async def _claim(self, task: pb.Task, attempt: int, record: tuple[pb.Task, int] | None
+                     ) -> tuple[pb.Task, int] | None:
         """The record set RUNNING for this attempt, or None when it must not run.
 
-        ``task`` is the queue message's copy. With no record yet (the Submit that queued it
-        stopped before writing one, or has not written it yet) the message's copy becomes
-        the record. A finished record (cancelled, or finished by an earlier delivery) means
-        the message is stale. Compare-and-set: a cancel that lands meanwhile is seen.
+        ``task`` is the queue message's copy, ``record`` the record as last read. With no
+        record yet (the Submit that queued it stopped before writing one, or has not
+        written it yet) the message's copy becomes the record. A finished record
+        (cancelled, or finished by an earlier delivery) means the message is stale.
+        Compare-and-set: a change that lands meanwhile (a cancel) is read and seen.
         """
-        for _ in range(_CLAIM_TRIES):
-            found = await self.store.get(task.owner, task.id)
+        found = record
+        for tries in range(_CLAIM_TRIES):
+            if tries:
+                found = await self.store.get(task.owner, task.id)
             if found is not None:
                 task, revision = found
                 if task.state in FINISHED:
@@ -471,7 +494,7 @@ class Dispatcher:
             self._done(running, None, Cancelled("the task was cancelled"), False)
 
     async def _renew_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.settings.ack_wait_s / 3)
             for running in list(self._running.values()):
                 if not running.over:
