@@ -11,10 +11,9 @@
   already encoded (the mesh's headers are known to be safe), and writes everything queued
   in one pass of the event loop with one write, without waking nats-py's flusher task
   (which still takes over while reconnecting or when the socket is backed up).
-* :meth:`~MeshConnection.direct_get` and :meth:`~MeshConnection.direct_get_last`:
-  JetStream's direct get of one subject's last message, or of many in one request, over
-  those two, for reads on a hot path (task records as a node claims a fetched batch);
-  nats-py's request adds a task, a ``Msg`` and an e-mail header parser to each.
+* :meth:`~MeshConnection.direct_get`: JetStream's direct get of a subject's last message
+  over those two, for reads on a hot path (a task's record as a node claims it); nats-py's
+  request adds a task, a ``Msg`` and an e-mail header parser to each.
 
 Both rely on nats-py internals (``Client._process_msg``, the pending buffer that
 ``Client._flusher`` writes, and the TCP transport's stream writer).
@@ -27,11 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
@@ -84,13 +81,6 @@ def parse_headers(raw: bytes) -> dict[str, str]:
     return out
 
 
-@dataclass(slots=True)
-class _PendingGet:
-    future: asyncio.Future[dict[str, StoredMessage]]
-    batch: dict[str, StoredMessage] | None
-    """What a batched get has received so far; None for a single get."""
-
-
 async def _never_called(msg: object) -> None:  # pragma: no cover - direct subs bypass it
     raise AssertionError("a direct subscription's messages go to its handler")
 
@@ -105,7 +95,7 @@ class MeshConnection(Client):  # type: ignore[misc]
         self._direct: dict[int, DirectHandler] = {}
         self._flushed: asyncio.Future[None] | None = None
         self._write_scheduled = False
-        self._gets: dict[str, _PendingGet] = {}
+        self._gets: dict[str, asyncio.Future[StoredMessage | None]] = {}
         self._get_inbox = ""
         self._get_setup = asyncio.Lock()
         self._get_count = 0
@@ -142,22 +132,6 @@ class MeshConnection(Client):  # type: ignore[misc]
         """The last message on ``subject`` in ``stream`` (which must allow direct gets), or
         None when there is none. NATS errors raise; no answer in ``timeout`` raises
         :class:`nats.errors.TimeoutError`."""
-        found = await self._direct_get(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", None,
-                                       timeout)
-        return found.get(subject)
-
-    async def direct_get_last(self, stream: str, subjects: list[str],
-                              timeout: float = 5.0) -> dict[str, StoredMessage]:
-        """The last message on each of ``subjects`` in ``stream``, by subject, with one
-        request (a batched direct get, nats-server 2.11 or later); subjects without one
-        are left out."""
-        if not subjects:
-            return {}
-        body = json.dumps({"multi_last": subjects}).encode()
-        return await self._direct_get(f"$JS.API.DIRECT.GET.{stream}", body, {}, timeout)
-
-    async def _direct_get(self, request: str, body: bytes, batch: dict[str, StoredMessage] | None,
-                          timeout: float) -> dict[str, StoredMessage]:
         if not self._get_inbox:
             async with self._get_setup:
                 if not self._get_inbox:
@@ -166,12 +140,13 @@ class MeshConnection(Client):  # type: ignore[misc]
                     self._get_inbox = inbox
         self._get_count += 1
         token = str(self._get_count)
-        pending = _PendingGet(asyncio.get_running_loop().create_future(), batch)
-        self._gets[token] = pending
+        future: asyncio.Future[StoredMessage | None] = asyncio.get_running_loop().create_future()
+        self._gets[token] = future
         try:
-            self.publish_nowait(request, body, reply=f"{self._get_inbox}.{token}")
+            self.publish_nowait(f"$JS.API.DIRECT.GET.{stream}.{subject}",
+                                reply=f"{self._get_inbox}.{token}")
             async with asyncio.timeout(timeout):
-                return await pending.future
+                return await future
         except TimeoutError:
             raise nats.errors.TimeoutError from None
         finally:
@@ -179,25 +154,17 @@ class MeshConnection(Client):  # type: ignore[misc]
 
     def _on_get(self, subject: str, reply: str, data: bytes,
                 headers: dict[str, str] | None) -> None:
-        token = subject.rpartition(".")[2]
-        pending = self._gets.get(token)
-        if pending is None or pending.future.done():
+        future = self._gets.pop(subject.rpartition(".")[2], None)
+        if future is None or future.done():
             return  # timed out already
         status = (headers or {}).get(h.NATS_STATUS, "")
-        if headers is not None and not status:
-            found = {headers.get("Nats-Subject", ""): (data, headers)}
-            if pending.batch is None:  # one message answers a single get
-                del self._gets[token]
-                pending.future.set_result(found)
-            else:  # a batch goes on until its end-of-batch status
-                pending.batch.update(found)
-            return
-        del self._gets[token]
-        if status in ("404", "204"):  # none found; a batch's end
-            pending.future.set_result(pending.batch or {})
-        else:
+        if status == "404":
+            future.set_result(None)
+        elif status or headers is None:
             why = (headers or {}).get("Description") or _GET_STATUS.get(status, "no headers")
-            pending.future.set_exception(nats.errors.Error(f"direct get failed: {status} ({why})"))
+            future.set_exception(nats.errors.Error(f"direct get failed: {status} ({why})"))
+        else:
+            future.set_result((data, headers))
 
     def publish_nowait(self, subject: str, payload: bytes = b"", reply: str = "",
                        headers: bytes = b"") -> None:

@@ -13,9 +13,9 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from mesh.transport.connection import MeshConnection, StoredMessage
+from mesh.transport.connection import MeshConnection
 
-__all__ = ["KeyValue", "Mirror", "latest", "latest_of", "open_bucket"]
+__all__ = ["KeyValue", "Mirror", "latest", "open_bucket"]
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +55,9 @@ async def latest(nc: MeshConnection, bucket: str, key: str,
     """``key``'s value and revision in ``bucket`` (one opened by :func:`open_bucket`), by
     one direct get; None when it has none, or was deleted or purged."""
     found = await nc.direct_get(f"KV_{bucket}", f"$KV.{bucket}.{key}", timeout)
-    return _entry(found) if found is not None else None
-
-
-async def latest_of(nc: MeshConnection, bucket: str, keys: list[str],
-                    timeout: float = 5.0) -> dict[str, tuple[bytes, int]]:
-    """Value and revision of each of ``keys`` that has one, by one batched direct get."""
-    prefix = f"$KV.{bucket}."
-    found = await nc.direct_get_last(f"KV_{bucket}", [prefix + key for key in keys], timeout)
-    entries = {subject[len(prefix):]: _entry(message) for subject, message in found.items()}
-    return {key: entry for key, entry in entries.items() if entry is not None}
-
-
-def _entry(message: StoredMessage) -> tuple[bytes, int] | None:
-    data, headers = message
+    if found is None:
+        return None
+    data, headers = found
     if headers.get("KV-Operation") in ("DEL", "PURGE"):
         return None
     return data, int(headers["Nats-Sequence"])

@@ -13,7 +13,7 @@ from nats.js.api import KeyValueConfig
 from mesh.config import NatsSettings
 from mesh.embedded.nats_server import NatsServer
 from mesh.transport.connection import connect
-from mesh.transport.kv import latest, latest_of, open_bucket
+from mesh.transport.kv import latest, open_bucket
 
 
 async def test_buckets_read_by_direct_get_and_an_older_bucket_is_given_it(
@@ -38,7 +38,7 @@ async def test_buckets_read_by_direct_get_and_an_older_bucket_is_given_it(
         await nc.close()
 
 
-async def test_latest_reads_values_and_revisions_by_direct_get(
+async def test_latest_reads_a_value_and_its_revision_by_one_direct_get(
         nats_server: NatsServer) -> None:
     nc = await connect(NatsSettings(url=nats_server.url), "test")
     try:
@@ -52,13 +52,6 @@ async def test_latest_reads_values_and_revisions_by_direct_get(
         # many at once, as a node claiming a fetched batch does
         got = await asyncio.gather(*(latest(nc, name, "k") for _ in range(50)))
         assert set(got) == {(b"two", revision)}
-        # several keys with one request; the missing and the deleted are left out
-        await bucket.put("gone", b"soon")
-        await bucket.delete("gone")
-        assert await latest_of(nc, name, ["k", "other", "missing", "gone"]) == {
-            "k": (b"two", revision), "other": (b"x", revision - 1)}
-        assert await latest_of(nc, name, ["missing"]) == {}
-        assert await latest_of(nc, name, []) == {}
         await bucket.delete("k")
         assert await latest(nc, name, "k") is None
         with pytest.raises(nats.errors.Error, match=r"direct get failed: 503"):

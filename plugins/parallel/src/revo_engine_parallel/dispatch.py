@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import logging
 import time
 from collections import deque
@@ -105,9 +104,7 @@ class Dispatcher:
         self._empty: set[Queue] = set()
         self._running: dict[str, _Running] = {}
         self._claims: set[asyncio.Task[None]] = set()
-        """Fetched batches being claimed."""
-        self._claiming = 0
-        """Tasks in those batches: each holds one idle worker until it is handed over."""
+        """Tasks fetched and being claimed: each holds one idle worker for its task."""
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._nc_subs: list[Any] = []
@@ -214,7 +211,7 @@ class Dispatcher:
 
     def _free(self) -> int:
         """Idle workers not yet promised to a task being claimed."""
-        return self.pool.free - self._claiming
+        return self.pool.free - len(self._claims)
 
     async def _dispatch(self) -> None:
         while not self._stopping:
@@ -230,36 +227,18 @@ class Dispatcher:
             if not msgs:
                 self._empty.add(queue)
                 continue
-            # the batch is claimed while the next fetch goes out
-            self._claiming += len(msgs)
-            claim = self._loop.create_task(self._begin_all(msgs))
-            self._claims.add(claim)
-            claim.add_done_callback(functools.partial(self._claimed, len(msgs)))
+            # claims go out together, and the next fetch does not wait for them: a claim is
+            # two JetStream round trips (read the record, then compare-and-set it)
+            for msg in msgs:
+                claim = self._loop.create_task(self._begin(msg))
+                self._claims.add(claim)
+                claim.add_done_callback(self._claimed)
 
-    def _claimed(self, count: int, claim: asyncio.Task[None]) -> None:
+    def _claimed(self, claim: asyncio.Task[None]) -> None:
         self._claims.discard(claim)
-        self._claiming -= count
         if not claim.cancelled() and (exc := claim.exception()) is not None:
-            log.error("claiming tasks failed (JetStream will deliver them again): %s", exc)
+            log.error("claiming a task failed (JetStream will deliver it again): %s", exc)
         self._wake.set()
-
-    async def _begin_all(self, msgs: list[Msg]) -> None:
-        """Claim a fetched batch: one read for all its records, then the claims together."""
-        tasks: list[tuple[Msg, pb.Task]] = []
-        for msg in msgs:
-            try:
-                tasks.append((msg, pb.Task.FromString(msg.data)))
-            except Exception:
-                log.error("dropping an unreadable task message on %s", msg.subject)
-                await msg.term()
-        records = await self.store.get_many([task for _, task in tasks])
-        outcomes = await asyncio.gather(
-            *(self._begin(msg, task, records.get(task.id)) for msg, task in tasks),
-            return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                log.error("claiming a task failed (JetStream will deliver it again): %s",
-                          outcome)
 
     async def _fetch(self, queue: Queue, count: int) -> list[Msg]:
         sub = self._subs.get(queue)
@@ -280,13 +259,18 @@ class Dispatcher:
             max_ack_pending=-1, inactive_threshold=self.settings.keep_s))
         return await js.pull_subscribe_bind(durable=durable, stream=STREAM)
 
-    async def _begin(self, msg: Msg, task: pb.Task, record: tuple[pb.Task, int] | None) -> None:
-        """Claim a delivered task (``record`` as read for its batch) and hand it to a
-        worker."""
+    async def _begin(self, msg: Msg) -> None:
+        """Claim a delivered task and hand it to a worker."""
+        try:
+            task = pb.Task.FromString(msg.data)
+        except Exception:
+            log.error("dropping an unreadable task message on %s", msg.subject)
+            await msg.term()
+            return
         headers = msg.headers or {}
         attempt = int(msg.metadata.num_delivered or 1)
         limit = task.spec.max_attempts
-        claimed = await self._claim(task, attempt, record)
+        claimed = await self._claim(task, attempt)
         if claimed is None:
             await msg.ack()  # cancelled, or finished by an earlier delivery
             return
@@ -319,20 +303,16 @@ class Dispatcher:
             running.timer.cancel()
             await msg.nak()
 
-    async def _claim(self, task: pb.Task, attempt: int, record: tuple[pb.Task, int] | None
-                     ) -> tuple[pb.Task, int] | None:
+    async def _claim(self, task: pb.Task, attempt: int) -> tuple[pb.Task, int] | None:
         """The record set RUNNING for this attempt, or None when it must not run.
 
-        ``task`` is the queue message's copy, ``record`` the record as last read. With no
-        record yet (the Submit that queued it stopped before writing one, or has not
-        written it yet) the message's copy becomes the record. A finished record
-        (cancelled, or finished by an earlier delivery) means the message is stale.
-        Compare-and-set: a change that lands meanwhile (a cancel) is read and seen.
+        ``task`` is the queue message's copy. With no record yet (the Submit that queued it
+        stopped before writing one, or has not written it yet) the message's copy becomes
+        the record. A finished record (cancelled, or finished by an earlier delivery) means
+        the message is stale. Compare-and-set: a cancel that lands meanwhile is seen.
         """
-        found = record
-        for tries in range(_CLAIM_TRIES):
-            if tries:
-                found = await self.store.get(task.owner, task.id)
+        for _ in range(_CLAIM_TRIES):
+            found = await self.store.get(task.owner, task.id)
             if found is not None:
                 task, revision = found
                 if task.state in FINISHED:

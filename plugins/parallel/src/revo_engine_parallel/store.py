@@ -27,7 +27,7 @@ from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundE
 from nats.js.kv import KeyValue
 
 from mesh.transport.connection import MeshConnection
-from mesh.transport.kv import latest, latest_of, open_bucket
+from mesh.transport.kv import latest, open_bucket
 from mesh.transport.subjects import subject_token
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.settings import ParallelSettings
@@ -142,13 +142,6 @@ class TaskStore:
         if found is None or not found[0]:
             return None
         return pb.Task.FromString(found[0]), found[1]
-
-    async def get_many(self, tasks: list[pb.Task]) -> dict[str, tuple[pb.Task, int]]:
-        """The records of ``tasks`` that have one, by task id, with one request."""
-        keys = {task_key(t.owner, t.id): t.id for t in tasks}
-        found = await latest_of(self.nc, TASKS_BUCKET, list(keys))
-        return {keys[key]: (pb.Task.FromString(value), revision)
-                for key, (value, revision) in found.items() if value}
 
     async def find(self, task_id: str) -> pb.Task | None:
         """A task of any owner (for callers with manage)."""
