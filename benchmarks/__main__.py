@@ -1,18 +1,21 @@
 """``python -m benchmarks <name> [--quick]``: run one benchmark and write its results.
 
 Each benchmark writes ``benchmarks/results/<name>.json`` and ``<name>.md``.
-``python -m benchmarks`` alone lists the benchmarks.
+``python -m benchmarks`` alone lists the benchmarks; ``python -m benchmarks status`` lists
+the committed results with the commit each measured, and marks a result **stale** when the
+code it measures (``MEASURES``) changed since.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks._report import RESULTS_DIR
+from benchmarks._report import RESULTS_DIR, markdown_table, staleness
 
 # name -> (module with ``run(quick, results_dir) -> int``, what it measures); a module may
 # also have ``add_arguments(parser)``: its options reach ``run`` as keyword arguments.
@@ -41,11 +44,46 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                "inserts/s; --sizes)"),
 }
 
+# name -> the code whose change makes its committed result stale (besides the benchmark).
+MEASURES: dict[str, tuple[str, ...]] = {
+    "mesh_hop": ("mesh/gateway", "mesh/transport", "mesh/runtime", "plugins/echo/src"),
+    "auth_overhead": ("mesh/gateway", "mesh/transport", "mesh/runtime", "mesh/auth",
+                      "plugins/echo/src"),
+    "embedder": ("triton_models/embedder", "mesh/embedded/triton.py"),
+    "router_overhead": ("mesh/models", "mesh/gateway", "mesh/transport", "mesh/runtime",
+                        "mesh/testing_llm.py"),
+    "generator": ("triton_models/generator", "mesh/models", "mesh/gateway",
+                  "mesh/transport", "mesh/runtime"),
+    "tasks": ("plugins/parallel/src", "mesh/gateway", "mesh/transport", "mesh/runtime"),
+    "recall": ("plugins/recall/src", "mesh/gateway", "mesh/transport", "mesh/runtime"),
+}
+
+
+def status(results_dir: Path = RESULTS_DIR) -> str:
+    """A table of the results under ``results_dir``: commit, date, mode, and whether stale."""
+    rows = []
+    for path in sorted(results_dir.glob("*.json")):
+        name = next((n for n in sorted(BENCHMARKS, key=len, reverse=True)
+                     if path.stem == n or path.stem.startswith(n + "-")), None)
+        if name is None:
+            continue
+        data = json.loads(path.read_text())
+        record = data.get("record") or data.get("revision") or {}
+        changed = staleness(data, ("benchmarks/" + name + ".py", *MEASURES[name]))
+        verdict = ("current" if not changed else
+                   "**stale**: " + ", ".join(f"`{c}`" for c in changed[:4])
+                   + (f" and {len(changed) - 4} more" if len(changed) > 4 else ""))
+        date = record.get("date") or (data.get("machine") or {}).get("date", "?")
+        rows.append([f"`{path.name}`", str(data.get("mode", "?")),
+                     f"`{record.get('commit', '?')}`", str(date)[:10], verdict])
+    return markdown_table(["result", "mode", "commit", "date", "against HEAD"], rows)
+
 
 def _listing() -> str:
     width = max(len(name) for name in BENCHMARKS)
-    return "benchmarks:\n" + "\n".join(f"  {name:<{width}}  {about}"
-                                       for name, (_, about) in BENCHMARKS.items())
+    return ("benchmarks:\n" + "\n".join(f"  {name:<{width}}  {about}"
+                                        for name, (_, about) in BENCHMARKS.items())
+            + f"\n  {'status':<{width}}  the committed results: commit, date, stale or not")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a short run (fewer rounds, shorter cells) for a quick check")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help=f"directory for the results (default: {RESULTS_DIR})")
+    if list(argv if argv is not None else sys.argv[1:])[:1] == ["status"]:
+        print(status())
+        return 0
     args, _ = parser.parse_known_args(argv)
     if args.name is None:
         parser.parse_args(argv)  # unknown options are errors

@@ -1,7 +1,12 @@
 """What every benchmark shares: latency statistics, machine facts, and writing its results.
 
 A benchmark writes ``<results>/<name>.json`` (numbers for tools and CI) and
-``<results>/<name>.md`` (a table for people) with :func:`write_results`.
+``<results>/<name>.md`` (a table for people) with :func:`write_results`. Every file it
+writes names the commit it measured (and any uncommitted change in the code it measures),
+the date, the machine and the command; every full run is also kept under
+``<results>/history/`` so that a headline can be the median of runs, not the best one
+(``../shared/BENCHMARKING.md``). :func:`staleness` says whether a result still measures
+the code at HEAD (``python -m benchmarks status``).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -19,14 +25,18 @@ from typing import Any
 
 __all__ = [
     "RESULTS_DIR",
+    "history_runs",
     "machine_info",
     "markdown_table",
     "median",
     "percentile",
+    "revision",
+    "staleness",
     "write_results",
 ]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = RESULTS_DIR.parent.parent
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -84,12 +94,95 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
     return "\n".join(lines)
 
 
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
+                              check=False, cwd=REPO_ROOT)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def revision(*paths: str) -> dict[str, Any]:
+    """The commit measured, and the files under ``paths`` (default: the whole repository)
+    that differed from it when the run started (a result of uncommitted code says so)."""
+    changed = _git("status", "--porcelain", "--", *(paths or (".",)))
+    return {"commit": _git("rev-parse", "--short", "HEAD") or None,
+            "uncommitted": sorted(line[3:] for line in changed.splitlines() if line.strip())}
+
+
+def _command() -> str:
+    argv = sys.argv[1:] if Path(sys.argv[0]).name == "__main__.py" else sys.argv
+    prefix = "python -m benchmarks" if Path(sys.argv[0]).name == "__main__.py" else "python"
+    return " ".join([prefix, *argv])
+
+
+def _record(data: Mapping[str, Any]) -> dict[str, Any]:
+    machine = data.get("machine") or machine_info()
+    return {**revision(), "date": machine.get("date") or dt.datetime.now(dt.UTC).isoformat(
+                timespec="seconds"),
+            "command": data.get("command") or _command(),
+            "machine": f"{machine.get('cpu_count')} CPUs, {machine.get('platform')}, "
+                       f"Python {machine.get('python')}"}
+
+
+def _record_line(record: Mapping[str, Any]) -> str:
+    dirty = record.get("uncommitted") or []
+    code = f"commit `{record.get('commit')}`" + (
+        f" with {len(dirty)} uncommitted file(s) ({', '.join(f'`{p}`' for p in dirty[:5])}"
+        + (", ..." if len(dirty) > 5 else "") + ")" if dirty else "")
+    return (f"_Measured: {code}, {record.get('date')}, {record.get('machine')}; "
+            f"command `{record.get('command')}`._")
+
+
 def write_results(name: str, data: Mapping[str, Any], markdown: str,
                   results_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:
-    """Write ``<name>.json`` and ``<name>.md`` under ``results_dir``; returns both paths."""
+    """Write ``<name>.json`` and ``<name>.md`` under ``results_dir``; returns both paths.
+
+    Both are stamped with a ``record`` (commit, uncommitted files, date, machine, command),
+    and a full run (``data["mode"] == "full"``) is also kept as
+    ``history/<name>-<UTC time>-<commit>.{json,md}``: every run is published, not the best.
+    """
+    record = _record(data)
+    stamped = {**data, "record": record}
+    text = markdown.rstrip() + "\n\n" + _record_line(record) + "\n"
     results_dir.mkdir(parents=True, exist_ok=True)
     json_path = results_dir / f"{name}.json"
     md_path = results_dir / f"{name}.md"
-    json_path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    md_path.write_text(markdown.rstrip() + "\n")
+    body = json.dumps(stamped, indent=2, sort_keys=False) + "\n"
+    json_path.write_text(body)
+    md_path.write_text(text)
+    if data.get("mode") == "full":
+        history = results_dir / "history"
+        history.mkdir(exist_ok=True)
+        when = dt.datetime.fromisoformat(record["date"]).strftime("%Y%m%dT%H%M%SZ")
+        stem = f"{name}-{when}-{record['commit'] or 'nocommit'}"
+        (history / f"{stem}.json").write_text(body)
+        (history / f"{stem}.md").write_text(text)
     return json_path, md_path
+
+
+def history_runs(name: str, results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
+    """Every full run of ``name`` kept under ``history/`` by :func:`write_results`, oldest
+    first (runs from before history was kept are not included)."""
+    runs = []
+    for path in sorted((results_dir / "history").glob(f"{name}-2*.json")):
+        data = json.loads(path.read_text())
+        if data.get("mode") == "full" and "record" in data:
+            runs.append(data)
+    return sorted(runs, key=lambda run: str(run["record"]["date"]))
+
+
+def staleness(data: Mapping[str, Any], paths: Sequence[str]) -> list[str]:
+    """The files under ``paths`` that changed between the commit a result measured and
+    HEAD (or were uncommitted when it ran): empty when the result measures today's code."""
+    record = data.get("record") or data.get("revision") or {}
+    commit = record.get("commit")
+    if not commit:
+        return ["(the result names no commit)"]
+    changed = _git("diff", "--name-only", str(commit), "HEAD", "--", *paths)
+    if not changed and not _git("cat-file", "-t", str(commit)):
+        return [f"(commit {commit} is not in this repository)"]
+    dirty = record.get("uncommitted") or record.get("uncommitted_in_mesh_or_engine") or []
+    return sorted(set(changed.splitlines()) | {p for p in dirty
+                                               if any(p.startswith(q) for q in paths)})

@@ -58,6 +58,7 @@ from benchmarks._report import (
     machine_info,
     markdown_table,
     percentile,
+    revision,
     write_results,
 )
 from benchmarks.mesh_hop import (
@@ -849,7 +850,7 @@ def measure_size(size: int, queries: Vectors, texts: Sequence[str], settings: Se
                  text_problem: str | None, progress: Callable[[str], None]
                  ) -> dict[str, Any]:
     """Everything at ``size``; frees what it built before returning."""
-    result: dict[str, Any] = {"size": size, "revision": _revision()}
+    result: dict[str, Any] = {"size": size, "revision": revision("mesh", "plugins/recall")}
     not_measured: dict[str, str] = {}
     started = time.perf_counter()
     data = make_data(size, len(queries))
@@ -1068,17 +1069,6 @@ def _size_label(size: int) -> str:
         else f"{size // 1000}k" if size % 1000 == 0 else str(size)
 
 
-def _revision() -> dict[str, Any]:
-    """The commit measured, and whether the mesh's or the engine's code differed from it."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
-                              check=False, cwd=REPO_ROOT)
-        return done.stdout.strip()
-
-    changed = git("status", "--porcelain", "--", "mesh", "plugins/recall")
-    return {"commit": git("rev-parse", "--short", "HEAD") or None,
-            "uncommitted_in_mesh_or_engine": [line.split(maxsplit=1)[1]
-                                              for line in changed.splitlines() if line.strip()]}
 
 
 def build_results(sizes: list[dict[str, Any]], settings: Settings, command: str,
@@ -1112,7 +1102,7 @@ def build_results(sizes: list[dict[str, Any]], settings: Settings, command: str,
                                 "grpcio", "nats-py", "protobuf", "tritonclient",
                                 "nvidia-pytriton", "revo-mesh", "revo-engine-recall"),
         "command": command,
-        "revision": _revision(),
+        "revision": revision("mesh", "plugins/recall"),
         **facts,
     }
 
@@ -1381,7 +1371,8 @@ def run(quick: bool = False, results_dir: Path | None = None, sizes: str | None 
 def _code_measured(results: dict[str, Any]) -> str:
     """Which commit each size measured (sizes kept from an earlier run may differ)."""
     def described(revision: dict[str, Any]) -> str:
-        dirty = revision.get("uncommitted_in_mesh_or_engine") or []
+        dirty = (revision.get("uncommitted")
+                 or revision.get("uncommitted_in_mesh_or_engine") or [])
         return f"commit `{revision.get('commit')}`" + (
             ", with uncommitted changes in " + ", ".join(f"`{p}`" for p in dirty)
             if dirty else "")

