@@ -4,6 +4,7 @@ cancellation, capacity and failures. No sockets."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,14 +30,21 @@ from mesh.errors import (
 )
 from mesh.runtime.loop_pool import LoopPool
 from mesh.runtime.pool import PoolState
+from mesh.testing import wait_for
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
 
 SERVICE = echo_pb2.DESCRIPTOR.services_by_name["EchoService"]
 ECHO, COUNT, STATS = (f"/revo.echo.v1.EchoService/{m}" for m in ("Echo", "Count", "Stats"))
 
 
+GATED = b"gated"
+
+
 class AsyncEcho(AsyncEngine):
-    """Echo on the loop; records what happened for the assertions."""
+    """Echo on the loop; records what happened for the assertions.
+
+    A call with the payload ``GATED`` waits until ``gate_size`` such calls are in flight at
+    once: calls served one at a time never get past it (they end at their deadline)."""
 
     services = (SERVICE,)
     events: list[str]
@@ -44,6 +52,9 @@ class AsyncEcho(AsyncEngine):
     async def start(self) -> None:
         self.events = ["started"]
         self.produced = 0
+        self.gate_size = 0
+        self.gated = 0
+        self.gate = asyncio.Event()
 
     async def stop(self) -> None:
         self.events.append("stopped")
@@ -53,6 +64,11 @@ class AsyncEcho(AsyncEngine):
             raise ValueError("boom")
         if request.payload == b"bad":
             raise InvalidArgument("bad payload")
+        if request.payload == GATED:
+            self.gated += 1
+            if self.gated >= self.gate_size:
+                self.gate.set()
+            await self.gate.wait()
         await asyncio.sleep(request.delay_ms / 1000)
         return echo_pb2.EchoResponse(payload=request.payload, node_id=self.runtime.node_id)
 
@@ -93,6 +109,10 @@ def engine(pool: LoopPool) -> AsyncEcho:
     return pool.engine
 
 
+def _produced_at_least(pool: LoopPool, count: int) -> bool:
+    return engine(pool).produced >= count
+
+
 async def echo(pool: LoopPool, payload: bytes, delay_ms: int = 0, timeout: float = 5.0) -> bytes:
     request = echo_pb2.EchoRequest(payload=payload, delay_ms=delay_ms)
     data = await pool.call(METHODS[ECHO], request.SerializeToString(), context(ECHO, timeout))
@@ -102,10 +122,14 @@ async def echo(pool: LoopPool, payload: bytes, delay_ms: int = 0, timeout: float
 async def test_unary_calls_run_concurrently_on_the_loop(pool: LoopPool) -> None:
     assert pool.state is PoolState.RUNNING
     assert pool.alive == 1
-    replies = await asyncio.gather(*(echo(pool, b"%d" % i, delay_ms=200) for i in range(4)))
+    engine(pool).gate_size = 4
+    # each call waits until all four are in the engine at once: served one at a time, the
+    # first would wait for the others until its deadline (DeadlineExceeded fails the test)
+    replies = await asyncio.gather(*(echo(pool, GATED, timeout=10) for _ in range(4)))
     decoded = [echo_pb2.EchoResponse.FromString(r) for r in replies]
-    assert [r.payload for r in decoded] == [b"0", b"1", b"2", b"3"]
+    assert [r.payload for r in decoded] == [GATED] * 4
     assert {r.node_id for r in decoded} == {"node-1"}  # the runtime reached the engine
+    assert engine(pool).gated == 4
     assert pool.stats.served == 4
 
 
@@ -125,34 +149,43 @@ async def test_errors_keep_their_status_and_failures_are_internal(pool: LoopPool
 
 async def test_a_call_past_its_deadline_is_cancelled(pool: LoopPool) -> None:
     with pytest.raises(DeadlineExceeded):
-        await echo(pool, b"slow", delay_ms=5000, timeout=0.1)
-    await asyncio.sleep(0.01)  # the task's own end, just after its caller heard
-    assert pool.pending == 0  # the task was cancelled, not left running
+        await echo(pool, b"slow", delay_ms=10**7, timeout=0.1)
+    # the task ends just after its caller heard; left running, it would sleep for hours
+    await wait_for(lambda: pool.pending == 0, 5, "the call's task to end")
 
 
 async def test_calls_beyond_max_pending_are_refused(pool: LoopPool) -> None:
-    running = [asyncio.ensure_future(echo(pool, b"x", delay_ms=300)) for _ in range(4)]
-    await asyncio.sleep(0)
+    engine(pool).gate_size = 5  # the four below stay in flight: the fifth is refused
+    running = [asyncio.ensure_future(echo(pool, GATED)) for _ in range(4)]
+    await wait_for(lambda: pool.pending == 4, 5, "four calls in flight")
     with pytest.raises(ResourceExhausted, match="at capacity"):
         await echo(pool, b"one too many")
-    await asyncio.gather(*running)
+    assert engine(pool).gated == 4
+    engine(pool).gate.set()
+    assert len(await asyncio.gather(*running)) == 4
+    room = echo_pb2.EchoResponse.FromString(await echo(pool, b"room again"))
+    assert room.payload == b"room again"  # the pool admits calls again
 
 
 async def test_a_stream_produces_only_what_its_consumer_grants(pool: LoopPool) -> None:
     request = echo_pb2.CountRequest(count=100).SerializeToString()
     stream = pool.stream(METHODS[COUNT], request, context(COUNT), window=3)
-    received = []
+    received: list[int] = []
     async for item in stream.messages():
         received.append(echo_pb2.CountResponse.FromString(item).index)
         if len(received) == 5:
             break
-        await asyncio.sleep(0.01)
-        assert engine(pool).produced <= len(received) + 3
+        # credit so far: the window (3) and one grant per message before this one; the
+        # producer fills it and stops there (without credit it would run on to 100)
+        credit = 3 + len(received) - 1
+        await wait_for(functools.partial(_produced_at_least, pool, credit), 5,
+                       "the window to fill")
+        assert engine(pool).produced == credit
         stream.grant(1)
     stream.cancel()
-    await asyncio.sleep(0.05)
     assert received == [0, 1, 2, 3, 4]
-    assert "stream closed" in engine(pool).events  # the generator was closed
+    await wait_for(lambda: "stream closed" in engine(pool).events, 5,
+                   "the generator to close")
 
 
 async def test_cancelling_a_stream_closes_the_generator_and_says_so(pool: LoopPool) -> None:
@@ -179,8 +212,8 @@ async def test_a_stream_past_its_deadline_ends_deadline_exceeded(pool: LoopPool)
 
 async def test_stop_cancels_calls_in_flight_then_stops_the_engine(pool: LoopPool) -> None:
     events = engine(pool).events
-    running = asyncio.ensure_future(echo(pool, b"x", delay_ms=5000))
-    await asyncio.sleep(0.05)
+    running = asyncio.ensure_future(echo(pool, b"x", delay_ms=10**7))
+    await wait_for(lambda: pool.pending == 1, 5, "the call in flight")
     await pool.stop(timeout=5.0)
     with pytest.raises(Unavailable, match="stopped during the call"):
         await running
