@@ -23,6 +23,7 @@ from mesh.models.providers import (
     Turn,
 )
 from mesh.models.router import Outcome, Request, Router, cost_usd
+from mesh.testing import wait_for
 from mesh.testing_llm import FakeLLMServer, answer, fail_after, hang, status
 
 KEY = "sk-router"
@@ -131,7 +132,8 @@ async def test_cooldown_skips_a_failing_model_then_it_recovers(make_router: Any,
     _, outcome = await _run(router, Request(PROMPT))
     assert outcome.model == "cheap"
     assert not outcome.switches
-    await asyncio.sleep(0.35)
+    # the cooldown is 0.3 s of real time: wait for it to pass, not for a fixed sleep
+    await wait_for(lambda: router.healthy("local"), 10, "the cooldown to end")
     fake.script(answer("local again"))
     _, outcome = await _run(router, Request(PROMPT))
     assert outcome.model == "local"
@@ -230,15 +232,20 @@ async def test_all_models_failing_is_unavailable(make_router: Any,
 
 async def test_cancelling_closes_the_upstream_call(make_router: Any,
                                                    fake: FakeLLMServer) -> None:
-    router = await make_router()
-    fake.script(hang(10))
+    # the router's own timeout is far off: only the cancel can end the upstream call
+    router = await make_router(timeout_s=60.0)
+    fake.script(hang(30))
     user = _user()
     task = asyncio.ensure_future(_run(router, Request(PROMPT, model="cheap",
                                                       no_fallback=True), user))
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: len(fake.requests) == 1, 10, "the upstream request")
+    assert fake.hung_up == 0
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    # the upstream saw the client hang up while it held the request (not at its 30 s end)
+    await wait_for(lambda: fake.hung_up == 1, 5, "the upstream connection to close")
+    assert len(fake.requests) == 1  # and no retry or fallback followed the cancel
     assert await router.budgets.spent_usd(user) < 0.001  # the reservation was settled
 
 
