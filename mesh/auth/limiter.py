@@ -65,6 +65,9 @@ class SharedLimiter:
         self._buckets: dict[str, _Bucket] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._warned_at = 0.0
+        self.leases_past_their_window = 0
+        """Leases that came back after their key had moved to a later window (they keep
+        their own window's counts); tests read it to know that race ran."""
 
     async def start(self) -> None:
         await counters.ensure_counter_stream(
@@ -200,6 +203,8 @@ class SharedLimiter:
         assert previous is not None
         if state.window == index:
             state.previous, state.current = previous, current
+        else:
+            self.leases_past_their_window += 1
         estimate = self._estimate(previous, current, limit, now)
         over = math.ceil(estimate - limit.burst) if estimate > limit.burst else 0
         granted = max(0, want - over)

@@ -75,11 +75,15 @@ async def test_a_lease_in_flight_when_the_window_turns_fails_no_call(nats_server
                 limiter.acquire(key, limit, now=start + 0.6),  # asks NATS, and meanwhile
                 limiter.acquire(key, limit, now=start + limit.window_s + 0.1),  # next window
                 return_exceptions=True)
+        raced = limiter.leases_past_their_window
     finally:
         await limiter.stop()
         await nc.close()
     failed = [o for o in outcomes if not (o is None or isinstance(o, RateLimited))]
     assert not failed, f"{len(failed)} of {len(outcomes)} calls failed: {failed[0]!r}"
+    assert len(outcomes) == 40
+    # the race ran: a lease came back after the next window's call had turned its bucket
+    assert raced > 0, "no lease was in flight when the window turned"
 
 
 async def test_a_herd_at_a_windows_start_shares_one_lease(nats_server):
