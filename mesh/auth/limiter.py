@@ -66,7 +66,7 @@ class SharedLimiter:
         self._background: set[asyncio.Task[None]] = set()
         self._warned_at = 0.0
         self.leases_past_their_window = 0
-        """Leases that came back after their key had moved to a later window (they keep
+        """Leases that came back after their key had moved to another window (they keep
         their own window's counts); tests read it to know that race ran."""
 
     async def start(self) -> None:
