@@ -80,6 +80,7 @@ class Behaviour:
     retry_after: float | None = None
     seconds: float = 0.0
     n_chunks: int = 0
+    until: threading.Event | None = None  # a hang ends early once this is set
 
 
 def answer(text: str = DEFAULT_TEXT, prompt_tokens: int | None = None,
@@ -97,11 +98,14 @@ def status(code: int, body: Any = None, retry_after: float | None = None) -> Beh
     return Behaviour("status", status_code=code, body=body, retry_after=retry_after)
 
 
-def hang(seconds: float, text: str = DEFAULT_TEXT) -> Behaviour:
+def hang(seconds: float, text: str = DEFAULT_TEXT, *,
+         until: threading.Event | None = None) -> Behaviour:
     """Wait ``seconds`` (at most 30, cut short by :meth:`FakeLLMServer.stop`), then answer.
 
-    A client that hangs up meanwhile is counted in :attr:`FakeLLMServer.hung_up`."""
-    return Behaviour("hang", text=text, seconds=min(seconds, MAX_HANG_S))
+    With ``until``, answer as soon as that event is set: a test holds requests open until
+    a condition of its own, not for a guessed time. A client that hangs up meanwhile is
+    counted in :attr:`FakeLLMServer.hung_up`."""
+    return Behaviour("hang", text=text, seconds=min(seconds, MAX_HANG_S), until=until)
 
 
 def malformed() -> Behaviour:
@@ -390,15 +394,18 @@ class _FakeLLMHandler(BaseHTTPRequestHandler):
             self._send_error(api, behaviour.status_code, behaviour.body, behaviour.retry_after)
             return
         if behaviour.kind == "hang":
-            self._hang(behaviour.seconds)
+            self._hang(behaviour.seconds, behaviour.until)
         reply(body, behaviour)
 
-    def _hang(self, seconds: float) -> None:
-        """Wait, unless the server stops or the client hangs up (counted in ``hung_up``)."""
+    def _hang(self, seconds: float, until: threading.Event | None) -> None:
+        """Wait, unless the server stops, ``until`` is set or the client hangs up (counted
+        in ``hung_up``)."""
         deadline = time.monotonic() + seconds
         while (remaining := deadline - time.monotonic()) > 0:
             if self.fake._stopping.wait(min(remaining, 0.05)):
                 raise _DropConnection
+            if until is not None and until.is_set():
+                return
             readable, _, _ = select.select([self.connection], [], [], 0)
             if readable and not self.connection.recv(1, socket.MSG_PEEK):
                 self.fake._hung_up()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -133,14 +134,18 @@ async def test_usage_and_recommendations_come_from_the_ledger(start: Any,
 async def test_reading_another_users_usage_needs_manage(start: Any) -> None:
     mesh = await start()
     _, stub, developer = await _client(mesh)
-    other, _, _ = await _client(mesh)
+    other, other_stub, other_metadata = await _client(mesh)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.GetUsage(pb.GetUsageRequest(user=other), metadata=developer, timeout=10)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "manage" in (refused.value.details() or "")
+    await _generate(other_stub, _ask(model="claude"), other_metadata)
     _, _, admin = await _client(mesh, "admin")
     everyone = await stub.GetUsage(pb.GetUsageRequest(user="*"), metadata=admin, timeout=10)
-    assert everyone.total_cost_usd >= 0
+    # the admin sees the other user's spending, not just its own (empty) account
+    assert [(r.user, r.requests) for r in everyone.rows if r.user == other] == [(other, 1)]
+    assert everyone.total_cost_usd == pytest.approx(sum(r.cost_usd for r in everyone.rows))
+    assert everyone.total_cost_usd > 0
 
 
 async def test_list_models_shows_tier_health_prices_and_windows(start: Any) -> None:
@@ -194,17 +199,31 @@ async def test_fifty_concurrent_requests_cannot_overspend_a_budget(
     fits = 7
     mesh = await start(budget_usd=round(estimate * (fits + 0.5), 6))
     _, stub, metadata = await _client(mesh)
-    fake.default = hang(1.0)  # every admitted call is still running when the last arrives
+    # every admitted call is held at the provider until all 50 have been decided, so no
+    # settlement frees budget while calls are still being admitted
+    release = threading.Event()
+    fake.default = hang(30, until=release)
+    finished: list[grpc.StatusCode] = []
 
     async def one() -> grpc.StatusCode:
         try:
             await _generate(stub, _ask(model="claude", no_fallback=True, max_tokens=1000),
                             metadata)
         except grpc.aio.AioRpcError as error:
+            finished.append(error.code())
             return error.code()
+        finished.append(grpc.StatusCode.OK)
         return grpc.StatusCode.OK
 
-    codes = await asyncio.gather(*(one() for _ in range(50)))
+    calls = [asyncio.ensure_future(one()) for _ in range(50)]
+    try:
+        # decided: refused (finished) or admitted (held at the provider)
+        await wait_for(lambda: len(finished) + len(fake.requests) == 50, 15,
+                       "every call to be refused or to reach the provider")
+        assert grpc.StatusCode.OK not in finished  # nothing admitted ended before release
+    finally:
+        release.set()
+    codes = await asyncio.gather(*calls)
     assert codes.count(grpc.StatusCode.OK) == fits
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 50 - fits
     assert len(fake.requests) == fits  # refused calls never reached the provider

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,6 +16,7 @@ import openai
 import pytest
 
 from mesh import testing_llm
+from mesh.testing import wait_for
 from mesh.testing_llm import (
     FakeLLMServer,
     answer,
@@ -271,6 +274,23 @@ async def test_hang_shorter_than_the_timeout_still_answers(
     reply = await ask_openai(oai)
 
     assert reply.choices[0].message.content == "late"
+
+
+async def test_hang_until_an_event_answers_once_it_is_set(server: FakeLLMServer) -> None:
+    release = threading.Event()
+    server.script(hang(30, text="released", until=release))
+    oai = openai.AsyncOpenAI(base_url=server.openai_base_url, api_key=KEY, max_retries=0,
+                             timeout=20)
+    try:
+        asking = asyncio.ensure_future(ask_openai(oai))
+        await wait_for(lambda: len(server.requests) == 1, 10, "the request to arrive")
+        assert not asking.done()  # held until released, well short of its 30 s
+        release.set()
+        reply = await asking
+    finally:
+        await oai.close()
+    assert reply.choices[0].message.content == "released"
+    assert server.hung_up == 0
 
 
 async def test_malformed_bodies_surface_as_json_decode_errors(
