@@ -23,7 +23,6 @@ Processes that a test must kill (``revo node`` under SIGKILL) are started with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -140,12 +139,26 @@ async def mesh_harness(
         return harness
 
     yield start
+    # Stop everything even when a part fails to stop, then fail the test with what failed:
+    # a node that cannot shut down cleanly is a bug the test must report, not hide.
+    errors: list[Exception] = []
     for harness in reversed(harnesses):
-        await harness.channel.close(None)
-        await harness.gateway.stop(grace=1.0)
+        stops: list[Awaitable[None]] = [harness.channel.close(None),
+                                        harness.gateway.stop(grace=1.0)]
+        for stopping in stops:
+            try:
+                await stopping
+            except Exception as exc:
+                errors.append(exc)
         for node in harness.nodes:
-            with contextlib.suppress(Exception):
+            try:
                 await node.stop()
+            except Exception as exc:
+                errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ExceptionGroup("mesh_harness: stopping the mesh failed", errors)
 
 
 def spawn_node(config: MeshConfig, log_file: Path, *, extra_env: dict[str, str] | None = None,
