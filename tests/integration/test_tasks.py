@@ -191,19 +191,36 @@ async def test_a_submit_that_stopped_half_way_is_finished_not_lost(mesh: MeshHar
 
 
 async def test_cancel_a_queued_and_a_running_task(start: Any) -> None:
+    """One worker: the running task holds it for an hour unless the cancel frees it, so a
+    task submitted after the cancel can only finish on a worker the cancel gave back."""
     mesh = await start(workers_min=1, workers_max=1)
     tasks = stub(mesh)
     running, queued = (await tasks.Submit(pb.SubmitRequest(tasks=[
-        typed("sleep", b"20000"), typed("noop", b"never")]), timeout=10)).tasks
+        typed("sleep", b"3600000", timeout=seconds(3600)), typed("noop", b"never")]),
+        timeout=10)).tasks
     await wait_for(lambda: _state(tasks, running.id, pb.TASK_STATE_RUNNING),
                    what="the first task to run")
+
+    async def workers(busy: int) -> bool:
+        stats = await tasks.Stats(pb.StatsRequest(), timeout=10)
+        return (stats.workers, stats.busy_workers) == (1, busy)
+
+    await wait_for(lambda: workers(busy=1), what="the only worker to be busy with it")
     cancelled = await tasks.Cancel(pb.CancelRequest(id=queued.id), timeout=10)
     assert cancelled.state == pb.TASK_STATE_CANCELLED
     stopped = await tasks.Cancel(pb.CancelRequest(id=running.id), timeout=10)
     assert stopped.state == pb.TASK_STATE_CANCELLED
-    await asyncio.sleep(0.5)  # the freed worker takes the queued task's message, and drops it
+    await wait_for(lambda: workers(busy=0), 20, "the cancelled task's worker to be free")
+    # queued after the cancelled one on the same queue: the worker takes (and drops) the
+    # cancelled task's message before this one's
+    (after,) = (await tasks.Submit(pb.SubmitRequest(tasks=[typed("noop", b"after")]),
+                                   timeout=10)).tasks
+    done = await finished(tasks, after.id)
+    assert (done.state, done.result) == (pb.TASK_STATE_SUCCEEDED, b"after")
     final = await tasks.Get(pb.GetRequest(id=queued.id), timeout=5)
     assert (final.state, final.attempts, final.result) == (pb.TASK_STATE_CANCELLED, 0, b"")
+    assert (await tasks.Get(pb.GetRequest(id=running.id), timeout=5)).state == (
+        pb.TASK_STATE_CANCELLED)
 
 
 async def _state(tasks: Any, task_id: str, state: int) -> bool:

@@ -16,7 +16,7 @@ from mesh.testing import MeshHarness, wait_for
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2_grpc
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
-from tests.integration.test_tasks import PLUGINS, finished, typed
+from tests.integration.test_tasks import PLUGINS, finished, seconds, typed
 
 LIMITS = {**AUTH, "rate_limits": {"roles": {"developer": {"rate": 10_000, "burst": 10_000}}}}
 
@@ -41,13 +41,37 @@ async def test_higher_priority_runs_first_under_load(mesh_harness: Any) -> None:
     mesh: MeshHarness = await mesh_harness(plugins=PLUGINS, auth=LIMITS, engines={
         "parallel": {"workers_min": 1, "workers_max": 1}})
     tasks, metadata = await _owner(mesh)
-    blocker = (await tasks.Submit(pb.SubmitRequest(tasks=[typed("sleep", b"300")]),
-                                  metadata=metadata, timeout=10)).tasks[0]
+    # the blocker holds the only worker until the test cancels it
+    blocker = (await tasks.Submit(pb.SubmitRequest(tasks=[
+        typed("sleep", b"3600000", timeout=seconds(3600))]), metadata=metadata,
+        timeout=10)).tasks[0]
+
+    async def blocked() -> bool:
+        got = await tasks.Get(pb.GetRequest(id=blocker.id), metadata=metadata, timeout=5)
+        return bool(got.state == pb.TASK_STATE_RUNNING)
+
+    await wait_for(blocked, 20, "the blocker to hold the only worker")
     mixed = [typed("sleep", b"10", priority=1 if i % 2 else 9) for i in range(20)]
     submitted = (await tasks.Submit(pb.SubmitRequest(tasks=mixed), metadata=metadata,
                                     timeout=10)).tasks
-    done = await _all_done(tasks, metadata, [blocker.id] + [t.id for t in submitted])
-    order = [t.spec.priority for t in sorted(done[1:], key=lambda t: t.finished_at.ToNanoseconds())]
+
+    async def all_waiting() -> bool:
+        # Stats recounts the queue first: the node then knows of both levels' tasks
+        stats = await tasks.Stats(pb.StatsRequest(), metadata=metadata, timeout=10)
+        depth = {d.priority: d.tasks for d in stats.depth}
+        return (stats.busy_workers == 1 and depth.get(9, 0) >= 10
+                and depth.get(1, 0) >= 10)
+
+    await wait_for(all_waiting, 20, "the 20 tasks to wait in the node's queue count")
+    waiting = (await tasks.List(pb.ListRequest(state=pb.TASK_STATE_QUEUED, limit=1000),
+                                metadata=metadata, timeout=10)).tasks
+    assert {t.id for t in submitted} <= {t.id for t in waiting}  # none ran yet
+    cancelled = await tasks.Cancel(pb.CancelRequest(id=blocker.id), metadata=metadata,
+                                   timeout=10)
+    assert cancelled.state == pb.TASK_STATE_CANCELLED
+    done = await _all_done(tasks, metadata, [t.id for t in submitted])
+    assert {t.state for t in done} == {pb.TASK_STATE_SUCCEEDED}
+    order = [t.spec.priority for t in sorted(done, key=lambda t: t.finished_at.ToNanoseconds())]
     assert order == [9] * 10 + [1] * 10
     await remove_users_since(mesh, since)
 
@@ -75,12 +99,15 @@ async def test_one_owners_flood_does_not_starve_another(mesh_harness: Any) -> No
     await remove_users_since(mesh, since)
 
 
-def _gauge(address: str, name: str) -> float:
+def _gauge(address: str, name: str, **labels: str) -> float:
+    """The sample of ``name`` whose labels include ``labels``, from the node's /metrics."""
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
         text = reply.read().decode()
-    found = re.search(rf"^{name}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.MULTILINE)
-    assert found, f"{name} is not exported"
-    return float(found.group(1))
+    for found in re.finditer(rf"^{name}\{{([^}}]*)\}} ([0-9.e+]+)$", text, re.MULTILINE):
+        have = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1)))
+        if labels.items() <= have.items():
+            return float(found.group(2))
+    raise AssertionError(f"{name}{labels} is not exported")
 
 
 async def test_the_pool_grows_with_work_and_shrinks_when_idle(mesh_harness: Any) -> None:
@@ -92,19 +119,21 @@ async def test_the_pool_grows_with_work_and_shrinks_when_idle(mesh_harness: Any)
     assert _gauge(address, "parallel_mind_active_workers") == 1
     submitted = (await tasks.Submit(pb.SubmitRequest(tasks=[typed("sleep", b"300")] * 30),
                                     timeout=10)).tasks
-    peak = 0.0
+    peak, peak_depth = 0.0, 0.0
 
     def grown() -> bool:
-        nonlocal peak
+        nonlocal peak, peak_depth
         peak = max(peak, _gauge(address, "parallel_mind_active_workers"))
+        peak_depth = max(peak_depth, _gauge(address, "parallel_mind_queue_depth",
+                                            priority="5"))
         return peak == 6
 
     await wait_for(grown, timeout=20, what="the pool to grow to workers_max")
+    assert peak_depth >= 1  # the gauge showed the work that made the pool grow
     for task in submitted:
         assert (await finished(tasks, task.id)).state == pb.TASK_STATE_SUCCEEDED
     await wait_for(lambda: _gauge(address, "parallel_mind_active_workers") == 1, timeout=20,
                    what="the pool to shrink back to workers_min")
-    assert _gauge(address, "parallel_mind_queue_depth") >= 0
 
 
 async def test_a_task_is_visible_to_its_owner_and_to_managers_only(mesh_harness: Any) -> None:
