@@ -58,9 +58,9 @@ async def test_higher_priority_runs_first_under_load(mesh_harness: Any) -> None:
     async def all_waiting() -> bool:
         # Stats recounts the queue first: the node then knows of both levels' tasks
         stats = await tasks.Stats(pb.StatsRequest(), metadata=metadata, timeout=10)
-        depth = {d.priority: d.tasks for d in stats.depth}
-        return (stats.busy_workers == 1 and depth.get(9, 0) >= 10
-                and depth.get(1, 0) >= 10)
+        depth: dict[int, int] = {d.priority: d.tasks for d in stats.depth}
+        return bool(stats.busy_workers == 1 and depth.get(9, 0) >= 10
+                    and depth.get(1, 0) >= 10)
 
     await wait_for(all_waiting, 20, "the 20 tasks to wait in the node's queue count")
     waiting = (await tasks.List(pb.ListRequest(state=pb.TASK_STATE_QUEUED, limit=1000),
