@@ -2,11 +2,14 @@
 
 Two ``revo node`` processes run a batch of 1,000 tasks (each with an idempotency key) on a
 nats-server of the test's own; the batch is still being submitted and run when the fault
-hits. Afterwards every task must end SUCCEEDED or DEAD_LETTERED (with a reason) within a
-bounded time, none left QUEUED or RUNNING; resubmitting every key must give back the same
-task (one task per key: exactly once from the caller's view); every succeeded task's effect
-must have happened. Execution itself is at least once: a node that dies after the effect
-but before the acknowledgement runs it again elsewhere; the tests report how often.
+hits (each test checks that it did: a Submit in flight, tasks RUNNING, the node killed or
+the server replaced). Afterwards every task must end SUCCEEDED within a bounded time (each
+has 5 attempts, and one fault costs a task at most one), none left QUEUED or RUNNING;
+resubmitting every key must give back the same task (one task per key: exactly once from the
+caller's view); every succeeded task's effect must have happened. Execution itself is at
+least once: a node that dies after the effect but before the acknowledgement runs it again
+elsewhere; the SIGKILL test requires that this happened (the killed node's effect, then a
+later attempt on the other node), and both report how often.
 
 The effect is ``test.file_effect`` (tests/plugins/guarded.py): it appends its key to a file
 under a folder the test gives the nodes, so the test sees effects made in other processes.
@@ -20,6 +23,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,6 @@ WORK_MS = 40
 """Each task's wait after its effect: a window in which a fault catches it unacknowledged."""
 SETTLE_S = 45.0
 """Every task must be finished this long after the fault."""
-FINAL = {pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_DEAD_LETTERED}
 RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 
@@ -82,12 +85,12 @@ class Caller:
         self.stub = stub
         self.ids: dict[str, str] = {}
         self.retries = 0
-        self.sent = asyncio.Event()
-        """Set as each Submit goes out (the fault is timed to hit one on its way)."""
+        self.in_flight = 0
+        """Submits sent and not yet answered (the fault is timed to hit one on its way)."""
 
     async def submit(self, keys: list[str], deadline: float) -> list[pb.Task]:
         while True:
-            self.sent.set()
+            self.in_flight += 1
             try:
                 reply = await self.stub.Submit(
                     pb.SubmitRequest(tasks=[_spec(k) for k in keys]), timeout=5)
@@ -97,6 +100,8 @@ class Caller:
                 self.retries += 1
                 await asyncio.sleep(0.2)
                 continue
+            finally:
+                self.in_flight -= 1
             tasks = list(reply.tasks)
             assert len(tasks) == len(keys)
             return tasks
@@ -124,6 +129,11 @@ class Caller:
                     raise
                 await asyncio.sleep(0.5)
         raise AssertionError("List kept failing")
+
+    async def running_on(self, node: str | None = None) -> list[pb.Task]:
+        """Tasks RUNNING now (on ``node``, or anywhere)."""
+        return [t for t in await self.by_state(pb.TASK_STATE_RUNNING)
+                if node is None or t.node == node]
 
     async def unfinished(self) -> int:
         return sum([len(await self.by_state(s))
@@ -166,11 +176,32 @@ async def two_nodes(own_nats: NatsServer, mesh_harness: Any, tmp_path: Path) -> 
                 process.wait()
 
 
+@dataclass
+class Outcome:
+    """What a batch run through a fault measured, and each key's final task."""
+
+    report: dict[str, Any]
+    final: dict[str, pb.Task]
+
+
+def _runs(folder: Path) -> dict[int, list[tuple[str, int]]]:
+    """Each node process's (key, attempt) runs of ``test.file_effect``, by pid."""
+    runs: dict[int, list[tuple[str, int]]] = {}
+    for file in folder.glob("effects-*.log"):
+        pid = int(file.stem.removeprefix("effects-"))
+        for line in file.read_text().splitlines():
+            if line.strip():
+                key, _task_id, attempt = line.split()
+                runs.setdefault(pid, []).append((key, int(attempt)))
+    return runs
+
+
 async def _run_batch_through(mesh: MeshHarness, effects: Path,
-                             fault: Callable[[], Awaitable[None]], fault_at: int
-                             ) -> dict[str, Any]:
-    """Submit and run the batch, bring ``fault`` once ``fault_at`` effects happened, and
-    check the end state. Returns what it measured."""
+                             fault: Callable[[], Awaitable[None]], fault_at: int,
+                             busy_node: str | None = None) -> Outcome:
+    """Submit and run the batch; once ``fault_at`` effects happened, tasks are RUNNING (on
+    ``busy_node``, if given) and a Submit is on its way, bring ``fault`` once; then check
+    the end state. Returns what it measured."""
     caller = Caller(tasks_pb2_grpc.TaskServiceStub(mesh.channel))
     keys = [f"key-{i:04d}" for i in range(TOTAL)]
     started = time.monotonic()
@@ -179,14 +210,16 @@ async def _run_batch_through(mesh: MeshHarness, effects: Path,
     try:
         await wait_for(lambda: sum(_effects(effects).values()) >= fault_at or submitting.done(),
                        30, f"{fault_at} effects before the fault")
+
+        async def busy() -> bool:
+            return submitting.done() or bool(await caller.running_on(busy_node))
+
+        await wait_for(busy, 30, f"tasks RUNNING on {busy_node or 'a node'}")
         # strike while a Submit is on its way: its node may be half through the batch
-        caller.sent.clear()
-        sent = asyncio.ensure_future(caller.sent.wait())
-        await asyncio.wait([submitting, sent], timeout=10,
-                           return_when=asyncio.FIRST_COMPLETED)
-        sent.cancel()
-        await asyncio.sleep(0.013)
+        await wait_for(lambda: caller.in_flight > 0 or submitting.done(), 10,
+                       "a Submit on its way")
         assert not submitting.done(), "the batch was submitted before the fault: too quick"
+        in_flight_at_fault = caller.in_flight
         done_before = sum(_effects(effects).values())
         faulted = time.monotonic()
         await fault()
@@ -211,30 +244,30 @@ async def _run_batch_through(mesh: MeshHarness, effects: Path,
     assert all(t.deduplicated for t in again.values())
     assert {k: t.id for k, t in again.items()} == caller.ids
     states = Counter(pb.TaskState.Name(t.state) for t in again.values())
-    assert {t.state for t in again.values()} <= FINAL, states
-    assert all(t.dead_letter_reason for t in again.values()
-               if t.state == pb.TASK_STATE_DEAD_LETTERED)
+    unsucceeded = {k: (pb.TaskState.Name(t.state), t.attempts, t.dead_letter_reason)
+                   for k, t in again.items() if t.state != pb.TASK_STATE_SUCCEEDED}
+    assert not unsucceeded, f"{states}; e.g. {list(unsucceeded.items())[:5]}"
 
     # the mesh's view: exactly the caller's tasks, no duplicates made behind its back
     listed = {t.id for s in pb.TaskState.values() if s
               for t in await caller.by_state(s)}
     assert listed == set(caller.ids.values())
 
-    # effects: every succeeded task's happened (at least once; a few twice after the fault)
+    # effects: every task's happened (at least once; a few twice after the fault)
     counts = _effects(effects)
     assert set(counts) <= set(keys)
-    succeeded = [k for k, t in again.items() if t.state == pb.TASK_STATE_SUCCEEDED]
-    missing = [k for k in succeeded if counts[k] < 1]
+    missing = [k for k in keys if counts[k] < 1]
     assert not missing, f"succeeded without an effect: {missing[:10]}"
-    return {
+    return Outcome({
         "states": dict(states), "effects_before_fault": done_before,
+        "submits_in_flight_at_fault": in_flight_at_fault,
         "ran_twice_or_more": sum(1 for k in keys if counts[k] > 1),
         "max_runs": max(counts.values()), "submit_retries": caller.retries,
         "attempts>1": sum(1 for t in again.values() if t.attempts > 1),
         "fault_at_s": round(faulted - started, 1),
         "submitted_at_s": round(submitted - started, 1),
         "settled_at_s": round(settled - started, 1),
-    }
+    }, again)
 
 
 async def _settled(caller: Caller) -> bool:
@@ -253,23 +286,35 @@ async def test_sigkill_a_node_mid_batch_every_task_ends_once_for_the_caller(
         victim.send_signal(signal.SIGKILL)
         victim.wait()
 
-    report = await _run_batch_through(mesh, effects, kill, fault_at=200)
-    print("SIGKILL mid-batch:", report)
+    outcome = await _run_batch_through(mesh, effects, kill, fault_at=200, busy_node="tasks-a")
+    # the killed node had attempts in flight: it made their effect, never acknowledged
+    # them, and the other node ran them again once their claims lapsed
+    redelivered = sorted({key for key, attempt in _runs(effects).get(victim.pid, [])
+                          if outcome.final[key].attempts > attempt
+                          and outcome.final[key].node == "tasks-b"})
+    outcome.report["redelivered_from_the_killed_node"] = len(redelivered)
+    print("SIGKILL mid-batch:", outcome.report)
     assert victim.returncode == -signal.SIGKILL
     assert nodes["tasks-b"].poll() is None
+    assert redelivered, "no task in flight on the killed node was run again elsewhere"
+    assert outcome.report["attempts>1"] >= len(redelivered)
 
 
 async def test_restart_nats_server_mid_batch_every_task_ends_once_for_the_caller(
         two_nodes: Any, own_nats: NatsServer) -> None:
     mesh, nodes, effects = two_nodes
+    gateway_nc = mesh.gateway.nc
+    assert gateway_nc is not None
+    reconnects = gateway_nc.stats["reconnects"]
 
     async def restart() -> None:
         port, monitor = own_nats.port, own_nats.monitor_port
         await asyncio.to_thread(own_nats.stop)  # SIGTERM: JetStream flushes its files
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the outage
         own_nats.port, own_nats.monitor_port = port, monitor
         await asyncio.to_thread(own_nats.start)
 
-    report = await _run_batch_through(mesh, effects, restart, fault_at=200)
-    print("nats-server restarted mid-batch:", report)
+    outcome = await _run_batch_through(mesh, effects, restart, fault_at=200)
+    print("nats-server restarted mid-batch:", outcome.report)
+    assert gateway_nc.stats["reconnects"] > reconnects  # the mesh saw the server go away
     assert all(p.poll() is None for p in nodes.values())
