@@ -1007,7 +1007,8 @@ def rotation(names: Sequence[str]) -> Callable[[int], tuple[str, ...]]:
 
 
 def _probe_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
-    return {key: round(after[key] - before.get(key, 0), 6) for key in after}
+    """What each counter read both times grew by (one missed read: no figure)."""
+    return {key: round(after[key] - before[key], 6) for key in after if key in before}
 
 
 def run_rounds(name: str, start: Callable[[Fleet], dict[str, Target]], settings: Settings,
