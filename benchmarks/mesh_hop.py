@@ -725,6 +725,17 @@ def findings_line(results: dict[str, Any]) -> str:
                      for name, f in found.items()) + " (see `log_findings` in the JSON)"
 
 
+MIN_P99_SAMPLES = 2_000
+"""Fewest calls in every round of a cell for its p99 to be shown."""
+
+
+def p99_text(cell: Mapping[str, Any]) -> str:
+    """The cell's p99 (ms), or why not: fewer than :data:`MIN_P99_SAMPLES` calls in a round."""
+    if cell.get("min_calls_per_round", MIN_P99_SAMPLES) < MIN_P99_SAMPLES:
+        return f"- (< {MIN_P99_SAMPLES:,} calls)"
+    return f"{cell['p99_ms']:.3f}"
+
+
 def _fmt_cpu(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -784,7 +795,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         p50_ratio = ratio(cell["p50_ms"], plain["p50_ms"])
         rps_ratio = ratio(cell["rps"], plain["rps"])
         rows.append([cell["target"], load_label(cell["concurrency"], cell.get("generators", 1)),
-                     _fmt(cell["p50_ms"]), _fmt(cell["p99_ms"]), f"{cell['rps']:,.0f}",
+                     _fmt(cell["p50_ms"]), p99_text(cell), f"{cell['rps']:,.0f}",
                      f"{p50_ratio:.2f}x", f"{rps_ratio:.2f}x",
                      _fmt_cpu(cell["server_cpu_us_per_call"]),
                      f"{cell['loadgen_cpu_pct']:.0f}", str(cell["errors"])])
