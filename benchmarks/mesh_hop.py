@@ -885,9 +885,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         capped = ("**capped**" if base["capped"] else "did not measurably cap (< 5 %)")
         why = ""
         if base["capped"] and base["one_generator_cpu_pct"] < 80:
-            why = (" Its CPU was below a full core, so what limited it was not its CPU "
-                   "alone: one process with one channel (one HTTP/2 connection, one "
-                   "completion-queue thread) also serializes its calls.")
+            why = (" Its CPU was below a full core, so its CPU alone was not the limit: "
+                   "one process has one event loop, one channel (one HTTP/2 connection) "
+                   "and, on a busy 2-core machine, one process's share of the cores.")
         lines += [
             "",
             f"Was the baseline capped by its load generator? One generator at c=64 used "
