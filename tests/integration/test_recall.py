@@ -8,19 +8,25 @@ session, a fresh collection per test).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections import Counter
 from typing import Any
 
 import grpc
+import nats
 import numpy as np
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Value
 from prometheus_client import REGISTRY
 
+from mesh.engine import Context
+from mesh.errors import Unavailable
 from mesh.testing import MeshHarness, wait_for
 from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
 from revo_engine_recall._gen.revo.recall.v1 import recall_pb2_grpc
+from revo_engine_recall.changes import STREAM as CHANGES_STREAM
 from tests.integration.recall_support import (
     MINE,
     PROJECT,
@@ -175,12 +181,13 @@ async def test_expired_memories_are_not_returned_and_are_purged(start: Any) -> N
     v = vectors(2, seed=5)
     stored = await recall.Remember(pb.RememberRequest(memories=[
         memory("short lived", v[0], ttl=seconds(TTL_S)), memory("kept", v[1])]), timeout=10)
-    stored_at = time.monotonic()
     short = stored.results[0].id
     found = await _search(recall, v[0], top_k=2)
     assert found.hits[0].memory.id == short  # (a 1 s TTL had expired here on a busy CI box)
     assert found.hits[0].memory.HasField("expires_at")
-    await asyncio.sleep(max(0.0, stored_at + TTL_S + 0.1 - time.monotonic()))
+    expires_ms = found.hits[0].memory.expires_at.ToMilliseconds()
+    # the node compares expires_at with the same clock (the test runs it in-process)
+    await wait_for(lambda: time.time() * 1000 > expires_ms, TTL_S + 10, "the memory to expire")
     assert [h.memory.text for h in (await _search(recall, v[0], top_k=2)).hits] == ["kept"]
     assert list((await recall.Get(pb.GetRequest(ids=[short]), timeout=10)).missing) == [short]
     engine = _engine(mesh.nodes[0])
@@ -250,9 +257,18 @@ async def test_concurrent_writers_on_two_nodes_lose_nothing(start: Any) -> None:
 
     last = max(await asyncio.gather(*(writer(w) for w in range(writers))))
     total = writers * batches * per_batch
-    for _ in range(4):  # the gateway spreads these over both nodes
+    wrote_last = await _writer_of(mesh, last)
+    (other,) = [n.id for n in mesh.nodes if n.id != wrote_last]
+    answered: Counter[str] = Counter()
+    for _ in range(60):  # NATS gives each search to either node: until the other answered
+        before = {n.id: _searches(n.id) for n in mesh.nodes}
         found = await _search(recall, data[-1], top_k=1, after_sequence=last)
         assert found.hits[0].memory.text == f"w{writers - 1} b{batches - 1} m{per_batch - 1}"
+        (by,) = [n.id for n in mesh.nodes if _searches(n.id) > before[n.id]]
+        answered[by] += 1
+        if answered[other]:
+            break
+    assert answered[other], f"only {wrote_last}, which wrote change {last}, answered"
     for node in mesh.nodes:
         index_of = _engine(node)
 
@@ -260,6 +276,71 @@ async def test_concurrent_writers_on_two_nodes_lose_nothing(start: Any) -> None:
             return bool(len(engine.index) == total)
 
         await wait_for(holds_all, 10, f"{total} memories in {node.id}'s index")
+
+
+def _searches(node_id: str) -> float:
+    """Vector searches the node answered (its retrieval histogram's count)."""
+    return sum(REGISTRY.get_sample_value(
+        "perfect_recall_retrieval_duration_seconds_count",
+        {"node": node_id, "query": "vector", "index": index}) or 0.0
+        for index in ("exact", "hnsw"))
+
+
+async def _writer_of(mesh: MeshHarness, sequence: int) -> str:
+    """The node that wrote change ``sequence``, as the change feed records it."""
+    nc = await nats.connect(mesh.config.nats.url)
+    try:
+        message = await nc.jetstream().get_msg(CHANGES_STREAM, sequence)
+        return pb.Change.FromString(message.data or b"").node
+    finally:
+        await nc.close()
+
+
+REMEMBER = f"/{SERVICE}/Remember"
+SEARCH = f"/{SERVICE}/Search"
+
+
+async def _call_node(node: Any, path: str, request: Any, response: Any,
+                     timeout: float = 30.0) -> Any:
+    """``request`` served by this node's engine (the path a co-located gateway takes)."""
+    ctx = Context(method=path, request_id=f"test-{time.monotonic_ns()}",
+                  deadline=time.monotonic() + timeout, node_id=node.id)
+    return response.FromString(await node.call(path, request.SerializeToString(), ctx))
+
+
+@pytest.mark.parametrize("backend", ["lite"], indirect=True)
+async def test_a_read_after_a_write_waits_on_a_node_that_has_not_applied_it(
+        start: Any) -> None:
+    """Read-your-writes on any node: the write goes to one node and the read, with its
+    sequence, to the other while that one is held behind the change feed."""
+    mesh = await start(nodes=2)
+    writer, reader = mesh.nodes
+    behind = _engine(reader)
+    v = vectors(1, seed=37)[0]
+    # the reader applies changes under this lock: holding it keeps the reader behind
+    await behind._swapping.acquire()
+    try:
+        stored = await _call_node(writer, REMEMBER, pb.RememberRequest(
+            memories=[memory("written on the other node", v)]), pb.RememberResponse)
+        sequence = stored.sequence
+        assert await _writer_of(mesh, sequence) == writer.id
+        assert behind.feed.applied < sequence
+        search = pb.SearchRequest(top_k=1, after_sequence=sequence, vector=v.tolist())
+        with pytest.raises(Unavailable, match=f"not yet {sequence}"):  # not a stale answer
+            await _call_node(reader, SEARCH, search, pb.SearchResponse)
+        assert behind.feed.applied < sequence
+        answered = _searches(reader.id)
+        reading = asyncio.ensure_future(_call_node(reader, SEARCH, search,
+                                                   pb.SearchResponse))
+        await wait_for(lambda: reader.pools["recall"].pending == 1, 10,
+                       "the reader to be serving the search")
+        assert not reading.done()
+    finally:
+        behind._swapping.release()
+    found = await reading
+    assert [h.memory.id for h in found.hits] == [stored.results[0].id]
+    assert behind.feed.applied >= sequence
+    assert _searches(reader.id) == answered + 1
 
 
 async def test_memories_survive_a_node_restart(start: Any, mesh_harness: Any,
@@ -422,8 +503,9 @@ async def test_the_index_grows_a_graph_and_rebuilds_without_losing_writes(start:
         reply = await recall.Remember(pb.RememberRequest(memories=[
             memory(f"m{i}", data[i]) for i in range(b * 100, b * 100 + 100)]), timeout=30)
         ids.extend(r.id for r in reply.results)
-    await wait_for(lambda: engine.index.kind == "hnsw" and engine._rebuild is None, 30,
+    await wait_for(lambda: engine.index.kind == "hnsw" and not engine.rebuilding, 30,
                    "the graph")
+    assert engine.rebuilds >= 1
     assert len(engine.index) == 1200
 
     async def found(i: int) -> bool:
@@ -431,13 +513,27 @@ async def test_the_index_grows_a_graph_and_rebuilds_without_losing_writes(start:
         return bool(hits) and hits[0].memory.id == ids[i]
 
     assert sum([await found(i) for i in range(0, 1200, 20)]) >= 58  # of 60
-    forgot = await recall.Forget(pb.ForgetRequest(ids=ids[:400]), timeout=30)
-    assert forgot.forgotten == 400
-    extra = await recall.Remember(pb.RememberRequest(memories=[  # lands during the rebuild
-        memory("late", near(data[0], 3.0))]), timeout=30)
-    await wait_for(lambda: engine._rebuild is None and engine.index.dead == 0, 30,
-                   "the rebuild after 400 deletes")
+    # The rebuild thread is held until the write below has landed, so the write lands
+    # during the rebuild however fast the machine builds the new index.
+    gate = threading.Event()
+    engine._builder.submit(gate.wait, 60)
+    try:
+        rebuilds = engine.rebuilds
+        forgot = await recall.Forget(pb.ForgetRequest(ids=ids[:400]), timeout=30)
+        assert forgot.forgotten == 400
+        assert engine.rebuilding  # 400 tombstones of 1200: a rebuild began
+        extra = await recall.Remember(pb.RememberRequest(memories=[
+            memory("late", near(data[0], 3.0))]), timeout=30)
+        assert engine.rebuilding  # the write was applied while the rebuild ran
+        assert engine.rebuilds == rebuilds
+    finally:
+        gate.set()
+    await wait_for(lambda: engine.rebuilds == rebuilds + 1 and not engine.rebuilding, 30,
+                   "the rebuild after 400 deletes to take over")
+    assert engine.index.dead == 0  # the rebuilt index serves, not the old one
     assert len(engine.index) == 801
     assert engine.index.get(extra.results[0].id) is not None
     assert not any([await found(i) for i in range(0, 400, 40)])
     assert sum([await found(i) for i in range(400, 1200, 20)]) >= 39  # of 40
+    late = await _search(recall, near(data[0], 3.0), top_k=1)
+    assert late.hits[0].memory.id == extra.results[0].id

@@ -94,6 +94,8 @@ class RecallEngine(AsyncEngine):
         self._builder = ThreadPoolExecutor(1, thread_name_prefix="recall-rebuild")
         self._rebuild: tuple[asyncio.Future[MemoryIndex], list[Change]] | None = None
         """A rebuild running on the builder thread, and the changes applied since."""
+        self.rebuilds = 0
+        """Rebuilt indexes that took over from the old one (see :attr:`rebuilding`)."""
         self._swapping = asyncio.Lock()
         self.index: MemoryIndex | None = None
         self.loaded = 0
@@ -236,8 +238,15 @@ class RecallEngine(AsyncEngine):
 
         await self._on_index(catch_up)
         self.index = index
+        self.rebuilds += 1
         self._grow_soon()
         log.info("recall: index rebuilt (%d memories, %s)", len(index), index.kind)
+
+    @property
+    def rebuilding(self) -> bool:
+        """Whether a rebuild of the index is under way: the new index is being built, or
+        waits to replay the changes applied meanwhile and take over."""
+        return self._rebuild is not None
 
     def _ready(self) -> MemoryIndex:
         if self.index is None:
