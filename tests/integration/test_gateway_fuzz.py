@@ -72,7 +72,15 @@ RESERVED_KEYS = {"te", "content-type", "user-agent", "host", "connection", "upgr
                  "x-request-id", "traceparent"}
 REPOSITORY = Path(__file__).resolve().parents[2]  # where tests.plugins.crashy imports from
 STREAM_READ_LIMIT = 20
-RSS_GROWTH_LIMIT = 64 * 1024 * 1024
+# Memory: warm up with WARM_UP_CALLS (the gateway's caches, pools and allocator arenas fill:
+# measured here, RSS grows about 0.25 KiB a call over the first 10,000 calls), then measure
+# MEASURED_CALLS more. Measured on this machine, a healthy gateway then grows 0.5-0.6 MiB
+# (about 0.13 KiB a call); with a 1 KiB-a-call leak put in the gateway, 4.2 MiB (1,076 B a
+# call). The limit, 512 B a call (4,000 x 512 B = 2 MiB), sits between: about 3.5 times the
+# healthy growth, and half of what a 1 KiB leak adds (1 KiB x 4,000 = 4 MiB).
+WARM_UP_CALLS = 10_000
+MEASURED_CALLS = 4_000
+RSS_GROWTH_LIMIT = MEASURED_CALLS * 512
 
 
 @dataclass(frozen=True)
@@ -402,37 +410,86 @@ async def test_memory_stays_bounded_over_thousands_of_random_calls(fuzzed):
 
     gateway = psutil.Process(fuzzed.process.pid)
     rng = random.Random(20260601)
-    warm = await asyncio.to_thread(batch, rng, 1000)
+    warm = await asyncio.to_thread(batch, rng, WARM_UP_CALLS)
     before = gateway.memory_info().rss
-    measured = await asyncio.to_thread(batch, rng, 3000)
+    measured = await asyncio.to_thread(batch, rng, MEASURED_CALLS)
     after = gateway.memory_info().rss
     print(f"warm-up statuses: {dict(warm)}; measured statuses: {dict(measured)}")
-    print(f"gateway RSS before {before / 2**20:.1f} MiB, after {after / 2**20:.1f} MiB, "
-          f"growth {(after - before) / 2**20:.1f} MiB over 3000 calls")
+    print(f"gateway RSS before {before / 2**20:.2f} MiB, after {after / 2**20:.2f} MiB, "
+          f"growth {(after - before) / 1024:.0f} KiB over {MEASURED_CALLS} calls")
     assert not fuzzed.died(), fuzzed.died()
+    assert sum(measured.values()) == MEASURED_CALLS
     assert measured["OK"] > 0
-    assert after - before < RSS_GROWTH_LIMIT
+    assert after - before < RSS_GROWTH_LIMIT, (
+        f"the gateway grew {(after - before) / MEASURED_CALLS:.0f} B a call after warm-up")
 
 
-def _cancel_streams(target: str, tokens: Tokens, count: int) -> None:
-    """Streams the client gives up on: cancelled after a few messages, or past deadline."""
+@dataclass(frozen=True)
+class StreamEnd:
+    """How one stream that the client gave up on ended."""
+
+    wanted: int
+    """messages to read before cancelling; 0: read on until its (tiny) deadline"""
+    received: int
+    code: grpc.StatusCode
+
+
+def _cancel_streams(target: str, tokens: Tokens, count: int) -> list[StreamEnd]:
+    """Streams the client gives up on: every third cancelled after 1 to 7 messages (its
+    deadline far off), the others left to run past a deadline of 10 ms or 2 ms."""
     metadata = (("authorization", f"Bearer {tokens.fixed['admin']}"),)
-    request = echo_pb2.CountRequest(count=1000, interval_ms=0).SerializeToString()
+    # 100,000 messages a millisecond apart: no stream ends before the client gives up on it
+    # (1,000 fast ones would all be produced, and buffered on the way, before a cancel)
+    request = echo_pb2.CountRequest(count=100_000, interval_ms=1).SerializeToString()
+    ends: list[StreamEnd] = []
     with grpc.insecure_channel(target) as channel:
         for i in range(count):
+            wanted = i % 7 + 1 if i % 3 == 0 else 0
             stream = channel.unary_stream(COUNT, None, None)(
-                request, metadata=metadata, timeout=(2.0, 0.01, 0.002)[i % 3])
+                request, metadata=metadata, timeout=(60.0, 0.01, 0.002)[i % 3])
+            received = 0
             try:
-                for index, _ in enumerate(stream):
-                    if index >= i % 7:
+                for _ in stream:
+                    received += 1
+                    if received == wanted:
                         stream.cancel()  # type: ignore[no-untyped-call]
                         break
             except grpc.RpcError:
-                pass
+                pass  # the stream's code is read below, whatever ended it
+            ends.append(StreamEnd(wanted, received, stream.code()))  # type: ignore[attr-defined]
+    return ends
+
+
+def _streams_cancelled(target: str, tokens: Tokens) -> int:
+    """How many streams the crashy engine saw its caller cancel."""
+    metadata = (("authorization", f"Bearer {tokens.fixed['admin']}"),)
+    with grpc.insecure_channel(target) as channel:
+        reply = channel.unary_unary(ECHO, None, None)(
+            echo_pb2.EchoRequest(payload=crashy.STREAMS_CANCELLED).SerializeToString(),
+            metadata=metadata, timeout=10)
+    return int(echo_pb2.EchoResponse.FromString(reply).payload)
 
 
 async def test_clients_cancelling_streams_do_not_crash_the_gateway(fuzzed):
-    await asyncio.gather(*(asyncio.to_thread(_cancel_streams, fuzzed.target, fuzzed.tokens,
-                                             300) for _ in range(4)))
+    assert await asyncio.to_thread(_streams_cancelled, fuzzed.target, fuzzed.tokens) == 0
+    batches = await asyncio.gather(*(asyncio.to_thread(
+        _cancel_streams, fuzzed.target, fuzzed.tokens, 300) for _ in range(4)))
+    ends = [end for batch in batches for end in batch]
     assert not fuzzed.died(), fuzzed.died()
+    cancelled = [end for end in ends if end.wanted]
+    assert len(cancelled) == 400
+    # each delivered the messages asked for, then ended cancelled
+    assert [(e.received, e.code) for e in cancelled] == [
+        (e.wanted, grpc.StatusCode.CANCELLED) for e in cancelled]
+    for end in ends:
+        if not end.wanted:
+            check(Call(COUNT, b"", None, None, None, (), 0.01), (end.code, ""))
+    # the cancels crossed the gateway: the engine saw at least the 400 stop before their
+    # deadline (streams past a 10 ms deadline may be cancelled there too)
+    async def engine_saw_them() -> bool:
+        seen = await asyncio.to_thread(_streams_cancelled, fuzzed.target, fuzzed.tokens)
+        assert seen <= len(ends)
+        return seen >= len(cancelled)
+
+    await wait_for(engine_saw_them, 30, "the engine to see the 400 streams cancelled")
     assert await asyncio.to_thread(_answers, fuzzed.target, fuzzed.tokens)
