@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pykka
@@ -34,6 +34,39 @@ CRASHY = crashy.revo_engine()
 CRASHY_METHODS = bind_methods(CRASHY)
 ECHO_SPEC = EngineSpec(name="echo", engine=EchoEngine)
 ECHO_METHODS = bind_methods(ECHO_SPEC)
+
+
+GATED = b"gated"
+
+
+class Gate:
+    """An engine whose ``Echo`` of ``GATED`` holds its actor until the test opens the gate
+    (ignoring the call's deadline, like a hung engine)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.open = threading.Event()
+
+        gate = self
+
+        class Gated(crashy.CrashyEngine):
+            def echo(self, request: echo_pb2.EchoRequest,
+                     ctx: Context) -> echo_pb2.EchoResponse:
+                if request.payload == GATED:
+                    gate.entered.set()
+                    if not gate.open.wait(30):
+                        raise RuntimeError("the test never opened the gate")
+                return super().echo(request, ctx)
+
+        self.spec = EngineSpec(name="gated", engine=Gated)
+        self.methods = bind_methods(self.spec)
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    made = Gate()
+    yield made
+    made.open.set()  # before the pools stop: no actor stays held
 
 
 def context(path: str, timeout: float = 5.0) -> Context:
@@ -185,70 +218,80 @@ async def test_wrong_response_type_is_internal(start_pool: PoolFactory) -> None:
 
 # -- capacity and deadlines ---------------------------------------------------------------
 
-async def test_full_queue_is_resource_exhausted(start_pool: PoolFactory) -> None:
-    pool = await start_pool(ECHO_SPEC, EchoSettings(), max_pending=0)
-    busy = asyncio.ensure_future(echo(pool, b"slow", delay_ms=300, methods=ECHO_METHODS))
-    await asyncio.sleep(0)  # the call is submitted
-    await eventually(lambda: pool.pending == 0)  # the only actor took it
+async def test_full_queue_is_resource_exhausted(start_pool: PoolFactory, gate: Gate) -> None:
+    pool = await start_pool(gate.spec, max_pending=0)
+    busy = asyncio.ensure_future(echo(pool, GATED, methods=gate.methods))
+    await eventually(gate.entered.is_set)  # the only actor holds it
 
     with pytest.raises(ResourceExhausted) as caught:
-        await echo(pool, b"one too many", methods=ECHO_METHODS)
+        await echo(pool, b"one too many", methods=gate.methods)
 
     assert "capacity" in caught.value.message
-    assert await busy == b"slow"
-    assert await echo(pool, b"room again", methods=ECHO_METHODS) == b"room again"
+    gate.open.set()
+    assert await busy == GATED
+    assert await echo(pool, b"room again", methods=gate.methods) == b"room again"
 
 
 async def test_deadline_passing_while_queued_is_deadline_exceeded(
-        start_pool: PoolFactory) -> None:
-    pool = await start_pool(ECHO_SPEC, EchoSettings())
-    busy = asyncio.ensure_future(echo(pool, b"slow", delay_ms=300, methods=ECHO_METHODS))
-    await asyncio.sleep(0)  # the call is submitted
-    await eventually(lambda: pool.pending == 0)
+        start_pool: PoolFactory, gate: Gate) -> None:
+    pool = await start_pool(gate.spec)
+    busy = asyncio.ensure_future(echo(pool, GATED, methods=gate.methods))
+    await eventually(gate.entered.is_set)
 
-    started = time.monotonic()
     with pytest.raises(DeadlineExceeded):
-        await echo(pool, b"late", timeout=0.05, methods=ECHO_METHODS)
+        await echo(pool, b"late", timeout=0.05, methods=gate.methods)
 
-    assert time.monotonic() - started < 0.25  # the caller did not wait for the busy actor
-    assert await busy == b"slow"
-    assert await answered(pool, ECHO_METHODS) == 1  # the expired call never ran
+    gate.open.set()  # only now can the busy actor finish: the caller did not wait for it
+    assert await busy == GATED
+    assert await answered(pool, gate.methods) == 1  # the expired call never ran
 
 
 async def test_expired_call_left_in_the_queue_is_failed_not_run(
-        start_pool: PoolFactory) -> None:
-    pool = await start_pool(ECHO_SPEC, EchoSettings())
-    busy = asyncio.ensure_future(echo(pool, b"slow", delay_ms=200, methods=ECHO_METHODS))
-    await asyncio.sleep(0)  # the call is submitted
-    await eventually(lambda: pool.pending == 0)
+        start_pool: PoolFactory, gate: Gate) -> None:
+    pool = await start_pool(gate.spec)
+    busy = asyncio.ensure_future(echo(pool, GATED, methods=gate.methods))
+    await eventually(gate.entered.is_set)
     # Submitted without pool.call's own timer: the queue itself must notice the deadline.
     outcomes: asyncio.Queue[tuple[bytes | None, Exception | None]] = asyncio.Queue()
     ctx = context(ECHO, timeout=0.05)
-    pool.submit(Call(ECHO_METHODS[ECHO], encode(echo_pb2.EchoRequest(payload=b"x")), ctx,
+    pool.submit(Call(gate.methods[ECHO], encode(echo_pb2.EchoRequest(payload=b"x")), ctx,
                      respond=lambda result, error: outcomes.put_nowait((result, error))))
+    await eventually(lambda: ctx.expired)  # while the actor is still held
+    gate.open.set()
 
     result, error = await outcomes.get()
     assert result is None
     assert isinstance(error, DeadlineExceeded)
     assert "waited for a free actor" in error.message
 
-    assert await busy == b"slow"
-    assert await answered(pool, ECHO_METHODS) == 1
+    assert await busy == GATED
+    assert await answered(pool, gate.methods) == 1
 
 
-async def test_hung_engine_is_cut_off_at_the_deadline_and_told_so(
-        start_pool: PoolFactory) -> None:
-    pool = await start_pool(ECHO_SPEC, EchoSettings())
-    started = time.monotonic()
+async def test_hung_engine_is_cut_off_at_the_deadline(start_pool: PoolFactory,
+                                                      gate: Gate) -> None:
+    pool = await start_pool(gate.spec)
 
     with pytest.raises(DeadlineExceeded):
-        await echo(pool, b"hang", delay_ms=10_000, timeout=0.1, methods=ECHO_METHODS)
+        await echo(pool, GATED, timeout=0.1, methods=gate.methods)
 
-    assert time.monotonic() - started < 1.0
-    # The engine saw ctx.cancelled and gave up waiting, so the actor is free again at once.
-    started = time.monotonic()
-    assert await echo(pool, b"next", methods=ECHO_METHODS) == b"next"
-    assert time.monotonic() - started < 1.0
+    # the engine holds its actor until the gate opens: the caller did not wait for it
+    assert gate.entered.is_set()
+
+
+async def test_an_engine_told_of_the_deadline_frees_its_actor(start_pool: PoolFactory) -> None:
+    pool = await start_pool(ECHO_SPEC, EchoSettings())
+    ctx = context(ECHO, timeout=0.1)
+    hang = echo_pb2.EchoRequest(payload=b"hang", delay_ms=60_000)
+
+    with pytest.raises(DeadlineExceeded):
+        await pool.call(ECHO_METHODS[ECHO], encode(hang), ctx)
+
+    assert ctx.cancelled.is_set()
+    # The engine saw ctx.cancelled and gave up its minute's wait: the only actor serves the
+    # next call well within that call's own deadline.
+    assert await echo(pool, b"next", timeout=30, methods=ECHO_METHODS) == b"next"
+    assert await answered(pool, ECHO_METHODS) == 2  # the hung call ended, then this one
 
 
 # -- streams ------------------------------------------------------------------------------
@@ -264,37 +307,19 @@ def index_of(data: bytes) -> int:
     return echo_pb2.CountResponse.FromString(data).index
 
 
-async def answered_soon_blocked(pool: EnginePool) -> bool:
-    """The only actor is held by the stream: a unary call cannot be served yet."""
-    stats = asyncio.ensure_future(answered(pool))
-    done, _ = await asyncio.wait({stats}, timeout=0.1)
-    if done:
-        return False
-    stats.cancel()
-    return True
-
-
 async def test_stream_delivers_every_item_in_order_as_credit_is_granted(
         start_pool: PoolFactory) -> None:
     pool = await start_pool()
     sink, _ = count_stream(pool, 6, window=2)
     messages = sink.messages()
 
-    first = [index_of(await anext(messages)) for _ in range(2)]
-    # The window is spent: the producer must wait for credit.
-    third = asyncio.ensure_future(anext(messages))
-    done, _ = await asyncio.wait({third}, timeout=0.2)
-    assert not done
-    assert await answered_soon_blocked(pool)
-
-    sink.grant(1)
-    rest = [index_of(await third)]
-    sink.grant(1)
+    items = [index_of(await anext(messages)) for _ in range(2)]  # the window's worth
+    sink.grant(2)  # each message passed on gives its credit back, as the gateway does
     async for item in messages:
-        rest.append(index_of(item))
+        items.append(index_of(item))
         sink.grant(1)
 
-    assert first + rest == [0, 1, 2, 3, 4, 5]
+    assert items == [0, 1, 2, 3, 4, 5]
     assert await answered(pool) == 6
 
 
@@ -319,71 +344,77 @@ async def test_cancel_stops_the_producer(start_pool: PoolFactory) -> None:
 
     # Either the engine saw ctx.cancelled and returned, or the pool stopped it at its next
     # message; both end the stream, and nothing else may come of it.
+    rest: list[int] = []
     ending: RpcError | None = None
     try:
-        async for _ in messages:
-            pass
+        async for item in messages:
+            rest.append(index_of(item))
     except RpcError as exc:
         ending = exc
     assert ending is None or isinstance(ending, Cancelled), ending
+    assert rest == []
     assert ctx.cancelled.is_set()
-    # The actor is free again, and the engine produced nothing more after the cancel.
-    produced = await answered(pool)
-    assert produced <= 3
-    await asyncio.sleep(0.1)
-    assert await answered(pool) == produced
+    # The actor is free again (this call runs on it once the stream ended): the engine
+    # stopped at the cancel, after the two items read and at most the one waiting for credit
+    assert await answered(pool) in (2, 3)
 
 
-async def test_stream_cancelled_while_queued_never_starts(start_pool: PoolFactory) -> None:
-    pool = await start_pool()
-    busy = asyncio.ensure_future(echo(pool, b"slow", delay_ms=200))
-    await asyncio.sleep(0)  # the call is submitted
-    await eventually(lambda: pool.pending == 0)
-    sink, _ = count_stream(pool, 5, window=5)
-    assert pool.pending == 1
+async def test_stream_cancelled_while_queued_never_starts(start_pool: PoolFactory,
+                                                          gate: Gate) -> None:
+    pool = await start_pool(gate.spec)
+    busy = asyncio.ensure_future(echo(pool, GATED, methods=gate.methods))
+    await eventually(gate.entered.is_set)  # the only actor holds it
+    ctx = context(COUNT)
+    sink = pool.stream(gate.methods[COUNT], encode(echo_pb2.CountRequest(count=5)), ctx, 5)
 
     sink.cancel()
-    assert await busy == b"slow"
+    gate.open.set()
+    assert await busy == GATED
     with pytest.raises(Cancelled):
         async for _ in sink.messages():
             pass
 
-    assert await answered(pool) == 1  # only the echo; the stream produced nothing
+    assert await answered(pool, gate.methods) == 1  # only the echo; the stream produced nothing
 
 
 async def test_stream_deadline_stops_a_stalled_stream(start_pool: PoolFactory) -> None:
+    """The producer waits for credit: with none granted, the stream's second item never
+    comes, and the stream ends at its deadline."""
     pool = await start_pool()
-    sink, _ = count_stream(pool, 10, window=1, timeout=0.2)
+    sink, _ = count_stream(pool, 10, window=1, timeout=1.0)
     messages = sink.messages()
     assert index_of(await anext(messages)) == 0
 
     with pytest.raises(DeadlineExceeded):
         await anext(messages)  # no credit granted: the producer waits until the deadline
+    assert await answered(pool) == 2  # item 0, and item 1 that waited for credit
 
 
 # -- stop ---------------------------------------------------------------------------------
 
-async def test_stop_fails_queued_calls_and_leaves_no_actors() -> None:
-    pool = EnginePool(ECHO_SPEC, EchoSettings(), loop=asyncio.get_running_loop(), size=1,
+async def test_stop_fails_queued_calls_and_leaves_no_actors(gate: Gate) -> None:
+    pool = EnginePool(gate.spec, None, loop=asyncio.get_running_loop(), size=1,
                       max_pending=8, start_timeout_s=5.0)
     await pool.start()
     assert len(pykka.ActorRegistry.get_all()) == 1
-    running = asyncio.ensure_future(echo(pool, b"running", delay_ms=200, methods=ECHO_METHODS))
-    queued = [asyncio.ensure_future(echo(pool, b"q%d" % i, methods=ECHO_METHODS))
+    running = asyncio.ensure_future(echo(pool, GATED, methods=gate.methods))
+    await eventually(gate.entered.is_set)  # the only actor holds it
+    queued = [asyncio.ensure_future(echo(pool, b"q%d" % i, methods=gate.methods))
               for i in range(3)]
-    await asyncio.sleep(0.01)
-    assert pool.pending == 3
+    await eventually(lambda: pool.pending == 3)
 
-    await pool.stop(timeout=5.0)
-
+    stopping = asyncio.ensure_future(pool.stop(timeout=5.0))
     for call in queued:
         with pytest.raises(Unavailable):
             await call
-    assert await running == b"running"  # the call in progress finished
+    gate.open.set()
+    await stopping
+
+    assert await running == GATED  # the call in progress finished
     assert pykka.ActorRegistry.get_all() == []
     assert pool.state is PoolState.STOPPING
     with pytest.raises(Unavailable, match="stopping"):
-        await echo(pool, b"after stop", methods=ECHO_METHODS)
+        await echo(pool, b"after stop", methods=gate.methods)
 
 
 async def test_failed_start_raises_and_leaves_no_actors() -> None:
@@ -418,26 +449,33 @@ async def test_engine_stop_runs_in_every_actor_on_pool_stop() -> None:
 async def test_stop_during_a_restart_leaves_no_actors() -> None:
     gate = threading.Event()
     instances: list[object] = []
+    started: list[object] = []
 
     class SlowRestart(crashy.CrashyEngine):
         def start(self) -> None:
             instances.append(self)
-            if len(instances) > 1:  # the replacement takes a while to start
-                gate.wait(0.5)
+            if len(instances) > 1:  # the replacement starts only once the test says so
+                gate.wait(30)
+            started.append(self)
 
     pool = EnginePool(EngineSpec(name="slow", engine=SlowRestart), None,
                       loop=asyncio.get_running_loop(), size=1, max_pending=8,
-                      backoff_s=0.01, start_timeout_s=5.0)
+                      backoff_s=0.01, start_timeout_s=30.0)
     await pool.start()
     with pytest.raises(Internal):
         await echo(pool, crashy.CRASH, methods=bind_methods(pool.spec))
-    await eventually(lambda: len(instances) == 2, timeout=2.0)  # the restart is under way
+    await eventually(lambda: len(instances) == 2, timeout=10.0)  # the restart is under way
 
     try:
-        await pool.stop(timeout=5.0)
+        stopping = asyncio.ensure_future(pool.stop(timeout=30.0))
+        await eventually(lambda: pool.state is PoolState.STOPPING)
+        assert len(started) == 1  # the replacement is still starting as the stop begins
+        gate.set()
+        await stopping
         leftover = pykka.ActorRegistry.get_all()
     finally:
         gate.set()
-        await eventually(lambda: pykka.ActorRegistry.get_all() == [], timeout=2.0)
+        await eventually(lambda: pykka.ActorRegistry.get_all() == [], timeout=10.0)
 
+    assert len(started) == 2
     assert leftover == []
