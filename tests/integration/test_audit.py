@@ -291,3 +291,33 @@ async def test_revo_audit_command_lists_and_filters_records(nats_private, mesh_h
     text = await _revo_audit(scenario, tmp_path)  # the table people read
     assert scenario.developer in text
     assert scenario.request_ids["allowed"] in text
+
+
+async def test_a_stream_the_caller_left_is_audited_cancelled(nats_private, mesh_harness):
+    """docs/security.md: ``status`` is CANCELLED for a stream the caller left (one that
+    had more to send: a stream the gateway finished before the caller left is OK)."""
+    mesh = await mesh_harness(plugins=ONLY_ECHO, nats={"url": nats_private.url},
+                              auth={"enabled": True, "audit": {"enabled": True}})
+    user = f"dev-{uuid.uuid4().hex[:8]}"
+    await mesh.gateway.guard.users.create(user, "developer", PASSWORD)
+    token = mesh.gateway.guard.tokens.issue(user, "developer")[0]
+    request_id = f"audit-left-{uuid.uuid4().hex[:12]}"
+    call = echo_pb2_grpc.EchoServiceStub(mesh.channel).Count(
+        echo_pb2.CountRequest(count=100_000, interval_ms=1), timeout=60,
+        metadata=[("x-request-id", request_id), ("authorization", f"Bearer {token}")])
+    first = await call.read()
+    assert first.index == 0  # the stream was delivering when its caller left
+    call.cancel()
+    nc = await nats.connect(nats_private.url)
+    found: list[dict[str, Any]] = []
+    try:
+        async def recorded() -> bool:
+            found[:] = [r for r in await _all_records(nc) if r["request_id"] == request_id]
+            return bool(found)
+
+        await wait_for(recorded, 10, "the stream's audit record")
+    finally:
+        await nc.close()
+    [record] = found
+    assert (record["method"], record["user"]) == ("/revo.echo.v1.EchoService/Count", user)
+    assert record["status"] == "CANCELLED", record
