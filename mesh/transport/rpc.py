@@ -248,6 +248,10 @@ class Requester:
                 f"no node took the call within {self._accept_timeout:g} s; the node that "
                 "received it may have died. Retry if the call is safe to repeat"))
 
+    def accepted_by(self, node_id: str) -> int:
+        """How many calls in flight ``node_id`` has accepted (tests wait on it)."""
+        return len(self._by_node.get(node_id, ()))
+
     def node_gone(self, node_id: str) -> None:
         """Fail every call that ``node_id`` accepted: it left the mesh without answering."""
         for token in self._by_node.pop(node_id, ()):

@@ -80,8 +80,12 @@ async def test_a_call_whose_node_dies_fails_unavailable_before_its_deadline(
         slow = asyncio.create_task(calls.call(  # accepted, then its node is killed
             ECHO, echo_pb2.EchoRequest(payload=b"x", delay_ms=60_000).SerializeToString(),
             caller="ada", role="admin", request_id="req-3", timeout=60.0))
-        await asyncio.sleep(1.5)  # past the accept timeout: the node has said it runs it
+        await wait_for(lambda: calls.requester.accepted_by("doomed") == 1, 30,
+                       "the node to accept the call")
+        # the guarantee is about time here: an accepted call outlives the accept timeout
+        await asyncio.sleep(config.gateway.accept_timeout_s * 1.5)
         assert not slow.done()
+        assert calls.requester.accepted_by("doomed") == 1
         node.send_signal(signal.SIGKILL)
         with pytest.raises(RpcError) as gone:
             await asyncio.wait_for(slow, 50)  # not the 60 s deadline
