@@ -153,11 +153,9 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
         assert again is not None
         assert again.payload == b"again"
 
-        started = time.monotonic()
         up.send_signal(signal.SIGINT)
         up.send_signal(signal.SIGINT)  # Ctrl-C twice must not hang the shutdown
-        assert up.wait(timeout=20) == 0
-        assert time.monotonic() - started < 15
+        assert up.wait(timeout=20) == 0  # a hang raises TimeoutExpired
         assert not [pid for pid in pids if _alive(pid)], "revo up left processes behind"
         assert not (tmp_path / "home/run/up.json").exists()
 
