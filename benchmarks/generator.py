@@ -131,13 +131,16 @@ def order(round_index: int) -> tuple[str, ...]:
 
 def other_benchmarks() -> list[str]:
     """Command lines of benchmark processes other than this one, its ancestors and its
-    children (a concurrent benchmark would distort the figures)."""
+    children (a concurrent benchmark would distort the figures). Only Python processes
+    count: a ``flock`` or ``timeout`` queued behind this run is waiting, not measuring."""
     me = psutil.Process()
     mine = {me.pid, *(p.pid for p in me.parents()), *(p.pid for p in me.children(True))}
     found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
         cmdline = " ".join(proc.info.get("cmdline") or [])
-        if proc.info["pid"] not in mine and "benchmarks" in cmdline and "pgrep" not in cmdline:
+        python = (proc.info.get("name") or "").startswith("python")
+        if (proc.info["pid"] not in mine and python and "benchmarks" in cmdline
+                and "pgrep" not in cmdline):
             found.append(f"{proc.info['pid']}: {cmdline[:120]}")
     return found
 
