@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks._report import RESULTS_DIR, markdown_table, staleness
+from benchmarks._report import MEASURES, RESULTS_DIR, markdown_table, staleness
 
 # name -> (module with ``run(quick, results_dir) -> int``, what it measures); a module may
 # also have ``add_arguments(parser)``: its options reach ``run`` as keyword arguments.
@@ -36,26 +36,13 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                   "Triton generator tokens/s and first token through the mesh vs direct "
                   "and Triton's SDK, at c=1 and 4 (--size tiny|small|1b)"),
     "tasks": ("benchmarks.tasks",
-              "Durable tasks through the mesh (one and two nodes) vs Celery on Redis and an "
-              "in-process thread pool (tasks/s, p50 ms; no-op and 10 ms sleep)"),
+              "Durable tasks through the mesh vs Celery on Redis, like for like (server CPU "
+              "per task, single-task p50, tasks/s; one per call and batches; no-op and 10 ms "
+              "sleep; 1 vs 1 and 2 vs 2)"),
     "recall": ("benchmarks.recall",
                "Perfect Recall's search through the mesh vs ChromaDB, numpy brute force "
                "and Milvus-lite at 10k/100k/1M memories (p50/p99 ms, recall@10, "
                "inserts/s; --sizes)"),
-}
-
-# name -> the code whose change makes its committed result stale (besides the benchmark).
-MEASURES: dict[str, tuple[str, ...]] = {
-    "mesh_hop": ("mesh/gateway", "mesh/transport", "mesh/runtime", "plugins/echo/src"),
-    "auth_overhead": ("mesh/gateway", "mesh/transport", "mesh/runtime", "mesh/auth",
-                      "plugins/echo/src"),
-    "embedder": ("triton_models/embedder", "mesh/embedded/triton.py"),
-    "router_overhead": ("mesh/models", "mesh/gateway", "mesh/transport", "mesh/runtime",
-                        "mesh/testing_llm.py"),
-    "generator": ("triton_models/generator", "mesh/models", "mesh/gateway",
-                  "mesh/transport", "mesh/runtime"),
-    "tasks": ("plugins/parallel/src", "mesh/gateway", "mesh/transport", "mesh/runtime"),
-    "recall": ("plugins/recall/src", "mesh/gateway", "mesh/transport", "mesh/runtime"),
 }
 
 

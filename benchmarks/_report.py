@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "MEASURES",
     "RESULTS_DIR",
     "history_runs",
     "machine_info",
@@ -37,6 +38,20 @@ __all__ = [
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = RESULTS_DIR.parent.parent
+
+# name -> the code whose change makes its committed result stale (besides the benchmark).
+MEASURES: dict[str, tuple[str, ...]] = {
+    "mesh_hop": ("mesh/gateway", "mesh/transport", "mesh/runtime", "plugins/echo/src"),
+    "auth_overhead": ("mesh/gateway", "mesh/transport", "mesh/runtime", "mesh/auth",
+                      "plugins/echo/src"),
+    "embedder": ("triton_models/embedder", "mesh/embedded/triton.py"),
+    "router_overhead": ("mesh/models", "mesh/gateway", "mesh/transport", "mesh/runtime",
+                        "mesh/testing_llm.py"),
+    "generator": ("triton_models/generator", "mesh/models", "mesh/gateway",
+                  "mesh/transport", "mesh/runtime"),
+    "tasks": ("plugins/parallel/src", "mesh/gateway", "mesh/transport", "mesh/runtime"),
+    "recall": ("plugins/recall/src", "mesh/gateway", "mesh/transport", "mesh/runtime"),
+}
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -117,9 +132,11 @@ def _command() -> str:
     return " ".join([prefix, *argv])
 
 
-def _record(data: Mapping[str, Any]) -> dict[str, Any]:
+def _record(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
     machine = data.get("machine") or machine_info()
-    return {**revision(), "date": machine.get("date") or dt.datetime.now(dt.UTC).isoformat(
+    measured = MEASURES.get(name.split("-")[0], ())
+    return {**revision(f"benchmarks/{name.split('-')[0]}.py", "benchmarks/_report.py",
+                       *measured), "date": machine.get("date") or dt.datetime.now(dt.UTC).isoformat(
                 timespec="seconds"),
             "command": data.get("command") or _command(),
             "machine": f"{machine.get('cpu_count')} CPUs, {machine.get('platform')}, "
@@ -143,7 +160,7 @@ def write_results(name: str, data: Mapping[str, Any], markdown: str,
     and a full run (``data["mode"] == "full"``) is also kept as
     ``history/<name>-<UTC time>-<commit>.{json,md}``: every run is published, not the best.
     """
-    record = _record(data)
+    record = _record(name, data)
     stamped = {**data, "record": record}
     text = markdown.rstrip() + "\n\n" + _record_line(record) + "\n"
     results_dir.mkdir(parents=True, exist_ok=True)
