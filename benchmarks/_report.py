@@ -123,7 +123,10 @@ def revision(*paths: str) -> dict[str, Any]:
     that differed from it when the run started (a result of uncommitted code says so)."""
     changed = _git("status", "--porcelain", "--", *(paths or (".",)))
     return {"commit": _git("rev-parse", "--short", "HEAD") or None,
-            "uncommitted": sorted(line[3:] for line in changed.splitlines() if line.strip())}
+            # split, not line[3:]: _git strips the output, and with it the first line's
+            # leading space (" M path"), which cut the first path's first letter
+            "uncommitted": sorted(line.split(maxsplit=1)[1] for line in changed.splitlines()
+                                  if len(line.split(maxsplit=1)) == 2)}
 
 
 def _command() -> str:
