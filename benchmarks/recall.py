@@ -1,13 +1,15 @@
-"""recall: Perfect Recall's search through the mesh, against ChromaDB (the peer), numpy
-brute force (the baseline) and Milvus searched directly (the design without an in-process
-index), at 10k, 100k and 1M memories of 384 dimensions.
+"""recall: Perfect Recall's search through the mesh, against ChromaDB (the peer), faiss's
+HNSW alone at the same recall@10 (the peer of the index), numpy brute force (the baseline)
+and Milvus searched directly (the design without an in-process index), at 10k, 100k and 1M
+memories of 384 dimensions.
 
 For each size N, in one run:
 
 * **data**: N synthetic unit vectors with the low intrinsic dimension of real sentence
   embeddings (:func:`make_queries`, :func:`make_data`: a random 48-dimensional latent point
-  near one of 2000 centres, projected to 384 dimensions, plus isotropic noise), and 300
-  fresh queries from the same distribution; exact top-10 by numpy (the ground truth);
+  near one of 2000 centres, projected to 384 dimensions, plus isotropic noise), and 3,000
+  fresh queries from the same distribution (and 300 more to warm up); exact top-10 by numpy
+  (the ground truth);
 * **ours**: ``RecallService.Remember`` of every vector (batches of 500, ``vector`` given)
   into ONE project scope through ``python -m mesh gateway`` -> nats-server -> one
   ``python -m mesh node`` with the engines ``recall`` and ``models`` (security off), then
@@ -15,13 +17,17 @@ For each size N, in one run:
   the engine embeds through ``ModelService.Embed`` on Triton (``p50/p99_ms_end_to_end``);
 * **index**: ``MemoryIndex.search`` in this process on ``MemoryIndex.build`` of the same
   data: the index without the gRPC hops;
+* **hnsw**: ``faiss.IndexHNSWFlat`` alone (inner product on the unit vectors, the index's
+  M and efConstruction) in this process, at the smallest ``efSearch`` of a sweep whose
+  recall@10 is within 0.002 of the index's: the index's peer at matched recall;
 * **chroma**: ChromaDB ``PersistentClient`` (in this process), cosine space;
 * **numpy**: ``data @ query`` and a partial sort, per query;
 * **milvus-lite**: pymilvus ``MilvusClient`` on a milvus-lite file, HNSW COSINE, searched
   with the scope filter the engine would need without its own index.
 
-Queries go one at a time (concurrency 1). The query loops of ours, the index, ChromaDB and
-numpy are interleaved: the queries are split into rounds, and in each round every path
+Queries go one at a time (concurrency 1). The query loops of ours, the index, faiss's HNSW,
+ChromaDB and numpy are interleaved: the queries are split into rounds, and in each round
+every path
 answers that round's share, the order rotating; Milvus-lite (up to half a second a query at
 1M) is measured on its own, in a process of its own, before the others load. Sizes run one
 after the other, each with fresh servers, and everything of a size is freed before the next.
@@ -94,8 +100,14 @@ DATA_CHUNK = 50_000
 """Vectors generated (and brute-forced) at a time: bounds the temporaries."""
 SIZES = (10_000, 100_000, 1_000_000)
 QUICK_SIZES = (10_000,)
-QUERIES = 300
-WARMUP = 30
+QUERIES = 3_000
+"""Measured queries per path and size (600 a round in 5 rounds): a p99 rests on 30 samples."""
+WARMUP = 300
+"""Queries every path answers, unmeasured, before the rounds."""
+QUICK_QUERIES = 300
+QUICK_WARMUP = 60
+GROUND_TRUTH_QUERIES = 1_000
+"""Queries brute-forced at a time: bounds the score matrix (1,000 x 50,000 floats)."""
 TOP_K = 10
 
 # -- the mesh ---------------------------------------------------------------------------
@@ -137,6 +149,23 @@ EF_CONSTRUCTION = 64
 EF_SEARCH = 96
 """Milvus-lite's HNSW parameters: the in-process index's defaults (``IndexSettings``)."""
 
+# -- faiss's HNSW alone -----------------------------------------------------------------
+
+PEER_EFS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+"""The ``efSearch`` values swept for the bare HNSW peer, smallest first."""
+RECALL_MATCH = 0.002
+"""The bare HNSW peer runs at the smallest swept ``efSearch`` whose recall@10 is at least
+the index's minus this."""
+SWEEP_PAST_MATCH = 2
+"""Swept values measured after the first one whose recall@10 reaches the index's."""
+SWEEP_WARMUP = 100
+CHROMA_EFS = (100, 128, 192, 256, 384, 512, 768, 1024)
+"""ChromaDB's ``ef_search`` values swept (100, its default, first) up to the index's
+recall@10: ChromaDB tuned to the same recall."""
+CHROMA_DEFAULT_EF = 100
+SWEEP_TIMEOUT_S = 300.0
+"""The longest the whole sweep may take at one size."""
+
 # name, size, field, comparison, threshold
 TARGETS: tuple[tuple[str, int, str, str, float], ...] = (
     ("search p99 at 100k", 100_000, "p99_ms_search", "<=", 10.0),
@@ -158,7 +187,7 @@ PEER_TARGETS: tuple[tuple[str, str, str, str], ...] = (
 library in the caller's process against ChromaDB in the caller's process. (Ours through the
 mesh against ChromaDB in process is reported too, as a ratio, not as a target.)"""
 
-QUERY_PATHS = ("search", "end_to_end", "index", "chroma", "chroma_server", "numpy")
+QUERY_PATHS = ("search", "end_to_end", "index", "hnsw", "chroma", "chroma_server", "numpy")
 """The interleaved query loops (Milvus-lite is measured on its own)."""
 
 
@@ -180,8 +209,8 @@ class Settings:
                  milvus_lite_max: int = MILVUS_LITE_MAX) -> Settings:
         chosen = tuple(sizes) if sizes else (QUICK_SIZES if quick else SIZES)
         if quick:
-            return cls("quick", chosen, rounds=3, loop_timeout_s=120.0,
-                       milvus_lite_max=milvus_lite_max)
+            return cls("quick", chosen, rounds=3, queries=QUICK_QUERIES, warmup=QUICK_WARMUP,
+                       loop_timeout_s=120.0, milvus_lite_max=milvus_lite_max)
         return cls("full", chosen, rounds=5, milvus_lite_max=milvus_lite_max)
 
     def load_timeout_s(self, size: int) -> float:
@@ -237,6 +266,14 @@ def make_data(size: int, queries: int, seed: int = DATA_SEED) -> Vectors:
 def ground_truth(data: Vectors, queries: Vectors, k: int = TOP_K
                  ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """Exact top-``k`` ids and cosines of every query, best first (chunked matmul)."""
+    parts = [_ground_truth(data, queries[start:start + GROUND_TRUTH_QUERIES], k)
+             for start in range(0, len(queries), GROUND_TRUTH_QUERIES)]
+    return (np.concatenate([ids for ids, _ in parts]),
+            np.concatenate([scores for _, scores in parts]))
+
+
+def _ground_truth(data: Vectors, queries: Vectors, k: int
+                  ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     best_ids = np.zeros((len(queries), 0), dtype=np.int64)
     best_scores = np.zeros((len(queries), 0), dtype=np.float32)
     for start in range(0, len(data), DATA_CHUNK):
@@ -617,7 +654,17 @@ class Chroma:
                 "chroma_configuration": _jsonable(self.collection.configuration)}
 
     def search(self, queries: Vectors) -> Search:
-        return _chroma_search(self.collection, queries)
+        def search(query: int) -> list[int]:  # the collection as it is now (reopened)
+            return _ask_chroma(self.collection, queries, query)
+
+        return search
+
+    def set_ef_search(self, ef: int) -> None:
+        """``hnsw`` ``ef_search`` of the collection, then the client reopened: an open one
+        keeps searching with the ``ef_search`` it loaded the index with (ChromaDB 1.5)."""
+        self.collection.modify(configuration={"hnsw": {"ef_search": ef}})
+        self.client.clear_system_cache()
+        self.client, self.collection = _persistent(self.path, create=False)
 
     def copy_to(self, dest: Path) -> float:
         """Copy the store to ``dest`` (closed first, so all of it is on disk); seconds."""
@@ -687,11 +734,15 @@ class ChromaServer:
 
 def _chroma_search(collection: Any, queries: Vectors) -> Search:
     def search(query: int) -> list[int]:
-        reply = collection.query(query_embeddings=queries[query:query + 1],
-                                 n_results=TOP_K, include=["documents", "distances"])
-        return [int(i) for i in reply["ids"][0]]
+        return _ask_chroma(collection, queries, query)
 
     return search
+
+
+def _ask_chroma(collection: Any, queries: Vectors, query: int) -> list[int]:
+    reply = collection.query(query_embeddings=queries[query:query + 1], n_results=TOP_K,
+                             include=["documents", "distances"])
+    return [int(i) for i in reply["ids"][0]]
 
 
 def _jsonable(value: Any) -> Any:
@@ -812,7 +863,96 @@ def index_search(index: Any, queries: Vectors, answered_by: Counter[str]) -> Sea
     return search
 
 
+# -- faiss's HNSW alone -----------------------------------------------------------------
+
+
+def build_bare_hnsw(data: Vectors) -> tuple[Any, float]:
+    """``faiss.IndexHNSWFlat`` of ``data`` with the index's M and efConstruction, inner
+    product (cosine on these unit vectors), as a faiss user would build it; and seconds."""
+    import faiss
+
+    from revo_engine_recall.index import IndexSettings
+
+    settings = IndexSettings()
+    started = time.perf_counter()
+    graph = faiss.IndexHNSWFlat(DIM, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    graph.hnsw.efConstruction = settings.ef_construction
+    graph.add(data)
+    return graph, time.perf_counter() - started
+
+
+def hnsw_search(graph: Any, queries: Vectors, ef: int) -> Search:
+    """One query to the bare graph at ``efSearch`` ``ef``: no scope filter, no rows."""
+    import faiss
+
+    params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+    params.efSearch = ef
+
+    def search(query: int) -> list[int]:
+        _, ids = graph.search(queries[query:query + 1], TOP_K, params=params)
+        return [int(i) for i in ids[0] if i >= 0]
+
+    return search
+
+
+def sweep_ef(at_ef: Callable[[int], Search], efs: Sequence[int], queries: range,
+             truth: npt.NDArray[np.int64], target: float, past_match: int,
+             progress: Callable[[str], None], label: str
+             ) -> tuple[list[dict[str, Any]], int | None]:
+    """Recall@10 and latency of ``at_ef(ef)`` (a search at that ``ef``) for each of
+    ``efs`` over the measured ``queries``, one at a time (not interleaved), after
+    :data:`SWEEP_WARMUP` others; and the smallest ``ef`` whose recall@10 is within
+    :data:`RECALL_MATCH` of ``target`` (None: none is). Stops ``past_match`` values after
+    the first whose recall@10 reaches ``target`` itself, and at :data:`SWEEP_TIMEOUT_S`."""
+    deadline = time.monotonic() + SWEEP_TIMEOUT_S
+    warmup = range(queries.stop, queries.stop + SWEEP_WARMUP)
+    rows: list[dict[str, Any]] = []
+    matched: int | None = None
+    past = 0
+    for ef in efs:
+        if time.monotonic() > deadline:
+            progress(f"{label}: sweep stopped at its time limit before ef {ef}")
+            break
+        loop = QueryLoop(f"{label} ef {ef}", at_ef(ef))
+        loop.ask(warmup, max(0.0, deadline - time.monotonic()), measure=False)
+        loop.ask(queries, max(0.0, deadline - time.monotonic()))
+        out = loop.summary("", truth)
+        recall = out["recall"]
+        rows.append({"ef": ef, "recall_at_10": recall, "p50_ms": out["p50"],
+                     "p99_ms": out["p99"], "queries": out["queries"],
+                     "errors": out["errors"]})
+        progress(f"{label} ef {ef}: recall@10 {_num(recall, 4)}, p50 {_num(out['p50'], 3)} "
+                 f"ms ({out['queries']} queries)")
+        if recall is None or out["queries"] < len(queries):
+            continue  # a partial pass matches nothing
+        if matched is None and recall >= target - RECALL_MATCH:
+            matched = ef
+        if recall >= target:
+            past += 1
+            if past > past_match:
+                break
+    return rows, matched
+
+
 # -- Triton -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _embedder_threads_env() -> Iterator[None]:
+    """:data:`TORCH_THREADS` intra-op threads for the embedder of a Triton started inside
+    (it copies ``os.environ``): ``EMBEDDER_THREADS`` for ONNX Runtime, ``OMP_NUM_THREADS``
+    for torch."""
+    names = ("OMP_NUM_THREADS", "EMBEDDER_THREADS")
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, str(TORCH_THREADS)))
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -823,13 +963,12 @@ def triton_server(workdir: Path, progress: Callable[[str], None]
     if find_spec("tritonclient") is None or find_spec("pytriton") is None:
         yield None, "needs the models extra (nvidia-pytriton, tritonclient): ./dev bench"
         return
-    from benchmarks.embedder import _torch_threads_env
     from mesh.embedded.triton import TritonServer
 
     server = TritonServer(MODEL_REPOSITORY, workdir / "triton", models=[EMBEDDER])
     started = time.monotonic()
     try:
-        with _torch_threads_env():
+        with _embedder_threads_env():
             server.start(timeout=180.0)
     except Exception as exc:
         server.stop()
@@ -873,6 +1012,7 @@ def measure_size(size: int, queries: Vectors, texts: Sequence[str], settings: Se
     chroma: Chroma | None = None
     chroma_server: ChromaServer | None = None
     index: Any = None
+    graph: Any = None
     index_answers: Counter[str] = Counter()
     try:
         if size > settings.milvus_lite_max:
@@ -931,8 +1071,21 @@ def measure_size(size: int, queries: Vectors, texts: Sequence[str], settings: Se
         result["index_kind"] = index.kind
         loops["index"] = QueryLoop("index", index_search(index, queries, index_answers))
         progress(f"{size:,}: in-process index ({index.kind}) built in {build_s:.1f} s")
-        measure_queries(loops, settings, progress, size)
+        graph, graph_s = build_bare_hnsw(data)
+        result["hnsw_build_s"] = round(graph_s, 2)
+        progress(f"{size:,}: faiss HNSW alone built in {graph_s:.1f} s")
+        result |= match_bare_hnsw(loops, graph, index, queries, truth_ids, settings, progress,
+                                  size)
+        try:
+            result |= match_chroma(chroma, queries, truth_ids, result.get("hnsw_matched_to"),
+                                   settings, progress, size)
+        except Exception as exc:  # a peer's failure is reported, not fatal
+            not_measured["chroma_sweep"] = f"{type(exc).__name__}: {exc}"[:500]
+            progress(f"{size:,}: ChromaDB ef_search sweep failed: "
+                     f"{not_measured['chroma_sweep']}")
+        rounds = measure_queries(loops, settings, progress, size)
         result |= summarize_loops(loops, truth_ids)
+        result |= round_figures(rounds)
         result["index_answered_by"] = dict(index_answers)
         if mesh is not None:
             mesh.target.check_alive()
@@ -950,7 +1103,7 @@ def measure_size(size: int, queries: Vectors, texts: Sequence[str], settings: Se
             chroma.close()
         if chroma_server is not None:
             chroma_server.close()
-        del chroma, chroma_server, index, data
+        del chroma, chroma_server, index, graph, data
         for name in ("mesh-home", "mesh-nats", "chroma", "chroma-server", "milvus-lite"):
             shutil.rmtree(here / name, ignore_errors=True)  # the logs stay
         gc.collect()
@@ -964,21 +1117,96 @@ def measure_size(size: int, queries: Vectors, texts: Sequence[str], settings: Se
     return result
 
 
+def match_bare_hnsw(loops: dict[str, QueryLoop], graph: Any, index: Any, queries: Vectors,
+                    truth: npt.NDArray[np.int64], settings: Settings,
+                    progress: Callable[[str], None], size: int) -> dict[str, Any]:
+    """The index's recall@10 over the measured queries (a pass before the rounds: its
+    answers do not depend on timing), the bare graph's ``ef`` sweep, and the bare HNSW
+    query loop at the matched ``ef`` added to ``loops``."""
+    before = QueryLoop("index", index_search(index, queries, Counter()))
+    before.ask(range(settings.queries, settings.queries + SWEEP_WARMUP),
+               settings.loop_timeout_s, measure=False)
+    before.ask(range(settings.queries), settings.loop_timeout_s)
+    target = recall_at_k(before.found, truth)
+    sequential = before.summary("", None)
+    alone = {"index_sequential_p50_ms": sequential["p50"],
+             "index_sequential_p99_ms": sequential["p99"]}
+    if target is None or len(before.found) < settings.queries:
+        progress(f"{size:,}: the index answered {len(before.found)} of {settings.queries} "
+                 "queries before the rounds: faiss HNSW alone not matched")
+        return {**alone, "hnsw_sweep": [], "hnsw_ef": None, "hnsw_matched_to": target}
+    sweep, matched = sweep_ef(lambda ef: hnsw_search(graph, queries, ef), PEER_EFS,
+                              range(settings.queries), truth, target, SWEEP_PAST_MATCH,
+                              progress, f"{size:,}: faiss HNSW")
+    at_or_above = next((row["ef"] for row in sweep if row["recall_at_10"] is not None
+                        and row["queries"] == settings.queries
+                        and row["recall_at_10"] >= target), None)
+    ef = matched if matched is not None else (sweep[-1]["ef"] if sweep else PEER_EFS[-1])
+    loops["hnsw"] = QueryLoop("hnsw", hnsw_search(graph, queries, ef))
+    progress(f"{size:,}: the index's recall@10 {target:.4f}; faiss HNSW alone runs at ef "
+             f"{ef}" + ("" if matched is not None else " (no swept ef matched)"))
+    return {**alone, "hnsw_sweep": sweep, "hnsw_ef": ef, "hnsw_matched": matched is not None,
+            "hnsw_ef_at_or_above_index": at_or_above, "hnsw_matched_to": target,
+            "hnsw_m": graph.hnsw.nb_neighbors(1),
+            "hnsw_ef_construction": graph.hnsw.efConstruction}
+
+
+def match_chroma(chroma: Chroma, queries: Vectors, truth: npt.NDArray[np.int64],
+                 target: float | None, settings: Settings, progress: Callable[[str], None],
+                 size: int) -> dict[str, Any]:
+    """ChromaDB in process with ``ef_search`` swept from its default up to the index's
+    recall@10 ``target`` (its form tuned to the same recall), before the rounds, one query
+    at a time; then back to its default for the rounds."""
+    if target is None:
+        return {"chroma_sweep": [], "chroma_matched_ef": None}
+
+    def at_ef(ef: int) -> Search:
+        chroma.set_ef_search(ef)
+        return chroma.search(queries)
+
+    try:
+        sweep, matched = sweep_ef(at_ef, CHROMA_EFS, range(settings.queries), truth, target,
+                                  0, progress, f"{size:,}: ChromaDB")
+    finally:
+        chroma.set_ef_search(CHROMA_DEFAULT_EF)
+    return {"chroma_sweep": sweep, "chroma_matched_ef": matched}
+
+
 def measure_queries(loops: dict[str, QueryLoop], settings: Settings,
-                    progress: Callable[[str], None], size: int) -> None:
-    """Warm every path up, then ask the queries in rounds, the paths interleaved."""
+                    progress: Callable[[str], None], size: int) -> dict[str, list[float]]:
+    """Warm every path up, then ask the queries in rounds, the paths interleaved; each
+    path's p50 (ms) in each round."""
     warmup = range(settings.queries, settings.queries + settings.warmup)
     for loop in loops.values():
         loop.ask(warmup, settings.loop_timeout_s, measure=False)
+    rounds: dict[str, list[float]] = {name: [] for name in loops}
     shares = np.array_split(np.arange(settings.queries), settings.rounds)
     for index, share in enumerate(shares):
         for name in order(index):
             if name in loops:
                 time.sleep(SETTLE_S)
+                done = len(loops[name].latencies_ms)
                 loops[name].ask(share.tolist(), settings.loop_timeout_s)
+                mine = sorted(loops[name].latencies_ms[done:])
+                rounds[name].append(round(percentile(mine, 50), 3) if mine else float("nan"))
         progress(f"{size:,}: round {index + 1}/{settings.rounds}: " + "  ".join(
-            f"{name} p50 {np.median(loop.latencies_ms[-len(share):]):.2f} ms"
-            for name, loop in loops.items() if loop.latencies_ms))
+            f"{name} p50 {p50s[-1]:.2f} ms" for name, p50s in rounds.items() if p50s))
+    return rounds
+
+
+ROUND_RATIOS = (("search", "chroma_server"), ("index", "chroma"), ("search", "chroma"),
+                ("index", "hnsw"))
+"""Pairs whose p50 ratio is also given round by round (the spread of the headline ratios)."""
+
+
+def round_figures(rounds: dict[str, list[float]]) -> dict[str, Any]:
+    """Each path's p50 per round, and the per-round p50 ratios of :data:`ROUND_RATIOS`."""
+    ratios = {}
+    for ours, theirs in ROUND_RATIOS:
+        a, b = rounds.get(ours, []), rounds.get(theirs, [])
+        if a and len(a) == len(b):
+            ratios[f"{ours}_to_{theirs}"] = [_ratio(x, y) for x, y in zip(a, b, strict=True)]
+    return {"round_p50_ms": rounds, "round_ratio_p50": ratios}
 
 
 def summarize_loops(loops: dict[str, QueryLoop], truth: npt.NDArray[np.int64]
@@ -989,6 +1217,7 @@ def summarize_loops(loops: dict[str, QueryLoop], truth: npt.NDArray[np.int64]
              "index": ("", "_ms_index", "index_recall_at_10"),
              "chroma": ("chroma_", "_ms_search", "chroma_recall_at_10"),
              "chroma_server": ("chroma_server_", "_ms_search", "chroma_server_recall_at_10"),
+             "hnsw": ("hnsw_", "_ms", "hnsw_recall_at_10"),
              "numpy": ("numpy_", "_ms", "numpy_recall_at_10")}
     out: dict[str, Any] = {}
     for path, (prefix, suffix, recall_key) in names.items():
@@ -1012,11 +1241,14 @@ def summarize_loops(loops: dict[str, QueryLoop], truth: npt.NDArray[np.int64]
                                                       out[f"chroma_{stat}_ms_search"])
         out[f"ratio_{stat}_search_to_numpy"] = _ratio(out[f"{stat}_ms_search"],
                                                       out[f"numpy_{stat}_ms"])
+        out[f"ratio_{stat}_index_to_hnsw"] = _ratio(out[f"{stat}_ms_index"],
+                                                    out[f"hnsw_{stat}_ms"])
     return out
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a is not None and b is not None and b > 0 else None
+    return (round(a / b, 3) if a is not None and b is not None and b > 0
+            and not np.isnan(a) and not np.isnan(b) else None)
 
 
 # -- results ----------------------------------------------------------------------------
@@ -1036,7 +1268,7 @@ def check_targets(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
             verdict = "met" if value >= threshold else "missed"
         checks.append({"target": name, "size": size, "field": key,
                        "threshold": f"{comparison} {threshold:g}", "value": value,
-                       "verdict": verdict})
+                       "verdict": verdict, **_kept(by_size.get(size))})
     for size in sorted(set(SIZES) | set(by_size)):
         cell = by_size.get(size, {})
         for title, ours, theirs, ratio in PEER_TARGETS:
@@ -1053,8 +1285,16 @@ def check_targets(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
                            "threshold": "< " + ", ".join(theirs.format(q=q)
                                                          for q in ("p50", "p99")),
                            "value": [cell.get(ratio.format(q=q)) for q in ("p50", "p99")],
-                           "verdict": verdict})
+                           "verdict": verdict, **_kept(cell)})
     return checks
+
+
+def _kept(cell: dict[str, Any] | None) -> dict[str, Any]:
+    """For a size kept from an earlier run (``--merge``): where its figures come from."""
+    if not cell or not cell.get("kept_from"):
+        return {}
+    return {"kept_from_commit": cell.get("revision", {}).get("commit"),
+            "kept_queries": cell.get("search_queries")}
 
 
 def overall(checks: list[dict[str, Any]]) -> str:
@@ -1090,14 +1330,22 @@ def build_results(sizes: list[dict[str, Any]], settings: Settings, command: str,
                 "efConstruction": EF_CONSTRUCTION, "ef": EF_SEARCH,
                 "insert_batch": MILVUS_INSERT_BATCH,
                 "queries_above_100k": MILVUS_FEW_QUERIES},
+            "hnsw_alone": {
+                "index": "faiss.IndexHNSWFlat", "metric": "inner product (unit vectors)",
+                "M": HNSW_M, "efConstruction": EF_CONSTRUCTION, "efs_swept": list(PEER_EFS),
+                "match": f"smallest swept efSearch with recall@10 >= the index's - "
+                         f"{RECALL_MATCH:g}", "sweep_warmup": SWEEP_WARMUP,
+                "sweep_timeout_s": SWEEP_TIMEOUT_S},
             "order": "per round: " + ", ".join(QUERY_PATHS) + ", rotated by the round",
         },
         "data": {"dim": DIM, "latent_dim": LATENT_DIM, "centres": CENTRES,
                  "centre_spread": CENTRE_SPREAD, "noise": NOISE, "seed": DATA_SEED,
                  "generator": "unit(z @ W + noise * N(0, I_384)), z = C[random centre] + "
                               "spread * N(0, I_48), W ~ N(0,1)^(48x384), C ~ "
-                              "N(0,1)^(2000x48); queries: the first 330 points of the "
-                              "stream (300 measured, 30 warm-up), data after them"},
+                              f"N(0,1)^(2000x48); queries: the first "
+                              f"{settings.queries + settings.warmup} points of the stream "
+                              f"({settings.queries} measured, {settings.warmup} warm-up), "
+                              "data after them"},
         "machine": machine_info("chromadb", "pymilvus", "milvus-lite", "faiss-cpu", "numpy",
                                 "grpcio", "nats-py", "protobuf", "tritonclient",
                                 "nvidia-pytriton", "revo-mesh", "revo-engine-recall"),
@@ -1115,6 +1363,11 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _range(values: Sequence[float | None] | None) -> str:
+    known = [v for v in values or [] if v is not None]
+    return f"{min(known):.2f}-{max(known):.2f}x" if known else "-"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     sizes = results["sizes"]
     labels = [_size_label(s["size"]) for s in sizes]
@@ -1124,6 +1377,8 @@ def render_markdown(results: dict[str, Any]) -> str:
               "p99_ms_end_to_end", None),
              ("ours, MemoryIndex.search in-process", "p50_ms_index", "p99_ms_index",
               "index_recall_at_10"),
+             ("faiss HNSW alone in-process, efSearch matched to the index's recall",
+              "hnsw_p50_ms", "hnsw_p99_ms", "hnsw_recall_at_10"),
              ("ChromaDB, in-process", "chroma_p50_ms_search", "chroma_p99_ms_search",
               "chroma_recall_at_10"),
              ("ChromaDB server (`chroma run`, HttpClient)", "chroma_server_p50_ms_search",
@@ -1151,24 +1406,57 @@ def render_markdown(results: dict[str, Any]) -> str:
                   f"{_num(c.get('p99_ms_search_during_load'))}",
                   _num(c.get("chroma_insert_per_s"), 0),
                   _num(c.get("milvus_lite_insert_per_s"), 0), _num(c.get("index_build_s"), 1),
-                  _x(c.get("ratio_p50_search_to_chroma_server")),
-                  _x(c.get("ratio_p99_search_to_chroma_server")),
-                  _x(c.get("ratio_p50_index_to_chroma")),
-                  _x(c.get("ratio_p99_index_to_chroma")),
-                  _x(c.get("ratio_p50_search_to_chroma")),
-                  _x(c.get("ratio_p99_search_to_chroma"))]
+                  _num(c.get("hnsw_build_s"), 1)]
                  for c in sizes]
     load = markdown_table(
         ["size", "ours memories/s", "stored / merged", "engine index (graph after)",
          "ours search while loading p50 / p99 ms", "ChromaDB vectors/s",
-         "Milvus-lite rows/s", "MemoryIndex.build s",
-         "mesh / Chroma server p50", "p99", "index / Chroma in-process p50", "p99",
-         "mesh / Chroma in-process p50", "p99"], load_rows,
-        [False, True, True, False, True, True, True, True] + [True] * 6)
+         "Milvus-lite rows/s", "MemoryIndex.build s", "faiss HNSW alone build s"], load_rows,
+        [False, True, True, False, True, True, True, True, True])
+    ratio_rows = [[_size_label(c["size"])] + [
+        f"{_x(c.get(f'ratio_p50_{ours}_to_{theirs}'))} "
+        f"({_range(c.get('round_ratio_p50', {}).get(f'{ours}_to_{theirs}'))}) / "
+        f"{_x(c.get(f'ratio_p99_{ours}_to_{theirs}'))}"
+        for ours, theirs in ROUND_RATIOS] for c in sizes]
+    ratios = markdown_table(
+        ["size", "mesh / Chroma server", "index / Chroma in-process",
+         "mesh / Chroma in-process", "index / faiss HNSW alone (matched recall)"],
+        ratio_rows, [False, True, True, True, True])
+    sweep_rows = []
+    for c in sizes:
+        if c.get("index_sequential_p50_ms") is None:
+            continue
+        sweep_rows.append([_size_label(c["size"]), "ours, MemoryIndex.search",
+                           "exact" if c.get("index_kind") == "exact" else
+                           f"{c.get('index_kind')}, {EF_SEARCH}",
+                           _num(c.get("hnsw_matched_to"), 4),
+                           _num(c.get("index_sequential_p50_ms"), 3),
+                           _num(c.get("index_sequential_p99_ms"), 3), "the recall to match"])
+        for peer, key, used in (("faiss HNSW alone", "hnsw_sweep", c.get("hnsw_ef")),
+                                ("ChromaDB in-process", "chroma_sweep",
+                                 c.get("chroma_matched_ef"))):
+            for row in c.get(key, []):
+                notes = [note for note, on in (
+                    ("**matched**" + (" (used in the rounds)" if peer.startswith("faiss")
+                                      else ""), row["ef"] == used),
+                    ("ChromaDB's default (the rounds)",
+                     peer.startswith("Chroma") and row["ef"] == CHROMA_DEFAULT_EF))
+                    if on]
+                sweep_rows.append([_size_label(c["size"]), peer, str(row["ef"]),
+                                   _num(row["recall_at_10"], 4), _num(row["p50_ms"], 3),
+                                   _num(row["p99_ms"], 3), ", ".join(notes)])
+    sweep = markdown_table(["size", "path", "ef (search)", "recall@10", "p50 ms", "p99 ms",
+                            ""], sweep_rows, [False, False, True, True, True, True, False])
+    matched_to = "; ".join(
+        f"{_size_label(c['size'])}: the index's {_num(c.get('hnsw_matched_to'), 4)}"
+        for c in sizes if c.get("hnsw_sweep"))
     target_rows = [[c["target"], c["threshold"].replace("<", "&lt;").replace(">", "&gt;"),
                     (f"p50 {_x(c['value'][0])}, p99 {_x(c['value'][1])}"
                      if isinstance(c["value"], list) else _num(c["value"], 3)),
-                    f"**{c['verdict']}**"] for c in results["targets"]]
+                    f"**{c['verdict']}**" + (
+                        f" (stale: kept from commit `{c['kept_from_commit']}`, "
+                        f"{c['kept_queries']} queries)" if c.get("kept_from_commit") else "")]
+                   for c in results["targets"]]
     targets = markdown_table(["target", "threshold", "value", "verdict"], target_rows,
                              [False, False, True, False])
     machine = results["machine"]
@@ -1187,8 +1475,16 @@ def render_markdown(results: dict[str, Any]) -> str:
     findings = [f"{_size_label(c['size'])} {name}: {f['warnings']} warnings, "
                 f"{f['errors']} errors" for c in sizes
                 for name, f in c["log_findings"]["run"].items()]
+    kept = [f"- **{_size_label(c['size'])} is kept from an earlier run** (`--merge`): "
+            f"measured at commit `{c.get('revision', {}).get('commit')}` on "
+            f"{c.get('measured_at')} with {c.get('search_queries')} queries per path (its "
+            "data drawn after that many queries and their warm-up, so other vectors of the "
+            "same distribution), before faiss's HNSW alone and the matched-recall sweeps "
+            "were measured: **stale** until re-run." for c in sizes
+            if c.get("kept_from")]
     lines = [
-        "# recall: Perfect Recall against ChromaDB, numpy brute force and Milvus-lite",
+        "# recall: Perfect Recall against ChromaDB, faiss HNSW, numpy brute force and "
+        "Milvus-lite",
         "",
         f"Mode **{results['mode']}**, {machine['date']}, {machine['cpu_count']} CPUs, "
         f"Python {machine['python']}, {machine['platform']}; chromadb "
@@ -1200,10 +1496,25 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         targets,
         "",
-        f"Search latency, one query at a time, top {TOP_K}, {s['queries']} queries "
-        f"(Milvus-lite above 100k: {MILVUS_FEW_QUERIES}); recall@10 against exact top 10:",
+        f"Search latency, one query at a time, top {TOP_K}, {s['queries']:,} queries per "
+        f"path after {s['warmup']} to warm up (Milvus-lite above 100k: "
+        f"{MILVUS_FEW_QUERIES}); recall@10 against exact top 10:",
         "",
         latency,
+        "",
+        *kept,
+        *([""] if kept else []),
+        "Ratios of p50 (the per-round range of p50 ratios) / p99, below 1 where ours is "
+        "faster:",
+        "",
+        ratios,
+        "",
+        "Matched recall: before the rounds, one query at a time and not interleaved, the "
+        "index answers every measured query (its recall@10 is the one to match: "
+        f"{matched_to or 'none'}), then faiss's HNSW alone and ChromaDB in process answer "
+        "them at each swept ef (efSearch; ChromaDB's `hnsw` `ef_search`):",
+        "",
+        sweep,
         "",
         "Loading:",
         "",
@@ -1221,9 +1532,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{s['queries']} fresh points of the same distribution (not in the data; the same "
         "at every size), after a warm-up of "
         f"{s['warmup']} others. Nearest neighbours: " + "; ".join(data_lines)
-        + " (at 100k, this generator and seed give a top-1 cosine median of 0.658 and a "
-        "10th percentile of 0.588: neighbours as close as related sentences, not "
-        "near-copies). Ground truth: exact top 10 by numpy (chunked matmul, float32).",
+        + " (neighbours as close as related sentences, not near-copies). Ground truth: "
+        "exact top 10 by numpy (chunked matmul, float32).",
         f"- **Ours, Search by vector**: `RecallService.Search` (`vector`, `top_k` {TOP_K}, "
         f"`scopes` = [project `{SCOPE_ID}`]) through `python -m mesh gateway` -> "
         "nats-server -> `python -m mesh node` (engines `recall` and `models`, security off), "
@@ -1232,8 +1542,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "Recall is read from the answers' texts (`memory <i>`).",
         "- **Ours, end to end**: the same with `text` (short distinct sentences): the engine "
         "embeds it with `ModelService.Embed` on Triton (the shipped `embedder`, "
-        "all-MiniLM-L6-v2 on the CPU, Python backend, torch threads "
-        f"{TORCH_THREADS}). The data is synthetic, so only latency means anything here.",
+        "all-MiniLM-L6-v2 on the CPU, Python backend, "
+        f"{TORCH_THREADS} intra-op threads: `EMBEDDER_THREADS` and `OMP_NUM_THREADS`). "
+        "The data is synthetic, so only latency means anything here.",
         f"- **Loading ours**: `Remember` in batches of {REMEMBER_BATCH} `MemoryInput` with "
         "`vector` given (nothing embedded) and unique texts, one batch at a time; "
         "memories/s over the whole load. `[engines.recall]` `scope_quota` = "
@@ -1248,6 +1559,24 @@ def render_markdown(results: dict[str, Any]) -> str:
         "vectors)` of the same data (defaults: exact up to 20k candidates, else faiss HNSW "
         "M 32, efConstruction 64, efSearch 96) searched in the benchmark's process: the "
         "index without the gRPC and NATS hops.",
+        "- **faiss HNSW alone** (the index's peer at matched recall, as BENCHMARKING.md "
+        "asks): `faiss.IndexHNSWFlat(384, M 32, METRIC_INNER_PRODUCT)`, efConstruction 64 "
+        "(the index's; faiss's default is 40), `add` of the same data, searched in the "
+        "benchmark's process with `search(q, 10, params=SearchParametersHNSW(efSearch=ef))`"
+        " and no scope filter (the index searches with a bitmap of the scope's slots and "
+        "builds rows). Before the rounds the index answers every measured query once "
+        "(its answers do not depend on timing: its recall@10), then efSearch is swept over "
+        f"{', '.join(map(str, PEER_EFS))} (each over all measured queries after "
+        f"{SWEEP_WARMUP} to warm up), stopping {SWEEP_PAST_MATCH} values after the first "
+        "that reaches the index's recall@10; the rounds use the smallest efSearch whose "
+        f"recall@10 is at least the index's minus {RECALL_MATCH:g}.",
+        "- **ChromaDB at the index's recall** (its tuned form): before the rounds, "
+        "`collection.modify(configuration={'hnsw': {'ef_search': ef}})` and the client "
+        "reopened (an open client keeps the ef_search it loaded with) for ef "
+        f"{', '.join(map(str, CHROMA_EFS))}, each over all measured queries, until recall@10 "
+        "reaches the index's; then back to its default (100) for the rounds. The sweep's "
+        "latencies are one query at a time but not interleaved: compare them with the "
+        "index's own pass before the rounds (the sweep table's first row per size).",
         "- **ChromaDB** (the peer): `chromadb.PersistentClient` in the benchmark's process "
         "(no network hop), `configuration={'hnsw': {'space': 'cosine'}}` and Chroma's other "
         "defaults (M 16, ef_construction 100, ef_search 100), `add` in batches of "
@@ -1269,10 +1598,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         "benchmarks.recall milvus-lite`, the same data made again from the seed) so that "
         "what it keeps in memory goes with it; the index as milvus-lite describes it is "
         "in the JSON.",
-        f"- **Interleaving**: after the warm-up, the queries are split into {s['rounds']} "
-        "rounds; in each round every path answers that round's share, the order "
-        "rotating, so a noisy spell of the machine falls on every path. p50/p99 are over "
-        "all of a path's queries. Every loop is bounded in queries and time "
+        f"- **Interleaving**: every path answers {s['warmup']} warm-up queries (others than "
+        f"the measured ones); then the {s['queries']:,} queries are split into "
+        f"{s['rounds']} rounds ({s['queries'] // max(1, s['rounds']):,} each); in each round "
+        "every path answers that round's share, the order rotating, so a noisy spell of "
+        "the machine falls on every path. p50/p99 are over all of a path's queries (a p99 "
+        f"over {s['queries']:,} rests on its {max(1, s['queries'] // 100)} slowest); the "
+        "ratios' ranges are of the per-round p50s. Every loop is bounded in queries and time "
         f"({s['loop_timeout_s']:g} s per path and round), with a {SETTLE_S:g} s pause "
         "before each path's share (OpenBLAS threads keep spinning for a while after a matrix "
         "product, and would slow the next path's first queries).",
