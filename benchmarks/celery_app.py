@@ -7,7 +7,10 @@ benchmark starts); the benchmark's client process imports the same app to submit
 Settings are Celery's defaults except where the mesh's guarantees call for the same:
 ``task_acks_late`` (a task is acknowledged after it ran, at-least-once like the mesh's
 JetStream work queue) and ``task_reject_on_worker_lost`` (a task whose worker died is given
-back to the broker). JSON serialization, so payloads are text.
+back to the broker), and the worker's prefetch multiplier, which Celery's docs ("Prefetch
+Limits") say to raise for many short tasks: :data:`PREFETCH_ENV` sets it (default 4, Celery's).
+JSON serialization, so payloads are text. The benchmark routes each workload to its own
+queue (``apply_async(queue=...)``) so that worker sets with different pools share one Redis.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import os
 import time
 from typing import Any
 
-__all__ = ["BROKER_ENV", "NOOP_TASK", "RESULTS_ENV", "SLEEP_TASK", "app", "urls"]
+__all__ = ["BROKER_ENV", "NOOP_TASK", "PREFETCH_ENV", "RESULTS_ENV", "SLEEP_TASK", "app", "urls"]
 
 BROKER_ENV = "BENCH_CELERY_BROKER"
 RESULTS_ENV = "BENCH_CELERY_RESULTS"
+PREFETCH_ENV = "BENCH_CELERY_PREFETCH"
+"""``worker_prefetch_multiplier`` of the worker (tasks reserved per pool slot)."""
 NOOP_TASK = "bench.noop"
 """Returns its payload."""
 SLEEP_TASK = "bench.sleep"
@@ -53,6 +58,7 @@ app.conf.update(
     accept_content=["json"],
     result_expires=3600,
     broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=int(os.environ.get(PREFETCH_ENV) or 4),
 )
 
 

