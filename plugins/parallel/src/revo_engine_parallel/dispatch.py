@@ -44,6 +44,7 @@ from revo_engine_parallel.store import (
     TaskStore,
     now_timestamp,
     owner_token,
+    parse_kick,
     task_key,
 )
 from revo_engine_parallel.workers import Job, TaskContext, WorkerPool
@@ -56,6 +57,8 @@ RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
                        "ABORTED", "UNKNOWN", "DATA_LOSS"})
 REFRESH_S = 1.0
 _CLAIM_TRIES = 5
+_REVISION_HINTS = 10_000
+"""Revision hints kept from kicks (most are for tasks another node takes)."""
 
 Handler = Callable[[bytes, TaskContext], bytes]
 
@@ -106,6 +109,8 @@ class Dispatcher:
         self._claims: set[asyncio.Task[None]] = set()
         """Tasks fetched and being claimed: each holds one idle worker for its task."""
         self._wake = asyncio.Event()
+        self._revisions: dict[str, int] = {}
+        """Record revisions that Submits wrote, from their kicks (task id -> revision)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._nc_subs: list[Any] = []
         self._stopping = False
@@ -176,12 +181,15 @@ class Dispatcher:
         self._wake.set()
 
     async def _on_kick(self, msg: Msg) -> None:
-        for line in msg.data.decode(errors="replace").split():
-            priority, _, owner = line.partition(".")
-            if priority.isdigit():
-                queue = (int(priority), owner)
-                self.depth[queue] = self.depth.get(queue, 0) + 1
-                self._empty.discard(queue)
+        queues, hints = parse_kick(msg.data)
+        for queue in queues:
+            self.depth[queue] = self.depth.get(queue, 0) + 1
+            self._empty.discard(queue)
+        revisions = self._revisions
+        for task_id, revision in hints:
+            revisions[task_id] = revision
+        while len(revisions) > _REVISION_HINTS:  # the oldest first: tasks other nodes took
+            del revisions[next(iter(revisions))]
         self._wake.set()
 
     # Each loop also ends on ``_stopping``: on Python 3.11 a cancel can be lost inside
@@ -309,10 +317,19 @@ class Dispatcher:
         ``task`` is the queue message's copy. With no record yet (the Submit that queued it
         stopped before writing one, or has not written it yet) the message's copy becomes
         the record. A finished record (cancelled, or finished by an earlier delivery) means
-        the message is stale. Compare-and-set: a cancel that lands meanwhile is seen.
+        the message is stale. Compare-and-set: a cancel that lands meanwhile is seen. The
+        first try takes the record's revision from the Submit's kick when it carried one
+        (the record is then the message's copy), instead of reading it.
         """
+        hint = self._revisions.pop(task.id, None)
+        found: tuple[pb.Task, int] | None
         for _ in range(_CLAIM_TRIES):
-            found = await self.store.get(task.owner, task.id)
+            if hint is not None and attempt == 1:
+                # the record as its Submit wrote it is the message's copy: a stale hint (a
+                # cancel landed since) fails the compare-and-set below, and the record is read
+                found, hint = (task, hint), None
+            else:
+                found = await self.store.get(task.owner, task.id)
             if found is not None:
                 task, revision = found
                 if task.state in FINISHED:

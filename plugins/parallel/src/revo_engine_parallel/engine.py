@@ -37,6 +37,7 @@ from revo_engine_parallel.store import (
     KICK_SUBJECT,
     ROLE_HEADER,
     TaskStore,
+    kick_message,
     new_task_id,
     now_timestamp,
     owner_token,
@@ -157,18 +158,19 @@ class TaskEngine(AsyncEngine):
         specs = [self._checked(spec, i, ctx) for i, spec in enumerate(request.tasks)]
         outcomes = await asyncio.gather(*(self._submit(spec, ctx) for spec in specs),
                                         return_exceptions=True)
-        queued = [t for t, q in (o for o in outcomes if isinstance(o, tuple)) if q]
-        if queued:
-            kick = "\n".join(sorted({f"{t.spec.priority}.{owner_token(t.owner)}"
-                                     for t in queued}))
-            await self.runtime.nc.publish(KICK_SUBJECT, kick.encode())
+        done = [o for o in outcomes if isinstance(o, tuple)]
+        if any(queued for _, queued, _ in done):
+            await self.runtime.nc.publish(KICK_SUBJECT, kick_message(
+                [(t, revision) for t, queued, revision in done if queued]))
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome  # the ones before it are queued and stay queued
         return pb.SubmitResponse(tasks=[o[0] for o in outcomes if isinstance(o, tuple)])
 
-    async def _submit(self, spec: pb.TaskSpec, ctx: Context) -> tuple[pb.Task, bool]:
-        """The task for ``spec``, and whether this call put it in the queue.
+    async def _submit(self, spec: pb.TaskSpec,
+                      ctx: Context) -> tuple[pb.Task, bool, int | None]:
+        """The task for ``spec``, whether this call put it in the queue, and the revision of
+        the record it wrote (None when it wrote none: the kick then carries no hint).
 
         The queue message goes first and carries the whole task; the record follows. So a
         record in ``QUEUED`` always has its message, and a Submit that stops half-way
@@ -182,10 +184,10 @@ class TaskEngine(AsyncEngine):
         if spec.idempotency_key:
             existing = await self.store.claim_key(owner, spec.idempotency_key, task.id)
             if existing is not None:
-                return await self._submitted_before(existing, task, ctx)
+                return (*await self._submitted_before(existing, task, ctx), None)
         queued = await self._enqueue(task, ctx.role)
-        await self._record(task)  # when a node was first, the answer is still as submitted
-        return task, queued
+        # when a node was first, the answer is still as submitted
+        return task, queued, await self._record(task)
 
     async def _submitted_before(self, task_id: str, fresh: pb.Task,
                                 ctx: Context) -> tuple[pb.Task, bool]:
@@ -204,20 +206,19 @@ class TaskEngine(AsyncEngine):
             fresh.id = task_id
             queued = await self._enqueue(fresh, ctx.role)
             task = fresh
-            if not await self._record(fresh):
+            if await self._record(fresh) is None:
                 found = await self.store.get(fresh.owner, task_id)
                 task = found[0] if found is not None else fresh
         task.deduplicated = True
         return task, queued
 
-    async def _record(self, task: pb.Task) -> bool:
-        """Write a queued task's record; False when a node that took the task (or a retry
-        of the Submit) wrote it first."""
+    async def _record(self, task: pb.Task) -> int | None:
+        """Write a queued task's record; its revision, or None when a node that took the
+        task (or a retry of the Submit) wrote it first."""
         try:
-            await self.store.create(task)
-            return True
+            return await self.store.create(task)
         except KeyWrongLastSequenceError:
-            return False
+            return None
 
     async def _enqueue(self, task: pb.Task, role: str) -> bool:
         """Publish the task's queue message; False when the stream already had it."""
@@ -295,13 +296,27 @@ class TaskEngine(AsyncEngine):
         return task
 
     async def watch(self, request: pb.WatchRequest, ctx: Context) -> AsyncIterator[pb.Task]:
-        task = await self._visible(request.id, ctx)
-        updates = self.store.watch(task.owner, task.id)
+        if not request.id:
+            raise InvalidArgument("give the task's id")
+        if any(c in request.id for c in ".*> \t\r\n"):  # never a wildcard subscription
+            raise NotFound(f"no task {request.id[:64]!r} of yours")
+        # The caller's own task: the watch's first read is the visibility check too.
+        updates = self.store.watch(ctx.caller, request.id, must_exist=True)
         try:
-            async for current in updates:
-                yield current
-                if current.state in FINISHED:
+            try:
+                record: pb.Task | None = await anext(updates)
+            except StopAsyncIteration:
+                record = None
+            if record is None:  # another owner's task, for a caller with manage; or none
+                await updates.aclose()  # type: ignore[attr-defined]
+                task = await self._visible(request.id, ctx)
+                updates = self.store.watch(task.owner, task.id)
+                record = await anext(updates)
+            while True:
+                yield record
+                if record.state in FINISHED:
                     return
+                record = await anext(updates)
         finally:
             await updates.aclose()  # type: ignore[attr-defined]
 

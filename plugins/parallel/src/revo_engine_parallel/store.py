@@ -9,11 +9,15 @@
 - Object store ``revo_task_results``: results over ``inline_result_bytes``.
 - Stream ``REVO_TASKS_DEAD`` on ``revo.tasks.dead.<owner>``: one record per dead letter.
 - ``revo.tasks.cancel.<id>`` (core NATS): tells the node running a task to stop it.
-- ``revo.tasks.kick`` (core NATS): a Submit's hint to every node that work is waiting.
+- ``revo.tasks.kick`` (core NATS): a Submit's hint to every node that work is waiting
+  (:func:`kick_message`): a ``<priority>.<owner>`` line per queue, and a
+  ``~<id>:<revision>`` line per task whose record the Submit wrote, so that the node that
+  takes the task can compare-and-set the record without reading it first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -32,7 +36,8 @@ from mesh.transport.subjects import subject_token
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.settings import ParallelSettings
 
-__all__ = ["TaskStore", "idempotency_key_name", "new_task_id", "now_timestamp", "queue_subject"]
+__all__ = ["TaskStore", "idempotency_key_name", "kick_message", "new_task_id", "now_timestamp",
+           "parse_kick", "queue_subject"]
 
 STREAM = "REVO_TASKS"
 QUEUE_PREFIX = "revo.tasks.q"
@@ -49,6 +54,14 @@ DUPLICATE_WINDOW_S = 120.0
 """The task stream drops a second message with the same ``Nats-Msg-Id`` (the task's id)
 published within this time, so queueing a task again is safe within it."""
 
+_WATCH_RETRY_S = 0.002
+"""How soon a watch reads the record again after a change that it did not find stored."""
+_WATCH_AGAIN_S = 0.05
+"""How soon a watch reads the record again after a read, unless told of a change (then at
+once); the wait grows to :data:`_WATCH_POLL_S`."""
+_WATCH_POLL_S = 1.0
+"""A watch reads the record at least this often, whatever it was told."""
+
 FINISHED = frozenset({pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_FAILED,
                       pb.TASK_STATE_CANCELLED, pb.TASK_STATE_DEAD_LETTERED})
 
@@ -64,6 +77,30 @@ def owner_token(owner: str) -> str:
 
 def queue_subject(priority: int, owner: str) -> str:
     return f"{QUEUE_PREFIX}.{priority}.{owner_token(owner)}"
+
+
+def kick_message(queued: list[tuple[pb.Task, int | None]]) -> bytes:
+    """The kick for tasks just queued, each with its record's revision (None: unknown)."""
+    queues = sorted({f"{t.spec.priority}.{owner_token(t.owner)}" for t, _ in queued})
+    hints = [f"~{t.id}:{revision}" for t, revision in queued if revision]
+    return "\n".join(queues + hints).encode()
+
+
+def parse_kick(data: bytes) -> tuple[list[tuple[int, str]], list[tuple[str, int]]]:
+    """A kick's queues ``(priority, owner token)`` and revision hints ``(task id,
+    revision)``; lines it does not know are skipped (a newer node's additions)."""
+    queues: list[tuple[int, str]] = []
+    hints: list[tuple[str, int]] = []
+    for line in data.decode(errors="replace").split():
+        if line.startswith("~"):
+            task_id, _, revision = line[1:].partition(":")
+            if revision.isdigit():
+                hints.append((task_id, int(revision)))
+            continue
+        priority, _, owner = line.partition(".")
+        if priority.isdigit():
+            queues.append((int(priority), owner))
+    return queues, hints
 
 
 def task_key(owner: str, task_id: str) -> str:
@@ -166,15 +203,43 @@ class TaskStore:
             await watcher.stop()  # type: ignore[no-untyped-call]
         return found
 
-    async def watch(self, owner: str, task_id: str) -> AsyncIterator[pb.Task]:
-        """The task's record now, then each change (forever: the caller stops reading)."""
-        watcher = await self.tasks.watch(task_key(owner, task_id), include_history=False)
+    async def watch(self, owner: str, task_id: str, *,
+                    must_exist: bool = False) -> AsyncIterator[pb.Task]:
+        """The task's record now, then each change (forever: the caller stops reading);
+        with ``must_exist``, nothing when the task has no record yet.
+
+        A plain subscription to the record's subject says that it changed, and the record is
+        then read back (a direct get), so only what the bucket stored is reported (a
+        compare-and-set that lost can reach the subject too), each revision once, in order.
+        A change can be announced a moment before it is stored, or (rarely) before the
+        subscription took effect while stored after the first read: the record is read
+        again soon after a change that brought nothing new, and at least every second while
+        waiting.
+        This costs a subscription and a read or two per watch, where a KV watcher creates
+        and deletes a JetStream consumer for each.
+        """
+        key = task_key(owner, task_id)
+        changed = asyncio.Event()
+        sub = await self.nc.subscribe_direct(f"$KV.{TASKS_BUCKET}.{key}",
+                                             lambda *_: changed.set())
         try:
-            async for entry in watcher:
-                if entry is not None and entry.value:
-                    yield pb.Task.FromString(entry.value)
+            last, wait = 0, _WATCH_AGAIN_S
+            while True:
+                changed.clear()
+                found = await latest(self.nc, TASKS_BUCKET, key)
+                if must_exist and not last and (found is None or not found[0]):
+                    return
+                if found is not None and found[1] > last:
+                    last, wait = found[1], _WATCH_AGAIN_S
+                    if found[0]:
+                        yield pb.Task.FromString(found[0])
+                try:
+                    await asyncio.wait_for(changed.wait(), wait)
+                    wait = _WATCH_RETRY_S  # if the read finds nothing new, again soon
+                except TimeoutError:
+                    wait = min(_WATCH_POLL_S, wait * 4)
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            await self.nc.unsubscribe_direct(sub)
 
     # -- idempotency ------------------------------------------------------------------
 
