@@ -456,7 +456,7 @@ def client_main(args: argparse.Namespace) -> int:
     pids = [int(p) for p in args.server_pids.split(",") if p]
     result: dict[str, Any] = {"path": args.path, "workload": args.workload,
                               "mode": args.mode}
-    warm_s, warm_count = min(WARMUP_S, args.duration), max(1, args.count // 10)
+    warm_s, warm_count = min(WARMUP_S, args.duration), max(1, args.count // 20)
 
     def clocks() -> tuple[float, float, float]:
         return _cpu_s(pids), time.perf_counter(), time.process_time()
