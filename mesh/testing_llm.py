@@ -81,13 +81,19 @@ class Behaviour:
     seconds: float = 0.0
     n_chunks: int = 0
     until: threading.Event | None = None  # a hang ends early once this is set
+    interval_s: float = 0.0  # a stream's pace: seconds before each text delta
 
 
 def answer(text: str = DEFAULT_TEXT, prompt_tokens: int | None = None,
-           completion_tokens: int | None = None, cached_tokens: int = 0) -> Behaviour:
-    """Reply with ``text``; token counts default to the deterministic ones (module docstring)."""
+           completion_tokens: int | None = None, cached_tokens: int = 0, *,
+           interval_s: float = 0.0) -> Behaviour:
+    """Reply with ``text``; token counts default to the deterministic ones (module docstring).
+
+    A stream sends all its deltas at once unless ``interval_s`` paces it as a model
+    generates: delta *k* (from 1) goes *k* x ``interval_s`` after the response headers."""
     return Behaviour("answer", text=text, prompt_tokens=prompt_tokens,
-                     completion_tokens=completion_tokens, cached_tokens=cached_tokens)
+                     completion_tokens=completion_tokens, cached_tokens=cached_tokens,
+                     interval_s=interval_s)
 
 
 def status(code: int, body: Any = None, retry_after: float | None = None) -> Behaviour:
@@ -411,6 +417,12 @@ class _FakeLLMHandler(BaseHTTPRequestHandler):
                 self.fake._hung_up()
                 raise _DropConnection
 
+    def _pace(self, until: float) -> None:
+        """Wait until ``time.monotonic()`` reaches ``until``; stop() ends the stream."""
+        remaining = until - time.monotonic()
+        if remaining > 0 and self.fake._stopping.wait(remaining):
+            raise _DropConnection
+
     # responses
 
     def _send_json(self, code: int, payload: Any, extra: dict[str, str] | None = None) -> None:
@@ -473,9 +485,12 @@ class _FakeLLMHandler(BaseHTTPRequestHandler):
                 behaviour: Behaviour) -> None:
         """Send SSE ``events``; ``deltas_before[i]`` is how many text deltas precede event i."""
         self._start_stream()
-        for event, seen in zip(events, deltas_before, strict=True):
+        started = time.monotonic()
+        for index, (event, seen) in enumerate(zip(events, deltas_before, strict=True)):
             if behaviour.kind == "fail_after" and seen >= behaviour.n_chunks:
                 raise _DropConnection
+            if behaviour.interval_s > 0 and deltas_before[index + 1:index + 2] == [seen + 1]:
+                self._pace(started + (seen + 1) * behaviour.interval_s)  # event is delta seen+1
             self._write_chunk(event)
         if behaviour.kind == "fail_after":
             raise _DropConnection  # fewer deltas than n_chunks: still drop before the end
