@@ -82,7 +82,10 @@ NAME = "tasks"
 POOLS_NAME = "tasks_celery_pools"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PATHS = ("celery", "celery-2w", "mesh-1node", "mesh-2nodes")
-MESH_NODES = {"mesh-1node": 1, "mesh-2nodes": 2}
+EXTRA_PATHS = ("mesh-colocated",)
+"""Measured only when named with ``--paths``: ``python -m mesh gateway --colocate`` (the
+engine in the gateway's process, one process and nats-server), a latency experiment."""
+MESH_NODES = {"mesh-1node": 1, "mesh-2nodes": 2, "mesh-colocated": 1}
 CELERY_WORKERS = {"celery": 1, "celery-2w": 2}
 PEER = {"mesh-1node": "celery", "mesh-2nodes": "celery-2w"}
 """Which Celery path each mesh path is compared with: the same number of worker processes."""
@@ -615,8 +618,9 @@ def mesh_settings(node: int) -> dict[str, str]:
     }
 
 
-def start_mesh(fleet: Fleet, name: str, nodes: int) -> Server:
-    """nats-server, ``nodes`` nodes and a gateway; ready when a task runs through it."""
+def start_mesh(fleet: Fleet, name: str, nodes: int, colocate: bool = False) -> Server:
+    """nats-server, ``nodes`` nodes and a gateway (or with ``colocate`` one gateway that
+    runs the engine itself); ready when a task runs through it."""
     target = Target(name, f"127.0.0.1:{free_port()}",
                     loop="uvloop" if find_spec("uvloop") else "asyncio")
     started = time.monotonic()
@@ -625,11 +629,17 @@ def start_mesh(fleet: Fleet, name: str, nodes: int) -> Server:
     target.nats_url = nats.url
     home = fleet.workdir / f"{name}-home"
     python = sys.executable
-    for node in range(1, nodes + 1):
-        fleet.spawn(target, f"node-{node}", [python, "-m", "mesh", "node"],
-                    _child_env(home, nats.url, mesh_settings(node)))
-    fleet.spawn(target, "gateway", [python, "-m", "mesh", "gateway", "--address",
-                                    target.address], _child_env(home, nats.url, SECURITY_OFF))
+    if colocate:
+        fleet.spawn(target, "gateway", [python, "-m", "mesh", "gateway", "--colocate",
+                                        "--address", target.address],
+                    _child_env(home, nats.url, mesh_settings(1)))
+    else:
+        for node in range(1, nodes + 1):
+            fleet.spawn(target, f"node-{node}", [python, "-m", "mesh", "node"],
+                        _child_env(home, nats.url, mesh_settings(node)))
+        fleet.spawn(target, "gateway", [python, "-m", "mesh", "gateway", "--address",
+                                        target.address],
+                    _child_env(home, nats.url, SECURITY_OFF))
     while True:
         target.check_alive()
         listed = probe_mesh(target.address, timeout=1.0) or []
@@ -695,8 +705,9 @@ METRICS = ("tasks_per_s", "p50_ms", "p90_ms", "p99_ms", "stamp_p50_ms",
 def summarize(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One cell per (path, workload, mode): medians over rounds, per-round ranges, totals."""
     cells = []
+    every = PATHS + EXTRA_PATHS
     keys = sorted({(r["path"], r["workload"], r["mode"]) for r in raw},
-                  key=lambda k: (MODES.index(k[2]), WORKLOADS.index(k[1]), PATHS.index(k[0])))
+                  key=lambda k: (MODES.index(k[2]), WORKLOADS.index(k[1]), every.index(k[0])))
     for path, workload, mode in keys:
         runs = [r for r in raw if (r["path"], r["workload"], r["mode"]) == (path, workload,
                                                                              mode)]
@@ -1057,7 +1068,7 @@ def run(quick: bool = False, results_dir: Path | None = None,
     if celery_pools:
         return run_pools(out, quick)
     try:
-        chosen = _chosen(paths, PATHS, "paths")
+        chosen = _chosen(paths, PATHS + EXTRA_PATHS, "paths")
         chosen_modes = _chosen(modes, MODES, "modes")
         chosen_workloads = _chosen(workloads, WORKLOADS, "workloads")
     except ValueError as exc:
@@ -1098,7 +1109,8 @@ def run(quick: bool = False, results_dir: Path | None = None,
             redis = (start_redis(fleet) if any(p in CELERY_WORKERS for p in chosen) else None)
             for path in chosen:
                 if path in MESH_NODES:
-                    mesh = start_mesh(fleet, path, MESH_NODES[path])
+                    mesh = start_mesh(fleet, path, MESH_NODES[path],
+                                      colocate=path in EXTRA_PATHS)
                     servers[path] = dict.fromkeys(chosen_workloads, mesh)
                 else:
                     assert redis is not None
@@ -1113,7 +1125,7 @@ def run(quick: bool = False, results_dir: Path | None = None,
                 for mode in chosen_modes:
                     for workload in chosen_workloads:
                         for path in order(index, chosen):
-                            if mode == "one" and path not in ONE_PATHS:
+                            if mode == "one" and path not in ONE_PATHS + EXTRA_PATHS:
                                 continue
                             server = servers[path][workload]
                             server.target.check_alive()
