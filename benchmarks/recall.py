@@ -1692,7 +1692,7 @@ def run(quick: bool = False, results_dir: Path | None = None, sizes: str | None 
                      f"{_num(cell['numpy_p99_ms'])} ms")
             if size != settings.sizes[-1]:  # what is measured so far, should a size fail
                 _write(merge_earlier(measured, earlier), settings, command, loadavg,
-                       results_dir)
+                       results_dir, partial=True)
     json_path, md_path, markdown = _write(merge_earlier(measured, earlier), settings, command,
                                           loadavg, results_dir)
     print(markdown)
@@ -1739,10 +1739,15 @@ def merge_earlier(measured: list[dict[str, Any]], earlier: dict[str, Any] | None
 
 
 def _write(measured: list[dict[str, Any]], settings: Settings, command: str,
-           loadavg: list[float], results_dir: Path | None) -> tuple[Path, Path, str]:
+           loadavg: list[float], results_dir: Path | None, partial: bool = False
+           ) -> tuple[Path, Path, str]:
+    """Write the results; ``partial``: a run's sizes so far (kept should a later size fail,
+    but not archived in ``history/`` as a run of its own: the mode says partial)."""
     facts = {"loadavg_before": loadavg,
              "loadavg_after": [round(v, 2) for v in os.getloadavg()]}
     results = build_results(measured, settings, command, facts)
+    if partial:
+        results["mode"] = f"{settings.mode} (partial: sizes measured so far)"
     markdown = render_markdown(results)
     json_path, md_path = write_results(NAME, results, markdown, results_dir or RESULTS_DIR)
     return json_path, md_path, markdown
