@@ -93,18 +93,30 @@ def _triton_provider(settings: ModelSettings, model: CatalogModel) -> Provider |
     return TritonGenerator(settings.triton_url, model=model.upstream or model.name)
 
 
+FIRST_SEND_S = 0.0005
+"""How long :func:`coalesced` waits after the first delta before reading on: the loop runs
+every callback that is ready meanwhile, the first message's send among them
+(docs/performance.md)."""
+
+
 async def coalesced(deltas: AsyncIterator[str]) -> AsyncGenerator[str, None]:
     """``deltas``, read by a task of its own, with those that arrived while the previous
     one was on its way joined into one: when the upstream is faster than the caller (a
     burst of tokens already received), the mesh sends one message instead of one per token.
+    The first delta goes alone: the reader lets the loop send it before it parses what came
+    with it, which would otherwise hold up the time to first token by the whole burst.
     Closing this generator cancels the reader, which closes ``deltas``."""
     queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
 
     async def read() -> None:
         try:
             async with contextlib.aclosing(deltas):  # type: ignore[type-var]
+                first = True
                 async for delta in deltas:
                     queue.put_nowait(delta)
+                    if first:
+                        first = False
+                        await asyncio.sleep(FIRST_SEND_S)
         except Exception as error:
             queue.put_nowait(error)
         else:

@@ -69,17 +69,20 @@ async def _source(items: list[str | float | Exception], closed: list[bool]
         closed.append(True)
 
 
-async def test_deltas_that_arrive_together_are_sent_as_one() -> None:
+async def test_deltas_that_arrive_together_are_sent_as_one_after_the_first() -> None:
     closed: list[bool] = []
-    got = [d async for d in coalesced(_source(["a", "b", "c", 0.05, "d", 0.05, "e"], closed))]
-    assert got == ["abc", "d", "e"]
+    got = [d async for d in coalesced(_source(["a", "b", "c", 0.05, "d", "e", 0.05, "f"],
+                                              closed))]
+    # the first goes alone, before the rest of its burst is read: time to first token
+    assert got == ["a", "bc", "de", "f"]
     assert closed == [True]
 
 
 async def test_an_error_comes_after_the_text_before_it() -> None:
     closed: list[bool] = []
-    stream = coalesced(_source(["a", "b", ValueError("upstream cut")], closed))
-    assert await anext(stream) == "ab"
+    stream = coalesced(_source(["a", "b", "c", ValueError("upstream cut")], closed))
+    assert await anext(stream) == "a"
+    assert await anext(stream) == "bc"
     with pytest.raises(ValueError, match="upstream cut"):
         await anext(stream)
 
