@@ -154,7 +154,7 @@ def no_batching_repository(into: Path) -> Path:
 
 
 @contextmanager
-def _threads_env() -> Iterator[None]:
+def threads_env() -> Iterator[None]:
     """:data:`TORCH_THREADS` for the encoders made inside: the servers copy ``os.environ``,
     and so does :func:`load_encoder`."""
     names = ("OMP_NUM_THREADS", "EMBEDDER_THREADS")
@@ -271,7 +271,7 @@ def load_encoder() -> Any:
     spec.loader.exec_module(module)
     torch.set_num_threads(TORCH_THREADS)
     path = module.weights_path()
-    with _threads_env():
+    with threads_env():
         return module.OnnxEncoder(SentenceTransformer(path, device="cpu"), path)
 
 
@@ -491,7 +491,7 @@ def render_markdown(results: dict[str, Any]) -> str:
 def _start(name: str, repository: Path, workdir: Path) -> tuple[TritonServer, float]:
     server = TritonServer(repository, workdir / name, models=[MODEL])
     started = time.monotonic()
-    with _threads_env():
+    with threads_env():
         server.start(timeout=START_TIMEOUT_S)
     return server, round(time.monotonic() - started, 1)
 

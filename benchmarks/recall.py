@@ -67,6 +67,7 @@ from benchmarks._report import (
     revision,
     write_results,
 )
+from benchmarks.embedder import threads_env
 from benchmarks.mesh_hop import (
     SECURITY_OFF,
     Fleet,
@@ -938,24 +939,6 @@ def sweep_ef(at_ef: Callable[[int], Search], efs: Sequence[int], queries: range,
 
 
 @contextlib.contextmanager
-def _embedder_threads_env() -> Iterator[None]:
-    """:data:`TORCH_THREADS` intra-op threads for the embedder of a Triton started inside
-    (it copies ``os.environ``): ``EMBEDDER_THREADS`` for ONNX Runtime, ``OMP_NUM_THREADS``
-    for torch."""
-    names = ("OMP_NUM_THREADS", "EMBEDDER_THREADS")
-    before = {name: os.environ.get(name) for name in names}
-    os.environ.update(dict.fromkeys(names, str(TORCH_THREADS)))
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
 def triton_server(workdir: Path, progress: Callable[[str], None]
                   ) -> Iterator[tuple[str | None, str | None]]:
     """The embedder on Triton for the end-to-end path: (its gRPC address, None), or (None,
@@ -968,7 +951,7 @@ def triton_server(workdir: Path, progress: Callable[[str], None]
     server = TritonServer(MODEL_REPOSITORY, workdir / "triton", models=[EMBEDDER])
     started = time.monotonic()
     try:
-        with _embedder_threads_env():
+        with threads_env():
             server.start(timeout=180.0)
     except Exception as exc:
         server.stop()
