@@ -366,7 +366,9 @@ class Gateway:
                     await messages.aclose()  # type: ignore[attr-defined]
             except RpcError as exc:
                 error = exc
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):
+                # the caller went away: cancelled while awaiting the engine, or closed
+                # while suspended at ``yield`` (grpc finalizes the generator later)
                 status = "CANCELLED"
                 raise
             finally:
