@@ -46,7 +46,7 @@ MEASURES: dict[str, tuple[str, ...]] = {
                       "plugins/echo/src"),
     "embedder": ("triton_models/embedder", "mesh/embedded/triton.py"),
     "router_overhead": ("mesh/models", "mesh/gateway", "mesh/transport", "mesh/runtime",
-                        "mesh/testing_llm.py"),
+                        "mesh/testing/llm.py"),
     "generator": ("triton_models/generator", "mesh/models", "mesh/gateway",
                   "mesh/transport", "mesh/runtime"),
     "tasks": ("plugins/parallel/src", "mesh/gateway", "mesh/transport", "mesh/runtime"),

@@ -3,7 +3,7 @@ model called directly, in one run.
 
 A real ``tritonserver`` (:class:`mesh.embedded.triton.TritonServer`) serves
 ``triton_models/generator`` as shipped (decoupled streaming, ``max_concurrent`` 4) on a
-random-weight checkpoint from :func:`mesh.testing_models.make_checkpoint` (``--size``:
+random-weight checkpoint from :func:`mesh.testing.models.make_checkpoint` (``--size``:
 ``small``, ~3.2e7 parameters, for a CPU; ``1b``, ~1.1e9, for a GPU). Three paths stream the
 same prompts, greedily, to the same fixed ``max_tokens``:
 
@@ -178,7 +178,7 @@ def _gpu_names() -> list[str]:
 def checkpoint_for(size: str, progress: Callable[[str], None]) -> Path:
     """A random-weight checkpoint of ``size``, made once per machine and kept in the temp
     directory (the 1b one takes a minute or two to make)."""
-    from mesh.testing_models import make_checkpoint
+    from mesh.testing.models import make_checkpoint
 
     path = Path(tempfile.gettempdir()) / "revo-bench-checkpoints" / f"{size}-seed{CHECKPOINT_SEED}"
     if (path / "config.json").is_file():
@@ -733,7 +733,7 @@ def build_results(measured: dict[str, Any], settings: Settings, size: str,
             "prompts": [[list(turn) for turn in PROMPTS[i]] for i in measured["prompts_kept"]],
             "prompts_dropped": {str(k): v for k, v in measured["prompts_dropped"].items()},
             "sampling": {"temperature": 0, "max_tokens": settings.max_tokens},
-            "checkpoint": f"mesh.testing_models.make_checkpoint(size={size!r}, "
+            "checkpoint": f"mesh.testing.models.make_checkpoint(size={size!r}, "
                           f"seed={CHECKPOINT_SEED})",
             "security": "off (auth, rate limits, audit)",
         },

@@ -3,7 +3,7 @@ OpenAI SDK straight to the server (the baseline) and LiteLLM (the peer: its ``Ro
 defaults and with streaming logging off, and its proxy server), in one run.
 
 Every path streams the same prompts from the same upstream, a loopback OpenAI-compatible
-server (:class:`mesh.testing_llm.FakeLLMServer`, in its own process), in two workloads:
+server (:class:`mesh.testing.llm.FakeLLMServer`, in its own process), in two workloads:
 
 * **paced** (the headline): a :data:`PACED`-token reply, one SSE event per token, the
   tokens :data:`PACED_INTERVAL_S` apart (the first one interval after the headers), as a
@@ -224,7 +224,7 @@ def proxy_model(workload: str) -> str:
 def serve_upstream() -> int:
     """Serve every workload's reply on a loopback port of its own until SIGTERM; prints
     each base URL first."""
-    from mesh.testing_llm import FakeLLMServer, answer
+    from mesh.testing.llm import FakeLLMServer, answer
 
     servers = {w.name: FakeLLMServer(api_key=API_KEY,  # TCP_NODELAY on
                                      default=answer(w.reply, interval_s=w.interval_s)).start()
@@ -1082,7 +1082,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         "## How it was measured",
         "",
-        f"- **Upstream**: `mesh.testing_llm.FakeLLMServer` in its own process on 127.0.0.1 "
+        f"- **Upstream**: `mesh.testing.llm.FakeLLMServer` in its own process on 127.0.0.1 "
         "(Nagle's algorithm off), one server per workload: **paced**, "
         f"{paced['reply_tokens']} tokens, token k sent k x {paced['interval_ms']:g} ms after "
         f"the response headers (`answer(interval_s=...)`); **burst**, {burst['reply_tokens']} "

@@ -16,7 +16,7 @@ import pytest
 from mesh._gen.revo.models.v1 import models_pb2 as pb
 from mesh._gen.revo.models.v1 import models_pb2_grpc
 from mesh.testing import MeshHarness, wait_for
-from mesh.testing_llm import FakeLLMServer, answer, fail_after, hang, split_tokens
+from mesh.testing.llm import FakeLLMServer, answer, fail_after, hang, split_tokens
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
 
 KEY = "sk-model-service"

@@ -19,8 +19,8 @@ from mesh._gen.revo.models.v1 import models_pb2_grpc
 from mesh.embedded.triton import TritonServer
 from mesh.models.engine import HEALTH_INTERVAL_S
 from mesh.testing import MeshHarness, wait_for
-from mesh.testing_llm import FakeLLMServer, answer
-from mesh.testing_models import make_checkpoint
+from mesh.testing.llm import FakeLLMServer, answer
+from mesh.testing.models import make_checkpoint
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"

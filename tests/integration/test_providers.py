@@ -15,7 +15,7 @@ from mesh.models.providers import (
     ProviderUsage,
     Turn,
 )
-from mesh.testing_llm import FakeLLMServer, answer, fail_after, hang, malformed, status
+from mesh.testing.llm import FakeLLMServer, answer, fail_after, hang, malformed, status
 
 KEY = "sk-provider-test"
 TURNS = [Turn("system", "Be brief."), Turn("user", "Say the first three primes")]

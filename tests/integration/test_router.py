@@ -24,7 +24,7 @@ from mesh.models.providers import (
 )
 from mesh.models.router import Outcome, Request, Router, cost_usd
 from mesh.testing import wait_for
-from mesh.testing_llm import FakeLLMServer, answer, fail_after, hang, status
+from mesh.testing.llm import FakeLLMServer, answer, fail_after, hang, status
 
 KEY = "sk-router"
 PROMPT = [Turn("user", "List three primes")]

@@ -1,4 +1,4 @@
-"""mesh.testing_llm.FakeLLMServer, driven through the real openai and anthropic SDKs."""
+"""mesh.testing.llm.FakeLLMServer, driven through the real openai and anthropic SDKs."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import httpx2
 import openai
 import pytest
 
-from mesh import testing_llm
+from mesh.testing import llm as testing_llm
 from mesh.testing import wait_for
-from mesh.testing_llm import (
+from mesh.testing.llm import (
     FakeLLMServer,
     answer,
     fail_after,

@@ -19,7 +19,7 @@ import pytest
 from mesh.embedded.triton import CheckpointError, TritonServer
 from mesh.models.local import TritonGenerator
 from mesh.models.providers import Chunk, ProviderError, Turn
-from mesh.testing_models import make_checkpoint
+from mesh.testing.models import make_checkpoint
 
 pytestmark = pytest.mark.integration
 

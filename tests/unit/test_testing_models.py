@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mesh.embedded.triton import check_checkpoint
-from mesh.testing_models import EOS_TOKEN, make_checkpoint
+from mesh.testing.models import EOS_TOKEN, make_checkpoint
 
 
 @pytest.fixture(scope="module")

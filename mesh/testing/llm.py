@@ -2,7 +2,7 @@
 
 Stdlib only, so plugin authors' tests can use it without the mesh running::
 
-    from mesh.testing_llm import FakeLLMServer, answer, status
+    from mesh.testing.llm import FakeLLMServer, answer, status
 
     async def test_summary_counts_tokens():
         with FakeLLMServer(api_key="k") as server:

@@ -4,7 +4,7 @@
 ``tokenizer.json`` and its config, a chat template) that ``transformers`` loads with
 ``AutoModelForCausalLM`` / ``AutoTokenizer``, and so does the Triton ``generator`` model::
 
-    from mesh.testing_models import make_checkpoint
+    from mesh.testing.models import make_checkpoint
 
     checkpoint = make_checkpoint(tmp_path / "tiny")             # a few MB, about a second
     checkpoint = make_checkpoint(tmp_path / "small", size="small")  # ~3e7 parameters (CPU)
