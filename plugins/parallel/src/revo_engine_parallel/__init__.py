@@ -12,9 +12,9 @@ from typing import Any
 
 from mesh.engine import EngineSpec, hookimpl
 from mesh.errors import InvalidArgument
+from revo_engine_parallel.context import TaskContext
 from revo_engine_parallel.engine import TaskEngine
 from revo_engine_parallel.settings import ParallelSettings
-from revo_engine_parallel.workers import TaskContext
 
 __all__ = ["ParallelSettings", "TaskContext", "TaskEngine", "builtin_types"]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -31,7 +32,9 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from mesh.calls import MeshCalls
 from mesh.errors import Cancelled, DeadlineExceeded, RpcError, Unavailable
+from mesh.runtime.workers import Job, WorkerPool
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
+from revo_engine_parallel.context import TaskContext
 from revo_engine_parallel.scheduling import Queue, Scheduler
 from revo_engine_parallel.settings import ParallelSettings
 from revo_engine_parallel.store import (
@@ -47,7 +50,6 @@ from revo_engine_parallel.store import (
     parse_kick,
     task_key,
 )
-from revo_engine_parallel.workers import Job, TaskContext, WorkerPool
 
 __all__ = ["Dispatcher", "Handler", "NodeStats"]
 
@@ -305,7 +307,7 @@ class Dispatcher:
         def done(result: bytes | None, error: RpcError | None, crashed: bool) -> None:
             self._done(running, result, error, crashed)
 
-        job = Job(context, work, done)
+        job = Job(functools.partial(work, context), done, label=f"task {task_id}")
         if not self.pool.submit(job):  # cannot happen: fetched only for free workers
             self._running.pop(task.id, None)
             running.timer.cancel()

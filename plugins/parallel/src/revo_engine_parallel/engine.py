@@ -1,7 +1,7 @@
 """``revo.tasks.v1.TaskService``: submit, watch and manage durable tasks.
 
 An :class:`~mesh.engine.AsyncEngine`: its calls wait on JetStream. The work itself runs on
-the node's :class:`~revo_engine_parallel.workers.WorkerPool` of pykka actors, fed by the
+the node's :class:`~mesh.runtime.workers.WorkerPool` of pykka actors, fed by the
 :class:`~revo_engine_parallel.dispatch.Dispatcher`.
 """
 
@@ -27,6 +27,7 @@ from mesh.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from mesh.runtime.workers import WorkerPool
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.dispatch import Dispatcher, Handler
 from revo_engine_parallel.metrics import TaskMetrics
@@ -44,7 +45,6 @@ from revo_engine_parallel.store import (
     queue_subject,
     task_key,
 )
-from revo_engine_parallel.workers import WorkerPool
 
 __all__ = ["TaskEngine"]
 

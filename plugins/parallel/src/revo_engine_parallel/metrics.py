@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
+from mesh.runtime.workers import WorkerPool
 from revo_engine_parallel.dispatch import Dispatcher
-from revo_engine_parallel.workers import WorkerPool
 
 __all__ = ["TaskMetrics"]
 

@@ -1,68 +1,53 @@
-"""The worker pool: pykka actors that run one task at a time, resized on demand.
+"""A resizable pool of worker actors for engines that run jobs (not RPCs) on threads.
 
-The dispatcher (on the node's loop) hands a :class:`Job` to an idle actor; the actor runs
-it in its thread and reports the outcome back to the loop with ``call_soon_threadsafe``.
-A job's work is a callable that takes a :class:`TaskContext`; a mesh method call blocks
-the actor on a future of the loop (the call itself is I/O on the loop). An exception that
-is not an :class:`~mesh.errors.RpcError` is a crash: the actor is replaced, the task is
-retried (a poison task ends dead-lettered after its attempts, never taking the pool down).
+An :class:`~mesh.runtime.pool.EnginePool` serves an engine's RPCs, one engine instance per
+actor. A :class:`WorkerPool` is the other shape an engine needs: jobs that the engine
+decides to run (Parallel Mind's tasks, a workflow's steps), each a callable run in a pykka
+actor's thread, with the outcome reported back on the loop. The pool grows towards the
+waiting work up to ``maximum`` and stops actors idle longer than ``idle_s`` down to
+``minimum``. An exception that is not an :class:`~mesh.errors.RpcError` is a crash: the
+actor that ran it is replaced, and the job's ``done`` says so, so the engine decides whether
+to retry. A poison job never takes the pool down.
 
-:meth:`WorkerPool.resize` grows the pool towards the waiting work, up to ``workers_max``,
-and stops actors idle longer than ``idle_s`` down to ``workers_min``.
+All methods run on the loop. A job's work runs in the actor's thread: it may block (on I/O
+through ``asyncio.run_coroutine_threadsafe`` on the loop, never by awaiting there).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import pykka
 
 from mesh.errors import Internal, RpcError
 
-__all__ = ["Job", "TaskContext", "WorkerPool"]
+__all__ = ["Job", "WorkerPool"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class TaskContext:
-    """What a task's work knows about its run (given to task-type handlers)."""
-
-    task_id: str
-    owner: str
-    attempt: int
-    deadline: float
-    """``time.monotonic()`` after which the attempt has timed out."""
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    report: Callable[[float, str], None] = lambda fraction, message: None
-
-    def progress(self, fraction: float, message: str = "") -> None:
-        """Report progress (0 to 1); watchers see it."""
-        self.report(max(0.0, min(1.0, fraction)), message)
-
-    def time_remaining(self) -> float:
-        return self.deadline - time.monotonic()
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
-class Job:
-    """One attempt of one task, on its way to a worker."""
+class Job(Generic[T]):
+    """One unit of work on its way to a worker."""
 
-    context: TaskContext
-    work: Callable[[TaskContext], bytes]
-    done: Callable[[bytes | None, RpcError | None, bool], None]
-    """``done(result, error, crashed)``, called on the loop."""
+    work: Callable[[], T]
+    """Runs in the worker's thread; its return value is the job's result."""
+    done: Callable[[T | None, RpcError | None, bool], None]
+    """``done(result, error, crashed)``, called on the loop once the work ended."""
+    label: str = "a job"
+    """Names the job in the log when it crashes its worker (``task 42``)."""
 
 
 @dataclass(frozen=True)
 class _Run:
-    job: Job
+    job: Job[Any]
 
 
 class _Worker(pykka.ThreadingActor):
@@ -75,27 +60,30 @@ class _Worker(pykka.ThreadingActor):
             self._run(message.job)
         return None
 
-    def _run(self, job: Job) -> None:
-        result: bytes | None = None
+    def _run(self, job: Job[Any]) -> None:
+        result: Any = None
         error: RpcError | None = None
         crashed = False
         try:
-            result = job.work(job.context)
+            result = job.work()
         except RpcError as exc:
             error = exc
         except Exception as exc:
             crashed = True
-            log.exception("task %s crashed its worker", job.context.task_id)
-            error = Internal(f"the task crashed its worker: {type(exc).__name__}: {exc}")
+            log.exception("%s crashed its worker", job.label)
+            error = Internal(f"{job.label} crashed its worker: {type(exc).__name__}: {exc}")
         self._pool.loop.call_soon_threadsafe(self._pool.finished, self.actor_ref, job, result,
                                              error, crashed)
 
 
 class WorkerPool:
-    """Worker actors of one node; all methods run on the loop."""
+    """Worker actors of one engine on one node; every method runs on the loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, minimum: int, maximum: int,
                  idle_s: float, on_change: Callable[[], None] = lambda: None) -> None:
+        if not 0 <= minimum <= maximum or maximum < 1:
+            raise ValueError(f"worker pool bounds must satisfy 0 <= minimum <= maximum, "
+                             f"maximum >= 1; got minimum={minimum} maximum={maximum}")
         self.loop = loop
         self.minimum = minimum
         self.maximum = maximum
@@ -105,17 +93,21 @@ class WorkerPool:
         self._on_change = on_change
         self._stopping = False
         self.crashes = 0
+        """Jobs that crashed their worker (each worker was replaced)."""
 
     @property
     def size(self) -> int:
+        """Worker actors alive."""
         return len(self._idle) + len(self._busy)
 
     @property
     def busy(self) -> int:
+        """Workers running a job."""
         return len(self._busy)
 
     @property
     def free(self) -> int:
+        """Workers waiting for a job."""
         return len(self._idle)
 
     def start(self) -> None:
@@ -128,7 +120,8 @@ class WorkerPool:
         self._on_change()
 
     def resize(self, waiting: int) -> None:
-        """Add actors for waiting work (all busy), or stop ones idle for ``idle_s``."""
+        """Add workers for ``waiting`` jobs (when all are busy), or stop those idle for
+        ``idle_s`` (down to ``minimum``)."""
         if self._stopping:
             return
         if waiting > 0 and not self._idle and self.size < self.maximum:
@@ -142,8 +135,8 @@ class WorkerPool:
         if stale:
             self._on_change()
 
-    def submit(self, job: Job) -> bool:
-        """Give ``job`` to an idle actor; False when none is idle."""
+    def submit(self, job: Job[Any]) -> bool:
+        """Give ``job`` to an idle worker; False when none is idle (or the pool stops)."""
         if self._stopping or not self._idle:
             return False
         ref = max(self._idle, key=self._idle.__getitem__)  # the most recently used
@@ -152,14 +145,14 @@ class WorkerPool:
         ref.tell(_Run(job))
         return True
 
-    def finished(self, ref: pykka.ActorRef[_Worker], job: Job, result: bytes | None,
+    def finished(self, ref: pykka.ActorRef[_Worker], job: Job[Any], result: Any,
                  error: RpcError | None, crashed: bool) -> None:
         self._busy.discard(ref)
         if crashed:
             self.crashes += 1
             ref.stop(block=False)
             if not self._stopping:
-                self._grow(1)  # a fresh actor in its place
+                self._grow(1)  # a fresh worker in its place
         elif not self._stopping:
             self._idle[ref] = time.monotonic()
         else:
@@ -167,7 +160,7 @@ class WorkerPool:
         job.done(result, error, crashed)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking jobs; stop idle actors now and busy ones when their job ends."""
+        """Stop taking jobs; stop idle workers now and busy ones when their job ends."""
         self._stopping = True
         refs = list(self._idle) + list(self._busy)
         self._idle.clear()
