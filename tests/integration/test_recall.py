@@ -68,7 +68,7 @@ async def start(mesh_harness: Any, backend: dict[str, Any]) -> Any:
             plugins=PLUGINS, nodes=nodes, engines={"recall": {**backend, **settings}},
             **({"auth": auth} if auth else {}))
         await harness.wait_for_service(SERVICE, nodes=nodes)
-        await wait_for(lambda: all(_engine(n).index is not None for n in harness.nodes),
+        await wait_for(lambda: all(_engine(n).replica.index is not None for n in harness.nodes),
                        30, "the memory index loaded")
         return harness
 
@@ -273,7 +273,7 @@ async def test_concurrent_writers_on_two_nodes_lose_nothing(start: Any) -> None:
         index_of = _engine(node)
 
         def holds_all(engine: Any = index_of) -> bool:
-            return bool(len(engine.index) == total)
+            return bool(len(engine.replica.index) == total)
 
         await wait_for(holds_all, 10, f"{total} memories in {node.id}'s index")
 
@@ -318,7 +318,7 @@ async def test_a_read_after_a_write_waits_on_a_node_that_has_not_applied_it(
     behind = _engine(reader)
     v = vectors(1, seed=37)[0]
     # the reader applies changes under this lock: holding it keeps the reader behind
-    await behind._swapping.acquire()
+    await behind.replica._swapping.acquire()
     try:
         stored = await _call_node(writer, REMEMBER, pb.RememberRequest(
             memories=[memory("written on the other node", v)]), pb.RememberResponse)
@@ -336,7 +336,7 @@ async def test_a_read_after_a_write_waits_on_a_node_that_has_not_applied_it(
                        "the reader to be serving the search")
         assert not reading.done()
     finally:
-        behind._swapping.release()
+        behind.replica._swapping.release()
     found = await reading
     assert [h.memory.id for h in found.hits] == [stored.results[0].id]
     assert behind.feed.applied >= sequence
@@ -497,16 +497,17 @@ async def test_the_index_grows_a_graph_and_rebuilds_without_losing_writes(start:
     mesh = await start(exact_max=300)
     recall = stub(mesh)
     engine = _engine(mesh.nodes[0])
+    replica = engine.replica
     data = vectors(1200, seed=31)
     ids: list[str] = []
     for b in range(12):  # past exact_max: a graph is built while writes go on
         reply = await recall.Remember(pb.RememberRequest(memories=[
             memory(f"m{i}", data[i]) for i in range(b * 100, b * 100 + 100)]), timeout=30)
         ids.extend(r.id for r in reply.results)
-    await wait_for(lambda: engine.index.kind == "hnsw" and not engine.rebuilding, 30,
+    await wait_for(lambda: replica.index.kind == "hnsw" and not replica.rebuilding, 30,
                    "the graph")
-    assert engine.rebuilds >= 1
-    assert len(engine.index) == 1200
+    assert engine.replica.rebuilds >= 1
+    assert len(engine.replica.index) == 1200
 
     async def found(i: int) -> bool:
         hits = (await _search(recall, data[i], top_k=1)).hits
@@ -516,23 +517,23 @@ async def test_the_index_grows_a_graph_and_rebuilds_without_losing_writes(start:
     # The rebuild thread is held until the write below has landed, so the write lands
     # during the rebuild however fast the machine builds the new index.
     gate = threading.Event()
-    engine._builder.submit(gate.wait, 60)
+    replica._builder.submit(gate.wait, 60)
     try:
-        rebuilds = engine.rebuilds
+        rebuilds = engine.replica.rebuilds
         forgot = await recall.Forget(pb.ForgetRequest(ids=ids[:400]), timeout=30)
         assert forgot.forgotten == 400
-        assert engine.rebuilding  # 400 tombstones of 1200: a rebuild began
+        assert engine.replica.rebuilding  # 400 tombstones of 1200: a rebuild began
         extra = await recall.Remember(pb.RememberRequest(memories=[
             memory("late", near(data[0], 3.0))]), timeout=30)
-        assert engine.rebuilding  # the write was applied while the rebuild ran
-        assert engine.rebuilds == rebuilds
+        assert engine.replica.rebuilding  # the write was applied while the rebuild ran
+        assert engine.replica.rebuilds == rebuilds
     finally:
         gate.set()
-    await wait_for(lambda: engine.rebuilds == rebuilds + 1 and not engine.rebuilding, 30,
+    await wait_for(lambda: replica.rebuilds == rebuilds + 1 and not replica.rebuilding, 30,
                    "the rebuild after 400 deletes to take over")
-    assert engine.index.dead == 0  # the rebuilt index serves, not the old one
-    assert len(engine.index) == 801
-    assert engine.index.get(extra.results[0].id) is not None
+    assert engine.replica.index.dead == 0  # the rebuilt index serves, not the old one
+    assert len(engine.replica.index) == 801
+    assert engine.replica.index.get(extra.results[0].id) is not None
     assert not any([await found(i) for i in range(0, 400, 40)])
     assert sum([await found(i) for i in range(400, 1200, 20)]) >= 39  # of 40
     late = await _search(recall, near(data[0], 3.0), top_k=1)

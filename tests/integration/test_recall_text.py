@@ -37,7 +37,7 @@ async def _mesh(mesh_harness: Any, triton_url: str) -> MeshHarness:
     await harness.wait_for_service("revo.models.v1.ModelService")
     pool: Any = harness.nodes[0].pools["recall"]
     engine = pool.engine
-    await wait_for(lambda: engine.index is not None, 30, "the memory index loaded")
+    await wait_for(lambda: engine.replica.index is not None, 30, "the memory index loaded")
     return harness
 
 
@@ -77,7 +77,7 @@ async def test_text_without_an_embedding_model_says_how_to_get_one(mesh_harness:
         plugins={"only": ["recall"]}, engines={"recall": {"collection": collection()}})
     await harness.wait_for_service(SERVICE)
     pool: Any = harness.nodes[0].pools["recall"]
-    await wait_for(lambda: pool.engine.index is not None, 30, "the memory index loaded")
+    await wait_for(lambda: pool.engine.replica.index is not None, 30, "the memory index loaded")
     recall = recall_pb2_grpc.RecallServiceStub(harness.channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await recall.Remember(pb.RememberRequest(memories=[memory("no model here")]),

@@ -16,14 +16,13 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import threadpoolctl
 
 from mesh.calls import MeshCalls
 from mesh.engine import AsyncEngine, Context
@@ -34,6 +33,7 @@ from revo_engine_recall.filters import metadata_dict, predicate
 from revo_engine_recall.index import MemoryIndex, Row, SearchHit, Vector, unit
 from revo_engine_recall.lite import LiteServer
 from revo_engine_recall.metrics import RecallMetrics
+from revo_engine_recall.replica import IndexReplica
 from revo_engine_recall.scopes import Access, scope_key, scope_message
 from revo_engine_recall.settings import RecallSettings
 from revo_engine_recall.store import MilvusStore, entity_of
@@ -51,22 +51,7 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_IDS = 1000
 _WAIT_S = 5.0
 """How long a write waits for its own change to come back through the feed."""
-GRAPH_STEP = 64
-"""Slots added to the graph at a time: each step holds the index thread (and the searches
-queued behind it) for a few milliseconds to tens of milliseconds at a million memories."""
-GRAPH_DEBT_MAX = 8192
-"""Slots a write may leave outside the graph. Searches scan those exactly (about 1 ms for
-8k); past it, the change waits for the graph to take the excess, which slows writers,
-not searches."""
 T = TypeVar("T")
-Change = tuple[list[tuple[Row, Vector]], list[str]]
-
-
-def _one_blas_thread() -> None:
-    """Matrix products on one BLAS thread. OpenBLAS's idle threads otherwise spin for a
-    while after each product and starve the node's other work (and Triton, on a small
-    machine): text searches measured 110 ms instead of 17."""
-    threadpoolctl.threadpool_limits(1, user_api="blas")
 
 
 def _millis(duration: Any) -> int:
@@ -89,19 +74,9 @@ class RecallEngine(AsyncEngine):
             uri = self.lite.uri
         self.store = MilvusStore(uri, s.milvus_token, s.collection, s.dim)
         self._milvus = ThreadPoolExecutor(1, thread_name_prefix="recall-milvus")
-        self._cpu = ThreadPoolExecutor(1, thread_name_prefix="recall-index",
-                                       initializer=_one_blas_thread)
-        self._builder = ThreadPoolExecutor(1, thread_name_prefix="recall-rebuild")
-        self._rebuild: tuple[asyncio.Future[MemoryIndex], list[Change]] | None = None
-        """A rebuild running on the builder thread, and the changes applied since."""
-        self.rebuilds = 0
-        """Rebuilt indexes that took over from the old one (see :attr:`rebuilding`)."""
-        self._swapping = asyncio.Lock()
-        self.index: MemoryIndex | None = None
-        self.loaded = 0
+        self.replica = IndexReplica(s.index(), s.dim)
         self.purged = 0
         self._writes = asyncio.Lock()
-        self._growing: asyncio.Task[None] | None = None
         try:
             await self._on_milvus(self.store.open)
         except BaseException:
@@ -119,7 +94,7 @@ class RecallEngine(AsyncEngine):
                        asyncio.create_task(self._purge_loop())]
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *([self._growing] if self._growing else [])]
+        tasks = self._tasks
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -132,8 +107,7 @@ class RecallEngine(AsyncEngine):
         if self.lite is not None:
             await self._on_milvus(self.lite.release)
         self._milvus.shutdown(wait=True)
-        self._cpu.shutdown(wait=True)
-        self._builder.shutdown(wait=False, cancel_futures=True)
+        await self.replica.close()
 
     # -- threads ----------------------------------------------------------------------
 
@@ -145,32 +119,19 @@ class RecallEngine(AsyncEngine):
                 raise Unavailable(f"Milvus at {self.store.uri} failed: {exc}") from exc
             raise
 
-    async def _on_index(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
-
-    # -- loading and applying changes -------------------------------------------------
+    # -- the index replica ---------------------------------------------------------------
 
     async def _load(self, start_sequence: int) -> None:
-        """Read every memory from Milvus into a new index, then follow the feed from the
+        """Read every memory from Milvus into the replica, then follow the feed from the
         sequence taken before the read (so nothing written meanwhile is missed)."""
-        began = time.monotonic()
-        rows: list[Row] = []
-        parts: list[Vector] = []
         scan = self.store.scan()
-        while True:
-            batch = await self._on_milvus(next, scan, None)
-            if batch is None:
-                break
-            rows.extend(batch[0])
-            parts.append(batch[1])
-            self.loaded = len(rows)
-        vectors = np.concatenate(parts) if parts else np.zeros((0, self.settings.dim),
-                                                               dtype=np.float32)
-        index = await self._on_index(MemoryIndex.build, self.settings.index(), rows, vectors)
-        self.index = index
+
+        async def batches() -> AsyncIterator[tuple[list[Row], Vector]]:
+            while (batch := await self._on_milvus(next, scan, None)) is not None:
+                yield batch
+
+        await self.replica.load(batches())
         await self.feed.follow(start_sequence, self._apply)
-        log.info("recall: %d memories indexed (%s) in %.1f s", len(index), index.kind,
-                 time.monotonic() - began)
 
     async def _apply(self, change: pb.Change, sequence: int) -> None:
         """Apply one change of the feed (called in stream order)."""
@@ -179,80 +140,7 @@ class RecallEngine(AsyncEngine):
                         created_ms=r.created_ms, updated_ms=r.updated_ms,
                         expires_ms=r.expires_ms, merged=r.merged),
                     np.asarray(r.vector, dtype=np.float32)) for r in change.upserts]
-        deletes = list(change.deletes)
-        async with self._swapping:
-            await self._apply_locked(upserts, deletes)
-
-    async def _apply_locked(self, upserts: list[tuple[Row, Vector]],
-                            deletes: list[str]) -> None:
-        index = self._ready()
-        await self._on_index(index.apply, upserts, deletes)
-        while index.graph_debt > GRAPH_DEBT_MAX:  # back-pressure: writers wait, not readers
-            await self._on_index(index.grow_graph, GRAPH_STEP)
-        self._grow_soon()
-        if self._rebuild is not None:
-            self._rebuild[1].append((upserts, deletes))
-            if self._rebuild[0].done():
-                await self._swap_locked()
-        elif index.needs_rebuild():
-            rows, vectors = await self._on_index(index.snapshot)
-            building = asyncio.get_running_loop().run_in_executor(
-                self._builder, MemoryIndex.build, self.settings.index(), rows, vectors)
-            self._rebuild = (building, [])
-            building.add_done_callback(lambda _: self._swap_soon())
-
-    def _grow_soon(self) -> None:
-        if self._growing is None or self._growing.done():
-            self._growing = asyncio.get_running_loop().create_task(self._grow())
-
-    async def _grow(self) -> None:
-        """Add the slots written since to the graph, a step at a time, so that searches
-        queued meanwhile run between the steps."""
-        while (index := self.index) is not None and index.graph_debt:
-            await self._on_index(index.grow_graph, GRAPH_STEP)
-
-    def _swap_soon(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._swap())
-        self._tasks.append(task)
-        task.add_done_callback(self._tasks.remove)
-
-    async def _swap(self) -> None:
-        async with self._swapping:
-            await self._swap_locked()
-
-    async def _swap_locked(self) -> None:
-        """Put a finished rebuild in place, after the changes that arrived while it ran."""
-        if self._rebuild is None or not self._rebuild[0].done():
-            return
-        building, backlog = self._rebuild
-        self._rebuild = None
-        try:
-            index = building.result()
-        except Exception:
-            log.exception("recall: rebuilding the index failed; the old one serves on")
-            return
-
-        def catch_up() -> None:
-            for upserts, deletes in backlog:
-                index.apply(upserts, deletes)
-
-        await self._on_index(catch_up)
-        self.index = index
-        self.rebuilds += 1
-        self._grow_soon()
-        log.info("recall: index rebuilt (%d memories, %s)", len(index), index.kind)
-
-    @property
-    def rebuilding(self) -> bool:
-        """Whether a rebuild of the index is under way: the new index is being built, or
-        waits to replay the changes applied meanwhile and take over."""
-        return self._rebuild is not None
-
-    def _ready(self) -> MemoryIndex:
-        if self.index is None:
-            raise Unavailable(f"this node is loading its memory index from Milvus "
-                              f"({self.loaded} memories read so far); retry shortly")
-        return self.index
+        await self.replica.apply(upserts, list(change.deletes))
 
     async def _write(self, upserts: Sequence[tuple[Row, Vector]],
                      deletes: Sequence[str]) -> int:
@@ -286,10 +174,10 @@ class RecallEngine(AsyncEngine):
 
     async def purge(self) -> int:
         """Delete expired memories from Milvus (and so from every index)."""
-        if self.index is None:
+        if self.replica.index is None:
             return 0
         now = int(time.time() * 1000)
-        ids = await self._on_index(self.index.expired, now, 10_000)
+        ids = await self.replica.run(self.replica.index.expired, now, 10_000)
         if ids:
             async with self._writes:
                 await self._write([], ids)
@@ -391,7 +279,7 @@ class RecallEngine(AsyncEngine):
                                       "characters without spaces")
             checked.append((scope, text, metadata, ttl_ms, given.client_id,
                             self._vector(given.vector, f"{where}.vector")))
-        index = self._ready()
+        index = self.replica.ready()
         missing = [i for i, c in enumerate(checked) if c[5] is None]
         if missing:
             made = await self._embed([checked[i][1] for i in missing], ctx)
@@ -400,8 +288,8 @@ class RecallEngine(AsyncEngine):
         items = [Item(scope=c[0], text=c[1], metadata=c[2], ttl_ms=c[3], client_id=c[4],
                       vector=c[5]) for c in checked if c[5] is not None]
         async with self._writes:
-            index = self._ready()
-            decided = await self._on_index(plan, index, items, access.caller,
+            index = self.replica.ready()
+            decided = await self.replica.run(plan, index, items, access.caller,
                                            int(time.time() * 1000), s.dedup_threshold,
                                            s.scope_quota)
             sequence = 0
@@ -428,12 +316,12 @@ class RecallEngine(AsyncEngine):
         test = predicate(request.filters)
         access = self._access(ctx)
         await self._after(request.after_sequence, ctx)
-        index = self._ready()
+        index = self.replica.ready()
         scopes = access.resolve(request.scopes, self._known_scopes(index, access)
                                 if not request.scopes else ())
         if vector is None:
             vector = (await self._embed([request.text], ctx))[0]
-        hits, path = await self._on_index(
+        hits, path = await self.replica.run(
             lambda: index.search(vector, top_k, scopes, predicate=test,
                                  min_score=request.min_score if request.min_score else -1.0))
         response = pb.SearchResponse(index=path, hits=[self._hit(hit) for hit in hits])
@@ -450,7 +338,7 @@ class RecallEngine(AsyncEngine):
         if len(request.ids) > _MAX_IDS:
             raise InvalidArgument(f"Get takes at most {_MAX_IDS} ids, got {len(request.ids)}")
         await self._after(request.after_sequence, ctx)
-        index, access, now = self._ready(), self._access(ctx), int(time.time() * 1000)
+        index, access, now = self.replica.ready(), self._access(ctx), int(time.time() * 1000)
         response = pb.GetResponse()
         for memory_id in request.ids:
             row = self._visible_row(index, memory_id, access, now)
@@ -476,7 +364,7 @@ class RecallEngine(AsyncEngine):
         if new_text is not None and vector is None:
             vector = (await self._embed([new_text], ctx))[0]
         async with self._writes:
-            index, now = self._ready(), int(time.time() * 1000)
+            index, now = self.replica.ready(), int(time.time() * 1000)
             row = self._visible_row(index, request.id, access, now)
             if row is None:
                 raise NotFound(f"no memory {request.id[:64]!r} that you may see (unknown, "
@@ -513,19 +401,19 @@ class RecallEngine(AsyncEngine):
         access = self._access(ctx)
         scopes = access.resolve(request.scopes, ()) if request.scopes else []
         async with self._writes:
-            index, now = self._ready(), int(time.time() * 1000)
+            index, now = self.replica.ready(), int(time.time() * 1000)
             if request.ids:
                 ids = [r.id for i in dict.fromkeys(request.ids)
                        if (r := self._visible_row(index, i, access, now)) is not None]
             else:
-                ids = await self._on_index(lambda: [
+                ids = await self.replica.run(lambda: [
                     r.id for r in index.rows(scopes) if test is None or test(r.metadata)])
             sequence = await self._write([], ids) if ids else 0
         return pb.ForgetResponse(forgotten=len(ids), sequence=sequence)
 
     async def stats(self, request: pb.StatsRequest, ctx: Context) -> pb.StatsResponse:
         access = self._access(ctx)
-        index = self.index
+        index = self.replica.index
         response = pb.StatsResponse(index=index.kind if index is not None else "loading",
                                     sequence=self.feed.applied, expired_purged=self.purged)
         if index is None:

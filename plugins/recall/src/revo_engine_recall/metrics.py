@@ -85,7 +85,7 @@ class _Collector(Collector):
         purged = CounterMetricFamily("perfect_recall_expired_purged",
                                      "Expired memories deleted by this node", labels=["node"])
         for metrics in list(self._engines):
-            node, index = metrics.node, metrics.engine.index
+            node, index = metrics.node, metrics.engine.replica.index
             memories.add_metric([node], len(index) if index is not None else 0)
             scopes.add_metric([node], len(index.scopes()) if index is not None else 0)
             for outcome, count in metrics.writes.items():
