@@ -36,7 +36,14 @@ from grpc import aio
 from mesh.auth.identity import IdentitySeal
 from mesh.auth.roles import declared_permission, grants, permission_name
 from mesh.config import MeshConfig
-from mesh.errors import DeadlineExceeded, PermissionDenied, RpcError, Unavailable, Unimplemented
+from mesh.errors import (
+    DeadlineExceeded,
+    PermissionDenied,
+    Reason,
+    RpcError,
+    Unavailable,
+    Unimplemented,
+)
 from mesh.registry import RegistryView, Route, Snapshot
 from mesh.transport import headers as h
 from mesh.transport.connection import MeshConnection
@@ -88,12 +95,14 @@ class MeshCalls:
         stops it before it is sent."""
         route = self.route(method)
         if route is None:
-            raise Unavailable(f"no live node serves {method} right now")
+            raise Unavailable(f"no live node serves {method} right now",
+                              reason=Reason.NO_LIVE_NODE, metadata={"method": method})
         if self.seal is not None:
             needed = declared_permission(route.method)
             if not grants(role, needed):
                 raise PermissionDenied(f"{method} needs the {permission_name(needed)} "
-                                       f"permission; role {role!r} lacks it")
+                                       f"permission; role {role!r} lacks it",
+                                       metadata={"permission": permission_name(needed)})
         timeout = max(0.001, timeout)
         headers = {h.REQUEST_ID: request_id, h.TIMEOUT_MS: str(max(1, int(timeout * 1000)))}
         if traceparent:

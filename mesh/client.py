@@ -18,6 +18,14 @@ client's default ``timeout`` (when the call gives none) and its ``metadata``. Pa
 machinery). Retries are off by default: ``UNAVAILABLE`` also reports a node that died
 while serving a call, which may already have run, so retry only calls that are safe to
 repeat.
+
+A failed call raises ``grpc.aio.AioRpcError``; :func:`rpc_error` turns it into the mesh's
+own error class with the details the gateway sent (``grpc-status-details-bin``)::
+
+    try:
+        await echo.Echo(request)
+    except grpc.aio.AioRpcError as exc:
+        error = rpc_error(exc)  # e.g. RateLimited, with .reason, .retry_after_s, .violations
 """
 
 from __future__ import annotations
@@ -28,12 +36,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from grpc_status import rpc_status
 
 from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
 from mesh._gen.revo.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 from mesh.config import MeshConfig
+from mesh.errors import RpcError, error_from_status
 
-__all__ = ["MeshClient", "RetryPolicy", "client_credentials", "probe_mesh"]
+__all__ = ["MeshClient", "RetryPolicy", "client_credentials", "probe_mesh", "rpc_error"]
 
 Metadata = Sequence[tuple[str, str]]
 
@@ -187,6 +197,20 @@ class MeshClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def rpc_error(exc: grpc.aio.AioRpcError | grpc.RpcError) -> RpcError:
+    """The mesh's error for a failed gRPC call: the class its reason or code names
+    (:class:`~mesh.errors.RateLimited`, :class:`~mesh.errors.BudgetExhausted`,
+    :class:`~mesh.errors.InvalidArgument`, ...), with ``reason``, ``metadata``,
+    ``retry_after_s`` and ``violations`` read from the ``grpc-status-details-bin``
+    trailer. A call without details gives the class of its code and no details."""
+    call: Any = exc  # AioRpcError, or a sync call's error (also a grpc.Call)
+    try:
+        status = rpc_status.from_call(call)
+    except ValueError:  # details that contradict the call's own status are not its details
+        status = None
+    return error_from_status(call.code(), call.details() or "", status)
 
 
 def client_credentials(config: MeshConfig) -> grpc.ChannelCredentials | None:

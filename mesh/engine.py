@@ -6,15 +6,22 @@ its own state and are never touched by two threads at once::
 
     from mesh.engine import Context, Engine, EngineSpec, hookimpl
 
+    class EchoSettings(BaseModel):
+        prefix: bytes = b""
+
     class EchoEngine(Engine):
         services = (echo_pb2.DESCRIPTOR.services_by_name["EchoService"],)
+        settings: EchoSettings
 
         def echo(self, request: echo_pb2.EchoRequest, ctx: Context) -> echo_pb2.EchoResponse:
-            return echo_pb2.EchoResponse(payload=request.payload)
+            return echo_pb2.EchoResponse(payload=self.settings.prefix + request.payload)
 
     @hookimpl
     def revo_engine() -> EngineSpec:
-        return EngineSpec(name="echo", engine=EchoEngine)
+        return EngineSpec(name="echo", engine=EchoEngine, settings=EchoSettings)
+
+The framework validates ``[engines.echo]`` with the spec's ``settings`` model and hands
+every engine instance the result as ``self.settings``.
 
 The method for RPC ``CamelName`` is ``camel_name``. A server-streaming RPC's method returns
 an iterable (usually a generator) of responses; the mesh pulls the next item only when the
@@ -26,8 +33,9 @@ An engine whose work is mostly waiting on I/O (HTTP APIs, other services, NATS) 
 from :class:`AsyncEngine` instead: one instance per node lives on the node's event loop,
 its methods are ``async def`` (async generators for server streams) and many calls run
 concurrently, each as a task, bounded by ``max_pending``. It reaches the node's NATS
-connection and configuration through :attr:`AsyncEngine.runtime`. It must never block the
-loop: CPU-heavy work belongs in an :class:`Engine`'s actors.
+connection and configuration, and other engines (:meth:`EngineRuntime.channel`), through
+:attr:`AsyncEngine.runtime`. It must never block the loop: CPU-heavy work belongs in an
+:class:`Engine`'s actors.
 """
 
 from __future__ import annotations
@@ -36,17 +44,19 @@ import inspect
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Protocol, TypeVar
 
 import pluggy
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
+from pydantic import BaseModel
 
 from mesh.errors import ConfigError, Unavailable
 
 if TYPE_CHECKING:
+    from mesh.calls import MeshCalls, MeshChannel
     from mesh.config import MeshConfig
     from mesh.transport.connection import MeshConnection
 
@@ -57,14 +67,25 @@ __all__ = [
     "EngineRuntime",
     "EngineSpec",
     "MethodBinding",
+    "PluginHooks",
     "bind_methods",
     "hookimpl",
+    "hookspec",
     "is_async_engine",
     "method_attribute",
 ]
 
 hookimpl = pluggy.HookimplMarker("revo")
-"""Marks a plugin's implementation of a ``revo_*`` hook."""
+"""Marks a plugin's implementation of a ``revo_*`` hook. A plugin implementing a hook that
+another plugin declares marks it ``@hookimpl(optionalhook=True)``, so that it still loads
+where that plugin is not installed."""
+
+hookspec = pluggy.HookspecMarker("revo")
+"""Marks a hook specification: the mesh's own (:mod:`mesh.plugins.hookspecs`) and those a
+plugin declares for other plugins (returned from its ``revo_hookspecs``)."""
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def method_attribute(rpc_name: str) -> str:
@@ -110,7 +131,7 @@ class Engine:
 
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings
-        """What the plugin's ``revo_configure`` returned (or the raw settings mapping)."""
+        """``[engines.<name>]`` validated by :attr:`EngineSpec.settings` (None without one)."""
 
     def start(self) -> None:
         """Called in the actor's thread before its first call; raise to fail the start."""
@@ -119,21 +140,44 @@ class Engine:
         """Called in the actor's thread when the actor stops or is replaced."""
 
 
+class PluginHooks(Protocol):
+    """The plugins' answers to a hook that a plugin declared (see ``revo_hookspecs``)."""
+
+    def each(self, spec: Callable[P, T | None], *args: P.args,
+             **kwargs: P.kwargs) -> dict[str, T]:
+        """Each enabled plugin's non-None answer to the hook ``spec`` specifies, by plugin
+        name; arguments by keyword."""
+        ...
+
+
 class EngineRuntime:
-    """What the node offers an :class:`AsyncEngine`: its identity, configuration and NATS."""
+    """What the node offers an :class:`AsyncEngine`: its identity, configuration, NATS,
+    the other plugins' hooks and channels to other engines."""
 
     def __init__(self, node_id: str, config: MeshConfig,
                  nc: MeshConnection | None = None,
-                 collect: Callable[[str], dict[str, Any]] | None = None) -> None:
+                 plugins: PluginHooks | None = None) -> None:
         self.node_id = node_id
         self.config = config
         self._nc = nc
-        self._collect = collect
+        self._plugins = plugins
+        self._calls: MeshCalls | None = None
 
-    def collect(self, hook: str) -> dict[str, Any]:
-        """Every enabled plugin's answer to ``hook`` (a ``revo_*`` hook without arguments,
-        such as ``revo_task_types``), by plugin name."""
-        return self._collect(hook) if self._collect is not None else {}
+    async def start(self) -> None:
+        """Follow the registry, so that engines can call each other (the node calls it
+        before it starts engines)."""
+        if self._nc is not None and self._calls is None:
+            from mesh.calls import MeshCalls
+
+            calls = MeshCalls(self._nc, self.config)
+            await calls.start()
+            self._calls = calls
+
+    async def stop(self) -> None:
+        """After every engine has stopped."""
+        if self._calls is not None:
+            await self._calls.stop()
+            self._calls = None
 
     @property
     def nc(self) -> MeshConnection:
@@ -141,6 +185,35 @@ class EngineRuntime:
         if self._nc is None:
             raise Unavailable("this node has no NATS connection: the engine needs one")
         return self._nc
+
+    @property
+    def plugins(self) -> PluginHooks:
+        """Call a hook that a plugin declared: ``runtime.plugins.each(hookspecs.revo_x)``."""
+        if self._plugins is None:
+            raise Unavailable("this engine runs without a plugin host")
+        return self._plugins
+
+    @property
+    def calls(self) -> MeshCalls:
+        """The node's calls to other engines by path, and :meth:`MeshCalls.route` to see
+        where a method is served. Engines call through :meth:`channel`; paths that come
+        from a request (data, such as a task's method) go here."""
+        if self._calls is None:
+            raise Unavailable("this node has no NATS connection: calls to other engines "
+                              "need one")
+        return self._calls
+
+    def channel(self, ctx: Context) -> MeshChannel:
+        """A ``grpc.aio`` channel to the other engines of the mesh, as the caller of ``ctx``:
+        give it to a generated stub. Each call carries ``ctx``'s caller, role, request id
+        and trace, is bounded by ``ctx``'s deadline, and (with auth on) needs the caller's
+        role to grant the called method's permission."""
+        from mesh.calls import MeshChannel
+
+        return MeshChannel(self.calls, caller=ctx.caller, role=ctx.role,
+                           request_id=ctx.request_id, deadline=ctx.deadline,
+                           traceparent=ctx.traceparent,
+                           window=self.config.gateway.stream_window)
 
 
 class AsyncEngine:
@@ -155,6 +228,7 @@ class AsyncEngine:
 
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings
+        """``[engines.<name>]`` validated by :attr:`EngineSpec.settings` (None without one)."""
 
     async def start(self) -> None:
         """Open what the engine needs (streams, clients); raise to fail the start."""
@@ -176,6 +250,12 @@ class EngineSpec:
     engine: Callable[[Any], Engine | AsyncEngine]
     """An :class:`Engine` or :class:`AsyncEngine` subclass, or any callable taking the
     settings and returning an :class:`Engine`."""
+    settings: type[BaseModel] | None = None
+    """The engine's settings: a pydantic model of its ``[engines.<name>]`` keys (besides
+    the mesh's ``pool_size`` and ``max_pending``). The mesh validates the table with it,
+    refuses unknown keys, and gives every engine instance the model as ``settings``; a
+    mistake is the plugin's *config error*, naming the key. None: the engine takes no keys
+    of its own."""
     services: Sequence[ServiceDescriptor] = ()
     """Defaults to ``engine.services``."""
     version: str = ""
@@ -251,5 +331,3 @@ def _check_async(engine: str, function: Any, method: MethodDescriptor) -> None:
         raise ConfigError(f"engine '{engine}': {function.__name__} must be 'async def' "
                           "in an AsyncEngine")
 
-
-SettingsMap = Mapping[str, Any]

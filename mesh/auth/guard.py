@@ -25,7 +25,7 @@ from mesh.auth.roles import PUBLIC, Permission, grants, permission_name
 from mesh.auth.tokens import Claims, Keyring, TokenService
 from mesh.auth.users import UserStore
 from mesh.config import Limit, MeshConfig
-from mesh.errors import PermissionDenied, RpcError, Unauthenticated
+from mesh.errors import PermissionDenied, RateLimited, Reason, RpcError, Unauthenticated
 from mesh.transport import subjects
 from mesh.transport.connection import MeshConnection
 
@@ -108,7 +108,7 @@ class Guard:
         claims = self.tokens.verify(token)
         reason = self.revocations.reason(claims)
         if reason:
-            raise Unauthenticated(reason)
+            raise Unauthenticated(reason, reason=Reason.TOKEN_REVOKED)
         return Principal(claims.user, claims.role, claims)
 
     def identify(self, path: str, permission: Permission, authorization: str) -> Principal:
@@ -125,7 +125,8 @@ class Guard:
         if not token:
             raise Unauthenticated(
                 f"{path} needs a signed-in caller: send metadata 'authorization: Bearer "
-                "<access token>' (from /revo.auth.v1.AuthService/Login)")
+                "<access token>' (from /revo.auth.v1.AuthService/Login)",
+                reason=Reason.TOKEN_MISSING)
         return self.authenticate(token)
 
     async def authorize(self, principal: Principal, path: str, permission: Permission) -> None:
@@ -135,7 +136,8 @@ class Guard:
         if not grants(principal.role, permission):
             raise PermissionDenied(
                 f"role '{principal.role}' lacks the '{permission_name(permission)}' "
-                f"permission that {path} needs")
+                f"permission that {path} needs",
+                metadata={"permission": permission_name(permission)})
         if self.rate_limits:
             await self._limit(principal, path)
 
@@ -146,8 +148,12 @@ class Guard:
             await self.limiter.acquire(f"user.{principal.user}", role_limit)
         method_limit = limits.methods.get(path)
         if method_limit is not None:
-            await self.limiter.acquire(f"method.{principal.user}.{subjects.subject_token(path)}",
-                                       method_limit)
+            try:
+                await self.limiter.acquire(
+                    f"method.{principal.user}.{subjects.subject_token(path)}", method_limit)
+            except RateLimited as refused:
+                refused.metadata["method"] = path  # which limit: the method's, not the role's
+                raise
 
     def identity_headers(self, principal: Principal, path: str,
                          expires_ms: int) -> dict[str, str]:

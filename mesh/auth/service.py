@@ -17,7 +17,7 @@ from mesh.auth.roles import ROLES
 from mesh.auth.tokens import ACCESS, REFRESH, Claims
 from mesh.auth.users import _NAME, Accounts, User
 from mesh.config import Limit
-from mesh.errors import InvalidArgument, RateLimited, Unauthenticated, Unavailable
+from mesh.errors import InvalidArgument, RateLimited, Reason, Unauthenticated, Unavailable
 
 __all__ = ["AuthServicer", "UserServicer"]
 
@@ -116,12 +116,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         claims = guard.tokens.verify(request.refresh_token, REFRESH)
         reason = guard.revocations.reason(claims)
         if reason:
-            raise Unauthenticated(reason.replace("token", "refresh token", 1))
+            raise Unauthenticated(reason.replace("token", "refresh token", 1),
+                                  reason=Reason.TOKEN_REVOKED)
         user = await guard.users.get(claims.user)
         if user is None or user.disabled:
             raise Unauthenticated("this user no longer exists or is disabled")
         if not await guard.revocations.revoke_token(claims):  # one use only, even when raced
-            raise Unauthenticated("the refresh token was already used; sign in again")
+            raise Unauthenticated("the refresh token was already used; sign in again",
+                                  reason=Reason.TOKEN_REVOKED)
         return auth_pb2.RefreshResponse(tokens=self._tokens(user))
 
     async def Logout(self, request: auth_pb2.LogoutRequest,

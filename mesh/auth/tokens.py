@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from mesh.auth.secrets import load_secret
 from mesh.config import AuthSettings, MeshConfig
-from mesh.errors import ConfigError, Unauthenticated
+from mesh.errors import ConfigError, Reason, Unauthenticated
 
 __all__ = ["ACCESS", "REFRESH", "Claims", "Keyring", "TokenService", "operator_token"]
 
@@ -170,7 +170,8 @@ class TokenService:
             self._cache.pop(token, None)
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(claims.expires_at))
             hint = "refresh it or sign in again" if kind == ACCESS else "sign in again"
-            raise Unauthenticated(f"the {kind} token expired at {when}; {hint}")
+            raise Unauthenticated(f"the {kind} token expired at {when}; {hint}",
+                                  reason=Reason.TOKEN_EXPIRED)
         return claims
 
     def _decode(self, token: str) -> Claims:
@@ -195,7 +196,8 @@ class TokenService:
                 issuer=self.settings.issuer, leeway=self.settings.leeway_s,
                 options={"require": _REQUIRED})
         except jwt.ExpiredSignatureError:
-            raise Unauthenticated("the token expired; refresh it or sign in again") from None
+            raise Unauthenticated("the token expired; refresh it or sign in again",
+                                  reason=Reason.TOKEN_EXPIRED) from None
         except jwt.ImmatureSignatureError:
             raise Unauthenticated("the token is not valid yet (nbf/iat in the future; check "
                                   "the clocks)") from None

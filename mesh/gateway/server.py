@@ -37,7 +37,16 @@ from mesh.auth.service import AuthServicer, UserServicer
 from mesh.auth.users import ADMIN_PASSWORD_ENV
 from mesh.config import MeshConfig
 from mesh.engine import Context
-from mesh.errors import Cancelled, ConfigError, Internal, InvalidArgument, RateLimited, RpcError
+from mesh.errors import (
+    Cancelled,
+    ConfigError,
+    Internal,
+    InvalidArgument,
+    Reason,
+    RpcError,
+    Unavailable,
+    Unimplemented,
+)
 from mesh.gateway.mesh_service import MeshServicer
 from mesh.registry import RegistryView, Route, Snapshot, file_set
 from mesh.runtime.node import Node
@@ -333,9 +342,7 @@ class Gateway:
                              admitted=admitted, error=error, started=started,
                              request_id=call.request_id,
                              peer=peer)
-            if isinstance(error, RateLimited):
-                context.set_trailing_metadata(error.trailers())
-            await context.abort(error.code, error.message)
+            await context.abort(error.code, error.message, error.trailers())
             raise AssertionError("unreachable: abort raises")
 
         return handle
@@ -377,9 +384,7 @@ class Gateway:
                              request_id=call.request_id,
                              peer=peer, status=status)
             if error is not None:
-                if isinstance(error, RateLimited):
-                    context.set_trailing_metadata(error.trailers())
-                await context.abort(error.code, error.message)
+                await context.abort(error.code, error.message, error.trailers())
 
         return handle
 
@@ -388,7 +393,7 @@ class Gateway:
             try:
                 return await inner(request, context, self._call(context))
             except RpcError as error:
-                await context.abort(error.code, error.message)
+                await context.abort(error.code, error.message, error.trailers())
                 raise AssertionError("unreachable: abort raises") from error
 
         return handle
@@ -401,7 +406,7 @@ class Gateway:
                 async for item in messages:
                     yield item
             except RpcError as error:
-                await context.abort(error.code, error.message)
+                await context.abort(error.code, error.message, error.trailers())
             finally:
                 await messages.aclose()  # type: ignore[attr-defined]
 
@@ -464,35 +469,35 @@ class Gateway:
 
     def unknown_handler(self, path: str) -> Unary:
         """Unknown paths: callers must still sign in before they learn what is served."""
-        code, message = self.explain_unknown(path)
+        error = self.explain_unknown(path)
 
         async def unknown(request: bytes, context: ServicerContext, call: _Call) -> bytes:
-            raise RpcError(code, message)
+            raise error
 
         if self.guard is None or path.startswith("/grpc."):
             # standard services (reflection v1 probes from grpcurl) stay open, like health
             async def bare(request: bytes, context: ServicerContext) -> bytes:
-                await context.abort(code, message)
+                await context.abort(error.code, error.message, error.trailers())
                 raise AssertionError("unreachable: abort raises")
             return bare
         return self._guarded_unary(path, PERMISSION_READ, unknown)
 
-    def explain_unknown(self, path: str) -> tuple[grpc.StatusCode, str]:
-        """The status and message for a path with no route."""
+    def explain_unknown(self, path: str) -> RpcError:
+        """The error for a path with no route."""
         snapshot = self._view.snapshot if self._view else Snapshot()
         service, _, method = path.strip("/").partition("/")
+        where = {"method": path}
         if service in snapshot.services:
             methods = ", ".join(m.name for m in snapshot.services[service].methods)
-            return (grpc.StatusCode.UNIMPLEMENTED,
-                    f"service {service} has no method '{method}'; its methods: {methods}")
+            return Unimplemented(
+                f"service {service} has no method '{method}'; its methods: {methods}",
+                reason=Reason.UNKNOWN_METHOD, metadata=where)
         if service in self._ever_served:
-            return (grpc.StatusCode.UNAVAILABLE,
-                    f"no live node serves {service} right now; start a node with its engine "
-                    "or retry")
+            return Unavailable(f"no live node serves {service} right now; start a node with "
+                               "its engine or retry", reason=Reason.NO_LIVE_NODE, metadata=where)
         served = ", ".join(sorted({s.full_name for s in _OWN_SERVICES} | snapshot.services.keys()))
-        return (grpc.StatusCode.UNIMPLEMENTED,
-                f"unknown method {path}: the mesh serves no service '{service}'. "
-                f"It serves: {served}")
+        return Unimplemented(f"unknown method {path}: the mesh serves no service '{service}'. "
+                             f"It serves: {served}", reason=Reason.UNKNOWN_METHOD, metadata=where)
 
 
 def server_credentials(config: MeshConfig) -> grpc.ServerCredentials | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 
 from mesh.config import ModelSettings
-from mesh.errors import ResourceExhausted, Unavailable
+from mesh.errors import BudgetExhausted, Unavailable
 from mesh.transport import counters, subjects
 
 __all__ = ["Budgets", "Reservation", "period_of"]
@@ -69,7 +69,7 @@ class Budgets:
 
     async def reserve(self, user: str, estimate_usd: float,
                       now: float | None = None) -> Reservation:
-        """Set ``estimate_usd`` aside for ``user``, or raise :class:`ResourceExhausted`."""
+        """Set ``estimate_usd`` aside for ``user``, or raise :class:`BudgetExhausted`."""
         period = period_of(self._settings.budget_period, now)
         micros = math.ceil(max(0.0, estimate_usd) * _MICROS)
         if micros == 0:
@@ -79,11 +79,13 @@ class Budgets:
         total = await self._add(subject, micros)
         if total > limit:
             await self._add(subject, -micros)
-            raise ResourceExhausted(
+            raise BudgetExhausted(
                 f"budget reached: {user or 'anonymous'} may spend ${limit / _MICROS:.2f} on "
                 f"paid models per {self._settings.budget_period} and has "
                 f"${(total - micros) / _MICROS:.4f} spent or reserved; this call needs about "
-                f"${micros / _MICROS:.4f}. Local models stay available.")
+                f"${micros / _MICROS:.4f}. Local models stay available.",
+                metadata={"user": user, "period": period,
+                          "limit_usd": f"{limit / _MICROS:.2f}"})
         return Reservation(user, period, micros)
 
     async def settle(self, reservation: Reservation, actual_usd: float) -> None:

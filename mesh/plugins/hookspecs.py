@@ -7,10 +7,12 @@ An implementation may take fewer arguments than its spec; hooks only ever gain a
 
 Lifecycle:
 
-1. **declare** -- :func:`revo_engine` says what the engine is.
-2. **configure** -- :func:`revo_configure` validates the engine's settings.
-3. **start** -- the node builds one :class:`~mesh.engine.Engine` per actor with the
-   configured settings and calls its ``start()`` in the actor's thread.
+1. **extend** -- :func:`revo_hookspecs` adds the hooks a plugin offers to other plugins
+   (Parallel Mind's ``revo_task_types``), before any plugin's implementations are checked.
+2. **declare** -- :func:`revo_engine` says what the engine is, including its settings model.
+3. **configure** -- the mesh validates ``[engines.<name>]`` with that model (no hook).
+4. **start** -- the node builds one :class:`~mesh.engine.Engine` per actor with the
+   validated settings and calls its ``start()`` in the actor's thread.
 
 A plugin whose import, declaration, configuration or start fails is reported with a status
 (``load error``, ``config error``, ``start error``) and the node runs on without it.
@@ -18,16 +20,33 @@ A plugin whose import, declaration, configuration or start fails is reported wit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Sequence
+from types import ModuleType
 
-import pluggy
-
-from mesh.engine import EngineSpec, SettingsMap
-
-hookspec = pluggy.HookspecMarker("revo")
+from mesh.engine import EngineSpec, hookspec
 
 PROJECT = "revo"
+
+
+# -- extend ------------------------------------------------------------------------------
+
+@hookspec
+def revo_hookspecs() -> Sequence[ModuleType | type] | None:
+    """Declare hooks that this plugin calls on other plugins.
+
+    Called on every plugin before any implementation is checked, so a plugin may implement
+    a hook declared by a plugin that loads after it. The plugin calls its hooks with
+    ``runtime.plugins.each(spec, **kwargs)`` (typed by the spec), which asks each enabled
+    plugin in turn. Plugins that implement such a hook mark it
+    ``@hookimpl(optionalhook=True)``, so that they load where the declaring plugin is not
+    installed.
+
+    :returns: modules or classes holding ``@mesh.engine.hookspec`` functions named
+        ``revo_*``, or None. Declaring a hook that another plugin or the mesh already
+        declares is a *load error*.
+
+    .. versionadded:: 0.3
+    """
 
 
 # -- declare -----------------------------------------------------------------------------
@@ -39,52 +58,8 @@ def revo_engine() -> EngineSpec | None:
     Stops at the first non-None result.
 
     :returns: an :class:`~mesh.engine.EngineSpec` naming the engine (equal to the entry
-        point name), its :class:`~mesh.engine.Engine` class, the proto services it serves
-        and its default pool size. Raising here is a *load error*.
+        point name), its :class:`~mesh.engine.Engine` class, its settings model, the proto
+        services it serves and its default pool size. Raising here is a *load error*.
 
     .. versionadded:: 0.1
-    """
-
-
-# -- configure ---------------------------------------------------------------------------
-
-@hookspec(firstresult=True)
-def revo_configure(settings: SettingsMap) -> Any:
-    """Validate the engine's own settings and turn them into what its engines receive.
-
-    Stops at the first non-None result.
-
-    :param settings: the keys of ``[engines.<name>]`` in ``revo.toml`` (and
-        ``REVO_ENGINES__<NAME>__<KEY>`` variables) other than the mesh's own
-        (``pool_size``, ``max_pending``).
-    :returns: any object; every engine instance receives it as ``Engine.settings``. Return
-        None to pass ``settings`` through unchanged. Raise
-        :class:`~mesh.errors.ConfigError` (or any exception) with a message naming the key
-        to fix: the plugin gets *config error* and is not started.
-
-    .. versionadded:: 0.1
-    """
-
-
-# -- offer work to other engines ---------------------------------------------------------
-
-@hookspec
-def revo_task_types() -> Mapping[str, Callable[[bytes, Any], bytes]] | None:
-    """Task types this plugin offers to the task engine (Parallel Mind, engine ``parallel``).
-
-    Called on every enabled plugin when the task engine starts; a task submitted with
-    ``TypedWork(type=NAME, payload=...)`` runs ``handler(payload, ctx)`` in a worker actor's
-    thread and its return value (bytes) is the task's result. ``ctx`` is a
-    ``revo_engine_parallel.TaskContext``: ``task_id``, ``owner``, ``attempt``,
-    ``cancelled`` (a ``threading.Event`` set on Cancel or timeout; long work should check
-    it), ``time_remaining()`` and ``progress(fraction, message)``. Raise
-    :class:`~mesh.errors.RpcError` for a failure with its status (``INVALID_ARGUMENT`` and
-    other non-retryable codes fail the task; ``UNAVAILABLE`` and the like are retried);
-    any other exception counts as a crash and is retried until the task's attempts run
-    out, then dead-lettered.
-
-    :returns: a mapping of type name to handler, or None. Two plugins offering one name is
-        a start error of the task engine.
-
-    .. versionadded:: 0.2
     """

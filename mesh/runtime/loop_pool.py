@@ -23,6 +23,7 @@ from mesh.errors import (
     Cancelled,
     DeadlineExceeded,
     Internal,
+    Reason,
     ResourceExhausted,
     RpcError,
     Unavailable,
@@ -161,10 +162,12 @@ class LoopPool:
 
     def _admit(self, binding: MethodBinding, payload: bytes) -> Message:
         if self._stopping or self.engine is None:
-            raise Unavailable(f"engine '{self.name}' is stopping; retry on another node")
+            raise Unavailable(f"engine '{self.name}' is stopping; retry on another node",
+                              reason=Reason.ENGINE_STOPPING)
         if len(self._tasks) >= self.max_pending:
             raise ResourceExhausted(f"engine '{self.name}' is at capacity ({len(self._tasks)} "
-                                    "calls in flight); retry later or add nodes")
+                                    "calls in flight); retry later or add nodes",
+                                    reason=Reason.POOL_FULL, metadata={"engine": self.name})
         return decode_request(binding, payload)
 
     def crashed(self, binding: MethodBinding, ctx: Context, exc: Exception) -> RpcError:

@@ -34,6 +34,7 @@ from mesh.errors import (
     ConfigError,
     Internal,
     InvalidArgument,
+    Reason,
     ResourceExhausted,
     RpcError,
     Unimplemented,
@@ -46,6 +47,7 @@ from mesh.transport import headers as h
 from mesh.transport import subjects
 from mesh.transport.connection import MeshConnection, connect, encode_headers
 from mesh.transport.ids import new_request_id
+from mesh.transport.rpc import error_headers
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +114,6 @@ def request_context(path: str, msg_headers: dict[str, str], node_id: str,
     )
 
 
-def error_headers(error: RpcError) -> dict[str, str]:
-    return {h.STATUS: str(error.code.value[0]), h.MESSAGE: h.header_text(error.message)}
-
-
 class Node:
     """Hosts engine pools and serves them on NATS."""
 
@@ -131,6 +129,7 @@ class Node:
             settings={name: s.plugin_settings() for name, s in config.engines.items()},
         )
         self.pools: dict[str, Pool] = {}
+        self.runtime: EngineRuntime | None = None
         self.routes: dict[str, tuple[Pool, MethodBinding]] = {}
         self._seal = IdentitySeal.from_config(config) if config.auth.enabled else None
         """With auth on, calls over NATS must carry an identity sealed by a gateway."""
@@ -159,7 +158,8 @@ class Node:
             self.nc = nc or await connect(self.config.nats, name=f"revo-node {self.id}")
         self.host.load()
         records = self.host.enabled()
-        runtime = EngineRuntime(self.id, self.config, self.nc, self.host.collect)
+        self.runtime = runtime = EngineRuntime(self.id, self.config, self.nc, self.host)
+        await runtime.start()  # before the engines, which may call each other in start()
         pools: dict[str, Pool] = {}
         for record in records:
             assert record.spec is not None
@@ -245,6 +245,8 @@ class Node:
             await self._registry.stop()
         for pool in self.pools.values():
             await pool.stop()
+        if self.runtime is not None:
+            await self.runtime.stop()
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()
@@ -299,11 +301,21 @@ class Node:
             if binding.server_streaming:
                 self._begin(reply)
                 task = asyncio.get_running_loop().create_task(
-                    self._serve_stream(reply, data, pool, binding, ctx, headers))
+                    self._serve_stream(reply, data, pool, binding, ctx, headers),
+                    context=scope.context if scope is not None else None)
                 task.add_done_callback(lambda _: self._end(reply))
+                if scope is not None:
+                    task.add_done_callback(lambda _: tracing.finish(scope.span))
                 return
-            pool.start_call(binding, data, ctx, functools.partial(self._answer, reply))
+            respond = functools.partial(self._answer, reply)
+            if scope is None:
+                pool.start_call(binding, data, ctx, respond)
+            else:  # the engine's span is a child of this node's
+                scope.context.run(pool.start_call, binding, data, ctx,
+                                  scope.responding(respond))
         except RpcError as error:
+            if scope is not None:
+                tracing.finish(scope.span, error)
             self._send(reply, headers=error_headers(error))
             return
         self._begin(reply)
@@ -405,7 +417,8 @@ class Node:
 
     def describe(self) -> mesh_pb2.Node:
         node = mesh_pb2.Node(id=self.id, hostname=socket.gethostname(), pid=os.getpid(),
-                             version=mesh.__version__, draining=self.draining)
+                             version=mesh.__version__, draining=self.draining,
+                             metrics_url=self.metrics.url)
         node.started_at.FromSeconds(int(self.started_at))
         heartbeat = Timestamp()
         heartbeat.GetCurrentTime()

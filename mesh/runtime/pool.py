@@ -29,6 +29,7 @@ from mesh.errors import (
     DeadlineExceeded,
     Internal,
     InvalidArgument,
+    Reason,
     ResourceExhausted,
     RpcError,
     Unavailable,
@@ -390,12 +391,14 @@ class EnginePool:
     def submit(self, call: Call) -> None:
         """Queue ``call`` and wake an idle actor if there is one; raise when the queue is full."""
         if self._stopping:
-            raise Unavailable(f"engine '{self.name}' is stopping; retry on another node")
+            raise Unavailable(f"engine '{self.name}' is stopping; retry on another node",
+                              reason=Reason.ENGINE_STOPPING)
         with self._lock:
             if len(self._waiting) >= self.max_pending and not self._idle:
                 raise ResourceExhausted(
                     f"engine '{self.name}' is at capacity ({self.size} actors busy, "
-                    f"{self.max_pending} calls queued); retry later or add nodes")
+                    f"{self.max_pending} calls queued); retry later or add nodes",
+                    reason=Reason.POOL_FULL, metadata={"engine": self.name})
             self._waiting.append(call)
             slot = self._idle.popleft() if self._idle else None
         if slot is not None and slot.ref is not None:

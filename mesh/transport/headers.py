@@ -17,6 +17,9 @@ Replies (node -> gateway):
 ========================  ==========================================================
 ``Revo-Status``           gRPC status number; absent means OK
 ``Revo-Message``          the status message a person reads
+``Revo-Status-Details``   base64 ``google.rpc.Status`` with the error's details (reason,
+                          retry delay, field violations; see mesh.errors); sent only
+                          with ``Revo-Status``, only when the error has details
 ``Revo-Accepted``         the call is running on this node (sent when it takes a while)
 ``Revo-Stream-Control``   first stream message: subject for acks and cancel
 ``Revo-Node``             first stream message: the node serving the stream
@@ -43,6 +46,7 @@ STREAM_WINDOW = "Revo-Stream-Window"
 
 STATUS = "Revo-Status"
 MESSAGE = "Revo-Message"
+STATUS_DETAILS = "Revo-Status-Details"
 ACCEPTED = "Revo-Accepted"
 STREAM_CONTROL = "Revo-Stream-Control"
 NODE = "Revo-Node"

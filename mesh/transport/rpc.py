@@ -2,8 +2,9 @@
 
 One :class:`Requester` per connection subscribes a single reply inbox (``<inbox>.*``) and
 routes replies to waiting calls by token. Errors arrive as ``Revo-Status`` /
-``Revo-Message`` headers and are raised as :class:`mesh.errors.RpcError` with the same code;
-a subject nobody serves raises ``UNAVAILABLE``.
+``Revo-Message`` / ``Revo-Status-Details`` headers (:func:`error_headers` writes them) and
+are raised as the same :class:`mesh.errors.RpcError` subclass with the same code and
+details (:func:`error_from`); a subject nobody serves raises ``UNAVAILABLE``.
 
 A call's node says ``Revo-Accepted: <node id>`` when the call runs longer than a moment.
 That lets a caller tell a slow call from a lost one: a call that is neither answered nor
@@ -15,18 +16,24 @@ and an accepted call whose node leaves the registry (:meth:`Requester.node_gone`
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import nats.errors
+from google.protobuf.message import DecodeError
+from google.rpc.status_pb2 import Status
 
 from mesh.errors import (
     DeadlineExceeded,
+    Reason,
     ResourceExhausted,
     RpcError,
     Unavailable,
+    error_from_status,
     status_from_code,
 )
 from mesh.transport import headers as h
@@ -34,23 +41,56 @@ from mesh.transport.connection import MeshConnection, encode_headers
 
 _Message = tuple[bytes, dict[str, str] | None]
 
-__all__ = ["Requester", "error_from"]
+__all__ = ["Requester", "error_from", "error_headers"]
 
 _NO_RESPONDERS = "503"
 _CANCEL = encode_headers({h.CANCEL: "1"})
 
 
+# Room for Revo-Status-Details within the header room a message keeps (h.HEADER_ROOM).
+_DETAILS_LIMIT = 2048
+
+
+def error_headers(error: RpcError) -> dict[str, str]:
+    """The reply headers that carry ``error``: its code, message and details.
+
+    The details' ``Status`` leaves out the code and message (the other two headers carry
+    them); details that would pass the header's room are dropped, the last first
+    (field violations, then the retry delay; the reason stays if anything does)."""
+    out = {h.STATUS: str(error.code.value[0]), h.MESSAGE: h.header_text(error.message)}
+    status = error.status()
+    if status is not None:
+        status.ClearField("code")
+        status.ClearField("message")
+        details = base64.b64encode(status.SerializeToString())
+        while len(details) > _DETAILS_LIMIT and status.details:
+            del status.details[-1]
+            details = base64.b64encode(status.SerializeToString())
+        if status.details:
+            out[h.STATUS_DETAILS] = details.decode()
+    return out
+
+
 def error_from(msg_headers: Mapping[str, str] | None) -> RpcError | None:
-    """The error a reply carries, or None for OK."""
+    """The error a reply carries, as its own class with its details, or None for OK."""
     if not msg_headers:
         return None
     status = msg_headers.get(h.STATUS)
     if status is None:
         if msg_headers.get(h.NATS_STATUS) == _NO_RESPONDERS:
             return Unavailable("no node serves this method right now; start a node with its "
-                               "engine, or retry")
+                               "engine, or retry", reason=Reason.NO_LIVE_NODE)
         return None
-    return RpcError(status_from_code(int(status)), msg_headers.get(h.MESSAGE, ""))
+    details = msg_headers.get(h.STATUS_DETAILS)
+    return error_from_status(status_from_code(int(status)), msg_headers.get(h.MESSAGE, ""),
+                             _details(details) if details else None)
+
+
+def _details(encoded: str) -> Status | None:
+    try:
+        return Status.FromString(base64.b64decode(encoded, validate=True))
+    except (binascii.Error, DecodeError):  # a broken header must not hide the error itself
+        return None
 
 
 @dataclass(eq=False)
@@ -191,7 +231,10 @@ class Requester:
         except nats.errors.MaxPayloadError:
             raise ResourceExhausted(
                 f"request of {len(payload)} bytes exceeds the mesh's NATS message limit "
-                f"({self._nc.max_payload} bytes with headers)") from None
+                f"({self._nc.max_payload} bytes with headers)",
+                reason=Reason.MESSAGE_TOO_LARGE,
+                metadata={"size": str(len(payload)), "limit": str(self._nc.max_payload)},
+            ) from None
         except nats.errors.ConnectionClosedError:
             raise Unavailable("the gateway has no NATS connection; retry shortly") from None
 
@@ -246,7 +289,8 @@ class Requester:
         else:
             pending.fail(Unavailable(
                 f"no node took the call within {self._accept_timeout:g} s; the node that "
-                "received it may have died. Retry if the call is safe to repeat"))
+                "received it may have died. Retry if the call is safe to repeat",
+                reason=Reason.NODE_LOST))
 
     def accepted_by(self, node_id: str) -> int:
         """How many calls in flight ``node_id`` has accepted (tests wait on it)."""
@@ -258,7 +302,8 @@ class Requester:
             pending = self._pending.get(token)
             if pending is not None:
                 pending.fail(Unavailable(f"node {node_id} stopped while serving the call; "
-                                         "retry if the call is safe to repeat"))
+                                         "retry if the call is safe to repeat",
+                                         reason=Reason.NODE_LOST))
 
     def _forget(self, token: str) -> None:
         pending = self._pending.pop(token, None)

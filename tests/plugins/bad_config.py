@@ -1,19 +1,18 @@
-"""Engine ``bad_config``: its ``revo_configure`` always refuses the settings."""
+"""Engine ``bad_config``: its settings model needs a key that no test configures."""
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import BaseModel, Field
 
 from mesh.engine import EngineSpec, hookimpl
-from mesh.errors import ConfigError
 from revo_engine_echo import EchoEngine
+
+
+class BadConfigSettings(BaseModel):
+    model: str = Field(description="the path of the model file to load")
 
 
 @hookimpl
 def revo_engine() -> EngineSpec:
-    return EngineSpec(name="bad_config", engine=EchoEngine, pool_size=1)
-
-
-@hookimpl
-def revo_configure(settings: dict[str, Any]) -> Any:
-    raise ConfigError("[engines.bad_config] needs 'model': the path of the model file to load")
+    return EngineSpec(name="bad_config", engine=EchoEngine, settings=BadConfigSettings,
+                      pool_size=1)

@@ -167,7 +167,7 @@ def _file_effect(payload: bytes, ctx: Any) -> bytes:
     return key.encode()
 
 
-@hookimpl
+@hookimpl(optionalhook=True)  # declared by Parallel Mind, which may not be loaded
 def revo_task_types() -> dict[str, Any]:
     return {"test.fail": _fail, "test.crash": _crash, "test.effect": _effect,
             "test.progress": _progress, "test.file_effect": _file_effect}

@@ -36,14 +36,15 @@ def test_mesh_client_exports_every_public_name() -> None:
 def test_mesh_engine_exports_every_public_name() -> None:
     module = importlib.import_module("mesh.engine")
 
-    assert set(module.__all__) - {"hookimpl"} == defined_public_names(module)
+    assert set(module.__all__) - {"hookimpl", "hookspec"} == defined_public_names(module)
 
 
-def test_mesh_engine_exports_hookimpl() -> None:
+def test_mesh_engine_exports_hookimpl_and_hookspec() -> None:
     module = importlib.import_module("mesh.engine")
 
-    assert "hookimpl" in module.__all__
+    assert {"hookimpl", "hookspec"} <= set(module.__all__)
     assert module.hookimpl.project_name == "revo"
+    assert module.hookspec.project_name == "revo"
 
 
 @pytest.mark.parametrize("name", MODULES)

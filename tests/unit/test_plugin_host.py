@@ -1,21 +1,25 @@
 """The plugin host: every plugin gets a status and a message a person can act on.
 
-The hooks exercised here: ``revo_engine`` (declare) and ``revo_configure`` (configure);
-``tests/unit/test_hookspecs.py`` checks that each hook in ``mesh.plugins.hookspecs`` is
-named in this file.
+The hooks exercised here: ``revo_hookspecs`` (extend), ``revo_engine`` (declare), and
+Parallel Mind's ``revo_task_types`` as a hook a plugin declares; settings are validated by
+the host. ``tests/unit/test_hookspecs.py`` checks that each hook in
+``mesh.plugins.hookspecs`` is named in this file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
 from mesh.config import load_config
+from mesh.errors import ConfigError
 from mesh.plugins import PluginHost, PluginRecord, PluginStatus
 from mesh.runtime.pool import EnginePool
 from revo_engine_echo import EchoSettings
-from tests.plugins import bad_start
+from revo_engine_parallel import hookspecs as parallel_hooks
+from tests.plugins import bad_start, failing_task_types
 
 ECHO_PATHS = {"/revo.echo.v1.EchoService/Echo", "/revo.echo.v1.EchoService/Count",
               "/revo.echo.v1.EchoService/Stats"}
@@ -73,9 +77,9 @@ def test_revo_engine_of_crashy_test_plugin_is_enabled() -> None:
     assert set(record.methods) == ECHO_PATHS
 
 
-# -- configure ----------------------------------------------------------------------------
+# -- settings (validated by the host with the engine's model) ----------------------------
 
-def test_revo_configure_turns_settings_into_the_plugins_model() -> None:
+def test_settings_model_turns_the_table_into_the_engines_settings() -> None:
     record = load_one("echo", "revo_engine_echo", settings={"echo": {"prefix": "x"}})
 
     assert record.status is PluginStatus.ENABLED, record.message
@@ -83,7 +87,7 @@ def test_revo_configure_turns_settings_into_the_plugins_model() -> None:
     assert record.settings.prefix == b"x"
 
 
-def test_revo_configure_gets_the_plugin_keys_from_configuration() -> None:
+def test_settings_come_from_the_plugin_keys_of_configuration() -> None:
     config = load_config(environ={"REVO_ENGINES__ECHO__PREFIX": "env:",
                                   "REVO_ENGINES__ECHO__POOL_SIZE": "3"})
     settings = {name: s.plugin_settings() for name, s in config.engines.items()}
@@ -95,27 +99,50 @@ def test_revo_configure_gets_the_plugin_keys_from_configuration() -> None:
     assert record.settings.prefix == b"env:"
 
 
-def test_revo_configure_rejecting_an_unknown_key_is_a_config_error() -> None:
+def test_unknown_settings_key_is_a_config_error_naming_it_with_a_suggestion() -> None:
     record = load_one("echo", "revo_engine_echo", settings={"echo": {"prefx": "x"}})
 
     assert record.status is PluginStatus.CONFIG_ERROR
-    assert "prefx" in record.message
-    assert "[engines.echo]" in record.message
+    assert record.message == "[engines.echo] prefx: unknown key; did you mean 'prefix'?"
 
 
-def test_without_revo_configure_the_raw_settings_pass_through() -> None:
-    record = load_one("crashy", "tests.plugins.crashy", settings={"crashy": {"mode": "loud"}})
+def test_setting_of_the_wrong_type_is_a_config_error_naming_the_key() -> None:
+    record = load_one("echo", "revo_engine_echo", settings={"echo": {"prefix": 5}})
+
+    assert record.status is PluginStatus.CONFIG_ERROR
+    assert record.message.startswith("[engines.echo] prefix: "), record.message
+    assert "bytes" in record.message
+
+
+def test_settings_model_validators_speak_through_the_config_error() -> None:
+    record = load_one("parallel", "revo_engine_parallel",
+                      settings={"parallel": {"workers_min": 8, "workers_max": 2}})
+
+    assert record.status is PluginStatus.CONFIG_ERROR
+    assert record.message.startswith("[engines.parallel] ")
+    assert "workers_min (8) is above workers_max (2)" in record.message
+
+
+def test_engine_without_a_settings_model_gets_none() -> None:
+    record = load_one("crashy", "tests.plugins.crashy")
 
     assert record.status is PluginStatus.ENABLED, record.message
-    assert record.settings == {"mode": "loud"}
+    assert record.settings is None
 
 
-def test_revo_configure_raising_is_a_config_error_with_its_message() -> None:
+def test_engine_without_a_settings_model_refuses_keys_of_its_own() -> None:
+    record = load_one("crashy", "tests.plugins.crashy", settings={"crashy": {"mode": "loud"}})
+
+    assert record.status is PluginStatus.CONFIG_ERROR
+    assert record.message.startswith("[engines.crashy] mode: ")
+    assert "takes no settings" in record.message
+
+
+def test_missing_required_setting_is_a_config_error_naming_it() -> None:
     record = load_one("bad_config", FAULTY["bad_config"])
 
     assert record.status is PluginStatus.CONFIG_ERROR
-    assert "needs 'model'" in record.message
-    assert record.message.startswith("ConfigError: ")
+    assert record.message == "[engines.bad_config] model: Field required"
     assert record.spec is not None  # it was declared before its configuration failed
 
 
@@ -249,12 +276,60 @@ def test_extra_plugin_with_an_installed_name_gets_one_clear_outcome() -> None:
         assert "already registered" not in record.message
 
 
-def test_revo_task_types_answers_are_collected_from_enabled_plugins_only() -> None:
-    host = PluginHost(discover=False, extra={"guarded": "tests.plugins.guarded",
-                                             "echo": "revo_engine_echo"}, block=["echo"])
+# -- hooks that plugins declare ----------------------------------------------------------
+
+TASK_PLUGINS = {"guarded": "tests.plugins.guarded", "parallel": "revo_engine_parallel",
+                "echo": "revo_engine_echo"}
+
+
+def test_revo_hookspecs_declares_a_hook_that_each_then_asks_enabled_plugins() -> None:
+    host = PluginHost(discover=False, extra=TASK_PLUGINS, block=["echo"])
+    host.load()  # guarded (implementing revo_task_types) loads before parallel declares it
+
+    offered = host.each(parallel_hooks.revo_task_types)
+
+    assert host.records["guarded"].status is PluginStatus.ENABLED
+    assert list(offered) == ["guarded"]  # parallel and echo offer none; echo is blocked
+    assert {"test.fail", "test.crash", "test.effect"} <= set(offered["guarded"])
+
+
+def test_plugin_implementing_a_declared_hook_loads_without_the_declaring_plugin() -> None:
+    record = load_one("guarded", "tests.plugins.guarded")
+
+    assert record.status is PluginStatus.ENABLED, record.message
+
+
+def test_bad_implementation_of_a_declared_hook_is_its_own_load_error() -> None:
+    host = PluginHost(discover=False, extra={**TASK_PLUGINS,
+                                             "bad_task_types": "tests.plugins.bad_task_types"})
     host.load()
 
-    offered = host.collect("revo_task_types")
+    record = host.records["bad_task_types"]
+    assert record.status is PluginStatus.LOAD_ERROR
+    assert "revo_task_types" in record.message
+    assert "queue" in record.message
+    assert [r.name for r in host.enabled()] == ["echo", "guarded", "parallel"]
 
-    assert list(offered) == ["guarded"]  # echo offers none; a blocked plugin is not asked
-    assert {"test.fail", "test.crash", "test.effect"} <= set(offered["guarded"])
+
+def test_hook_implementation_that_raises_is_named_by_each() -> None:
+    host = PluginHost(discover=False, extra={
+        **TASK_PLUGINS, "failing_task_types": "tests.plugins.failing_task_types"})
+    host.load()
+
+    with pytest.raises(ConfigError) as caught:
+        host.each(parallel_hooks.revo_task_types)
+
+    assert "plugin failing_task_types" in str(caught.value)
+    assert failing_task_types.FAILURE in str(caught.value)
+
+
+def test_revo_engine_is_called_through_pluggy_so_its_tracing_sees_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="mesh.plugins.host")
+    host = PluginHost(discover=False, extra={"echo": "revo_engine_echo"})
+
+    host.load()
+
+    traced = [r.getMessage() for r in caplog.records if r.name == "mesh.plugins.host"]
+    assert any("revo_engine" in line and "[hook]" in line for line in traced), traced
+    assert any("revo_hookspecs" in line for line in traced), traced

@@ -2,16 +2,19 @@
 
 Engine ``parallel`` serves ``revo.tasks.v1.TaskService``. A task is a call to any unary
 mesh method (made as its owner) or work of a type that a plugin offers through the
-``revo_task_types`` hook; see ``docs/tasks.md``.
+``revo_task_types`` hook, which this plugin declares (:mod:`revo_engine_parallel.hookspecs`);
+see ``docs/tasks.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 from mesh.engine import EngineSpec, hookimpl
 from mesh.errors import InvalidArgument
+from revo_engine_parallel import hookspecs
 from revo_engine_parallel.context import TaskContext
 from revo_engine_parallel.engine import TaskEngine
 from revo_engine_parallel.settings import ParallelSettings
@@ -40,11 +43,12 @@ def builtin_types() -> Mapping[str, Any]:
 
 
 @hookimpl
-def revo_engine() -> EngineSpec:
-    return EngineSpec(name="parallel", engine=TaskEngine, max_pending=4096)
+def revo_hookspecs() -> Sequence[ModuleType]:
+    return [hookspecs]
 
 
 @hookimpl
-def revo_configure(settings: Mapping[str, Any]) -> ParallelSettings:
-    return ParallelSettings.parse(dict(settings))
+def revo_engine() -> EngineSpec:
+    return EngineSpec(name="parallel", engine=TaskEngine, settings=ParallelSettings,
+                      max_pending=4096)
 

@@ -30,11 +30,12 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import KeyWrongLastSequenceError
 
-from mesh.calls import MeshCalls
+from mesh.engine import Context, EngineRuntime
 from mesh.errors import Cancelled, DeadlineExceeded, RpcError, Unavailable
 from mesh.runtime.workers import Job, WorkerPool
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.context import TaskContext
+from revo_engine_parallel.hookspecs import Handler
 from revo_engine_parallel.scheduling import Queue, Scheduler
 from revo_engine_parallel.settings import ParallelSettings
 from revo_engine_parallel.store import (
@@ -62,7 +63,6 @@ _CLAIM_TRIES = 5
 _REVISION_HINTS = 10_000
 """Revision hints kept from kicks (most are for tasks another node takes)."""
 
-Handler = Callable[[bytes, TaskContext], bytes]
 
 
 @dataclass
@@ -94,13 +94,13 @@ class _Running:
 
 class Dispatcher:
     def __init__(self, store: TaskStore, pool: WorkerPool, settings: ParallelSettings, *,
-                 node_id: str, handlers: Mapping[str, Handler], calls: MeshCalls) -> None:
+                 node_id: str, handlers: Mapping[str, Handler], runtime: EngineRuntime) -> None:
         self.store = store
         self.pool = pool
         self.settings = settings
         self.node_id = node_id
         self.handlers = handlers
-        self.calls = calls
+        self.runtime = runtime
         self.stats = NodeStats()
         self.depth: dict[Queue, int] = {}
         """Tasks queued or running per queue, mesh-wide (from the stream, ~1 s old)."""
@@ -379,8 +379,14 @@ class Dispatcher:
 
     async def _call(self, task: pb.Task, role: str, ctx: TaskContext) -> bytes:
         call = task.spec.call
-        return await self.calls.call(call.method, call.request, caller=task.owner, role=role,
-                                     request_id=task.id, timeout=ctx.time_remaining())
+        as_owner = Context(method=call.method, request_id=task.id,
+                           deadline=time.monotonic() + ctx.time_remaining(),
+                           node_id=self.node_id, caller=task.owner, role=role)
+        # The method is the task's data (its owner chose it), so it is called by path,
+        # with the request bytes as they were submitted.
+        method = self.runtime.channel(as_owner).unary_unary(call.method)
+        answer: bytes = await method(call.request)
+        return answer
 
     def _report(self, task_id: str, fraction: float, message: str) -> None:
         """From a worker thread: record progress (best effort, latest wins)."""

@@ -18,7 +18,6 @@ from nats.js.api import Header
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 
 from mesh.auth.roles import MANAGE, declared_permission, grants, permission_name
-from mesh.calls import MeshCalls
 from mesh.engine import AsyncEngine, Context
 from mesh.errors import (
     ConfigError,
@@ -28,6 +27,7 @@ from mesh.errors import (
     ResourceExhausted,
 )
 from mesh.runtime.workers import WorkerPool
+from revo_engine_parallel import hookspecs
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.dispatch import Dispatcher, Handler
 from revo_engine_parallel.metrics import TaskMetrics
@@ -58,22 +58,19 @@ class TaskEngine(AsyncEngine):
     async def start(self) -> None:
         from revo_engine_parallel import builtin_types
 
-        if not isinstance(self.settings, ParallelSettings):
-            self.settings = ParallelSettings.parse(dict(self.settings or {}))
         runtime = self.runtime
-        self.handlers = _task_types(runtime.collect("revo_task_types"), builtin_types())
+        self.handlers = _task_types(runtime.plugins.each(hookspecs.revo_task_types),
+                                    builtin_types())
         self.store = TaskStore(runtime.nc, self.settings)
         await self.store.open()
         config = runtime.config
-        self.calls = MeshCalls(runtime.nc, config)
-        await self.calls.start()
         self.auth = config.auth.enabled
         self.pool = WorkerPool(asyncio.get_running_loop(), self.settings.workers_min,
                                self.settings.workers_max, self.settings.idle_s)
         self.pool.start()
         self.dispatcher = Dispatcher(
             self.store, self.pool, self.settings, node_id=runtime.node_id,
-            handlers=self.handlers, calls=self.calls)
+            handlers=self.handlers, runtime=runtime)
         await self.dispatcher.start()
         self.metrics = TaskMetrics(runtime.node_id, self.pool, self.dispatcher)
         self.metrics.register()
@@ -82,7 +79,6 @@ class TaskEngine(AsyncEngine):
         self.metrics.unregister()
         await self.dispatcher.stop()
         await self.pool.stop()
-        await self.calls.stop()
 
     # -- validation -------------------------------------------------------------------
 
@@ -129,7 +125,7 @@ class TaskEngine(AsyncEngine):
         return checked
 
     def _check_call(self, call: pb.MethodCall, where: str, ctx: Context) -> None:
-        route = self.calls.route(call.method)
+        route = self.runtime.calls.route(call.method)
         if route is None:
             raise InvalidArgument(f"{where}: unknown method {call.method[:200]!r}: no node "
                                   "serves it (methods are /package.Service/Method)")

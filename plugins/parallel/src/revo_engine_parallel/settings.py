@@ -10,7 +10,7 @@ __all__ = ["ParallelSettings"]
 
 
 class ParallelSettings(BaseModel):
-    """Validated by the plugin's ``revo_configure``; every node of a mesh should agree."""
+    """Validated by the mesh (``EngineSpec.settings``); every node of a mesh should agree."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -5,9 +5,6 @@ Engine ``recall`` serves ``revo.recall.v1.RecallService`` (docs/recall.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from mesh.engine import EngineSpec, hookimpl
 from revo_engine_recall.engine import RecallEngine
 from revo_engine_recall.settings import RecallSettings
@@ -17,9 +14,5 @@ __all__ = ["RecallEngine", "RecallSettings"]
 
 @hookimpl
 def revo_engine() -> EngineSpec:
-    return EngineSpec(name="recall", engine=RecallEngine, max_pending=4096)
-
-
-@hookimpl
-def revo_configure(settings: Mapping[str, Any]) -> RecallSettings:
-    return RecallSettings.parse(dict(settings))
+    return EngineSpec(name="recall", engine=RecallEngine, settings=RecallSettings,
+                      max_pending=4096)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from mesh.calls import MeshCalls
+from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.engine import AsyncEngine, Context
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
@@ -43,7 +43,6 @@ __all__ = ["RecallEngine"]
 
 log = logging.getLogger(__name__)
 
-EMBED = "/revo.models.v1.ModelService/Embed"
 SERVER_SCHEMES = ("http://", "https://", "tcp://", "unix:")
 """``milvus_uri`` prefixes of a Milvus server; anything else is a milvus-lite directory."""
 _CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,256}$")
@@ -63,8 +62,6 @@ class RecallEngine(AsyncEngine):
     settings: RecallSettings
 
     async def start(self) -> None:
-        if not isinstance(self.settings, RecallSettings):
-            self.settings = RecallSettings.parse(dict(self.settings or {}))
         s, runtime = self.settings, self.runtime
         uri = s.milvus_uri or str(Path(runtime.config.home) / "recall.db")
         self.lite: LiteServer | None = None
@@ -86,8 +83,6 @@ class RecallEngine(AsyncEngine):
         self.feed = ChangeFeed(runtime.nc, s.collection, s.changes_max_age_s, s.replicas)
         start_sequence = await self.feed.open()
         self.auth = runtime.config.auth.enabled
-        self.calls = MeshCalls(runtime.nc, runtime.config)
-        await self.calls.start()
         self.metrics = RecallMetrics(runtime.node_id, self)
         self.metrics.register()
         self._tasks = [asyncio.create_task(self._load(start_sequence)),
@@ -102,7 +97,6 @@ class RecallEngine(AsyncEngine):
                 await task
         self.metrics.unregister()
         await self.feed.close()
-        await self.calls.stop()
         await self._on_milvus(self.store.close)
         if self.lite is not None:
             await self._on_milvus(self.lite.release)
@@ -210,16 +204,14 @@ class RecallEngine(AsyncEngine):
         return text
 
     async def _embed(self, texts: list[str], ctx: Context) -> list[Vector]:
-        if self.calls.route(EMBED) is None:
+        channel = self.runtime.channel(ctx)  # as the caller, within the caller's deadline
+        models = models_pb2_grpc.ModelServiceStub(channel)
+        if not channel.serves(models.Embed):
             raise FailedPrecondition("no node serves ModelService.Embed, which makes "
                                      "embeddings from text: start the models engine (revo "
                                      "up does) or send vectors")
-        from mesh._gen.revo.models.v1 import models_pb2
-
-        request = models_pb2.EmbedRequest(texts=texts, model=self.settings.embed_model)
-        reply = models_pb2.EmbedResponse.FromString(await self.calls.call(
-            EMBED, request.SerializeToString(), caller=ctx.caller, role=ctx.role,
-            request_id=ctx.request_id, timeout=max(0.5, min(30.0, ctx.time_remaining()))))
+        reply = await models.Embed(
+            models_pb2.EmbedRequest(texts=texts, model=self.settings.embed_model), timeout=30.0)
         vectors = [np.asarray(e.values, dtype=np.float32) for e in reply.embeddings]
         if len(vectors) != len(texts) or any(len(v) != self.settings.dim for v in vectors):
             raise FailedPrecondition(
