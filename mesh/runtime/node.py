@@ -260,7 +260,8 @@ class Node:
     def route(self, path: str) -> tuple[Pool, MethodBinding]:
         found = self.routes.get(path)
         if found is None:
-            raise Unimplemented(f"method {path} is not served by node {self.id}")
+            raise Unimplemented(f"method {path} is not served by node {self.id}",
+                                reason=Reason.UNKNOWN_METHOD, metadata={"method": path})
         return found
 
     async def call(self, path: str, payload: bytes, ctx: Context) -> bytes:
@@ -338,9 +339,11 @@ class Node:
                 raise error
             assert data is not None
             if len(data) > self.nc.max_payload - h.HEADER_ROOM:
+                limit = self.nc.max_payload - h.HEADER_ROOM
                 raise ResourceExhausted(
                     f"response of {len(data)} bytes exceeds the mesh's message limit "
-                    f"({self.nc.max_payload - h.HEADER_ROOM} bytes)")
+                    f"({limit} bytes)", reason=Reason.MESSAGE_TOO_LARGE,
+                    metadata={"size": str(len(data)), "limit": str(limit)})
             self._send(reply, data)
         except RpcError as error:
             self._send(reply, headers=error_headers(error))
@@ -405,7 +408,8 @@ class Node:
         except nats.errors.MaxPayloadError:
             self._send(reply, headers={h.END: "1", **error_headers(ResourceExhausted(
                 f"a stream message exceeds the mesh's NATS message limit "
-                f"({self.nc.max_payload} bytes)"))})
+                f"({self.nc.max_payload} bytes)", reason=Reason.MESSAGE_TOO_LARGE,
+                metadata={"limit": str(self.nc.max_payload)}))})
         except RpcError as error:
             self._send(reply, headers={h.END: "1", **error_headers(error)})
         finally:
