@@ -59,3 +59,25 @@ def test_hook_is_documented_in_the_plugin_guide(hook: str) -> None:
     guide = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
 
     assert hook in guide
+
+
+def test_the_example_engine_is_at_most_45_lines() -> None:
+    source = ROOT / "plugins" / "echo" / "src" / "revo_engine_echo" / "__init__.py"
+
+    assert len(source.read_text(encoding="utf-8").splitlines()) <= 45
+
+
+def test_hooks_that_plugins_declare_are_documented_like_the_meshs() -> None:
+    from revo_engine_parallel import hookspecs as parallel
+
+    guide = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    declared = [obj for name, obj in vars(parallel).items()
+                if name.startswith("revo_") and inspect.isfunction(obj)]
+
+    assert [spec.__name__ for spec in declared] == ["revo_task_types"]
+    for spec in declared:
+        doc = inspect.getdoc(spec) or ""
+        assert hasattr(spec, "revo_spec")
+        assert ":returns:" in doc
+        assert "versionadded" in doc
+        assert spec.__name__ in guide
