@@ -103,6 +103,9 @@ class GatewaySettings(_Section):
     colocate: bool = Field(False, description="host the engines in the gateway's own process")
     stream_window: int = Field(32, ge=1, le=4096,
                                description="stream messages in flight before an ack")
+    metrics_address: str = Field("127.0.0.1:9464", description="host:port where the gateway "
+                                 "serves Prometheus metrics at /metrics (empty: metrics off "
+                                 "in the gateway, nothing measured)")
     tls: TlsSettings = Field(default_factory=TlsSettings)
 
 
@@ -116,8 +119,10 @@ class NodeSettings(_Section):
     start_timeout_s: float = Field(30.0, gt=0, description="time an engine may take to start")
     restart_backoff_s: float = Field(0.1, gt=0, description="first restart delay of an actor")
     restart_backoff_max_s: float = Field(30.0, gt=0, description="cap of the restart delay")
-    metrics_address: str = Field("", description="host:port where the node serves Prometheus "
-                                 "metrics at /metrics (empty: not served)")
+    metrics_address: str = Field("127.0.0.1:0", description="host:port where the node serves "
+                                 "Prometheus metrics at /metrics, announced to the mesh (port "
+                                 "0: a free one; empty: metrics off in the node, nothing "
+                                 "measured)")
 
 
 class PluginSettings(_Section):

@@ -54,6 +54,7 @@ from google.protobuf.message import Message
 from pydantic import BaseModel
 
 from mesh.errors import ConfigError, Unavailable
+from mesh.observability.metrics import EngineMetrics
 
 if TYPE_CHECKING:
     from mesh.calls import MeshCalls, MeshChannel
@@ -162,6 +163,19 @@ class EngineRuntime:
         self._nc = nc
         self._plugins = plugins
         self._calls: MeshCalls | None = None
+        self.metrics = EngineMetrics(None, node_id)
+        """The engine's own Prometheus metrics (``runtime.metrics.histogram(...)``, see
+        :class:`~mesh.observability.metrics.EngineMetrics`): served on the node's
+        ``/metrics`` with its ``node`` label, unregistered when the engine stops, and
+        do-nothing when the node's metrics are off."""
+
+    def for_engine(self, metrics: EngineMetrics) -> EngineRuntime:
+        """This runtime as one engine sees it: the node's, with the engine's own metrics."""
+        import copy
+
+        runtime = copy.copy(self)
+        runtime.metrics = metrics
+        return runtime
 
     async def start(self) -> None:
         """Follow the registry, so that engines can call each other (the node calls it

@@ -48,6 +48,8 @@ from mesh.errors import (
     Unimplemented,
 )
 from mesh.gateway.mesh_service import MeshServicer
+from mesh.gateway.metrics import GatewayMeters
+from mesh.observability.metrics import MetricsEndpoint
 from mesh.registry import RegistryView, Route, Snapshot, file_set
 from mesh.runtime.node import Node
 from mesh.transport import headers as h
@@ -163,6 +165,10 @@ class Gateway:
         """Live node ids, and whether each said it is draining."""
         self._ever_served: set[str] = set()
         self.guard: Guard | None = None
+        self.metrics = MetricsEndpoint(config.gateway.metrics_address,
+                                       "gateway.metrics_address")
+        """The gateway's Prometheus registry and ``/metrics`` server (off: address '')."""
+        self._meters = GatewayMeters(self.metrics.metrics()) if self.metrics.enabled else None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -171,6 +177,9 @@ class Gateway:
         self.nc = await connect(self.config.nats, name="revo-gateway")
         self.guard = Guard(self.config, self.nc, f"gw-{new_request_id()[:12]}")
         await self.guard.start()
+        if self._meters is not None and self.guard.audit is not None:
+            self._meters.watch_audit(self.guard.audit)
+        self.metrics.start()
         admin_password = os.environ.get(ADMIN_PASSWORD_ENV, "")
         if self.guard.enabled and admin_password:
             created = await self.guard.users.ensure_admin(admin_password)
@@ -236,6 +245,7 @@ class Gateway:
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
+        self.metrics.stop()
 
     async def wait(self) -> None:
         assert self._server is not None
@@ -338,6 +348,8 @@ class Gateway:
                 log.exception("%s failed", path)
                 error = Internal(f"{path} failed: {type(exc).__name__}: {exc}")
             finally:
+                if not admitted and error is not None:
+                    self._refused(path, error)
                 guard.record(path=path, permission=permission, principal=call.principal,
                              admitted=admitted, error=error, started=started,
                              request_id=call.request_id,
@@ -379,6 +391,8 @@ class Gateway:
                 status = "CANCELLED"
                 raise
             finally:
+                if not admitted and error is not None:
+                    self._refused(path, error)
                 guard.record(path=path, permission=permission, principal=call.principal,
                              admitted=admitted, error=error, started=started,
                              request_id=call.request_id,
@@ -412,6 +426,26 @@ class Gateway:
 
         return handle
 
+    # -- metrics (one place for every handler) ---------------------------------------
+
+    def _metered_unary(self, path: str, handler: Callable[[Any, ServicerContext], Awaitable[Any]],
+                       *, known: bool = True) -> Callable[[Any, ServicerContext], Awaitable[Any]]:
+        """``handler`` counted and timed (``known`` False: labelled ``other``)."""
+        if self._meters is None:
+            return handler
+        return self._meters.unary(path, handler, known=known)
+
+    def _metered_stream(self, path: str,
+                        handler: Callable[[Any, ServicerContext], AsyncIterator[Any]]
+                        ) -> Callable[[Any, ServicerContext], AsyncIterator[Any]]:
+        if self._meters is None:
+            return handler
+        return self._meters.stream(path, handler)
+
+    def _refused(self, path: str, error: RpcError) -> None:
+        if self._meters is not None:
+            self._meters.refused(path, error, known=path in self._router.handlers)
+
     def unary_handler(self, route: Route) -> Unary:
         local = self.node is not None and route.path in self.node.routes
 
@@ -424,7 +458,8 @@ class Gateway:
             return await self._requester.call(route.subject, request, call.timeout,
                                               self._headers(call, route.path))
 
-        return self._guarded_unary(route.path, declared_permission(route.method), forward)
+        return self._metered_unary(route.path, self._guarded_unary(
+            route.path, declared_permission(route.method), forward))
 
     def stream_handler(
         self, route: Route
@@ -441,7 +476,8 @@ class Gateway:
             return self._requester.stream(route.subject, request, call.timeout,
                                           self._headers(call, route.path), window)
 
-        return self._guarded_stream(route.path, declared_permission(route.method), forward)
+        return self._metered_stream(route.path, self._guarded_stream(
+            route.path, declared_permission(route.method), forward))
 
     def _servicer_handlers(self, service: ServiceDescriptor,
                            servicer: object) -> dict[str, MethodHandler]:
@@ -463,7 +499,8 @@ class Gateway:
                 return await behavior(message, context)
 
             handlers[path] = grpc.unary_unary_rpc_method_handler(
-                self._guarded_unary(path, declared_permission(method), inner),
+                self._metered_unary(path, self._guarded_unary(
+                    path, declared_permission(method), inner)),
                 response_serializer=lambda message: message.SerializeToString())
         return handlers
 
@@ -479,8 +516,9 @@ class Gateway:
             async def bare(request: bytes, context: ServicerContext) -> bytes:
                 await context.abort(error.code, error.message, error.trailers())
                 raise AssertionError("unreachable: abort raises")
-            return bare
-        return self._guarded_unary(path, PERMISSION_READ, unknown)
+            return self._metered_unary(path, bare, known=False)
+        return self._metered_unary(path, self._guarded_unary(path, PERMISSION_READ, unknown),
+                                   known=False)
 
     def explain_unknown(self, path: str) -> RpcError:
         """The error for a path with no route."""

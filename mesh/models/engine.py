@@ -21,10 +21,17 @@ from mesh._gen.revo.models.v1 import models_pb2 as pb
 from mesh.auth.roles import MANAGE, grants
 from mesh.config import CatalogModel, ModelSettings
 from mesh.engine import AsyncEngine, Context, EngineSpec, hookimpl
-from mesh.errors import ConfigError, FailedPrecondition, InvalidArgument, PermissionDenied
+from mesh.errors import (
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    RpcError,
+)
 from mesh.models.advice import recommend
 from mesh.models.budget import Budgets
 from mesh.models.ledger import Ledger, summarize
+from mesh.models.metrics import EMBEDDINGS, ModelMeters
 from mesh.models.providers import Provider, Turn
 from mesh.models.router import Outcome, Request, Router
 
@@ -185,7 +192,8 @@ class ModelEngine(AsyncEngine):
         self.ledger = Ledger(nc)
         await asyncio.gather(self.budgets.start(), self.ledger.start())
         self.providers = build_providers(settings)
-        self.router = Router(settings, self.providers, self.budgets, self.ledger)
+        self.meters = ModelMeters(self.runtime.metrics, settings.catalog, (EMBEDDER,))
+        self.router = Router(settings, self.providers, self.budgets, self.ledger, self.meters)
         self.embedder: Any = None
         if settings.triton_url:
             from mesh.models.local import TritonEmbedder
@@ -235,7 +243,14 @@ class ModelEngine(AsyncEngine):
         if self.embedder is None:
             raise FailedPrecondition("no embedding model: set models.triton_url to a Triton "
                                      "serving 'embedder' (revo up does this)")
-        vectors = await self.embedder.embed(list(request.texts))
+        meter = self.meters.call(EMBEDDINGS, "triton", EMBEDDER)
+        started = time.perf_counter()
+        try:
+            vectors = await self.embedder.embed(list(request.texts))
+        except RpcError as error:
+            meter.failed(started, error.code.name)
+            raise
+        meter.succeeded(started)
         return pb.EmbedResponse(embeddings=[pb.Embedding(values=v) for v in vectors],
                                 model=EMBEDDER)
 

@@ -30,9 +30,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mesh.config import CatalogModel, ModelSettings
-from mesh.errors import FailedPrecondition, InvalidArgument, Unavailable
+from mesh.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from mesh.models.budget import Budgets, Reservation
 from mesh.models.ledger import Entry, Ledger
+from mesh.models.metrics import CHAT, ModelMeters
 from mesh.models.providers import Chunk, Provider, ProviderError, ProviderUsage, Turn
 
 __all__ = ["Outcome", "Request", "Router", "Switch", "estimate_tokens"]
@@ -103,8 +104,10 @@ class Router:
     """Routes generation requests over a catalog of providers."""
 
     def __init__(self, settings: ModelSettings, providers: Mapping[str, Provider],
-                 budgets: Budgets, ledger: Ledger | None = None) -> None:
+                 budgets: Budgets, ledger: Ledger | None = None,
+                 meters: ModelMeters | None = None) -> None:
         """``providers`` maps each catalog model's name to the provider serving it."""
+        self.meters = meters or ModelMeters.off()
         self.settings = settings
         self.catalog = {m.name: m for m in settings.catalog}
         self.providers = providers
@@ -219,27 +222,37 @@ class Router:
             if previous is not None:
                 outcome.switches.append(Switch(previous.name, model.name, last_error,
                                                estimate_tokens(sent) if sent else 0))
+                self.meters.switched(previous.name, model.name, midstream=bool(sent))
             previous = model
+            meter = self.meters.call(CHAT, model.provider, model.name)
             for attempt in range(self.settings.retries + 1):
                 turns = list(request.turns) + ([Turn("assistant", sent)] if sent else [])
                 prompt = sum(estimate_tokens(t.content) for t in turns)
                 completion = request.max_tokens or model.max_output_tokens
                 reservation: Reservation | None = None
                 if model.paid:
-                    reservation = await self.budgets.reserve(
-                        user, self._estimate(model, prompt, completion))
+                    try:
+                        reservation = await self.budgets.reserve(
+                            user, self._estimate(model, prompt, completion))
+                    except ResourceExhausted:
+                        self.meters.budget_refused(model.name)
+                        raise
                 streamed = ""
                 usage: ProviderUsage | None = None
                 finish = ""
+                began = time.perf_counter()
                 try:
                     async for chunk in self._stream(model, turns, request, completion):
                         if chunk.text:
+                            if not streamed:
+                                meter.first_token(began)
                             streamed += chunk.text
                             sent += chunk.text
                             yield chunk.text
                         if chunk.usage is not None:
                             usage, finish = chunk.usage, chunk.finish_reason
                 except ProviderError as error:
+                    meter.failed(began, error.kind)
                     last_error = f"{model.name}: {error}"
                     self._failed(model)
                     spent = ProviderUsage(prompt, estimate_tokens(streamed) if streamed else 0)
@@ -250,6 +263,7 @@ class Router:
                     await asyncio.sleep(self._backoff(attempt, error.retry_after_s))
                     continue
                 except BaseException:  # the caller went away: settle what it cost so far
+                    meter.failed(began, "cancelled")
                     if reservation is not None:
                         spent = ProviderUsage(prompt, estimate_tokens(streamed) if streamed
                                               else 0)
@@ -257,6 +271,7 @@ class Router:
                                                                  cost_usd(model, spent)))
                     raise
                 assert usage is not None
+                meter.succeeded(began, usage)
                 self._succeeded(model)
                 paid = cost_usd(model, usage)
                 if reservation is not None:
@@ -265,6 +280,7 @@ class Router:
                 outcome.model, outcome.provider = model.name, model.provider
                 outcome.usage, outcome.finish_reason = usage, finish
                 outcome.cost_usd, outcome.savings_usd = paid, max(0.0, reference - paid)
+                self.meters.paid(model.provider, model.name, paid, outcome.savings_usd)
                 outcome.latency_ms = (time.perf_counter() - started) * 1000
                 if self.ledger is not None:  # stored before the caller hears it is done
                     await self.ledger.record(Entry(

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 
@@ -37,6 +38,10 @@ from mesh.runtime.pool import (
     outcome_of,
 )
 
+if TYPE_CHECKING:
+    from mesh.observability.metrics import EngineMetrics
+    from mesh.runtime.pool_metrics import MethodMeter
+
 __all__ = ["LoopPool", "LoopStream"]
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,8 @@ class LoopStream:
         self._queue: asyncio.Queue[bytes | object] = asyncio.Queue()
         self._error: RpcError | None = None
         self._expired = False
+        self._meter = pool.meters[binding.path] if pool.meters is not None else None
+        self._started = time.perf_counter() if self._meter is not None else 0.0
         produce = getattr(pool.engine, binding.attribute)(request, ctx)
         self._task = pool.spawn(self._produce(produce))
         self._timer = pool.loop.call_later(max(0.0, ctx.time_remaining()), self._expire)
@@ -81,6 +88,8 @@ class LoopStream:
         finally:
             self._timer.cancel()
             self._queue.put_nowait(_END)
+            if self._meter is not None:
+                self._meter.finished(self._started, self._error)
 
     def _expire(self) -> None:
         self._expired = True
@@ -124,19 +133,32 @@ class LoopPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self.stats = PoolStats()
+        self.meters: dict[str, MethodMeter] | None = None
+        """Per method path, when the node measures (see ``mesh.runtime.pool_metrics``)."""
+        self.engine_metrics: EngineMetrics | None = None
+        """The engine's ``runtime.metrics``, closed when the engine stops."""
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
         engine = self.spec.engine(self.settings)
         assert isinstance(engine, AsyncEngine)
-        engine.runtime = self.runtime
+        engine.runtime = (self.runtime if self.engine_metrics is None
+                          else self.runtime.for_engine(self.engine_metrics))
         try:
             await asyncio.wait_for(engine.start(), self._start_timeout)
         except TimeoutError:
+            self._close_metrics()
             raise TimeoutError(f"engine did not start within {self._start_timeout:g} s") \
                 from None
+        except BaseException:
+            self._close_metrics()
+            raise
         self.engine = engine
+
+    def _close_metrics(self) -> None:
+        if self.engine_metrics is not None:
+            self.engine_metrics.close()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Cancel the calls still running, then stop the engine (bounded by ``timeout``)."""
@@ -151,6 +173,7 @@ class LoopPool:
                 await asyncio.wait_for(engine.stop(), timeout)
             except Exception:
                 log.exception("engine %s: stop() failed", self.name)
+        self._close_metrics()
 
     # -- calls ------------------------------------------------------------------------
 
@@ -178,10 +201,21 @@ class LoopPool:
         return Internal(f"engine '{self.name}' failed in {binding.path}: "
                         f"{type(exc).__name__}: {exc}")
 
+    def _admitted(self, binding: MethodBinding, payload: bytes) -> Message:
+        """:meth:`_admit`, counting a refusal as the method's error."""
+        try:
+            return self._admit(binding, payload)
+        except RpcError as error:
+            if self.meters is not None:
+                self.meters[binding.path].finished(time.perf_counter(), error)
+            raise
+
     def start_call(self, binding: MethodBinding, payload: bytes, ctx: Context,
                    respond: Respond) -> None:
         """Start a unary call; ``respond`` gets its outcome (raises if it cannot start)."""
-        request = self._admit(binding, payload)
+        request = self._admitted(binding, payload)
+        if self.meters is not None:
+            respond = self.meters[binding.path].wrap(respond, time.perf_counter())
         expired = False
 
         async def serve() -> None:
@@ -218,7 +252,7 @@ class LoopPool:
 
     def stream(self, binding: MethodBinding, payload: bytes, ctx: Context,
                window: int) -> LoopStream:
-        return LoopStream(self, binding, self._admit(binding, payload), ctx, window)
+        return LoopStream(self, binding, self._admitted(binding, payload), ctx, window)
 
     # -- status -----------------------------------------------------------------------
 
@@ -229,6 +263,18 @@ class LoopPool:
     @property
     def pending(self) -> int:
         return len(self._tasks)
+
+    @property
+    def busy(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def restarts(self) -> int:
+        return 0  # an async engine is not restarted: its node is
+
+    @property
+    def healthy(self) -> bool:
+        return self.state is PoolState.RUNNING
 
     @property
     def state(self) -> PoolState:

@@ -19,7 +19,6 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator
-from wsgiref.simple_server import WSGIServer
 
 import nats.errors
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -31,7 +30,6 @@ from mesh.auth.identity import IdentitySeal
 from mesh.config import MeshConfig
 from mesh.engine import Context, EngineRuntime, MethodBinding, is_async_engine
 from mesh.errors import (
-    ConfigError,
     Internal,
     InvalidArgument,
     Reason,
@@ -39,10 +37,12 @@ from mesh.errors import (
     RpcError,
     Unimplemented,
 )
+from mesh.observability.metrics import MetricsEndpoint
 from mesh.plugins.host import PluginHost, PluginRecord, PluginStatus
 from mesh.registry import RegistryWriter, file_set
 from mesh.runtime.loop_pool import LoopPool
 from mesh.runtime.pool import EnginePool, PoolState
+from mesh.runtime.pool_metrics import PoolMeters, watch_pools
 from mesh.transport import headers as h
 from mesh.transport import subjects
 from mesh.transport.connection import MeshConnection, connect, encode_headers
@@ -69,20 +69,6 @@ ACCEPT_AFTER_S = 0.1
 
 Pool = EnginePool | LoopPool
 """An engine's pool: actors (:class:`Engine`) or tasks on the loop (:class:`AsyncEngine`)."""
-
-
-def serve_metrics(address: str) -> WSGIServer:
-    """Serve the process's Prometheus registry on ``host:port`` (``/metrics``)."""
-    import prometheus_client
-
-    host, _, port = address.rpartition(":")
-    try:
-        server, _thread = prometheus_client.start_http_server(int(port), addr=host or "127.0.0.1")
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"node.metrics_address {address!r}: cannot serve metrics there "
-                          f"({exc})") from exc
-    log.info("metrics at http://%s:%s/metrics", host or "127.0.0.1", port)
-    return server
 
 
 def default_node_id() -> str:
@@ -144,7 +130,8 @@ class Node:
         # Reply subjects of calls not yet answered nor accepted, with their start times.
         self._unaccepted: dict[str, float] = {}
         self._accepter: asyncio.Task[None] | None = None
-        self._metrics: WSGIServer | None = None
+        self.metrics = MetricsEndpoint(config.node.metrics_address, "node.metrics_address")
+        """The node's Prometheus registry and its ``/metrics`` server (off: address '')."""
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -179,6 +166,12 @@ class Node:
                 backoff_max_s=self.config.node.restart_backoff_max_s,
                 start_timeout_s=self.config.node.start_timeout_s,
             )
+        if self.metrics.enabled:  # measured at the pools' boundary, engines write none of it
+            meters = PoolMeters(self.metrics.metrics(self.id))
+            for name, pool in pools.items():
+                pool.meters = meters.meters(name, self.host.records[name].methods.values())
+                if isinstance(pool, LoopPool):
+                    pool.engine_metrics = self.metrics.metrics(self.id)
         results = await asyncio.gather(*(pool.start() for pool in pools.values()),
                                        return_exceptions=True)
         for (name, pool), result in zip(pools.items(), results, strict=True):
@@ -198,8 +191,9 @@ class Node:
                 self.routes[path] = (pool, binding)
             log.info("engine %s started: %d actors, %d methods", name, pool.size,
                      len(record.methods))
-        if self.config.node.metrics_address:
-            self._metrics = serve_metrics(self.config.node.metrics_address)
+        if self.metrics.enabled:
+            watch_pools(self.metrics.metrics(self.id), self.pools)
+            self.metrics.start()
         if serve_nats:
             await self._serve_nats()
 
@@ -247,9 +241,7 @@ class Node:
             await pool.stop()
         if self.runtime is not None:
             await self.runtime.stop()
-        if self._metrics is not None:
-            self._metrics.shutdown()
-            self._metrics.server_close()
+        self.metrics.stop()
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()

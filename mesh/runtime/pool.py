@@ -15,10 +15,11 @@ import enum
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 from google.protobuf.message import DecodeError, Message
@@ -34,6 +35,9 @@ from mesh.errors import (
     RpcError,
     Unavailable,
 )
+
+if TYPE_CHECKING:
+    from mesh.runtime.pool_metrics import MethodMeter
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +126,8 @@ class Call:
     timer: asyncio.TimerHandle | None = None
     finished: bool = False
     """Set on the loop once the outcome was delivered (or the deadline passed)."""
+    meter: MethodMeter | None = None
+    started: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -301,6 +307,8 @@ class EnginePool:
         self._restart_timers: set[asyncio.TimerHandle] = set()
         self._restarts: set[asyncio.Task[None]] = set()
         self.stats = PoolStats()
+        self.meters: dict[str, MethodMeter] | None = None
+        """Per method path, when the node measures (see ``mesh.runtime.pool_metrics``)."""
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -390,6 +398,17 @@ class EnginePool:
 
     def submit(self, call: Call) -> None:
         """Queue ``call`` and wake an idle actor if there is one; raise when the queue is full."""
+        if self.meters is None:
+            self._enqueue(call)
+            return
+        call.meter, call.started = self.meters[call.binding.path], time.perf_counter()
+        try:
+            self._enqueue(call)
+        except RpcError as error:
+            call.meter.finished(call.started, error)
+            raise
+
+    def _enqueue(self, call: Call) -> None:
         if self._stopping:
             raise Unavailable(f"engine '{self.name}' is stopping; retry on another node",
                               reason=Reason.ENGINE_STOPPING)
@@ -465,6 +484,8 @@ class EnginePool:
         call.finished = True
         if call.timer is not None:
             call.timer.cancel()
+        if call.meter is not None:
+            call.meter.finished(call.started, error)
         if call.respond is not None:
             call.respond(result, error)
         elif call.sink is not None:
@@ -522,6 +543,19 @@ class EnginePool:
     @property
     def pending(self) -> int:
         return len(self._waiting)
+
+    @property
+    def busy(self) -> int:
+        """Actors serving a call (read without the lock: a gauge, not a decision)."""
+        return max(0, self.alive - len(self._idle))
+
+    @property
+    def restarts(self) -> int:
+        return self.stats.restarts
+
+    @property
+    def healthy(self) -> bool:
+        return self.state is PoolState.RUNNING
 
     @property
     def state(self) -> PoolState:

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Value
-from prometheus_client import REGISTRY
 
 from mesh.engine import Context
 from mesh.errors import Unavailable
+from mesh.runtime.node import Node
 from mesh.testing import MeshHarness, wait_for
 from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
 from revo_engine_recall._gen.revo.recall.v1 import recall_pb2_grpc
@@ -261,10 +261,10 @@ async def test_concurrent_writers_on_two_nodes_lose_nothing(start: Any) -> None:
     (other,) = [n.id for n in mesh.nodes if n.id != wrote_last]
     answered: Counter[str] = Counter()
     for _ in range(60):  # NATS gives each search to either node: until the other answered
-        before = {n.id: _searches(n.id) for n in mesh.nodes}
+        before = {n.id: _searches(n) for n in mesh.nodes}
         found = await _search(recall, data[-1], top_k=1, after_sequence=last)
         assert found.hits[0].memory.text == f"w{writers - 1} b{batches - 1} m{per_batch - 1}"
-        (by,) = [n.id for n in mesh.nodes if _searches(n.id) > before[n.id]]
+        (by,) = [n.id for n in mesh.nodes if _searches(n) > before[n.id]]
         answered[by] += 1
         if answered[other]:
             break
@@ -278,11 +278,13 @@ async def test_concurrent_writers_on_two_nodes_lose_nothing(start: Any) -> None:
         await wait_for(holds_all, 10, f"{total} memories in {node.id}'s index")
 
 
-def _searches(node_id: str) -> float:
+def _searches(node: Node) -> float:
     """Vector searches the node answered (its retrieval histogram's count)."""
-    return sum(REGISTRY.get_sample_value(
+    registry = node.metrics.registry
+    assert registry is not None
+    return sum(registry.get_sample_value(
         "perfect_recall_retrieval_duration_seconds_count",
-        {"node": node_id, "query": "vector", "index": index}) or 0.0
+        {"node": node.id, "query": "vector", "index": index}) or 0.0
         for index in ("exact", "hnsw"))
 
 
@@ -329,7 +331,7 @@ async def test_a_read_after_a_write_waits_on_a_node_that_has_not_applied_it(
         with pytest.raises(Unavailable, match=f"not yet {sequence}"):  # not a stale answer
             await _call_node(reader, SEARCH, search, pb.SearchResponse)
         assert behind.feed.applied < sequence
-        answered = _searches(reader.id)
+        answered = _searches(reader)
         reading = asyncio.ensure_future(_call_node(reader, SEARCH, search,
                                                    pb.SearchResponse))
         await wait_for(lambda: reader.pools["recall"].pending == 1, 10,
@@ -340,7 +342,7 @@ async def test_a_read_after_a_write_waits_on_a_node_that_has_not_applied_it(
     found = await reading
     assert [h.memory.id for h in found.hits] == [stored.results[0].id]
     assert behind.feed.applied >= sequence
-    assert _searches(reader.id) == answered + 1
+    assert _searches(reader) == answered + 1
 
 
 async def test_memories_survive_a_node_restart(start: Any, mesh_harness: Any,
@@ -476,9 +478,11 @@ async def test_searches_are_timed_in_the_retrieval_histogram(start: Any) -> None
     recall = stub(mesh)
     v = vectors(1, seed=29)[0]
     node = mesh.nodes[0].id
+    registry = mesh.nodes[0].metrics.registry
+    assert registry is not None
 
     def count() -> float:
-        return REGISTRY.get_sample_value(
+        return registry.get_sample_value(
             "perfect_recall_retrieval_duration_seconds_count",
             {"node": node, "query": "vector", "index": "exact"}) or 0.0
 
@@ -487,8 +491,8 @@ async def test_searches_are_timed_in_the_retrieval_histogram(start: Any) -> None
     for _ in range(3):
         await _search(recall, v)
     assert count() == before + 3
-    assert REGISTRY.get_sample_value("perfect_recall_memories", {"node": node}) == 1
-    assert REGISTRY.get_sample_value("perfect_recall_writes_total",
+    assert registry.get_sample_value("perfect_recall_memories", {"node": node}) == 1
+    assert registry.get_sample_value("perfect_recall_writes_total",
                                      {"node": node, "outcome": "stored"}) == 1
 
 

@@ -30,7 +30,7 @@ from mesh.runtime.workers import WorkerPool
 from revo_engine_parallel import hookspecs
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.dispatch import Dispatcher, Handler
-from revo_engine_parallel.metrics import TaskMetrics
+from revo_engine_parallel.metrics import declare_metrics
 from revo_engine_parallel.settings import ParallelSettings
 from revo_engine_parallel.store import (
     CANCEL_PREFIX,
@@ -72,11 +72,9 @@ class TaskEngine(AsyncEngine):
             self.store, self.pool, self.settings, node_id=runtime.node_id,
             handlers=self.handlers, runtime=runtime)
         await self.dispatcher.start()
-        self.metrics = TaskMetrics(runtime.node_id, self.pool, self.dispatcher)
-        self.metrics.register()
+        declare_metrics(runtime.metrics, self.pool, self.dispatcher)
 
     async def stop(self) -> None:
-        self.metrics.unregister()
         await self.dispatcher.stop()
         await self.pool.stop()
 

@@ -83,8 +83,7 @@ class RecallEngine(AsyncEngine):
         self.feed = ChangeFeed(runtime.nc, s.collection, s.changes_max_age_s, s.replicas)
         start_sequence = await self.feed.open()
         self.auth = runtime.config.auth.enabled
-        self.metrics = RecallMetrics(runtime.node_id, self)
-        self.metrics.register()
+        self.metrics = RecallMetrics(runtime.metrics, self)
         self._tasks = [asyncio.create_task(self._load(start_sequence)),
                        asyncio.create_task(self._purge_loop())]
 
@@ -95,7 +94,6 @@ class RecallEngine(AsyncEngine):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self.metrics.unregister()
         await self.feed.close()
         await self._on_milvus(self.store.close)
         if self.lite is not None:

@@ -1,4 +1,5 @@
-"""Perfect Recall's Prometheus metrics, served on the node's ``node.metrics_address``:
+"""Perfect Recall's Prometheus metrics, declared on ``runtime.metrics`` and served on the
+node's ``/metrics`` (``node.metrics_address``), each with the node's ``node`` label:
 
 - ``perfect_recall_retrieval_duration_seconds{node, query, index}`` (histogram): a Search
   on the node, from its arrival to its answer (embedding included for ``query="text"``);
@@ -12,86 +13,64 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import REGISTRY, Collector
-
+from mesh.observability.metrics import EngineMetrics, Incrementer, Observer
 from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
 
 if TYPE_CHECKING:
     from revo_engine_recall.engine import RecallEngine
 
-__all__ = ["RETRIEVAL", "RecallMetrics"]
+__all__ = ["RecallMetrics"]
 
-RETRIEVAL = Histogram(
-    "perfect_recall_retrieval_duration_seconds",
-    "Search on the node, arrival to answer (embedding included for text queries)",
-    labelnames=["node", "query", "index"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
-
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _OUTCOMES = {pb.OUTCOME_STORED: "stored", pb.OUTCOME_DUPLICATE: "duplicate",
              pb.OUTCOME_MERGED: "merged", pb.OUTCOME_UNCHANGED: "unchanged"}
+_QUERIES = ("text", "vector")
+_INDEXES = ("exact", "hnsw")
 
 
 class RecallMetrics:
-    """One engine's counts; every engine in the process is read by one collector."""
+    """One engine's metrics (children bound once; gauges read at each scrape)."""
 
-    def __init__(self, node: str, engine: RecallEngine) -> None:
-        self.node = node
-        self.engine = engine
-        self.writes = dict.fromkeys(_OUTCOMES.values(), 0)
+    def __init__(self, metrics: EngineMetrics, engine: RecallEngine) -> None:
+        retrieval = metrics.histogram(
+            "perfect_recall_retrieval_duration_seconds",
+            "Search on the node, arrival to answer (embedding included for text queries)",
+            ("query", "index"), _BUCKETS)
+        self._retrieval_family = retrieval
+        self._retrieval: dict[tuple[str, str], Observer] = {
+            (query, index): retrieval.labels(query, index)
+            for query in _QUERIES for index in _INDEXES}
+        writes = metrics.counter("perfect_recall_writes_total", "Remembered items by outcome",
+                                 ("outcome",))
+        self._writes: dict[int, Incrementer] = {
+            outcome: writes.labels(name) for outcome, name in _OUTCOMES.items()}
 
-    def register(self) -> None:
-        _COLLECTOR.add(self)
+        def memories() -> float:
+            index = engine.replica.index
+            return len(index) if index is not None else 0
 
-    def unregister(self) -> None:
-        _COLLECTOR.remove(self)
+        def scopes() -> float:
+            index = engine.replica.index
+            return len(index.scopes()) if index is not None else 0
+
+        metrics.gauge_callback("perfect_recall_memories", "Live memories in the node's index",
+                               memories)
+        metrics.gauge_callback("perfect_recall_scopes", "Scopes holding memories", scopes)
+        metrics.counter_callback("perfect_recall_expired_purged_total",
+                                 "Expired memories deleted by this node",
+                                 lambda: engine.purged)
 
     def searched(self, query: str, index: str, seconds: float) -> None:
-        RETRIEVAL.labels(self.node, query, index).observe(seconds)
+        child = self._retrieval.get((query, index))
+        if child is None:
+            child = self._retrieval[query, index] = self._retrieval_family.labels(query, index)
+        child.observe(seconds)
 
     def remembered(self, results: Iterable[pb.Remembered]) -> None:
         for result in results:
-            name = _OUTCOMES.get(result.outcome)
-            if name is not None:
-                self.writes[name] += 1
-
-
-class _Collector(Collector):
-    def __init__(self) -> None:
-        self._engines: list[RecallMetrics] = []
-        self._registered = False
-
-    def add(self, metrics: RecallMetrics) -> None:
-        self._engines.append(metrics)
-        if not self._registered:
-            REGISTRY.register(self)
-            self._registered = True
-
-    def remove(self, metrics: RecallMetrics) -> None:
-        if metrics in self._engines:
-            self._engines.remove(metrics)
-
-    def collect(self) -> Iterator[Metric]:
-        memories = GaugeMetricFamily("perfect_recall_memories",
-                                     "Live memories in the node's index", labels=["node"])
-        scopes = GaugeMetricFamily("perfect_recall_scopes", "Scopes holding memories",
-                                   labels=["node"])
-        writes = CounterMetricFamily("perfect_recall_writes", "Remembered items by outcome",
-                                     labels=["node", "outcome"])
-        purged = CounterMetricFamily("perfect_recall_expired_purged",
-                                     "Expired memories deleted by this node", labels=["node"])
-        for metrics in list(self._engines):
-            node, index = metrics.node, metrics.engine.replica.index
-            memories.add_metric([node], len(index) if index is not None else 0)
-            scopes.add_metric([node], len(index.scopes()) if index is not None else 0)
-            for outcome, count in metrics.writes.items():
-                writes.add_metric([node, outcome], count)
-            purged.add_metric([node], metrics.engine.purged)
-        yield from (memories, scopes, writes, purged)
-
-
-_COLLECTOR = _Collector()
+            counter = self._writes.get(result.outcome)
+            if counter is not None:
+                counter.inc()

@@ -132,6 +132,7 @@ class Node(_message.Message):
     HEARTBEAT_AT_FIELD_NUMBER: _builtins.int
     ENGINES_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    METRICS_URL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     hostname: _builtins.str
     pid: _builtins.int
@@ -139,6 +140,10 @@ class Node(_message.Message):
     """revo-mesh version of the node."""
     draining: _builtins.bool
     """True while the node drains before it exits."""
+    metrics_url: _builtins.str
+    """Where the node serves Prometheus metrics (`http://host:port/metrics`); empty when its
+    metrics are off (`node.metrics_address`).
+    """
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -158,10 +163,11 @@ class Node(_message.Message):
         heartbeat_at: _timestamp_pb2.Timestamp | None = ...,
         engines: _abc.Iterable[Global___Engine] | None = ...,
         draining: _builtins.bool = ...,
+        metrics_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_at", b"heartbeat_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "engines", b"engines", "heartbeat_at", b"heartbeat_at", "hostname", b"hostname", "id", b"id", "pid", b"pid", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "engines", b"engines", "heartbeat_at", b"heartbeat_at", "hostname", b"hostname", "id", b"id", "metrics_url", b"metrics_url", "pid", b"pid", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
