@@ -26,6 +26,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "auth_overhead": ("benchmarks.auth_overhead",
                       "The mesh hop with auth, RBAC, rate limits and audit on vs off, vs "
                       "plain gRPC (on/off p50 at c=1, req/s at c=64)"),
+    "observability": ("benchmarks.observability",
+                      "The mesh hop with metrics on (the default), traced at 100 % and at "
+                      "1 % to a local OTLP receiver, vs everything off (p50 at c=1, req/s "
+                      "at c=64)"),
     "embedder": ("benchmarks.embedder",
                  "Triton embedder with and without dynamic batching at concurrency 32, and "
                  "in-process sentence-transformers (sentences/s)"),

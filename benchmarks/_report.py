@@ -41,9 +41,13 @@ REPO_ROOT = RESULTS_DIR.parent.parent
 
 # name -> the code whose change makes its committed result stale (besides the benchmark).
 MEASURES: dict[str, tuple[str, ...]] = {
-    "mesh_hop": ("mesh/gateway", "mesh/transport", "mesh/runtime", "plugins/echo/src"),
+    # mesh_hop and auth_overhead run the default configuration: metrics on
+    "mesh_hop": ("mesh/gateway", "mesh/transport", "mesh/runtime", "mesh/observability",
+                 "plugins/echo/src"),
     "auth_overhead": ("mesh/gateway", "mesh/transport", "mesh/runtime", "mesh/auth",
-                      "plugins/echo/src"),
+                      "mesh/observability", "plugins/echo/src"),
+    "observability": ("mesh/observability", "mesh/gateway", "mesh/runtime", "mesh/transport",
+                      "plugins/echo/src", "benchmarks/otlp_sink.py"),
     "embedder": ("triton_models/embedder", "mesh/embedded/triton.py"),
     "router_overhead": ("mesh/models", "mesh/gateway", "mesh/transport", "mesh/runtime",
                         "mesh/testing/llm.py"),

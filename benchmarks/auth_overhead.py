@@ -38,28 +38,28 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks._report import RESULTS_DIR, machine_info, markdown_table, median, write_results
+from benchmarks._report import RESULTS_DIR, machine_info, markdown_table, median
 from benchmarks.mesh_hop import (
-    PAYLOAD_BYTES,
     SECURITY_OFF,
     TOKEN_TTL_S,
     Fleet,
     Settings,
     Target,
     _echo_works,
+    closing_lines,
     find_cell,
-    findings_line,
-    load_average_line,
+    headline_head,
     load_label,
     loadgen_cpu_line,
-    median_of_runs,
     p99_text,
+    publish,
     ratio,
     rotation,
     round_range,
     round_value,
     run_rounds,
-    runs_table,
+    served_calls,
+    settings_record,
     start_mesh,
     start_plain,
     summarize,
@@ -219,8 +219,7 @@ def _round_ratios(raw: list[dict[str, Any]], rounds: int,
 def _served(raw: list[dict[str, Any]], target: str,
             concurrency: int | None = None) -> int:
     """Calls the target answered: measured, warm-up, and each load generator's first."""
-    return sum(r["calls"] + r["errors"] + r["warmup_calls"] + r["warmup_errors"]
-               + r.get("generators", 1) for r in raw
+    return sum(served_calls(r) for r in raw
                if r["target"] == target and concurrency in (None, r["concurrency"]))
 
 
@@ -302,17 +301,7 @@ def build_results(raw: list[dict[str, Any]], targets: dict[str, Target], setting
         "limiter": _limiter(raw, cells),
         "calls_served": {name: _served(raw, name) for name in TARGETS},
         **inspected,
-        "settings": {
-            "rounds": settings.rounds,
-            "duration_s": settings.duration_s,
-            "warmup_s": settings.warmup_s,
-            "max_calls": settings.max_calls,
-            "call_timeout_s": settings.call_timeout_s,
-            "payload_bytes": PAYLOAD_BYTES,
-            "loads": [list(load) for load in settings.loads],
-            "order": "for each round, for each load, the targets in the round's order, "
-                     "rotated by one each round (round_orders)",
-        },
+        "settings": settings_record(settings),
         "loops": {name: t.loop for name, t in targets.items()}
         | {"loadgen": ", ".join(sorted({r["loop"] for r in raw}))},
         "startup_s": {name: t.startup_s for name, t in targets.items()},
@@ -414,12 +403,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             return "-" if value is None else ("pass" if value <= target else "miss")
 
         lines += [
-            f"## Headline: median of {summary['count']} run(s) of this method",
-            "",
-            f"Method: {summary['method']}. Every kept full run of it (`history/`) and this "
-            "one; each value is that run's median over its rounds.",
-            "",
-            runs_table(summary, [("ratio_p50_c1", "on/off p50 c=1"),
+            *headline_head(summary, [("ratio_p50_c1", "on/off p50 c=1"),
                                  ("ratio_rps_c64", "on/off req/s c=64"),
                                  ("users_ratio_p50_c1", "users/off p50 c=1"),
                                  ("users_ratio_rps_c64", "users/off req/s c=64")]),
@@ -513,13 +497,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "calls and errors are totals.",
         f"- Failed calls by status code (not counted in latency or req/s): "
         f"{_errors_line(cells)}",
-        f"- Warnings or errors in the servers' logs during the run: {findings_line(results)}.",
-        "- All servers bind 127.0.0.1 and run on the same machine as the load generators, so "
-        "absolute figures drift with the machine: compare the ratios. The machine is shared "
-        "(benchmarks hold a lock, other work does not); its 1-minute load average after "
-        f"each cell: {load_average_line(results['raw'])}.",
-        "",
-        f"Reproduce: `{results['command']}` (results in `benchmarks/results/{NAME}.json`).",
+        *closing_lines(NAME, results),
     ]
     return "\n".join(lines)
 
@@ -533,11 +511,4 @@ def run(quick: bool = False, results_dir: Path | None = None) -> int:
                           probe=limits_probe)
     results = build_results(measured.raw, measured.targets, settings, command,
                             measured.inspected, measured.orders)
-    results["stop_problems"] = measured.stop_problems
-    results["log_findings"] = measured.log_findings
-    results["runs_summary"] = median_of_runs(NAME, results, HEADLINE_KEYS, out)
-    markdown = render_markdown(results)
-    json_path, md_path = write_results(NAME, results, markdown, out)
-    print(markdown)
-    print(f"\nwrote {json_path} and {md_path}")
-    return 0
+    return publish(NAME, results, measured, HEADLINE_KEYS, out, render_markdown)

@@ -51,17 +51,16 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         uvloop.run(main())
 
 
-async def serve(address: str) -> None:
-    # Same server options as the gateway's, so the baseline differs only by the mesh.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    echo_pb2_grpc.add_EchoServiceServicer_to_server(PlainEcho(), server)
+async def serve_until_signal(server: grpc.aio.Server, address: str, label: str) -> None:
+    """Listen on ``address``, print ``<label> listening on HOST:PORT loop=<loop>``, and serve
+    until SIGTERM or SIGINT."""
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
     loop = asyncio.get_running_loop()
     host = address.rsplit(":", 1)[0]
-    print(f"echo server listening on {host}:{port} loop={loop_name(loop)}", flush=True)
+    print(f"{label} listening on {host}:{port} loop={loop_name(loop)}", flush=True)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -71,13 +70,28 @@ async def serve(address: str) -> None:
         await server.stop(0.5)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.echo_server",
-                                     description=__doc__.splitlines()[0] if __doc__ else None)
+async def serve(address: str) -> None:
+    # Same server options as the gateway's, so the baseline differs only by the mesh.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    echo_pb2_grpc.add_EchoServiceServicer_to_server(PlainEcho(), server)
+    await serve_until_signal(server, address, "echo server")
+
+
+def serve_main(module: str, doc: str | None,
+               serve: Callable[[str], Coroutine[Any, Any, None]],
+               argv: Sequence[str] | None = None) -> int:
+    """The command line of a loopback server module: ``python -m <module> --address
+    HOST:PORT`` runs ``serve(address)`` on :func:`run_loop`."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}",
+                                     description=doc.splitlines()[0] if doc else None)
     parser.add_argument("--address", default="127.0.0.1:0", help="host:port to listen on")
     args = parser.parse_args(argv)
     run_loop(lambda: serve(args.address))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return serve_main("benchmarks.echo_server", __doc__, serve, argv)
 
 
 if __name__ == "__main__":

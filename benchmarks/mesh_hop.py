@@ -152,12 +152,17 @@ class Target:
         """The metadata every call to the target carries."""
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
+    def process_cpu_s(self) -> dict[str, float | None]:
+        """CPU seconds each of its processes has used so far, by name (``gateway``,
+        ``node``, ..., and its nats-server as ``nats``); None where unknown."""
+        times = {name: _process_cpu_s(p.pid) for name, p in self.processes.items()}
+        if self.nats_pid is not None:
+            times["nats"] = _process_cpu_s(self.nats_pid)
+        return times
+
     def cpu_s(self) -> float | None:
         """CPU seconds its processes (and its nats-server) have used so far."""
-        pids = [p.pid for p in self.processes.values()]
-        if self.nats_pid is not None:
-            pids.append(self.nats_pid)
-        times = [_process_cpu_s(pid) for pid in pids]
+        times = list(self.process_cpu_s().values())
         return None if None in times else sum(t for t in times if t is not None)
 
     def check_alive(self) -> None:
@@ -253,7 +258,7 @@ class Fleet:
         return problems
 
 
-def _python_env() -> dict[str, str]:
+def python_env() -> dict[str, str]:
     """Our environment without REVO_* settings, able to import ``benchmarks`` from anywhere."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REVO_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -262,9 +267,9 @@ def _python_env() -> dict[str, str]:
 
 def _child_env(home: Path, nats_url: str | None = None,
                settings: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a server: :func:`_python_env` plus the target's own settings
+    """The environment of a server: :func:`python_env` plus the target's own settings
     (``settings``: more ``REVO_*`` variables)."""
-    env = _python_env()
+    env = python_env()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "revo.toml"
     config.write_text("# empty: defaults plus the REVO_* variables below\n")
@@ -327,8 +332,8 @@ def start_mesh(fleet: Fleet, name: str, settings: Mapping[str, str], *,
                colocate: bool = False) -> Target:
     """A gateway with its own nats-server and ``REVO_HOME``, and a node unless ``colocate``
     (the engine in the gateway's process), configured by ``settings`` (``REVO_*``
-    variables); ready to serve. With auth on, the target carries an admin token signed
-    with the key in its home."""
+    variables; by default metrics on, the gateway's on a free port); ready to serve. With
+    auth on, the target carries an admin token signed with the key in its home."""
     # mesh.runtime.process runs the node and the gateway on uvloop whenever it imports.
     target = Target(name, f"127.0.0.1:{free_port()}",
                     loop="uvloop" if find_spec("uvloop") else "asyncio")
@@ -337,7 +342,10 @@ def start_mesh(fleet: Fleet, name: str, settings: Mapping[str, str], *,
     target.nats_pid = nats.process.pid if nats.process else None
     target.nats_monitor = f"http://127.0.0.1:{nats.monitor_port}"
     target.nats_url = nats.url
-    env = _child_env(fleet.workdir / f"{name}-home", nats.url, settings)
+    # Metrics are on by default, every gateway at 127.0.0.1:9464: each target its own port
+    # (``settings`` may set it, or turn metrics off with an empty address).
+    env = _child_env(fleet.workdir / f"{name}-home", nats.url,
+                     {"REVO_GATEWAY__METRICS_ADDRESS": f"127.0.0.1:{free_port()}", **settings})
     target.environ = env
     # Creates the home's signing key (race-free) before the gateway reads it; None, auth off.
     target.token = operator_token(load_config(environ=env), ttl_s=TOKEN_TTL_S, environ=env)
@@ -399,7 +407,7 @@ def run_loadgen(target: Target, concurrency: int, settings: Settings, *,
                      for i, argv in enumerate(argvs)]
         cpu_before = target.cpu_s()
         processes = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, cwd=REPO_ROOT, env=_python_env())
+                                      text=True, cwd=REPO_ROOT, env=python_env())
                      for argv in argvs]
         deadline = time.monotonic() + limit
         outputs: list[tuple[str, str]] = []
@@ -429,12 +437,18 @@ def run_loadgen(target: Target, concurrency: int, settings: Settings, *,
                 latencies.frombytes((Path(scratch) / f"latencies-{i}.bin").read_bytes())
             result = _merge_generators(parts, latencies, concurrency)
     # Server-side CPU per call, all of the target's processes together (warm-up included).
-    served = result["calls"] + result["errors"] + result["warmup_calls"] \
-        + result["warmup_errors"] + generators
+    served = served_calls(result)
     result["server_cpu_us_per_call"] = (
         round((cpu_after - cpu_before) * 1e6 / served, 1)
         if cpu_before is not None and cpu_after is not None else None)
     return result
+
+
+def served_calls(result: Mapping[str, Any]) -> int:
+    """Calls the target answered in one cell: measured, warm-up, and each load
+    generator's first (its channel's readiness call)."""
+    return int(result["calls"] + result["errors"] + result["warmup_calls"]
+               + result["warmup_errors"] + result.get("generators", 1))
 
 
 def _merge_generators(parts: list[dict[str, Any]], latencies_ns: Sequence[int],
@@ -691,18 +705,7 @@ def build_results(raw: list[dict[str, Any]], targets: dict[str, Target],
         "cells": cells,
         "round_ratios": round_ratios,
         "round_orders": [list(o) for o in orders],
-        "settings": {
-            "rounds": settings.rounds,
-            "duration_s": settings.duration_s,
-            "warmup_s": settings.warmup_s,
-            "max_calls": settings.max_calls,
-            "call_timeout_s": settings.call_timeout_s,
-            "payload_bytes": PAYLOAD_BYTES,
-            "concurrencies": list(CONCURRENCIES),
-            "loads": [list(load) for load in settings.loads],
-            "order": "for each round, for each load, the targets in the round's order, "
-                     "rotated by one each round (round_orders)",
-        },
+        "settings": settings_record(settings) | {"concurrencies": list(CONCURRENCIES)},
         "loops": {name: t.loop for name, t in targets.items()}
         | {"loadgen": ", ".join(loadgen_loops)},
         "startup_s": {name: t.startup_s for name, t in targets.items()},
@@ -713,11 +716,26 @@ def build_results(raw: list[dict[str, Any]], targets: dict[str, Target],
     }
 
 
+def settings_record(settings: Settings) -> dict[str, Any]:
+    """How a run measured each cell, for its results (the ``settings`` key)."""
+    return {
+        "rounds": settings.rounds,
+        "duration_s": settings.duration_s,
+        "warmup_s": settings.warmup_s,
+        "max_calls": settings.max_calls,
+        "call_timeout_s": settings.call_timeout_s,
+        "payload_bytes": PAYLOAD_BYTES,
+        "loads": [list(load) for load in settings.loads],
+        "order": "for each round, for each load, the targets in the round's order, "
+                 "rotated by one each round (round_orders)",
+    }
+
+
 def _fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def findings_line(results: dict[str, Any]) -> str:
+def findings_line(results: Mapping[str, Any]) -> str:
     found = results.get("log_findings", {}).get("run", {})
     if not found:
         return "none"
@@ -745,6 +763,20 @@ def _range(rows: list[dict[str, Any]], key: str) -> str:
     return "-" if found is None else f"{found[0]:.2f} - {found[1]:.2f}"
 
 
+def closing_lines(name: str, results: Mapping[str, Any]) -> list[str]:
+    """The last lines of a mesh benchmark's markdown: log findings, the machine's load,
+    and how to reproduce the run."""
+    return [
+        f"- Warnings or errors in the servers' logs during the run: {findings_line(results)}.",
+        "- All servers bind 127.0.0.1 and run on the same machine as the load generators, so "
+        "absolute figures drift with the machine: compare the ratios. The machine is shared "
+        "(benchmarks hold a lock, other work does not); its 1-minute load average after "
+        f"each cell: {load_average_line(results['raw'])}.",
+        "",
+        f"Reproduce: `{results['command']}` (results in `benchmarks/results/{name}.json`).",
+    ]
+
+
 def load_average_line(raw: list[dict[str, Any]]) -> str:
     """The machine's 1-minute load average after the cells: median and range."""
     values = [float(r["loadavg_1m"]) for r in raw if "loadavg_1m" in r]
@@ -765,6 +797,16 @@ def loadgen_cpu_line(cells: list[dict[str, Any]]) -> str:
         parts.append(f"{c['target']} c={load_label(c['concurrency'], c.get('generators', 1))} "
                      f"{pct}" + ("" if per_call is None else f", {per_call:.0f} µs/call"))
     return "; ".join(parts)
+
+
+def headline_head(summary: Mapping[str, Any],
+                  columns: Sequence[tuple[str, str]]) -> list[str]:
+    """The start of a markdown's headline: how many runs of the method it is the median
+    of, and their table (:func:`runs_table`)."""
+    return [f"## Headline: median of {summary['count']} run(s) of this method", "",
+            f"Method: {summary['method']}. Every kept full run of it (`history/`) and this "
+            "one; each value is that run's median over its rounds.", "",
+            runs_table(summary, columns)]
 
 
 def runs_table(summary: Mapping[str, Any], columns: Sequence[tuple[str, str]]) -> str:
@@ -819,12 +861,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     if summary:
         med = summary["medians"]
         lines += [
-            f"## Headline: median of {summary['count']} run(s) of this method",
-            "",
-            f"Method: {summary['method']}. Every kept full run of it (`history/`) and this "
-            "one; each value is that run's median over its rounds.",
-            "",
-            runs_table(summary, [
+            *headline_head(summary, [
                 ("ratio_p50_c1", "mesh/plain p50 c=1"),
                 ("ratio_rps_c64", f"mesh/plain req/s c=64 ({gens} gen)"),
                 ("ratio_rps_c64_one_generator", "mesh/plain req/s c=64 (1 gen)"),
@@ -833,20 +870,20 @@ def render_markdown(results: dict[str, Any]) -> str:
             "",
             f"- mesh p50 at c=1 / plain: **{med['ratio_p50_c1']:.2f}x** (target <= "
             f"{targets['ratio_p50_c1_max']}x): "
-            f"{_verdict(med['ratio_p50_c1'], targets['ratio_p50_c1_max'], upper=True)}",
+            f"{verdict_of(med['ratio_p50_c1'], targets['ratio_p50_c1_max'], upper=True)}",
             f"- mesh req/s at c=64 / plain, {gens} load generators: "
             f"**{med['ratio_rps_c64']:.2f}x** (target >= {targets['ratio_rps_c64_min']}x): "
-            f"{_verdict(med['ratio_rps_c64'], targets['ratio_rps_c64_min'], upper=False)}",
+            f"{verdict_of(med['ratio_rps_c64'], targets['ratio_rps_c64_min'], upper=False)}",
         ]
         if med.get("ratio_rps_c64_one_generator") is not None:
             one = med["ratio_rps_c64_one_generator"]
             lines.append(
                 "- the same with one load generator for all 64 calls (the earlier method): "
-                f"**{one:.2f}x**: {_verdict(one, targets['ratio_rps_c64_min'], upper=False)}")
+                f"**{one:.2f}x**: {verdict_of(one, targets['ratio_rps_c64_min'], upper=False)}")
         lines += [
             f"- colocated p50 at c=1 / plain: **{med['colocated_ratio_p50_c1']:.2f}x** "
             f"(target <= {targets['colocated_ratio_p50_c1_max']}x): "
-            + _verdict(med["colocated_ratio_p50_c1"], targets["colocated_ratio_p50_c1_max"],
+            + verdict_of(med["colocated_ratio_p50_c1"], targets["colocated_ratio_p50_c1_max"],
                        upper=True),
             "",
             "## This run",
@@ -940,13 +977,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"- {s['rounds']} rounds; in each, for each load, the targets in turn, the order "
         "rotated by one target each round (see the table above). Each figure is the median "
         "over rounds; calls and errors are totals.",
-        f"- Warnings or errors in the servers' logs during the run: {findings_line(results)}.",
-        "- All servers bind 127.0.0.1 and run on the same machine as the load generators, so "
-        "absolute figures drift with the machine: compare the ratios. The machine is shared "
-        "(benchmarks hold a lock, other work does not); its 1-minute load average after "
-        f"each cell: {load_average_line(results['raw'])}.",
-        "",
-        f"Reproduce: `{results['command']}` (results in `benchmarks/results/{NAME}.json`).",
+        *closing_lines(NAME, results),
     ]
     return "\n".join(lines)
 
@@ -955,7 +986,9 @@ def _opt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _verdict(value: float | None, bound: float, *, upper: bool) -> str:
+def verdict_of(value: float | None, bound: float, *, upper: bool) -> str:
+    """``pass`` when ``value`` is within ``bound`` (at most it when ``upper``, else at
+    least), ``miss`` when not, ``not measured`` when None."""
     if value is None:
         return "not measured"
     return "pass" if (value <= bound if upper else value >= bound) else "miss"
@@ -1031,7 +1064,8 @@ def run_rounds(name: str, start: Callable[[Fleet], dict[str, Target]], settings:
     (concurrency, generator processes), measure them in the order ``order(round)`` gives;
     then ``inspect`` them, still running; stop everything (in a scratch directory, kept
     only when something failed). ``probe`` (optional) reads counters of a target before
-    and after each of its cells; the differences go into the cell's result as ``probe``."""
+    and after each of its cells; the differences go into the cell's result as ``probe``,
+    the readings before it as ``probe_start`` (to count what arrives after a cell)."""
     raw: list[dict[str, Any]] = []
     inspected: dict[str, Any] = {}
     orders: list[list[str]] = []
@@ -1052,6 +1086,7 @@ def run_rounds(name: str, start: Callable[[Fleet], dict[str, Target]], settings:
                                              generators=generators)
                         if probe is not None and before is not None:
                             result["probe"] = _probe_delta(before, probe(target))
+                            result["probe_start"] = dict(before)
                         # The machine is shared: its load says how quiet it was.
                         result["loadavg_1m"] = round(os.getloadavg()[0], 2)
                         raw.append({"round": index, "target": target_name,
@@ -1082,6 +1117,22 @@ def run_rounds(name: str, start: Callable[[Fleet], dict[str, Target]], settings:
                     inspected, orders)
 
 
+def publish(name: str, results: dict[str, Any], measured: Measured,
+            headline_keys: Sequence[str], results_dir: Path,
+            render: Callable[[dict[str, Any]], str]) -> int:
+    """Add what went wrong around the run and the median of kept runs (of
+    ``headline_keys``) to ``results``; write them with their markdown (``render``) and
+    print it; returns the exit code."""
+    results["stop_problems"] = measured.stop_problems
+    results["log_findings"] = measured.log_findings
+    results["runs_summary"] = median_of_runs(name, results, headline_keys, results_dir)
+    markdown = render(results)
+    json_path, md_path = write_results(name, results, markdown, results_dir)
+    print(markdown)
+    print(f"\nwrote {json_path} and {md_path}")
+    return 0
+
+
 def settings_for(quick: bool) -> Settings:
     """Each round measures c=1, and c=64 with one and with two load generators (7 s cells
     in a full run, so that 5 rounds of 9 cells fit in 10 minutes)."""
@@ -1096,11 +1147,4 @@ def run(quick: bool = False, results_dir: Path | None = None) -> int:
     measured = run_rounds(NAME, start_targets, settings, rotation(TARGETS))
     results = build_results(measured.raw, measured.targets, settings, command,
                             measured.orders)
-    results["stop_problems"] = measured.stop_problems
-    results["log_findings"] = measured.log_findings
-    results["runs_summary"] = median_of_runs(NAME, results, HEADLINE_KEYS, out)
-    markdown = render_markdown(results)
-    json_path, md_path = write_results(NAME, results, markdown, out)
-    print(markdown)
-    print(f"\nwrote {json_path} and {md_path}")
-    return 0
+    return publish(NAME, results, measured, HEADLINE_KEYS, out, render_markdown)

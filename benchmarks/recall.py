@@ -74,8 +74,8 @@ from benchmarks.mesh_hop import (
     Target,
     _child_env,
     _new_findings,
-    _python_env,
     _workdir,
+    python_env,
 )
 from mesh.client import probe_mesh
 from mesh.embedded.nats_server import free_port
@@ -696,7 +696,7 @@ class ChromaServer:
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("chroma")), "run", "--path", str(self.path),
              "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=_python_env())
+            stdout=self.log, stderr=subprocess.STDOUT, env=python_env())
         deadline = time.monotonic() + timeout_s
         client: Any = None
         while client is None:
@@ -832,7 +832,7 @@ def milvus_lite_process(path: Path, size: int, settings: Settings) -> dict[str, 
     # The insert, the index build and reload, and both query loops, each bounded.
     limit = settings.load_timeout_s(size) * 2 + 2 * settings.loop_timeout_s + 300
     done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=limit,
-                          check=False, cwd=REPO_ROOT, env=_python_env())
+                          check=False, cwd=REPO_ROOT, env=python_env())
     if done.returncode != 0:
         raise RuntimeError(f"the milvus-lite process exited with {done.returncode} (its "
                            "output is above)")

@@ -86,9 +86,9 @@ from benchmarks.mesh_hop import (
     _child_env,
     _new_findings,
     _process_cpu_s,
-    _python_env,
     _workdir,
     findings_line,
+    python_env,
 )
 from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.client import probe_mesh
@@ -638,7 +638,7 @@ def _start_proxy(fleet: Fleet, base_urls: dict[str, str]) -> Target:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "config.yaml"
     config.write_text(json.dumps(proxy_config(base_urls), indent=2))
-    env = _python_env() | {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
+    env = python_env() | {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
                            "HOME": str(home)}
     env.pop("DATABASE_URL", None)
     litellm_cli = Path(sys.executable).with_name("litellm")
@@ -704,7 +704,7 @@ def run_cell(targets: Targets, path: str, workload: Workload, concurrency: int,
     pids = _server_pids(path, targets)
     before = {name: _process_cpu_s(pid) for name, pid in pids.items()}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=limit, check=False,
-                          cwd=REPO_ROOT, env=_python_env())
+                          cwd=REPO_ROOT, env=python_env())
     if done.returncode != 0:
         raise RuntimeError(f"loadgen for {path} ({workload.name}, c={concurrency}) exited "
                            f"with {done.returncode}:\n{done.stderr[-3000:]}")

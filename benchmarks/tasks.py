@@ -71,9 +71,9 @@ from benchmarks.mesh_hop import (
     Target,
     _child_env,
     _new_findings,
-    _python_env,
     _workdir,
     findings_line,
+    python_env,
 )
 from mesh.client import probe_mesh
 from mesh.embedded.nats_server import free_port
@@ -669,7 +669,7 @@ def run_client(path: str, workload: str, mode: str, server: Server, duration_s: 
             "--path", "mesh" if path in MESH_NODES else "celery", "--workload", workload,
             "--mode", mode, "--duration", str(duration_s), "--count", str(count),
             "--timeout", str(timeout), "--server-pids", ",".join(map(str, server.pids))]
-    env = _python_env()
+    env = python_env()
     if path in MESH_NODES:
         argv += ["--gateway", server.target.address]
     else:
