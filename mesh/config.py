@@ -35,6 +35,7 @@ __all__ = [
     "PluginSettings",
     "RateLimitSettings",
     "TlsSettings",
+    "TracingSettings",
     "load_config",
 ]
 
@@ -280,6 +281,22 @@ class ModelSettings(_Section):
         default_factory=dict, description="user = dollars: budgets other than budget_usd")
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry traces of every call (mesh.observability.tracing); off by default."""
+
+    enabled: bool = Field(False, description="trace calls and export the spans with OTLP")
+    protocol: Literal["grpc", "http/protobuf"] = Field(
+        "grpc", description="OTLP transport: grpc (port 4317) or http/protobuf (port 4318)")
+    endpoint: str = Field("", description="OTLP receiver (default: http://127.0.0.1:4317 for "
+                          "grpc, http://127.0.0.1:4318/v1/traces for http/protobuf)")
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0, description="share of new traces "
+                                "recorded; a call that brings a traceparent follows its "
+                                "caller's decision (parent-based)")
+    capture_content: bool = Field(False, description="put prompts and completions on "
+                                  "GenAI spans (they may hold personal data)")
+    service_name: str = Field("revo", min_length=1, description="service.name of the spans")
+
+
 class EngineSettings(BaseModel):
     """Settings of one engine: the mesh's keys, plus the plugin's own (validated by it)."""
 
@@ -311,6 +328,7 @@ class MeshConfig(_Section):
     plugins: PluginSettings = Field(default_factory=PluginSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     engines: dict[str, EngineSettings] = Field(default_factory=dict)
 
     def engine(self, name: str) -> EngineSettings:

@@ -49,6 +49,7 @@ from mesh.errors import (
 )
 from mesh.gateway.mesh_service import MeshServicer
 from mesh.gateway.metrics import GatewayMeters
+from mesh.observability import tracing
 from mesh.observability.metrics import MetricsEndpoint
 from mesh.registry import RegistryView, Route, Snapshot, file_set
 from mesh.runtime.node import Node
@@ -127,7 +128,8 @@ class _Router(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         found = self.handlers.get(path)
         if found is not None:
             return found
-        return grpc.unary_unary_rpc_method_handler(self._gateway.unknown_handler(path))
+        return grpc.unary_unary_rpc_method_handler(
+            tracing.traced_unary(path, self._gateway.unknown_handler(path)))
 
     def rebuild(self, snapshot: Snapshot) -> None:
         handlers: dict[str, MethodHandler] = dict(self.own)
@@ -136,10 +138,10 @@ class _Router(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 continue
             if route.server_streaming:
                 handlers[path] = grpc.unary_stream_rpc_method_handler(
-                    self._gateway.stream_handler(route))
+                    tracing.traced_stream(path, self._gateway.stream_handler(route)))
             else:
                 handlers[path] = grpc.unary_unary_rpc_method_handler(
-                    self._gateway.unary_handler(route))
+                    tracing.traced_unary(path, self._gateway.unary_handler(route)))
         self.handlers = handlers
 
 
@@ -174,6 +176,7 @@ class Gateway:
 
     async def start(self) -> int:
         """Connect, learn the registry, and listen; returns the bound port."""
+        tracing.configure(self.config.tracing)  # before the handlers are built
         self.nc = await connect(self.config.nats, name="revo-gateway")
         self.guard = Guard(self.config, self.nc, f"gw-{new_request_id()[:12]}")
         await self.guard.start()
@@ -245,6 +248,7 @@ class Gateway:
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
+        tracing.flush()
         self.metrics.stop()
 
     async def wait(self) -> None:
@@ -499,8 +503,8 @@ class Gateway:
                 return await behavior(message, context)
 
             handlers[path] = grpc.unary_unary_rpc_method_handler(
-                self._metered_unary(path, self._guarded_unary(
-                    path, declared_permission(method), inner)),
+                tracing.traced_unary(path, self._metered_unary(path, self._guarded_unary(
+                    path, declared_permission(method), inner))),
                 response_serializer=lambda message: message.SerializeToString())
         return handlers
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -29,6 +30,7 @@ from mesh.errors import (
     RpcError,
     Unavailable,
 )
+from mesh.observability import tracing
 from mesh.runtime.pool import (
     PoolState,
     PoolStats,
@@ -64,7 +66,11 @@ class LoopStream:
         self._meter = pool.meters[binding.path] if pool.meters is not None else None
         self._started = time.perf_counter() if self._meter is not None else 0.0
         produce = getattr(pool.engine, binding.attribute)(request, ctx)
-        self._task = pool.spawn(self._produce(produce))
+        scope = (tracing.engine_scope(pool.name, binding.service, binding.descriptor.name)
+                 if tracing.TRACER is not None else None)
+        self._span = scope.span if scope is not None else None
+        self._task = pool.spawn(self._produce(produce),
+                                scope.context if scope is not None else None)
         self._timer = pool.loop.call_later(max(0.0, ctx.time_remaining()), self._expire)
 
     async def _produce(self, items: AsyncIterator[Message]) -> None:
@@ -88,6 +94,8 @@ class LoopStream:
         finally:
             self._timer.cancel()
             self._queue.put_nowait(_END)
+            if self._span is not None:
+                tracing.finish(self._span, self._error)
             if self._meter is not None:
                 self._meter.finished(self._started, self._error)
 
@@ -177,8 +185,9 @@ class LoopPool:
 
     # -- calls ------------------------------------------------------------------------
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = self.loop.create_task(work)
+    def spawn(self, work: Coroutine[Any, Any, None],
+              context: contextvars.Context | None = None) -> asyncio.Task[None]:
+        task = self.loop.create_task(work, context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -217,6 +226,10 @@ class LoopPool:
         if self.meters is not None:
             respond = self.meters[binding.path].wrap(respond, time.perf_counter())
         expired = False
+        context = None
+        if tracing.TRACER is not None:  # the engine's span is current in the call's task
+            scope = tracing.engine_scope(self.name, binding.service, binding.descriptor.name)
+            respond, context = scope.responding(respond), scope.context
 
         async def serve() -> None:
             try:
@@ -244,7 +257,7 @@ class LoopPool:
             ctx.cancel()
             task.cancel()
 
-        task = self.spawn(serve())
+        task = self.spawn(serve(), context)
         timer = self.loop.call_later(max(0.0, ctx.time_remaining()), expire)
 
     async def call(self, binding: MethodBinding, payload: bytes, ctx: Context) -> bytes:

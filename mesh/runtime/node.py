@@ -37,6 +37,7 @@ from mesh.errors import (
     RpcError,
     Unimplemented,
 )
+from mesh.observability import tracing
 from mesh.observability.metrics import MetricsEndpoint
 from mesh.plugins.host import PluginHost, PluginRecord, PluginStatus
 from mesh.registry import RegistryWriter, file_set
@@ -141,6 +142,7 @@ class Node:
         not to) serve them on NATS. Engines start after the connection, so an
         :class:`~mesh.engine.AsyncEngine` may open streams in its ``start``."""
         loop = asyncio.get_running_loop()
+        tracing.configure(self.config.tracing)
         if serve_nats or nc is not None:
             self.nc = nc or await connect(self.config.nats, name=f"revo-node {self.id}")
         self.host.load()
@@ -245,6 +247,7 @@ class Node:
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
+        tracing.flush()
         log.info("node %s stopped", self.id)
 
     # -- calls (also the gateway's co-located fast path) ------------------------------
@@ -287,6 +290,8 @@ class Node:
         service, _, method = subject[len(subjects.RPC_PREFIX) + 1:].rpartition(".")
         path = f"/{service}/{method}"
         headers = msg_headers or {}
+        scope = (tracing.process_scope(subject, headers, self.id, subjects.queue_group(service))
+                 if tracing.TRACER is not None else None)
         try:
             pool, binding = self.route(path)
             ctx = request_context(path, headers, self.id, self.config.gateway.default_timeout_s,

@@ -35,6 +35,7 @@ from mesh.errors import (
     RpcError,
     Unavailable,
 )
+from mesh.observability import tracing
 
 if TYPE_CHECKING:
     from mesh.runtime.pool_metrics import MethodMeter
@@ -126,6 +127,9 @@ class Call:
     timer: asyncio.TimerHandle | None = None
     finished: bool = False
     """Set on the loop once the outcome was delivered (or the deadline passed)."""
+    trace: Any = None
+    """The trace context the call came in (only while tracing is on): its engine span's
+    parent, carried to the actor's thread."""
     meter: MethodMeter | None = None
     started: float = 0.0
 
@@ -180,7 +184,8 @@ class EngineActor(pykka.ThreadingActor):
         pool = self._pool
         call = pool.take(self._slot)
         while call is not None:
-            result, error, crashed = self._serve(call)
+            result, error, crashed = (self._serve(call) if call.trace is None
+                                      else self._serve_traced(call))
             if crashed:
                 pool.post(self._slot, call, result, error)
                 self.actor_ref.stop(block=False)
@@ -190,6 +195,15 @@ class EngineActor(pykka.ThreadingActor):
             # that calls again at once finds this actor ready rather than busy.
             done, call = call, pool.take(self._slot)
             pool.post(None, done, result, error)
+
+    def _serve_traced(self, call: Call) -> tuple[bytes | None, RpcError | None, bool]:
+        """:meth:`_serve` in the engine's span, this thread's current span meanwhile."""
+        binding = call.binding
+        span = tracing.engine_span(self._pool.name, binding.service, binding.descriptor.name,
+                                   call.trace)
+        outcome = tracing.in_span(span, lambda: self._serve(call))
+        tracing.finish(span, outcome[1])
+        return outcome
 
     def _serve(self, call: Call) -> tuple[bytes | None, RpcError | None, bool]:
         """Serve one call: its encoded response or error, and whether the engine crashed."""
@@ -375,7 +389,8 @@ class EnginePool:
     def start_call(self, binding: MethodBinding, payload: bytes, ctx: Context,
                    respond: Respond) -> None:
         """Queue a unary call; ``respond`` gets its outcome (raises if it cannot queue)."""
-        call = Call(binding, payload, ctx, respond=respond)
+        call = Call(binding, payload, ctx, respond=respond,
+                    trace=tracing.current() if tracing.TRACER is not None else None)
         self.submit(call)
         # A hung engine must not hold the caller (or the node's drain) past the deadline.
         call.timer = self.loop.call_later(ctx.time_remaining(), self._expire, call)
@@ -393,7 +408,8 @@ class EnginePool:
                window: int) -> StreamSink:
         """Start a server-streaming call; read it with ``sink.messages()``."""
         sink = StreamSink(self.loop, window, ctx)
-        self.submit(Call(binding, payload, ctx, sink=sink))
+        self.submit(Call(binding, payload, ctx, sink=sink,
+                         trace=tracing.current() if tracing.TRACER is not None else None))
         return sink
 
     def submit(self, call: Call) -> None:

@@ -36,6 +36,7 @@ from mesh.errors import (
     error_from_status,
     status_from_code,
 )
+from mesh.observability import tracing
 from mesh.transport import headers as h
 from mesh.transport.connection import MeshConnection, encode_headers
 
@@ -174,11 +175,20 @@ class Requester:
         pending = _Pending(subject, loop.time() + timeout, future=future)
         self._pending[token] = pending
         self._watch(token, pending, timeout)
+        span = (tracing.send_span(subject, len(payload), headers)
+                if tracing.TRACER is not None else None)
         try:
             self._publish(subject, payload, self._prefix + token, encode_headers(headers))
             return await future
+        except BaseException as exc:
+            if span is not None:
+                tracing.finish(span, exc, client=True)
+                span = None
+            raise
         finally:
             self._forget(token)
+            if span is not None:
+                tracing.finish(span, client=True)
 
     # -- server streams ---------------------------------------------------------------
 
@@ -196,6 +206,8 @@ class Requester:
         self._watch(token, pending, timeout)
         finished = False
         unacked = 0
+        span = (tracing.send_span(subject, len(payload), headers)
+                if tracing.TRACER is not None else None)
         try:
             self._publish(subject, payload, self._prefix + token,
                           encode_headers({**headers, h.STREAM_WINDOW: str(window)}))
@@ -219,8 +231,15 @@ class Requester:
                     self._nc.publish_nowait(pending.control,
                                             headers=encode_headers({h.ACK: str(unacked)}))
                     unacked = 0
+        except BaseException as exc:
+            if span is not None:
+                tracing.finish(span, exc, client=True)
+                span = None
+            raise
         finally:
             self._forget(token)
+            if span is not None:
+                tracing.finish(span, client=True)
             if not finished and pending.control and not self._nc.is_closed:
                 with contextlib.suppress(Exception):
                     self._nc.publish_nowait(pending.control, headers=_CANCEL)
