@@ -103,6 +103,17 @@ async def test_a_client_reads_the_field_that_is_wrong(mesh_harness):
     assert [v.field for v in error.violations] == ["delay_ms"]
 
 
+async def test_an_unknown_method_reads_unknown_method(mesh_harness):
+    mesh: MeshHarness = await mesh_harness(plugins=ONLY_ECHO)
+    path = "/revo.echo.v1.EchoService/Shout"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await mesh.channel.unary_unary(path)(b"", timeout=5)
+
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    info = _details(refused.value)["ErrorInfo"]
+    assert (info.reason, dict(info.metadata)) == ("UNKNOWN_METHOD", {"method": path})
+
+
 @pytest.fixture
 async def calls(mesh_harness: Any, fake: FakeLLMServer) -> AsyncIterator[MeshCalls]:
     """What an engine has for calling other engines, on a mesh of echo and models nodes."""

@@ -320,7 +320,8 @@ class TaskEngine(AsyncEngine):
             raise PermissionDenied(f"listing the tasks of {owner!r} needs the manage "
                                    f"permission; role {ctx.role!r} lacks it")
         if request.limit > 1000:
-            raise InvalidArgument(f"limit must be at most 1000, got {request.limit}")
+            raise InvalidArgument(violations=[
+                ("limit", f"must be at most 1000, got {request.limit}")])
         pattern = "t.*.*" if owner == "*" else f"t.{owner_token(owner)}.*"
         since = request.since.ToNanoseconds() if request.HasField("since") else 0
         tasks = [t for t in await self.store.scan(pattern)

@@ -293,13 +293,13 @@ class RecallEngine(AsyncEngine):
         s = self.settings
         top_k = request.top_k or 10
         if top_k > s.max_top_k:
-            raise InvalidArgument(f"top_k must be 1 to {s.max_top_k} (0 means 10), got "
-                                  f"{request.top_k}")
+            raise InvalidArgument(violations=[
+                ("top_k", f"must be 1 to {s.max_top_k} (0 means 10), got {request.top_k}")])
         if bool(request.text) == bool(request.vector):
             raise InvalidArgument("Search takes a text or a vector: exactly one of them")
         if not -1.0 <= request.min_score <= 1.0 or math.isnan(request.min_score):
-            raise InvalidArgument(f"min_score is a cosine similarity, -1 to 1; got "
-                                  f"{request.min_score}")
+            raise InvalidArgument(violations=[
+                ("min_score", f"is a cosine similarity, -1 to 1; got {request.min_score}")])
         vector = self._vector(request.vector, "vector")
         if request.text:
             self._text(request.text, "text")
