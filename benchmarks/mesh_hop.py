@@ -19,7 +19,10 @@ over every kept full run of the same method (``history/``), with this run's tabl
 The mesh and the colocated
 gateway each get their own nats-server, so that neither's node answers the other's calls
 (NATS would spread the calls over both in one queue group). Both run with security off
-(:data:`SECURITY_OFF`); :mod:`benchmarks.auth_overhead` measures what it costs.
+(:data:`SECURITY_OFF`); :mod:`benchmarks.auth_overhead` measures what it costs. Both run
+with metrics on, the default, each gateway on a port of its own (the default address,
+127.0.0.1:9464, would be shared); :mod:`benchmarks.observability` measures what metrics
+and traces cost.
 
 The machinery (:class:`Fleet`, :func:`start_mesh`, :func:`run_loadgen`, :func:`run_rounds`)
 is shared with the other benchmarks.
