@@ -20,6 +20,7 @@ import numpy as np
 
 from mesh.errors import InvalidArgument, Unavailable
 from mesh.models.providers import Chunk, ProviderError, ProviderUsage, Turn
+from mesh.observability import tracing
 
 __all__ = ["TritonEmbedder", "TritonGenerator"]
 
@@ -61,17 +62,28 @@ class TritonEmbedder:
             raise InvalidArgument("Embed needs at least one text")
         if any(not t.strip() for t in texts):
             raise InvalidArgument("Embed got an empty text; send text with words in it")
+        span = (tracing.genai_span("embeddings", "triton", self.model)
+                if tracing.TRACER is not None else None)
         vectors: list[list[float]] = []
-        for start in range(0, len(texts), _MAX_BATCH):
-            chunk = texts[start:start + _MAX_BATCH]
-            text = self._aio.InferInput("TEXT", [len(chunk), 1], "BYTES")
-            text.set_data_from_numpy(np.array([[t.encode()] for t in chunk], dtype=np.object_))
-            try:
-                result = await self._client.infer(self.model, [text],
-                                                  client_timeout=self._timeout_s)
-            except Exception as exc:
-                raise Unavailable(f"local embedder at {self.url} failed: {exc}") from exc
-            vectors.extend(np.asarray(result.as_numpy("EMBEDDING"), dtype=np.float32).tolist())
+        try:
+            for start in range(0, len(texts), _MAX_BATCH):
+                chunk = texts[start:start + _MAX_BATCH]
+                text = self._aio.InferInput("TEXT", [len(chunk), 1], "BYTES")
+                text.set_data_from_numpy(np.array([[t.encode()] for t in chunk],
+                                                  dtype=np.object_))
+                try:
+                    result = await self._client.infer(self.model, [text],
+                                                      client_timeout=self._timeout_s)
+                except Exception as exc:
+                    if span is not None:
+                        tracing.end_client(span, exc)
+                        span = None
+                    raise Unavailable(f"local embedder at {self.url} failed: {exc}") from exc
+                vectors.extend(np.asarray(result.as_numpy("EMBEDDING"),
+                                          dtype=np.float32).tolist())
+        finally:
+            if span is not None:
+                tracing.end_client(span)
         return vectors
 
 

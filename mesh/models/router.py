@@ -29,12 +29,15 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import Span
+
 from mesh.config import CatalogModel, ModelSettings
 from mesh.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from mesh.models.budget import Budgets, Reservation
 from mesh.models.ledger import Entry, Ledger
 from mesh.models.metrics import CHAT, ModelMeters
 from mesh.models.providers import Chunk, Provider, ProviderError, ProviderUsage, Turn
+from mesh.observability import tracing
 
 __all__ = ["Outcome", "Request", "Router", "Switch", "estimate_tokens"]
 
@@ -305,11 +308,25 @@ class Router:
                                  temperature=request.temperature, top_p=request.top_p,
                                  stop=request.stop, timeout_s=self.settings.timeout_s,
                                  seed=request.seed)
+        span = (_chat_span(model, turns, request, completion)
+                if tracing.TRACER is not None else None)
+        text: list[str] | None = [] if span is not None and tracing.capture_content() else None
+        error: BaseException | str | None = None
         try:
             async for chunk in stream:
+                if span is not None:
+                    _observe(span, model, chunk, text)
                 yield chunk
+        except ProviderError as failed:
+            error = failed.kind
+            raise
+        except BaseException:  # the caller went away
+            error = "cancelled"
+            raise
         finally:
             await stream.aclose()  # type: ignore[attr-defined]  # closes the HTTP stream
+            if span is not None:
+                tracing.end_client(span, error)
 
     def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
         delay: float = min(self.settings.backoff_max_s,
@@ -319,3 +336,36 @@ class Router:
             delay = max(delay, min(retry_after_s, self.settings.backoff_max_s))
         return delay
 
+
+def _chat_span(model: CatalogModel, turns: Sequence[Turn], request: Request,
+               completion: int) -> Span:
+    """The GenAI CLIENT span of one provider call (semconv ``chat {model}``)."""
+    span = tracing.genai_span("chat", model.provider, model.upstream or model.name)
+    if span.is_recording():
+        span.set_attribute("gen_ai.request.max_tokens", completion)
+        span.set_attribute("gen_ai.request.temperature", request.temperature)
+        if request.top_p:
+            span.set_attribute("gen_ai.request.top_p", request.top_p)
+        if request.seed is not None:
+            span.set_attribute("gen_ai.request.seed", request.seed)
+        if tracing.capture_content():
+            span.set_attribute(tracing.GEN_AI_INPUT_MESSAGES,
+                               tracing.messages_json([(t.role, t.content) for t in turns]))
+    return span
+
+
+def _observe(span: Span, model: CatalogModel, chunk: Chunk, text: list[str] | None) -> None:
+    """Add what a stream's chunk tells to its span: the completion's text when content is
+    captured, the usage and finish reason at the end."""
+    if text is not None and chunk.text:
+        text.append(chunk.text)
+    if chunk.usage is None or not span.is_recording():
+        return
+    span.set_attributes({
+        tracing.GEN_AI_RESPONSE_MODEL: model.upstream or model.name,
+        tracing.GEN_AI_INPUT_TOKENS: chunk.usage.prompt_tokens,
+        tracing.GEN_AI_OUTPUT_TOKENS: chunk.usage.completion_tokens,
+        tracing.GEN_AI_FINISH_REASONS: (chunk.finish_reason or "stop",)})
+    if text is not None:
+        span.set_attribute(tracing.GEN_AI_OUTPUT_MESSAGES,
+                           tracing.output_json("".join(text), chunk.finish_reason))

@@ -14,10 +14,12 @@ import grpc
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.config import MeshConfig, TracingSettings
 from mesh.gateway import Gateway
 from mesh.observability import tracing
 from mesh.testing import spawn_node, stop_node, wait_for
+from mesh.testing.llm import FakeLLMServer, answer
 from mesh.testing.traces import OtlpReceiver, SpanRecord, from_sdk, tree
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.plugins.relay import RELAY, RelayRequest, RelayResponse
@@ -206,3 +208,60 @@ async def test_a_caller_that_does_not_sample_is_not_traced_anywhere(
     # the node exports in order: once the later trace arrived, the earlier one would have
     await traced_mesh.wait_for_spans(sampled, 4)
     assert traced_mesh.spans(unsampled) == []
+
+
+KEY_ENV = "REVO_TEST_TRACING_KEY"
+PROMPT = "List three primes please"
+
+
+@pytest.mark.parametrize("capture", [False, True], ids=["default", "capture_content"])
+async def test_a_generation_span_follows_the_genai_conventions(
+        mesh_harness: Any, monkeypatch: pytest.MonkeyPatch, capture: bool) -> None:
+    tracing.shutdown()
+    exporter = InMemorySpanExporter()
+    tracing.configure(TracingSettings(enabled=True, capture_content=capture), exporter=exporter)
+    monkeypatch.setenv(KEY_ENV, "sk-tracing")
+    try:
+        with FakeLLMServer(api_key="sk-tracing") as fake:
+            catalog = [{"name": "cheap", "provider": "openai", "upstream": "gpt-test",
+                        "base_url": fake.openai_base_url, "api_key_env": KEY_ENV}]
+            mesh = await mesh_harness(plugins={"only": ["models"]},
+                                      models={"catalog": catalog, "retries": 0})
+            fake.script(answer("two three five"))
+            trace_id, _, traceparent = _traceparent()
+            stub = models_pb2_grpc.ModelServiceStub(mesh.channel)
+            request = models_pb2.GenerateRequest(
+                messages=[models_pb2.Message(role="user", content=PROMPT)])
+            async for _ in stub.Generate(request, timeout=20,
+                                         metadata=(("traceparent", traceparent),)):
+                pass
+            await wait_for(lambda: len(tree(from_sdk(exporter.get_finished_spans()),
+                                            trace_id)) >= 5, 10, "the generation's spans")
+    finally:
+        tracing.shutdown()
+    spans = tree(from_sdk(exporter.get_finished_spans()), trace_id)
+    assert [(s.kind, s.name) for s in spans] == [
+        ("SERVER", "revo.models.v1.ModelService/Generate"),
+        ("PRODUCER", "send revo.rpc.revo.models.v1.ModelService.Generate"),
+        ("CONSUMER", "process revo.rpc.revo.models.v1.ModelService.Generate"),
+        ("INTERNAL", "models/Generate"),
+        ("CLIENT", "chat gpt-test"),
+    ]
+    _chain(spans)
+    chat = spans[-1].attributes
+    assert {k: chat[k] for k in ("gen_ai.operation.name", "gen_ai.provider.name",
+                                 "gen_ai.request.model", "gen_ai.response.model",
+                                 "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens",
+                                 "gen_ai.response.finish_reasons")} == {
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-test", "gen_ai.response.model": "gpt-test",
+        "gen_ai.usage.input_tokens": len(PROMPT.split()), "gen_ai.usage.output_tokens": 3,
+        "gen_ai.response.finish_reasons": ("stop",)}
+    recorded = " ".join(str(v) for s in spans for v in s.attributes.values())
+    if capture:
+        assert PROMPT in chat["gen_ai.input.messages"]
+        assert "two three five" in chat["gen_ai.output.messages"]
+    else:  # no prompt or completion text anywhere unless the operator asks for it
+        assert "primes" not in recorded
+        assert "three five" not in recorded
+        assert not {"gen_ai.input.messages", "gen_ai.output.messages"} & chat.keys()
