@@ -137,7 +137,8 @@ class OtlpReceiver:
 
     async def start(self) -> OtlpReceiver:
         server = grpc.aio.server()
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            _TraceService(self), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         self._grpc, self.grpc_endpoint = server, f"http://127.0.0.1:{port}"

@@ -27,6 +27,7 @@ import numpy as np
 from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.engine import AsyncEngine, Context
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from mesh.observability import tracing
 from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
 from revo_engine_recall.changes import ChangeFeed
 from revo_engine_recall.filters import metadata_dict, predicate
@@ -104,12 +105,20 @@ class RecallEngine(AsyncEngine):
     # -- threads ----------------------------------------------------------------------
 
     async def _on_milvus(self, fn: Callable[..., T], *args: Any) -> T:
+        span = (tracing.db_span("milvus", fn.__name__, self.store.collection)
+                if tracing.TRACER is not None else None)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._milvus, fn, *args)
         except Exception as exc:
+            if span is not None:
+                tracing.end_client(span, exc)
+                span = None
             if type(exc).__module__.startswith("pymilvus"):
                 raise Unavailable(f"Milvus at {self.store.uri} failed: {exc}") from exc
             raise
+        finally:
+            if span is not None:
+                tracing.end_client(span)
 
     # -- the index replica ---------------------------------------------------------------
 
