@@ -24,22 +24,20 @@ from mesh.testing import MeshHarness
 from mesh.testing.llm import FakeLLMServer
 from mesh.transport.connection import connect
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from tests.integration import test_model_service as model_service
 from tests.integration.test_auth import AUTH, remove_users_since
-from tests.integration.test_model_service import (  # noqa: F401 (fixtures)
-    _ask,
-    _client,
-    _generate,
-    fake,
-    start,
-)
+from tests.integration.test_model_service import _ask, _client, _generate
 from tests.integration.test_rate_limits import ECHO, ONLY_ECHO, _echo, _user
 
-MODELS_AUTH = AUTH
+# ModelService's fixtures: a loopback OpenAI/Anthropic server, and a mesh with the models engine
+fake = model_service.fake
+start = model_service.start
 
 
 def _details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
     """The details a stock gRPC client reads (grpcio-status), by type name."""
-    status: Status | None = rpc_status.from_call(error)  # also checks code and message agree
+    call: Any = error  # an AioRpcError is a grpc.Call; the stubs do not say so
+    status: Status | None = rpc_status.from_call(call)  # also checks code and message agree
     assert status is not None, f"no grpc-status-details-bin trailer on {error}"
     out: dict[str, Any] = {}
     for detail in status.details:
@@ -61,8 +59,8 @@ async def test_a_rate_limited_client_reads_the_reason_and_when_to_retry(mesh_har
     info, retry = details["ErrorInfo"], details["RetryInfo"]
     assert (info.reason, info.domain) == ("RATE_LIMITED", "revo.dev")
     assert info.metadata["method"] == ECHO
-    trailers = {str(k): str(v) for k, v in refused.trailing_metadata() or ()
-                if not str(k).endswith("-bin")}
+    metadata: Any = refused.trailing_metadata() or ()  # grpc.aio.Metadata: (key, value) pairs
+    trailers = {str(k): str(v) for k, v in metadata if not str(k).endswith("-bin")}
     # RetryInfo and the older retry-after-ms trailer (kept) say the same wait
     assert abs(retry.retry_delay.ToMilliseconds() - int(trailers["retry-after-ms"])) <= 1
     error = rpc_error(refused)
@@ -106,8 +104,9 @@ async def test_a_client_reads_the_field_that_is_wrong(mesh_harness):
 async def test_an_unknown_method_reads_unknown_method(mesh_harness):
     mesh: MeshHarness = await mesh_harness(plugins=ONLY_ECHO)
     path = "/revo.echo.v1.EchoService/Shout"
+    channel: Any = mesh.channel  # bytes in, bytes out: no serializers
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await mesh.channel.unary_unary(path)(b"", timeout=5)
+        await channel.unary_unary(path)(b"", timeout=5)
 
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     info = _details(refused.value)["ErrorInfo"]
