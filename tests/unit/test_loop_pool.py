@@ -158,8 +158,10 @@ async def test_calls_beyond_max_pending_are_refused(pool: LoopPool) -> None:
     engine(pool).gate_size = 5  # the four below stay in flight: the fifth is refused
     running = [asyncio.ensure_future(echo(pool, GATED)) for _ in range(4)]
     await wait_for(lambda: pool.pending == 4, 5, "four calls in flight")
-    with pytest.raises(ResourceExhausted, match="at capacity"):
+    with pytest.raises(ResourceExhausted, match="at capacity") as refused:
         await echo(pool, b"one too many")
+    assert refused.value.reason == "POOL_FULL"
+    assert refused.value.retry_after_s is not None
     assert engine(pool).gated == 4
     engine(pool).gate.set()
     assert len(await asyncio.gather(*running)) == 4

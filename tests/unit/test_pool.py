@@ -227,6 +227,9 @@ async def test_full_queue_is_resource_exhausted(start_pool: PoolFactory, gate: G
         await echo(pool, b"one too many", methods=gate.methods)
 
     assert "capacity" in caught.value.message
+    # a program reads why, and that a retry soon may land (another node, a free actor)
+    assert (caught.value.reason, caught.value.metadata) == ("POOL_FULL", {"engine": pool.name})
+    assert caught.value.retry_after_s is not None
     gate.open.set()
     assert await busy == GATED
     assert await echo(pool, b"room again", methods=gate.methods) == b"room again"
