@@ -1,5 +1,6 @@
-"""An engine calling another engine's method as its own caller (``mesh.calls.MeshCalls``):
-the callee sees that caller, and the caller's role must grant the method's permission.
+"""An engine calling another engine's method as its own caller (``mesh.calls.MeshCalls``,
+and the generated stubs on a ``MeshChannel``): the callee sees that caller, the caller's
+role must grant the method's permission, and the caller's deadline bounds the call.
 Real gateway, node and nats-server; auth on."""
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh.calls import MeshCalls
-from mesh.errors import RpcError
+from mesh.calls import MeshCalls, MeshChannel
+from mesh.errors import DeadlineExceeded, InvalidArgument, PermissionDenied, RpcError
 from mesh.testing import MeshHarness, spawn_node, wait_for
 from mesh.transport.connection import connect
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.test_auth import AUTH, remove_users_since
 
 ECHO = "/revo.echo.v1.EchoService/Echo"
@@ -97,3 +98,73 @@ async def test_a_call_whose_node_dies_fails_unavailable_before_its_deadline(
         if node.poll() is None:
             node.kill()
         node.wait(10)
+
+
+# -- typed calls: the generated stub on a MeshChannel ------------------------------------
+
+def _channel(calls: MeshCalls, caller: str = "ada", role: str = "analyst",
+             seconds: float = 10.0, traceparent: str = "") -> MeshChannel:
+    return MeshChannel(calls, caller=caller, role=role, request_id="req-typed",
+                       deadline=time.monotonic() + seconds, traceparent=traceparent)
+
+
+async def test_a_generated_stub_on_the_channel_calls_as_the_original_caller(
+        calls: MeshCalls) -> None:
+    stub = echo_pb2_grpc.EchoServiceStub(_channel(calls))
+
+    reply = await stub.Echo(echo_pb2.EchoRequest(payload=b"typed"), timeout=5)
+
+    assert isinstance(reply, echo_pb2.EchoResponse)
+    assert (reply.payload, reply.caller, reply.role) == (b"typed", "ada", "analyst")
+
+
+async def test_a_server_stream_through_the_channel_yields_typed_messages(
+        calls: MeshCalls) -> None:
+    stub = echo_pb2_grpc.EchoServiceStub(_channel(calls))
+
+    indexes = [m.index async for m in stub.Count(echo_pb2.CountRequest(count=5), timeout=5)]
+
+    assert indexes == [0, 1, 2, 3, 4]
+
+
+async def test_the_channel_refuses_a_role_without_the_permission(calls: MeshCalls) -> None:
+    stub = echo_pb2_grpc.EchoServiceStub(_channel(calls, caller="vic", role="viewer"))
+
+    with pytest.raises(PermissionDenied) as refused:
+        await stub.Echo(echo_pb2.EchoRequest(payload=b"x"), timeout=5)
+
+    assert "viewer" in refused.value.message
+
+
+async def test_the_callees_error_comes_back_as_its_own_class(calls: MeshCalls) -> None:
+    stub = echo_pb2_grpc.EchoServiceStub(_channel(calls))
+
+    with pytest.raises(InvalidArgument) as invalid:
+        await stub.Echo(echo_pb2.EchoRequest(delay_ms=60_001), timeout=5)
+
+    assert "delay_ms must be at most 60000" in invalid.value.message
+
+
+async def test_the_callers_deadline_bounds_a_call_with_a_longer_timeout(
+        calls: MeshCalls) -> None:
+    stub = echo_pb2_grpc.EchoServiceStub(_channel(calls, seconds=0.5))
+    started = time.monotonic()
+
+    with pytest.raises(DeadlineExceeded):
+        await stub.Echo(echo_pb2.EchoRequest(delay_ms=30_000), timeout=30)
+
+    assert time.monotonic() - started < 30  # the caller's 0.5 s, not the stub's 30 s
+
+
+async def test_a_call_after_the_callers_deadline_is_not_sent(calls: MeshCalls) -> None:
+    stub = echo_pb2_grpc.EchoServiceStub(_channel(calls, seconds=-1))
+
+    with pytest.raises(DeadlineExceeded):
+        await stub.Echo(echo_pb2.EchoRequest(payload=b"late"), timeout=5)
+
+
+async def test_the_channel_says_whether_a_stubs_method_is_served(calls: MeshCalls) -> None:
+    channel = _channel(calls)
+
+    assert channel.serves(echo_pb2_grpc.EchoServiceStub(channel).Echo)
+    assert not channel.serves(channel.unary_unary("/revo.nothing.v1.Nothing/Never"))
