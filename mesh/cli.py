@@ -79,7 +79,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from mesh._gen.revo.mesh.v1 import mesh_pb2
     from mesh.auth.tokens import operator_token
     from mesh.client import MeshClient, client_credentials
-    from mesh.embedded.up import read_state
+    from mesh.embedded.up import metrics_url, read_state
 
     config = _config(args)
     state = read_state(config)
@@ -104,9 +104,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"gateway {target}: not reachable ({reason})")
         return 1
     print(f"gateway {target}: serving {len(services)} services on {len(nodes)} nodes")
+    gateway_metrics = (state.get("gateway_metrics", "") if state
+                       else metrics_url(config.gateway.metrics_address))
+    print(f"  metrics {gateway_metrics or 'off'}")
     for node in nodes:
         print(f"  node {node.id} (pid {node.pid}, revo-mesh {node.version})"
               + (" draining" if node.draining else ""))
+        print(f"    metrics {node.metrics_url or 'off'}")
         for engine in node.engines:
             status = mesh_pb2.EngineStatus.Name(engine.status).removeprefix("ENGINE_STATUS_")
             print(f"    {engine.name:<14} {status.lower():<12} v{engine.version or '?':<8} "

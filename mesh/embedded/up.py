@@ -93,6 +93,8 @@ class Launcher:
     _supervised: dict[str, _Supervised] = field(default_factory=dict)
     _env: dict[str, str] = field(default_factory=dict)
     _state: dict[str, Any] = field(default_factory=dict)
+    node_metrics: dict[str, str] = field(default_factory=dict)
+    """Each node's metrics URL ('' when off), as the nodes announced it when ready."""
 
     @property
     def logs(self) -> Path:
@@ -149,6 +151,7 @@ class Launcher:
             "triton": self.triton.grpc_url if self.triton else "",
             "generator": (str(self.config.models.generator_checkpoint)
                           if self.triton and GENERATOR in self.triton.overrides else ""),
+            "gateway_metrics": metrics_url(self.config.gateway.metrics_address),
             "home": str(home.resolve()),
             "logs": str(self.logs.resolve()),
         }
@@ -225,8 +228,10 @@ class Launcher:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline and not self.stop_requested.is_set():
             self._check_children()
-            if probe_mesh(self.config.gateway.address, timeout=1.0, token=token,
-                          credentials=client_credentials(self.config)):
+            nodes = probe_mesh(self.config.gateway.address, timeout=1.0, token=token,
+                               credentials=client_credentials(self.config))
+            if nodes:
+                self.node_metrics = {node.id: node.metrics_url for node in nodes}
                 return
             time.sleep(0.2)
         if self.stop_requested.is_set():
@@ -297,6 +302,14 @@ class Launcher:
         state_file(self.config).unlink(missing_ok=True)
 
 
+def metrics_url(address: str) -> str:
+    """The ``/metrics`` URL of a configured ``host:port`` ('' when metrics are off)."""
+    if not address:
+        return ""
+    host, _, port = address.rpartition(":")
+    return f"http://{host or '127.0.0.1'}:{port}/metrics"
+
+
 def run_up(config: MeshConfig) -> int:
     """Start the mesh, print its endpoints, and run until Ctrl-C or SIGTERM."""
     running = read_state(config)
@@ -331,7 +344,10 @@ def run_up(config: MeshConfig) -> int:
               f"  NATS monitor     {state['nats_monitor'] or '-'}\n"
               f"  Triton (gRPC)    {state['triton'] or launcher.triton_note}\n"
               f"  generator        {launcher.generator_note}\n"
-              f"  state            {state['home']}\n"
+              f"  metrics          gateway {state['gateway_metrics'] or 'off'}\n"
+              + "".join(f"                   node {node} {url or 'off'}\n"
+                        for node, url in launcher.node_metrics.items())
+              + f"  state            {state['home']}\n"
               f"  logs             {state['logs']}\n"
               + (f"  sign in          as 'admin', password in {launcher.admin_password_file}"
                  "\n" if config.auth.enabled and launcher.admin_password_file.exists() else "")

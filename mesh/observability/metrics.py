@@ -40,6 +40,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -423,6 +424,8 @@ class MetricsEndpoint:
         """The configuration key of ``address``, for error messages."""
         self.registry: CollectorRegistry | None = None
         if address:
+            # no ``*_created`` series: they double a scrape and no query of ours reads them
+            disable_created_metrics()  # type: ignore[no-untyped-call]
             self.registry = CollectorRegistry(auto_describe=True)
             ProcessCollector(registry=self.registry)
             self.registry.register(GC_COLLECTOR)

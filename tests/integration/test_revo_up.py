@@ -50,8 +50,10 @@ def _triton_http(tmp_path: Path) -> str:
 
 def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
     gateway = f"127.0.0.1:{free_port()}"
+    gateway_metrics = f"http://127.0.0.1:{free_port()}/metrics"
     env = dict(os.environ,
                REVO_HOME=str(tmp_path / "home"),
+               REVO_GATEWAY__METRICS_ADDRESS=gateway_metrics[len("http://"):-len("/metrics")],
                REVO_NATS__PORT=str(free_port()),
                REVO_NATS__MONITOR_PORT=str(free_port()),
                REVO_GATEWAY__ADDRESS=gateway,
@@ -74,6 +76,13 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
         text = "".join(banner)
         assert "revo is up" in text, text
         assert gateway in text
+        # metrics by default: the gateway's, and the node's at the address it announced
+        assert f"metrics          gateway {gateway_metrics}" in text, text
+        node_metrics = re.search(r"^ +node \S+ (http://127\.0\.0\.1:\d+/metrics)$", text,
+                                 re.MULTILINE)
+        assert node_metrics, text
+        with urllib.request.urlopen(node_metrics.group(1), timeout=10) as scraped:
+            assert b'engine_health_status{engine="echo"' in scraped.read()
 
         with grpc.insecure_channel(gateway) as channel:
             with pytest.raises(grpc.RpcError) as refused:
