@@ -52,6 +52,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from mesh.errors import RpcError
+from mesh.transport import headers as h
 
 if TYPE_CHECKING:
     from mesh.config import TracingSettings
@@ -61,12 +62,17 @@ __all__ = [
     "Scope",
     "capture_content",
     "configure",
+    "current",
     "db_span",
+    "end_client",
     "engine_scope",
     "engine_span",
     "finish",
     "flush",
     "genai_span",
+    "in_span",
+    "messages_json",
+    "output_json",
     "process_scope",
     "send_span",
     "shutdown",
@@ -110,8 +116,9 @@ DB_COLLECTION = "db.collection.name"
 ENGINE = "revo.engine.name"
 NODE = "revo.node.id"
 
-TRACE_HEADERS = ("traceparent", "tracestate")
-"""The W3C trace context's names, in gRPC metadata and in NATS headers alike."""
+TRACE_HEADERS = (h.TRACEPARENT, h.TRACESTATE)
+"""The W3C trace context's names, in gRPC metadata and in NATS headers alike (the
+propagator writes and reads these same names)."""
 
 _SERVER_FAULTS = frozenset({
     grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -5,7 +5,8 @@ Requests (gateway -> node):
 ========================  ==========================================================
 ``Revo-Request-Id``       id of the call, echoed in logs, audit and replies
 ``Revo-Timeout-Ms``       milliseconds the caller will wait; the node derives its deadline
-``traceparent``           W3C trace context of the caller's span
+``traceparent``           W3C trace context of the caller's span (mesh.observability.tracing)
+``tracestate``            W3C vendor trace state, sent with ``traceparent`` when the trace has one
 ``Revo-Caller``           authenticated user (set only by a gateway)
 ``Revo-Role``             the caller's role (set only by a gateway)
 ``Revo-Identity``         seal over caller and role: ``<expires ms>.<HMAC>`` (mesh.auth.identity)
@@ -39,6 +40,7 @@ from __future__ import annotations
 REQUEST_ID = "Revo-Request-Id"
 TIMEOUT_MS = "Revo-Timeout-Ms"
 TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 CALLER = "Revo-Caller"
 ROLE = "Revo-Role"
 IDENTITY = "Revo-Identity"
