@@ -99,7 +99,7 @@ async def traced_mesh(mesh_config: Callable[..., MeshConfig], exporter: InMemory
         await wait_for(serving, 30, "the node process serving echo and relay")
         yield mesh
     finally:
-        await mesh.channel.close()
+        await mesh.channel.close(None)
         stop_node(node)
         await gateway.stop(grace=1.0)
 
