@@ -70,6 +70,7 @@ class RegistryWriter:
         self._announce = announce
         self._task: asyncio.Task[None] | None = None
         self._kv: KeyValue | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self._kv = await open_registry(self._nc)
@@ -83,14 +84,18 @@ class RegistryWriter:
         await self._kv.put(self._key, announcement.SerializeToString())
 
     async def _beat(self) -> None:
-        while True:
+        # The flag, not only the cancellation, ends the loop: nats-py can turn a cancel
+        # that lands inside a request into its own TimeoutError, which is caught below.
+        while not self._stopping:
             await asyncio.sleep(self._heartbeat_s)
             try:
                 await self.publish()
             except Exception as exc:  # NATS reconnecting: try again next beat
-                log.warning("registry heartbeat failed: %s", exc)
+                if not self._stopping:
+                    log.warning("registry heartbeat failed: %s", exc)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

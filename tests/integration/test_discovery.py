@@ -92,3 +92,45 @@ async def test_client_applies_default_timeout_and_metadata(mesh_harness):
         reply = await echo.Echo(echo_pb2.EchoRequest(payload=b"ok"), timeout=5)
         assert reply.payload == b"ok"
         assert (await client.mesh.ListNodes(mesh_pb2.ListNodesRequest())).nodes
+
+
+async def test_a_node_leaves_the_registry_even_when_a_heartbeat_swallows_its_cancel(
+        nats_server):
+    """nats-py (on Python 3.11) can turn a cancel that lands inside a request into its own
+    TimeoutError; the heartbeat loop catches that and must still end when the node stops
+    (it once looped on, and the node's stop waited forever)."""
+    import nats
+    import nats.errors
+
+    from mesh._gen.revo.mesh.v1 import registry_pb2
+    from mesh.registry import RegistryWriter
+
+    nc = await nats.connect(nats_server.url)
+    writer = RegistryWriter(nc, "swallower", 0.01,
+                            lambda: registry_pb2.NodeAnnouncement())
+    in_request = asyncio.Event()
+    swallowed = 0
+
+    async def publish() -> None:
+        nonlocal swallowed
+        if swallowed:  # later beats are quick, so a loop that missed its stop spins on
+            return
+        in_request.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            swallowed += 1
+            raise nats.errors.TimeoutError from None
+
+    try:
+        await writer.start()
+        writer.publish = publish  # type: ignore[method-assign]
+        await asyncio.wait_for(in_request.wait(), 10)
+        stopping = asyncio.create_task(writer.stop())
+        await asyncio.wait([stopping], timeout=10)
+        assert swallowed == 1  # the cancel landed in the request, and was swallowed there
+        assert stopping.done(), "the heartbeat loop went on after its cancel was swallowed"
+    finally:
+        if writer._task is not None:
+            writer._task.cancel()  # a second cancel lands in the sleep
+        await nc.close()
