@@ -1,11 +1,12 @@
 """The gRPC gateway: serves every service that live nodes announce, with no engine code.
 
-A call's request bytes go unchanged to ``revo.rpc.<service>.<method>`` as a NATS request
-(or, for engines hosted in this process, straight to their actor pool), and the reply's
-bytes or status come back unchanged. The gateway also serves ``revo.mesh.v1.MeshService``,
-the standard ``grpc.health.v1.Health`` (one status per served service) and server
-reflection built from the announced descriptors, so stock tools can list and call
-everything.
+A call is traced, counted and admitted (authenticated, authorized, rate limited, audited)
+here; :mod:`mesh.gateway.routing` then sends its request bytes unchanged to
+``revo.rpc.<service>.<method>`` as a NATS request (or, for engines hosted in this process,
+straight to their actor pool), and the reply's bytes or status come back unchanged. The
+gateway also serves ``revo.mesh.v1.MeshService``, the standard ``grpc.health.v1.Health``
+(one status per served service) and server reflection built from the announced
+descriptors, so stock tools can list and call everything.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any
 
 import grpc
 from google.protobuf import message_factory
@@ -30,25 +31,30 @@ from nats.aio.client import Client as NATS
 
 from mesh._gen.revo.auth.v1 import auth_pb2
 from mesh._gen.revo.mesh.v1 import mesh_pb2
-from mesh.auth.guard import AUTHORIZATION_METADATA, Guard, Principal, current_principal
+from mesh.auth.guard import Guard, current_principal
 from mesh.auth.roles import READ as PERMISSION_READ
 from mesh.auth.roles import Permission, declared_permission
 from mesh.auth.service import AuthServicer, UserServicer
 from mesh.auth.users import ADMIN_PASSWORD_ENV
 from mesh.config import MeshConfig
-from mesh.engine import Context
 from mesh.errors import (
     Cancelled,
     ConfigError,
     Internal,
     InvalidArgument,
-    Reason,
     RpcError,
-    Unavailable,
-    Unimplemented,
 )
 from mesh.gateway.mesh_service import MeshServicer
 from mesh.gateway.metrics import GatewayMeters
+from mesh.gateway.routing import (
+    Forwarder,
+    GatewayCall,
+    MethodHandler,
+    Router,
+    ServicerContext,
+    explain_unknown,
+    read_call,
+)
 from mesh.observability import tracing
 from mesh.observability.metrics import MetricsEndpoint
 from mesh.registry import RegistryView, Route, Snapshot, file_set
@@ -61,10 +67,6 @@ from mesh.transport.rpc import Requester
 __all__ = ["Gateway", "server_credentials"]
 
 log = logging.getLogger(__name__)
-
-REQUEST_ID_METADATA = "x-request-id"
-
-TRACEPARENT_METADATA = "traceparent"
 
 # Served by the gateway itself, behind the guard like every engine's service.
 _GUARDED_SERVICES = (
@@ -79,30 +81,11 @@ _OPEN_SERVICES = (
 )
 _OWN_SERVICES = _GUARDED_SERVICES + _OPEN_SERVICES
 
-ServicerContext = grpc.aio.ServicerContext[bytes, bytes]
-if TYPE_CHECKING:  # generic only in the type stubs
-    MethodHandler: TypeAlias = grpc.RpcMethodHandler[bytes, bytes]
-else:
-    MethodHandler = grpc.RpcMethodHandler
 Unary = Callable[[bytes, ServicerContext], Awaitable[bytes]]
 
 
-class _Call:
-    """What the gateway reads from one call's metadata."""
-
-    __slots__ = ("authorization", "principal", "request_id", "timeout", "traceparent")
-
-    def __init__(self, timeout: float, request_id: str, traceparent: str,
-                 authorization: str) -> None:
-        self.timeout = timeout
-        self.request_id = request_id
-        self.traceparent = traceparent
-        self.authorization = authorization
-        self.principal: Principal | None = None
-
-
-Inner = Callable[[Any, ServicerContext, _Call], Awaitable[Any]]
-StreamInner = Callable[[Any, ServicerContext, _Call], AsyncIterator[Any]]
+Inner = Callable[[Any, ServicerContext, GatewayCall], Awaitable[Any]]
+StreamInner = Callable[[Any, ServicerContext, GatewayCall], AsyncIterator[Any]]
 
 
 class _Reflection(ReflectionServicer):  # type: ignore[misc]
@@ -112,37 +95,6 @@ class _Reflection(ReflectionServicer):  # type: ignore[misc]
         names = {s.full_name for s in _OWN_SERVICES} | snapshot.services.keys()
         self._service_names = tuple(sorted(names))
         self._pool = snapshot.pool
-
-
-class _Router(grpc.GenericRpcHandler):  # type: ignore[type-arg]
-    """Finds the handler for any method path; rebuilt when the registry changes."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self._gateway = gateway
-        self.handlers: dict[str, MethodHandler] = {}
-        self.own: dict[str, MethodHandler] = {}
-        """The gateway's own guarded services."""
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> MethodHandler:
-        path = handler_call_details.method
-        found = self.handlers.get(path)
-        if found is not None:
-            return found
-        return grpc.unary_unary_rpc_method_handler(
-            tracing.traced_unary(path, self._gateway.unknown_handler(path)))
-
-    def rebuild(self, snapshot: Snapshot) -> None:
-        handlers: dict[str, MethodHandler] = dict(self.own)
-        for path, route in snapshot.routes.items():
-            if path in self.own:
-                continue
-            if route.server_streaming:
-                handlers[path] = grpc.unary_stream_rpc_method_handler(
-                    tracing.traced_stream(path, self._gateway.stream_handler(route)))
-            else:
-                handlers[path] = grpc.unary_unary_rpc_method_handler(
-                    tracing.traced_unary(path, self._gateway.unary_handler(route)))
-        self.handlers = handlers
 
 
 class Gateway:
@@ -155,7 +107,7 @@ class Gateway:
         self.nc: NATS | None = None
         self.port = 0
         self._server: grpc.aio.Server | None = None
-        self._router = _Router(self)
+        self._router = Router(self)
         self._health = HealthServicer()
         self._reflection = _Reflection(service_names=[s.full_name for s in _OWN_SERVICES])
         self._view: RegistryView | None = None
@@ -163,6 +115,7 @@ class Gateway:
         self._served: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._requester: Requester | None = None
+        self._forwarder: Forwarder | None = None
         self._nodes: dict[str, bool] = {}
         """Live node ids, and whether each said it is draining."""
         self._ever_served: set[str] = set()
@@ -190,6 +143,8 @@ class Gateway:
                 log.info("created user 'admin' from %s", ADMIN_PASSWORD_ENV)
         self._requester = Requester(self.nc, self.config.gateway.accept_timeout_s)
         await self._requester.start()
+        self._forwarder = Forwarder(self.config.gateway, self._requester, guard=self.guard,
+                                    node=self.node)
         if self.node is not None:
             await self.node.start(nc=self.nc)
         self._view = RegistryView(self.nc, self._on_registry, base_files=self._own_files)
@@ -284,40 +239,8 @@ class Gateway:
 
     # -- calls ------------------------------------------------------------------------
 
-    def _call(self, context: ServicerContext) -> _Call:
-        remaining = context.time_remaining()
-        settings = self.config.gateway
-        timeout = settings.default_timeout_s if remaining is None else min(
-            remaining, settings.max_timeout_s)
-        request_id = traceparent = authorization = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == REQUEST_ID_METADATA:
-                request_id = str(value)
-            elif key == TRACEPARENT_METADATA:
-                traceparent = str(value)
-            elif key == AUTHORIZATION_METADATA:
-                authorization = value if isinstance(value, str) else value.decode(
-                    errors="replace")
-        return _Call(timeout, request_id or new_request_id(), traceparent, authorization)
-
-    def _headers(self, call: _Call, path: str) -> dict[str, str]:
-        timeout_ms = max(1, int(call.timeout * 1000))
-        out = {h.REQUEST_ID: call.request_id, h.TIMEOUT_MS: str(timeout_ms)}
-        if call.traceparent:
-            out[h.TRACEPARENT] = call.traceparent
-        if call.principal is not None and self.guard is not None:
-            out.update(self.guard.identity_headers(
-                call.principal, path, int(time.time() * 1000) + timeout_ms + 1000))
-        return out
-
-    def _local_context(self, route: Route, call: _Call) -> Context:
-        assert self.node is not None
-        principal = call.principal
-        return Context(method=route.path, request_id=call.request_id,
-                       deadline=time.monotonic() + call.timeout, node_id=self.node.id,
-                       caller=principal.user if principal else "",
-                       role=principal.role if principal else "",
-                       traceparent=call.traceparent)
+    def _call(self, context: ServicerContext) -> GatewayCall:
+        return read_call(context, self.config.gateway)
 
     def _guarded_unary(self, path: str, permission: Permission,
                        inner: Inner) -> Callable[[Any, ServicerContext], Awaitable[Any]]:
@@ -450,38 +373,21 @@ class Gateway:
         if self._meters is not None:
             self._meters.refused(path, error, known=path in self._router.handlers)
 
-    def unary_handler(self, route: Route) -> Unary:
-        local = self.node is not None and route.path in self.node.routes
+    def unary_handler(self, route: Route) -> MethodHandler:
+        """The handler of one announced unary method: traced, metered, admitted, forwarded."""
+        assert self._forwarder is not None
+        return grpc.unary_unary_rpc_method_handler(tracing.traced_unary(
+            route.path, self._metered_unary(route.path, self._guarded_unary(
+                route.path, declared_permission(route.method),
+                self._forwarder.unary(route)))))
 
-        async def forward(request: bytes, context: ServicerContext, call: _Call) -> bytes:
-            if local:
-                assert self.node is not None
-                return await self.node.call(route.path, request,
-                                            self._local_context(route, call))
-            assert self._requester is not None
-            return await self._requester.call(route.subject, request, call.timeout,
-                                              self._headers(call, route.path))
-
-        return self._metered_unary(route.path, self._guarded_unary(
-            route.path, declared_permission(route.method), forward))
-
-    def stream_handler(
-        self, route: Route
-    ) -> Callable[[bytes, ServicerContext], AsyncIterator[bytes]]:
-        local = self.node is not None and route.path in self.node.routes
-        window = self.config.gateway.stream_window
-
-        def forward(request: bytes, context: ServicerContext, call: _Call) -> AsyncIterator[bytes]:
-            if local:
-                assert self.node is not None
-                return self.node.stream(route.path, request,
-                                        self._local_context(route, call), window)
-            assert self._requester is not None
-            return self._requester.stream(route.subject, request, call.timeout,
-                                          self._headers(call, route.path), window)
-
-        return self._metered_stream(route.path, self._guarded_stream(
-            route.path, declared_permission(route.method), forward))
+    def stream_handler(self, route: Route) -> MethodHandler:
+        """The handler of one announced server-streaming method."""
+        assert self._forwarder is not None
+        return grpc.unary_stream_rpc_method_handler(tracing.traced_stream(
+            route.path, self._metered_stream(route.path, self._guarded_stream(
+                route.path, declared_permission(route.method),
+                self._forwarder.stream(route)))))
 
     def _servicer_handlers(self, service: ServiceDescriptor,
                            servicer: object) -> dict[str, MethodHandler]:
@@ -492,7 +398,7 @@ class Gateway:
             behavior = getattr(servicer, method.name)
             request_type = message_factory.GetMessageClass(method.input_type)
 
-            async def inner(request: bytes, context: ServicerContext, call: _Call,
+            async def inner(request: bytes, context: ServicerContext, call: GatewayCall,
                             behavior: Any = behavior, request_type: Any = request_type,
                             path: str = path) -> Any:
                 try:  # parsed only once the caller is admitted
@@ -508,11 +414,13 @@ class Gateway:
                 response_serializer=lambda message: message.SerializeToString())
         return handlers
 
-    def unknown_handler(self, path: str) -> Unary:
+    def unknown_handler(self, path: str) -> MethodHandler:
         """Unknown paths: callers must still sign in before they learn what is served."""
-        error = self.explain_unknown(path)
+        error = explain_unknown(path, self._view.snapshot if self._view else Snapshot(),
+                                ever_served=self._ever_served,
+                                own_services=[s.full_name for s in _OWN_SERVICES])
 
-        async def unknown(request: bytes, context: ServicerContext, call: _Call) -> bytes:
+        async def unknown(request: bytes, context: ServicerContext, call: GatewayCall) -> bytes:
             raise error
 
         if self.guard is None or path.startswith("/grpc."):
@@ -520,26 +428,11 @@ class Gateway:
             async def bare(request: bytes, context: ServicerContext) -> bytes:
                 await context.abort(error.code, error.message, error.trailers())
                 raise AssertionError("unreachable: abort raises")
-            return self._metered_unary(path, bare, known=False)
-        return self._metered_unary(path, self._guarded_unary(path, PERMISSION_READ, unknown),
-                                   known=False)
-
-    def explain_unknown(self, path: str) -> RpcError:
-        """The error for a path with no route."""
-        snapshot = self._view.snapshot if self._view else Snapshot()
-        service, _, method = path.strip("/").partition("/")
-        where = {"method": path}
-        if service in snapshot.services:
-            methods = ", ".join(m.name for m in snapshot.services[service].methods)
-            return Unimplemented(
-                f"service {service} has no method '{method}'; its methods: {methods}",
-                reason=Reason.UNKNOWN_METHOD, metadata=where)
-        if service in self._ever_served:
-            return Unavailable(f"no live node serves {service} right now; start a node with "
-                               "its engine or retry", reason=Reason.NO_LIVE_NODE, metadata=where)
-        served = ", ".join(sorted({s.full_name for s in _OWN_SERVICES} | snapshot.services.keys()))
-        return Unimplemented(f"unknown method {path}: the mesh serves no service '{service}'. "
-                             f"It serves: {served}", reason=Reason.UNKNOWN_METHOD, metadata=where)
+            handler = self._metered_unary(path, bare, known=False)
+        else:
+            handler = self._metered_unary(
+                path, self._guarded_unary(path, PERMISSION_READ, unknown), known=False)
+        return grpc.unary_unary_rpc_method_handler(tracing.traced_unary(path, handler))
 
 
 def server_credentials(config: MeshConfig) -> grpc.ServerCredentials | None:
