@@ -8,38 +8,17 @@ see ``docs/tasks.md``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
 
 from mesh.engine import EngineSpec, hookimpl
-from mesh.errors import InvalidArgument
 from revo_engine_parallel import hookspecs
+from revo_engine_parallel.builtin_types import builtin_types
 from revo_engine_parallel.context import TaskContext
 from revo_engine_parallel.engine import TaskEngine
 from revo_engine_parallel.settings import ParallelSettings
 
 __all__ = ["ParallelSettings", "TaskContext", "TaskEngine", "builtin_types"]
-
-
-def _noop(payload: bytes, ctx: TaskContext) -> bytes:
-    return payload
-
-
-def _sleep(payload: bytes, ctx: TaskContext) -> bytes:
-    """Wait ``payload`` milliseconds (ASCII digits), or until cancelled."""
-    try:
-        ms = int(payload.decode() or "0")
-    except ValueError:
-        raise InvalidArgument(f"sleep takes milliseconds as ASCII digits, got "
-                              f"{payload[:20]!r}") from None
-    interrupted = ctx.cancelled.wait(max(0, ms) / 1000)
-    return b"interrupted" if interrupted else b""
-
-
-def builtin_types() -> Mapping[str, Any]:
-    """``noop`` (answers its payload) and ``sleep`` (waits its payload's milliseconds)."""
-    return {"noop": _noop, "sleep": _sleep}
 
 
 @hookimpl

@@ -29,6 +29,7 @@ from mesh.errors import (
 from mesh.runtime.workers import WorkerPool
 from revo_engine_parallel import hookspecs
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
+from revo_engine_parallel.builtin_types import builtin_types
 from revo_engine_parallel.dispatch import Dispatcher, Handler
 from revo_engine_parallel.metrics import declare_metrics
 from revo_engine_parallel.settings import ParallelSettings
@@ -56,8 +57,6 @@ class TaskEngine(AsyncEngine):
     settings: ParallelSettings
 
     async def start(self) -> None:
-        from revo_engine_parallel import builtin_types
-
         runtime = self.runtime
         self.handlers = _task_types(runtime.plugins.each(hookspecs.revo_task_types),
                                     builtin_types())

@@ -84,7 +84,7 @@ class RecallEngine(AsyncEngine):
         self.feed = ChangeFeed(runtime.nc, s.collection, s.changes_max_age_s, s.replicas)
         start_sequence = await self.feed.open()
         self.auth = runtime.config.auth.enabled
-        self.metrics = RecallMetrics(runtime.metrics, self)
+        self.metrics = RecallMetrics(runtime.metrics, self.replica, lambda: self.purged)
         self._tasks = [asyncio.create_task(self._load(start_sequence)),
                        asyncio.create_task(self._purge_loop())]
 

@@ -13,14 +13,11 @@ node's ``/metrics`` (``node.metrics_address``), each with the node's ``node`` la
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
 from mesh.observability.metrics import EngineMetrics, Incrementer, Observer
 from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
-
-if TYPE_CHECKING:
-    from revo_engine_recall.engine import RecallEngine
+from revo_engine_recall.replica import IndexReplica
 
 __all__ = ["RecallMetrics"]
 
@@ -34,7 +31,8 @@ _INDEXES = ("exact", "hnsw")
 class RecallMetrics:
     """One engine's metrics (children bound once; gauges read at each scrape)."""
 
-    def __init__(self, metrics: EngineMetrics, engine: RecallEngine) -> None:
+    def __init__(self, metrics: EngineMetrics, replica: IndexReplica,
+                 purged: Callable[[], int]) -> None:
         retrieval = metrics.histogram(
             "perfect_recall_retrieval_duration_seconds",
             "Search on the node, arrival to answer (embedding included for text queries)",
@@ -49,11 +47,11 @@ class RecallMetrics:
             outcome: writes.labels(name) for outcome, name in _OUTCOMES.items()}
 
         def memories() -> float:
-            index = engine.replica.index
+            index = replica.index
             return len(index) if index is not None else 0
 
         def scopes() -> float:
-            index = engine.replica.index
+            index = replica.index
             return len(index.scopes()) if index is not None else 0
 
         metrics.gauge_callback("perfect_recall_memories", "Live memories in the node's index",
@@ -61,7 +59,7 @@ class RecallMetrics:
         metrics.gauge_callback("perfect_recall_scopes", "Scopes holding memories", scopes)
         metrics.counter_callback("perfect_recall_expired_purged_total",
                                  "Expired memories deleted by this node",
-                                 lambda: engine.purged)
+                                 purged)
 
     def searched(self, query: str, index: str, seconds: float) -> None:
         child = self._retrieval.get((query, index))
