@@ -63,7 +63,7 @@ class TritonEmbedder:
         if any(not t.strip() for t in texts):
             raise InvalidArgument("Embed got an empty text; send text with words in it")
         span = (tracing.genai_span("embeddings", "triton", self.model)
-                if tracing.TRACER is not None else None)
+                if tracing.active() else None)
         vectors: list[list[float]] = []
         try:
             for start in range(0, len(texts), _MAX_BATCH):

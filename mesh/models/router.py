@@ -309,7 +309,7 @@ class Router:
                                  stop=request.stop, timeout_s=self.settings.timeout_s,
                                  seed=request.seed)
         span = (_chat_span(model, turns, request, completion)
-                if tracing.TRACER is not None else None)
+                if tracing.active() else None)
         text: list[str] | None = [] if span is not None and tracing.capture_content() else None
         error: BaseException | str | None = None
         try:

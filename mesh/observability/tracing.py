@@ -14,7 +14,9 @@ OpenTelemetry RPC, messaging, GenAI and database conventions)::
 
 A call that brings a W3C ``traceparent`` (and ``tracestate``) in its gRPC metadata
 continues that trace, and the sampling decision is the caller's (parent-based); a call
-without one starts a trace, recorded with probability ``tracing.sample_ratio``. The trace
+without one starts a trace, recorded with probability ``tracing.sample_ratio``. Only the
+gateway decides: below it, spans are made only under a recorded parent (:func:`active`,
+:func:`sampled`), so a call that is not recorded costs the other layers one check each. The trace
 context travels between processes in the NATS headers ``traceparent`` / ``tracestate``
 (:mod:`mesh.transport.headers`). Engines co-located with the gateway skip the NATS spans.
 
@@ -38,6 +40,7 @@ import asyncio
 import contextvars
 import json
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,7 +51,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
+from opentelemetry.trace import (
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    Tracer,
+    get_current_span,
+    set_span_in_context,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from mesh.errors import RpcError
@@ -60,6 +71,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TRACER",
     "Scope",
+    "active",
     "capture_content",
     "configure",
     "current",
@@ -74,6 +86,7 @@ __all__ = [
     "messages_json",
     "output_json",
     "process_scope",
+    "sampled",
     "send_span",
     "shutdown",
     "traced_stream",
@@ -128,6 +141,7 @@ _SERVER_FAULTS = frozenset({
 
 _provider: TracerProvider | None = None
 _capture_content = False
+_sample_ratio = 1.0
 _propagator = TraceContextTextMapPropagator()
 _T = TypeVar("_T")
 
@@ -142,7 +156,7 @@ def configure(settings: TracingSettings, *, exporter: SpanExporter | None = None
     process share the first set-up). ``exporter`` replaces the OTLP exporter and exports
     each span as it ends (tests pass an ``InMemorySpanExporter``). Returns whether
     tracing is on."""
-    global TRACER, _provider, _capture_content
+    global TRACER, _provider, _capture_content, _sample_ratio
     if _provider is not None:
         return True
     if not settings.enabled:
@@ -158,6 +172,7 @@ def configure(settings: TracingSettings, *, exporter: SpanExporter | None = None
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     _provider = provider
     _capture_content = settings.capture_content
+    _sample_ratio = settings.sample_ratio
     TRACER = provider.get_tracer(INSTRUMENTATION)
     return True
 
@@ -185,8 +200,9 @@ def flush(timeout_s: float = 5.0) -> None:
 
 def shutdown() -> None:
     """Flush and turn tracing off in this process (tests; a process's exit does it too)."""
-    global TRACER, _provider, _capture_content
+    global TRACER, _provider, _capture_content, _sample_ratio
     provider, _provider, TRACER, _capture_content = _provider, None, None, False
+    _sample_ratio = 1.0
     if provider is not None:
         provider.shutdown()
 
@@ -194,6 +210,32 @@ def shutdown() -> None:
 def capture_content() -> bool:
     """Whether GenAI spans may carry prompts and completions (``tracing.capture_content``)."""
     return _capture_content
+
+
+def active() -> bool:
+    """Whether the current call is recorded: tracing is on and the current span records.
+
+    Only the gateway starts traces. Everything below it (the NATS hop, nodes, engines, their
+    own calls) makes spans only under a recorded parent, so a call the gateway did not
+    sample costs those layers one check and nothing else."""
+    return TRACER is not None and get_current_span().is_recording()
+
+
+def sampled(headers: Mapping[str, str]) -> bool:
+    """Whether ``headers`` carry a W3C ``traceparent`` whose sampled flag is set (checked
+    without parsing the rest: :func:`process_scope` validates it)."""
+    parent = headers.get(h.TRACEPARENT)
+    if not parent or len(parent) < 55:
+        return False
+    try:
+        return bool(int(parent[-2:], 16) & 1)
+    except ValueError:
+        return False
+
+
+def _starts_trace() -> bool:
+    """The gateway's sampling decision for a call that brings no trace context."""
+    return _sample_ratio >= 1.0 or random.random() < _sample_ratio
 
 
 # -- spans and their outcome -------------------------------------------------------------
@@ -260,13 +302,17 @@ def _rpc_attributes(path: str) -> dict[str, str]:
     return {RPC_SYSTEM: "grpc", RPC_SERVICE: service, RPC_METHOD: method}
 
 
-def _incoming(context: grpc.aio.ServicerContext[Any, Any]) -> TraceContext:
-    """The caller's trace context from gRPC metadata (an empty one: a new trace)."""
+def _incoming(context: grpc.aio.ServicerContext[Any, Any]) -> TraceContext | None:
+    """The caller's trace context from gRPC metadata (an empty one: a new trace), or None
+    when the call is not to be recorded: its caller did not sample it, or it brings no
+    context and this gateway's sampler passes it over (then no span is made anywhere)."""
     carrier: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
         if key in TRACE_HEADERS:
             carrier[key] = value if isinstance(value, str) else value.decode(errors="replace")
-    return _propagator.extract(carrier, TraceContext())
+    if h.TRACEPARENT in carrier:
+        return _propagator.extract(carrier, TraceContext()) if sampled(carrier) else None
+    return TraceContext() if _starts_trace() else None
 
 
 def _grpc_outcome(span: Span, context: grpc.aio.ServicerContext[Any, Any],
@@ -302,8 +348,10 @@ def traced_unary(path: str, handler: _Handler) -> _Handler:
     name, attributes = path.lstrip("/"), _rpc_attributes(path)
 
     async def handle(request: Any, context: Any) -> Any:
-        assert TRACER is not None
-        span = TRACER.start_span(name, _incoming(context), SpanKind.SERVER, attributes,
+        parent = _incoming(context)
+        if parent is None or TRACER is None:
+            return await handler(request, context)
+        span = TRACER.start_span(name, parent, SpanKind.SERVER, attributes,
                                  record_exception=False, set_status_on_exception=False)
         token = otel_context.attach(set_span_in_context(span))
         error: BaseException | None = None
@@ -329,8 +377,16 @@ def traced_stream(path: str, handler: _StreamHandler) -> _StreamHandler:
     name, attributes = path.lstrip("/"), _rpc_attributes(path)
 
     async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
-        assert TRACER is not None
-        span = TRACER.start_span(name, _incoming(context), SpanKind.SERVER, attributes,
+        parent = _incoming(context)
+        if parent is None or TRACER is None:
+            unrecorded = handler(request, context)
+            try:
+                async for item in unrecorded:
+                    yield item
+            finally:
+                await unrecorded.aclose()  # type: ignore[attr-defined]
+            return
+        span = TRACER.start_span(name, parent, SpanKind.SERVER, attributes,
                                  record_exception=False, set_status_on_exception=False)
         current = set_span_in_context(span)
         messages = handler(request, context)

@@ -67,7 +67,7 @@ class LoopStream:
         self._started = time.perf_counter() if self._meter is not None else 0.0
         produce = getattr(pool.engine, binding.attribute)(request, ctx)
         scope = (tracing.engine_scope(pool.name, binding.service, binding.descriptor.name)
-                 if tracing.TRACER is not None else None)
+                 if tracing.active() else None)
         self._span = scope.span if scope is not None else None
         self._task = pool.spawn(self._produce(produce),
                                 scope.context if scope is not None else None)
@@ -227,7 +227,7 @@ class LoopPool:
             respond = self.meters[binding.path].wrap(respond, time.perf_counter())
         expired = False
         context = None
-        if tracing.TRACER is not None:  # the engine's span is current in the call's task
+        if tracing.active():  # the engine's span is current in the call's task
             scope = tracing.engine_scope(self.name, binding.service, binding.descriptor.name)
             respond, context = scope.responding(respond), scope.context
 

@@ -390,7 +390,7 @@ class EnginePool:
                    respond: Respond) -> None:
         """Queue a unary call; ``respond`` gets its outcome (raises if it cannot queue)."""
         call = Call(binding, payload, ctx, respond=respond,
-                    trace=tracing.current() if tracing.TRACER is not None else None)
+                    trace=tracing.current() if tracing.active() else None)
         self.submit(call)
         # A hung engine must not hold the caller (or the node's drain) past the deadline.
         call.timer = self.loop.call_later(ctx.time_remaining(), self._expire, call)
@@ -409,7 +409,7 @@ class EnginePool:
         """Start a server-streaming call; read it with ``sink.messages()``."""
         sink = StreamSink(self.loop, window, ctx)
         self.submit(Call(binding, payload, ctx, sink=sink,
-                         trace=tracing.current() if tracing.TRACER is not None else None))
+                         trace=tracing.current() if tracing.active() else None))
         return sink
 
     def submit(self, call: Call) -> None:

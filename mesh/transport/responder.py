@@ -164,7 +164,7 @@ class Responder:
         headers = msg_headers or {}
         scope = (tracing.process_scope(subject, headers, self.node_id,
                                        subjects.queue_group(service))
-                 if tracing.TRACER is not None else None)
+                 if tracing.TRACER is not None and tracing.sampled(headers) else None)
         try:
             served, binding = self._route(path)
             ctx = request_context(path, headers, self.node_id, self._default_timeout_s,

@@ -176,7 +176,7 @@ class Requester:
         self._pending[token] = pending
         self._watch(token, pending, timeout)
         span = (tracing.send_span(subject, len(payload), headers)
-                if tracing.TRACER is not None else None)
+                if tracing.active() else None)
         try:
             self._publish(subject, payload, self._prefix + token, encode_headers(headers))
             return await future
@@ -207,7 +207,7 @@ class Requester:
         finished = False
         unacked = 0
         span = (tracing.send_span(subject, len(payload), headers)
-                if tracing.TRACER is not None else None)
+                if tracing.active() else None)
         try:
             self._publish(subject, payload, self._prefix + token,
                           encode_headers({**headers, h.STREAM_WINDOW: str(window)}))

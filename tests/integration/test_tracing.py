@@ -210,6 +210,27 @@ async def test_a_caller_that_does_not_sample_is_not_traced_anywhere(
     assert traced_mesh.spans(unsampled) == []
 
 
+async def test_only_the_gateway_starts_traces(traced_mesh: TracedMesh) -> None:
+    """The gateway samples nothing (ratio 0); the node process would sample everything
+    (ratio 1) if it started traces of its own: calls without a traceparent must leave no
+    span in either process."""
+    tracing.shutdown()  # the fixture's exporter is shut down with it
+    exporter = traced_mesh.exporter = InMemorySpanExporter()
+    tracing.configure(TracingSettings(enabled=True, sample_ratio=0.0,
+                                      service_name="revo-gateway"), exporter=exporter)
+    stub = echo_pb2_grpc.EchoServiceStub(traced_mesh.channel)
+    for _ in range(20):
+        await stub.Echo(echo_pb2.EchoRequest(payload=b"hi"), timeout=10)
+    sampled, _, traceparent = _traceparent()  # the caller's decision still holds
+    await _echo(traced_mesh, traceparent)
+    # the node exports in order: once this trace arrived, any earlier span would have
+    await traced_mesh.wait_for_spans(sampled, 4)
+    others = [s.name for s in traced_mesh.receiver.spans if s.trace_id != sampled]
+    assert others == []
+    assert [s.name for s in from_sdk(exporter.get_finished_spans())
+            if s.trace_id != sampled] == []
+
+
 KEY_ENV = "REVO_TEST_TRACING_KEY"
 PROMPT = "List three primes please"
 

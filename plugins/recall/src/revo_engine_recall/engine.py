@@ -106,7 +106,7 @@ class RecallEngine(AsyncEngine):
 
     async def _on_milvus(self, fn: Callable[..., T], *args: Any) -> T:
         span = (tracing.db_span("milvus", fn.__name__, self.store.collection)
-                if tracing.TRACER is not None else None)
+                if tracing.active() else None)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._milvus, fn, *args)
         except Exception as exc:
