@@ -50,7 +50,7 @@ from opentelemetry.context import Context as TraceContext
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import (
     Span,
     SpanKind,
@@ -162,7 +162,10 @@ def configure(settings: TracingSettings, *, exporter: SpanExporter | None = None
     if not settings.enabled:
         return False
     provider = TracerProvider(
-        sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+        # The ratio is applied once, by the gateway before it makes a root span
+        # (_starts_trace); the SDK then records every root it is given and follows the
+        # parent's decision everywhere else. A ratio sampler here would apply it twice.
+        sampler=ParentBased(ALWAYS_ON),
         resource=Resource.create({"service.name": settings.service_name}))
     if exporter is None:
         provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(settings)))
