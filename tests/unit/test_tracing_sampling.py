@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,11 +41,11 @@ async def test_a_call_the_gateway_samples_is_recorded_whatever_the_ratio(
         return b"ok"
 
     handler = tracing.traced_unary("/revo.echo.v1.EchoService/Echo", answer)
-    monkeypatch.setattr(tracing.random, "random", lambda: 0.0)  # under any ratio: sampled
+    monkeypatch.setattr(random, "random", lambda: 0.0)  # under any ratio: sampled
     await _served(handler, 20)
     # a second sampler applying the ratio (0.1 %) again would drop nearly all of them
     assert len(exporter.get_finished_spans()) == 20
-    monkeypatch.setattr(tracing.random, "random", lambda: 0.5)  # over 0.1 %: not sampled
+    monkeypatch.setattr(random, "random", lambda: 0.5)  # over 0.1 %: not sampled
     await _served(handler, 20)
     assert len(exporter.get_finished_spans()) == 20
 
@@ -55,7 +56,7 @@ async def test_a_caller_s_decision_wins_over_the_ratio(
         return b"ok"
 
     handler = tracing.traced_unary("/revo.echo.v1.EchoService/Echo", answer)
-    monkeypatch.setattr(tracing.random, "random", lambda: 0.5)  # the gateway would not
+    monkeypatch.setattr(random, "random", lambda: 0.5)  # the gateway would not
     parent = "00-" + "ab" * 16 + "-" + "cd" * 8
     await _served(handler, 3, _Context((("traceparent", parent + "-01"),)))
     await _served(handler, 3, _Context((("traceparent", parent + "-00"),)))
