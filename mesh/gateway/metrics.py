@@ -68,9 +68,9 @@ class GatewayMeters:
     """The ``revo_gateway_*`` families of one gateway, over its registry."""
 
     def __init__(self, metrics: m.EngineMetrics) -> None:
-        self.requests: m.Family[m.Incrementer] = metrics.declare(m.GATEWAY_REQUESTS)
-        self.duration: m.Family[m.Observer] = metrics.declare(m.GATEWAY_DURATION)
-        in_flight: m.Family[m.Setter] = metrics.declare(m.GATEWAY_IN_FLIGHT)
+        self.requests: m.Family[m.Incrementer] = metrics.declare_on_loop(m.GATEWAY_REQUESTS)
+        self.duration: m.Family[m.Observer] = metrics.declare_on_loop(m.GATEWAY_DURATION)
+        in_flight: m.Family[m.Setter] = metrics.declare_on_loop(m.GATEWAY_IN_FLIGHT)
         self.in_flight = in_flight.labels()
         self._denials: m.Family[m.Incrementer] = metrics.declare(m.GATEWAY_AUTH_DENIALS)
         self._limited: m.Family[m.Incrementer] = metrics.declare(m.GATEWAY_RATE_LIMITED)

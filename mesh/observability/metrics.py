@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar, cast
@@ -43,7 +44,12 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from mesh.errors import ConfigError
@@ -265,13 +271,99 @@ _NOTHING = _Nothing()
 C = TypeVar("C", Observer, Incrementer, Setter)
 
 
+# -- families owned by the event loop -------------------------------------------------------
+
+
+class _LoopValue:
+    """A counter's or gauge's value, changed only on the event loop (no lock)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
+class _LoopHistogram:
+    """A histogram's buckets, changed only on the event loop (no lock)."""
+
+    __slots__ = ("_bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self._bounds, amount)] += 1  # le: the first bound >= it
+        self.total += amount
+
+
+class _LoopFamily(Collector):
+    """A family whose children change only on one event loop: each call costs an addition
+    (a bisect for a histogram), where prometheus-client's children take a lock for every
+    change. The scrape's thread reads the plain numbers; it may see one observation in a
+    histogram's sum and not yet in its buckets, never a count going back."""
+
+    def __init__(self, spec: MetricSpec) -> None:
+        self.spec = spec
+        self.children: dict[tuple[str, ...], _LoopValue | _LoopHistogram] = {}
+        self._bounds = tuple(sorted(spec.buckets or LATENCY_BUCKETS))
+
+    def labels(self, *values: str) -> _LoopValue | _LoopHistogram:
+        child = self.children.get(values)
+        if child is None:
+            child = (_LoopHistogram(self._bounds) if self.spec.kind == "histogram"
+                     else _LoopValue())
+            self.children[values] = child
+        return child
+
+    def _family(self) -> Metric:
+        labels = list(self.spec.all_labels)
+        if self.spec.kind == "counter":
+            return CounterMetricFamily(self.spec.name, self.spec.doc, labels=labels)
+        if self.spec.kind == "gauge":
+            return GaugeMetricFamily(self.spec.name, self.spec.doc, labels=labels)
+        return HistogramMetricFamily(self.spec.name, self.spec.doc, labels=labels)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for values, child in list(self.children.items()):  # one step: safe beside the loop
+            if isinstance(child, _LoopHistogram):
+                counts, running, buckets = list(child.counts), 0, []
+                for bound, count in zip((*self._bounds, float("inf")), counts, strict=True):
+                    running += count
+                    buckets.append((_le(bound), running))
+                assert isinstance(family, HistogramMetricFamily)
+                family.add_metric(list(values), buckets, child.total)
+            else:
+                assert isinstance(family, CounterMetricFamily | GaugeMetricFamily)
+                family.add_metric(list(values), child.value)
+        yield family
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
 class Family(Generic[C]):
     """A metric family bound to its node: ``.labels(*values)`` gives the child for the
     other labels (no values for a family without labels), created once and cached."""
 
     __slots__ = ("_bound", "_children", "_metric")
 
-    def __init__(self, metric: Counter | Gauge | Histogram | None,
+    def __init__(self, metric: Counter | Gauge | Histogram | _LoopFamily | None,
                  bound: tuple[str, ...]) -> None:
         self._metric = metric
         self._bound = bound
@@ -283,7 +375,8 @@ class Family(Generic[C]):
             made: object = _NOTHING
             if self._metric is not None:
                 names = self._bound + values
-                made = self._metric.labels(*names) if names else self._metric
+                made = (self._metric.labels(*names)
+                        if names or isinstance(self._metric, _LoopFamily) else self._metric)
             child = self._children[values] = cast(C, made)
         return child
 
@@ -359,6 +452,17 @@ class EngineMetrics:
     def declare(self, spec: MetricSpec) -> Family[C]:
         """A family the framework defines (``mesh.observability.metrics``)."""
         return self._family(spec)
+
+    def declare_on_loop(self, spec: MetricSpec) -> Family[C]:
+        """A framework family whose children change only on the process's event loop (the
+        gateway's handlers, a pool's outcomes): no lock per change. Never change one of
+        its children from another thread."""
+        if self._registry is None:
+            return Family(None, ())
+        family = _LoopFamily(spec)
+        self._registry.register(family)
+        self._owned.append(family)
+        return Family(family, self._bound(spec))
 
     def gauge_callback(self, name: str, doc: str,
                        read: Callable[[], float | Mapping[tuple[str, ...], float]],

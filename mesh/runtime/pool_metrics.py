@@ -52,9 +52,9 @@ class PoolMeters:
     """The node's families of per-method pool metrics; hands out bound meters."""
 
     def __init__(self, metrics: m.EngineMetrics) -> None:
-        self._calls: m.Family[m.Incrementer] = metrics.declare(m.ENGINE_CALLS)
+        self._calls: m.Family[m.Incrementer] = metrics.declare_on_loop(m.ENGINE_CALLS)
         self._errors: m.Family[m.Incrementer] = metrics.declare(m.ENGINE_ERRORS)
-        self._duration: m.Family[m.Observer] = metrics.declare(m.ENGINE_DURATION)
+        self._duration: m.Family[m.Observer] = metrics.declare_on_loop(m.ENGINE_DURATION)
 
     def meters(self, engine: str,
                bindings: Iterable[MethodBinding]) -> dict[str, MethodMeter]:

@@ -90,3 +90,44 @@ def test_with_metrics_off_nothing_is_registered_and_calls_still_work() -> None:
     metrics.gauge_callback("z", "z", lambda: 1)
     assert not metrics.enabled
     assert not m.MetricsEndpoint("", "node.metrics_address").enabled
+
+
+def test_loop_families_expose_what_prometheus_client_would() -> None:
+    """The gateway's and the pools' lock-free families read like prometheus-client's own:
+    cumulative buckets ending at +Inf, a sum and a count, counters as ``_total``, node
+    labels first."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry()
+    metrics = m.EngineMetrics(registry, "n1")
+    duration: m.Family[m.Observer] = metrics.declare_on_loop(m.ENGINE_DURATION)
+    calls: m.Family[m.Incrementer] = metrics.declare_on_loop(m.ENGINE_CALLS)
+    in_flight: m.Family[m.Setter] = m.EngineMetrics(registry, "").declare_on_loop(
+        m.GATEWAY_IN_FLIGHT)
+    child = duration.labels("echo", "revo.echo.v1.EchoService", "Echo")
+    for seconds in (0.0004, 0.0005, 0.002, 0.3, 1000.0):  # 0.0005 is on a bound: le
+        child.observe(seconds)
+    calls.labels("echo", "revo.echo.v1.EchoService", "Echo").inc()
+    calls.labels("echo", "revo.echo.v1.EchoService", "Echo").inc(2)
+    in_flight.labels().inc()
+    in_flight.labels().inc()
+    in_flight.labels().dec()
+    text = generate_latest(registry).decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    base = (("engine", "echo"), ("method", "Echo"), ("node", "n1"),
+            ("service", "revo.echo.v1.EchoService"))
+
+    def bucket(le: str) -> float:
+        return samples["revo_engine_call_duration_seconds_bucket",
+                       tuple(sorted((*base, ("le", le))))]
+
+    name = m.ENGINE_DURATION.name
+    assert name == "revo_engine_call_duration_seconds"
+    assert (bucket("0.0005"), bucket("0.001"), bucket("0.0025"), bucket("0.25"),
+            bucket("0.5"), bucket("300.0"), bucket("+Inf")) == (2, 2, 3, 3, 4, 4, 5)
+    assert samples[f"{name}_count", base] == 5
+    assert abs(samples[f"{name}_sum", base] - 1000.3029) < 1e-9
+    assert samples["revo_engine_calls_total", base] == 3
+    assert samples["revo_gateway_requests_in_flight", ()] == 1
