@@ -1,9 +1,9 @@
 """Engine ``relay``: an async engine that calls another engine, for tests of traces.
 
 Service ``revo.relaytest.v1.RelayService`` is built here at import time (no ``.proto``
-file). ``Relay`` asks ``EchoService.Echo`` for the request's payload through the mesh, as
-its caller, and answers with the echo; with ``crash`` set it fails as a bug would
-(``INTERNAL``) before calling anything.
+file). ``Relay`` asks ``EchoService.Echo`` for the request's payload through the mesh
+(``runtime.channel``, a generated stub) as its caller, and answers with the echo; with
+``crash`` set it fails as a bug would (``INTERNAL``) before calling anything.
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from mesh._gen.revo.mesh.v1 import options_pb2  # puts options.proto in the default pool
-from mesh.calls import MeshCalls
 from mesh.engine import AsyncEngine, Context, EngineSpec, hookimpl
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
 
 PACKAGE = "revo.relaytest.v1"
 FILE = "revo/relaytest/v1/relay.proto"
 SERVICE = f"{PACKAGE}.RelayService"
-ECHO = "/revo.echo.v1.EchoService/Echo"
 
 
 def _file() -> descriptor_pb2.FileDescriptorProto:
@@ -65,20 +63,11 @@ RELAY = f"/{SERVICE}/Relay"
 class RelayEngine(AsyncEngine):
     services = (RELAY_SERVICE,)
 
-    async def start(self) -> None:
-        self.calls = MeshCalls(self.runtime.nc, self.runtime.config)
-        await self.calls.start()
-
-    async def stop(self) -> None:
-        await self.calls.stop()
-
     async def relay(self, request: Any, ctx: Context) -> Any:
         if request.crash:
             raise RuntimeError("relay was asked to crash")
-        reply = echo_pb2.EchoResponse.FromString(await self.calls.call(
-            ECHO, echo_pb2.EchoRequest(payload=request.payload).SerializeToString(),
-            caller=ctx.caller, role=ctx.role, request_id=ctx.request_id,
-            timeout=ctx.time_remaining()))
+        echo = echo_pb2_grpc.EchoServiceStub(self.runtime.channel(ctx))  # as the caller
+        reply = await echo.Echo(echo_pb2.EchoRequest(payload=request.payload))
         return RelayResponse(payload=reply.payload)
 
 
