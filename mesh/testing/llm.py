@@ -19,7 +19,10 @@ behaviour is consumed.
 
 Each request takes the next :class:`Behaviour` from the script (:meth:`FakeLLMServer.script`),
 or the server's ``default`` when the script is empty. Build behaviours with :func:`answer`,
-:func:`status`, :func:`hang`, :func:`malformed` and :func:`fail_after`.
+:func:`status`, :func:`hang`, :func:`malformed` and :func:`fail_after`. Where concurrent
+requests arrive in no fixed order, a *responder* (:meth:`FakeLLMServer.respond_with`)
+chooses each request's behaviour from its body first (for instance by a phrase of the
+system prompt), and the script answers what it leaves (None).
 
 Accounting is deterministic so that tests can assert exact numbers: a reply is split into
 words (each word with the whitespace after it is one streamed delta), completion tokens are
@@ -51,6 +54,7 @@ __all__ = [
     "Behaviour",
     "FakeLLMServer",
     "RecordedRequest",
+    "Responder",
     "answer",
     "fail_after",
     "hang",
@@ -127,6 +131,10 @@ def fail_after(n_chunks: int, text: str = DEFAULT_TEXT) -> Behaviour:
     return Behaviour("fail_after", text=text, n_chunks=n_chunks)
 
 
+Responder = Callable[[dict[str, Any]], "Behaviour | None"]
+"""Chooses a request's behaviour from its parsed JSON body; None leaves it to the script."""
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request as the server saw it; ``headers`` has lower-case names and no credentials."""
@@ -185,6 +193,7 @@ class FakeLLMServer:
         self.api_key = api_key
         self.default = default if default is not None else answer()
         self._script: deque[Behaviour] = deque()
+        self._responder: Responder | None = None
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -259,6 +268,13 @@ class FakeLLMServer:
         with self._lock:
             self._script.extend(behaviours)
 
+    def respond_with(self, responder: Responder | None) -> None:
+        """Choose each request's behaviour with ``responder(body)`` before the script is
+        consulted; None (from it, or as ``responder``) falls back to the script. It runs in
+        the server's handler threads, so it must be thread-safe."""
+        with self._lock:
+            self._responder = responder
+
     @property
     def pending(self) -> int:
         """How many scripted behaviours no request has consumed yet."""
@@ -275,7 +291,12 @@ class FakeLLMServer:
         with self._lock:
             self._requests.append(request)
 
-    def _next_behaviour(self) -> Behaviour:
+    def _next_behaviour(self, body: dict[str, Any]) -> Behaviour:
+        with self._lock:
+            responder = self._responder
+        chosen = responder(body) if responder is not None else None
+        if chosen is not None:
+            return chosen
         with self._lock:
             return self._script.popleft() if self._script else self.default
 
@@ -395,7 +416,7 @@ class _FakeLLMHandler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             self._send_error(api, 400, None, None)
             return
-        behaviour = self.fake._next_behaviour()
+        behaviour = self.fake._next_behaviour(body)
         if behaviour.kind == "status":
             self._send_error(api, behaviour.status_code, behaviour.body, behaviour.retry_after)
             return
