@@ -54,7 +54,6 @@ __all__ = [
     "Behaviour",
     "FakeLLMServer",
     "RecordedRequest",
-    "Responder",
     "answer",
     "fail_after",
     "hang",
