@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["cosine_matrix", "mean_pairwise_cosine", "mmr_ranking", "novelty", "unit_rows",
+__all__ = ["Matrix", "cosine_matrix", "mean_pairwise_cosine", "mmr_ranking", "novelty", "unit_rows",
            "vendi_score"]
 
 Matrix = NDArray[np.float64]
