@@ -47,6 +47,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                "Perfect Recall's search through the mesh vs ChromaDB, numpy brute force "
                "and Milvus-lite at 10k/100k/1M memories (p50/p99 ms, recall@10, "
                "inserts/s; --sizes)"),
+    "creative": ("benchmarks.creative",
+                 "Creative's sets of 5 vs 5 plain concurrent samples of a simulated hivemind "
+                 "model: wall / slowest call, Vendi ratio, mean cosine, added ms "
+                 "(--adherence, --paths)"),
 }
 
 

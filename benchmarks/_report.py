@@ -55,6 +55,9 @@ MEASURES: dict[str, tuple[str, ...]] = {
                   "mesh/transport", "mesh/runtime"),
     "tasks": ("plugins/parallel/src", "mesh/gateway", "mesh/transport", "mesh/runtime"),
     "recall": ("plugins/recall/src", "mesh/gateway", "mesh/transport", "mesh/runtime"),
+    "creative": ("plugins/creative/src", "benchmarks/creative_corpus.py", "mesh/models",
+                 "mesh/gateway", "mesh/transport", "mesh/runtime", "mesh/testing/llm.py",
+                 "triton_models/embedder"),
 }
 
 
