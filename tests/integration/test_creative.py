@@ -4,20 +4,24 @@ generations and judges from a loopback OpenAI-compatible server scripted per per
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
-
-from mesh.embedded.triton import TritonServer
-from mesh.testing import MeshHarness, wait_for
-from mesh.testing.llm import FakeLLMServer, hang, status
 from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as pb
 from revo_engine_creative._gen.revo.creative.v1 import creative_pb2_grpc
+from revo_engine_creative.strategies import DEFAULT_PERSPECTIVES, generation_messages, plan
+
+from mesh.embedded.triton import TritonServer
+from mesh.models.budget import Budgets
+from mesh.models.router import estimate_tokens
+from mesh.testing import MeshHarness, wait_for
+from mesh.testing.llm import FakeLLMServer, hang, status
 from tests.integration.creative_support import (
     DIFFERENT,
     KEY,
@@ -28,6 +32,9 @@ from tests.integration.creative_support import (
     ScriptedModel,
     catalog,
 )
+from tests.integration.creative_support import messages as messages_of
+from tests.integration.recall_support import collection
+from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
 
@@ -122,14 +129,19 @@ async def test_candidates_stream_as_scored_then_one_summary(
     for candidate in candidates:
         assert candidate.text == SOLUTIONS[candidate.strategy.perspective]
         assert candidate.quality == pytest.approx(0.8)
-        assert 0 < candidate.novelty <= 1 and 0 < candidate.innovation <= 1
-        assert candidate.model == "fake" and candidate.usage.completion_tokens > 0
-        assert candidate.verdicts and "Score: 8/10" in candidate.verdicts[0]
+        assert 0 < candidate.novelty <= 1
+        assert 0 < candidate.innovation <= 1
+        assert candidate.model == "fake"
+        assert candidate.usage.completion_tokens > 0
+        assert candidate.verdicts
+        assert "Score: 8/10" in candidate.verdicts[0]
     assert sorted(summary.ranking) == [0, 1, 2, 3, 4]
     assert 3.0 < summary.vendi_score <= 5.0
     assert summary.mean_pairwise_cosine < 0.6
-    assert summary.rejected == 0 and not summary.failures
-    assert len(summary.scores) == 5 and summary.set_id
+    assert summary.rejected == 0
+    assert not summary.failures
+    assert len(summary.scores) == 5
+    assert summary.set_id
     assert 0 < summary.generation_ms <= summary.wall_ms
     assert model.count("judge") == 5
 
@@ -149,5 +161,262 @@ async def test_a_near_duplicate_is_regenerated_with_an_instruction_to_differ(
     texts = sorted(c.text for c in response.candidates)
     assert texts == sorted([SOLUTIONS["pragmatist"], DIFFERENT, SOLUTIONS["architect"]])
     regenerated = [c for c in response.candidates if c.regenerations]
-    assert len(regenerated) == 1 and regenerated[0].text == DIFFERENT
+    assert len(regenerated) == 1
+    assert regenerated[0].text == DIFFERENT
     assert summary.mean_pairwise_cosine < 0.6
+
+
+async def test_novelty_counts_solutions_chosen_before_in_the_callers_scopes(
+        mesh: Callable[..., Any], model: ScriptedModel) -> None:
+    harness = await mesh(plugins=("creative", "models", "recall"), auth=AUTH,
+                         engines={"recall": {"collection": collection()}})
+    await harness.wait_for_service("revo.recall.v1.RecallService")
+    pool: Any = harness.nodes[0].pools["recall"]
+    await wait_for(lambda: pool.engine.replica.index is not None, 30, "the memory index")
+    try:
+        alice = bearer((await login(harness.channel, await add_user(harness, "developer")))
+                       .access_token)
+        bob = bearer((await login(harness.channel, await add_user(harness, "developer")))
+                     .access_token)
+        stub = _stub(harness)
+        first = await stub.GenerateSet(pb.GenerateSetRequest(
+            problem=PROBLEM, n=3, options=pb.Options(
+                judging=pb.JUDGING_NONE,
+                perspectives=["pragmatist", "architect", "contrarian"])),
+            metadata=alice, timeout=60)
+        assert first.summary.history_matches == 0
+        chosen = next(c for c in first.candidates if c.strategy.perspective == "pragmatist")
+        # Only the set's owner may choose from it.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Choose(pb.ChooseRequest(set_id=first.summary.set_id,
+                                               index=chosen.index), metadata=bob, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        remembered = await stub.Choose(pb.ChooseRequest(set_id=first.summary.set_id,
+                                                        index=chosen.index),
+                                       metadata=alice, timeout=30)
+        assert remembered.memory_id
+
+        # Later, the minimalist proposes what alice chose before: it is not novel for her.
+        model.answers["minimalist"] = SOLUTIONS["pragmatist"]
+        ask = pb.GenerateSetRequest(problem=PROBLEM.replace("six", "seven"), n=3,
+                                    options=pb.Options(judging=pb.JUDGING_NONE, perspectives=[
+                                        "minimalist", "user", "data"]))
+        again = await stub.GenerateSet(ask, metadata=alice, timeout=60)
+        assert again.summary.history_matches >= 1
+        repeat = next(c for c in again.candidates if c.strategy.perspective == "minimalist")
+        assert repeat.novelty < 0.05
+        others = [c for c in again.candidates if c is not repeat]
+        assert min(c.novelty for c in others) > 0.2
+        # Bob chose nothing: the same answer is novel in his scope.
+        fresh = await stub.GenerateSet(ask, metadata=bob, timeout=60)
+        assert fresh.summary.history_matches == 0
+        same = next(c for c in fresh.candidates if c.strategy.perspective == "minimalist")
+        assert same.novelty > 0.2
+    finally:
+        await remove_users_since(harness, 0)
+
+
+async def test_pairwise_judging_asks_every_pair_in_both_orders(
+        mesh: Callable[..., Any], model: ScriptedModel, fake: FakeLLMServer) -> None:
+    # A judge that always prefers the answer shown first, unless one is the architect's.
+    def biased(system: str, user: str) -> str:
+        first, second = _shown(user)
+        if "materialized" in first:
+            return "Winner: A"
+        if "materialized" in second:
+            return "Winner: B"
+        return "The first reads better.\nWinner: A"
+
+    model.judge = biased
+    harness = await mesh(creative={"spares": 0})
+    response = await _stub(harness).GenerateSet(pb.GenerateSetRequest(
+        problem=PROBLEM, n=3, options=pb.Options(
+            skip_history=True, judging=pb.JUDGING_PAIRWISE,
+            perspectives=["pragmatist", "architect", "contrarian"])), timeout=60)
+    texts = {c.strategy.perspective: c.text for c in response.candidates}
+    shown = [_shown(messages_of(r.body)[1]) for r in fake.requests
+             if r.body and "Rubric:" in messages_of(r.body)[0]]
+    expected = {(texts[a], texts[b]) for a in texts for b in texts if a != b}
+    assert sorted(shown) == sorted(expected), "each ordered pair exactly once"
+    quality = {c.strategy.perspective: c.quality for c in response.candidates}
+    # The position bias cancels: pragmatist and contrarian each win only when shown first.
+    assert quality == {"architect": 1.0, "pragmatist": 0.25, "contrarian": 0.25}
+    assert response.summary.ranking[0] == next(c.index for c in response.candidates
+                                               if c.strategy.perspective == "architect")
+
+
+def _shown(user: str) -> tuple[str, str]:
+    first = user.split("Solution A:\n<<<\n", 1)[1].split("\n>>>", 1)[0]
+    second = user.split("Solution B:\n<<<\n", 1)[1].split("\n>>>", 1)[0]
+    return first, second
+
+
+async def test_a_set_over_budget_is_refused_before_any_model_call(
+        mesh: Callable[..., Any], model: ScriptedModel, fake: FakeLLMServer) -> None:
+    harness = await mesh(paid=True, models={"budget_usd": 0.004})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _collect(_stub(harness).Generate(_request(n=5), timeout=60))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "budget" in str(caught.value.details())
+    assert not [r for r in fake.requests if r.path.endswith("/chat/completions")]
+
+
+async def test_a_set_spends_what_its_calls_cost_and_holds_nothing_after(
+        mesh: Callable[..., Any], model: ScriptedModel) -> None:
+    harness = await mesh(paid=True, creative={"spares": 0}, models={"budget_usd": 5.0})
+    _, summary = await _collect(_stub(harness).Generate(_request(n=3), timeout=60))
+    assert summary.total_cost_usd > summary.judge_cost_usd > 0
+    budgets = Budgets(harness.nodes[0].nc, harness.config.models)
+    spent = await budgets.spent_usd("")
+    # every call settled to its cost (in whole micro-dollars); nothing of the set's hold left
+    assert spent == pytest.approx(summary.total_cost_usd, abs=6e-6)
+
+
+async def test_cancelling_the_stream_closes_every_upstream_call_and_settles_the_budget(
+        mesh: Callable[..., Any], model: ScriptedModel, fake: FakeLLMServer) -> None:
+    release = threading.Event()
+    for name in SOLUTIONS:
+        model.special[name] = hang(20, SOLUTIONS[name], until=release)
+    harness = await mesh(paid=True, models={"budget_usd": 5.0})
+    budgets = Budgets(harness.nodes[0].nc, harness.config.models)
+    before = await budgets.spent_usd("")
+    call = _stub(harness).Generate(_request(n=5), timeout=60)
+    reading = asyncio.get_running_loop().create_task(_collect(call))
+    try:
+        await wait_for(lambda: model.count("generate") == 7, 20, "5 + 2 spare calls upstream")
+        assert await budgets.spent_usd("") > before, "the set's estimate is reserved"
+        call.cancel()
+        await wait_for(lambda: fake.hung_up == 7, 20, "every upstream connection closed")
+        # What is left is what the calls cost: each was sent its prompt (billed at $1 per
+        # million tokens), none generated a token. The set's hold, and the routers' holds
+        # for 600 completion tokens a call, are released.
+        prompts = sum(estimate_tokens(text) for strategy in plan(
+            7, DEFAULT_PERSPECTIVES, (), 0.6, 1.1) for _, text in generation_messages(
+                PROBLEM, ["no new paid services"], "", strategy))
+        await wait_for(lambda: _spent(budgets, before + prompts / 1e6), 20,
+                       "the budget settled to the prompts' cost")
+    finally:
+        release.set()
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await reading
+
+
+async def _spent(budgets: Budgets, expected: float) -> bool:
+    return await budgets.spent_usd("") == pytest.approx(expected, abs=1e-9)
+
+
+async def test_a_set_with_some_failed_candidates_lists_them(
+        mesh: Callable[..., Any], model: ScriptedModel) -> None:
+    model.special["architect"] = status(500)
+    harness = await mesh(creative={"spares": 0})
+    response = await _stub(harness).GenerateSet(pb.GenerateSetRequest(
+        problem=PROBLEM, n=4, options=pb.Options(
+            skip_history=True, judging=pb.JUDGING_NONE,
+            perspectives=["pragmatist", "architect", "contrarian", "user"])), timeout=60)
+    assert len(response.candidates) == 3
+    [failure] = response.summary.failures
+    assert failure.perspective == "architect"
+    assert failure.code == "UNAVAILABLE"
+
+
+async def test_too_few_candidates_is_unavailable_with_the_causes(
+        mesh: Callable[..., Any], model: ScriptedModel) -> None:
+    model.special["architect"] = status(500)
+    model.special["contrarian"] = status(500)
+    harness = await mesh(creative={"spares": 0})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _stub(harness).GenerateSet(pb.GenerateSetRequest(
+            problem=PROBLEM, n=3, options=pb.Options(
+                skip_history=True, judging=pb.JUDGING_NONE,
+                perspectives=["pragmatist", "architect", "contrarian"])), timeout=60)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    details = str(caught.value.details())
+    assert "only 1 of 3" in details
+    assert "architect" in details
+    assert "contrarian" in details
+
+
+@pytest.mark.parametrize(("request_", "field"), [
+    (pb.GenerateSetRequest(problem=PROBLEM, n=2), "n"),
+    (pb.GenerateSetRequest(problem=PROBLEM, n=9), "n"),
+    (pb.GenerateSetRequest(problem="  \n"), "problem"),
+    (pb.GenerateSetRequest(problem="x" * 20_000), "problem"),
+    (pb.GenerateSetRequest(problem=PROBLEM, options=pb.Options(perspectives=["poet"])),
+     "options.perspectives"),
+    (pb.GenerateSetRequest(problem=PROBLEM, n=3, options=pb.Options(min_candidates=4)),
+     "options.min_candidates"),
+])
+async def test_bad_requests_are_invalid_argument_naming_the_field(
+        mesh: Callable[..., Any], fake: FakeLLMServer, request_: pb.GenerateSetRequest,
+        field: str) -> None:
+    harness = await mesh()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _stub(harness).GenerateSet(request_, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert str(caught.value.details()).startswith(field)
+    assert not fake.requests
+
+
+async def test_no_model_able_to_generate_says_what_to_configure(
+        mesh: Callable[..., Any], fake: FakeLLMServer) -> None:
+    harness = await mesh()
+    stub = _stub(harness)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GenerateSet(pb.GenerateSetRequest(
+            problem=PROBLEM, options=pb.Options(force_local=True)), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "generator_checkpoint" in str(caught.value.details())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GenerateSet(pb.GenerateSetRequest(
+            problem=PROBLEM, options=pb.Options(models=["gpt-nothing"])), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'gpt-nothing'" in str(caught.value.details())
+    assert not fake.requests
+
+
+async def test_without_the_models_engine_generate_says_to_enable_it(
+        mesh: Callable[..., Any]) -> None:
+    harness = await mesh(plugins=("creative",))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _collect(_stub(harness).Generate(_request(), timeout=30))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "enable the models engine" in str(caught.value.details())
+
+
+async def test_choose_needs_a_set_that_exists_and_one_of_its_candidates(
+        mesh: Callable[..., Any]) -> None:
+    harness = await mesh(creative={"spares": 0})
+    stub = _stub(harness)
+    response = await stub.GenerateSet(pb.GenerateSetRequest(
+        problem=PROBLEM, n=3, options=pb.Options(skip_history=True,
+                                                 judging=pb.JUDGING_NONE)), timeout=60)
+    cases = [(pb.ChooseRequest(set_id="nope"), grpc.StatusCode.INVALID_ARGUMENT),
+             (pb.ChooseRequest(set_id="0" * 32), grpc.StatusCode.NOT_FOUND),
+             (pb.ChooseRequest(set_id=response.summary.set_id, index=7),
+              grpc.StatusCode.INVALID_ARGUMENT),
+             # a real set and candidate, but no node serves Perfect Recall here
+             (pb.ChooseRequest(set_id=response.summary.set_id, index=0),
+              grpc.StatusCode.FAILED_PRECONDITION)]
+    for request, code in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Choose(request, timeout=30)
+        assert caught.value.code() == code, request
+
+
+async def test_the_innovation_histogram_counts_every_candidate_sent(
+        mesh: Callable[..., Any]) -> None:
+    harness = await mesh(creative={"spares": 0})
+    candidates, _ = await _collect(_stub(harness).Generate(
+        _request(n=3, judging=pb.JUDGING_NONE), timeout=60))
+    scrape = _scrape(harness.nodes[0].metrics.url + "/metrics")
+    assert 'creative_engine_innovation_score_count{node="' in scrape
+    counted = [line for line in scrape.splitlines()
+               if line.startswith("creative_engine_innovation_score_count")]
+    assert float(counted[0].rsplit(" ", 1)[1]) == len(candidates) == 3
+    assert 'creative_engine_candidates_total{node="' in scrape
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return str(reply.read().decode())
