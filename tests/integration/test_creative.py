@@ -13,15 +13,15 @@ from typing import Any
 
 import grpc
 import pytest
-from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as pb
-from revo_engine_creative._gen.revo.creative.v1 import creative_pb2_grpc
-from revo_engine_creative.strategies import DEFAULT_PERSPECTIVES, generation_messages, plan
 
 from mesh.embedded.triton import TritonServer
 from mesh.models.budget import Budgets
 from mesh.models.router import estimate_tokens
 from mesh.testing import MeshHarness, wait_for
 from mesh.testing.llm import FakeLLMServer, hang, status
+from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as pb
+from revo_engine_creative._gen.revo.creative.v1 import creative_pb2_grpc
+from revo_engine_creative.strategies import DEFAULT_PERSPECTIVES, generation_messages, plan
 from tests.integration.creative_support import (
     DIFFERENT,
     KEY,
