@@ -18,6 +18,7 @@ import pytest
 from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
 from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.embedded.nats_server import free_port
+from mesh.testing.models import make_checkpoint
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
 
 
@@ -49,6 +50,8 @@ def _triton_http(tmp_path: Path) -> str:
 
 
 def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
+    # a random-weight checkpoint: its text is noise, but it is really generated on Triton
+    checkpoint = make_checkpoint(tmp_path / "tiny", seed=3)
     gateway = f"127.0.0.1:{free_port()}"
     gateway_metrics = f"http://127.0.0.1:{free_port()}/metrics"
     env = dict(os.environ,
@@ -57,7 +60,8 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
                REVO_NATS__PORT=str(free_port()),
                REVO_NATS__MONITOR_PORT=str(free_port()),
                REVO_GATEWAY__ADDRESS=gateway,
-               REVO_PLUGINS__ONLY="echo,models,recall",
+               REVO_PLUGINS__ONLY="echo,models,recall,creative",
+               REVO_MODELS__GENERATOR_CHECKPOINT=str(checkpoint),
                REVO_ADMIN_PASSWORD="first-admin-password",
                REVO_MODELS__TRITON_REPOSITORY=str(TRITON_MODELS))
     up = subprocess.Popen([sys.executable, "-m", "mesh", "up"], env=env, cwd=tmp_path,
@@ -106,8 +110,8 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
                                        metadata=signed_in)
             embedded = models.Embed(models_pb2.EmbedRequest(texts=["one", "two"]),
                                     timeout=30, metadata=signed_in)
-        assert [(m.name, m.healthy, m.embeds) for m in listed.models] == [
-            ("embedder", True, True)]
+        assert [(m.name, m.healthy, m.generates, m.embeds) for m in listed.models] == [
+            ("local", True, True, False), ("embedder", True, False, True)]
         assert [len(e.values) for e in embedded.embeddings] == [384, 384]
         # Perfect Recall remembers and finds by meaning (examples/recall_client.py)
         password_file = tmp_path / "admin.password"
@@ -121,6 +125,19 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
         assert "OUTCOME_MERGED" in example.stdout
         first_hit = example.stdout.split("Search 'which port", 1)[1].splitlines()[1]
         assert "port 5433" in first_hit, example.stdout
+
+        # Creative makes a set on the local generator and remembers the top pick
+        # (examples/creative_client.py)
+        example = subprocess.run(
+            [sys.executable, str(EXAMPLES / "creative_client.py"), "--target", gateway,
+             "--password-file", str(password_file), "--n", "3", "--max-tokens", "24",
+             "--force-local", "--choose"],
+            env=env, capture_output=True, text=True, timeout=180)
+        assert example.returncode == 0, example.stdout + example.stderr
+        assert len(re.findall(r"^\[\d\] ", example.stdout, re.MULTILINE)) >= 2, example.stdout
+        assert "(local, " in example.stdout, example.stdout
+        assert "Vendi score" in example.stdout, example.stdout
+        assert "chose [" in example.stdout, example.stdout
 
         status = _revo("status", env=env, cwd=tmp_path)
         assert status.returncode == 0, status.stdout + status.stderr
