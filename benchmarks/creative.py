@@ -31,8 +31,9 @@ What it assumes, so that a skeptic sees it all:
   *k* / *w* of the latency after the response headers.
 
 The server records every call: its kind, problem, perspective, the approach it answered
-with, the drawn latency, when it started and ended (server clock) and whether the stream
-was written to its end (the client read it; a client that hangs up breaks the stream).
+with, the drawn latency, when it started, when its last word was written (server clock)
+and whether it was: a call is *complete* when its whole text reached the client (a client
+that hangs up first, as the engine does when it cancels a spare, breaks the stream).
 
 **The paths**, interleaved in every trial (same problem, order rotating):
 
@@ -120,7 +121,8 @@ PRICES_PER_MILLION = (0.15, 0.6)
 model): budgets are reserved and settled as in production."""
 BUDGET_USD = 1_000_000.0
 MAX_TOKENS = 512
-CALL_TIMEOUT_S = 60.0
+CALL_TIMEOUT_S = 20.0
+"""Per call and per set (a set of 200-800 ms calls takes a few seconds at most)."""
 START_TIMEOUT_S = 240.0
 JUDGE_REPLY = "Score: 7/10"
 REGENERATION_MARKER = "too close to it"
@@ -131,6 +133,8 @@ TARGETS = {"ratio_wall_to_slowest_call": 1.15, "vendi_ratio_to_naive": 1.5,
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRITON_REPOSITORY = REPO_ROOT / "triton_models"
 
+_FINISH = b'"finish_reason": "stop"'
+"""What the finish chunk of an OpenAI stream from FakeLLMServer contains."""
 _PERSPECTIVE_LINE = re.compile(r"^\s*Perspective:\s*([A-Za-z][\w-]*)\s*:", re.MULTILINE)
 
 
@@ -156,9 +160,11 @@ class Call:
     started: float
     """``time.monotonic()`` when the server chose the answer (request read)."""
     ended: float | None = None
-    """When the stream's last byte was written, or it broke."""
+    """When the stream's last word was written (with the finish chunk), or it broke."""
     complete: bool | None = None
-    """True: streamed to the end; False: the client hung up first; None: still running."""
+    """True: the whole text was written; False: the client hung up first; None: running."""
+    closed: bool = False
+    """The server is done with the request (the stream ended or broke)."""
 
     @property
     def duration_s(self) -> float | None:
@@ -222,20 +228,32 @@ class HivemindModel:
         with self._lock:
             return [c for c in self._calls if c.label == label]
 
+    def text_sent(self, behaviour: Behaviour) -> None:
+        """The stream that answers with ``behaviour`` wrote its last word."""
+        now = time.monotonic()
+        with self._lock:
+            call = self._by_behaviour.get(id(behaviour))
+            if call is not None and call.ended is None:
+                call.ended, call.complete = now, True
+
     def finished(self, behaviour: Behaviour, complete: bool) -> None:
-        """The server ended the stream that answered with ``behaviour``."""
+        """The server is done with the request that answered with ``behaviour``;
+        ``complete``: it wrote the whole response (a call whose text was all written
+        stays complete even if the client left before the trailing events)."""
         now = time.monotonic()
         with self._lock:
             call = self._by_behaviour.pop(id(behaviour), None)
             if call is not None:
-                call.ended, call.complete = now, complete
+                if call.ended is None:
+                    call.ended, call.complete = now, complete
+                call.closed = True
             self._ended.notify_all()
 
     def wait_ended(self, label: str, timeout: float) -> bool:
         """Wait until every call labelled ``label`` has ended; False after ``timeout``."""
         with self._ended:
             return self._ended.wait_for(
-                lambda: all(c.ended is not None for c in self._calls if c.label == label),
+                lambda: all(c.closed for c in self._calls if c.label == label),
                 timeout)
 
     # answering
@@ -312,8 +330,8 @@ class HivemindModel:
 
 
 class RecordingLLMServer(FakeLLMServer):
-    """A :class:`FakeLLMServer` whose chat completions tell ``model`` when each stream ended
-    and whether it was written to its end."""
+    """A :class:`FakeLLMServer` whose chat completions tell ``model`` when each stream's
+    text was all written, and when the server was done with it."""
 
     def __init__(self, model: HivemindModel, api_key: str = API_KEY) -> None:
         super().__init__(api_key=api_key)
@@ -329,8 +347,16 @@ class RecordingLLMServer(FakeLLMServer):
 
         class Handler(llm._FakeLLMHandler):
             fake = server
+            answering: Behaviour | None = None
+
+            def _write_chunk(self, data: bytes) -> None:
+                super()._write_chunk(data)
+                # the finish chunk goes right after the last word (no pause between)
+                if self.answering is not None and _FINISH in data:
+                    server.model.text_sent(self.answering)
 
             def _chat_completion(self, body: dict[str, Any], behaviour: Behaviour) -> None:
+                self.answering = behaviour
                 try:
                     super()._chat_completion(body, behaviour)
                 except BaseException:
@@ -910,7 +936,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines.append(markdown_table(
         ["q", "path", "trials", "errors", "wall s p50", "slowest call s p50", "Vendi p50",
          "Vendi range", "mean cosine p50", "dominant share", "upstream calls per set p50",
-         "regenerations", "calls not read to the end"], path_lines,
+         "regenerations", "calls cut before their text ended"], path_lines,
         align_right=[True, False] + [True] * 11))
     corpus = results["corpus"]["all"]
     lines += [
@@ -966,8 +992,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{results['settings']['warmup']} warm-up trial(s); in each trial every path once, "
         "the order rotating. Texts are embedded afterwards with `ModelService.Embed`; "
         "Vendi score and mean pairwise cosine from `revo_engine_creative.diversity`.",
+        "- The engine generates n + spares (its `spares` setting, 2 by default) at once, "
+        "replaces near-duplicates (cosine >= its threshold) by spares or regenerates them, "
+        "and cancels the spares still running once n are accepted: `upstream calls per "
+        "set` counts every call it started, cancelled spares included (the naive paths "
+        "make n).",
         "- Upstream times are the server's (from choosing the answer to writing the last "
-        "byte), of calls streamed to the end. `wall / slowest call`: per trial, the "
+        "word), of calls whose whole text was written. `wall / slowest call`: per trial, the "
         "engine's wall time over its slowest such call. `wall / longest chain`: over the "
         "longest sum of one candidate's calls (first generation and its regenerations, by "
         "perspective). `overhead`: per trial, (engine wall - longest chain) - (naive wall - "
@@ -975,7 +1006,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "purpose, so they count in the chain, not in the overhead.",
         f"- Calls: {results['calls']['total']} in all, {results['calls']['by_kind']}; "
         f"{results['calls']['outside_trials']} outside a trial, "
-        f"{results['calls']['incomplete']} not read to the end.",
+        f"{results['calls']['incomplete']} cut before their text ended.",
         f"- Start-up: {results['startup_s']}.",
         "",
         f"Reproduce: `{results['command']}` (every trial in "

@@ -138,6 +138,21 @@ def test_calls_are_labelled_by_trial_and_marked_ended() -> None:
     assert model.calls_of("t1")[0].complete is True
 
 
+def test_a_call_is_complete_once_its_whole_text_is_written() -> None:
+    model = HivemindModel(seed=9)
+    with model.trial("t"):
+        _, sent = model.choose(_plain())
+        _, cut = model.choose(_plain())
+    model.text_sent(sent)
+    model.finished(sent, complete=False)  # the client left before the trailing events
+    model.finished(cut, complete=False)
+    done, broken = model.calls_of("t")
+    assert done.complete is True
+    assert done.duration_s is not None
+    assert broken.complete is False
+    assert model.wait_ended("t", 0.0)
+
+
 def test_order_rotates_the_paths() -> None:
     paths = ("engine", "naive", "naive-mesh")
     assert [order(i, paths)[0] for i in range(4)] == ["engine", "naive", "naive-mesh",
