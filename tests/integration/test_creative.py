@@ -420,3 +420,22 @@ async def test_the_innovation_histogram_counts_every_candidate_sent(
 def _scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as reply:
         return str(reply.read().decode())
+
+
+async def test_spares_still_running_when_the_set_fills_are_cancelled(
+        mesh: Callable[..., Any], model: ScriptedModel, fake: FakeLLMServer) -> None:
+    release = threading.Event()
+    model.special["user"] = hang(20, SOLUTIONS["user"], until=release)
+    model.special["data"] = hang(20, SOLUTIONS["data"], until=release)
+    harness = await mesh(creative={"spares": 2})
+    try:
+        candidates, summary = await _collect(_stub(harness).Generate(_request(
+            n=3, judging=pb.JUDGING_NONE,
+            perspectives=["pragmatist", "architect", "contrarian", "user", "data"]),
+            timeout=30))
+        assert sorted(c.strategy.perspective for c in candidates) == [
+            "architect", "contrarian", "pragmatist"]
+        assert summary.generation_ms > 0
+        await wait_for(lambda: fake.hung_up == 2, 20, "both spares' connections closed")
+    finally:
+        release.set()

@@ -263,6 +263,9 @@ class SetRun:
                 result = await work()
             except asyncio.CancelledError:
                 into.discard(me)  # type: ignore[arg-type]
+                # wakes the driver, which may be waiting for this task to end (a spare
+                # cancelled as the set filled)
+                self._queue(kind + "-cancelled", None)
                 raise
             except Exception as error:
                 into.discard(me)  # type: ignore[arg-type]
@@ -348,7 +351,7 @@ class SetRun:
                 self._failed(payload)
             elif kind == "judged":
                 ready.append(payload)
-            else:  # a judge's task failed as a whole (its calls' failures are verdicts)
+            elif kind == "judged-failed":  # its calls' failures are verdicts: this is a bug
                 raise payload
             if not self.generating and not self.drafts_queued and not self.generation_ms:
                 ready += self._generated()

@@ -27,7 +27,7 @@ class CreativeSettings(BaseModel):
     temperature_max: float = Field(1.1, ge=0, le=2, description="the highest")
     max_tokens: int = Field(600, ge=16, le=8192, description="completion tokens per "
                             "candidate, unless the request says")
-    similarity_threshold: float = Field(0.85, gt=0, le=1, description="a candidate at or "
+    similarity_threshold: float = Field(0.8, gt=0, le=1, description="a candidate at or "
                                         "above this cosine to a sibling is regenerated")
     max_regenerations: int = Field(2, ge=0, le=5, description="times one candidate may be "
                                    "regenerated for being too close; the last attempt is kept")
