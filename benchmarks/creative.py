@@ -680,9 +680,33 @@ def corpus_distributions(labels: Sequence[str], vectors: npt.NDArray[np.float64]
     return {name: _spread(values) for name, values in groups.items()}
 
 
+CEILING_DRAWS = 400
+"""Random sets per problem that :func:`vendi_ceiling` scores."""
+
+
+def vendi_ceiling(labels: Sequence[str], vectors: npt.NDArray[np.float64],
+                  rng: random.Random) -> list[float]:
+    """Vendi scores of sets of ``N`` answers of ``N`` *different* approaches (one paraphrase
+    each, drawn at random): the most diverse set this corpus can give, which bounds what
+    any way of sampling reaches."""
+    from revo_engine_creative.diversity import vendi_score
+
+    by_approach: dict[str, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_approach.setdefault(label, []).append(index)
+    names = sorted(by_approach)
+    scores = []
+    for _ in range(CEILING_DRAWS):
+        rows = [rng.choice(by_approach[name]) for name in rng.sample(names, N)]
+        scores.append(vendi_score(vectors[rows]))
+    return scores
+
+
 async def check_corpus(mesh: Mesh) -> dict[str, Any]:
     by_problem: dict[str, Any] = {}
     pooled: dict[str, list[float]] = {}
+    ceiling: list[float] = []
+    rng = random.Random(SEED)
     from revo_engine_creative.diversity import cosine_matrix
 
     for problem in PROBLEMS:
@@ -690,6 +714,7 @@ async def check_corpus(mesh: Mesh) -> dict[str, Any]:
         labels = [a for a, _ in answers]
         vectors = await embed(mesh, [t for _, t in answers])
         by_problem[problem.key] = corpus_distributions(labels, vectors)
+        ceiling += vendi_ceiling(labels, vectors, rng)
         k = cosine_matrix(vectors)
         for i in range(len(labels)):
             for j in range(i + 1, len(labels)):
@@ -697,7 +722,8 @@ async def check_corpus(mesh: Mesh) -> dict[str, Any]:
                          "same_perspective" if labels[i] == labels[j] else "distinct")
                 pooled.setdefault(group, []).append(float(k[i, j]))
     return {"by_problem": by_problem,
-            "all": {name: _spread(values) for name, values in pooled.items()}}
+            "all": {name: _spread(values) for name, values in pooled.items()},
+            "vendi_ceiling": _spread(ceiling)}
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -853,8 +879,15 @@ def verdicts(figures: dict[str, Any]) -> dict[str, str]:
 def build_results(measured: dict[str, Any], settings: Settings, rows: Sequence[float],
                   paths: Sequence[str], command: str) -> dict[str, Any]:
     by_row = []
+    ceiling = measured["corpus"].get("vendi_ceiling", {}).get("median")
     for adherence in rows:
         row = row_figures([t for t in measured["trials"] if t["adherence"] == adherence])
+        figures = row["figures"]
+        naive_vendi = row["paths"].get("naive", {}).get("vendi_p50")
+        engine_vendi = row["paths"].get("engine", {}).get("vendi_p50")
+        figures["vendi_ceiling_p50"] = _rounded(ceiling)
+        figures["vendi_ratio_ceiling_to_naive"] = _rounded(_ratio(ceiling, naive_vendi))
+        figures["engine_vendi_share_of_ceiling"] = _rounded(_ratio(engine_vendi, ceiling))
         by_row.append({"adherence": adherence, **row, "verdicts": verdicts(row["figures"])})
     headline = by_row[0] if by_row else {"figures": {}, "verdicts": {}}
     return {
@@ -900,8 +933,18 @@ def render_markdown(results: dict[str, Any]) -> str:
              ["`mean_pairwise_cosine` of the engine's sets (p50)",
               _f(h.get("mean_pairwise_cosine")), "<= 0.6", v.get("mean_pairwise_cosine", "-")],
              ["`overhead_ms_p50` (vs the SDK's samples)", _f(h.get("overhead_ms_p50"), 1),
-              "reported", "-"]],
+              "reported", "-"],
+             ["the corpus's ceiling: Vendi of 5 answers of 5 different approaches (p50)",
+              _f(h.get("vendi_ceiling_p50")), "-", "-"],
+             ["ceiling / naive: the largest `vendi_ratio_to_naive` any sampler can reach",
+              _f(h.get("vendi_ratio_ceiling_to_naive")), "-", "-"],
+             ["engine / ceiling", _f(h.get("engine_vendi_share_of_ceiling")), "-", "-"]],
             align_right=[False, True, False, False]),
+        "",
+        "Cosines between different approaches to the same problem are not 0 (they share its "
+        "words and topic; median 0.35 here), so even five answers of five different "
+        "approaches have a Vendi score well under 5: the ceiling above, measured on the "
+        "corpus. `vendi_ratio_to_naive` cannot exceed ceiling / naive.",
         "",
         "## By adherence row",
         "",

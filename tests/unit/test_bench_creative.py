@@ -193,3 +193,17 @@ def test_row_figures_follow_the_documented_definitions() -> None:
     # (engine wall - longest chain) - (naive wall - slowest naive call), ms: 80 and 90
     assert figures["overhead_ms_p50"] == pytest.approx(85.0)
     assert figures["vendi_ratio_to_naive"] == pytest.approx(3.5 / 2.0)
+
+
+def test_the_vendi_ceiling_draws_one_answer_of_each_of_n_different_approaches() -> None:
+    import random
+
+    import numpy as np
+
+    from benchmarks.creative import N, vendi_ceiling
+
+    # two paraphrases (identical vectors) of each of 6 orthogonal approaches
+    labels = [f"a{i}" for i in range(6) for _ in range(2)]
+    vectors = np.repeat(np.eye(6), 2, axis=0)
+    scores = vendi_ceiling(labels, vectors, random.Random(1))
+    assert scores == pytest.approx([float(N)] * len(scores)), "never two of one approach"
