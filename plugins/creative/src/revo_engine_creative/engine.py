@@ -9,10 +9,12 @@ eigendecomposition), microseconds that do not hold the loop up.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 
 from google.protobuf import struct_pb2
 
+from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.engine import AsyncEngine, Context
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from mesh.models.budget import Budgets
@@ -26,6 +28,9 @@ from revo_engine_recall._gen.revo.recall.v1 import recall_pb2, recall_pb2_grpc
 
 __all__ = ["CreativeEngine"]
 
+CATALOG_TTL_S = 2.0
+"""How long the model catalog (``ListModels``: which models generate, their prices and
+health) is reused between sets. The router still decides per call."""
 _SET_ID = re.compile(r"^[0-9a-f]{32}$")
 _MEMORY_TEXT_CHARS = 12_000
 _SOLUTION_CHARS = 3_000  # in the memory's metadata: what history embeds (256 tokens' worth+)
@@ -46,6 +51,16 @@ class CreativeEngine(AsyncEngine):
         self.sets = SetStore(runtime.nc, self.settings.set_ttl_s, self.settings.replicas)
         await self.sets.start()
         self.meters = CreativeMeters(runtime.metrics)
+        self._catalog: tuple[float, list[models_pb2.Model]] | None = None
+
+    async def catalog(self, models: models_pb2_grpc.ModelServiceAsyncStub
+                      ) -> list[models_pb2.Model]:
+        """The model catalog, asked of ``ModelService`` at most every ``CATALOG_TTL_S``."""
+        now = time.monotonic()
+        if self._catalog is None or now - self._catalog[0] >= CATALOG_TTL_S:
+            listed = await models.ListModels(models_pb2.ListModelsRequest(), timeout=10.0)
+            self._catalog = (now, list(listed.models))
+        return self._catalog[1]
 
     async def generate(self, request: pb.GenerateRequest,
                        ctx: Context) -> AsyncIterator[pb.GenerateResponse]:

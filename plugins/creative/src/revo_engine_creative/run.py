@@ -170,8 +170,7 @@ class SetRun:
             raise FailedPrecondition("no node serves revo.models.v1.ModelService, which "
                                      "Creative generates with: enable the models engine "
                                      "(revo up does)")
-        listed = await self.models.ListModels(models_pb2.ListModelsRequest(), timeout=10.0)
-        catalog = list(listed.models)
+        catalog = await self.engine.catalog(self.models)
         if not any(m.embeds for m in catalog):
             raise FailedPrecondition("Creative measures novelty with embeddings and the mesh "
                                      "has no embedding model: set models.triton_url to a "
@@ -197,10 +196,14 @@ class SetRun:
         count = min(len(ask.perspectives), ask.n + self.settings.spares)
         strategies = plan(count, ask.perspectives, ask.models,
                           self.settings.temperature_min, self.settings.temperature_max)
-        await self.budget.reserve(self._estimates(strategies))
+        estimates = self._estimates(strategies)
+        await self.budget.reserve(estimates)
+        # The generations all start now: hand their share over at once (one counter update,
+        # not one per call, on the way of every call).
+        await self.budget.hand_over(sum(estimates[:len(strategies)]))
         self.history_task = asyncio.get_running_loop().create_task(self._history())
         for strategy in strategies:
-            self._generate(strategy)
+            self._generate(strategy, handed_over=True)
 
     def _estimates(self, strategies: list[Strategy]) -> list[float]:
         """Every planned call's estimated cost: the generations, and the judges' calls."""
@@ -229,10 +232,12 @@ class SetRun:
     # -- model calls --------------------------------------------------------------------
 
     async def _call(self, messages: list[tuple[str, str]], model: str, temperature: float,
-                    max_tokens: int) -> tuple[str, models_pb2.Done]:
-        """One streamed generation: its whole text and its final message."""
+                    max_tokens: int, handed_over: bool = False) -> tuple[str, models_pb2.Done]:
+        """One streamed generation: its whole text and its final message. Its share of the
+        set's reservation is handed over first, unless that was done for it."""
         assert self.prices is not None
-        await self.budget.hand_over(self.prices.estimate(model, messages, max_tokens))
+        if not handed_over:
+            await self.budget.hand_over(self.prices.estimate(model, messages, max_tokens))
         request = models_pb2.GenerateRequest(
             messages=[models_pb2.Message(role=role, content=text) for role, text in messages],
             sampling=models_pb2.Sampling(temperature=temperature, max_tokens=max_tokens),
@@ -284,12 +289,12 @@ class SetRun:
         self.events.put_nowait((kind, payload))
 
     def _generate(self, strategy: Strategy, too_close_to: str = "",
-                  regenerations: int = 0) -> None:
+                  regenerations: int = 0, handed_over: bool = False) -> None:
         async def work() -> Draft:
             try:
                 answer, done = await self._call(self._messages(strategy, too_close_to),
                                                  strategy.model, strategy.temperature,
-                                                 self.ask.max_tokens)
+                                                 self.ask.max_tokens, handed_over)
             except RpcError as error:
                 error.metadata.setdefault("perspective", strategy.perspective.name)
                 raise
