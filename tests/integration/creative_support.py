@@ -71,6 +71,8 @@ class ScriptedModel:
     answers: dict[str, str] = field(default_factory=lambda: dict(SOLUTIONS))
     regenerated: str = DIFFERENT
     judge: Callable[[str, str], str] = lambda system, user: "Sound plan.\nScore: 8/10"
+    judge_by_model: dict[str, str] = field(default_factory=dict)
+    """A judge's verdict by the upstream model asked (``body["model"]``), before ``judge``."""
     special: dict[str, Behaviour] = field(default_factory=dict)
     """A perspective's behaviour instead of its answer (hang, status...)."""
     seen: list[tuple[str, str]] = field(default_factory=list)
@@ -83,7 +85,8 @@ class ScriptedModel:
         if "Rubric:" in system:
             with self.lock:
                 self.seen.append(("judge", ""))
-            return answer(self.judge(system, user))
+            verdict = self.judge_by_model.get(str(body.get("model")))
+            return answer(verdict if verdict is not None else self.judge(system, user))
         found = PERSPECTIVE.search(system)
         if found is None:
             return None
@@ -103,7 +106,14 @@ class ScriptedModel:
             return sum(1 for k, _ in self.seen if k == kind)
 
 
-def catalog(fake: FakeLLMServer, *, paid: bool = False) -> list[dict[str, Any]]:
+def catalog(fake: FakeLLMServer, *, paid: bool = False,
+            second: bool = False) -> list[dict[str, Any]]:
+    """The fake model as catalog model ``fake``; with ``second``, also as ``fake2`` (the
+    same server, asked for upstream model ``fake-b``)."""
     prices = {"input_usd_per_million": 1.0, "output_usd_per_million": 2.0} if paid else {}
-    return [{"name": "fake", "provider": "openai_compatible", "base_url": fake.openai_base_url,
-             "api_key_env": KEY_ENV, "priority": 1, "context_window": 16000, **prices}]
+    models = [{"name": "fake", "provider": "openai_compatible",
+               "base_url": fake.openai_base_url, "api_key_env": KEY_ENV, "priority": 1,
+               "context_window": 16000, **prices}]
+    if second:
+        models.append({**models[0], "name": "fake2", "upstream": "fake-b", "priority": 2})
+    return models

@@ -65,9 +65,11 @@ def fake(monkeypatch: pytest.MonkeyPatch, model: ScriptedModel) -> Iterator[Fake
 @pytest.fixture
 async def mesh(mesh_harness: Any, triton: TritonServer,
                fake: FakeLLMServer) -> Callable[..., Any]:
-    async def start(*, paid: bool = False, plugins: tuple[str, ...] = ("creative", "models"),
+    async def start(*, paid: bool = False, second: bool = False,
+                    plugins: tuple[str, ...] = ("creative", "models"),
                     creative: dict[str, Any] | None = None, **sections: Any) -> MeshHarness:
-        models = {"catalog": catalog(fake, paid=paid), "retries": 0, "timeout_s": 10.0,
+        models = {"catalog": catalog(fake, paid=paid, second=second), "retries": 0,
+                  "timeout_s": 10.0,
                   "triton_url": triton.grpc_url, **sections.pop("models", {})}
         harness: MeshHarness = await mesh_harness(
             plugins={"only": list(plugins)}, models=models,
@@ -439,3 +441,34 @@ async def test_spares_still_running_when_the_set_fills_are_cancelled(
         await wait_for(lambda: fake.hung_up == 2, 20, "both spares' connections closed")
     finally:
         release.set()
+
+
+async def test_candidates_take_the_allowed_models_in_turn_and_every_judge_votes(
+        mesh: Callable[..., Any], model: ScriptedModel, fake: FakeLLMServer) -> None:
+    model.judge_by_model = {"fake": "Fine.\nScore: 6/10", "fake-b": "Great.\nScore: 9/10"}
+    harness = await mesh(second=True, creative={"spares": 0})
+    response = await _stub(harness).GenerateSet(pb.GenerateSetRequest(
+        problem=PROBLEM, n=4, options=pb.Options(
+            skip_history=True, models=["fake", "fake2"], judge_models=["fake", "fake2"])),
+        timeout=60)
+    by_model = sorted((c.strategy.requested_model, c.model) for c in response.candidates)
+    assert by_model == [("fake", "fake"), ("fake", "fake"), ("fake2", "fake2"),
+                        ("fake2", "fake2")]
+    for candidate in response.candidates:
+        assert candidate.quality == pytest.approx(0.75), "the mean of the two votes"
+        assert len(candidate.verdicts) == 2
+    asked = sorted(r.body["model"] for r in fake.requests
+                   if r.body and "Rubric:" in messages_of(r.body)[0])
+    assert asked == ["fake"] * 4 + ["fake-b"] * 4
+
+
+async def test_the_cost_limit_reaches_every_model_call(
+        mesh: Callable[..., Any], fake: FakeLLMServer) -> None:
+    harness = await mesh(paid=True, models={"budget_usd": 5.0})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _stub(harness).GenerateSet(pb.GenerateSetRequest(
+            problem=PROBLEM, n=3, options=pb.Options(skip_history=True,
+                                                     cost_limit_usd=1e-7)), timeout=60)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "over the cost limit" in str(caught.value.details())
+    assert not [r for r in fake.requests if r.path.endswith("/chat/completions")]
