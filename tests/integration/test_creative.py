@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -13,12 +14,16 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from mesh.config import TracingSettings
 from mesh.embedded.triton import TritonServer
 from mesh.models.budget import Budgets
 from mesh.models.router import estimate_tokens
+from mesh.observability import tracing
 from mesh.testing import MeshHarness, wait_for
 from mesh.testing.llm import FakeLLMServer, hang, status
+from mesh.testing.traces import SpanRecord, from_sdk, tree
 from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as pb
 from revo_engine_creative._gen.revo.creative.v1 import creative_pb2_grpc
 from revo_engine_creative.strategies import DEFAULT_PERSPECTIVES, generation_messages, plan
@@ -472,3 +477,49 @@ async def test_the_cost_limit_reaches_every_model_call(
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "over the cost limit" in str(caught.value.details())
     assert not [r for r in fake.requests if r.path.endswith("/chat/completions")]
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    """Tracing on in this process (the gateway's and the node's), spans kept in memory."""
+    tracing.shutdown()
+    exporter = InMemorySpanExporter()
+    tracing.configure(TracingSettings(enabled=True, service_name="revo-test"),
+                      exporter=exporter)
+    yield exporter
+    tracing.shutdown()
+
+
+async def test_a_set_is_one_trace_with_every_model_call_under_the_engine(
+        mesh: Callable[..., Any], exporter: InMemorySpanExporter) -> None:
+    harness = await mesh(creative={"spares": 0})
+    trace_id = secrets.token_hex(16)
+    traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+    await _collect(_stub(harness).Generate(
+        _request(n=3, perspectives=["pragmatist", "architect", "contrarian"]), timeout=60,
+        metadata=(("traceparent", traceparent),)))
+
+    def spans() -> list[SpanRecord]:
+        return tree(from_sdk(exporter.get_finished_spans()), trace_id)
+
+    # the set: Generate 3 + judge 3 model streams, 3 embeddings, and ListModels
+    await wait_for(lambda: sum(s.kind == "CONSUMER" for s in spans()) >= 1 + 6 + 3 + 1, 20,
+                   "the spans of every call")
+    found = spans()
+    by_id = {s.span_id: s for s in found}
+    [engine] = [s for s in found if s.name == "creative/Generate"]
+    assert engine.kind == "INTERNAL"
+
+    def under_engine(span: SpanRecord) -> bool:
+        while span.parent_id in by_id:
+            span = by_id[span.parent_id]
+            if span is engine:
+                return True
+        return False
+
+    sent = [s.name for s in found if s.kind == "PRODUCER" and under_engine(s)]
+    assert sent.count("send revo.rpc.revo.models.v1.ModelService.Generate") == 6
+    assert sent.count("send revo.rpc.revo.models.v1.ModelService.Embed") == 3
+    chats = [s for s in found if s.kind == "CLIENT" and s.name.startswith("chat")]
+    assert len(chats) == 6
+    assert all(under_engine(s) for s in chats)
