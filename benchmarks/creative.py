@@ -98,7 +98,7 @@ from benchmarks._report import (
     write_results,
 )
 from benchmarks.creative_corpus import PERSPECTIVES, PROBLEMS, Problem
-from mesh.testing.llm import Behaviour, FakeLLMServer, answer, split_tokens
+from mesh.testing.llm import Behaviour, FakeLLMServer, Reply, answer, split_tokens
 
 NAME = "creative"
 N = 5
@@ -133,7 +133,6 @@ TARGETS = {"ratio_wall_to_slowest_call": 1.15, "vendi_ratio_to_naive": 1.5,
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRITON_REPOSITORY = REPO_ROOT / "triton_models"
 
-_FINISH = b'"finish_reason": "stop"'
 """What the finish chunk of an OpenAI stream from FakeLLMServer contains."""
 _PERSPECTIVE_LINE = re.compile(r"^\s*Perspective:\s*([A-Za-z][\w-]*)\s*:", re.MULTILINE)
 
@@ -228,24 +227,16 @@ class HivemindModel:
         with self._lock:
             return [c for c in self._calls if c.label == label]
 
-    def text_sent(self, behaviour: Behaviour) -> None:
-        """The stream that answers with ``behaviour`` wrote its last word."""
-        now = time.monotonic()
+    def replied(self, reply: Reply) -> None:
+        """The server is done with a request (``FakeLLMServer(on_reply=...)``): its call
+        ended when its last word was written, complete, even if the client left before the
+        trailing events; otherwise when the server was done with it, cut short."""
         with self._lock:
-            call = self._by_behaviour.get(id(behaviour))
-            if call is not None and call.ended is None:
-                call.ended, call.complete = now, True
-
-    def finished(self, behaviour: Behaviour, complete: bool) -> None:
-        """The server is done with the request that answered with ``behaviour``;
-        ``complete``: it wrote the whole response (a call whose text was all written
-        stays complete even if the client left before the trailing events)."""
-        now = time.monotonic()
-        with self._lock:
-            call = self._by_behaviour.pop(id(behaviour), None)
+            call = self._by_behaviour.pop(id(reply.behaviour), None)
             if call is not None:
-                if call.ended is None:
-                    call.ended, call.complete = now, complete
+                done = reply.text_done is not None
+                call.ended = reply.text_done if done else reply.ended
+                call.complete = done
                 call.closed = True
             self._ended.notify_all()
 
@@ -329,51 +320,6 @@ class HivemindModel:
         return "?"
 
 
-class RecordingLLMServer(FakeLLMServer):
-    """A :class:`FakeLLMServer` whose chat completions tell ``model`` when each stream's
-    text was all written, and when the server was done with it."""
-
-    def __init__(self, model: HivemindModel, api_key: str = API_KEY) -> None:
-        super().__init__(api_key=api_key)
-        self.model = model
-        self.respond_with(model)
-
-    def start(self) -> RecordingLLMServer:
-        from mesh.testing import llm
-
-        if self._httpd is not None:
-            raise RuntimeError("the server is already started")
-        server = self
-
-        class Handler(llm._FakeLLMHandler):
-            fake = server
-            answering: Behaviour | None = None
-
-            def _write_chunk(self, data: bytes) -> None:
-                super()._write_chunk(data)
-                # the finish chunk goes right after the last word (no pause between)
-                if self.answering is not None and _FINISH in data:
-                    server.model.text_sent(self.answering)
-
-            def _chat_completion(self, body: dict[str, Any], behaviour: Behaviour) -> None:
-                self.answering = behaviour
-                try:
-                    super()._chat_completion(body, behaviour)
-                except BaseException:
-                    server.model.finished(behaviour, complete=False)
-                    raise
-                server.model.finished(behaviour, complete=True)
-
-        self._stopping.clear()
-        httpd = llm._QuietHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.05},
-                                        name="creative-upstream", daemon=True)
-        self._thread.start()
-        return self
-
-
 # -- settings ----------------------------------------------------------------------------
 
 
@@ -403,7 +349,7 @@ class Mesh:
     models: Any
     creative: Any
     openai: Any
-    upstream: RecordingLLMServer
+    upstream: FakeLLMServer
     startup_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -465,7 +411,9 @@ async def running_mesh(workdir: Path, model: HivemindModel,
         triton.start(timeout=START_TIMEOUT_S)
         stack.callback(triton.stop)
         startup["triton_s"] = round(time.monotonic() - began, 2)
-        upstream = RecordingLLMServer(model).start()
+        upstream = FakeLLMServer(api_key=API_KEY, on_reply=model.replied)
+        upstream.respond_with(model)
+        upstream.start()
         stack.callback(upstream.stop)
         config = mesh_config(workdir / "home", nats.url, triton.grpc_url,
                              upstream.openai_base_url,

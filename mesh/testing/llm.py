@@ -54,6 +54,7 @@ __all__ = [
     "Behaviour",
     "FakeLLMServer",
     "RecordedRequest",
+    "Reply",
     "answer",
     "fail_after",
     "hang",
@@ -130,6 +131,26 @@ def fail_after(n_chunks: int, text: str = DEFAULT_TEXT) -> Behaviour:
     return Behaviour("fail_after", text=text, n_chunks=n_chunks)
 
 
+@dataclass(frozen=True)
+class Reply:
+    """How the server answered one request (:attr:`FakeLLMServer.replies`, and the
+    server's ``on_reply``), recorded when it is done with the request. Times are
+    ``time.monotonic()`` values."""
+
+    behaviour: Behaviour
+    path: str
+    started: float
+    """When the behaviour was chosen (the request was read)."""
+    text_done: float | None
+    """When the last piece of text was written (a stream's last delta, or the whole body);
+    None when it never was (an error status, a drop or a hang-up before the end)."""
+    ended: float
+    """When the server was done with the request."""
+    complete: bool
+    """The whole response was written (a client may still leave before its trailing
+    events: then ``text_done`` is set and ``complete`` is False)."""
+
+
 Responder = Callable[[dict[str, Any]], "Behaviour | None"]
 """Chooses a request's behaviour from its parsed JSON body; None leaves it to the script."""
 
@@ -188,9 +209,14 @@ class FakeLLMServer:
     """
 
     def __init__(self, api_key: str | None = "test-key", *,
-                 default: Behaviour | None = None) -> None:
+                 default: Behaviour | None = None,
+                 on_reply: Callable[[Reply], None] | None = None) -> None:
+        """``on_reply`` is called with each :class:`Reply` (in a handler thread) when the
+        server is done with a request."""
         self.api_key = api_key
         self.default = default if default is not None else answer()
+        self._on_reply = on_reply
+        self._replies: list[Reply] = []
         self._script: deque[Behaviour] = deque()
         self._responder: Responder | None = None
         self._requests: list[RecordedRequest] = []
@@ -285,6 +311,19 @@ class FakeLLMServer:
         """Every request received so far (a copy), oldest first, 401s included."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def replies(self) -> list[Reply]:
+        """How every request with a behaviour was answered so far (a copy), in the order
+        the server finished them."""
+        with self._lock:
+            return list(self._replies)
+
+    def _replied(self, reply: Reply) -> None:
+        with self._lock:
+            self._replies.append(reply)
+        if self._on_reply is not None:
+            self._on_reply(reply)
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -416,12 +455,20 @@ class _FakeLLMHandler(BaseHTTPRequestHandler):
             self._send_error(api, 400, None, None)
             return
         behaviour = self.fake._next_behaviour(body)
-        if behaviour.kind == "status":
-            self._send_error(api, behaviour.status_code, behaviour.body, behaviour.retry_after)
-            return
-        if behaviour.kind == "hang":
-            self._hang(behaviour.seconds, behaviour.until)
-        reply(body, behaviour)
+        started, complete = time.monotonic(), False
+        self._text_done: float | None = None
+        try:
+            if behaviour.kind == "status":
+                self._send_error(api, behaviour.status_code, behaviour.body,
+                                 behaviour.retry_after)
+            else:
+                if behaviour.kind == "hang":
+                    self._hang(behaviour.seconds, behaviour.until)
+                reply(body, behaviour)
+            complete = True
+        finally:
+            self.fake._replied(Reply(behaviour, self.path.split("?", 1)[0], started,
+                                     self._text_done, time.monotonic(), complete))
 
     def _hang(self, seconds: float, until: threading.Event | None) -> None:
         """Wait, unless the server stops, ``until`` is set or the client hangs up (counted
@@ -485,6 +532,7 @@ class _FakeLLMHandler(BaseHTTPRequestHandler):
             self.wfile.flush()
             raise _DropConnection
         self._send_json(200, data)
+        self._text_done = time.monotonic()
 
     def _start_stream(self) -> None:
         self.send_response(200)
@@ -512,6 +560,9 @@ class _FakeLLMHandler(BaseHTTPRequestHandler):
             if behaviour.interval_s > 0 and deltas_before[index + 1:index + 2] == [seen + 1]:
                 self._pace(started + (seen + 1) * behaviour.interval_s)  # event is delta seen+1
             self._write_chunk(event)
+            if self._text_done is None and deltas_before[index + 1:index + 2] in (
+                    [], [deltas_before[-1]]):
+                self._text_done = time.monotonic()  # no delta left after this event
         if behaviour.kind == "fail_after":
             raise _DropConnection  # fewer deltas than n_chunks: still drop before the end
         self._end_stream()

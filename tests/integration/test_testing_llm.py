@@ -410,6 +410,53 @@ async def test_scripted_behaviours_are_consumed_in_order_then_default(
     assert server.pending == 0
 
 
+async def test_a_responder_chooses_by_body_and_leaves_the_rest_to_the_script(
+        server: FakeLLMServer, oai: openai.AsyncOpenAI) -> None:
+    server.respond_with(lambda body: answer("for gpt-a") if body["model"] == "gpt-a" else None)
+    server.script(answer("scripted"))
+
+    other = await oai.chat.completions.create(model="gpt-b", messages=MESSAGES)
+    chosen = await oai.chat.completions.create(model="gpt-a", messages=MESSAGES)
+    default = await oai.chat.completions.create(model="gpt-b", messages=MESSAGES)
+
+    assert other.choices[0].message.content == "scripted"
+    assert chosen.choices[0].message.content == "for gpt-a"
+    assert default.choices[0].message.content == testing_llm.DEFAULT_TEXT
+
+
+async def test_replies_say_when_the_text_was_written_and_whether_all_of_it_was() -> None:
+    seen: list[testing_llm.Reply] = []
+    with FakeLLMServer(api_key=KEY, on_reply=seen.append) as fake:
+        client = openai.AsyncOpenAI(base_url=fake.openai_base_url, api_key=KEY,
+                                    max_retries=0, timeout=5)
+        fake.script(answer("one two three"), status(500), fail_after(2, "one two three"),
+                    answer("one two three four", interval_s=0.2))
+        await openai_deltas(client, [])
+        with pytest.raises(openai.InternalServerError):
+            await openai_deltas(client, [])
+        with pytest.raises(openai.APIConnectionError):
+            await openai_deltas(client, [])
+        stream = await client.chat.completions.create(model="gpt-test", messages=MESSAGES,
+                                                      stream=True)
+        async for _ in stream:  # the role chunk, then the first word
+            break
+        await stream.close()  # hangs up 0.2 s before the second word
+        await wait_for(lambda: len(fake.replies) == 4, 10, "four replies")
+        await client.close()
+    whole, error, cut, left = fake.replies
+    assert seen == fake.replies
+    assert whole.complete
+    assert whole.text_done is not None
+    assert whole.started <= whole.text_done <= whole.ended
+    assert error.complete
+    assert error.text_done is None
+    assert not cut.complete
+    assert cut.text_done is None
+    assert not left.complete
+    assert left.text_done is None
+    assert whole.path == "/v1/chat/completions"
+
+
 # the module itself
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from benchmarks.creative import (
     row_figures,
 )
 from benchmarks.creative_corpus import PERSPECTIVES, PROBLEMS, problem_by_key
-from mesh.testing.llm import split_tokens
+from mesh.testing.llm import Behaviour, Reply, split_tokens
 
 PROBLEM = PROBLEMS[0]
 DRAWS = 4000
@@ -133,7 +134,7 @@ def test_calls_are_labelled_by_trial_and_marked_ended() -> None:
     model.choose(_plain())
     assert [c.label for c in model.calls] == ["t1", None]
     assert not model.wait_ended("t1", 0.0)
-    model.finished(first, complete=True)
+    model.replied(_reply(first, text_done=True, complete=True))
     assert model.wait_ended("t1", 0.0)
     assert model.calls_of("t1")[0].complete is True
 
@@ -143,14 +144,20 @@ def test_a_call_is_complete_once_its_whole_text_is_written() -> None:
     with model.trial("t"):
         _, sent = model.choose(_plain())
         _, cut = model.choose(_plain())
-    model.text_sent(sent)
-    model.finished(sent, complete=False)  # the client left before the trailing events
-    model.finished(cut, complete=False)
+    # the client left before the trailing events: the text was all written
+    model.replied(_reply(sent, text_done=True, complete=False))
+    model.replied(_reply(cut, text_done=False, complete=False))
     done, broken = model.calls_of("t")
     assert done.complete is True
     assert done.duration_s is not None
     assert broken.complete is False
     assert model.wait_ended("t", 0.0)
+
+
+def _reply(behaviour: Behaviour, *, text_done: bool, complete: bool) -> Reply:
+    now = time.monotonic()
+    return Reply(behaviour, "/v1/chat/completions", now - 0.5, now - 0.1 if text_done else None,
+                 now, complete)
 
 
 def test_order_rotates_the_paths() -> None:
