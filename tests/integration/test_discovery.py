@@ -70,7 +70,7 @@ async def test_mesh_service_lists_nodes_engines_and_methods(mesh_harness):
         nodes = await client.list_nodes()
         services = {s.name: s for s in await client.list_services()}
     assert sorted(n.id for n in nodes) == sorted(n.id for n in mesh.nodes)
-    engine = nodes[0].engines[0]
+    [engine] = [e for e in nodes[0].engines if e.name == "echo"]
     assert (engine.name, engine.status, engine.version) == (
         "echo", mesh_pb2.ENGINE_STATUS_RUNNING, "0.1.0")
     assert engine.actors_alive == engine.pool_size == 2

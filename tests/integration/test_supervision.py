@@ -79,7 +79,8 @@ async def test_failing_plugins_are_reported_and_the_node_serves_the_others(mesh_
         "misnamed": mesh_pb2.ENGINE_STATUS_LOAD_ERROR,
         "bad_config": mesh_pb2.ENGINE_STATUS_CONFIG_ERROR,
         "bad_start": mesh_pb2.ENGINE_STATUS_START_ERROR,
-        "models": mesh_pb2.ENGINE_STATUS_DISABLED,  # installed, not in plugins.only
+        "creative": mesh_pb2.ENGINE_STATUS_DISABLED,  # installed, not in plugins.only
+        "models": mesh_pb2.ENGINE_STATUS_DISABLED,
         "parallel": mesh_pb2.ENGINE_STATUS_DISABLED,
         "recall": mesh_pb2.ENGINE_STATUS_DISABLED,
     }
