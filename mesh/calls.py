@@ -47,6 +47,7 @@ from mesh.errors import (
 from mesh.registry import RegistryView, Route, Snapshot
 from mesh.transport import headers as h
 from mesh.transport.connection import MeshConnection
+from mesh.transport.responder import idempotency_key
 from mesh.transport.rpc import Requester
 
 __all__ = ["MeshCalls", "MeshChannel"]
@@ -90,7 +91,7 @@ class MeshCalls:
         return self.view.snapshot.routes.get(method)
 
     def _prepare(self, method: str, caller: str, role: str, request_id: str, timeout: float,
-                 traceparent: str) -> tuple[Route, float, dict[str, str]]:
+                 traceparent: str, idempotency_key: str) -> tuple[Route, float, dict[str, str]]:
         """The route, the bounded timeout and the headers of a call, or the error that
         stops it before it is sent."""
         route = self.route(method)
@@ -107,29 +108,33 @@ class MeshCalls:
         headers = {h.REQUEST_ID: request_id, h.TIMEOUT_MS: str(max(1, int(timeout * 1000)))}
         if traceparent:
             headers[h.TRACEPARENT] = traceparent
+        if idempotency_key:
+            headers[h.IDEMPOTENCY_KEY] = idempotency_key
         if self.seal is not None:
             expires_ms = int((time.time() + timeout) * 1000) + _SEAL_SLACK_MS
             headers.update(self.seal.headers(caller, role, method, expires_ms))
         return route, timeout, headers
 
     async def call(self, method: str, request: bytes, *, caller: str, role: str,
-                   request_id: str, timeout: float, traceparent: str = "") -> bytes:
+                   request_id: str, timeout: float, traceparent: str = "",
+                   idempotency_key: str = "") -> bytes:
         """The serialized answer of ``method`` to ``request``, called as ``caller`` with
         ``role``, waiting at most ``timeout`` seconds. Raises the callee's error,
         UNAVAILABLE when no live node serves the method, and PERMISSION_DENIED when auth is
-        on and ``role`` lacks the method's permission."""
+        on and ``role`` lacks the method's permission. ``idempotency_key`` becomes the
+        callee's ``Context.idempotency_key``."""
         route, timeout, headers = self._prepare(method, caller, role, request_id, timeout,
-                                                traceparent)
+                                                traceparent, idempotency_key)
         return await self.requester.call(route.subject, request, timeout, headers)
 
     async def stream(self, method: str, request: bytes, *, caller: str, role: str,
                      request_id: str, timeout: float, traceparent: str = "",
-                     window: int = 32) -> AsyncIterator[bytes]:
+                     window: int = 32, idempotency_key: str = "") -> AsyncIterator[bytes]:
         """The serialized messages of the server stream ``method`` opens for ``request``;
         as :meth:`call`, for server-streaming methods. Closing the iterator early cancels
         the stream at its node."""
         route, timeout, headers = self._prepare(method, caller, role, request_id, timeout,
-                                                traceparent)
+                                                traceparent, idempotency_key)
         async for item in self.requester.stream(route.subject, request, timeout, headers,
                                                 window):
             yield item
@@ -142,9 +147,11 @@ class MeshChannel(aio.Channel):
     it to a generated stub (``FooServiceStub(channel)``). Every call carries ``caller``,
     ``role``, ``request_id`` and ``traceparent``, and ends by ``deadline`` (a
     ``time.monotonic()`` value) or the stub call's ``timeout``, whichever comes first.
-    Unary-unary and unary-stream methods are supported; ``metadata``, ``credentials``,
-    ``wait_for_ready`` and ``compression`` are accepted and ignored (identity comes from
-    the call being served). Errors are :class:`mesh.errors.RpcError`.
+    Unary-unary and unary-stream methods are supported. Of a call's ``metadata`` only
+    ``idempotency-key`` is read (it becomes the callee's ``Context.idempotency_key``);
+    the rest, ``credentials``, ``wait_for_ready`` and ``compression`` are accepted and
+    ignored (identity comes from the call being served). Errors are
+    :class:`mesh.errors.RpcError`.
     """
 
     def __init__(self, calls: MeshCalls, *, caller: str, role: str, request_id: str,
@@ -166,17 +173,20 @@ class MeshChannel(aio.Channel):
             raise DeadlineExceeded("the deadline passed before the call to another engine")
         return left
 
-    async def _unary(self, path: str, request: bytes, timeout: float | None) -> bytes:
+    async def _unary(self, path: str, request: bytes, timeout: float | None,
+                     metadata: Any = None) -> bytes:
         return await self.calls.call(path, request, caller=self.caller, role=self.role,
                                      request_id=self.request_id,
                                      timeout=self._timeout(timeout),
-                                     traceparent=self.traceparent)
+                                     traceparent=self.traceparent,
+                                     idempotency_key=_idempotency_key(metadata))
 
-    def _stream(self, path: str, request: bytes,
-                timeout: float | None) -> AsyncIterator[bytes]:
+    def _stream(self, path: str, request: bytes, timeout: float | None,
+                metadata: Any = None) -> AsyncIterator[bytes]:
         return self.calls.stream(path, request, caller=self.caller, role=self.role,
                                  request_id=self.request_id, timeout=self._timeout(timeout),
-                                 traceparent=self.traceparent, window=self.window)
+                                 traceparent=self.traceparent, window=self.window,
+                                 idempotency_key=_idempotency_key(metadata))
 
     def unary_unary(self, method: str, request_serializer: Callable[[Any], bytes] | None = None,
                     response_deserializer: Callable[[bytes], Any] | None = None,
@@ -232,6 +242,14 @@ class _MultiCallable:
         self.deserialize = deserializer or _as_is
 
 
+def _idempotency_key(metadata: Any) -> str:
+    """The ``idempotency-key`` of a call's metadata ('' without one)."""
+    for name, value in metadata or ():
+        if name == "idempotency-key":
+            return idempotency_key(value if isinstance(value, str) else value.decode())
+    return ""
+
+
 def _as_bytes(request: Any) -> bytes:
     if not isinstance(request, bytes):
         raise TypeError(f"a method without a request serializer takes bytes, "
@@ -248,7 +266,8 @@ class _UnaryUnary(_MultiCallable, aio.UnaryUnaryMultiCallable[Req, Resp]):
                  credentials: Any = None, wait_for_ready: bool | None = None,
                  compression: Any = None) -> aio.UnaryUnaryCall[Req, Resp]:
         async def run() -> Resp:
-            data = await self.channel._unary(self.path, self.serialize(request), timeout)
+            data = await self.channel._unary(self.path, self.serialize(request), timeout,
+                                             metadata)
             return self.deserialize(data)  # type: ignore[no-any-return]
 
         return _UnaryCall(asyncio.get_running_loop().create_task(run()))
@@ -260,7 +279,7 @@ class _UnaryStream(_MultiCallable, aio.UnaryStreamMultiCallable[Req, Resp]):
                  compression: Any = None) -> aio.UnaryStreamCall[Req, Resp]:
         async def messages() -> AsyncIterator[Resp]:
             async for data in self.channel._stream(self.path, self.serialize(request),
-                                                   timeout):
+                                                   timeout, metadata):
                 yield self.deserialize(data)
 
         return _StreamCall(messages())

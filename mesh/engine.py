@@ -108,6 +108,13 @@ class Context:
     """The authenticated user, as set by the gateway ('' when anonymous)."""
     role: str = ""
     traceparent: str = ""
+    idempotency_key: str = ""
+    """The caller's key for this call's effect ('' when none): from the gRPC metadata
+    ``idempotency-key``, or set by the Coordinator from a workflow's run and step. An
+    engine that stores or starts something derives its own keys from it (Perfect Recall's
+    ``client_id``, Parallel Mind's ``idempotency_key``), so that a call repeated after a
+    crash or a retry has its effect once. It is not passed on to the calls an engine makes
+    (each of those is a different effect): pass a key of your own as their metadata."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     """Set when the caller went away (streams) or the deadline passed."""
 

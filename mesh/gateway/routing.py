@@ -24,6 +24,7 @@ from mesh.errors import Reason, RpcError, Unavailable, Unimplemented
 from mesh.registry import Route, Snapshot
 from mesh.transport import headers as h
 from mesh.transport.ids import new_request_id
+from mesh.transport.responder import idempotency_key
 from mesh.transport.rpc import Requester
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ __all__ = ["Forwarder", "GatewayCall", "HandlerBuilder", "Router", "explain_unkn
 
 REQUEST_ID_METADATA = "x-request-id"
 TRACEPARENT_METADATA = "traceparent"
+IDEMPOTENCY_KEY_METADATA = "idempotency-key"
+"""The caller's key for a call's effect: ``Context.idempotency_key`` of the engine."""
 
 ServicerContext = grpc.aio.ServicerContext[bytes, bytes]
 if TYPE_CHECKING:  # generic only in the type stubs
@@ -45,14 +48,16 @@ else:
 class GatewayCall:
     """What the gateway reads from one call's metadata."""
 
-    __slots__ = ("authorization", "principal", "request_id", "timeout", "traceparent")
+    __slots__ = ("authorization", "idempotency_key", "principal", "request_id", "timeout",
+                 "traceparent")
 
     def __init__(self, timeout: float, request_id: str, traceparent: str,
-                 authorization: str) -> None:
+                 authorization: str, idempotency_key: str = "") -> None:
         self.timeout = timeout
         self.request_id = request_id
         self.traceparent = traceparent
         self.authorization = authorization
+        self.idempotency_key = idempotency_key
         self.principal: Principal | None = None
 
 
@@ -62,16 +67,19 @@ def read_call(context: ServicerContext, settings: GatewaySettings) -> GatewayCal
     remaining = context.time_remaining()
     timeout = settings.default_timeout_s if remaining is None else min(
         remaining, settings.max_timeout_s)
-    request_id = traceparent = authorization = ""
-    for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_METADATA:
+    request_id = traceparent = authorization = key = ""
+    for name, value in context.invocation_metadata() or ():
+        if name == REQUEST_ID_METADATA:
             request_id = str(value)
-        elif key == TRACEPARENT_METADATA:
+        elif name == TRACEPARENT_METADATA:
             traceparent = str(value)
-        elif key == AUTHORIZATION_METADATA:
+        elif name == AUTHORIZATION_METADATA:
             authorization = value if isinstance(value, str) else value.decode(
                 errors="replace")
-    return GatewayCall(timeout, request_id or new_request_id(), traceparent, authorization)
+        elif name == IDEMPOTENCY_KEY_METADATA:
+            key = h.header_text(str(value), 256)  # checked where the call is served
+    return GatewayCall(timeout, request_id or new_request_id(), traceparent, authorization,
+                       key)
 
 
 UnaryForward = Callable[[bytes, ServicerContext, GatewayCall], Any]
@@ -128,6 +136,8 @@ class Forwarder:
         out = {h.REQUEST_ID: call.request_id, h.TIMEOUT_MS: str(timeout_ms)}
         if call.traceparent:
             out[h.TRACEPARENT] = call.traceparent
+        if call.idempotency_key:
+            out[h.IDEMPOTENCY_KEY] = call.idempotency_key
         if call.principal is not None and self._guard is not None:
             out.update(self._guard.identity_headers(
                 call.principal, path, int(time.time() * 1000) + timeout_ms + 1000))
@@ -141,7 +151,8 @@ class Forwarder:
                        deadline=time.monotonic() + call.timeout, node_id=self._node.id,
                        caller=principal.user if principal else "",
                        role=principal.role if principal else "",
-                       traceparent=call.traceparent)
+                       traceparent=call.traceparent,
+                       idempotency_key=idempotency_key(call.idempotency_key))
 
 
 class HandlerBuilder(Protocol):

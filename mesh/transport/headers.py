@@ -11,6 +11,8 @@ Requests (gateway -> node):
 ``Revo-Role``             the caller's role (set only by a gateway)
 ``Revo-Identity``         seal over caller and role: ``<expires ms>.<HMAC>`` (mesh.auth.identity)
 ``Revo-Stream-Window``    server streaming: messages the node may send before an ack
+``Revo-Idempotency-Key``  the caller's key for the call's effect (gRPC metadata
+                          ``idempotency-key``, or a workflow step's): ``Context.idempotency_key``
 ========================  ==========================================================
 
 Replies (node -> gateway):
@@ -45,6 +47,7 @@ CALLER = "Revo-Caller"
 ROLE = "Revo-Role"
 IDENTITY = "Revo-Identity"
 STREAM_WINDOW = "Revo-Stream-Window"
+IDEMPOTENCY_KEY = "Revo-Idempotency-Key"
 
 STATUS = "Revo-Status"
 MESSAGE = "Revo-Message"

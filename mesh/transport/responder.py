@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
@@ -70,6 +71,8 @@ class Served(Protocol):
                window: int) -> Stream: ...
 
 
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+
 Route = Callable[[str], tuple[Served, MethodBinding]]
 """The pool and binding serving a method path; raises UNIMPLEMENTED for an unknown path."""
 
@@ -95,7 +98,19 @@ def request_context(path: str, msg_headers: dict[str, str], node_id: str,
         caller=caller,
         role=role,
         traceparent=msg_headers.get(h.TRACEPARENT, ""),
+        idempotency_key=idempotency_key(msg_headers.get(h.IDEMPOTENCY_KEY, "")),
     )
+
+
+def idempotency_key(value: str) -> str:
+    """``value`` as an idempotency key: 1 to 200 printable ASCII characters without
+    spaces ('' for none), or ``INVALID_ARGUMENT`` saying so."""
+    if value and not _IDEMPOTENCY_KEY.fullmatch(value):
+        raise InvalidArgument("the idempotency key must be 1 to 200 printable ASCII "
+                              "characters without spaces",
+                              violations=[("idempotency-key", "must be 1 to 200 printable "
+                                                              "ASCII characters, no spaces")])
+    return value
 
 
 class Responder:

@@ -28,6 +28,20 @@ async def test_echo_round_trip(mesh):
     assert reply.node_id == expected_node
 
 
+async def test_the_callers_idempotency_key_reaches_the_engine(mesh):
+    stub = echo_pb2_grpc.EchoServiceStub(mesh.channel)
+    keyed = await stub.Echo(echo_pb2.EchoRequest(payload=b"x"), timeout=5,
+                            metadata=(("idempotency-key", "order-42/step-1"),))
+    plain = await stub.Echo(echo_pb2.EchoRequest(payload=b"x"), timeout=5)
+    assert keyed.idempotency_key == "order-42/step-1"
+    assert plain.idempotency_key == ""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Echo(echo_pb2.EchoRequest(payload=b"x"), timeout=5,
+                        metadata=(("idempotency-key", "has a space"),))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "idempotency key" in str(caught.value.details())
+
+
 async def test_request_bytes_reach_the_engine_unchanged(mesh):
     raw = echo_pb2.EchoRequest(payload=bytes(range(256)) * 10).SerializeToString()
     reply_bytes = await mesh.channel.unary_unary(ECHO)(raw, timeout=5)

@@ -118,6 +118,18 @@ async def test_a_generated_stub_on_the_channel_calls_as_the_original_caller(
     assert (reply.payload, reply.caller, reply.role) == (b"typed", "ada", "analyst")
 
 
+async def test_an_idempotency_key_in_a_calls_metadata_reaches_the_callee(
+        calls: MeshCalls) -> None:
+    stub = echo_pb2_grpc.EchoServiceStub(_channel(calls))
+
+    keyed = await stub.Echo(echo_pb2.EchoRequest(payload=b"k"), timeout=5,
+                            metadata=(("idempotency-key", "run-7/remember"),))
+    plain = await stub.Echo(echo_pb2.EchoRequest(payload=b"k"), timeout=5)
+
+    assert keyed.idempotency_key == "run-7/remember"
+    assert plain.idempotency_key == "", "a key is per call, not per channel"
+
+
 async def test_a_server_stream_through_the_channel_yields_typed_messages(
         calls: MeshCalls) -> None:
     stub = echo_pb2_grpc.EchoServiceStub(_channel(calls))

@@ -238,6 +238,23 @@ async def test_a_retried_write_with_a_client_id_stores_once(start: Any) -> None:
     assert (await recall.Stats(pb.StatsRequest(), timeout=10)).memories == 1
 
 
+async def test_a_call_with_an_idempotency_key_stores_each_memory_once(start: Any) -> None:
+    recall = stub(await start())
+    first, second = vectors(2, seed=12)
+    request = pb.RememberRequest(memories=[memory("wrote the release notes", first),
+                                           memory("tagged v2.1", second)])
+    key = (("idempotency-key", f"run-{time.time_ns()}/remember"),)
+    stored = await recall.Remember(request, timeout=10, metadata=key)
+    again = await recall.Remember(request, timeout=10, metadata=key)
+    assert [r.outcome for r in stored.results] == [pb.OUTCOME_STORED] * 2
+    assert [r.outcome for r in again.results] == [pb.OUTCOME_UNCHANGED] * 2
+    assert [r.id for r in again.results] == [r.id for r in stored.results]
+    (kept,) = (await recall.Get(pb.GetRequest(ids=[stored.results[1].id]),
+                                timeout=10)).memories
+    assert kept.client_id == f"{key[0][1]}#1", "each memory's client_id comes from the key"
+    assert (await recall.Stats(pb.StatsRequest(), timeout=10)).memories == 2
+
+
 async def test_concurrent_writers_on_two_nodes_lose_nothing(start: Any) -> None:
     mesh = await start(nodes=2)
     recall = stub(mesh)

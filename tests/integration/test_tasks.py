@@ -142,6 +142,23 @@ async def test_an_idempotency_key_makes_one_task_and_one_effect(mesh: MeshHarnes
     assert guarded.EFFECTS[key] == 1
 
 
+async def test_a_submit_with_an_idempotency_key_queues_each_task_once(
+        mesh: MeshHarness) -> None:
+    tasks = stub(mesh)
+    key = f"run-{time.time_ns()}/evaluate"
+    request = pb.SubmitRequest(tasks=[typed("test.effect", f"{key}-a".encode()),
+                                      typed("test.effect", f"{key}-b".encode())])
+    metadata = (("idempotency-key", key),)
+    first = (await tasks.Submit(request, timeout=10, metadata=metadata)).tasks
+    second = (await tasks.Submit(request, timeout=10, metadata=metadata)).tasks
+    assert [t.id for t in second] == [t.id for t in first]
+    assert [t.deduplicated for t in second] == [True, True]
+    assert [t.spec.idempotency_key for t in first] == [f"{key}#0", f"{key}#1"]
+    for task in first:
+        assert (await finished(tasks, task.id)).state == pb.TASK_STATE_SUCCEEDED
+    assert (guarded.EFFECTS[f"{key}-a"], guarded.EFFECTS[f"{key}-b"]) == (1, 1)
+
+
 async def test_a_submit_that_stopped_half_way_is_finished_not_lost(mesh: MeshHarness) -> None:
     """The two states a Submit leaves when its node dies or NATS goes away mid-call: a
     claimed key with nothing queued (the retry with the key queues the task), and a queue

@@ -24,7 +24,8 @@ class EchoEngine(Engine):  # answers with what it is sent
         ctx.cancelled.wait(request.delay_ms / 1000)  # wakes early on cancel or deadline
         self.answered += 1
         return pb.EchoResponse(payload=self.settings.prefix + request.payload,
-                               caller=ctx.caller, role=ctx.role, node_id=ctx.node_id)
+                               caller=ctx.caller, role=ctx.role, node_id=ctx.node_id,
+                               idempotency_key=ctx.idempotency_key)
 
     def count(self, request: pb.CountRequest, ctx: Context) -> Iterator[pb.CountResponse]:
         if not 1 <= request.count <= 100_000 or request.interval_ms > 60_000:

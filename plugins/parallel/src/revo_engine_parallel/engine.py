@@ -117,6 +117,10 @@ class TaskEngine(AsyncEngine):
         checked.CopyFrom(spec)
         checked.priority = spec.priority or s.default_priority
         checked.max_attempts = spec.max_attempts or s.default_max_attempts
+        if not spec.idempotency_key and ctx.idempotency_key:
+            # a Submit with an idempotency key (a workflow step's, say) is idempotent task
+            # by task, as if each had a key of its own
+            checked.idempotency_key = f"{ctx.idempotency_key}#{index}"
         if not spec.HasField("timeout"):
             checked.timeout.FromTimedelta(timedelta(seconds=s.default_timeout_s))
         return checked

@@ -276,7 +276,11 @@ class RecallEngine(AsyncEngine):
             if given.client_id and not _CLIENT_ID.fullmatch(given.client_id):
                 raise InvalidArgument(f"{where}: client_id must be 1 to 256 printable ASCII "
                                       "characters without spaces")
-            checked.append((scope, text, metadata, ttl_ms, given.client_id,
+            # a call with an idempotency key (a workflow step's, say) is idempotent item by
+            # item, as if each memory had a client_id of its own
+            client_id = given.client_id or (f"{ctx.idempotency_key}#{i}"
+                                            if ctx.idempotency_key else "")
+            checked.append((scope, text, metadata, ttl_ms, client_id,
                             self._vector(given.vector, f"{where}.vector")))
         index = self.replica.ready()
         missing = [i for i, c in enumerate(checked) if c[5] is None]

@@ -48,6 +48,7 @@ class EchoResponse(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     CALLER_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     payload: _builtins.bytes
     node_id: _builtins.str
     """The node that answered."""
@@ -57,6 +58,10 @@ class EchoResponse(_message.Message):
     """
     role: _builtins.str
     """The caller's role."""
+    idempotency_key: _builtins.str
+    """The call's idempotency key as the engine saw it (gRPC metadata
+    `idempotency-key`), empty when it had none.
+    """
     def __init__(
         self,
         *,
@@ -64,10 +69,11 @@ class EchoResponse(_message.Message):
         node_id: _builtins.str = ...,
         caller: _builtins.str = ...,
         role: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "node_id", b"node_id", "payload", b"payload", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "idempotency_key", b"idempotency_key", "node_id", b"node_id", "payload", b"payload", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
