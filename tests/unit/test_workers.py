@@ -60,14 +60,14 @@ async def test_a_crash_replaces_the_worker_and_the_pool_runs_on():
     pool = WorkerPool(asyncio.get_running_loop(), 1, 1, idle_s=60)
     pool.start()
     outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
-    threads: list[int] = []
+    threads: list[threading.Thread] = []  # the objects: a dead thread's ident is reused
 
     def crash() -> bytes:
-        threads.append(threading.get_ident())
+        threads.append(threading.current_thread())
         raise ZeroDivisionError("poison")
 
     def work() -> bytes:
-        threads.append(threading.get_ident())
+        threads.append(threading.current_thread())
         return b"ok"
 
     try:
@@ -81,7 +81,7 @@ async def test_a_crash_replaces_the_worker_and_the_pool_runs_on():
         assert pool.submit(_job(work, outcomes))
         result, error, crashed = await asyncio.wait_for(outcomes.get(), 10)
         assert (result, error, crashed) == (b"ok", None, False)
-        assert threads[0] != threads[1]  # the second job ran on the replacement
+        assert threads[0] is not threads[1]  # the second job ran on the replacement
     finally:
         await pool.stop()
 
