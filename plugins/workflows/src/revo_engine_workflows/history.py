@@ -1,0 +1,139 @@
+"""A run's history in JetStream: the one home of a run's state.
+
+Each run has a subject, ``revo.workflows.run.<run id>``, in the file stream
+``REVO_WORKFLOW_RUNS``. Its messages are the run's :class:`RunEvent` in order, numbered 1,
+2, … (``RunEvent.sequence``) with no gaps. Whatever a node knows of a run, it knows from
+folding that history, so any node can continue a run whose node died.
+
+Appends are conditional. Each one says which stream sequence it expects the run's
+previous event to have (``Nats-Expected-Last-Subject-Sequence``), and the server refuses
+it otherwise. Two nodes that both think they own a run can therefore never both record
+its next event: the second gets :class:`HistoryConflict` and must stop working on the
+run. A publish retried after a lost acknowledgement finds its own event already last and
+counts as stored, so it is not stored twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from nats.js.api import DeliverPolicy, StorageType, StreamConfig
+from nats.js.errors import APIError, NotFoundError
+
+from mesh.transport.connection import MeshConnection
+from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
+
+__all__ = ["RUNS_STREAM", "RUN_PREFIX", "History", "HistoryConflict", "Recorded",
+           "run_subject"]
+
+RUNS_STREAM = "REVO_WORKFLOW_RUNS"
+RUN_PREFIX = "revo.workflows.run"
+_RUN_ID = re.compile(r"^[a-z0-9]{8,64}$")
+_WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expectation
+_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+_MSG_ID = "Nats-Msg-Id"
+
+
+def run_subject(run_id: str) -> str:
+    """The subject of a run's history."""
+    if not _RUN_ID.fullmatch(run_id):
+        raise ValueError(f"not a run id: {run_id[:80]!r}")
+    return f"{RUN_PREFIX}.{run_id}"
+
+
+class HistoryConflict(Exception):
+    """Another writer recorded the run's next event first: stop working on the run."""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One event as stored: the event and its stream sequence (what the next append
+    expects)."""
+
+    event: pb.RunEvent
+    stream_sequence: int
+
+
+class History:
+    """Appends to and reads runs' histories; :meth:`start` before use."""
+
+    def __init__(self, nc: MeshConnection, *, replicas: int = 1,
+                 max_age_s: float = 30 * 86_400.0) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._replicas = replicas
+        self._max_age_s = max_age_s
+
+    async def start(self) -> None:
+        """Create the stream when it does not exist (it is not changed when it does)."""
+        try:
+            await self._js.stream_info(RUNS_STREAM)
+            return
+        except NotFoundError:
+            pass
+        config = StreamConfig(
+            name=RUNS_STREAM, subjects=[f"{RUN_PREFIX}.>"], storage=StorageType.FILE,
+            num_replicas=self._replicas, max_age=self._max_age_s, allow_direct=True,
+            description="revo Coordinator: every workflow run's history, one subject a run")
+        try:
+            await self._js.add_stream(config)
+        except APIError:  # another node created it first
+            await self._js.stream_info(RUNS_STREAM)
+
+    async def append(self, event: pb.RunEvent, after: int) -> int:
+        """Record ``event`` (its ``run_id`` and ``sequence`` set) after the event stored at
+        stream sequence ``after`` (0 for the run's first event); the new event's stream
+        sequence. :class:`HistoryConflict` when the run's last event is not at ``after``."""
+        headers = {_EXPECTED_LAST: str(after), _MSG_ID: f"{event.run_id}:{event.sequence}"}
+        # (the message id also drops an identical publish within the stream's duplicate
+        # window when no expectation fails first)
+        try:
+            ack = await self._js.publish(run_subject(event.run_id), event.SerializeToString(),
+                                         timeout=5.0, headers=headers)
+        except APIError as error:
+            if error.err_code != _WRONG_LAST_SEQUENCE:
+                raise
+            last = await self.last(event.run_id)
+            if last is not None and last.event == event:
+                return last.stream_sequence  # this append's own first try was stored
+            raise HistoryConflict(f"run {event.run_id}: event {event.sequence} was "
+                                  f"recorded by another writer") from None
+        return int(ack.seq)
+
+    async def last(self, run_id: str) -> Recorded | None:
+        """The run's last event; None when it has none."""
+        try:
+            message = await self._js.get_last_msg(RUNS_STREAM, run_subject(run_id))
+        except NotFoundError:
+            return None
+        return Recorded(pb.RunEvent.FromString(message.data or b""), int(message.seq or 0))
+
+    async def read(self, run_id: str) -> list[Recorded]:
+        """Every event of the run, in order (as stored now)."""
+        last = await self.last(run_id)
+        if last is None:
+            return []
+        events: list[Recorded] = []
+        async for recorded in self.follow(run_id, 0):
+            events.append(recorded)
+            if recorded.stream_sequence >= last.stream_sequence:
+                break
+        return events
+
+    async def follow(self, run_id: str, after: int) -> AsyncIterator[Recorded]:
+        """The run's events after event number ``after``, then each new one as it is
+        recorded; never ends on its own (close it, or stop at the run's last event)."""
+        subscription = await self._js.subscribe(
+            run_subject(run_id), stream=RUNS_STREAM, ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL, idle_heartbeat=5.0)
+        try:
+            async for message in subscription.messages:
+                event = pb.RunEvent.FromString(message.data)
+                if event.sequence > after:
+                    yield Recorded(event, int(message.metadata.sequence.stream))
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()

@@ -1,0 +1,98 @@
+"""A run's history in real JetStream: ordered, conditional appends, replay and live follow."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from mesh.config import MeshConfig
+from mesh.transport.connection import MeshConnection, connect
+from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
+from revo_engine_workflows.history import History, HistoryConflict
+
+
+@pytest.fixture
+async def history(mesh_config: Callable[..., MeshConfig]) -> AsyncIterator[History]:
+    nc: MeshConnection = await connect(mesh_config().nats, "test-workflow-history")
+    history = History(nc)
+    await history.start()
+    try:
+        yield history
+    finally:
+        await nc.close()
+
+
+def _event(run_id: str, sequence: int, step: str = "", **kind: Any) -> pb.RunEvent:
+    event = pb.RunEvent(run_id=run_id, sequence=sequence, step_id=step, **kind)
+    event.time.GetCurrentTime()
+    return event
+
+
+def _run_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def test_events_are_stored_in_order_and_read_back(history: History) -> None:
+    run = _run_id()
+    assert await history.read(run) == []
+    assert await history.last(run) is None
+    after = 0
+    events = [_event(run, 1, run_started=pb.RunStarted(workflow="w", version=1)),
+              _event(run, 2, "a", step_started=pb.StepStarted(attempt=1)),
+              _event(run, 3, "a", step_succeeded=pb.StepSucceeded())]
+    for event in events:
+        after = await history.append(event, after)
+    read = await history.read(run)
+    assert [r.event for r in read] == events
+    last = await history.last(run)
+    assert last is not None
+    assert (last.event, last.stream_sequence) == (events[-1], after)
+
+
+async def test_only_one_of_two_writers_records_the_next_event(history: History) -> None:
+    run = _run_id()
+    first = await history.append(_event(run, 1), 0)
+    outcomes = await asyncio.gather(
+        history.append(_event(run, 2, "mine"), first),
+        history.append(_event(run, 2, "theirs"), first), return_exceptions=True)
+    assert sum(isinstance(o, int) for o in outcomes) == 1
+    assert sum(isinstance(o, HistoryConflict) for o in outcomes) == 1
+    assert [r.event.sequence for r in await history.read(run)] == [1, 2]
+    with pytest.raises(HistoryConflict):
+        await history.append(_event(run, 3), first)  # a writer that missed event 2
+
+
+async def test_a_retried_append_is_not_stored_twice(history: History) -> None:
+    run = _run_id()
+    event = _event(run, 1)
+    stored = await history.append(event, 0)
+    assert await history.append(event, 0) == stored  # the acknowledgement was lost, say
+    assert len(await history.read(run)) == 1
+
+
+async def test_a_follower_gets_new_events_live_and_resumes_after_a_sequence(
+        history: History) -> None:
+    run = _run_id()
+    after = await history.append(_event(run, 1), 0)
+    seen: list[int] = []
+
+    async def follow() -> None:
+        async for recorded in history.follow(run, 0):
+            seen.append(recorded.event.sequence)
+            if recorded.event.sequence == 3:
+                return
+
+    following = asyncio.get_running_loop().create_task(follow())
+    after = await history.append(_event(run, 2), after)
+    await history.append(_event(run, 3), after)
+    await asyncio.wait_for(following, 10)
+    assert seen == [1, 2, 3]
+    resumed = []
+    async for recorded in history.follow(run, 2):
+        resumed.append(recorded.event.sequence)
+        break
+    assert resumed == [3]
