@@ -1035,6 +1035,9 @@ class RunEvent(_message.Message):
     STEP_FAILED_FIELD_NUMBER: _builtins.int
     STEP_SKIPPED_FIELD_NUMBER: _builtins.int
     RUN_FINISHED_FIELD_NUMBER: _builtins.int
+    STEP_WAITING_FIELD_NUMBER: _builtins.int
+    SIGNAL_RECEIVED_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """1, 2, ... per run, without gaps."""
     run_id: _builtins.str
@@ -1056,6 +1059,12 @@ class RunEvent(_message.Message):
     def step_skipped(self) -> Global___StepSkipped: ...
     @_builtins.property
     def run_finished(self) -> Global___RunFinished: ...
+    @_builtins.property
+    def step_waiting(self) -> Global___StepWaiting: ...
+    @_builtins.property
+    def signal_received(self) -> Global___SignalReceived: ...
+    @_builtins.property
+    def cancel_requested(self) -> Global___CancelRequested: ...
     def __init__(
         self,
         *,
@@ -1070,12 +1079,15 @@ class RunEvent(_message.Message):
         step_failed: Global___StepFailed | None = ...,
         step_skipped: Global___StepSkipped | None = ...,
         run_finished: Global___RunFinished | None = ...,
+        step_waiting: Global___StepWaiting | None = ...,
+        signal_received: Global___SignalReceived | None = ...,
+        cancel_requested: Global___CancelRequested | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "run_finished", b"run_finished", "run_started", b"run_started", "step_failed", b"step_failed", "step_progress", b"step_progress", "step_skipped", b"step_skipped", "step_started", b"step_started", "step_succeeded", b"step_succeeded", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "event", b"event", "run_finished", b"run_finished", "run_started", b"run_started", "signal_received", b"signal_received", "step_failed", b"step_failed", "step_progress", b"step_progress", "step_skipped", b"step_skipped", "step_started", b"step_started", "step_succeeded", b"step_succeeded", "step_waiting", b"step_waiting", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "run_finished", b"run_finished", "run_id", b"run_id", "run_started", b"run_started", "sequence", b"sequence", "step_failed", b"step_failed", "step_id", b"step_id", "step_progress", b"step_progress", "step_skipped", b"step_skipped", "step_started", b"step_started", "step_succeeded", b"step_succeeded", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "event", b"event", "run_finished", b"run_finished", "run_id", b"run_id", "run_started", b"run_started", "sequence", b"sequence", "signal_received", b"signal_received", "step_failed", b"step_failed", "step_id", b"step_id", "step_progress", b"step_progress", "step_skipped", b"step_skipped", "step_started", b"step_started", "step_succeeded", b"step_succeeded", "step_waiting", b"step_waiting", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["run_started", "step_started", "step_progress", "step_succeeded", "step_failed", "step_skipped", "run_finished"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["run_started", "step_started", "step_progress", "step_succeeded", "step_failed", "step_skipped", "run_finished", "step_waiting", "signal_received", "cancel_requested"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -1089,9 +1101,14 @@ class RunStarted(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     STARTED_BY_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     workflow: _builtins.str
     version: _builtins.int
     started_by: _builtins.str
+    role: _builtins.str
+    """The starter's role when the run started: every step calls with it."""
+    idempotency_key: _builtins.str
     @_builtins.property
     def input(self) -> _struct_pb2.Value: ...
     def __init__(
@@ -1101,10 +1118,12 @@ class RunStarted(_message.Message):
         version: _builtins.int = ...,
         input: _struct_pb2.Value | None = ...,
         started_by: _builtins.str = ...,
+        role: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "started_by", b"started_by", "version", b"version", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "input", b"input", "role", b"role", "started_by", b"started_by", "version", b"version", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1215,6 +1234,81 @@ class StepSkipped(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StepSkipped: _TypeAlias = StepSkipped  # noqa: Y015
+
+@_typing.final
+class StepWaiting(_message.Message):
+    """StepWaiting: a sleep, a retry's backoff or a wait for a signal, until `until`
+    (unset: until a signal).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNTIL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """sleep, retry or signal."""
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepWaiting: _TypeAlias = StepWaiting  # noqa: Y015
+
+@_typing.final
+class SignalReceived(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    sender: _builtins.str
+    """Who sent it."""
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Value: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        payload: _struct_pb2.Value | None = ...,
+        sender: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "payload", b"payload", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalReceived: _TypeAlias = SignalReceived  # noqa: Y015
+
+@_typing.final
+class CancelRequested(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    requester: _builtins.str
+    """Who asked."""
+    def __init__(
+        self,
+        *,
+        requester: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requester", b"requester"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRequested: _TypeAlias = CancelRequested  # noqa: Y015
 
 @_typing.final
 class RunFinished(_message.Message):
