@@ -51,6 +51,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                  "Creative's sets of 5 vs 5 plain concurrent samples of a simulated hivemind "
                  "model: wall / slowest call, Vendi ratio, mean cosine, added ms "
                  "(--adherence, --paths)"),
+    "workflows": ("benchmarks.workflows",
+                  "Durable workflows of no-op steps: the Coordinator vs a Temporal dev server "
+                  "and DBOS on SQLite (added ms per step p50/p99, start ms, one-step runs/s, "
+                  "fan-out of 100; the mesh path is not measured until the engine exists)"),
 }
 
 

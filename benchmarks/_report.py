@@ -58,6 +58,8 @@ MEASURES: dict[str, tuple[str, ...]] = {
     "creative": ("plugins/creative/src", "benchmarks/creative_corpus.py", "mesh/models",
                  "mesh/gateway", "mesh/transport", "mesh/runtime", "mesh/testing/llm.py",
                  "triton_models/embedder"),
+    "workflows": ("plugins/workflows/src", "benchmarks/workflow_peers.py", "mesh/gateway",
+                  "mesh/transport", "mesh/runtime"),
 }
 
 
