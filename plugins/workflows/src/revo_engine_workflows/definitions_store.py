@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.errors import KeyWrongLastSequenceError
@@ -160,7 +161,7 @@ class DefinitionStore:
     async def list_latest(self) -> list[pb.Workflow]:
         """Every workflow's latest version, by name. Reads every pointer and then each
         latest version: one scan of the names, fine for thousands of workflows."""
-        watcher = await self._bucket.watch("*.latest")
+        watcher: Any = await self._bucket.watch("*.latest")  # nats-py leaves it untyped
         pointers: dict[str, int] = {}
         try:
             async for entry in watcher:

@@ -1,0 +1,205 @@
+"""The index of runs in JetStream KV: a small summary per run, and idempotency keys.
+
+A run's history (:mod:`revo_engine_workflows.history`) is its truth; the index is a
+summary derived from it, for what the history cannot answer without reading every run:
+which runs exist (``ListRuns``) and which are still active (the takeover sweep).
+
+- Bucket ``revo_workflow_runs``: key = run id, value = a serialized :class:`Run` without
+  ``steps``, ``input`` or ``output``. A write never takes the summary back: one older than
+  the stored one (lower ``last_sequence``), or unfinished over a finished one, is dropped,
+  so a node that lost a run cannot undo what the run's new owner wrote.
+- Bucket ``revo_workflow_keys``: key = a hash of the starter and the idempotency key,
+  value = the run id; the first :meth:`RunIndex.claim_key` wins.
+
+Limits: :meth:`RunIndex.active` and :meth:`RunIndex.page` read every summary (one KV watch,
+no second index), so they cost O(runs kept) each: fine for thousands of runs, not for
+millions. Both buckets forget entries ``keep_s`` after their last write (30 days by
+default, as the history stream), so a run must be written again within that time to stay
+listed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from typing import Any
+
+from nats.js.errors import KeyWrongLastSequenceError
+
+from mesh.transport.connection import MeshConnection
+from mesh.transport.kv import KeyValue, latest, open_bucket
+from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
+
+__all__ = ["ACTIVE", "FINISHED", "KEYS_BUCKET", "RUNS_BUCKET", "RunIndex", "summary"]
+
+RUNS_BUCKET = "revo_workflow_runs"
+KEYS_BUCKET = "revo_workflow_keys"
+ACTIVE = frozenset({pb.RUN_STATE_RUNNING, pb.RUN_STATE_WAITING})
+FINISHED = frozenset({pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED})
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+_RUN_ID = re.compile(r"^[a-z0-9]{8,64}$")
+_ATTEMPTS = 16
+"""Conditional writes one :meth:`RunIndex.put` tries before giving up (each failure means
+another write to the same run landed in between)."""
+_ERROR_CHARS = 2000
+
+
+def summary(run: pb.Run) -> pb.Run:
+    """The part of ``run`` that the index keeps (ListRuns' answer: no steps, input or
+    output; the error cut to 2000 characters)."""
+    kept = pb.Run(id=run.id, workflow=run.workflow, version=run.version, state=run.state,
+                  error=run.error[:_ERROR_CHARS], started_by=run.started_by,
+                  idempotency_key=run.idempotency_key, last_sequence=run.last_sequence)
+    if run.HasField("created_at"):
+        kept.created_at.CopyFrom(run.created_at)
+    if run.HasField("finished_at"):
+        kept.finished_at.CopyFrom(run.finished_at)
+    return kept
+
+
+def _order(run: pb.Run) -> tuple[int, str]:
+    """A run's place in ListRuns, compared descending: newest first, then by id."""
+    return run.created_at.seconds * 1_000_000_000 + run.created_at.nanos, run.id
+
+
+def _token(place: tuple[int, str]) -> str:
+    return base64.urlsafe_b64encode(f"{place[0]}:{place[1]}".encode()).decode().rstrip("=")
+
+
+def _place(token: str) -> tuple[int, str]:
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        nanos, _, run_id = text.partition(":")
+        if _RUN_ID.fullmatch(run_id):
+            return int(nanos), run_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        pass
+    raise ValueError("page_token is not one this service returned: pass the previous "
+                     "page's next_page_token unchanged, or none for the first page")
+
+
+def _key_name(started_by: str, key: str) -> str:
+    # the starter's length first, so ("ab", "c") and ("a", "bc") differ
+    digest = hashlib.sha256(f"{len(started_by)}:{started_by}{key}".encode()).hexdigest()
+    return f"k.{digest[:48]}"
+
+
+class RunIndex:
+    """Writes and reads run summaries and idempotency keys; :meth:`start` before use."""
+
+    def __init__(self, nc: MeshConnection, *, replicas: int = 1,
+                 keep_s: float = 30 * 86_400.0) -> None:
+        self._nc = nc
+        self._replicas = replicas
+        self._keep_s = keep_s
+        self._runs: KeyValue | None = None
+        self._keys: KeyValue | None = None
+
+    async def start(self) -> None:
+        """Open both buckets, creating them when they do not exist."""
+        self._runs = await open_bucket(self._nc, RUNS_BUCKET, replicas=self._replicas,
+                                       ttl=self._keep_s,
+                                       description="revo Coordinator: a summary of each run")
+        self._keys = await open_bucket(self._nc, KEYS_BUCKET, replicas=self._replicas,
+                                       ttl=self._keep_s,
+                                       description="revo Coordinator: runs' idempotency keys")
+
+    def _buckets(self) -> tuple[KeyValue, KeyValue]:
+        if self._runs is None or self._keys is None:
+            raise RuntimeError("RunIndex.start() was not called")
+        return self._runs, self._keys
+
+    async def put(self, run: pb.Run) -> bool:
+        """Write ``run``'s summary; False when the stored one is newer (a higher
+        ``last_sequence``, or finished where ``run`` is not) and was kept instead."""
+        runs, _ = self._buckets()
+        new = summary(run)
+        data = new.SerializeToString(deterministic=True)
+        for _ in range(_ATTEMPTS):
+            found = await latest(self._nc, RUNS_BUCKET, run.id)
+            revision = 0
+            if found is not None:
+                stored = pb.Run.FromString(found[0])
+                if stored.last_sequence > new.last_sequence or (
+                        stored.state in FINISHED and new.state not in FINISHED):
+                    return False
+                revision = found[1]
+            try:
+                await runs.update(run.id, data, last=revision)
+                return True
+            except KeyWrongLastSequenceError:
+                continue  # another write landed in between: compare with it
+        raise RuntimeError(f"run {run.id}: the index entry changed {_ATTEMPTS} times while "
+                           f"being written")
+
+    async def get(self, run_id: str) -> pb.Run | None:
+        """The run's summary; None when the index has none (or ``run_id`` cannot be one)."""
+        if not _RUN_ID.fullmatch(run_id):
+            return None
+        found = await latest(self._nc, RUNS_BUCKET, run_id)
+        return None if found is None else pb.Run.FromString(found[0])
+
+    async def _all(self) -> list[pb.Run]:
+        runs, _ = self._buckets()
+        watcher: Any = await runs.watchall()  # nats-py leaves it untyped
+        found: list[pb.Run] = []
+        try:
+            async for entry in watcher:
+                if entry is None:  # the current values are all delivered
+                    break
+                if entry.operation not in ("DEL", "PURGE") and entry.value:
+                    found.append(pb.Run.FromString(entry.value))
+        finally:
+            await watcher.stop()
+        return found
+
+    async def active(self) -> list[str]:
+        """The ids of the runs whose summary is running or waiting: the runs the takeover
+        sweep must find an owner for. Reads every summary."""
+        return [run.id for run in await self._all() if run.state in ACTIVE]
+
+    async def page(self, workflow: str = "", state: int = pb.RUN_STATE_UNSPECIFIED,
+                   page_size: int = 0, page_token: str = "") -> tuple[list[pb.Run], str]:
+        """One page of ListRuns: runs of ``workflow`` (empty: any) in ``state``
+        (unspecified: any), newest first, and the next page's token (empty on the last).
+
+        ``page_size`` 0 means 100; more than 1000 is a :class:`ValueError`, as is a token
+        this method did not return. The token names the last run returned, so runs
+        started meanwhile (newer: on earlier pages) neither shift nor repeat later pages.
+        Reads every summary.
+        """
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1 to {MAX_PAGE_SIZE} (0: "
+                             f"{DEFAULT_PAGE_SIZE}), not {page_size}")
+        size = page_size or DEFAULT_PAGE_SIZE
+        after = _place(page_token) if page_token else None
+        chosen = [run for run in await self._all()
+                  if (not workflow or run.workflow == workflow)
+                  and (state == pb.RUN_STATE_UNSPECIFIED or run.state == state)
+                  and (after is None or _order(run) < after)]
+        chosen.sort(key=_order, reverse=True)
+        if len(chosen) <= size:
+            return chosen, ""
+        return chosen[:size], _token(_order(chosen[size - 1]))
+
+    async def claim_key(self, started_by: str, key: str, run_id: str) -> str:
+        """Claim idempotency key ``key`` of ``started_by`` for ``run_id``: the run id the
+        key belongs to, ``run_id`` when this call claimed it, the first claimer's
+        otherwise (the first claim wins, whoever asks afterwards). Keys are forgotten
+        ``keep_s`` after their claim."""
+        _, keys = self._buckets()
+        name = _key_name(started_by, key)
+        for _ in range(_ATTEMPTS):
+            try:
+                # last=0: "no message yet"; keys are never deleted, only aged out whole
+                await keys.update(name, run_id.encode(), last=0)
+                return run_id
+            except KeyWrongLastSequenceError:
+                found = await latest(self._nc, KEYS_BUCKET, name)
+                if found is not None:
+                    return found[0].decode()
+                # aged out between the two calls: claim it again
+        raise RuntimeError(f"idempotency key of {started_by!r} could not be claimed")
