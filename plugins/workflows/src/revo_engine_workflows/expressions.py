@@ -20,9 +20,10 @@ Variables an expression may read (:data:`ROOTS`):
 ``output``
     in a vote's key: one branch's output.
 
-Values cross into CEL as JSON and come back as JSON-able Python values (``dict``,
-``list``, ``str``, ``int``, ``float``, ``bool``, ``None``; timestamps and durations as
-RFC 3339 strings and seconds).
+Values cross into CEL as JSON (whole numbers as ints, so that ``size(x) + input.n``
+works although JSON numbers arrive as doubles) and come back as JSON-able Python values
+(``dict``, ``list``, ``str``, ``int``, ``float``, ``bool``, ``None``; timestamps and
+durations as RFC 3339 strings and seconds).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Expression:
 
     def evaluate(self, variables: Mapping[str, Any]) -> Any:
         """The value for ``variables`` (JSON-able values by variable name), as JSON."""
-        activation = {name: json_to_cel(value) for name, value in variables.items()
+        activation = {name: json_to_cel(_whole(value)) for name, value in variables.items()
                       if name in self.roots}
         try:
             result = self._program.evaluate(activation)
@@ -79,6 +80,19 @@ class Expression:
         if isinstance(result, CELEvalError):
             raise ExpressionError(f"{self.source[:200]!r} failed: {_reason(result)}")
         return to_json(result)
+
+
+def _whole(value: Any) -> Any:
+    """JSON numbers that are whole as ints: JSON has one number type, and a
+    ``google.protobuf.Value`` holds every number as a double, but CEL keeps int and double
+    apart (``size(x) + 1.0`` is an error)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    return value
 
 
 def _reason(error: Exception) -> str:
@@ -202,4 +216,6 @@ def to_json(value: Any) -> Any:
         return [to_json(v) for v in value]
     if isinstance(value, int | float | str):
         return value
+    if isinstance(value, CELEvalError):  # an error inside a list or map
+        raise ExpressionError(_reason(value))
     raise ExpressionError(f"a value of type {type(value).__name__} has no JSON form")
