@@ -91,7 +91,11 @@ class StreamSink:
 
     # loop thread
     def end(self, error: RpcError | None) -> None:
-        self._queue.put_nowait(_End(error))
+        # After every message the actor put before its outcome: those are callbacks
+        # already in the loop's ready queue, but the outcome can be delivered by a wake-up
+        # scheduled before them (another actor's; see EnginePool.post), and ending the
+        # stream at once would drop them.
+        self._loop.call_soon(self._queue.put_nowait, _End(error))
 
     def grant(self, count: int) -> None:
         self._credit.release(count)

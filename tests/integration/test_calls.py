@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -40,6 +42,20 @@ async def test_the_callers_idempotency_key_reaches_the_engine(mesh):
                         metadata=(("idempotency-key", "has a space"),))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "idempotency key" in str(caught.value.details())
+
+
+async def test_concurrent_streams_each_arrive_complete(mesh):
+    """Streams of an actor engine end after their last message, even when another call's
+    outcome is being delivered as they end (their end once overtook their messages)."""
+    stub = echo_pb2_grpc.EchoServiceStub(mesh.channel)
+
+    async def count(n):
+        return [m.index async for m in stub.Count(echo_pb2.CountRequest(count=n), timeout=30)]
+
+    for _ in range(10):  # bounded: 10 rounds of 12 concurrent streams
+        counts = [1 + i % 3 for i in range(12)]
+        got = await asyncio.gather(*(count(n) for n in counts))
+        assert got == [list(range(n)) for n in counts]
 
 
 async def test_request_bytes_reach_the_engine_unchanged(mesh):
