@@ -83,6 +83,7 @@ async def test_failing_plugins_are_reported_and_the_node_serves_the_others(mesh_
         "models": mesh_pb2.ENGINE_STATUS_DISABLED,
         "parallel": mesh_pb2.ENGINE_STATUS_DISABLED,
         "recall": mesh_pb2.ENGINE_STATUS_DISABLED,
+        "workflows": mesh_pb2.ENGINE_STATUS_DISABLED,
     }
     assert {name: e.status for name, e in engines.items()} == expected
     for name in FAULTY:

@@ -1,6 +1,17 @@
 """The Coordinator: durable workflows that combine the mesh's engines (docs/workflows.md).
 
-Work in progress: the contract (``revo.workflows.v1.WorkflowService``), CEL expressions and
-the validation of definitions exist; the engine that runs them does not yet, so the plugin
-registers no ``revo.engines`` entry point until it does.
+Engine ``workflows`` serves ``revo.workflows.v1.WorkflowService``.
 """
+
+from __future__ import annotations
+
+from mesh.engine import EngineSpec, hookimpl
+from revo_engine_workflows.engine import WorkflowEngine, WorkflowSettings
+
+__all__ = ["WorkflowEngine", "WorkflowSettings"]
+
+
+@hookimpl
+def revo_engine() -> EngineSpec:
+    return EngineSpec(name="workflows", engine=WorkflowEngine, settings=WorkflowSettings,
+                      max_pending=4096)

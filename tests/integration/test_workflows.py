@@ -1,0 +1,267 @@
+"""The Coordinator through a real gateway: definitions, runs, watch, signals, cancel,
+permissions, and a run continued by another node after its node was SIGKILLed."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from mesh.testing import MeshHarness, spawn_node, stop_node, wait_for
+from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
+from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2_grpc
+from revo_engine_workflows.state import json_value
+from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
+
+SERVICE = "revo.workflows.v1.WorkflowService"
+ECHO = "/revo.echo.v1.EchoService/Echo"
+COUNT = "/revo.echo.v1.EchoService/Count"
+PLUGINS = {"only": ["echo", "workflows"]}
+
+
+def _workflow(name: str, steps: list[dict[str, Any]], **fields: Any) -> pb.Workflow:
+    return json_format.ParseDict({"name": name, "steps": steps, **fields}, pb.Workflow())
+
+
+def echo(step_id: str, payload: str = "aGk=", delay_ms: int = 0, **fields: Any
+         ) -> dict[str, Any]:
+    request: dict[str, Any] = {"payload": payload}
+    if delay_ms:
+        request["delayMs"] = delay_ms
+    return {"id": step_id, "call": {"method": ECHO, "request": request}, **fields}
+
+
+@pytest.fixture
+async def mesh(mesh_harness: Callable[..., Any]) -> MeshHarness:
+    harness: MeshHarness = await mesh_harness(plugins=PLUGINS,
+                                              engines={"workflows": {"lease_ttl_s": 1.0}})
+    await harness.wait_for_service(SERVICE)
+    return harness
+
+
+def _stub(mesh: MeshHarness) -> Any:
+    return workflows_pb2_grpc.WorkflowServiceStub(mesh.channel)
+
+
+async def _finished(stub: Any, run_id: str, metadata: Any = None) -> pb.Run:
+    events = [r.event async for r in stub.WatchRun(pb.WatchRunRequest(run_id=run_id),
+                                                   timeout=60, metadata=metadata)]
+    assert events[-1].WhichOneof("event") == "run_finished"
+    run: pb.Run = (await stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=10,
+                                     metadata=metadata)).run
+    return run
+
+
+async def test_a_workflow_is_created_as_versions_and_run_to_its_output(
+        mesh: MeshHarness) -> None:
+    stub = _stub(mesh)
+    definition = _workflow("greet", [
+        echo("a"),
+        {"id": "b", "call": {"method": COUNT, "collectStream": True,
+                             "requestExpr": '{"count": input.n}'}}],
+        output='{"payload": steps.a.output.payload, "counted": size(steps.b.output)}')
+    created = await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=definition),
+                                        timeout=10)
+    assert (created.workflow.version, created.created) == (1, True)
+    again = await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=definition),
+                                      timeout=10)
+    assert (again.workflow.version, again.created) == (1, False), "identical: not stored"
+    definition.description = "now described"
+    assert (await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=definition),
+                                      timeout=10)).workflow.version == 2
+    started = await stub.StartRun(pb.StartRunRequest(workflow="greet", version=1,
+                                                     input=json_value({"n": 3})), timeout=10)
+    assert started.started
+    run = await _finished(stub, started.run.id)
+    assert run.state == pb.RUN_STATE_SUCCEEDED
+    assert (run.workflow, run.version) == ("greet", 1)
+    assert json_format.MessageToDict(run.output) == {"payload": "aGk=", "counted": 3}
+    assert [s.state for s in run.steps] == [pb.STEP_STATE_SUCCEEDED] * 2
+    listed = await stub.ListRuns(pb.ListRunsRequest(workflow="greet"), timeout=10)
+    assert [r.id for r in listed.runs] == [run.id]
+    assert listed.runs[0].state == pb.RUN_STATE_SUCCEEDED
+
+
+async def test_watch_streams_events_as_they_happen_and_resumes_after_a_sequence(
+        mesh: MeshHarness) -> None:
+    stub = _stub(mesh)
+    await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("watched", [
+        echo("a"), echo("b", needs=["a"])])), timeout=10)
+    run = (await stub.StartRun(pb.StartRunRequest(workflow="watched"), timeout=10)).run
+    everything = [r.event async for r in stub.WatchRun(pb.WatchRunRequest(run_id=run.id),
+                                                       timeout=30)]
+    sequences = [e.sequence for e in everything]
+    assert sequences == list(range(1, len(everything) + 1)), "no gaps, no repeats"
+    kinds = [e.WhichOneof("event") for e in everything]
+    assert kinds[0] == "run_started"
+    assert kinds[-1] == "run_finished"
+    assert kinds.count("step_succeeded") == 2
+    # a watcher that saw up to 3 and reconnected gets exactly the rest
+    rest = [r.event async for r in stub.WatchRun(pb.WatchRunRequest(run_id=run.id,
+                                                                    after_sequence=3),
+                                                 timeout=30)]
+    assert rest == everything[3:]
+
+
+async def test_a_run_waits_for_its_signal_and_a_cancel_stops_another(
+        mesh: MeshHarness) -> None:
+    stub = _stub(mesh)
+    await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("approve", [
+        {"id": "ok", "waitSignal": {"name": "approved"}}, echo("ship", needs=["ok"])],
+        output="steps.ok.output")), timeout=10)
+    run = (await stub.StartRun(pb.StartRunRequest(workflow="approve"), timeout=10)).run
+
+    async def waiting() -> bool:
+        got: pb.Run = (await stub.GetRun(pb.GetRunRequest(run_id=run.id), timeout=10)).run
+        return got.state == pb.RUN_STATE_WAITING
+
+    await wait_for(waiting, 10, "the run waiting for its signal")
+    await stub.Signal(pb.SignalRequest(run_id=run.id, name="approved",
+                                       payload=json_value("yes")), timeout=10)
+    done = await _finished(stub, run.id)
+    assert done.state == pb.RUN_STATE_SUCCEEDED
+    assert done.output.string_value == "yes"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Signal(pb.SignalRequest(run_id=run.id, name="approved"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    other = (await stub.StartRun(pb.StartRunRequest(workflow="approve"), timeout=10)).run
+    await wait_for(lambda: _state_is(stub, other.id, pb.RUN_STATE_WAITING), 10, "waiting")
+    await stub.CancelRun(pb.CancelRunRequest(run_id=other.id), timeout=10)
+    cancelled = await _finished(stub, other.id)
+    assert cancelled.state == pb.RUN_STATE_CANCELLED
+
+
+async def _state_is(stub: Any, run_id: str, state: int) -> bool:
+    run: pb.Run = (await stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=10)).run
+    return run.state == state
+
+
+async def test_an_idempotency_key_starts_one_run(mesh: MeshHarness) -> None:
+    stub = _stub(mesh)
+    await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("once", [
+        echo("a")])), timeout=10)
+    request = pb.StartRunRequest(workflow="once", idempotency_key=f"k-{time.time_ns()}")
+    first, second = await asyncio.gather(stub.StartRun(request, timeout=10),
+                                         stub.StartRun(request, timeout=10))
+    assert first.run.id == second.run.id
+    assert sorted([first.started, second.started]) == [False, True]
+
+
+async def test_bad_definitions_and_unknown_things_get_clear_errors(mesh: MeshHarness) -> None:
+    stub = _stub(mesh)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("bad", [
+            echo("a", needs=["b"]), echo("b", needs=["a"]),
+            {"id": "c", "call": {"method": "/revo.nothing.v1.Nope/Call"}}])), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = str(caught.value.details())
+    assert "no node serves /revo.nothing.v1.Nope/Call" in details
+    assert "cycle: a -> b -> a" in details
+    for call, code in [
+            (stub.StartRun(pb.StartRunRequest(workflow="missing"), timeout=10),
+             grpc.StatusCode.NOT_FOUND),
+            (stub.GetRun(pb.GetRunRequest(run_id="0" * 32), timeout=10),
+             grpc.StatusCode.NOT_FOUND),
+            (stub.GetWorkflow(pb.GetWorkflowRequest(name="missing"), timeout=10),
+             grpc.StatusCode.NOT_FOUND)]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == code
+
+
+async def test_every_steps_permission_is_checked_before_any_step_runs(
+        mesh_harness: Callable[..., Any]) -> None:
+    since = time.time()
+    mesh: MeshHarness = await mesh_harness(plugins=PLUGINS, auth=AUTH)
+    await mesh.wait_for_service(SERVICE)
+    try:
+        async def signed_in(role: str) -> Any:
+            return bearer((await login(mesh.channel, await add_user(mesh, role))).access_token)
+
+        admin, analyst, developer = [await signed_in(r)
+                                     for r in ("admin", "analyst", "developer")]
+        stub = _stub(mesh)
+        # a run that echoes (execute), then defines a workflow (write)
+        inner = {"name": "inner", "steps": [echo("x")]}
+        await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("meta", [
+            echo("a"),
+            {"id": "define", "needs": ["a"], "call": {
+                "method": "/revo.workflows.v1.WorkflowService/CreateWorkflow",
+                "request": {"workflow": inner}}}])), timeout=10, metadata=admin)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.StartRun(pb.StartRunRequest(workflow="meta"), timeout=10,
+                                metadata=analyst)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "WorkflowService/CreateWorkflow (write)" in str(caught.value.details())
+        listed = await stub.ListRuns(pb.ListRunsRequest(workflow="meta"), timeout=10,
+                                     metadata=admin)
+        assert not listed.runs, "nothing ran"
+        run = (await stub.StartRun(pb.StartRunRequest(workflow="meta"), timeout=10,
+                                   metadata=developer)).run
+        done = await _finished(stub, run.id, developer)
+        assert done.state == pb.RUN_STATE_SUCCEEDED, done.error
+        assert done.started_by.startswith("developer")
+        # the analyst does not see the developer's run
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetRun(pb.GetRunRequest(run_id=run.id), timeout=10, metadata=analyst)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await remove_users_since(mesh, since)
+
+
+async def test_a_run_whose_node_is_killed_is_continued_by_another(
+        mesh_harness: Callable[..., Any], tmp_path: Path) -> None:
+    """Two node processes host the Coordinator; the one running a run is SIGKILLed in the
+    middle of a step; the other takes the run over and finishes it."""
+    mesh: MeshHarness = await mesh_harness(plugins={"only": ["echo"]}, nodes=1)
+    env = {"REVO_PLUGINS__ONLY": "workflows,echo",
+           "REVO_ENGINES__WORKFLOWS__LEASE_TTL_S": "1.0",
+           "REVO_ENGINES__WORKFLOWS__SWEEP_INTERVAL_S": "0.2"}
+    first = spawn_node(mesh.config, tmp_path / "first.log",
+                       extra_env={**env, "REVO_NODE__ID": "first"})
+    second: Any = None
+    try:
+        await mesh.wait_for_service(SERVICE, nodes=1, timeout=60)
+        stub = _stub(mesh)
+        await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("durable", [
+            echo("a"), echo("b", delay_ms=3_000, needs=["a"]), echo("c", needs=["b"])])),
+            timeout=10)
+        run = (await stub.StartRun(pb.StartRunRequest(workflow="durable"), timeout=10)).run
+
+        async def step_b_running() -> bool:
+            got = (await stub.GetRun(pb.GetRunRequest(run_id=run.id), timeout=10)).run
+            return any(s.id == "b" and s.state == pb.STEP_STATE_RUNNING for s in got.steps)
+
+        await wait_for(step_b_running, 20, "step b running on the first node")
+        second = spawn_node(mesh.config, tmp_path / "second.log",
+                            extra_env={**env, "REVO_NODE__ID": "second"})
+        await mesh.wait_for_service(SERVICE, nodes=2, timeout=60)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        killed = time.monotonic()
+        done = await _finished(stub, run.id)
+        assert done.state == pb.RUN_STATE_SUCCEEDED, done.error
+        assert time.monotonic() - killed < 60
+        history = [r.event async for r in stub.WatchRun(pb.WatchRunRequest(run_id=run.id),
+                                                        timeout=10)]
+        started_b = [e for e in history if e.step_id == "b"
+                     and e.WhichOneof("event") == "step_started"]
+        assert len(started_b) == 1, "the second node continued the same attempt"
+        b = next(s for s in done.steps if s.id == "b")
+        assert json_format.MessageToDict(b.output)["idempotencyKey"] == f"{run.id}/b"
+        log = (tmp_path / "second.log").read_text()
+        assert f"workflow run {run.id}: continued on this node" in log, log[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        if second is not None:
+            stop_node(second)
