@@ -1,0 +1,309 @@
+"""Engine ``workflows``: ``revo.workflows.v1.WorkflowService``, the Coordinator.
+
+An :class:`~mesh.engine.AsyncEngine`: the Coordinator waits on other engines. One instance
+per node runs the runs this node owns (a task each), answers the service's RPCs, and
+sweeps for active runs that no node owns. Those are runs whose node died; this node takes
+their leases and continues them from their history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from google.protobuf.descriptor import MethodDescriptor
+from pydantic import BaseModel, ConfigDict, Field
+
+from mesh.auth.roles import MANAGE, declared_permission, grants, permission_name
+from mesh.engine import AsyncEngine, Context
+from mesh.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
+from revo_engine_workflows.definitions import Definition, check
+from revo_engine_workflows.definitions_store import DefinitionStore
+from revo_engine_workflows.history import History, HistoryConflict, Recorded
+from revo_engine_workflows.leases import Leases
+from revo_engine_workflows.runner import Limits, OwnershipLost, Runner
+from revo_engine_workflows.runs_index import RunIndex
+from revo_engine_workflows.state import RunState, fold
+
+__all__ = ["WorkflowEngine", "WorkflowSettings"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkflowSettings(BaseModel):
+    """``[engines.workflows]``; every node of a mesh should agree."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step_timeout_s: float = Field(300.0, gt=0, description="a step attempt's timeout, "
+                                  "unless the step says")
+    max_attempts: int = Field(3, ge=1, le=100, description="attempts of a step that fails "
+                              "with a retryable error, unless the step says")
+    initial_backoff_s: float = Field(0.5, gt=0, description="before a step's second attempt "
+                                     "(doubles each time)")
+    max_backoff_s: float = Field(30.0, gt=0, description="the longest backoff")
+    map_concurrency: int = Field(16, ge=1, le=1000, description="branches of a map group at "
+                                 "once, unless the group says")
+    lease_ttl_s: float = Field(3.0, ge=1.0, le=60.0, description="how long a dead node's "
+                               "runs stay unowned before another node takes them")
+    sweep_interval_s: float = Field(1.0, gt=0, le=60.0, description="how often a node looks "
+                                    "for runs nobody owns")
+    history_max_age_s: float = Field(30 * 86_400.0, gt=0, description="how long runs' "
+                                     "histories are kept")
+    replicas: int = Field(1, ge=1, le=5, description="replicas of the streams and buckets "
+                          "(cluster)")
+
+
+class WorkflowEngine(AsyncEngine):
+    services = (pb.DESCRIPTOR.services_by_name["WorkflowService"],)
+    settings: WorkflowSettings
+
+    async def start(self) -> None:
+        s, runtime = self.settings, self.runtime
+        nc = runtime.nc
+        self.history = History(nc, replicas=s.replicas, max_age_s=s.history_max_age_s)
+        self.definitions = DefinitionStore(nc, replicas=s.replicas)
+        self.index = RunIndex(nc, replicas=s.replicas)
+        self.leases = Leases(nc, runtime.node_id, ttl_s=s.lease_ttl_s, replicas=s.replicas,
+                             on_lost=self._lost)
+        await asyncio.gather(self.history.start(), self.definitions.start(),
+                             self.index.start())
+        await self.leases.start()
+        self.limits = Limits(step_timeout_s=s.step_timeout_s, max_attempts=s.max_attempts,
+                             initial_backoff_s=s.initial_backoff_s,
+                             max_backoff_s=s.max_backoff_s, map_concurrency=s.map_concurrency)
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._checked: dict[tuple[str, int], Definition] = {}
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def stop(self) -> None:
+        self._sweeper.cancel()
+        tasks = list(self.running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(self._sweeper, *tasks, return_exceptions=True)
+        await self.leases.stop(release=True)  # another node continues them at once
+
+    # -- definitions --------------------------------------------------------------------
+
+    def _lookup(self, path: str) -> MethodDescriptor | None:
+        route = self.runtime.calls.route(path)
+        return route.method if route is not None else None
+
+    async def create_workflow(self, request: pb.CreateWorkflowRequest,
+                              ctx: Context) -> pb.CreateWorkflowResponse:
+        check(request.workflow, self._lookup)
+        stored, created = await self.definitions.create(request.workflow, ctx.caller)
+        return pb.CreateWorkflowResponse(workflow=stored, created=created)
+
+    async def validate_workflow(self, request: pb.ValidateWorkflowRequest,
+                                ctx: Context) -> pb.ValidateWorkflowResponse:
+        check(request.workflow, self._lookup)
+        return pb.ValidateWorkflowResponse()
+
+    async def get_workflow(self, request: pb.GetWorkflowRequest,
+                           ctx: Context) -> pb.GetWorkflowResponse:
+        return pb.GetWorkflowResponse(workflow=await self._workflow(request.name,
+                                                                    request.version))
+
+    async def list_workflows(self, request: pb.ListWorkflowsRequest,
+                             ctx: Context) -> pb.ListWorkflowsResponse:
+        return pb.ListWorkflowsResponse(workflows=await self.definitions.list_latest())
+
+    async def _workflow(self, name: str, version: int) -> pb.Workflow:
+        found = await self.definitions.get(name, version)
+        if found is None:
+            which = f"version {version} of " if version else ""
+            raise NotFound(f"no {which}workflow {name[:80]!r}; ListWorkflows lists them")
+        return found
+
+    async def _definition(self, workflow: pb.Workflow) -> Definition:
+        """The checked definition of a stored version (checked once per node)."""
+        key = (workflow.name, workflow.version)
+        found = self._checked.get(key)
+        if found is None:
+            try:
+                found = check(workflow, self._lookup)
+            except InvalidArgument as error:
+                raise FailedPrecondition(f"workflow {workflow.name} version "
+                                         f"{workflow.version} cannot run now: "
+                                         f"{error.message}") from None
+            self._checked[key] = found
+        return found
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def _permitted(self, definition: Definition, ctx: Context) -> None:
+        if not self.runtime.config.auth.enabled:
+            return
+        refused = []
+        for path in sorted(definition.methods):
+            route = self.runtime.calls.route(path)
+            needed = declared_permission(route.method) if route is not None else MANAGE
+            if not grants(ctx.role, needed):
+                refused.append(f"{path} ({permission_name(needed)})")
+        if refused:
+            raise PermissionDenied(f"the run would call methods role {ctx.role!r} may not: "
+                                   f"{', '.join(refused)}",
+                                   metadata={"methods": ",".join(refused)[:500]})
+
+    async def start_run(self, request: pb.StartRunRequest, ctx: Context) -> pb.StartRunResponse:
+        workflow = await self._workflow(request.workflow, request.version)
+        definition = await self._definition(workflow)
+        self._permitted(definition, ctx)
+        run_id = uuid.uuid4().hex
+        if request.idempotency_key:
+            if len(request.idempotency_key) > 256:
+                raise InvalidArgument(violations=[("idempotency_key", "is longer than 256 "
+                                                                      "characters")])
+            claimed = await self.index.claim_key(ctx.caller, request.idempotency_key, run_id)
+            if claimed != run_id:
+                return pb.StartRunResponse(run=await self._run(claimed, ctx), started=False)
+        if not await self.leases.acquire(run_id):
+            raise Unavailable("could not take the new run's lease; retry")
+        state = RunState(run_id)
+        runner = Runner(definition, state, self.history, self.runtime.calls, self.limits)
+        started = pb.RunStarted(workflow=workflow.name, version=workflow.version,
+                                started_by=ctx.caller, role=ctx.role,
+                                idempotency_key=request.idempotency_key)
+        if request.HasField("input"):
+            started.input.CopyFrom(request.input)
+        await runner.record(run_started=started)
+        await self.index.put(state.to_proto(with_steps=False))
+        self._launch(runner)
+        return pb.StartRunResponse(run=state.to_proto(), started=True)
+
+    def _launch(self, runner: Runner) -> None:
+        run_id = runner.state.run_id
+
+        async def run() -> None:
+            try:
+                await runner.run()
+            except OwnershipLost as lost:
+                log.info("workflow run %s: %s", run_id, lost)
+                return
+            await self.index.put(runner.state.to_proto(with_steps=False))
+            await self.leases.release(run_id)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.running[run_id] = task
+        task.add_done_callback(lambda _: self.running.pop(run_id, None))
+
+    def _lost(self, run_id: str) -> None:
+        task = self.running.get(run_id)
+        if task is not None:
+            log.warning("workflow run %s: this node lost its lease; another continues it",
+                        run_id)
+            task.cancel()
+
+    async def _sweep(self) -> None:
+        """Take over active runs that no node owns (their node died)."""
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                for run_id in await self.index.active():
+                    if run_id not in self.running and await self.leases.acquire(run_id):
+                        await self._resume(run_id)
+            except Exception:  # the next sweep tries again
+                log.exception("workflows: the takeover sweep failed")
+
+    async def _resume(self, run_id: str) -> None:
+        state = fold(run_id, await self.history.read(run_id))
+        if state.finished or not state.workflow:
+            await self.index.put(state.to_proto(with_steps=False))
+            await self.leases.release(run_id)
+            return
+        workflow = await self._workflow(state.workflow, state.version)
+        definition = await self._definition(workflow)
+        log.info("workflow run %s: continued on this node from event %d", run_id,
+                 state.last_sequence)
+        self._launch(Runner(definition, state, self.history, self.runtime.calls,
+                            self.limits))
+
+    async def _state(self, run_id: str, ctx: Context) -> RunState:
+        if not run_id or len(run_id) > 64:
+            raise InvalidArgument(violations=[("run_id", "must be a run id")])
+        try:
+            state = fold(run_id, await self.history.read(run_id))
+        except ValueError:
+            raise InvalidArgument(violations=[("run_id", "must be a run id")]) from None
+        if not state.workflow:
+            raise NotFound(f"no run {run_id[:64]!r}")
+        if state.started_by != ctx.caller and self.runtime.config.auth.enabled \
+                and not grants(ctx.role, MANAGE):
+            raise NotFound(f"no run {run_id[:64]!r}")  # others' runs are not shown
+        return state
+
+    async def _run(self, run_id: str, ctx: Context) -> pb.Run:
+        return (await self._state(run_id, ctx)).to_proto()
+
+    async def get_run(self, request: pb.GetRunRequest, ctx: Context) -> pb.GetRunResponse:
+        return pb.GetRunResponse(run=await self._run(request.run_id, ctx))
+
+    async def list_runs(self, request: pb.ListRunsRequest,
+                        ctx: Context) -> pb.ListRunsResponse:
+        try:
+            runs, token = await self.index.page(request.workflow, request.state,
+                                                request.page_size, request.page_token)
+        except ValueError as error:
+            raise InvalidArgument(str(error)) from None
+        if self.runtime.config.auth.enabled and not grants(ctx.role, MANAGE):
+            runs = [r for r in runs if r.started_by == ctx.caller]
+        return pb.ListRunsResponse(runs=runs, next_page_token=token)
+
+    async def _outside(self, run_id: str, ctx: Context, **kind: object) -> RunState:
+        """Append a signal or a cancel request to a run's history, as any node may."""
+        state = await self._state(run_id, ctx)
+        for _ in range(50):  # bounded: each retry follows the owner's newer event
+            if state.finished:
+                raise FailedPrecondition(f"run {run_id} has finished "
+                                         f"({pb.RunState.Name(state.state)})")  # type: ignore[arg-type]
+            event = pb.RunEvent(run_id=run_id, sequence=state.last_sequence + 1,
+                                **kind)  # type: ignore[arg-type]
+            event.time.GetCurrentTime()
+            try:
+                stored = await self.history.append(event, state.last_stream_sequence)
+            except HistoryConflict:
+                state = fold(run_id, await self.history.read(run_id))
+                continue
+            state.apply(Recorded(event, stored))
+            return state
+        raise Unavailable(f"run {run_id} is too busy to take the request now; retry")
+
+    async def cancel_run(self, request: pb.CancelRunRequest,
+                         ctx: Context) -> pb.CancelRunResponse:
+        state = await self._outside(request.run_id, ctx, cancel_requested=pb.CancelRequested(
+            requester=ctx.caller or "-"))
+        return pb.CancelRunResponse(run=state.to_proto())
+
+    async def signal(self, request: pb.SignalRequest, ctx: Context) -> pb.SignalResponse:
+        if not request.name or len(request.name) > 64:
+            raise InvalidArgument(violations=[("name", "must be 1 to 64 characters")])
+        signal = pb.SignalReceived(name=request.name, sender=ctx.caller)
+        if request.HasField("payload"):
+            signal.payload.CopyFrom(request.payload)
+        await self._outside(request.run_id, ctx, signal_received=signal)
+        return pb.SignalResponse()
+
+    async def watch_run(self, request: pb.WatchRunRequest,
+                        ctx: Context) -> AsyncIterator[pb.WatchRunResponse]:
+        state = await self._state(request.run_id, ctx)
+        if state.finished and request.after_sequence >= state.last_sequence:
+            return
+        follow = self.history.follow(request.run_id, request.after_sequence)
+        async with contextlib.aclosing(follow):  # type: ignore[type-var]
+            async for recorded in follow:
+                yield pb.WatchRunResponse(event=recorded.event)
+                if recorded.event.WhichOneof("event") == "run_finished":
+                    return
+
