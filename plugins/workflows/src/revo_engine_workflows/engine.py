@@ -168,9 +168,31 @@ class WorkflowEngine(AsyncEngine):
                                                                       "characters")])
             claimed = await self.index.claim_key(ctx.caller, request.idempotency_key, run_id)
             if claimed != run_id:
-                return pb.StartRunResponse(run=await self._run(claimed, ctx), started=False)
+                return await self._claimed(claimed, workflow, definition, request, ctx)
+        run = await self._begin(run_id, workflow, definition, request, ctx)
+        assert run is not None  # a fresh run id has no history to conflict with
+        return pb.StartRunResponse(run=run, started=True)
+
+    async def _claimed(self, run_id: str, workflow: pb.Workflow, definition: Definition,
+                       request: pb.StartRunRequest, ctx: Context) -> pb.StartRunResponse:
+        """The run an idempotency key already names. Its starter may still be recording
+        it; one that died between claiming the key and recording the run is replaced:
+        this call starts the run under the claimed id (only one starter can record it)."""
+        for _ in range(50):  # bounded: 5 s for the first starter to record the run
+            if await self.history.last(run_id) is not None:
+                return pb.StartRunResponse(run=await self._run(run_id, ctx), started=False)
+            await asyncio.sleep(0.1)
+        run = await self._begin(run_id, workflow, definition, request, ctx)
+        if run is None:
+            return pb.StartRunResponse(run=await self._run(run_id, ctx), started=False)
+        return pb.StartRunResponse(run=run, started=True)
+
+    async def _begin(self, run_id: str, workflow: pb.Workflow, definition: Definition,
+                     request: pb.StartRunRequest, ctx: Context) -> pb.Run | None:
+        """Record run ``run_id``'s start and run it here; None when another starter
+        recorded it first."""
         if not await self.leases.acquire(run_id):
-            raise Unavailable("could not take the new run's lease; retry")
+            return None
         state = RunState(run_id)
         runner = Runner(definition, state, self.history, self.runtime.calls, self.limits)
         started = pb.RunStarted(workflow=workflow.name, version=workflow.version,
@@ -178,10 +200,14 @@ class WorkflowEngine(AsyncEngine):
                                 idempotency_key=request.idempotency_key)
         if request.HasField("input"):
             started.input.CopyFrom(request.input)
-        await runner.record(run_started=started)
+        try:
+            await runner.record(run_started=started)
+        except OwnershipLost:
+            await self.leases.release(run_id)
+            return None
         await self.index.put(state.to_proto(with_steps=False))
         self._launch(runner)
-        return pb.StartRunResponse(run=state.to_proto(), started=True)
+        return state.to_proto()
 
     def _launch(self, runner: Runner) -> None:
         run_id = runner.state.run_id

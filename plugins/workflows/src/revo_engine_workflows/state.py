@@ -157,8 +157,9 @@ class RunState:
 
     @property
     def waiting(self) -> bool:
-        """Every unfinished step waits (on a time or a signal)."""
-        open_steps = [s for s in self.steps.values() if not s.finished]
+        """Every step that started and has not finished waits (on a time or a signal)."""
+        open_steps = [s for s in self.steps.values()
+                      if not s.finished and s.state != pb.STEP_STATE_PENDING]
         return bool(open_steps) and all(s.state == pb.STEP_STATE_WAITING for s in open_steps)
 
     def to_proto(self, with_steps: bool = True) -> pb.Run:
@@ -177,6 +178,8 @@ class RunState:
             run.finished_at.FromMilliseconds(self.finished_ms)
         if with_steps:
             for status in self.steps.values():
+                if status.state == pb.STEP_STATE_PENDING:
+                    continue  # not started: nothing recorded about it yet
                 step = run.steps.add(id=status.id, state=status.state, attempt=status.attempt,
                                      error=status.error)
                 if status.output is not None:
