@@ -121,7 +121,47 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def operator_client(args: argparse.Namespace, timeout: float = 30.0) -> Any:
+    """A :class:`~mesh.client.MeshClient` signed in as the local operator, to the gateway
+    of the ``revo up`` running here (or ``args.address``): for plugin commands
+    (:func:`mesh.plugins.hookspecs.revo_commands`). Use it with ``async with``."""
+    from mesh.auth.tokens import operator_token
+    from mesh.client import MeshClient, client_credentials
+    from mesh.embedded.up import read_state
+
+    config = _config(args)
+    state = read_state(config)
+    target = getattr(args, "address", None) or (state["gateway"] if state
+                                                else config.gateway.address)
+    return MeshClient(target, timeout=timeout, retry=None,
+                      credentials=client_credentials(config),
+                      token=operator_token(config, ttl_s=max(60, int(timeout) * 2)))
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    """The names of ``parser``'s commands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
+
+
+def _plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Let every installed plugin add its commands (hook ``revo_commands``)."""
+    from mesh.plugins.host import PluginHost
+
+    host = PluginHost()
+    host.load()
+    host.each(_revo_commands_spec(), commands=sub)
+
+
+def _revo_commands_spec() -> Callable[..., None]:
+    from mesh.plugins.hookspecs import revo_commands
+
+    return revo_commands
+
+
+def build_parser(plugin_commands: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="revo", description=__doc__)
     parser.add_argument("--config", help="revo.toml to read (default: $REVO_CONFIG or ./revo.toml)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,11 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
         return run
 
     add_parsers(sub, with_config)
+    if plugin_commands:
+        _plugin_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for i, w in enumerate(words) if not w.startswith("-")
+                    and (i == 0 or words[i - 1] != "--config")), "")
+    parser = build_parser()
+    if command and command not in _commands(parser):
+        parser = build_parser(plugin_commands=True)  # a plugin's command: load plugins
+    args = parser.parse_args(words)
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -14,12 +14,16 @@ Lifecycle:
 4. **start** -- the node builds one :class:`~mesh.engine.Engine` per actor with the
    validated settings and calls its ``start()`` in the actor's thread.
 
+Apart from nodes, the ``revo`` command line asks every installed plugin for commands of
+its own (:func:`revo_commands`) when it is given a command it does not know itself.
+
 A plugin whose import, declaration, configuration or start fails is reported with a status
 (``load error``, ``config error``, ``start error``) and the node runs on without it.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -62,4 +66,21 @@ def revo_engine() -> EngineSpec | None:
         services it serves and its default pool size. Raising here is a *load error*.
 
     .. versionadded:: 0.1
+    """
+
+
+# -- the command line --------------------------------------------------------------------
+
+@hookspec
+def revo_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add this plugin's commands to ``revo``.
+
+    Add one parser per command (``commands.add_parser("workflows", help=...)``) and give
+    it ``set_defaults(func=run)``, where ``run(args) -> int`` is the exit status. A command
+    that talks to the mesh opens a signed-in client with
+    ``mesh.cli.operator_client(args)`` (the gateway of the ``revo up`` running here, or
+    ``--address``, as the local operator). Called only when ``revo`` is given a command
+    that is not its own, so that plugins are not imported for the built-in ones.
+
+    .. versionadded:: 0.4
     """

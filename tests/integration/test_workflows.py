@@ -4,7 +4,10 @@ permissions, and a run continued by another node after its node was SIGKILLed.""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -265,3 +268,49 @@ async def test_a_run_whose_node_is_killed_is_continued_by_another(
             first.wait()
         if second is not None:
             stop_node(second)
+
+
+async def test_the_command_line_applies_lists_and_runs_a_workflow_from_a_file(
+        mesh: MeshHarness, tmp_path: Path) -> None:
+    good = tmp_path / "hello.yaml"
+    good.write_text(f"""
+name: hello-cli
+description: two echoes
+steps:
+  - id: first
+    call:
+      method: {ECHO}
+      request: {{payload: aGk=}}
+  - id: second
+    call:
+      method: {COUNT}
+      collectStream: true
+      requestExpr: '{{"count": input.n}}'
+output: 'size(steps.second.output)'
+""")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "bad", "steps": [{"id": "x", "call": {"method": "/no.Such/M"}}]}')
+
+    async def revo(*words: str) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mesh", "workflows", "--address", mesh.target, *words,
+            env={**os.environ, "REVO_HOME": str(mesh.config.home),
+                 "REVO_NATS__URL": mesh.config.nats.url, "REVO_AUTH__ENABLED": "false"},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        return int(process.returncode or 0), out.decode()
+
+    assert await revo("apply", str(good), "--check") == (0, "hello-cli: valid\n")
+    assert await revo("apply", str(good)) == (0, "hello-cli: version 1 (created)\n")
+    code, out = await revo("apply", str(bad))
+    assert code == 1
+    assert "INVALID_ARGUMENT" in out
+    assert "no node serves /no.Such/M" in out
+    code, out = await revo("list")
+    assert code == 0
+    assert "hello-cli" in out
+    code, out = await revo("run", "hello-cli", "--input", '{"n": 4}')
+    assert code == 0, out
+    assert "step_succeeded" in out
+    assert json.loads(out.strip().splitlines()[-1]) == {
+        "state": "RUN_STATE_SUCCEEDED", "output": 4, "error": None}

@@ -6,9 +6,10 @@ Engine ``workflows`` serves ``revo.workflows.v1.WorkflowService``.
 from __future__ import annotations
 
 from mesh.engine import EngineSpec, hookimpl
+from revo_engine_workflows.cli import revo_commands
 from revo_engine_workflows.engine import WorkflowEngine, WorkflowSettings
 
-__all__ = ["WorkflowEngine", "WorkflowSettings"]
+__all__ = ["WorkflowEngine", "WorkflowSettings", "revo_commands"]
 
 
 @hookimpl
