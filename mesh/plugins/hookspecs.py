@@ -82,5 +82,8 @@ def revo_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     ``--address``, as the local operator). Called only when ``revo`` is given a command
     that is not its own, so that plugins are not imported for the built-in ones.
 
+    :returns: None; the commands are added to ``commands``. Raising here is reported by
+        ``revo`` naming the plugin.
+
     .. versionadded:: 0.4
     """

@@ -15,7 +15,8 @@ HOOKS = sorted(name for name, obj in vars(hookspecs).items()
 
 
 def test_there_are_hooks() -> None:
-    assert HOOKS == ["revo_engine", "revo_hookspecs"]  # settings need no hook: see EngineSpec
+    # settings need no hook: see EngineSpec
+    assert HOOKS == ["revo_commands", "revo_engine", "revo_hookspecs"]
 
 
 def test_every_hook_is_a_revo_hookspec() -> None:

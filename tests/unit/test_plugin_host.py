@@ -333,3 +333,22 @@ def test_revo_engine_is_called_through_pluggy_so_its_tracing_sees_it(
     traced = [r.getMessage() for r in caplog.records if r.name == "mesh.plugins.host"]
     assert any("revo_engine" in line and "[hook]" in line for line in traced), traced
     assert any("revo_hookspecs" in line for line in traced), traced
+
+
+def test_revo_commands_adds_a_plugins_commands_to_revo() -> None:
+    import argparse
+
+    from mesh.plugins.hookspecs import revo_commands
+
+    host = PluginHost(discover=False, extra={"workflows": "revo_engine_workflows",
+                                             "echo": "revo_engine_echo"})
+    host.load()
+    parser = argparse.ArgumentParser(prog="revo")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    host.each(revo_commands, commands=commands)
+
+    assert set(commands.choices) == {"workflows"}  # echo adds none
+    args = parser.parse_args(["workflows", "apply", "flow.yaml", "--check"])
+    assert (args.action, str(args.file), args.check) == ("apply", "flow.yaml", True)
+    assert callable(args.func)
