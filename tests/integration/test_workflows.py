@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,21 @@ async def test_a_workflow_is_created_as_versions_and_run_to_its_output(
     listed = await stub.ListRuns(pb.ListRunsRequest(workflow="greet"), timeout=10)
     assert [r.id for r in listed.runs] == [run.id]
     assert listed.runs[0].state == pb.RUN_STATE_SUCCEEDED
+    scraped = await asyncio.to_thread(_scrape, mesh.nodes[0].metrics.url + "/metrics")
+    assert _sample(scraped, "engine_coordination_latency_seconds_count", 'kind="call"') == 2
+    assert _sample(scraped, "coordinator_steps_total", 'outcome="succeeded"') == 2
+    assert _sample(scraped, "coordinator_runs_total", 'outcome="succeeded"') == 1
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+def _sample(scraped: str, name: str, label: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``label``."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
+               if line.startswith(name + "{") and label in line)
 
 
 async def test_watch_streams_events_as_they_happen_and_resumes_after_a_sequence(

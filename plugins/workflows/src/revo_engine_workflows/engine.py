@@ -31,6 +31,7 @@ from revo_engine_workflows.definitions import Definition, check
 from revo_engine_workflows.definitions_store import DefinitionStore
 from revo_engine_workflows.history import History, HistoryConflict, Recorded
 from revo_engine_workflows.leases import Leases
+from revo_engine_workflows.metrics import CoordinatorMeters
 from revo_engine_workflows.runner import Limits, OwnershipLost, Runner
 from revo_engine_workflows.runs_index import RunIndex
 from revo_engine_workflows.state import RunState, fold
@@ -83,6 +84,7 @@ class WorkflowEngine(AsyncEngine):
                              initial_backoff_s=s.initial_backoff_s,
                              max_backoff_s=s.max_backoff_s, map_concurrency=s.map_concurrency)
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.meters = CoordinatorMeters(runtime.metrics, lambda: len(self.running))
         self._checked: dict[tuple[str, int], Definition] = {}
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
@@ -194,7 +196,8 @@ class WorkflowEngine(AsyncEngine):
         if not await self.leases.acquire(run_id):
             return None
         state = RunState(run_id)
-        runner = Runner(definition, state, self.history, self.runtime.calls, self.limits)
+        runner = Runner(definition, state, self.history, self.runtime.calls, self.limits,
+                        meters=self.meters)
         started = pb.RunStarted(workflow=workflow.name, version=workflow.version,
                                 started_by=ctx.caller, role=ctx.role,
                                 idempotency_key=request.idempotency_key)
@@ -218,6 +221,8 @@ class WorkflowEngine(AsyncEngine):
             except OwnershipLost as lost:
                 log.info("workflow run %s: %s", run_id, lost)
                 return
+            self.meters.run(pb.RunState.Name(runner.state.state)  # type: ignore[arg-type]
+                            .removeprefix("RUN_STATE_").lower())
             await self.index.put(runner.state.to_proto(with_steps=False))
             await self.leases.release(run_id)
 
@@ -254,7 +259,7 @@ class WorkflowEngine(AsyncEngine):
         log.info("workflow run %s: continued on this node from event %d", run_id,
                  state.last_sequence)
         self._launch(Runner(definition, state, self.history, self.runtime.calls,
-                            self.limits))
+                            self.limits, meters=self.meters))
 
     async def _state(self, run_id: str, ctx: Context) -> RunState:
         if not run_id or len(run_id) > 64:

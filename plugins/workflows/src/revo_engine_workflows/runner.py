@@ -42,6 +42,7 @@ from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 from revo_engine_workflows.definitions import Definition
 from revo_engine_workflows.expressions import ExpressionError
 from revo_engine_workflows.history import History, HistoryConflict, Recorded
+from revo_engine_workflows.metrics import CoordinatorMeters
 from revo_engine_workflows.state import EXTERNAL, RunState, StepStatus, json_value
 
 __all__ = ["Limits", "OwnershipLost", "Runner"]
@@ -86,7 +87,7 @@ class Runner:
     def __init__(self, definition: Definition, state: RunState, history: History,
                  calls: MeshCalls, limits: Limits, *,
                  on_event: Callable[[Recorded], None] | None = None,
-                 window: int = 32) -> None:
+                 meters: CoordinatorMeters | None = None, window: int = 32) -> None:
         self.definition = definition
         self.state = state
         self.history = history
@@ -94,9 +95,12 @@ class Runner:
         self.limits = limits
         self.window = window
         self.on_event = on_event
+        self.meters = meters
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         """Set when an event from outside (a signal, a cancel request) was applied."""
+        self._work: dict[str, float] = {}
+        """Seconds each running step spent in its work (for the coordination latency)."""
 
     # -- the history ------------------------------------------------------------------
 
@@ -290,6 +294,19 @@ class Runner:
         status = self.state.step(step_id)
         if status.finished:
             return
+        began, self._work[step_id] = time.perf_counter(), 0.0
+        try:
+            await self._steps(step, step_id, scope, status)
+        finally:
+            work = self._work.pop(step_id, 0.0)
+            if self.meters is not None and status.finished:
+                outcome = {pb.STEP_STATE_SUCCEEDED: "succeeded",
+                           pb.STEP_STATE_SKIPPED: "skipped"}.get(status.state, "failed")
+                self.meters.step(step.WhichOneof("kind") or "", outcome,
+                                 time.perf_counter() - began - work)
+
+    async def _steps(self, step: pb.Step, step_id: str, scope: dict[str, Any] | None,
+                     status: StepStatus) -> None:
         try:
             if step.when and not self._expression(step, "when", scope):
                 await self.record(step_id, step_skipped=pb.StepSkipped())
@@ -313,9 +330,12 @@ class Runner:
             started = status.state in (pb.STEP_STATE_RUNNING, pb.STEP_STATE_WAITING)
             if not started or status.attempt != attempt:
                 await self.record(step_id, step_started=pb.StepStarted(attempt=attempt))
+            working = time.perf_counter()
             try:
                 output = await self._attempt(step, step_id, scope)
             except StepFailed as failure:
+                self._work[step_id] = self._work.get(step_id, 0.0) + (
+                    time.perf_counter() - working)
                 retrying = not failure.final and attempt < attempts
                 await self._failed(step_id, status, failure, will_retry=retrying)
                 if not retrying:
@@ -325,6 +345,8 @@ class Runner:
                 await self._wait_until(step_id, time.time() + delay, "retry")
                 attempt += 1
                 continue
+            self._work[step_id] = self._work.get(step_id, 0.0) + (
+                time.perf_counter() - working)
             await self.record(step_id, step_succeeded=_succeeded(output))
             return
 
