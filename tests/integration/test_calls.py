@@ -49,7 +49,7 @@ async def test_concurrent_streams_each_arrive_complete(mesh):
     outcome is being delivered as they end (their end once overtook their messages)."""
     stub = echo_pb2_grpc.EchoServiceStub(mesh.channel)
 
-    async def count(n):
+    async def count(n: int) -> list[int]:
         return [m.index async for m in stub.Count(echo_pb2.CountRequest(count=n), timeout=30)]
 
     for _ in range(10):  # bounded: 10 rounds of 12 concurrent streams
