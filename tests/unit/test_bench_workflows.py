@@ -119,5 +119,55 @@ def test_paths_rotate_between_rounds() -> None:
     assert wf.order(3, paths) == ("a", "b", "c")
 
 
-def test_the_mesh_path_is_reported_unavailable_not_silently_skipped() -> None:
+def test_the_mesh_path_is_reported_unavailable_not_silently_skipped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert wf.unavailable([wf.MESH]) == {}, "the Coordinator is installed here"
+    monkeypatch.setattr(wf, "find_spec", lambda name: None)
     assert wf.unavailable([wf.MESH]) == {wf.MESH: wf.MESH_NOT_BUILT}
+
+
+def _trial(resume_s: float | None) -> dict[str, object]:
+    return {"resume_s": resume_s, "owner": "n1", "error": "" if resume_s else "boom",
+            "detail": {}}
+
+
+def _mesh_round(resume: list[float | None], lower: list[float]) -> dict[str, object]:
+    return {**_round([2.0], [6.0], 100.0), "path": wf.MESH,
+            "start_step_started_ms": lower, "resume_trials": [_trial(r) for r in resume]}
+
+
+def test_resume_pools_every_rounds_trials_and_counts_a_failed_trial_as_an_error() -> None:
+    head = wf.headline([_mesh_round([4.0, 6.0], [3.0]), _mesh_round([5.0, None], [5.0])])
+    assert head["resume_s_p50"] == 5.0  # the median of 4, 6, 5 (the failed one has none)
+    assert head["resume_s_range"] == [4.0, 6.0]
+    assert head["resume_s_max"] == 6.0
+    assert (head["resume_trials"], head["resume_failed"]) == (4, 1)
+    assert head["errors"] == 1
+    assert head["start_step_started_ms_p50"] == 4.0  # round p50s 3 and 5
+
+
+def test_a_path_without_resume_trials_has_no_resume_figures() -> None:
+    head = wf.headline([_round([2.0], [3.0], 40.0)])
+    assert "resume_s_p50" not in head
+    assert head["start_step_started_ms_p50"] is None
+
+
+def test_the_resume_verdict_compares_the_pooled_median_with_10_s() -> None:
+    fast = {wf.MESH: wf.headline([_mesh_round([4.0, 5.0], [1.0])])}
+    slow = {wf.MESH: wf.headline([_mesh_round([12.0, 11.0, 3.0], [1.0])])}
+    assert wf.verdicts(fast, {})["resume_s_p50"] == "pass"
+    assert wf.verdicts(slow, {})["resume_s_p50"] == "miss: 11 > 10"
+
+
+def test_the_report_shows_the_mesh_resume_and_both_start_bounds() -> None:
+    raw = [{"round": 0, **_mesh_round([4.5, 5.5], [3.25]), "settings": {"layout": "x"}},
+           {"round": 0, **_round([3.0], [2.0], 90.0), "settings": {"library": "d"}}]
+    results = wf.build_results(raw, wf.Settings.for_mode(quick=True), "cmd",
+                               (wf.MESH, "dbos"), {}, None, {"startup_s": {}})
+    lines = wf.render_markdown(results).splitlines()
+    resume = next(line for line in lines if line.startswith("| resume after SIGKILL"))
+    assert resume.split("|")[2].strip() == "5.00 (4.50-5.50), 2 trials"
+    assert resume.split("|")[3].strip() == "n/a"
+    lower = next(line for line in lines if line.startswith("| start to first step recorded"))
+    assert lower.split("|")[2].strip().startswith("3.25")
+    assert results["verdicts"]["resume_s_p50"] == "pass"
