@@ -60,7 +60,7 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
                REVO_NATS__PORT=str(free_port()),
                REVO_NATS__MONITOR_PORT=str(free_port()),
                REVO_GATEWAY__ADDRESS=gateway,
-               REVO_PLUGINS__ONLY="echo,models,recall,creative",
+               REVO_PLUGINS__ONLY="echo,models,recall,creative,workflows",
                REVO_MODELS__GENERATOR_CHECKPOINT=str(checkpoint),
                REVO_ADMIN_PASSWORD="first-admin-password",
                REVO_MODELS__TRITON_REPOSITORY=str(TRITON_MODELS))
@@ -142,6 +142,8 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
         status = _revo("status", env=env, cwd=tmp_path)
         assert status.returncode == 0, status.stdout + status.stderr
         assert "echo" in status.stdout
+        assert re.search(r"^ +workflows +running", status.stdout, re.MULTILINE), status.stdout
+        assert "service revo.workflows.v1.WorkflowService" in status.stdout
         assert "running" in status.stdout
 
         state_file = tmp_path / "home/run/up.json"
