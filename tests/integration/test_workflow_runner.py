@@ -99,7 +99,7 @@ async def test_groups_all_race_vote_and_map(rig: Rig) -> None:
         {"id": "both", "group": {"strategy": "STRATEGY_ALL",
                                  "steps": [echo("one", "MQ=="), echo("two", "Mg==")]}},
         {"id": "first", "group": {"strategy": "STRATEGY_RACE", "steps": [
-            echo("slow", "c2xvdw==", delay_ms=20_000), echo("fast", "ZmFzdA==")]}},
+            echo("slow", "c2xvdw==", delay_ms=8_000), echo("fast", "ZmFzdA==")]}},
         {"id": "agreed", "group": {"strategy": "STRATEGY_VOTE",
                                    "voteKey": "output.payload",
                                    "steps": [echo("v1", "eA=="), echo("v2", "eQ=="),
@@ -175,7 +175,7 @@ async def test_a_signal_wakes_a_waiting_step(rig: Rig) -> None:
 
 
 async def test_a_cancel_request_stops_the_running_steps(rig: Rig) -> None:
-    runner = rig.runner({"steps": [echo("long", delay_ms=30_000)]})
+    runner = rig.runner({"steps": [echo("long", delay_ms=8_000)]})
     await rig.start(runner)
     running = asyncio.get_running_loop().create_task(runner.run())
     await wait_for(lambda: runner.state.step("long").state == pb.STEP_STATE_RUNNING, 10,
@@ -188,7 +188,7 @@ async def test_a_cancel_request_stops_the_running_steps(rig: Rig) -> None:
 
 
 async def test_another_node_continues_a_run_from_its_history(rig: Rig) -> None:
-    workflow = {"steps": [echo("a"), echo("b", "Yg==", delay_ms=30_000, needs=["a"]),
+    workflow = {"steps": [echo("a"), echo("b", "Yg==", delay_ms=8_000, needs=["a"]),
                           echo("c", needs=["b"])]}
     first = rig.runner(workflow)
     await rig.start(first)
