@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from mesh.config import MeshConfig
+from mesh.testing import wait_for
 from mesh.transport.connection import MeshConnection, connect
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
-from revo_engine_workflows.runs_index import RunIndex
+from revo_engine_workflows.runs_index import RUNS_BUCKET, RunIndex
 
 
 @pytest.fixture
@@ -141,3 +142,25 @@ async def test_the_first_claim_of_an_idempotency_key_wins(index: RunIndex) -> No
     assert await index.claim_key("bob", key, other) == other
     split = uuid.uuid4().hex
     assert await index.claim_key("alic", "e" + key, split) == split
+
+
+async def test_reading_every_summary_leaves_no_consumer_behind(index: RunIndex) -> None:
+    """The takeover sweep reads every summary several times a second on every node;
+    nats-server refuses a stream's 1001st consumer, so each read's consumer must go soon
+    after the read (nats-py's default keeps it 5 minutes)."""
+    js = index._nc.jetstream()
+
+    async def consumers() -> int:
+        return int((await js.stream_info(f"KV_{RUNS_BUCKET}")).state.consumer_count)
+
+    before = await consumers()
+    await index.put(_run(_workflow()))
+    for _ in range(60):
+        await index.active()
+        await index.page()
+    assert await consumers() > before, "each read has a consumer while it reads"
+
+    async def gone() -> bool:
+        return await consumers() <= before
+
+    await wait_for(gone, 30, "the reads' consumers to be removed")

@@ -31,6 +31,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from mesh.transport.connection import MeshConnection
 from mesh.transport.kv import KeyValue, latest, open_bucket
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
+from revo_engine_workflows.runs_index import ONE_SHOT_WATCH_S
 
 __all__ = ["BUCKET", "DefinitionConflict", "DefinitionStore"]
 
@@ -161,7 +162,8 @@ class DefinitionStore:
     async def list_latest(self) -> list[pb.Workflow]:
         """Every workflow's latest version, by name. Reads every pointer and then each
         latest version: one scan of the names, fine for thousands of workflows."""
-        watcher: Any = await self._bucket.watch("*.latest")  # nats-py leaves it untyped
+        watcher: Any = await self._bucket.watch(  # nats-py leaves it untyped
+            "*.latest", inactive_threshold=ONE_SHOT_WATCH_S)
         pointers: dict[str, int] = {}
         try:
             async for entry in watcher:

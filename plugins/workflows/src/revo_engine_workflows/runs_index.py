@@ -32,7 +32,8 @@ from mesh.transport.connection import MeshConnection
 from mesh.transport.kv import KeyValue, latest, open_bucket
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 
-__all__ = ["ACTIVE", "FINISHED", "KEYS_BUCKET", "RUNS_BUCKET", "RunIndex", "summary"]
+__all__ = ["ACTIVE", "FINISHED", "KEYS_BUCKET", "ONE_SHOT_WATCH_S", "RUNS_BUCKET", "RunIndex",
+           "summary"]
 
 RUNS_BUCKET = "revo_workflow_runs"
 KEYS_BUCKET = "revo_workflow_keys"
@@ -45,6 +46,10 @@ _ATTEMPTS = 16
 """Conditional writes one :meth:`RunIndex.put` tries before giving up (each failure means
 another write to the same run landed in between)."""
 _ERROR_CHARS = 2000
+ONE_SHOT_WATCH_S = 5.0
+"""How long the server keeps a one-shot watch's consumer after the watch stops. nats-py's
+default is 5 minutes, and nats-server refuses a stream's 1001st consumer: a sweep every
+0.2 s on three nodes reached that in about a minute, and every sweep and ListRuns failed."""
 
 
 def summary(run: pb.Run) -> pb.Run:
@@ -144,7 +149,8 @@ class RunIndex:
 
     async def _all(self) -> list[pb.Run]:
         runs, _ = self._buckets()
-        watcher: Any = await runs.watchall()  # nats-py leaves it untyped
+        watcher: Any = await runs.watchall(  # nats-py leaves it untyped
+            inactive_threshold=ONE_SHOT_WATCH_S)
         found: list[pb.Run] = []
         try:
             async for entry in watcher:
