@@ -203,6 +203,15 @@ class WorkflowEngine(AsyncEngine):
                                 idempotency_key=request.idempotency_key)
         if request.HasField("input"):
             started.input.CopyFrom(request.input)
+        # The index first: a starter that dies once the run is recorded must leave it where
+        # the takeover sweep looks (active in the index), or nobody ever continues it. One
+        # that dies before recording it leaves a summary without a history, which the
+        # sweep takes off the active list (_resume).
+        listed = pb.Run(id=run_id, workflow=workflow.name, version=workflow.version,
+                        state=pb.RUN_STATE_RUNNING, started_by=ctx.caller,
+                        idempotency_key=request.idempotency_key)
+        listed.created_at.GetCurrentTime()
+        await self.index.put(listed)
         try:
             await runner.record(run_started=started)
         except OwnershipLost:
