@@ -9,8 +9,10 @@ served and the caller and role the engine saw.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import time
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -167,7 +169,41 @@ def _file_effect(payload: bytes, ctx: Any) -> bytes:
     return key.encode()
 
 
+def _step_effect(payload: bytes, ctx: Any) -> bytes:
+    """Payload JSON ``{"key": ..., "ms": ...}`` (a workflow step's): append ``effect <key>
+    <time ns> <task id> <attempt>`` to a file of this process, wait ``ms``, then append
+    ``done`` and the same.
+
+    A test reads the lines to count each key's effects and to tell where a fault caught
+    the step: before its effect, between the effect and the end of the work, or after.
+    """
+    try:
+        spec = json.loads(payload)
+        key, ms = str(spec["key"]), float(spec.get("ms", 0))
+    except (ValueError, KeyError, TypeError) as error:
+        raise InvalidArgument(f'test.step_effect needs {{"key": ..., "ms": ...}}: '
+                              f"{error}") from None
+    folder = os.environ.get(EFFECTS_DIR_ENV)
+    if not folder or " " in key:
+        raise InvalidArgument(f"test.step_effect needs {EFFECTS_DIR_ENV} set on the node "
+                              "and a key without spaces")
+    path = os.path.join(folder, f"steps-{os.getpid()}.log")
+    _append(path, f"effect {key} {time.time_ns()} {ctx.task_id} {ctx.attempt}\n")
+    ctx.cancelled.wait(ms / 1000)
+    _append(path, f"done {key} {time.time_ns()} {ctx.task_id} {ctx.attempt}\n")
+    return key.encode()
+
+
+def _append(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line.encode())  # one short write on O_APPEND: never interleaved
+    finally:
+        os.close(fd)
+
+
 @hookimpl(optionalhook=True)  # declared by Parallel Mind, which may not be loaded
 def revo_task_types() -> dict[str, Any]:
     return {"test.fail": _fail, "test.crash": _crash, "test.effect": _effect,
-            "test.progress": _progress, "test.file_effect": _file_effect}
+            "test.progress": _progress, "test.file_effect": _file_effect,
+            "test.step_effect": _step_effect}
