@@ -21,6 +21,7 @@ from revo_engine_parallel.store import (
     KEYS_BUCKET,
     KICK_SUBJECT,
     QUEUE_PREFIX,
+    TASKS_BUCKET,
     idempotency_key_name,
     new_task_id,
     now_timestamp,
@@ -260,6 +261,31 @@ async def test_watch_streams_progress_until_the_end(mesh: MeshHarness) -> None:
     seen = [t async for t in tasks.Watch(pb.WatchRequest(id=task.id), timeout=20)]
     assert seen[-1].state == pb.TASK_STATE_SUCCEEDED
     assert any(0 < t.progress.fraction < 1 and t.state == pb.TASK_STATE_RUNNING for t in seen)
+
+
+async def test_lists_leave_no_consumer_behind(mesh: MeshHarness) -> None:
+    """Each List reads the tasks bucket through a watch; nats-server refuses a stream's
+    1001st consumer, so each List's consumer must go soon after it (nats-py's default
+    keeps it 5 minutes, and a busy mesh's Lists then fail)."""
+    tasks = stub(mesh)
+    nc = await nats.connect(mesh.config.nats.url)
+    try:
+        js = nc.jetstream()
+
+        async def consumers() -> int:
+            return int((await js.stream_info(f"KV_{TASKS_BUCKET}")).state.consumer_count)
+
+        before = await consumers()
+        for _ in range(30):
+            await tasks.List(pb.ListRequest(), timeout=10)
+        assert await consumers() > before, "each List has a consumer while it reads"
+
+        async def gone() -> bool:
+            return await consumers() <= before
+
+        await wait_for(gone, 30, "the Lists' consumers to be removed")
+    finally:
+        await nc.close()
 
 
 async def test_list_and_stats(mesh: MeshHarness) -> None:

@@ -190,7 +190,11 @@ class TaskStore:
         """Every task whose key matches ``pattern`` (``t.<owner>.*``, ``t.*.*``)."""
         found: list[pb.Task] = []
         try:
-            watcher = await self.tasks.watch(pattern, ignore_deletes=True)
+            # a one-shot read: the server drops the consumer 5 s after it stops (nats-py's
+            # default keeps it 5 minutes, and nats-server refuses a stream's 1001st consumer,
+            # so frequent Lists would soon fail)
+            watcher = await self.tasks.watch(pattern, ignore_deletes=True,
+                                             inactive_threshold=5.0)
         except NotFoundError:
             return found
         try:
