@@ -92,7 +92,10 @@ CONCURRENCY = 8
 FANOUT = 100
 FANOUT_SLEEP_S = 0.05
 DIRECT_REPS = 200
-"""Repetitions of the direct baseline (STEPS no-op calls); its median is subtracted."""
+"""Repetitions of the direct baseline (STEPS no-op calls) per round at most, in
+:data:`BLOCKS` blocks between the blocks of workflow runs; their median is subtracted."""
+BLOCKS = 10
+"""The sequential phase alternates this many blocks of direct calls and of workflow runs."""
 P99_MIN_SAMPLES = 2000
 """Below this many samples a p99 is reported with its count and marked as thin."""
 SERVER_READY_TIMEOUT_S = 90.0
@@ -289,36 +292,43 @@ async def measure(driver: Any, settings: Settings, server_pids: Sequence[int]
             await driver.one()
         await driver.fanout(10, 0.001, True)
 
-        directs = []
-        for _ in range(DIRECT_REPS):
-            began = time.perf_counter()
-            await driver.direct(STEPS)
-            directs.append((time.perf_counter() - began) * 1e3)
-        direct_ms = median(directs)
-        out["direct_ms"] = round(direct_ms, 5)
-
+        # The direct baseline is taken in blocks between blocks of workflow runs, so that
+        # a shared machine's drift weighs on both alike; CPU counts the workflow blocks only.
+        directs: list[float] = []
         walls: list[float] = []
         starts: list[float] = []
         lower: list[float] = []  # the mesh's first StepStarted (its driver records it)
-        cpu0, server0 = time.process_time(), _cpu_s(server_pids)
-        phase0 = time.perf_counter()
+        client_cpu = server_cpu = phase_s = 0.0
+        per_block = -(-settings.seq_count // BLOCKS)
         end = time.monotonic() + settings.seq_time_s
         while len(walls) + errors.count < settings.seq_count and time.monotonic() < end:
-            requested = time.time()
-            began = time.perf_counter()
-            try:
-                stamps = await driver.seq(STEPS)
-            except Exception as exc:  # counted; the run goes on
-                errors.add("seq", exc)
-                continue
-            walls.append((time.perf_counter() - began) * 1e3)
-            starts.append(start_ms(requested, stamps[0]))
-            first_started = getattr(driver, "first_step_started", None)
-            if first_started is not None:
-                lower.append(start_ms(requested, first_started))
-        phase_s = time.perf_counter() - phase0
-        client_cpu = time.process_time() - cpu0
-        server_cpu = _cpu_s(server_pids) - server0
+            for _ in range(DIRECT_REPS // BLOCKS):
+                began = time.perf_counter()
+                await driver.direct(STEPS)
+                directs.append((time.perf_counter() - began) * 1e3)
+            block_end = min(settings.seq_count, len(walls) + errors.count + per_block)
+            cpu0, server0 = time.process_time(), _cpu_s(server_pids)
+            phase0 = time.perf_counter()
+            while len(walls) + errors.count < block_end and time.monotonic() < end:
+                requested = time.time()
+                began = time.perf_counter()
+                try:
+                    stamps = await driver.seq(STEPS)
+                except Exception as exc:  # counted; the run goes on
+                    errors.add("seq", exc)
+                    continue
+                walls.append((time.perf_counter() - began) * 1e3)
+                starts.append(start_ms(requested, stamps[0]))
+                first_started = getattr(driver, "first_step_started", None)
+                if first_started is not None:
+                    lower.append(start_ms(requested, first_started))
+            phase_s += time.perf_counter() - phase0
+            client_cpu += time.process_time() - cpu0
+            server_cpu += _cpu_s(server_pids) - server0
+        direct_ms = median(directs)
+        out["direct_ms"] = round(direct_ms, 5)
+        out["direct_ms_blocks"] = [round(median(directs[i:i + DIRECT_REPS // BLOCKS]), 4)
+                                   for i in range(0, len(directs), DIRECT_REPS // BLOCKS)]
         out |= {"wall_ms": [round(w, 3) for w in walls],
                 "start_ms": [round(s, 3) for s in starts],
                 **({"start_step_started_ms": [round(s, 3) for s in lower]} if lower else {}),
@@ -513,10 +523,14 @@ def run_client(path: str, settings: Settings, workdir: Path,
         return {"path": path, "failed": f"the client ran past {settings.client_timeout_s:g} s",
                 "errors": 1}
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
+    if not lines:
         return {"path": path, "failed": f"client exited {done.returncode}: "
                 + (done.stderr.strip()[-1500:] or done.stdout.strip()[-1500:]), "errors": 1}
     result: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
+    if done.returncode != 0:
+        # it measured and printed its result, then crashed on the way out (the Temporal
+        # SDK's core has, at interpreter exit): the figures stand, the crash is an error
+        result = kept_after_crash(result, done.returncode, done.stderr)
     result["client_s"] = round(time.perf_counter() - began, 2)
     return result
 
@@ -565,6 +579,16 @@ def resume_trials(resume: MeshFleet, count: int) -> list[dict[str, Any]]:
     return out
 
 
+def kept_after_crash(result: dict[str, Any], code: int, stderr: str) -> dict[str, Any]:
+    """A client's result printed before it exited with ``code``: kept, the exit counted
+    as one more error and named."""
+    tail = stderr.strip().splitlines()[-1:] or [""]
+    samples = [*result.get("error_samples", []), f"exit: the client exited {code} after "
+               f"printing its result: {tail[0][:200]}"]
+    return result | {"errors": int(result.get("errors", 0)) + 1, "exit_code": code,
+                     "error_samples": samples}
+
+
 def _num(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
@@ -585,7 +609,7 @@ def build_results(raw: list[dict[str, Any]], settings: Settings, command: str,
         "benchmark": NAME, "mode": settings.mode, "command": command,
         "settings": settings.__dict__ | {"steps": STEPS, "concurrency": CONCURRENCY,
                                          "fanout": FANOUT, "fanout_sleep_s": FANOUT_SLEEP_S,
-                                         "direct_reps": DIRECT_REPS},
+                                         "direct_reps": DIRECT_REPS, "blocks": BLOCKS},
         "paths": list(chosen), "not_measured": not_measured, "targets": TARGETS,
         "headlines": heads, "verdicts": verdicts(heads, not_measured),
         "path_settings": path_settings, "temporal_server": temporal, "mesh_servers": mesh,
@@ -658,8 +682,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"- Step overhead: a workflow of {STEPS} sequential no-op steps (each returns its "
         "`time.time()`; the mesh's: Echo with an empty payload), start request to result, "
         f"minus the same no-op called {STEPS} times directly (the peers: the function in "
-        "the same process; the mesh: Echo through the gateway) (median of "
-        f"{DIRECT_REPS}), over {STEPS}. Up to {s['seq_count']} runs or "
+        "the same process; the mesh: Echo through the gateway; the median of up to "
+        f"{DIRECT_REPS}, taken in {BLOCKS} blocks between {BLOCKS} blocks of the workflow "
+        f"runs, so that drift weighs on both), over {STEPS}. Up to {s['seq_count']} runs or "
         f"{s['seq_time_s']:g} s per round, after "
         f"{s['warmup']} warm-up runs."
         + (f" p99 from fewer than {P99_MIN_SAMPLES} samples for: "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from benchmarks import workflows as wf
@@ -171,3 +173,56 @@ def test_the_report_shows_the_mesh_resume_and_both_start_bounds() -> None:
     lower = next(line for line in lines if line.startswith("| start to first step recorded"))
     assert lower.split("|")[2].strip().startswith("3.25")
     assert results["verdicts"]["resume_s_p50"] == "pass"
+
+
+def test_a_client_that_crashes_after_printing_its_result_keeps_it_with_one_more_error(
+        ) -> None:
+    result = {"path": "temporal", "errors": 2, "error_samples": ["seq: x"],
+              "step_overhead_ms": [50.0]}
+    kept = wf.kept_after_crash(result, -6, "...\nFatal Python error: PyGILState_Release\n")
+    assert kept["errors"] == 3
+    assert kept["exit_code"] == -6
+    assert kept["step_overhead_ms"] == [50.0]
+    assert kept["error_samples"][-1] == ("exit: the client exited -6 after printing its "
+                                         "result: Fatal Python error: PyGILState_Release")
+    assert wf.headline([kept])["errors"] == 3
+
+
+class _Fake:
+    """A driver that logs its calls (no servers)."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def direct(self, n: int) -> list[float]:
+        self.log.append("direct")
+        return [time.time()] * n
+
+    async def seq(self, n: int) -> list[float]:
+        self.log.append("seq")
+        return [time.time()] * n
+
+    async def one(self) -> None: ...
+
+    async def fanout(self, n: int, sleep_s: float, parallel: bool) -> None: ...
+
+    def settings(self) -> dict[str, object]:
+        return {}
+
+
+async def test_the_direct_baseline_is_taken_in_blocks_between_the_workflow_runs() -> None:
+    driver = _Fake()
+    settings = wf.Settings("quick", rounds=1, seq_count=30, seq_time_s=30.0, runs=2,
+                           fanout_trials=1, warmup=0, client_timeout_s=30.0)
+    out = await wf.measure(driver, settings, [])
+    blocks = "".join("d" if c == "direct" else "s" for c in driver.log)
+    per = "d" * (wf.DIRECT_REPS // wf.BLOCKS) + "s" * 3  # 30 runs in 10 blocks
+    assert blocks == per * wf.BLOCKS
+    assert len(out["wall_ms"]) == 30
+    assert len(out["direct_ms_blocks"]) == wf.BLOCKS
