@@ -9,7 +9,6 @@ import secrets
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -40,18 +39,6 @@ from tests.integration.creative_support import (
 from tests.integration.creative_support import messages as messages_of
 from tests.integration.recall_support import collection
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
-
-REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
-
-
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    server = TritonServer(REPOSITORY, tmp_path_factory.mktemp("triton"), models=["embedder"])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

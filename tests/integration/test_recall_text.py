@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,18 +13,7 @@ from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
 from revo_engine_recall._gen.revo.recall.v1 import recall_pb2_grpc
 from tests.integration.recall_support import PROJECT, collection, memory
 
-REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
 SERVICE = "revo.recall.v1.RecallService"
-
-
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    server = TritonServer(REPOSITORY, tmp_path_factory.mktemp("triton"), models=["embedder"])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def _mesh(mesh_harness: Any, triton_url: str) -> MeshHarness:

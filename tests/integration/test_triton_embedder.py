@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -12,18 +11,6 @@ import pytest
 import tritonclient.grpc as triton_grpc
 
 from mesh.embedded.triton import TritonServer
-
-REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
-
-
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    server = TritonServer(REPOSITORY, tmp_path_factory.mktemp("triton"), models=["embedder"])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
