@@ -23,6 +23,7 @@ from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2_grpc
 from revo_engine_workflows.state import json_value
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
+from tests.integration.test_workflow_runner import echo
 
 SERVICE = "revo.workflows.v1.WorkflowService"
 ECHO = "/revo.echo.v1.EchoService/Echo"
@@ -32,14 +33,6 @@ PLUGINS = {"only": ["echo", "workflows"]}
 
 def _workflow(name: str, steps: list[dict[str, Any]], **fields: Any) -> pb.Workflow:
     return json_format.ParseDict({"name": name, "steps": steps, **fields}, pb.Workflow())
-
-
-def echo(step_id: str, payload: str = "aGk=", delay_ms: int = 0, **fields: Any
-         ) -> dict[str, Any]:
-    request: dict[str, Any] = {"payload": payload}
-    if delay_ms:
-        request["delayMs"] = delay_ms
-    return {"id": step_id, "call": {"method": ECHO, "request": request}, **fields}
 
 
 @pytest.fixture
