@@ -196,6 +196,21 @@ def _runs(folder: Path) -> dict[int, list[tuple[str, int]]]:
     return runs
 
 
+def _kill_after_next_effect(victim: subprocess.Popen[bytes], folder: Path) -> bool:
+    """SIGKILL ``victim`` as soon as its effects file grows (polled every millisecond, in a
+    thread so the test's event loop cannot delay it, for at most 10 s); whether it did."""
+    file = folder / f"effects-{victim.pid}.log"
+    size = file.stat().st_size if file.exists() else 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if file.exists() and file.stat().st_size > size:
+            victim.send_signal(signal.SIGKILL)
+            return True
+        time.sleep(0.001)
+    victim.send_signal(signal.SIGKILL)
+    return False
+
+
 async def _run_batch_through(mesh: MeshHarness, effects: Path,
                              fault: Callable[[], Awaitable[None]], fault_at: int,
                              busy_node: str | None = None) -> Outcome:
@@ -283,7 +298,10 @@ async def test_sigkill_a_node_mid_batch_every_task_ends_once_for_the_caller(
     victim = nodes["tasks-a"]
 
     async def kill() -> None:
-        victim.send_signal(signal.SIGKILL)
+        # strike right after the victim made an effect: that attempt is surely in flight
+        # (its task waits WORK_MS after the effect before it finishes)
+        struck = await asyncio.to_thread(_kill_after_next_effect, victim, effects)
+        assert struck, "the victim made no effect within 10 s to strike after"
         victim.wait()
 
     outcome = await _run_batch_through(mesh, effects, kill, fault_at=200, busy_node="tasks-a")
