@@ -138,6 +138,11 @@ class _Seen:
     at: float
 
 
+def _fresh(seen: _Seen, now: float) -> bool:
+    """Whether the node's last heartbeat is recent enough to route to it."""
+    return now - seen.at <= MISSED_HEARTBEATS * max(seen.announcement.heartbeat_ms, 100) / 1000
+
+
 @dataclass
 class Snapshot:
     """The mesh as one gateway sees it at one moment."""
@@ -203,6 +208,8 @@ class RegistryView:
         self._on_change = on_change
         self._seen: dict[str, _Seen] = {}
         self.snapshot = build_snapshot((), base_files)
+        self._routed: set[str] = set()
+        """The nodes in :attr:`snapshot`."""
         self._expirer: asyncio.Task[None] | None = None
         self._mirror: Mirror | None = None
         self._ready = False
@@ -241,9 +248,13 @@ class RegistryView:
         age = max(0.0, time.time() - announcement.node.heartbeat_at.ToNanoseconds() / 1e9)
         seen = self._seen.get(node_id)
         if seen is not None and _only_heartbeat_changed(seen.announcement, announcement):
-            # the common case: keep routes and descriptors, refresh liveness only
+            # the common case: keep routes and descriptors, refresh liveness only...
             seen.announcement.node.heartbeat_at.CopyFrom(announcement.node.heartbeat_at)
             seen.at = time.monotonic() - age
+            # ...unless the node had been left out as stale (this gateway saw no heartbeat
+            # for a while: its loop was busy, say) and is fresh again: route to it at once
+            if self._ready and node_id not in self._routed and _fresh(seen, time.monotonic()):
+                self._rebuild()
             return
         self._seen[node_id] = _Seen(announcement, time.monotonic() - age)
         if self._ready:
@@ -251,9 +262,7 @@ class RegistryView:
 
     def _fresh(self) -> list[registry_pb2.NodeAnnouncement]:
         now = time.monotonic()
-        return [seen.announcement for seen in self._seen.values()
-                if now - seen.at <= MISSED_HEARTBEATS * max(seen.announcement.heartbeat_ms, 100)
-                / 1000]
+        return [seen.announcement for seen in self._seen.values() if _fresh(seen, now)]
 
     async def _expire(self) -> None:
         while True:
@@ -264,5 +273,6 @@ class RegistryView:
 
     def _rebuild(self) -> None:
         self.snapshot = build_snapshot(self._fresh(), self._base_files)
+        self._routed = {a.node.id for a in self.snapshot.nodes}
         if self._on_change is not None:
             self._on_change(self.snapshot)
