@@ -111,6 +111,11 @@ class Reason(enum.StrEnum):
         calls that are safe to repeat.
     ``ENGINE_STOPPING`` [UNAVAILABLE]
         The engine on that node is stopping. RetryInfo (0.1 s): another node can take it.
+    ``STORE_UNAVAILABLE`` [UNAVAILABLE]
+        The engine could not reach NATS (JetStream) while serving the call: the server is
+        restarting, or the node is reconnecting. The call may have had part of its effect;
+        RetryInfo (1 s): retry calls safe to repeat (with an idempotency key). Metadata
+        ``engine``.
     ``DEADLINE_EXCEEDED`` [DEADLINE_EXCEEDED]
         The call's deadline passed before it finished.
     ``PERMISSION_DENIED`` [PERMISSION_DENIED]
@@ -133,6 +138,7 @@ class Reason(enum.StrEnum):
     NO_LIVE_NODE = "NO_LIVE_NODE"
     NODE_LOST = "NODE_LOST"
     ENGINE_STOPPING = "ENGINE_STOPPING"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
@@ -145,6 +151,7 @@ _RETRY_AFTER_S: dict[str, float] = {
     Reason.POOL_FULL: 0.1,  # a moment: the call may land on another node, or a free actor
     Reason.ENGINE_STOPPING: 0.1,  # another node's engine can take it at once
     Reason.NO_LIVE_NODE: 1.0,  # a starting node announces itself within a heartbeat or so
+    Reason.STORE_UNAVAILABLE: 1.0,  # nats-py reconnects within a few of its 2 s waits
 }
 """The retry delay sent for a reason when the error names none."""
 

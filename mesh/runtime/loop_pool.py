@@ -24,7 +24,6 @@ from mesh.engine import AsyncEngine, Context, EngineRuntime, EngineSpec, MethodB
 from mesh.errors import (
     Cancelled,
     DeadlineExceeded,
-    Internal,
     Reason,
     ResourceExhausted,
     RpcError,
@@ -37,6 +36,7 @@ from mesh.runtime.pool import (
     Respond,
     decode_request,
     encode_response,
+    engine_failure,
     outcome_of,
 )
 
@@ -207,8 +207,7 @@ class LoopPool:
                   ctx.request_id, exc_info=exc)
         self.stats.crashed += 1
         self.stats.last_error = f"{type(exc).__name__}: {exc}"
-        return Internal(f"engine '{self.name}' failed in {binding.path}: "
-                        f"{type(exc).__name__}: {exc}")
+        return engine_failure(self.name, binding.path, exc)
 
     def _admitted(self, binding: MethodBinding, payload: bytes) -> Message:
         """:meth:`_admit`, counting a refusal as the method's error."""

@@ -36,6 +36,7 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.observability import tracing
+from mesh.transport.connection import unreachable
 
 if TYPE_CHECKING:
     from mesh.runtime.pool_metrics import MethodMeter
@@ -233,9 +234,20 @@ class EngineActor(pykka.ThreadingActor):
             crashed = True
             log.exception("engine %s crashed in %s (request %s)", self._pool.name,
                           binding.path, call.ctx.request_id)
-            error = Internal(f"engine '{self._pool.name}' failed in {binding.path}: "
-                             f"{type(exc).__name__}: {exc}")
+            error = engine_failure(self._pool.name, binding.path, exc)
         return result, error, crashed
+
+
+def engine_failure(engine: str, path: str, exc: Exception) -> RpcError:
+    """What the caller gets for an exception an engine did not mean to raise: UNAVAILABLE
+    when it says NATS did not answer (a restart, a reconnect: worth a retry), else
+    INTERNAL (a bug), each with the exception's type and message."""
+    what = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    if unreachable(exc):
+        return Unavailable(f"engine '{engine}' could not reach NATS in {path} ({what}); "
+                           "retry if the call is safe to repeat",
+                           reason=Reason.STORE_UNAVAILABLE, metadata={"engine": engine})
+    return Internal(f"engine '{engine}' failed in {path}: {what}")
 
 
 async def outcome_of(start_call: Callable[[MethodBinding, bytes, Context, Respond], None],

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
@@ -40,7 +41,19 @@ from mesh.transport import headers as h
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DirectHandler", "MeshConnection", "connect", "encode_headers", "parse_headers"]
+__all__ = ["DirectHandler", "MeshConnection", "connect", "encode_headers", "parse_headers",
+           "unreachable"]
+
+_UNREACHABLE = (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                nats.errors.NoRespondersError, nats.errors.TimeoutError,
+                nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError,
+                nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says that NATS (or JetStream) did not answer (closed, reconnecting,
+    timed out, no responder), as opposed to refusing a request it understood."""
+    return isinstance(exc, _UNREACHABLE)
 
 DirectHandler = Callable[[str, str, bytes, dict[str, str] | None], None]
 """``handler(subject, reply, payload, headers)``, called on the loop; must not block."""

@@ -276,7 +276,8 @@ def test_an_error_without_details_sends_no_details() -> None:
 
 @pytest.mark.parametrize(("reason", "seconds"), [(Reason.POOL_FULL, 0.1),
                                                  (Reason.ENGINE_STOPPING, 0.1),
-                                                 (Reason.NO_LIVE_NODE, 1.0)])
+                                                 (Reason.NO_LIVE_NODE, 1.0),
+                                                 (Reason.STORE_UNAVAILABLE, 1.0)])
 def test_reasons_worth_retrying_say_when(reason: Reason, seconds: float) -> None:
     error = Unavailable("retry", reason=reason)
 

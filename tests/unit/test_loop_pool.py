@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import nats.js.errors
 import pytest
 
 from mesh.config import MeshConfig
@@ -25,6 +26,7 @@ from mesh.errors import (
     DeadlineExceeded,
     Internal,
     InvalidArgument,
+    Reason,
     ResourceExhausted,
     Unavailable,
 )
@@ -64,6 +66,8 @@ class AsyncEcho(AsyncEngine):
             raise ValueError("boom")
         if request.payload == b"bad":
             raise InvalidArgument("bad payload")
+        if request.payload == b"nats away":
+            raise nats.js.errors.NoStreamResponseError
         if request.payload == GATED:
             self.gated += 1
             if self.gated >= self.gate_size:
@@ -145,6 +149,16 @@ async def test_errors_keep_their_status_and_failures_are_internal(pool: LoopPool
     assert pool.stats.crashed == 2
     assert pool.state is PoolState.RUNNING
     assert await echo(pool, b"still here")
+
+
+async def test_nats_not_answering_in_an_engine_is_unavailable_and_worth_a_retry(
+        pool: LoopPool) -> None:
+    with pytest.raises(Unavailable, match="could not reach NATS") as caught:
+        await echo(pool, b"nats away")
+
+    assert caught.value.reason == Reason.STORE_UNAVAILABLE
+    assert caught.value.retry_after_s == 1.0
+    assert "NoStreamResponseError" in caught.value.message
 
 
 async def test_a_call_past_its_deadline_is_cancelled(pool: LoopPool) -> None:
