@@ -5,14 +5,24 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
-from mesh.config import MeshConfig
+from mesh.config import MeshConfig, NatsSettings
+from mesh.embedded.nats_server import NatsServer
+from mesh.errors import Reason
+from mesh.testing import wait_for
 from mesh.transport.connection import MeshConnection, connect
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
-from revo_engine_workflows.history import History, HistoryConflict
+from revo_engine_workflows.history import (
+    EventTooLarge,
+    History,
+    HistoryConflict,
+    HistoryUnavailable,
+)
 
 
 @pytest.fixture
@@ -96,3 +106,55 @@ async def test_a_follower_gets_new_events_live_and_resumes_after_a_sequence(
         resumed.append(recorded.event.sequence)
         break
     assert resumed == [3]
+
+
+async def test_an_event_over_the_payload_limit_is_refused_before_it_is_sent(
+        history: History) -> None:
+    run = _run_id()
+    limit = history._nc.max_payload
+    big = pb.StepSucceeded()
+    big.output.string_value = "x" * limit
+    with pytest.raises(EventTooLarge) as caught:
+        await history.append(_event(run, 1, "a", step_succeeded=big), 0)
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert caught.value.reason == Reason.MESSAGE_TOO_LARGE
+    assert caught.value.size > caught.value.limit
+    assert await history.read(run) == []
+    assert history._nc.is_connected  # nothing went out to make the server close it
+
+
+async def test_an_append_while_nats_is_down_is_unavailable_and_stored_once_when_retried(
+        tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "nats").start()
+    nc: MeshConnection = await connect(NatsSettings(url=server.url), "test-history-restart")
+    try:
+        history = History(nc)
+        await history.start()
+        run = _run_id()
+        first = await history.append(_event(run, 1), 0)
+        port = server.port
+        server.kill()
+        await wait_for(lambda: not nc.is_connected, 10, "the client to notice")
+        event = _event(run, 2, "a", step_started=pb.StepStarted(attempt=1))
+        with pytest.raises(HistoryUnavailable) as caught:
+            await history.append(event, first)
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+        assert caught.value.reason == Reason.STORE_UNAVAILABLE
+        with pytest.raises(HistoryUnavailable):
+            await history.read(run)
+        server = NatsServer(tmp_path / "nats", port=port).start()
+        await wait_for(lambda: nc.is_connected, 15, "the client to reconnect")
+
+        async def stored() -> bool:
+            try:
+                await history.append(event, first)
+            except HistoryUnavailable:
+                return False  # JetStream may need a moment after the restart
+            return True
+
+        await wait_for(stored, 15, "the append to go through after the restart")
+        assert await history.append(event, first) > first  # tried once more: still once
+        assert [r.event for r in await history.read(run)][1:] == [event]
+    finally:
+        await nc.close()
+        server.stop()

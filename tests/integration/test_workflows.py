@@ -24,6 +24,7 @@ from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2_grpc
 from revo_engine_workflows.state import json_value
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
 from tests.integration.test_workflow_runner import echo
+from tests.plugins.guarded import EFFECTS_DIR_ENV
 
 SERVICE = "revo.workflows.v1.WorkflowService"
 ECHO = "/revo.echo.v1.EchoService/Echo"
@@ -271,6 +272,58 @@ async def test_a_run_whose_node_is_killed_is_continued_by_another(
         assert json_format.MessageToDict(b.output)["idempotencyKey"] == f"{run.id}/b"
         log = (tmp_path / "second.log").read_text()
         assert f"workflow run {run.id}: continued on this node" in log, log[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        if second is not None:
+            stop_node(second)
+
+
+async def test_a_node_that_stops_mid_task_hands_the_run_on_without_cancelling_the_task(
+        mesh_harness: Callable[..., Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Coordinator node stopped (SIGTERM) while a task step's Parallel Mind task runs
+    leaves the task running: the next owner finds the same task under the step's key and
+    the run succeeds with the task's one effect. (A stopping or lease-losing node that
+    cancelled the task left the next owner a CANCELLED task, and the run failed.)"""
+    effects = tmp_path / "effects"
+    effects.mkdir()
+    monkeypatch.setenv(EFFECTS_DIR_ENV, str(effects))  # the in-process node runs the task
+    mesh: MeshHarness = await mesh_harness(plugins={
+        "only": ["parallel", "guarded"], "extra": {"guarded": "tests.plugins.guarded"}})
+    env = {"REVO_PLUGINS__ONLY": "workflows",
+           "REVO_ENGINES__WORKFLOWS__LEASE_TTL_S": "1.0",
+           "REVO_ENGINES__WORKFLOWS__SWEEP_INTERVAL_S": "0.2"}
+    first = spawn_node(mesh.config, tmp_path / "first.log",
+                       extra_env={**env, "REVO_NODE__ID": "first"})
+    second: Any = None
+    try:
+        await mesh.wait_for_service(SERVICE, nodes=1, timeout=60)
+        stub = _stub(mesh)
+        await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("handed", [
+            {"id": "work", "task": {"type": "test.step_effect",
+                                    "payload": {"key": "handed", "ms": 3000}}}])),
+            timeout=10)
+        run = (await stub.StartRun(pb.StartRunRequest(workflow="handed"), timeout=10)).run
+        log = effects / f"steps-{os.getpid()}.log"
+        await wait_for(lambda: log.exists() and "effect handed" in log.read_text(), 20,
+                       "the step's task running")
+        second = spawn_node(mesh.config, tmp_path / "second.log",
+                            extra_env={**env, "REVO_NODE__ID": "second"})
+        await mesh.wait_for_service(SERVICE, nodes=2, timeout=60)
+        assert await asyncio.to_thread(stop_node, first) == 0
+        done = await _finished(stub, run.id)
+        assert done.state == pb.RUN_STATE_SUCCEEDED, done.error
+        assert json.loads(json_format.MessageToJson(done.output)) == "handed"
+        lines = [line.split() for line in log.read_text().splitlines()]
+        assert [line[0] for line in lines] == ["effect", "done"], lines
+        ran_s = (int(lines[1][2]) - int(lines[0][2])) / 1e9
+        assert ran_s > 2.9, f"the task was cut short after {ran_s:.2f} s of its 3 s"
+        assert lines[0][3:] == lines[1][3:] == [lines[0][3], "1"], "one task, one attempt"
+        second_log = (tmp_path / "second.log").read_text()
+        assert f"workflow run {run.id}: continued on this node" in second_log, \
+            second_log[-3000:]
     finally:
         if first.poll() is None:
             first.kill()

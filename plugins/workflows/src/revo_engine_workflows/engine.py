@@ -24,6 +24,7 @@ from mesh.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Reason,
     Unavailable,
 )
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
@@ -84,6 +85,7 @@ class WorkflowEngine(AsyncEngine):
                              initial_backoff_s=s.initial_backoff_s,
                              max_backoff_s=s.max_backoff_s, map_concurrency=s.map_concurrency)
         self.running: dict[str, asyncio.Task[None]] = {}
+        self._runners: dict[str, Runner] = {}
         self.meters = CoordinatorMeters(runtime.metrics, lambda: len(self.running))
         self._checked: dict[tuple[str, int], Definition] = {}
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
@@ -91,6 +93,8 @@ class WorkflowEngine(AsyncEngine):
     async def stop(self) -> None:
         self._sweeper.cancel()
         tasks = list(self.running.values())
+        for runner in self._runners.values():
+            runner.abandon()  # their work goes on; the next owner finds it
         for task in tasks:
             task.cancel()
         await asyncio.gather(self._sweeper, *tasks, return_exceptions=True)
@@ -215,7 +219,13 @@ class WorkflowEngine(AsyncEngine):
         try:
             await runner.record(run_started=started)
         except OwnershipLost:
-            await self.leases.release(run_id)
+            with contextlib.suppress(Exception):
+                await self.leases.release(run_id)
+            if runner.abandoned:  # the store did not answer
+                raise Unavailable(f"run {run_id} could not be recorded: the history store "
+                                  "did not answer; retry (with the same idempotency key, "
+                                  "it starts one run)", reason=Reason.STORE_UNAVAILABLE,
+                                  metadata={"engine": "workflows"}) from None
             return None
         await self.index.put(state.to_proto(with_steps=False))
         self._launch(runner)
@@ -237,13 +247,20 @@ class WorkflowEngine(AsyncEngine):
 
         task = asyncio.get_running_loop().create_task(run())
         self.running[run_id] = task
-        task.add_done_callback(lambda _: self.running.pop(run_id, None))
+        self._runners[run_id] = runner
+
+        def forget(_: object) -> None:
+            self.running.pop(run_id, None)
+            self._runners.pop(run_id, None)
+
+        task.add_done_callback(forget)
 
     def _lost(self, run_id: str) -> None:
-        task = self.running.get(run_id)
-        if task is not None:
+        task, runner = self.running.get(run_id), self._runners.get(run_id)
+        if task is not None and runner is not None:
             log.warning("workflow run %s: this node lost its lease; another continues it",
                         run_id)
+            runner.abandon()
             task.cancel()
 
     async def _sweep(self) -> None:

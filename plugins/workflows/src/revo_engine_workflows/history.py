@@ -11,6 +11,11 @@ it otherwise. Two nodes that both think they own a run can therefore never both 
 its next event: the second gets :class:`HistoryConflict` and must stop working on the
 run. A publish retried after a lost acknowledgement finds its own event already last and
 counts as stored, so it is not stored twice.
+
+A store that does not answer (nats-server restarting, the connection reconnecting) raises
+:class:`HistoryUnavailable`: the append may or may not have been stored, and trying it
+again is safe for the reason above. An event over the connection's payload limit raises
+:class:`EventTooLarge` before anything is sent.
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import nats.errors
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
+from mesh.errors import Reason, ResourceExhausted, Unavailable
 from mesh.transport.connection import MeshConnection
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 
-__all__ = ["RUNS_STREAM", "RUN_PREFIX", "History", "HistoryConflict", "Recorded",
-           "run_subject"]
+__all__ = ["RUNS_STREAM", "RUN_PREFIX", "EventTooLarge", "History", "HistoryConflict",
+           "HistoryUnavailable", "Recorded", "run_subject"]
 
 RUNS_STREAM = "REVO_WORKFLOW_RUNS"
 RUN_PREFIX = "revo.workflows.run"
@@ -35,6 +42,8 @@ _RUN_ID = re.compile(r"^[a-z0-9]{8,64}$")
 _WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expectation
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _MSG_ID = "Nats-Msg-Id"
+_HEADROOM = 512
+"""Bytes of a publish besides the event (subject, headers, protocol) kept free of it."""
 
 
 def run_subject(run_id: str) -> str:
@@ -46,6 +55,27 @@ def run_subject(run_id: str) -> str:
 
 class HistoryConflict(Exception):
     """Another writer recorded the run's next event first: stop working on the run."""
+
+
+class HistoryUnavailable(Unavailable):
+    """The history store did not answer; an append may have been stored or not, and may
+    be tried again as it was. A caller of the engine gets it as UNAVAILABLE."""
+
+    def __init__(self, run_id: str, error: BaseException) -> None:
+        super().__init__(f"the history of run {run_id} could not be reached: "
+                         f"{type(error).__name__} {error}".rstrip(),
+                         reason=Reason.STORE_UNAVAILABLE, metadata={"engine": "workflows"})
+
+
+class EventTooLarge(ResourceExhausted):
+    """An event bigger than one NATS message may be (nothing was sent); a caller of the
+    engine gets it as RESOURCE_EXHAUSTED."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes, over the {limit} bytes an event of a run's history "
+                         "may have (the NATS payload limit)", reason=Reason.MESSAGE_TOO_LARGE,
+                         metadata={"size": str(size), "limit": str(limit)})
+        self.size, self.limit = size, limit
 
 
 @dataclass(frozen=True)
@@ -87,20 +117,26 @@ class History:
         """Record ``event`` (its ``run_id`` and ``sequence`` set) after the event stored at
         stream sequence ``after`` (0 for the run's first event); the new event's stream
         sequence. :class:`HistoryConflict` when the run's last event is not at ``after``."""
+        data = event.SerializeToString()
+        limit = self._nc.max_payload - _HEADROOM
+        if len(data) > limit:
+            raise EventTooLarge(len(data), limit)
         headers = {_EXPECTED_LAST: str(after), _MSG_ID: f"{event.run_id}:{event.sequence}"}
         # (the message id also drops an identical publish within the stream's duplicate
         # window when no expectation fails first)
         try:
-            ack = await self._js.publish(run_subject(event.run_id), event.SerializeToString(),
-                                         timeout=5.0, headers=headers)
+            ack = await self._js.publish(run_subject(event.run_id), data, timeout=5.0,
+                                         headers=headers)
         except APIError as error:
             if error.err_code != _WRONG_LAST_SEQUENCE:
-                raise
+                raise HistoryUnavailable(event.run_id, error) from error
             last = await self.last(event.run_id)
             if last is not None and last.event == event:
                 return last.stream_sequence  # this append's own first try was stored
             raise HistoryConflict(f"run {event.run_id}: event {event.sequence} was "
                                   f"recorded by another writer") from None
+        except (nats.errors.Error, TimeoutError) as error:
+            raise HistoryUnavailable(event.run_id, error) from error
         return int(ack.seq)
 
     async def last(self, run_id: str) -> Recorded | None:
@@ -109,6 +145,8 @@ class History:
             message = await self._js.get_last_msg(RUNS_STREAM, run_subject(run_id))
         except NotFoundError:
             return None
+        except (nats.errors.Error, TimeoutError) as error:
+            raise HistoryUnavailable(run_id, error) from error
         return Recorded(pb.RunEvent.FromString(message.data or b""), int(message.seq or 0))
 
     async def read(self, run_id: str) -> list[Recorded]:
@@ -117,10 +155,13 @@ class History:
         if last is None:
             return []
         events: list[Recorded] = []
-        async for recorded in self.follow(run_id, 0):
-            events.append(recorded)
-            if recorded.stream_sequence >= last.stream_sequence:
-                break
+        try:
+            async for recorded in self.follow(run_id, 0):
+                events.append(recorded)
+                if recorded.stream_sequence >= last.stream_sequence:
+                    break
+        except (nats.errors.Error, TimeoutError) as error:
+            raise HistoryUnavailable(run_id, error) from error
         return events
 
     async def follow(self, run_id: str, after: int) -> AsyncIterator[Recorded]:

@@ -19,18 +19,27 @@ follows the history to see them. When one lands between two of its own appends, 
 append conflicts; the runner reads what was added and, when it is only signals or cancel
 requests, applies them and appends again. Any other event there means another node now
 owns the run, and the runner stops.
+
+A runner stopped from outside (its node stopping, or its lease lost) *abandons* the run:
+it records nothing more and leaves the work its steps started (Parallel Mind tasks, say)
+running, for the next owner to find under the same idempotency keys. Only the run's own
+decisions (a cancel request, a group that no longer needs a branch) cancel that work.
+When the history store does not answer, an append is tried again for up to
+:attr:`Limits.store_patience_s`; then the runner abandons the run, whose lease lapses, and
+a node that can reach the store continues it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format, message_factory
@@ -41,11 +50,19 @@ from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 from revo_engine_workflows.definitions import Definition
 from revo_engine_workflows.expressions import ExpressionError
-from revo_engine_workflows.history import History, HistoryConflict, Recorded
+from revo_engine_workflows.history import (
+    EventTooLarge,
+    History,
+    HistoryConflict,
+    HistoryUnavailable,
+    Recorded,
+)
 from revo_engine_workflows.metrics import CoordinatorMeters
 from revo_engine_workflows.state import EXTERNAL, RunState, StepStatus, json_value
 
 __all__ = ["Limits", "OwnershipLost", "Runner"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +90,9 @@ class Limits:
     map_concurrency: int = 16
     progress_events: int = 100
     """Stream messages recorded as progress per step at most (the rest are not recorded)."""
+    store_patience_s: float = 60.0
+    """How long an append waits for an unanswering history store before the runner
+    abandons the run."""
 
 
 class StepFailed(Exception):
@@ -101,6 +121,8 @@ class Runner:
         """Set when an event from outside (a signal, a cancel request) was applied."""
         self._work: dict[str, float] = {}
         """Seconds each running step spent in its work (for the coordination latency)."""
+        self.abandoned = False
+        """Stopped from outside: record nothing more, leave the steps' work running."""
 
     # -- the history ------------------------------------------------------------------
 
@@ -113,18 +135,39 @@ class Runner:
     async def _record(self, step_id: str, kind: dict[str, Any]) -> None:
         async with self._lock:
             for _ in range(100):  # bounded: each retry follows an outside event
+                if self.abandoned:
+                    raise OwnershipLost(f"run {self.state.run_id}: abandoned by this node")
                 event = pb.RunEvent(run_id=self.state.run_id, step_id=step_id,
                                     sequence=self.state.last_sequence + 1, **kind)
                 event.time.GetCurrentTime()
                 try:
-                    stream_sequence = await self.history.append(
-                        event, self.state.last_stream_sequence)
+                    stream_sequence = await self._patiently(functools.partial(
+                        self.history.append, event, self.state.last_stream_sequence))
                 except HistoryConflict:
-                    await self._catch_up()
+                    await self._patiently(self._catch_up)
                     continue
                 self._applied(Recorded(event, stream_sequence))
                 return
             raise OwnershipLost(f"run {self.state.run_id}: too many outside events at once")
+
+    async def _patiently(self, operation: Callable[[], Awaitable[_T]]) -> _T:
+        """``operation()`` on the history, tried again while the store does not answer
+        (for at most ``store_patience_s``; then the run is abandoned here)."""
+        deadline = time.monotonic() + self.limits.store_patience_s
+        delay = 0.05
+        while True:
+            try:
+                return await operation()
+            except HistoryUnavailable as error:
+                if time.monotonic() + delay > deadline:
+                    self.abandoned = True
+                    raise OwnershipLost(f"run {self.state.run_id}: the history store did not "
+                                        f"answer for {self.limits.store_patience_s:g} s "
+                                        f"({error}); another node continues the run") from None
+                log.warning("workflow run %s: the history store did not answer (%s); "
+                            "trying again in %.2f s", self.state.run_id, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     async def _catch_up(self) -> None:
         """Apply what others appended since our last event: only outside events may be
@@ -145,14 +188,24 @@ class Runner:
                 self.on_event(recorded)
 
     async def _follow(self) -> None:
-        """Apply outside events as they are recorded (signals, cancel requests)."""
-        async for recorded in self.history.follow(self.state.run_id,
-                                                  self.state.last_sequence):
-            if recorded.event.WhichOneof("event") not in EXTERNAL:
-                continue  # our own, applied when appended (or a new owner's: record fails)
-            async with self._lock:
-                if recorded.event.sequence == self.state.last_sequence + 1:
-                    self._applied(recorded)
+        """Apply outside events as they are recorded (signals, cancel requests); a
+        follow broken by the store (NATS away) starts again after the last event applied."""
+        delay = 0.1
+        while True:
+            try:
+                async for recorded in self.history.follow(self.state.run_id,
+                                                          self.state.last_sequence):
+                    delay = 0.1
+                    if recorded.event.WhichOneof("event") not in EXTERNAL:
+                        continue  # our own, applied when appended (or a new owner's)
+                    async with self._lock:
+                        if recorded.event.sequence == self.state.last_sequence + 1:
+                            self._applied(recorded)
+            except Exception as error:  # NATS's many errors: follow again
+                log.warning("workflow run %s: following its history failed (%r); again in "
+                            "%.1f s", self.state.run_id, error, delay)
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
 
     # -- the run ----------------------------------------------------------------------
 
@@ -162,36 +215,49 @@ class Runner:
         follower = asyncio.get_running_loop().create_task(self._follow())
         steps: dict[str, asyncio.Task[None]] = {}
         try:
-            while not self.state.finished:
-                if self.state.cancel_requested:
-                    await self._cancel(steps, f"cancelled by {self.state.cancel_requested}")
-                    return
-                failed = self._fatal()
-                if failed is not None:
-                    await self._cancel(steps, None)
-                    await self._finish(pb.RUN_STATE_FAILED, None, failed)
-                    return
-                for step_id in self._ready(steps):
-                    steps[step_id] = asyncio.get_running_loop().create_task(
-                        self._guarded(self.definition.steps[step_id], step_id))
-                if all(self.state.step(s).finished for s in self.definition.order):
-                    await self._succeed()
-                    return
-                self._changed.clear()
-                running = [t for t in steps.values() if not t.done()]
-                waiter = asyncio.get_running_loop().create_task(self._changed.wait())
-                try:
-                    await asyncio.wait([*running, waiter], return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                for task in [t for t in steps.values() if t.done()]:
-                    if not task.cancelled() and isinstance(task.exception(), OwnershipLost):
-                        raise task.exception()  # type: ignore[misc]
+            await self._loop(steps)
+        except BaseException:  # cancelled from outside, or ownership lost: abandon the run
+            self.abandoned = True
+            raise
         finally:
             follower.cancel()
             for task in steps.values():
                 task.cancel()
             await asyncio.gather(follower, *steps.values(), return_exceptions=True)
+
+    def abandon(self) -> None:
+        """Stop recording: the caller is about to cancel :meth:`run` because another node
+        will continue the run (this node stops, or lost its lease)."""
+        self.abandoned = True
+
+    async def _loop(self, steps: dict[str, asyncio.Task[None]]) -> None:
+        """Start steps as their needs finish, until the run ends (``steps``: the tasks
+        started, which :meth:`run` stops on the way out)."""
+        while not self.state.finished:
+            if self.state.cancel_requested:
+                await self._cancel(steps, f"cancelled by {self.state.cancel_requested}")
+                return
+            failed = self._fatal()
+            if failed is not None:
+                await self._cancel(steps, None)
+                await self._finish(pb.RUN_STATE_FAILED, None, failed)
+                return
+            for step_id in self._ready(steps):
+                steps[step_id] = asyncio.get_running_loop().create_task(
+                    self._guarded(self.definition.steps[step_id], step_id))
+            if all(self.state.step(s).finished for s in self.definition.order):
+                await self._succeed()
+                return
+            self._changed.clear()
+            running = [t for t in steps.values() if not t.done()]
+            waiter = asyncio.get_running_loop().create_task(self._changed.wait())
+            try:
+                await asyncio.wait([*running, waiter], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            for task in [t for t in steps.values() if t.done()]:
+                if not task.cancelled() and isinstance(task.exception(), OwnershipLost):
+                    raise task.exception()  # type: ignore[misc]
 
     async def _guarded(self, step: pb.Step, step_id: str) -> None:
         """A top-level step; a bug in running it fails the step (INTERNAL) rather than
@@ -256,7 +322,12 @@ class Runner:
         finished = pb.RunFinished(state=state, error=error[:2000])  # type: ignore[arg-type]
         if output is not None:
             finished.output.CopyFrom(json_value(output))
-        await self.record(run_finished=finished)
+        try:
+            await self.record(run_finished=finished)
+        except EventTooLarge as error:
+            await self.record(run_finished=pb.RunFinished(
+                state=pb.RUN_STATE_FAILED, error=f"the run's output is too large to record: "
+                f"{error}"))
 
     async def _cancel(self, steps: dict[str, asyncio.Task[None]], reason: str | None) -> None:
         for task in steps.values():
@@ -347,7 +418,14 @@ class Runner:
                 continue
             self._work[step_id] = self._work.get(step_id, 0.0) + (
                 time.perf_counter() - working)
-            await self.record(step_id, step_succeeded=_succeeded(output))
+            try:
+                await self.record(step_id, step_succeeded=_succeeded(output))
+            except EventTooLarge as error:
+                await self._failed(step_id, status, StepFailed(
+                    "RESOURCE_EXHAUSTED", f"the step's output is too large to record: {error}; "
+                    "keep large data elsewhere (Recall, an object store) and return a "
+                    "reference", final=True), will_retry=False)
+                await self._fallback(step, step_id, status, scope)
             return
 
     async def _failed(self, step_id: str, status: StepStatus, failure: StepFailed,
@@ -446,8 +524,9 @@ class Runner:
             messages.append(data)
             if recorded < self.limits.progress_events:
                 recorded += 1
-                await self.record(step_id, step_progress=pb.StepProgress(
-                    data=json_value(data)))
+                with contextlib.suppress(EventTooLarge):  # progress is not kept, then
+                    await self.record(step_id, step_progress=pb.StepProgress(
+                        data=json_value(data)))
         return messages if call.collect_stream else (messages[-1] if messages else None)
 
     async def _task(self, step: pb.Step, step_id: str, scope: dict[str, Any] | None,
@@ -469,8 +548,9 @@ class Runner:
                     if update.state in _TASK_DONE:
                         break
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):  # the run was cancelled: so is its task
-                await asyncio.shield(tasks.Cancel(tasks_pb2.CancelRequest(id=task_id)))
+            if not self.abandoned:  # the run (or its group) no longer wants the task
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(tasks.Cancel(tasks_pb2.CancelRequest(id=task_id)))
             raise
         if final.state != tasks_pb2.TASK_STATE_SUCCEEDED:
             code = final.error.code or tasks_pb2.TaskState.Name(final.state).removeprefix(
@@ -578,6 +658,8 @@ class Runner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.abandoned:
+            return
         for branch in tasks.values():
             status = self.state.step(branch)
             if not status.finished and status.state != pb.STEP_STATE_PENDING:
