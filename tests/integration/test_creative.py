@@ -454,6 +454,45 @@ async def test_candidates_take_the_allowed_models_in_turn_and_every_judge_votes(
     assert asked == ["fake"] * 4 + ["fake-b"] * 4
 
 
+async def test_judge_scores_each_solution_alone_by_every_judge_against_the_rubric(
+        mesh: Callable[..., Any], model: ScriptedModel, fake: FakeLLMServer) -> None:
+    def judge(system: str, user: str) -> str:
+        assert "Rubric:\nBrevity above all." in system
+        assert "Candidate solution:" in user
+        assert "Solution A" not in user
+        return "Short.\nScore: 9/10" if "minimalist" in user else "Long.\nScore: 4/10"
+
+    model.judge = judge
+    model.judge_by_model = {"fake-b": "Unsure."}  # abstains: no score
+    harness = await mesh(second=True)
+    stub = _stub(harness)
+    solutions = ["the pragmatist plan", "the minimalist plan", "the architect plan"]
+    judged = await stub.Judge(pb.JudgeRequest(
+        problem=PROBLEM, constraints=["no new paid services"], solutions=solutions,
+        rubric="Brevity above all.", judge_models=["fake", "fake2"]), timeout=60)
+    assert judged.best == 1
+    assert [round(s.quality, 2) for s in judged.solutions] == [0.4, 0.9, 0.4]
+    for solution in judged.solutions:
+        assert [v.model for v in solution.verdicts] == ["fake", "fake2"]
+        assert not solution.verdicts[1].HasField("score"), "an unreadable verdict abstains"
+        assert solution.verdicts[1].reasoning == "Unsure."
+    assert judged.usage.completion_tokens > 0
+    asked = [r for r in fake.requests if r.body and "Rubric:" in messages_of(r.body)[0]]
+    assert len(asked) == len(solutions) * 2
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Judge(pb.JudgeRequest(problem=PROBLEM, solutions=["a", " "] * 5),
+                         timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "solutions must have 1 to 8 items" in str(caught.value.details())
+    assert "solutions[1] is empty" in str(caught.value.details())
+    model.judge = lambda system, user: "No idea."
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Judge(pb.JudgeRequest(problem=PROBLEM, solutions=["a"]), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no judge gave a readable score" in str(caught.value.details())
+
+
 async def test_the_cost_limit_reaches_every_model_call(
         mesh: Callable[..., Any], fake: FakeLLMServer) -> None:
     harness = await mesh(paid=True, models={"budget_usd": 5.0})

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mesh._gen.revo.models.v1 import models_pb2
+from mesh.errors import FailedPrecondition
 from mesh.models.budget import Budgets, Reservation
 from mesh.models.router import estimate_tokens
 
-__all__ = ["Prices", "SetBudget"]
+__all__ = ["Prices", "SetBudget", "no_generating_model"]
 
 _MICROS = 1_000_000
 
@@ -55,6 +56,18 @@ class Prices:
                                          self.models[n].input_usd_per_million
                                          + self.models[n].output_usd_per_million,
                                          self.models[n].priority, n))
+
+
+def no_generating_model(force_local: bool) -> FailedPrecondition:
+    """The error when no model can generate (with ``force_local``: no local one), saying
+    what to configure."""
+    if force_local:
+        return FailedPrecondition("no local (Triton) model can generate: set "
+                                  "models.generator_checkpoint for a local generator, or "
+                                  "drop force_local")
+    return FailedPrecondition("no model can generate: add a [[models.catalog]] entry (a cloud "
+                              "model with its API key, or set models.generator_checkpoint "
+                              "for a local one)")
 
 
 class SetBudget:

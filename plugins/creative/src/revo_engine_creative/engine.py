@@ -20,6 +20,7 @@ from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Permissio
 from mesh.models.budget import Budgets
 from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as pb
 from revo_engine_creative.ask import read_ask
+from revo_engine_creative.judge import judge_solutions
 from revo_engine_creative.metrics import CreativeMeters
 from revo_engine_creative.run import CHOICE_KIND, SetRun
 from revo_engine_creative.sets import SetStore
@@ -119,6 +120,9 @@ class CreativeEngine(AsyncEngine):
             timeout=30.0)
         result = stored.results[0]
         return pb.ChooseResponse(memory_id=result.id, outcome=result.outcome)
+
+    async def judge(self, request: pb.JudgeRequest, ctx: Context) -> pb.JudgeResponse:
+        return await judge_solutions(self, request, ctx)
 
     async def list_strategies(self, request: pb.ListStrategiesRequest,
                               ctx: Context) -> pb.ListStrategiesResponse:

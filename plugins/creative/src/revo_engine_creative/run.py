@@ -41,7 +41,8 @@ from mesh.errors import FailedPrecondition, InvalidArgument, RpcError, Unavailab
 from revo_engine_creative import diversity, judging
 from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as pb
 from revo_engine_creative.ask import Ask
-from revo_engine_creative.budget import Prices, SetBudget
+from revo_engine_creative.budget import Prices, SetBudget, no_generating_model
+from revo_engine_creative.completion import complete
 from revo_engine_creative.diversity import Matrix
 from revo_engine_creative.strategies import Strategy, generation_messages, plan, split_rationale
 from revo_engine_recall._gen.revo.recall.v1 import recall_pb2, recall_pb2_grpc
@@ -177,13 +178,7 @@ class SetRun:
                                      "Triton serving 'embedder' (revo up does)")
         prices = self.prices = Prices.of(catalog, ask.force_local)
         if not prices.models:
-            where = "local (Triton) " if ask.force_local else ""
-            raise FailedPrecondition(
-                f"no {where}model can generate: "
-                + ("set models.generator_checkpoint for a local generator, or drop "
-                   "force_local" if ask.force_local else
-                   "add a [[models.catalog]] entry (a cloud model with its API key, or "
-                   "set models.generator_checkpoint for a local one)"))
+            raise no_generating_model(ask.force_local)
         unknown = [m for m in (*ask.models, *ask.judge_models) if m not in prices.models]
         if unknown:
             raise InvalidArgument(
@@ -238,20 +233,9 @@ class SetRun:
         assert self.prices is not None
         if not handed_over:
             await self.budget.hand_over(self.prices.estimate(model, messages, max_tokens))
-        request = models_pb2.GenerateRequest(
-            messages=[models_pb2.Message(role=role, content=text) for role, text in messages],
-            sampling=models_pb2.Sampling(temperature=temperature, max_tokens=max_tokens),
-            policy=models_pb2.Policy(force_local=self.ask.force_local,
-                                     model="" if model == "auto" else model,
-                                     cost_limit_usd=self.ask.cost_limit_usd))
-        parts: list[str] = []
-        done = models_pb2.Done()
-        async for event in self.models.Generate(request):
-            if event.HasField("done"):
-                done = event.done
-            else:
-                parts.append(event.delta)
-        return "".join(parts), done
+        return await complete(self.models, messages, model=model, temperature=temperature,
+                              max_tokens=max_tokens, force_local=self.ask.force_local,
+                              cost_limit_usd=self.ask.cost_limit_usd)
 
     async def _embed(self, texts: list[str]) -> Matrix:
         reply = await self.models.Embed(models_pb2.EmbedRequest(texts=texts), timeout=30.0)

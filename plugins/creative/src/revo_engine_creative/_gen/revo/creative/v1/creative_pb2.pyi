@@ -661,3 +661,150 @@ class ListStrategiesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListStrategiesResponse: _TypeAlias = ListStrategiesResponse  # noqa: Y015
+
+@_typing.final
+class JudgeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    CONSTRAINTS_FIELD_NUMBER: _builtins.int
+    SOLUTIONS_FIELD_NUMBER: _builtins.int
+    RUBRIC_FIELD_NUMBER: _builtins.int
+    JUDGE_MODELS_FIELD_NUMBER: _builtins.int
+    FORCE_LOCAL_FIELD_NUMBER: _builtins.int
+    COST_LIMIT_USD_FIELD_NUMBER: _builtins.int
+    problem: _builtins.str
+    """The problem the solutions answer (as GenerateRequest.problem)."""
+    rubric: _builtins.str
+    """What judges score against; empty: the engine's rubric ([engines.creative]
+    rubric).
+    """
+    force_local: _builtins.bool
+    """Only local (Triton) models judge."""
+    cost_limit_usd: _builtins.float
+    """Passed to every judge call as its cost limit (USD); 0 is no limit."""
+    @_builtins.property
+    def constraints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def solutions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1 to 8 solutions, each at least one non-space character."""
+
+    @_builtins.property
+    def judge_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Catalog models that judge; empty: the cheapest allowed model."""
+
+    def __init__(
+        self,
+        *,
+        problem: _builtins.str = ...,
+        constraints: _abc.Iterable[_builtins.str] | None = ...,
+        solutions: _abc.Iterable[_builtins.str] | None = ...,
+        rubric: _builtins.str = ...,
+        judge_models: _abc.Iterable[_builtins.str] | None = ...,
+        force_local: _builtins.bool = ...,
+        cost_limit_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "cost_limit_usd", b"cost_limit_usd", "force_local", b"force_local", "judge_models", b"judge_models", "problem", b"problem", "rubric", b"rubric", "solutions", b"solutions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JudgeRequest: _TypeAlias = JudgeRequest  # noqa: Y015
+
+@_typing.final
+class Verdict(_message.Message):
+    """Verdict is one judge's score of one solution."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model that answered."""
+    score: _builtins.float
+    """0 to 1; absent when the judge's reply had no readable score or the call
+    failed (the judge abstains).
+    """
+    reasoning: _builtins.str
+    """The judge's reply (or why the call failed), at most 1,000 characters."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        score: _builtins.float | None = ...,
+        reasoning: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "score", b"score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "model", b"model", "reasoning", b"reasoning", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
+
+Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
+
+@_typing.final
+class JudgedSolution(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    VERDICTS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The solution's place in JudgeRequest.solutions."""
+    quality: _builtins.float
+    """The mean of the judges' scores; 0 when every judge abstained."""
+    @_builtins.property
+    def verdicts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Verdict]: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        quality: _builtins.float = ...,
+        verdicts: _abc.Iterable[Global___Verdict] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "quality", b"quality", "verdicts", b"verdicts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JudgedSolution: _TypeAlias = JudgedSolution  # noqa: Y015
+
+@_typing.final
+class JudgeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOLUTIONS_FIELD_NUMBER: _builtins.int
+    BEST_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    best: _builtins.int
+    """The index of the highest quality (the first of equals)."""
+    cost_usd: _builtins.float
+    @_builtins.property
+    def solutions(self) -> _containers.RepeatedCompositeFieldContainer[Global___JudgedSolution]:
+        """In the order of JudgeRequest.solutions."""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Every judge call's tokens and cost together."""
+
+    def __init__(
+        self,
+        *,
+        solutions: _abc.Iterable[Global___JudgedSolution] | None = ...,
+        best: _builtins.int = ...,
+        usage: Global___Usage | None = ...,
+        cost_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best", b"best", "cost_usd", b"cost_usd", "solutions", b"solutions", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JudgeResponse: _TypeAlias = JudgeResponse  # noqa: Y015

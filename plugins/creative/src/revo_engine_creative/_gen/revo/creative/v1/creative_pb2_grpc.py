@@ -54,6 +54,11 @@ class CreativeServiceStub:
                 request_serializer=revo_dot_creative_dot_v1_dot_creative__pb2.ChooseRequest.SerializeToString,
                 response_deserializer=revo_dot_creative_dot_v1_dot_creative__pb2.ChooseResponse.FromString,
                 _registered_method=True)
+        self.Judge = channel.unary_unary(
+                '/revo.creative.v1.CreativeService/Judge',
+                request_serializer=revo_dot_creative_dot_v1_dot_creative__pb2.JudgeRequest.SerializeToString,
+                response_deserializer=revo_dot_creative_dot_v1_dot_creative__pb2.JudgeResponse.FromString,
+                _registered_method=True)
         self.ListStrategies = channel.unary_unary(
                 '/revo.creative.v1.CreativeService/ListStrategies',
                 request_serializer=revo_dot_creative_dot_v1_dot_creative__pb2.ListStrategiesRequest.SerializeToString,
@@ -94,6 +99,16 @@ class CreativeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Judge(self, request, context):
+        """Judge scores solutions to a problem against a rubric: every judge model
+        scores each solution alone (no solution is shown beside another), and a
+        solution's quality is the mean of its scores. Evaluators call it, a
+        Coordinator workflow's among them (the built-in `solve`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListStrategies(self, request, context):
         """ListStrategies returns the perspectives candidates are generated from (the
         catalog, [engines.creative.perspectives]).
@@ -119,6 +134,11 @@ def add_CreativeServiceServicer_to_server(servicer, server):
                     servicer.Choose,
                     request_deserializer=revo_dot_creative_dot_v1_dot_creative__pb2.ChooseRequest.FromString,
                     response_serializer=revo_dot_creative_dot_v1_dot_creative__pb2.ChooseResponse.SerializeToString,
+            ),
+            'Judge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Judge,
+                    request_deserializer=revo_dot_creative_dot_v1_dot_creative__pb2.JudgeRequest.FromString,
+                    response_serializer=revo_dot_creative_dot_v1_dot_creative__pb2.JudgeResponse.SerializeToString,
             ),
             'ListStrategies': grpc.unary_unary_rpc_method_handler(
                     servicer.ListStrategies,
@@ -211,6 +231,33 @@ class CreativeService:
             '/revo.creative.v1.CreativeService/Choose',
             revo_dot_creative_dot_v1_dot_creative__pb2.ChooseRequest.SerializeToString,
             revo_dot_creative_dot_v1_dot_creative__pb2.ChooseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Judge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/revo.creative.v1.CreativeService/Judge',
+            revo_dot_creative_dot_v1_dot_creative__pb2.JudgeRequest.SerializeToString,
+            revo_dot_creative_dot_v1_dot_creative__pb2.JudgeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,12 @@ class CreativeServiceStub:
     scope, or the one given), so that later sets for similar problems are
     scored novel against it. Only the caller who generated the set may choose.
     """
+    Judge: _grpc.UnaryUnaryMultiCallable[_creative_pb2.JudgeRequest, _creative_pb2.JudgeResponse]
+    """Judge scores solutions to a problem against a rubric: every judge model
+    scores each solution alone (no solution is shown beside another), and a
+    solution's quality is the mean of its scores. Evaluators call it, a
+    Coordinator workflow's among them (the built-in `solve`).
+    """
     ListStrategies: _grpc.UnaryUnaryMultiCallable[_creative_pb2.ListStrategiesRequest, _creative_pb2.ListStrategiesResponse]
     """ListStrategies returns the perspectives candidates are generated from (the
     catalog, [engines.creative.perspectives]).
@@ -79,6 +85,12 @@ class CreativeServiceAsyncStub(CreativeServiceStub):
     """Choose remembers one candidate of a set in Perfect Recall (the caller's
     scope, or the one given), so that later sets for similar problems are
     scored novel against it. Only the caller who generated the set may choose.
+    """
+    Judge: _aio.UnaryUnaryMultiCallable[_creative_pb2.JudgeRequest, _creative_pb2.JudgeResponse]  # type: ignore[assignment]
+    """Judge scores solutions to a problem against a rubric: every judge model
+    scores each solution alone (no solution is shown beside another), and a
+    solution's quality is the mean of its scores. Evaluators call it, a
+    Coordinator workflow's among them (the built-in `solve`).
     """
     ListStrategies: _aio.UnaryUnaryMultiCallable[_creative_pb2.ListStrategiesRequest, _creative_pb2.ListStrategiesResponse]  # type: ignore[assignment]
     """ListStrategies returns the perspectives candidates are generated from (the
@@ -122,6 +134,18 @@ class CreativeServiceServicer(metaclass=_abc_1.ABCMeta):
         """Choose remembers one candidate of a set in Perfect Recall (the caller's
         scope, or the one given), so that later sets for similar problems are
         scored novel against it. Only the caller who generated the set may choose.
+        """
+
+    @_abc_1.abstractmethod
+    def Judge(
+        self,
+        request: _creative_pb2.JudgeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_creative_pb2.JudgeResponse, _abc.Awaitable[_creative_pb2.JudgeResponse]]:
+        """Judge scores solutions to a problem against a rubric: every judge model
+        scores each solution alone (no solution is shown beside another), and a
+        solution's quality is the mean of its scores. Evaluators call it, a
+        Coordinator workflow's among them (the built-in `solve`).
         """
 
     @_abc_1.abstractmethod
