@@ -60,7 +60,7 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
                REVO_NATS__PORT=str(free_port()),
                REVO_NATS__MONITOR_PORT=str(free_port()),
                REVO_GATEWAY__ADDRESS=gateway,
-               REVO_PLUGINS__ONLY="echo,models,recall,creative,workflows",
+               REVO_PLUGINS__ONLY="echo,models,recall,creative,parallel,workflows",
                REVO_MODELS__GENERATOR_CHECKPOINT=str(checkpoint),
                REVO_ADMIN_PASSWORD="first-admin-password",
                REVO_MODELS__TRITON_REPOSITORY=str(TRITON_MODELS))
@@ -138,6 +138,19 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
         assert "(local, " in example.stdout, example.stdout
         assert "Vendi score" in example.stdout, example.stdout
         assert "chose [" in example.stdout, example.stdout
+
+        # the Coordinator's built-in solve runs on it too (revo workflows run solve). The
+        # random-weight judges give no readable score, so the evaluators' vote fails and
+        # Creative's own ranking decides; the choice is remembered.
+        solved = _revo("workflows", "run", "solve", "--input", json.dumps({
+            "problem": "Our nightly reporting job misses its 7am deadline.", "n": 3,
+            "options": {"forceLocal": True, "maxTokens": 24, "judging": "JUDGING_NONE"}}),
+            env=env, cwd=tmp_path, timeout=240)
+        assert solved.returncode == 0, solved.stdout + solved.stderr
+        result = json.loads(solved.stdout.strip().splitlines()[-1])
+        assert result["state"] == "RUN_STATE_SUCCEEDED", solved.stdout
+        assert result["output"]["agreed"] is False, "noise scores nothing: no vote"
+        assert result["output"]["memoryId"], solved.stdout
 
         status = _revo("status", env=env, cwd=tmp_path)
         assert status.returncode == 0, status.stdout + status.stderr

@@ -143,3 +143,50 @@ def test_a_fallback_step_runs_only_as_a_fallback() -> None:
 def test_task_steps_need_parallel_mind() -> None:
     with pytest.raises(InvalidArgument, match="enable the parallel engine"):
         check(_workflow([{"id": "t", "task": {"type": "noop"}}]), lambda path: None)
+
+
+def test_a_method_task_names_a_unary_method_whose_request_fits() -> None:
+    definition = _check([{"id": "t", "task": {
+        "method": "/revo.echo.v1.EchoService/Echo", "request": {"payload": "aGk="},
+        "requestExpr": '{"delayMs": 1}'}}])
+    assert definition.methods == {"/revo.echo.v1.EchoService/Echo", TASK_SUBMIT}
+    assert ("t", "request") in definition.expressions
+    wrong = _violations([
+        {"id": "both", "task": {"type": "noop", "method": "/revo.echo.v1.EchoService/Echo"}},
+        {"id": "neither", "task": {"priority": 1}},
+        {"id": "streams", "task": {"method": "/revo.echo.v1.EchoService/Count"}},
+        {"id": "unfit", "task": {"method": "/revo.echo.v1.EchoService/Echo",
+                                 "request": {"shout": True}}},
+        {"id": "payload", "task": {"method": "/revo.echo.v1.EchoService/Echo",
+                                   "payload": 1}},
+        {"id": "typed", "task": {"type": "noop", "request": {"payload": "aGk="}}},
+    ])
+    assert [w for w, _ in wrong] == [
+        "workflow.steps[0].task", "workflow.steps[1].task", "workflow.steps[2].task.method",
+        "workflow.steps[3].task.request", "workflow.steps[4].task",
+        "workflow.steps[5].task"]
+    assert "exactly one of type" in wrong[0][1]
+    assert "streams its answer" in wrong[2][1]
+    assert "does not fit revo.echo.v1.EchoRequest" in wrong[3][1]
+    assert "not payload" in wrong[4][1]
+    assert "belong to method tasks" in wrong[5][1]
+
+
+def test_the_built_in_solve_workflow_checks_against_the_engines_it_calls() -> None:
+    from revo_engine_creative._gen.revo.creative.v1 import creative_pb2
+    from revo_engine_recall._gen.revo.recall.v1 import recall_pb2
+    from revo_engine_workflows.builtins import builtin
+
+    creative = creative_pb2.DESCRIPTOR.services_by_name["CreativeService"]
+    recall = recall_pb2.DESCRIPTOR.services_by_name["RecallService"]
+    methods = {**METHODS,
+               "/revo.recall.v1.RecallService/Search": recall.methods_by_name["Search"],
+               **{f"/revo.creative.v1.CreativeService/{m}": creative.methods_by_name[m]
+                  for m in ("GenerateSet", "Judge", "Choose")}}
+    definition = check(builtin("solve"), methods.get)
+    assert definition.order == ["recall", "alternatives", "evaluate", "remember"]
+    assert definition.methods == set(methods) - {"/revo.echo.v1.EchoService/Echo",
+                                                 "/revo.echo.v1.EchoService/Count"}
+    with pytest.raises(InvalidArgument, match="CreativeService/Judge"):
+        check(builtin("solve"), {k: v for k, v in methods.items()
+                                 if not k.endswith("/Judge")}.get)

@@ -59,3 +59,14 @@ def test_values_come_back_as_json() -> None:
         '[true, 1u, 2.5, b"x", null, timestamp("2026-01-01T00:00:00Z") + duration("90s"),'
         ' duration("1.5s"), {"k": [1]}]').evaluate({})
     assert value == [True, 1, 2.5, "x", None, "2026-01-01T00:01:30Z", 1.5, {"k": [1]}]
+
+
+def test_join_concatenates_a_list_of_strings_as_cel_strings_extension_does() -> None:
+    hits = {"steps": {"recall": {"output": {"hits": [{"memory": {"text": "a"}},
+                                                     {"memory": {"text": "b"}}]}}}}
+    joined = compile_expression('steps.recall.output.hits.map(h, h.memory.text).join("\\n")')
+    assert joined.evaluate(hits) == "a\nb"
+    assert compile_expression('["x", "y"].join()').evaluate({}) == "xy"
+    assert compile_expression("[].join(',')").evaluate({}) == ""
+    with pytest.raises(ExpressionError):
+        compile_expression("[1, 2].join()").evaluate({})

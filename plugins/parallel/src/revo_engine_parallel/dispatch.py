@@ -381,7 +381,8 @@ class Dispatcher:
         call = task.spec.call
         as_owner = Context(method=call.method, request_id=task.id,
                            deadline=time.monotonic() + ctx.time_remaining(),
-                           node_id=self.node_id, caller=task.owner, role=role)
+                           node_id=self.node_id, caller=task.owner, role=role,
+                           idempotency_key=task.spec.idempotency_key)
         # The method is the task's data (its owner chose it), so it is called by path,
         # with the request bytes as they were submitted.
         method = self.runtime.channel(as_owner).unary_unary(call.method)

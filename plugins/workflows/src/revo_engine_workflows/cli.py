@@ -72,6 +72,8 @@ def revo_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     run.add_argument("--key", default="", help="an idempotency key: the same key starts "
                      "one run")
     run.add_argument("--detach", action="store_true", help="print the run id and return")
+    run.add_argument("--wait", type=float, default=3600.0, help="seconds to follow the run "
+                     "before giving up (it goes on; GetRun shows it later)")
     run.set_defaults(func=_sync(_run))
 
 
@@ -137,7 +139,8 @@ async def _run(args: argparse.Namespace) -> int:
               + ("" if started.started else ": already started with this key"))
         if args.detach:
             return 0
-        async for response in stub.WatchRun(pb.WatchRunRequest(run_id=run.id)):
+        async for response in stub.WatchRun(pb.WatchRunRequest(run_id=run.id),
+                                            timeout=args.wait):
             event = response.event
             kind = event.WhichOneof("event") or "?"
             detail = getattr(event, kind)

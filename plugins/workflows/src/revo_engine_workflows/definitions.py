@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from google.protobuf import json_format, message_factory
+from google.protobuf import json_format, message_factory, struct_pb2
 from google.protobuf.descriptor import MethodDescriptor
 
 from mesh.errors import InvalidArgument
@@ -188,37 +188,57 @@ class _Checker:
     def call(self, step: pb.Step, where: str, allowed: frozenset[str]) -> None:
         call = step.call
         self.compile(step.id, "request", call.request_expr, f"{where}.request_expr", allowed)
-        if not _METHOD.match(call.method):
-            self.fail(f"{where}.method", f"must be a gRPC path /package.Service/Method, got "
-                                         f"{call.method[:100]!r}")
-            return
-        method = self.lookup(call.method)
-        if method is None:
-            self.fail(f"{where}.method", f"no node serves {call.method} (check the name, "
-                                         "and that its engine runs; WorkflowService lists "
-                                         "only what the registry knows now)")
-            return
-        if method.client_streaming:
-            self.fail(f"{where}.method", f"{call.method} is client-streaming, which the "
-                                         "mesh does not support")
-            return
-        if call.collect_stream and not method.server_streaming:
+        method = self.method(call.method, call.request, where)
+        if method is not None and call.collect_stream and not method.server_streaming:
             self.fail(f"{where}.collect_stream", f"{call.method} is unary: there is no "
                                                  "stream to collect")
-        self.methods.add(call.method)
-        request = message_factory.GetMessageClass(method.input_type)()
+
+    def method(self, path: str, request: struct_pb2.Struct, where: str
+               ) -> MethodDescriptor | None:
+        """The method a step calls, checked: it exists, and ``request`` fits its input."""
+        if not _METHOD.match(path):
+            self.fail(f"{where}.method", f"must be a gRPC path /package.Service/Method, got "
+                                         f"{path[:100]!r}")
+            return None
+        method = self.lookup(path)
+        if method is None:
+            self.fail(f"{where}.method", f"no node serves {path} (check the name, "
+                                         "and that its engine runs; WorkflowService lists "
+                                         "only what the registry knows now)")
+            return None
+        if method.client_streaming:
+            self.fail(f"{where}.method", f"{path} is client-streaming, which the "
+                                         "mesh does not support")
+            return None
+        self.methods.add(path)
+        message = message_factory.GetMessageClass(method.input_type)()
         try:
-            json_format.ParseDict(json_format.MessageToDict(call.request), request)
+            json_format.ParseDict(json_format.MessageToDict(request), message)
         except json_format.ParseError as error:
             self.fail(f"{where}.request", f"does not fit {method.input_type.full_name}: "
                                           f"{str(error)[:300]}")
+        return method
 
     def task(self, step: pb.Step, where: str, allowed: frozenset[str]) -> None:
-        if not step.task.type:
-            self.fail(f"{where}.type", "is empty: name a task type a plugin registers")
-        if step.task.priority > 9:
+        task = step.task
+        if bool(task.type) == bool(task.method):
+            self.fail(where, "set exactly one of type (a task type a plugin registers) and "
+                             "method (a unary mesh method a worker calls)")
+        if task.method:
+            if task.payload_expr or task.HasField("payload"):
+                self.fail(where, "a method task takes request and request_expr, not payload")
+            self.compile(step.id, "request", task.request_expr, f"{where}.request_expr",
+                         allowed)
+            method = self.method(task.method, task.request, where)
+            if method is not None and method.server_streaming:
+                self.fail(f"{where}.method", f"{task.method} streams its answer; a task "
+                                             "calls unary methods only (use a call step)")
+        elif task.request_expr or task.HasField("request"):
+            self.fail(where, "request and request_expr belong to method tasks; a typed task "
+                             "takes payload")
+        if task.priority > 9:
             self.fail(f"{where}.priority", "must be 0 (default) to 9")
-        self.compile(step.id, "payload", step.task.payload_expr, f"{where}.payload_expr",
+        self.compile(step.id, "payload", task.payload_expr, f"{where}.payload_expr",
                      allowed)
         if self.lookup(TASK_SUBMIT) is None:
             self.fail(where, "no node serves revo.tasks.v1.TaskService (Parallel Mind), "

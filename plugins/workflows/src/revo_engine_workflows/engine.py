@@ -28,6 +28,7 @@ from mesh.errors import (
     Unavailable,
 )
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
+from revo_engine_workflows.builtins import BUILTIN_AUTHOR, BUILTINS, builtin
 from revo_engine_workflows.definitions import Definition, check
 from revo_engine_workflows.definitions_store import DefinitionStore
 from revo_engine_workflows.history import History, HistoryConflict, Recorded
@@ -88,6 +89,7 @@ class WorkflowEngine(AsyncEngine):
         self._runners: dict[str, Runner] = {}
         self.meters = CoordinatorMeters(runtime.metrics, lambda: len(self.running))
         self._checked: dict[tuple[str, int], Definition] = {}
+        self._installed: set[str] = set()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def stop(self) -> None:
@@ -124,9 +126,34 @@ class WorkflowEngine(AsyncEngine):
 
     async def list_workflows(self, request: pb.ListWorkflowsRequest,
                              ctx: Context) -> pb.ListWorkflowsResponse:
+        for name in BUILTINS:
+            with contextlib.suppress(FailedPrecondition):  # listed once it can run
+                await self._install(name)
         return pb.ListWorkflowsResponse(workflows=await self.definitions.list_latest())
 
+    async def _install(self, name: str) -> None:
+        """Store built-in workflow ``name`` as its latest version (once per node), checked
+        against the mesh as it is now; FAILED_PRECONDITION saying what to enable when an
+        engine it calls is not served."""
+        if name in self._installed:
+            return
+        workflow = builtin(name)
+        try:
+            check(workflow, self._lookup)
+        except InvalidArgument as error:
+            missing = sorted({v.description.split(" ")[3] for v in error.violations
+                              if v.description.startswith("no node serves ")})
+            raise FailedPrecondition(
+                f"the built-in workflow {name} cannot run on this mesh now: it calls "
+                "Perfect Recall, Creative, Parallel Mind and the model router; `revo up` "
+                "starts them all, elsewhere enable the recall, creative, parallel and models "
+                f"engines. Not served now: {', '.join(missing) or error.message}") from None
+        await self.definitions.create(workflow, BUILTIN_AUTHOR)
+        self._installed.add(name)
+
     async def _workflow(self, name: str, version: int) -> pb.Workflow:
+        if name in BUILTINS:
+            await self._install(name)
         found = await self.definitions.get(name, version)
         if found is None:
             which = f"version {version} of " if version else ""

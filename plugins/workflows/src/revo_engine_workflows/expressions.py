@@ -20,6 +20,9 @@ Variables an expression may read (:data:`ROOTS`):
 ``output``
     in a vote's key: one branch's output.
 
+Besides CEL's standard functions and macros, ``join`` from CEL's strings extension:
+``list.join()`` and ``list.join(separator)`` concatenate a list of strings.
+
 Values cross into CEL as JSON (whole numbers as ints, so that ``size(x) + input.n``
 works although JSON numbers arrive as doubles) and come back as JSON-able Python values
 (``dict``, ``list``, ``str``, ``int``, ``float``, ``bool``, ``None``; timestamps and
@@ -49,6 +52,21 @@ MAX_SOURCE = 4096
 """The longest expression accepted, in characters."""
 
 _ENV = celpy.Environment()
+
+
+def _join(items: Any, separator: Any = None) -> celtypes.StringType:
+    """``list.join(separator)`` of CEL's strings extension: the strings, separated."""
+    if not isinstance(items, list):
+        raise TypeError(f"join needs a list of strings, got {type(items).__name__}")
+    if separator is not None and not isinstance(separator, str):
+        raise TypeError("join's separator must be a string")
+    wrong = [type(i).__name__ for i in items if not isinstance(i, str)]
+    if wrong:
+        raise TypeError(f"join needs a list of strings; it has a {wrong[0]}")
+    return celtypes.StringType((separator or "").join(items))
+
+
+_FUNCTIONS: dict[str, Any] = {"join": _join}
 
 
 class ExpressionError(ValueError):
@@ -121,7 +139,8 @@ def compile_expression(source: str, allowed: Iterable[str] = ROOTS) -> Expressio
         raise ExpressionError(
             f"{source[:200]!r} names {', '.join(repr(u) for u in unknown)}; here an "
             f"expression may read {', '.join(sorted(allowed))}")
-    return Expression(source, frozenset(roots), frozenset(steps), _ENV.program(tree))
+    return Expression(source, frozenset(roots), frozenset(steps),
+                      _ENV.program(tree, functions=_FUNCTIONS))
 
 
 _BUILTIN_IDENTS = frozenset({"null", "true", "false"})

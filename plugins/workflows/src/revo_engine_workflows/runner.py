@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format, message_factory
+from google.protobuf import json_format, message_factory, struct_pb2
+from google.protobuf.descriptor import MethodDescriptor
 
 from mesh.calls import MeshCalls, MeshChannel
 from mesh.errors import RpcError, Unavailable
@@ -492,23 +493,7 @@ class Runner:
     async def _call(self, step: pb.Step, step_id: str, scope: dict[str, Any] | None,
                     timeout: float) -> Any:
         call = step.call
-        route = self.calls.route(call.method)
-        if route is None:
-            raise Unavailable(f"no live node serves {call.method} right now")
-        method = route.method
-        request = json_format.MessageToDict(call.request)
-        extra = self._expression(step, "request", scope)
-        if extra is not None:
-            if not isinstance(extra, dict):
-                raise StepFailed("INVALID_ARGUMENT", "request_expr must give a map, got "
-                                 f"{type(extra).__name__}", final=True)
-            request.update(extra)
-        message = message_factory.GetMessageClass(method.input_type)()
-        try:
-            json_format.ParseDict(request, message)
-        except json_format.ParseError as error:
-            raise StepFailed("INVALID_ARGUMENT", f"the request does not fit "
-                             f"{method.input_type.full_name}: {error}", final=True) from None
+        method, message = self._request(step, scope, call.method, call.request)
         reply_type = message_factory.GetMessageClass(method.output_type)
         channel = self._channel(timeout)
         if not method.server_streaming:
@@ -529,16 +514,50 @@ class Runner:
                         data=json_value(data)))
         return messages if call.collect_stream else (messages[-1] if messages else None)
 
+    def _request(self, step: pb.Step, scope: dict[str, Any] | None, path: str,
+                 constant: struct_pb2.Struct) -> tuple[MethodDescriptor, Any]:
+        """The method a step calls and its request: ``constant`` with the step's
+        ``request_expr`` merged over it."""
+        route = self.calls.route(path)
+        if route is None:
+            raise Unavailable(f"no live node serves {path} right now")
+        method = route.method
+        request = json_format.MessageToDict(constant)
+        extra = self._expression(step, "request", scope)
+        if extra is not None:
+            if not isinstance(extra, dict):
+                raise StepFailed("INVALID_ARGUMENT", "request_expr must give a map, got "
+                                 f"{type(extra).__name__}", final=True)
+            request.update(extra)
+        message = message_factory.GetMessageClass(method.input_type)()
+        try:
+            json_format.ParseDict(request, message)
+        except json_format.ParseError as error:
+            raise StepFailed("INVALID_ARGUMENT", f"the request does not fit "
+                             f"{method.input_type.full_name}: {error}", final=True) from None
+        return method, message
+
     async def _task(self, step: pb.Step, step_id: str, scope: dict[str, Any] | None,
                     timeout: float) -> Any:
         task = step.task
-        payload = self._expression(step, "payload", scope) if task.payload_expr else (
-            json_format.MessageToDict(task.payload) if task.HasField("payload") else None)
+        reply_type: Any = None
+        spec = tasks_pb2.TaskSpec(priority=task.priority)
+        if step.HasField("timeout"):  # the task does not outlive its step
+            spec.timeout.CopyFrom(step.timeout)
+        if task.method:
+            method, message = self._request(step, scope, task.method, task.request)
+            reply_type = message_factory.GetMessageClass(method.output_type)
+            spec.call.CopyFrom(tasks_pb2.MethodCall(method=task.method,
+                                                    request=message.SerializeToString()))
+        else:
+            payload = self._expression(step, "payload", scope) if task.payload_expr else (
+                json_format.MessageToDict(task.payload) if task.HasField("payload") else None)
+            spec.typed.CopyFrom(tasks_pb2.TypedWork(type=task.type,
+                                                    payload=json.dumps(payload).encode()))
         channel = self._channel(timeout)
         tasks = tasks_pb2_grpc.TaskServiceStub(channel)
-        submitted = await tasks.Submit(tasks_pb2.SubmitRequest(tasks=[tasks_pb2.TaskSpec(
-            typed=tasks_pb2.TypedWork(type=task.type, payload=json.dumps(payload).encode()),
-            priority=task.priority)]), metadata=self._key(step_id))
+        submitted = await tasks.Submit(tasks_pb2.SubmitRequest(tasks=[spec]),
+                                       metadata=self._key(step_id))
         task_id = submitted.tasks[0].id
         try:
             final = submitted.tasks[0]
@@ -559,6 +578,8 @@ class Runner:
                              or "the task did not succeed", final=True)
         if final.result_object:  # a large result: Get reads it from the object store
             final = await tasks.Get(tasks_pb2.GetRequest(id=task_id))
+        if reply_type is not None:
+            return _json(reply_type.FromString(final.result))
         return _result(final.result)
 
     async def _signal(self, step: pb.Step, step_id: str) -> Any:

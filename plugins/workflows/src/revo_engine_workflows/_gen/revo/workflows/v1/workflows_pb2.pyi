@@ -315,7 +315,9 @@ Global___Call: _TypeAlias = Call  # noqa: Y015
 @_typing.final
 class Task(_message.Message):
     """Task runs work on Parallel Mind (revo.tasks.v1.TaskService) and waits for
-    it.
+    it: work of a registered type (`type`), or a call of a unary mesh method
+    (`method`), made by a Parallel Mind worker as the run's starter. The
+    queue's priorities, retries and worker scaling then apply to the step.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -324,15 +326,28 @@ class Task(_message.Message):
     PAYLOAD_FIELD_NUMBER: _builtins.int
     PAYLOAD_EXPR_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    REQUEST_EXPR_FIELD_NUMBER: _builtins.int
     type: _builtins.str
-    """A task type a plugin registers (revo_task_types)."""
+    """A task type a plugin registers (revo_task_types). Set this or `method`."""
     payload_expr: _builtins.str
     """A CEL expression giving the payload (replaces `payload` when set)."""
     priority: _builtins.int
     """1 (lowest) to 9 (highest); 0: the task service's default."""
+    method: _builtins.str
+    """A unary method's gRPC path, /package.Service/Method; the step's output is
+    its reply as proto3 JSON. Set this or `type`.
+    """
+    request_expr: _builtins.str
+    """A CEL expression giving a map merged over `request`."""
     @_builtins.property
     def payload(self) -> _struct_pb2.Value:
         """The payload as JSON (constant parts)."""
+
+    @_builtins.property
+    def request(self) -> _struct_pb2.Struct:
+        """The method's request as proto3 JSON (constant parts)."""
 
     def __init__(
         self,
@@ -341,10 +356,13 @@ class Task(_message.Message):
         payload: _struct_pb2.Value | None = ...,
         payload_expr: _builtins.str = ...,
         priority: _builtins.int = ...,
+        method: _builtins.str = ...,
+        request: _struct_pb2.Struct | None = ...,
+        request_expr: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "payload_expr", b"payload_expr", "priority", b"priority", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["method", b"method", "payload", b"payload", "payload_expr", b"payload_expr", "priority", b"priority", "request", b"request", "request_expr", b"request_expr", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
