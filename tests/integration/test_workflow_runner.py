@@ -129,6 +129,29 @@ async def test_a_vote_without_a_quorum_fails_the_run(rig: Rig) -> None:
     assert "no value reached the quorum of 2" in state.error
 
 
+async def test_a_vote_by_judge_waits_for_every_branch_then_takes_its_pick(rig: Rig) -> None:
+    bad = {"payload": "eA==", "delayMs": 90_000}  # refused INVALID_ARGUMENT
+    # the judge (echo) answers with the last output's payload; the choice finds its index
+    state = await rig.run({"steps": [{"id": "picked", "group": {
+        "strategy": "STRATEGY_VOTE",
+        "steps": [echo("quick", "cXVpY2s="), echo("slow", "c2xvdw==", delay_ms=500),
+                  {"id": "broken", "onFailure": "ON_FAILURE_CONTINUE",
+                   "call": {"method": ECHO, "request": bad}}],
+        "judge": {"method": ECHO,
+                  "requestExpr": '{"payload": outputs[size(outputs) - 1].payload}',
+                  "choice": "output.payload == outputs[0].payload ? 0 : 1"}}}]})
+    assert state.state == pb.RUN_STATE_SUCCEEDED, state.error
+    assert state.output["payload"] == "c2xvdw==", "the slow branch, picked after it finished"
+    assert state.steps["slow"].state == pb.STEP_STATE_SUCCEEDED
+    assert state.steps["broken"].state == pb.STEP_STATE_FAILED
+
+    out_of_range = await rig.run({"steps": [{"id": "picked", "group": {
+        "strategy": "STRATEGY_VOTE", "steps": [echo("one"), echo("two")],
+        "judge": {"method": ECHO, "request": {"payload": "aGk="}, "choice": "7"}}}]})
+    assert out_of_range.state == pb.RUN_STATE_FAILED
+    assert "the judge's choice is 7, not an index of the 2 outputs" in out_of_range.error
+
+
 async def test_failures_fail_the_run_continue_or_fall_back(rig: Rig) -> None:
     bad = {"payload": "eA==", "delayMs": 90_000}  # refused INVALID_ARGUMENT: not retried
     failed = await rig.run({"steps": [{"id": "bad", "call": {"method": ECHO,

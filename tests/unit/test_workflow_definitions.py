@@ -190,3 +190,32 @@ def test_the_built_in_solve_workflow_checks_against_the_engines_it_calls() -> No
     with pytest.raises(InvalidArgument, match="CreativeService/Judge"):
         check(builtin("solve"), {k: v for k, v in methods.items()
                                  if not k.endswith("/Judge")}.get)
+
+
+def test_a_vote_by_judge_names_a_unary_method_and_a_choice_over_its_reply() -> None:
+    judge = {"method": "/revo.echo.v1.EchoService/Echo",
+             "requestExpr": '{"payload": outputs[0].payload}',
+             "choice": "output.payload == outputs[0].payload ? 0 : 1"}
+    definition = _check([{"id": "v", "group": {"strategy": "STRATEGY_VOTE", "judge": judge,
+                                               "steps": [_echo("a"), _echo("b")]}}])
+    assert {("v", "judge_request"), ("v", "judge_choice")} <= set(definition.expressions)
+    wrong = _violations([
+        {"id": "both", "group": {"strategy": "STRATEGY_VOTE", "voteKey": "output",
+                                 "judge": judge, "steps": [_echo("a")]}},
+        {"id": "nochoice", "group": {"strategy": "STRATEGY_VOTE", "steps": [_echo("b")],
+                                     "judge": {"method": "/revo.echo.v1.EchoService/Echo"}}},
+        {"id": "streams", "group": {"strategy": "STRATEGY_VOTE", "steps": [_echo("c")],
+                                    "judge": {"method": "/revo.echo.v1.EchoService/Count",
+                                              "choice": "0"}}},
+        {"id": "notvote", "group": {"strategy": "STRATEGY_ALL", "steps": [_echo("d")],
+                                    "judge": judge}},
+        {"id": "reads", "group": {"strategy": "STRATEGY_VOTE", "steps": [_echo("e")],
+                                  "judge": {**judge, "choice": "item"}}},
+    ])
+    assert [w for w, _ in wrong] == [
+        "workflow.steps[0].group.judge", "workflow.steps[1].group.judge.choice",
+        "workflow.steps[2].group.judge.method", "workflow.steps[3].group",
+        "workflow.steps[4].group.judge.choice"]
+    assert "not both" in wrong[0][1]
+    assert "a judge is a unary method" in wrong[2][1]
+    assert "belong to vote groups only" in wrong[3][1]

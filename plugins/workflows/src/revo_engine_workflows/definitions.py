@@ -278,8 +278,27 @@ class _Checker:
             if group.quorum > len(group.steps):
                 self.fail(f"{where}.quorum", f"is {group.quorum}, more than the "
                                              f"{len(group.steps)} branches can reach")
-        elif group.vote_key or group.quorum:
-            self.fail(where, "`vote_key` and `quorum` belong to vote groups only")
+            if group.HasField("judge"):
+                self.judge(step, f"{where}.judge", inside_map)
+        elif group.vote_key or group.quorum or group.HasField("judge"):
+            self.fail(where, "`vote_key`, `quorum` and `judge` belong to vote groups only")
+
+    def judge(self, step: pb.Step, where: str, inside_map: bool) -> None:
+        judge = step.group.judge
+        if step.group.vote_key or step.group.quorum:
+            self.fail(where, "a vote has a judge or a vote_key and quorum, not both")
+        roots = (_MAP_ROOTS if inside_map else _RUN_ROOTS) | {"outputs"}
+        self.compile(step.id, "judge_request", judge.request_expr,
+                     f"{where}.request_expr", roots)
+        if not judge.choice:
+            self.fail(f"{where}.choice", "is empty: a CEL expression over output (the "
+                                         "judge's reply) giving the chosen index")
+        self.compile(step.id, "judge_choice", judge.choice, f"{where}.choice",
+                     frozenset({"output", "outputs", "input", "run"}))
+        method = self.method(judge.method, judge.request, where)
+        if method is not None and method.server_streaming:
+            self.fail(f"{where}.method", f"{judge.method} streams its answer; a judge is "
+                                         "a unary method")
 
     def fallbacks(self, top: set[str]) -> None:
         used = set()

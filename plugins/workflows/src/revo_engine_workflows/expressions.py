@@ -18,7 +18,9 @@ Variables an expression may read (:data:`ROOTS`):
 ``item``, ``index``
     inside a map group's ``each`` step: the item and its position;
 ``output``
-    in a vote's key: one branch's output.
+    in a vote's key: one branch's output; in a vote judge's ``choice``: the judge's reply;
+``outputs``
+    in a vote judge's request and ``choice``: the outputs of the branches that succeeded.
 
 Besides CEL's standard functions and macros, ``join`` from CEL's strings extension:
 ``list.join()`` and ``list.join(separator)`` concatenate a list of strings.
@@ -45,7 +47,7 @@ from celpy.evaluation import CELEvalError
 
 __all__ = ["ROOTS", "Expression", "ExpressionError", "compile_expression", "to_json"]
 
-ROOTS = frozenset({"input", "steps", "run", "item", "index", "output"})
+ROOTS = frozenset({"input", "steps", "run", "item", "index", "output", "outputs"})
 """Every variable a workflow expression may name."""
 
 MAX_SOURCE = 4096

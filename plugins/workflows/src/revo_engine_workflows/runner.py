@@ -515,15 +515,16 @@ class Runner:
         return messages if call.collect_stream else (messages[-1] if messages else None)
 
     def _request(self, step: pb.Step, scope: dict[str, Any] | None, path: str,
-                 constant: struct_pb2.Struct) -> tuple[MethodDescriptor, Any]:
+                 constant: struct_pb2.Struct, name: str = "request"
+                 ) -> tuple[MethodDescriptor, Any]:
         """The method a step calls and its request: ``constant`` with the step's
-        ``request_expr`` merged over it."""
+        request expression (``name``) merged over it."""
         route = self.calls.route(path)
         if route is None:
             raise Unavailable(f"no live node serves {path} right now")
         method = route.method
         request = json_format.MessageToDict(constant)
-        extra = self._expression(step, "request", scope)
+        extra = self._expression(step, name, scope)
         if extra is not None:
             if not isinstance(extra, dict):
                 raise StepFailed("INVALID_ARGUMENT", "request_expr must give a map, got "
@@ -690,6 +691,8 @@ class Runner:
     async def _vote(self, step: pb.Step, branch_ids: list[str], runs: Sequence[Awaitable[None]],
                     scope: dict[str, Any] | None) -> Any:
         group = step.group
+        if group.HasField("judge"):
+            return await self._judged(step, branch_ids, runs, scope)
         quorum = group.quorum or len(branch_ids) // 2 + 1
         expression = self.definition.expressions.get((step.id, "vote_key"))
         tasks = {asyncio.get_running_loop().create_task(_as_coroutine(r)): b
@@ -723,6 +726,44 @@ class Runner:
                              f"({tally})", final=True)
         finally:
             await self._stop_losers(tasks)
+
+
+    async def _judged(self, step: pb.Step, branch_ids: list[str],
+                      runs: Sequence[Awaitable[None]], scope: dict[str, Any] | None) -> Any:
+        """Every branch to its end, then the judge's pick among the outputs of those that
+        succeeded."""
+        await self._branches(runs)
+        succeeded = [b for b in branch_ids
+                     if self.state.step(b).state == pb.STEP_STATE_SUCCEEDED]
+        if not succeeded:
+            raise StepFailed("ABORTED", "no branch of the vote succeeded", final=True)
+        outputs = [self.state.step(b).output for b in succeeded]
+        judge = step.group.judge
+        within = {**(scope or {}), "outputs": outputs}
+        timeout = (step.timeout.ToNanoseconds() / 1e9 if step.HasField("timeout")
+                   else self.limits.step_timeout_s)
+        try:
+            method, message = self._request(step, within, judge.method, judge.request,
+                                            name="judge_request")
+            reply_type = message_factory.GetMessageClass(method.output_type)
+            unary = self._channel(timeout).unary_unary(
+                judge.method, request_serializer=_serialize,
+                response_deserializer=reply_type.FromString)
+            reply = _json(await unary(message, metadata=self._key(f"{step.id}/judge")))
+        except RpcError as error:
+            raise StepFailed(error.code.name, f"the judge {judge.method}: {error.message}",
+                             final=error.code in _FINAL) from None
+        choice = self.definition.expressions[(step.id, "judge_choice")]
+        try:
+            index = choice.evaluate({**self._variables(scope), "output": reply,
+                                     "outputs": outputs})
+        except ExpressionError as error:
+            raise StepFailed("INVALID_ARGUMENT", f"judge choice: {error}", final=True) from None
+        if not isinstance(index, int) or isinstance(index, bool) \
+                or not 0 <= index < len(outputs):
+            raise StepFailed("OUT_OF_RANGE", f"the judge's choice is {index!r}, not an index "
+                             f"of the {len(outputs)} outputs", final=True)
+        return outputs[index]
 
 
 async def _as_coroutine(awaitable: Awaitable[None]) -> None:

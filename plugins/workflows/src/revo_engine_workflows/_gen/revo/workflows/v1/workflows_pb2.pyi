@@ -40,6 +40,8 @@ class _StrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Strategy.Val
     """Every branch in parallel; branches agree when `vote_key` gives the same
     value for their outputs. The output is the agreed output once `quorum`
     branches agree; the group fails when no value can reach the quorum.
+    With a `judge` instead, every branch runs to its end and the judge picks
+    one of the outputs.
     """
     STRATEGY_MAP: _Strategy.ValueType  # 4
     """One branch per item of `items`, at most `concurrency` at once; the output
@@ -60,6 +62,8 @@ STRATEGY_VOTE: Strategy.ValueType  # 3
 """Every branch in parallel; branches agree when `vote_key` gives the same
 value for their outputs. The output is the agreed output once `quorum`
 branches agree; the group fails when no value can reach the quorum.
+With a `judge` instead, every branch runs to its end and the judge picks
+one of the outputs.
 """
 STRATEGY_MAP: Strategy.ValueType  # 4
 """One branch per item of `items`, at most `concurrency` at once; the output
@@ -379,6 +383,7 @@ class Group(_message.Message):
     CONCURRENCY_FIELD_NUMBER: _builtins.int
     VOTE_KEY_FIELD_NUMBER: _builtins.int
     QUORUM_FIELD_NUMBER: _builtins.int
+    JUDGE_FIELD_NUMBER: _builtins.int
     strategy: Global___Strategy.ValueType
     items: _builtins.str
     """MAP: a CEL expression giving a list."""
@@ -400,6 +405,12 @@ class Group(_message.Message):
     def each(self) -> Global___Step:
         """MAP: the step run once per item (`item`, `index` in its expressions)."""
 
+    @_builtins.property
+    def judge(self) -> Global___Judge:
+        """VOTE: a judge that picks the output instead of a quorum (set this or
+        `vote_key`/`quorum`).
+        """
+
     def __init__(
         self,
         *,
@@ -410,14 +421,58 @@ class Group(_message.Message):
         concurrency: _builtins.int = ...,
         vote_key: _builtins.str = ...,
         quorum: _builtins.int = ...,
+        judge: Global___Judge | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["each", b"each"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["each", b"each", "judge", b"judge"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "each", b"each", "items", b"items", "quorum", b"quorum", "steps", b"steps", "strategy", b"strategy", "vote_key", b"vote_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "each", b"each", "items", b"items", "judge", b"judge", "quorum", b"quorum", "steps", b"steps", "strategy", b"strategy", "vote_key", b"vote_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Group: _TypeAlias = Group  # noqa: Y015
+
+@_typing.final
+class Judge(_message.Message):
+    """Judge is a unary mesh call, made as the run's starter once every branch of a
+    vote group has finished, that picks one of their outputs: an LLM judge, a
+    test runner, a human-review service.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    REQUEST_EXPR_FIELD_NUMBER: _builtins.int
+    CHOICE_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """The gRPC path, /package.Service/Method (unary)."""
+    request_expr: _builtins.str
+    """A CEL expression giving a map merged over `request`; it may read
+    `outputs`, the outputs of the branches that succeeded, in branch order.
+    """
+    choice: _builtins.str
+    """A CEL expression over `output` (the judge's reply) and `outputs` giving
+    the index in `outputs` of the chosen output.
+    """
+    @_builtins.property
+    def request(self) -> _struct_pb2.Struct:
+        """The request as proto3 JSON (constant parts)."""
+
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        request: _struct_pb2.Struct | None = ...,
+        request_expr: _builtins.str = ...,
+        choice: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "method", b"method", "request", b"request", "request_expr", b"request_expr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Judge: _TypeAlias = Judge  # noqa: Y015
 
 @_typing.final
 class Sleep(_message.Message):
