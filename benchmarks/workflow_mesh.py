@@ -14,10 +14,9 @@ call); the fan-out's steps are Echo with ``delay_ms``. :class:`MeshDriver` is th
 
 * ``seq(n)``: a workflow of ``n`` Echo steps, each needing the one before; ``StartRun``,
   then ``WatchRun`` to ``RunFinished`` (the Coordinator's public way to wait for a run).
-  It returns each step's ``StepSucceeded`` time from the history (the Coordinator records
-  it once the call has answered: an upper bound of the call reaching the callee) and keeps
-  the first step's ``StepStarted`` time (recorded just before the call is sent: a lower
-  bound) in :attr:`MeshDriver.first_step_started`;
+  It returns the time each step's Echo ran (``served_at`` in the step's output, as the
+  peers' no-op returns its ``time.time()``) and keeps the first step's ``StepStarted``
+  time (recorded just before the call is sent) in :attr:`MeshDriver.first_step_started`;
 * ``direct(n)``: the same ``n`` Echo calls made one after another through the gateway;
 * ``one()``: a one-step workflow;
 * ``fanout(n, sleep_s, parallel)``: a ``map`` group of ``n`` Echo(``delay_ms``) with
@@ -42,6 +41,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from benchmarks.mesh_hop import SECURITY_OFF, Fleet, Target, _child_env, _tail
 from mesh.client import probe_mesh
@@ -288,10 +288,10 @@ class MeshDriver:
         events = await self.run(seq_definition(f"bench-seq-{n}", n))
         started = {e.step_id: e.time.ToNanoseconds() / 1e9 for e in events
                    if e.WhichOneof("event") == "step_started"}
-        done = {e.step_id: e.time.ToNanoseconds() / 1e9 for e in events
-                if e.WhichOneof("event") == "step_succeeded"}
+        served = {e.step_id: _served_at(e.step_succeeded.output) for e in events
+                  if e.WhichOneof("event") == "step_succeeded"}
         self.first_step_started = started.get("s0")
-        return [done[f"s{i}"] for i in range(n)]
+        return [served[f"s{i}"] for i in range(n)]
 
     async def one(self) -> None:
         await self.run(seq_definition("bench-seq-1", 1))
@@ -413,3 +413,10 @@ def resume_trial(mesh: MeshFleet) -> ResumeResult:
         mesh.add_node()
     mesh.wait_serving(max(2, live))
     return result
+
+
+def _served_at(output: Any) -> float:
+    """An Echo step's ``served_at`` (from its output, proto3 JSON) as ``time.time()``."""
+    stamp = Timestamp()
+    stamp.FromJsonString(json_format.MessageToDict(output)["servedAt"])
+    return stamp.ToNanoseconds() / 1e9

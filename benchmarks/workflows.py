@@ -25,11 +25,9 @@ Figures per path (the issue's definitions):
   gateway, one call after another), divided by :data:`STEPS` (:func:`step_overhead_ms`):
   what the engine adds per step, its start and finish spread over the steps;
 * ``start_ms_p50``: the start request to the first step's body running (the no-op returns
-  its ``time.time()``; same host, same clock), from the same runs. The mesh's Echo returns
-  no clock: its figure is the start request to the first step's ``StepSucceeded`` time in
-  the run's history (recorded by the node once the call has answered, so an upper bound);
-  ``start_step_started_ms_p50`` is the same to the first ``StepStarted`` (recorded just
-  before the call is sent: a lower bound);
+  its ``time.time()``; the mesh's Echo its ``served_at``; same host, same clock), from the
+  same runs. ``start_step_started_ms_p50`` (mesh) is the same to the first ``StepStarted``
+  in the run's history (recorded just before the call is sent);
 * ``resume_s_p50`` (mesh only): two more node processes host the Coordinator beside a
   gateway and nats-server of their own; a run's owner (its lease holder) is SIGKILLed while
   a step's call is in flight, and the figure is the kill to that step's ``StepSucceeded``,
@@ -641,7 +639,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         [f"{STEPS}-step workflow p50, ms"] + [cell(p, "workflow_ms_p50", 1) for p in cols],
         ["start to first step p50, ms (≤ 10)"]
         + [cell(p, "start_ms_p50", 2, "start_ms_p50_range") for p in cols],
-        ["start to first step recorded as started p50, ms (mesh: lower bound)"]
+        ["start to first step recorded as started p50, ms"]
         + [cell(p, "start_step_started_ms_p50", 2) if p == MESH else "n/a" for p in cols],
         [f"one-step runs/s at {CONCURRENCY} in flight"]
         + [cell(p, "runs_per_s", 1, "runs_per_s_range") for p in cols],
@@ -690,11 +688,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         + (f" p99 from fewer than {P99_MIN_SAMPLES} samples for: "
            + ", ".join(f"{p} ({heads[p]['step_overhead_samples']})" for p in thin)
            + "." if thin else ""),
-        "- Start: the start request to the first step's body (its `time.time()`), same runs. "
-        "The mesh's step (Echo) returns no clock: its start is measured to the first step's "
-        "`StepSucceeded` in the run's history (stamped by the node once the call has "
-        "answered: an upper bound); the lower bound is to its `StepStarted` (stamped just "
-        "before the call is sent). Same host, same clock.",
+        "- Start: the start request to the first step's body (the peers' no-op returns its "
+        "`time.time()`, the mesh's Echo its `served_at`), same runs; for the mesh also to "
+        "the first step's `StepStarted` in the run's history (stamped just before the call "
+        "is sent). Same host, same clock.",
         "- Mesh: nats-server (JetStream, file storage, `sync_interval` 1 s), one node process "
         "(`python -m mesh node`, engines echo and workflows) and a gateway, each its own "
         "process on 127.0.0.1, started once for the run; the client process calls the "
