@@ -197,6 +197,31 @@ async def test_a_signal_wakes_a_waiting_step(rig: Rig) -> None:
     assert runner.state.output == {"by": "lead"}
 
 
+async def test_an_outside_event_whose_notice_was_lost_is_seen_by_a_later_look(
+        rig: Rig) -> None:
+    runner = rig.runner({"steps": [{"id": "approve", "waitSignal": {"name": "ok"}}]},
+                        outside_poll_s=0.3)
+    await rig.start(runner)
+    running = asyncio.get_running_loop().create_task(runner.run())
+    await wait_for(lambda: runner.state.step("approve").state == pb.STEP_STATE_WAITING, 10,
+                   "the step waiting for its signal")
+    await _outside(rig, runner, notify=False, signal_received=pb.SignalReceived(name="ok"))
+    await asyncio.wait_for(running, 20)
+    assert runner.state.state == pb.RUN_STATE_SUCCEEDED
+
+
+async def test_a_signal_is_seen_at_once_through_its_notice(rig: Rig) -> None:
+    runner = rig.runner({"steps": [{"id": "approve", "waitSignal": {"name": "ok"}}]},
+                        outside_poll_s=3600.0)  # no periodic look within the test
+    await rig.start(runner)
+    running = asyncio.get_running_loop().create_task(runner.run())
+    await wait_for(lambda: runner.state.step("approve").state == pb.STEP_STATE_WAITING, 10,
+                   "the step waiting for its signal")
+    await _outside(rig, runner, signal_received=pb.SignalReceived(name="ok"))
+    await asyncio.wait_for(running, 20)
+    assert runner.state.state == pb.RUN_STATE_SUCCEEDED
+
+
 async def test_a_cancel_request_stops_the_running_steps(rig: Rig) -> None:
     runner = rig.runner({"steps": [echo("long", delay_ms=8_000)]})
     await rig.start(runner)
@@ -248,10 +273,13 @@ async def test_two_owners_of_one_run_cannot_both_record(rig: Rig) -> None:
     assert final.state == pb.RUN_STATE_SUCCEEDED
 
 
-async def _outside(rig: Rig, runner: Runner, **kind: Any) -> None:
-    """Append an event as another node's Signal or CancelRun would."""
+async def _outside(rig: Rig, runner: Runner, notify: bool = True, **kind: Any) -> None:
+    """Append an event as another node's Signal or CancelRun would (with its notice,
+    unless ``notify`` is false: a lost one)."""
     last = await rig.history.last(runner.state.run_id)
     assert last is not None
     event = pb.RunEvent(run_id=runner.state.run_id, sequence=last.event.sequence + 1, **kind)
     event.time.GetCurrentTime()
     await rig.history.append(event, last.stream_sequence)
+    if notify:
+        await rig.history.notify(runner.state.run_id)

@@ -361,6 +361,7 @@ class WorkflowEngine(AsyncEngine):
                 state = fold(run_id, await self.history.read(run_id))
                 continue
             state.apply(Recorded(event, stored))
+            await self.history.notify(run_id)  # the owner reads it at once
             return state
         raise Unavailable(f"run {run_id} is too busy to take the request now; retry")
 

@@ -12,6 +12,12 @@ its next event: the second gets :class:`HistoryConflict` and must stop working o
 run. A publish retried after a lost acknowledgement finds its own event already last and
 counts as stored, so it is not stored twice.
 
+Events from outside the run's owner (a signal, a cancel request) are appended by whichever
+node receives them, which then sends an empty core-NATS *notice* on
+``revo.workflows.notice.<run id>`` (:meth:`History.notify`). The owner listens there
+(:meth:`History.notices`) instead of following the stream, and reads the history when told;
+a notice lost (core NATS is at most once) is made up for by the owner's periodic look.
+
 A store that does not answer (nats-server restarting, the connection reconnecting) raises
 :class:`HistoryUnavailable`: the append may or may not have been stored, and trying it
 again is safe for the reason above. An event over the connection's payload limit raises
@@ -22,10 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
@@ -33,11 +41,13 @@ from mesh.errors import Reason, ResourceExhausted, Unavailable
 from mesh.transport.connection import MeshConnection
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 
-__all__ = ["RUNS_STREAM", "RUN_PREFIX", "EventTooLarge", "History", "HistoryConflict",
-           "HistoryUnavailable", "Recorded", "run_subject"]
+__all__ = ["NOTICE_PREFIX", "RUNS_STREAM", "RUN_PREFIX", "EventTooLarge", "History",
+           "HistoryConflict", "HistoryUnavailable", "Recorded", "notice_subject",
+           "run_subject"]
 
 RUNS_STREAM = "REVO_WORKFLOW_RUNS"
 RUN_PREFIX = "revo.workflows.run"
+NOTICE_PREFIX = "revo.workflows.notice"
 _RUN_ID = re.compile(r"^[a-z0-9]{8,64}$")
 _WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expectation
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
@@ -51,6 +61,11 @@ def run_subject(run_id: str) -> str:
     if not _RUN_ID.fullmatch(run_id):
         raise ValueError(f"not a run id: {run_id[:80]!r}")
     return f"{RUN_PREFIX}.{run_id}"
+
+
+def notice_subject(run_id: str) -> str:
+    """The core-NATS subject on which a run's owner hears of outside events."""
+    return f"{NOTICE_PREFIX}.{run_subject(run_id).rsplit('.', 1)[1]}"
 
 
 class HistoryConflict(Exception):
@@ -138,6 +153,21 @@ class History:
         except (nats.errors.Error, TimeoutError) as error:
             raise HistoryUnavailable(event.run_id, error) from error
         return int(ack.seq)
+
+    async def notify(self, run_id: str) -> None:
+        """Tell the run's owner that an outside event was appended (best effort: the owner
+        also looks by itself now and then)."""
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await self._nc.publish(notice_subject(run_id))
+
+    async def notices(self, run_id: str, heard: Callable[[], None]) -> Subscription:
+        """Call ``heard()`` for each notice of the run (unsubscribe the result to stop)."""
+        async def on_notice(_: Msg) -> None:
+            heard()
+
+        subscription: Subscription = await self._nc.subscribe(notice_subject(run_id),
+                                                              cb=on_notice)
+        return subscription
 
     async def last(self, run_id: str) -> Recorded | None:
         """The run's last event; None when it has none."""

@@ -94,6 +94,8 @@ class Limits:
     store_patience_s: float = 60.0
     """How long an append waits for an unanswering history store before the runner
     abandons the run."""
+    outside_poll_s: float = 5.0
+    """How often the runner looks for outside events without a notice (a lost one)."""
 
 
 class StepFailed(Exception):
@@ -189,24 +191,42 @@ class Runner:
                 self.on_event(recorded)
 
     async def _follow(self) -> None:
-        """Apply outside events as they are recorded (signals, cancel requests); a
-        follow broken by the store (NATS away) starts again after the last event applied."""
-        delay = 0.1
-        while True:
+        """Apply outside events (signals, cancel requests): look when their writer's notice
+        comes, and every ``outside_poll_s`` in case one was lost."""
+        noticed = asyncio.Event()
+        subscription = None
+        try:
             try:
-                async for recorded in self.history.follow(self.state.run_id,
-                                                          self.state.last_sequence):
-                    delay = 0.1
-                    if recorded.event.WhichOneof("event") not in EXTERNAL:
-                        continue  # our own, applied when appended (or a new owner's)
-                    async with self._lock:
-                        if recorded.event.sequence == self.state.last_sequence + 1:
-                            self._applied(recorded)
-            except Exception as error:  # NATS's many errors: follow again
-                log.warning("workflow run %s: following its history failed (%r); again in "
-                            "%.1f s", self.state.run_id, error, delay)
-            await asyncio.sleep(delay)
-            delay = min(5.0, delay * 2)
+                subscription = await self.history.notices(self.state.run_id, noticed.set)
+            except Exception as error:  # NATS away: the periodic looks still come
+                log.warning("workflow run %s: cannot hear notices (%r)", self.state.run_id,
+                            error)
+            while True:
+                noticed.clear()
+                try:
+                    await self._look_outside()
+                except Exception as error:  # NATS's many errors: look again later
+                    log.warning("workflow run %s: reading outside events failed (%r)",
+                                self.state.run_id, error)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(noticed.wait(), self.limits.outside_poll_s)
+        finally:
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+
+    async def _look_outside(self) -> None:
+        """Apply the outside events appended after this runner's last event, if any."""
+        last = await self.history.last(self.state.run_id)
+        if last is None or last.event.sequence <= self.state.last_sequence:
+            return
+        for recorded in await self.history.read(self.state.run_id):
+            async with self._lock:
+                if recorded.event.sequence != self.state.last_sequence + 1:
+                    continue
+                if recorded.event.WhichOneof("event") not in EXTERNAL:
+                    return  # another owner's: this runner's next append fails
+                self._applied(recorded)
 
     # -- the run ----------------------------------------------------------------------
 
