@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 BUCKET = "revo_workflows"
 _ATTEMPTS = 64
+_CACHED_VERSIONS = 1024
 """Conditional writes tried by one create before it gives up: each failed one means another
 create of the same name made progress, so 64 covers 64 creates of one name at once."""
 
@@ -80,6 +81,8 @@ class DefinitionStore:
         self._nc = nc
         self._replicas = replicas
         self._kv: KeyValue | None = None
+        self._versions: dict[str, bytes] = {}
+        """Versions read, by key (at most :data:`_CACHED_VERSIONS`, oldest out first)."""
 
     async def start(self) -> None:
         """Open the bucket, creating it when it does not exist."""
@@ -154,10 +157,17 @@ class DefinitionStore:
             version, _ = await self._pointer(name)
             if version == 0:
                 return None
-        found = await latest(self._nc, BUCKET, _version_key(name, version))
-        if found is None:
-            return None
-        return pb.Workflow.FromString(found[0])
+        key = _version_key(name, version)
+        data = self._versions.get(key)
+        if data is None:
+            found = await latest(self._nc, BUCKET, key)
+            if found is None:
+                return None
+            data = found[0]
+            if len(self._versions) >= _CACHED_VERSIONS:
+                self._versions.pop(next(iter(self._versions)))  # the oldest read
+            self._versions[key] = data  # a version never changes once stored
+        return pb.Workflow.FromString(data)
 
     async def list_latest(self) -> list[pb.Workflow]:
         """Every workflow's latest version, by name. Reads every pointer and then each

@@ -224,8 +224,6 @@ class WorkflowEngine(AsyncEngine):
                      request: pb.StartRunRequest, ctx: Context) -> pb.Run | None:
         """Record run ``run_id``'s start and run it here; None when another starter
         recorded it first."""
-        if not await self.leases.acquire(run_id):
-            return None
         state = RunState(run_id)
         runner = Runner(definition, state, self.history, self.runtime.calls, self.limits,
                         meters=self.meters)
@@ -242,7 +240,10 @@ class WorkflowEngine(AsyncEngine):
                         state=pb.RUN_STATE_RUNNING, started_by=ctx.caller,
                         idempotency_key=request.idempotency_key)
         listed.created_at.GetCurrentTime()
-        await self.index.put(listed)
+        acquired, _ = await asyncio.gather(self.leases.acquire(run_id),
+                                           self.index.put(listed, fresh=True))
+        if not acquired:  # another starter of this run id holds it (its summary is alike)
+            return None
         try:
             await runner.record(run_started=started)
         except OwnershipLost:
@@ -254,8 +255,8 @@ class WorkflowEngine(AsyncEngine):
                                   "it starts one run)", reason=Reason.STORE_UNAVAILABLE,
                                   metadata={"engine": "workflows"}) from None
             return None
+        self._launch(runner)  # its first step need not wait for the summary below
         await self.index.put(state.to_proto(with_steps=False))
-        self._launch(runner)
         return state.to_proto()
 
     def _launch(self, runner: Runner) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import re
 from typing import Any
@@ -117,12 +118,17 @@ class RunIndex:
             raise RuntimeError("RunIndex.start() was not called")
         return self._runs, self._keys
 
-    async def put(self, run: pb.Run) -> bool:
+    async def put(self, run: pb.Run, *, fresh: bool = False) -> bool:
         """Write ``run``'s summary; False when the stored one is newer (a higher
-        ``last_sequence``, or finished where ``run`` is not) and was kept instead."""
+        ``last_sequence``, or finished where ``run`` is not) and was kept instead.
+        ``fresh``: the run most likely has no summary yet (one write, no read first)."""
         runs, _ = self._buckets()
         new = summary(run)
         data = new.SerializeToString(deterministic=True)
+        if fresh:
+            with contextlib.suppress(KeyWrongLastSequenceError):  # it has one: compare
+                await runs.update(run.id, data, last=0)
+                return True
         for _ in range(_ATTEMPTS):
             found = await latest(self._nc, RUNS_BUCKET, run.id)
             revision = 0
