@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ import pytest
 from google.protobuf import json_format
 
 from mesh.testing import MeshHarness, spawn_node, stop_node, wait_for
+from mesh.transport.connection import connect
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2_grpc
+from revo_engine_workflows.runs_index import RunIndex
 from revo_engine_workflows.state import json_value
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
 from tests.integration.test_workflow_runner import echo
@@ -166,6 +169,41 @@ async def test_an_idempotency_key_starts_one_run(mesh: MeshHarness) -> None:
                                          stub.StartRun(request, timeout=10))
     assert first.run.id == second.run.id
     assert sorted([first.started, second.started]) == [False, True]
+
+
+async def test_a_starter_that_died_before_recording_leaves_no_trace_and_its_key_works(
+        mesh: MeshHarness) -> None:
+    """A starter that claimed an idempotency key and indexed its run, then died before
+    recording it: the sweep takes the summary out of the index (no blank ListRuns entry),
+    and a StartRun retried with the key starts the run under the claimed id, even while a
+    sweep holds that run's lease."""
+    stub = _stub(mesh)
+    await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("orphan", [
+        echo("a")])), timeout=10)
+    nc = await connect(mesh.config.nats, "test-dead-starter")
+    try:
+        index = RunIndex(nc)
+        await index.start()
+        key, claimed, lost = f"k-{time.time_ns()}", uuid.uuid4().hex, uuid.uuid4().hex
+        assert await index.claim_key("", key, claimed) == claimed
+        for run_id in (claimed, lost):  # what the dead starters left
+            await index.put(pb.Run(id=run_id, workflow="orphan", version=1,
+                                   state=pb.RUN_STATE_RUNNING), fresh=True)
+
+        async def removed() -> bool:
+            return await index.get(lost) is None
+
+        await wait_for(removed, 30, "the sweep to take the unrecorded run out")
+        listed = await stub.ListRuns(pb.ListRunsRequest(page_size=1000), timeout=10)
+        assert lost not in [r.id for r in listed.runs]
+        assert all(r.workflow for r in listed.runs), "no blank entry"
+
+        started = await stub.StartRun(pb.StartRunRequest(workflow="orphan",
+                                                         idempotency_key=key), timeout=30)
+        assert (started.run.id, started.started) == (claimed, True)
+        assert (await _finished(stub, claimed)).state == pb.RUN_STATE_SUCCEEDED
+    finally:
+        await nc.close()
 
 
 async def test_bad_definitions_and_unknown_things_get_clear_errors(mesh: MeshHarness) -> None:

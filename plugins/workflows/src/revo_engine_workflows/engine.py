@@ -215,10 +215,15 @@ class WorkflowEngine(AsyncEngine):
             if await self.history.last(run_id) is not None:
                 return pb.StartRunResponse(run=await self._run(run_id, ctx), started=False)
             await asyncio.sleep(0.1)
-        run = await self._begin(run_id, workflow, definition, request, ctx)
-        if run is None:
-            return pb.StartRunResponse(run=await self._run(run_id, ctx), started=False)
-        return pb.StartRunResponse(run=run, started=True)
+        for _ in range(50):  # bounded: 5 s more while a sweep holds the unrecorded run
+            run = await self._begin(run_id, workflow, definition, request, ctx)
+            if run is not None:
+                return pb.StartRunResponse(run=run, started=True)
+            if await self.history.last(run_id) is not None:  # another starter recorded it
+                return pb.StartRunResponse(run=await self._run(run_id, ctx), started=False)
+            await asyncio.sleep(0.1)
+        raise Unavailable(f"run {run_id} (idempotency key {request.idempotency_key[:80]!r}) "
+                          "is being started elsewhere; retry with the same key")
 
     async def _begin(self, run_id: str, workflow: pb.Workflow, definition: Definition,
                      request: pb.StartRunRequest, ctx: Context) -> pb.Run | None:
@@ -304,7 +309,11 @@ class WorkflowEngine(AsyncEngine):
 
     async def _resume(self, run_id: str) -> None:
         state = fold(run_id, await self.history.read(run_id))
-        if state.finished or not state.workflow:
+        if not state.workflow:  # its starter died before recording it: it never began
+            await self.index.remove(run_id)
+            await self.leases.release(run_id)
+            return
+        if state.finished:
             await self.index.put(state.to_proto(with_steps=False))
             await self.leases.release(run_id)
             return

@@ -127,24 +127,29 @@ class RunIndex:
         data = new.SerializeToString(deterministic=True)
         if fresh:
             with contextlib.suppress(KeyWrongLastSequenceError):  # it has one: compare
-                await runs.update(run.id, data, last=0)
+                await runs.create(run.id, data)
                 return True
         for _ in range(_ATTEMPTS):
             found = await latest(self._nc, RUNS_BUCKET, run.id)
-            revision = 0
-            if found is not None:
+            try:
+                if found is None:  # none, or removed (create takes a removed key too)
+                    await runs.create(run.id, data)
+                    return True
                 stored = pb.Run.FromString(found[0])
                 if stored.last_sequence > new.last_sequence or (
                         stored.state in FINISHED and new.state not in FINISHED):
                     return False
-                revision = found[1]
-            try:
-                await runs.update(run.id, data, last=revision)
+                await runs.update(run.id, data, last=found[1])
                 return True
             except KeyWrongLastSequenceError:
                 continue  # another write landed in between: compare with it
         raise RuntimeError(f"run {run.id}: the index entry changed {_ATTEMPTS} times while "
                            f"being written")
+
+    async def remove(self, run_id: str) -> None:
+        """Take the run's summary out of the index (a run that was never recorded)."""
+        runs, _ = self._buckets()
+        await runs.delete(run_id)
 
     async def get(self, run_id: str) -> pb.Run | None:
         """The run's summary; None when the index has none (or ``run_id`` cannot be one)."""
