@@ -116,11 +116,27 @@ class Context:
     crash or a retry has its effect once. It is not passed on to the calls an engine makes
     (each of those is a different effect): pass a key of your own as their metadata."""
     cancelled: threading.Event = field(default_factory=threading.Event)
-    """Set when the caller went away (streams) or the deadline passed."""
+    """Set when the caller cancelled the call or went away, or the deadline passed."""
+    _cancel_hooks: list[Callable[[], object]] = field(default_factory=list, repr=False,
+                                                    compare=False)
 
     def cancel(self) -> None:
-        """Mark the call cancelled (the caller went away or its deadline passed)."""
+        """Mark the call cancelled (the caller cancelled it or went away, or its deadline
+        passed) and run what its pool asked to run then. On the node's loop."""
+        if self.cancelled.is_set():
+            return
         self.cancelled.set()
+        hooks, self._cancel_hooks = self._cancel_hooks, []
+        for hook in hooks:
+            hook()
+
+    def on_cancel(self, hook: Callable[[], object]) -> None:
+        """Run ``hook`` (on the node's loop) when the call is cancelled; at once when it
+        already is. Pools use it to stop the call's work and answer."""
+        if self.cancelled.is_set():
+            hook()
+        else:
+            self._cancel_hooks.append(hook)
 
     def time_remaining(self) -> float:
         """Seconds until the deadline (negative when it has passed)."""

@@ -237,6 +237,8 @@ class LoopPool:
             except asyncio.CancelledError:
                 respond(None, DeadlineExceeded(f"{binding.path} did not finish before its "
                                                "deadline") if expired
+                        else Cancelled("the caller cancelled the call")
+                        if ctx.cancelled.is_set()
                         else Unavailable(f"engine '{self.name}' stopped during the call"))
                 return
             except RpcError as error:
@@ -258,6 +260,7 @@ class LoopPool:
 
         task = self.spawn(serve(), context)
         timer = self.loop.call_later(max(0.0, ctx.time_remaining()), expire)
+        ctx.on_cancel(task.cancel)  # the caller cancelled it, or it expired
 
     async def call(self, binding: MethodBinding, payload: bytes, ctx: Context) -> bytes:
         return await outcome_of(self.start_call, self.loop, binding, payload, ctx)

@@ -410,15 +410,18 @@ class EnginePool:
         self.submit(call)
         # A hung engine must not hold the caller (or the node's drain) past the deadline.
         call.timer = self.loop.call_later(ctx.time_remaining(), self._expire, call)
+        # A call the caller cancels is answered at once; its actor skips it if it has not
+        # started it, and an engine that watches ctx.cancelled stops early.
+        ctx.on_cancel(lambda: self._fail(call, Cancelled("the caller cancelled the call")))
 
     async def call(self, binding: MethodBinding, payload: bytes, ctx: Context) -> bytes:
         """Run a unary call on an actor and return the encoded response."""
         return await outcome_of(self.start_call, self.loop, binding, payload, ctx)
 
     def _expire(self, call: Call) -> None:
-        call.ctx.cancel()  # lets a waiting engine give up early
         self._fail(call, DeadlineExceeded(
             f"{call.binding.path} did not finish before its deadline"))
+        call.ctx.cancel()  # lets a waiting engine give up early
 
     def stream(self, binding: MethodBinding, payload: bytes, ctx: Context,
                window: int) -> StreamSink:

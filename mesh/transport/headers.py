@@ -35,6 +35,12 @@ Stream control (gateway -> node, on the control subject):
 ``Revo-Ack``              messages consumed since the last ack (grants that much credit)
 ``Revo-Cancel``           the caller went away; stop the stream
 ========================  ==========================================================
+
+Unary cancel (caller -> node, on ``revo.cancel.<node id>`` of the node that accepted it):
+
+========================  ==========================================================
+``Revo-Cancel``           the reply subject of the call to cancel
+========================  ==========================================================
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ method's pool, and answers on the request's reply subject:
   grants credit (``Revo-Ack``) or cancels, and an end marker (``Revo-End``, with the
   stream's error if it failed);
 - ``Revo-Accepted: <node id>`` for a call still running after :data:`ACCEPT_AFTER_S`, so
-  its caller can tell a slow call from one lost with a dead node.
+  its caller can tell a slow call from one lost with a dead node. A caller that gives up
+  on an accepted unary call sends its reply subject to ``revo.cancel.<node id>``; the call's
+  :class:`~mesh.engine.Context` is cancelled, and its pool stops it and answers
+  ``CANCELLED``.
 
 Everything runs on the node's loop, straight from the NATS read loop, and never blocks it.
 """
@@ -132,6 +135,9 @@ class Responder:
         # Reply subjects of calls not yet answered nor accepted, with their start times.
         self._unaccepted: dict[str, float] = {}
         self._accepter: asyncio.Task[None] | None = None
+        self._calls: dict[str, Context] = {}
+        """Unary calls in flight, by reply subject: what a cancel names."""
+        self._cancels: Subscription | None = None
 
     async def serve(self, services: Iterable[str]) -> None:
         """Subscribe each service's subjects in its queue group."""
@@ -139,6 +145,8 @@ class Responder:
             self._subs.append(await self.nc.subscribe_direct(
                 subjects.service_wildcard(service), self._on_request,
                 queue=subjects.queue_group(service)))
+        self._cancels = await self.nc.subscribe_direct(subjects.cancel_subject(self.node_id),
+                                                       self._on_cancel)
         self._accepter = asyncio.get_running_loop().create_task(self._accept_long_calls())
 
     async def stop_taking(self) -> None:
@@ -161,6 +169,16 @@ class Responder:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._accepter
                 self._accepter = None
+            if self._cancels is not None:
+                with contextlib.suppress(Exception):
+                    await self.nc.unsubscribe_direct(self._cancels)
+                self._cancels = None
+
+    def _on_cancel(self, subject: str, reply: str, data: bytes,
+                   msg_headers: dict[str, str] | None) -> None:
+        ctx = self._calls.get((msg_headers or {}).get(h.CANCEL, ""))
+        if ctx is not None:
+            ctx.cancel()
 
     # -- requests -----------------------------------------------------------------------
 
@@ -205,6 +223,7 @@ class Responder:
             self._send(reply, headers=error_headers(error))
             return
         self._begin(reply)
+        self._calls[reply] = ctx  # (its answer always comes later, from the loop)
 
     def _begin(self, reply: str) -> None:
         self.inflight += 1
@@ -213,6 +232,7 @@ class Responder:
 
     def _end(self, reply: str) -> None:
         self._unaccepted.pop(reply, None)
+        self._calls.pop(reply, None)
         self.inflight -= 1
         if self.inflight == 0:
             self._idle.set()

@@ -38,6 +38,7 @@ from mesh.errors import (
 )
 from mesh.observability import tracing
 from mesh.transport import headers as h
+from mesh.transport import subjects
 from mesh.transport.connection import MeshConnection, encode_headers
 
 _Message = tuple[bytes, dict[str, str] | None]
@@ -181,6 +182,8 @@ class Requester:
             self._publish(subject, payload, self._prefix + token, encode_headers(headers))
             return await future
         except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and pending.node:
+                self._cancel_at_node(pending.node, token)
             if span is not None:
                 tracing.finish(span, exc, client=True)
                 span = None
@@ -243,6 +246,15 @@ class Requester:
             if not finished and pending.control and not self._nc.is_closed:
                 with contextlib.suppress(Exception):
                     self._nc.publish_nowait(pending.control, headers=_CANCEL)
+
+    def _cancel_at_node(self, node: str, token: str) -> None:
+        """Ask the node that accepted unary call ``token`` to stop it (best effort: a call
+        not accepted yet, in its first ``ACCEPT_AFTER_S``, runs on to its end)."""
+        if self._nc.is_closed:
+            return
+        with contextlib.suppress(Exception):
+            self._nc.publish_nowait(subjects.cancel_subject(node), headers=encode_headers(
+                {h.CANCEL: self._prefix + token}))
 
     def _publish(self, subject: str, payload: bytes, reply: str, headers: bytes) -> None:
         try:

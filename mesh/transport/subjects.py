@@ -21,6 +21,7 @@ import hashlib
 import re
 
 RPC_PREFIX = "revo.rpc"
+CANCEL_PREFIX = "revo.cancel"
 REGISTRY_BUCKET = "revo_registry"
 REGISTRY_NODE_PREFIX = "nodes."
 USERS_BUCKET = "revo_users"
@@ -65,6 +66,14 @@ def queue_group(service: str) -> str:
 def method_from_subject(subject: str) -> str:
     """The method token of an RPC subject."""
     return subject.rsplit(".", 1)[1]
+
+
+def cancel_subject(node_id: str) -> str:
+    """Where a caller asks node ``node_id`` to cancel a unary call it accepted (header
+    ``Revo-Cancel``: the call's reply subject)."""
+    if not _NODE_ID.fullmatch(node_id):
+        raise ValueError(f"node id must be 1-128 of [A-Za-z0-9_-]: {node_id!r}")
+    return f"{CANCEL_PREFIX}.{node_id}"
 
 
 def registry_key(node_id: str) -> str:

@@ -257,3 +257,15 @@ def test_an_async_engine_needs_async_methods() -> None:
 def test_the_runtime_says_when_there_is_no_nats() -> None:
     with pytest.raises(Unavailable, match="no NATS connection"):
         _ = EngineRuntime("n", MeshConfig()).nc
+
+
+async def test_a_unary_call_its_caller_cancels_stops_the_engine_and_is_cancelled(
+        pool: LoopPool) -> None:
+    ctx = context(ECHO, timeout=60.0)
+    request = echo_pb2.EchoRequest(payload=b"long", delay_ms=30_000).SerializeToString()
+    call = asyncio.ensure_future(pool.call(METHODS[ECHO], request, ctx))
+    await wait_for(lambda: pool.busy == 1, 5, "the call running")
+    ctx.cancel()  # what the responder does when the caller sends a cancel
+    with pytest.raises(Cancelled, match="the caller cancelled the call"):
+        await asyncio.wait_for(call, 5)
+    await wait_for(lambda: pool.busy == 0, 5, "the engine's task gone")

@@ -482,3 +482,34 @@ async def test_stop_during_a_restart_leaves_no_actors() -> None:
 
     assert len(started) == 2
     assert leftover == []
+
+
+async def test_a_unary_call_its_caller_cancels_is_answered_cancelled_and_frees_the_actor(
+        start_pool: PoolFactory) -> None:
+    pool = await start_pool(size=1)
+    ctx = context(ECHO, timeout=60.0)
+    request = echo_pb2.EchoRequest(payload=b"long", delay_ms=30_000).SerializeToString()
+    call = asyncio.ensure_future(pool.call(CRASHY_METHODS[ECHO], request, ctx))
+    await eventually(lambda: pool.busy == 1)  # the actor is in the 30 s wait
+    ctx.cancel()  # what the responder does when the caller sends a cancel
+    with pytest.raises(Cancelled, match="the caller cancelled the call"):
+        await asyncio.wait_for(call, 5)
+    # echo's wait woke on the cancel: the only actor serves the next call at once
+    assert await echo(pool, b"next", timeout=5.0) == b"next"
+
+
+async def test_a_cancelled_call_still_queued_is_never_run(start_pool: PoolFactory) -> None:
+    pool = await start_pool(size=1)
+    before = await answered(pool)
+    first = context(ECHO, timeout=60.0)
+    holding = asyncio.ensure_future(pool.call(CRASHY_METHODS[ECHO], echo_pb2.EchoRequest(
+        payload=b"hold", delay_ms=300).SerializeToString(), first))
+    queued = context(ECHO, timeout=60.0)
+    waiting = asyncio.ensure_future(pool.call(CRASHY_METHODS[ECHO], echo_pb2.EchoRequest(
+        payload=b"queued").SerializeToString(), queued))
+    await eventually(lambda: pool.busy == 1)
+    queued.cancel()
+    with pytest.raises(Cancelled):
+        await asyncio.wait_for(waiting, 5)
+    assert echo_pb2.EchoResponse.FromString(await holding).payload == b"hold"
+    assert await answered(pool) == before + 1, "only the holding call was answered"

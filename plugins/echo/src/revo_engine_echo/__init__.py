@@ -23,11 +23,9 @@ class EchoEngine(Engine):  # answers with what it is sent
             raise InvalidArgument(violations=[("delay_ms", "must be at most 60000")])
         ctx.cancelled.wait(request.delay_ms / 1000)  # wakes early on cancel or deadline
         self.answered += 1
-        response = pb.EchoResponse(payload=self.settings.prefix + request.payload,
-                                   caller=ctx.caller, role=ctx.role, node_id=ctx.node_id,
-                                   idempotency_key=ctx.idempotency_key)
-        response.served_at.GetCurrentTime()  # when it answered: where a call's time went
-        return response
+        return pb.EchoResponse(payload=self.settings.prefix + request.payload,
+                               caller=ctx.caller, role=ctx.role, node_id=ctx.node_id,
+                               idempotency_key=ctx.idempotency_key)
 
     def count(self, request: pb.CountRequest, ctx: Context) -> Iterator[pb.CountResponse]:
         if not 1 <= request.count <= 100_000 or request.interval_ms > 60_000:

@@ -6,7 +6,6 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf import timestamp_pb2 as _timestamp_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -50,7 +49,6 @@ class EchoResponse(_message.Message):
     CALLER_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
-    SERVED_AT_FIELD_NUMBER: _builtins.int
     payload: _builtins.bytes
     node_id: _builtins.str
     """The node that answered."""
@@ -64,10 +62,6 @@ class EchoResponse(_message.Message):
     """The call's idempotency key as the engine saw it (gRPC metadata
     `idempotency-key`), empty when it had none.
     """
-    @_builtins.property
-    def served_at(self) -> _timestamp_pb2.Timestamp:
-        """When the engine answered (its host's clock): where a call's time went."""
-
     def __init__(
         self,
         *,
@@ -76,11 +70,10 @@ class EchoResponse(_message.Message):
         caller: _builtins.str = ...,
         role: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
-        served_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["served_at", b"served_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "idempotency_key", b"idempotency_key", "node_id", b"node_id", "payload", b"payload", "role", b"role", "served_at", b"served_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "idempotency_key", b"idempotency_key", "node_id", b"node_id", "payload", b"payload", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
