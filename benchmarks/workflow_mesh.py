@@ -14,9 +14,11 @@ call); the fan-out's steps are Echo with ``delay_ms``. :class:`MeshDriver` is th
 
 * ``seq(n)``: a workflow of ``n`` Echo steps, each needing the one before; ``StartRun``,
   then ``WatchRun`` to ``RunFinished`` (the Coordinator's public way to wait for a run).
-  It returns the time each step's Echo ran (``served_at`` in the step's output, as the
-  peers' no-op returns its ``time.time()``) and keeps the first step's ``StepStarted``
-  time (recorded just before the call is sent) in :attr:`MeshDriver.first_step_started`;
+  It returns the time each step's Echo ran (the payload of the step's output: the node's
+  echo service is :mod:`benchmarks.clock_engine`, which answers with its body's
+  ``time.time()``, as the peers' no-op returns it) and keeps the first step's
+  ``StepStarted`` time (recorded just before the call is sent) in
+  :attr:`MeshDriver.first_step_started`;
 * ``direct(n)``: the same ``n`` Echo calls made one after another through the gateway;
 * ``one()``: a one-step workflow;
 * ``fanout(n, sleep_s, parallel)``: a ``map`` group of ``n`` Echo(``delay_ms``) with
@@ -30,6 +32,7 @@ kill to that step's ``StepSucceeded``, recorded by the other node.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import signal
 import sys
@@ -41,8 +44,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from benchmarks.clock_engine import served_at
 from benchmarks.mesh_hop import SECURITY_OFF, Fleet, Target, _child_env, _tail
 from mesh.client import probe_mesh
 from mesh.embedded.nats_server import free_port
@@ -68,12 +71,14 @@ RESUME_TRIAL_TIMEOUT_S = 60.0
 
 
 def node_settings(node_id: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The ``REVO_*`` settings of a benchmark node: engines echo and workflows, security
-    off (as the peers have none), the echo pool sized for the fan-out; everything else at
-    its defaults (lease TTL 3 s, sweep every 1 s, metrics on)."""
+    """The ``REVO_*`` settings of a benchmark node: engines clock (Echo answering with its
+    body's time: :mod:`benchmarks.clock_engine`) and workflows, security off (as the peers
+    have none), the echo pool sized for the fan-out; everything else at its defaults
+    (lease TTL 3 s, sweep every 1 s, metrics on)."""
     return SECURITY_OFF | {
-        "REVO_PLUGINS__ONLY": "echo,workflows",
-        "REVO_ENGINES__ECHO__POOL_SIZE": str(ECHO_POOL),
+        "REVO_PLUGINS__ONLY": "clock,workflows",
+        "REVO_PLUGINS__EXTRA__CLOCK": "benchmarks.clock_engine",
+        "REVO_ENGINES__CLOCK__POOL_SIZE": str(ECHO_POOL),
         "REVO_NODE__ID": node_id,
     } | dict(extra or {})
 
@@ -136,12 +141,12 @@ class MeshFleet:
                                        f"{_tail(self.logs[node_id])}")
             listed = probe_mesh(self.address, timeout=1.0) or []
             serving = {n.id for n in listed
-                       if {"echo", "workflows"} <= {e.name for e in n.engines if e.services}}
+                       if {"clock", "workflows"} <= {e.name for e in n.engines if e.services}}
             if len(live) == count and serving == live and {n.id for n in listed} == live:
                 return
             time.sleep(0.1)
         raise TimeoutError(f"{self.target.name}: the gateway did not list the nodes "
-                           f"{sorted(live)} serving echo and workflows within {timeout:g} s; "
+                           f"{sorted(live)} serving clock and workflows within {timeout:g} s; "
                            f"logs: {', '.join(str(p) for p in self.logs.values())}")
 
     def stop(self) -> list[str]:
@@ -306,13 +311,14 @@ class MeshDriver:
 
     def settings(self) -> dict[str, Any]:
         return {"layout": "nats-server (JetStream, file storage, sync_interval 1 s) + one "
-                          "node process (`python -m mesh node`, engines echo and workflows) "
+                          "node process (`python -m mesh node`, engines clock (echo "
+                          "answering with its time) and workflows) "
                           "+ a gateway process; the client calls the gateway",
                 "steps": f"{ECHO} with an empty payload (the fan-out: delay_ms)",
                 "wait": "StartRun, then WatchRun to RunFinished",
                 "engine": "[engines.workflows] defaults (lease_ttl_s 3, sweep_interval_s 1, "
                           "map_concurrency 16, the map group sets its own 100)",
-                "echo": f"pool_size {ECHO_POOL} (Echo's delay_ms holds an actor)",
+                "clock": f"pool_size {ECHO_POOL} (Echo's delay_ms holds an actor)",
                 "security": "auth, rate limits and audit off (the peers have none)",
                 "observability": "metrics on (the default), traces off (the default)"}
 
@@ -416,7 +422,5 @@ def resume_trial(mesh: MeshFleet) -> ResumeResult:
 
 
 def _served_at(output: Any) -> float:
-    """An Echo step's ``served_at`` (from its output, proto3 JSON) as ``time.time()``."""
-    stamp = Timestamp()
-    stamp.FromJsonString(json_format.MessageToDict(output)["servedAt"])
-    return stamp.ToNanoseconds() / 1e9
+    """The time an Echo step's body ran, from its output (proto3 JSON: base64 payload)."""
+    return served_at(base64.b64decode(json_format.MessageToDict(output)["payload"]))

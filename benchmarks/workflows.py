@@ -12,7 +12,8 @@ its own per round (``python -m benchmarks.workflows client``), driven by a
   measurable difference here, so the server runs its defaults);
 * ``dbos``: DBOS Transact on a SQLite system database, in the client process (a library);
 * ``mesh``: the Coordinator (engine ``workflows``): nats-server, one node process hosting
-  the engines echo and workflows, and a gateway, each a process of its own on 127.0.0.1
+  the engines clock (echo answering with its time) and workflows, and a gateway, each a
+  process of its own on 127.0.0.1
   (:mod:`benchmarks.workflow_mesh`); the steps are ``EchoService/Echo`` calls with an empty
   payload, the client waits for a run with ``WatchRun``. Started once for the whole run,
   as the Temporal server is.
@@ -25,7 +26,8 @@ Figures per path (the issue's definitions):
   gateway, one call after another), divided by :data:`STEPS` (:func:`step_overhead_ms`):
   what the engine adds per step, its start and finish spread over the steps;
 * ``start_ms_p50``: the start request to the first step's body running (the no-op returns
-  its ``time.time()``; the mesh's Echo its ``served_at``; same host, same clock), from the
+  its ``time.time()``; so does the mesh's Echo, served by :mod:`benchmarks.clock_engine`;
+  same host, same clock), from the
   same runs. ``start_step_started_ms_p50`` (mesh) is the same to the first ``StepStarted``
   in the run's history (recorded just before the call is sent);
 * ``resume_s_p50`` (mesh only): two more node processes host the Coordinator beside a
@@ -688,12 +690,14 @@ def render_markdown(results: dict[str, Any]) -> str:
         + (f" p99 from fewer than {P99_MIN_SAMPLES} samples for: "
            + ", ".join(f"{p} ({heads[p]['step_overhead_samples']})" for p in thin)
            + "." if thin else ""),
-        "- Start: the start request to the first step's body (the peers' no-op returns its "
-        "`time.time()`, the mesh's Echo its `served_at`), same runs; for the mesh also to "
+        "- Start: the start request to the first step's body (the no-op returns its "
+        "`time.time()`: the mesh's Echo is served by `benchmarks.clock_engine`, echo "
+        "answering with it), same runs; for the mesh also to "
         "the first step's `StepStarted` in the run's history (stamped just before the call "
         "is sent). Same host, same clock.",
         "- Mesh: nats-server (JetStream, file storage, `sync_interval` 1 s), one node process "
-        "(`python -m mesh node`, engines echo and workflows) and a gateway, each its own "
+        "(`python -m mesh node`, engines clock (echo answering with its time) and "
+        "workflows) and a gateway, each its own "
         "process on 127.0.0.1, started once for the run; the client process calls the "
         "gateway: `StartRun`, then `WatchRun` to `RunFinished`. The steps are "
         "`EchoService/Echo` with an empty payload; the direct baseline is the same Echo calls "
