@@ -162,6 +162,9 @@ class Runner:
             try:
                 return await operation()
             except HistoryUnavailable as error:
+                if self.abandoned:  # stopped meanwhile: the next owner records instead
+                    raise OwnershipLost(f"run {self.state.run_id}: abandoned by this node "
+                                        f"while the history store did not answer") from None
                 if time.monotonic() + delay > deadline:
                     self.abandoned = True
                     raise OwnershipLost(f"run {self.state.run_id}: the history store did not "
