@@ -47,6 +47,12 @@ async def mesh(mesh_harness: Callable[..., Any]) -> MeshHarness:
     return harness
 
 
+def _coordinator_env(plugins: str) -> dict[str, str]:
+    """A Coordinator node process's settings: quick takeovers (lease 1 s, sweep 0.2 s)."""
+    return {"REVO_PLUGINS__ONLY": plugins, "REVO_ENGINES__WORKFLOWS__LEASE_TTL_S": "1.0",
+            "REVO_ENGINES__WORKFLOWS__SWEEP_INTERVAL_S": "0.2"}
+
+
 def _stub(mesh: MeshHarness) -> Any:
     return workflows_pb2_grpc.WorkflowServiceStub(mesh.channel)
 
@@ -273,9 +279,7 @@ async def test_a_run_whose_node_is_killed_is_continued_by_another(
     """Two node processes host the Coordinator; the one running a run is SIGKILLed in the
     middle of a step; the other takes the run over and finishes it."""
     mesh: MeshHarness = await mesh_harness(plugins={"only": ["echo"]}, nodes=1)
-    env = {"REVO_PLUGINS__ONLY": "workflows,echo",
-           "REVO_ENGINES__WORKFLOWS__LEASE_TTL_S": "1.0",
-           "REVO_ENGINES__WORKFLOWS__SWEEP_INTERVAL_S": "0.2"}
+    env = _coordinator_env("workflows,echo")
     first = spawn_node(mesh.config, tmp_path / "first.log",
                        extra_env={**env, "REVO_NODE__ID": "first"})
     second: Any = None
@@ -330,9 +334,7 @@ async def test_a_node_that_stops_mid_task_hands_the_run_on_without_cancelling_th
     monkeypatch.setenv(EFFECTS_DIR_ENV, str(effects))  # the in-process node runs the task
     mesh: MeshHarness = await mesh_harness(plugins={
         "only": ["parallel", "guarded"], "extra": {"guarded": "tests.plugins.guarded"}})
-    env = {"REVO_PLUGINS__ONLY": "workflows",
-           "REVO_ENGINES__WORKFLOWS__LEASE_TTL_S": "1.0",
-           "REVO_ENGINES__WORKFLOWS__SWEEP_INTERVAL_S": "0.2"}
+    env = _coordinator_env("workflows")
     first = spawn_node(mesh.config, tmp_path / "first.log",
                        extra_env={**env, "REVO_NODE__ID": "first"})
     second: Any = None

@@ -63,8 +63,9 @@ async def judge_solutions(engine: CreativeEngine, request: pb.JudgeRequest,
     settings = engine.settings
     _check(request, settings.problem_limit_bytes, settings.context_limit_bytes,
            settings.constraint_limit)
-    models = models_pb2_grpc.ModelServiceStub(engine.runtime.channel(ctx))
-    if not engine.runtime.channel(ctx).serves(models.Generate):
+    channel = engine.runtime.channel(ctx)
+    models = models_pb2_grpc.ModelServiceStub(channel)
+    if not channel.serves(models.Generate):
         raise FailedPrecondition("no node serves revo.models.v1.ModelService, which judges "
                                  "answer through: enable the models engine (revo up does)")
     prices = Prices.of(await engine.catalog(models), request.force_local)

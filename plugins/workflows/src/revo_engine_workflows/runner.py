@@ -480,8 +480,7 @@ class Runner:
     async def _attempt(self, step: pb.Step, step_id: str, scope: dict[str, Any] | None
                        ) -> Any:
         kind = step.WhichOneof("kind")
-        timeout = (step.timeout.ToNanoseconds() / 1e9 if step.HasField("timeout")
-                   else self.limits.step_timeout_s)
+        timeout = self._timeout(step)
         work: Awaitable[Any]
         if kind == "call":
             work = self._call(step, step_id, scope, timeout)
@@ -505,6 +504,11 @@ class Runner:
             raise StepFailed(error.code.name, error.message,
                              final=error.code in _FINAL) from None
 
+    def _timeout(self, step: pb.Step) -> float:
+        """A step attempt's timeout: its own, or the engine's default."""
+        return (step.timeout.ToNanoseconds() / 1e9 if step.HasField("timeout")
+                else self.limits.step_timeout_s)
+
     def _channel(self, timeout: float) -> MeshChannel:
         return MeshChannel(self.calls, caller=self.state.started_by, role=self.state.role,
                            request_id=f"{self.state.run_id[:12]}-wf",
@@ -517,13 +521,10 @@ class Runner:
                     timeout: float) -> Any:
         call = step.call
         method, message = self._request(step, scope, call.method, call.request)
-        reply_type = message_factory.GetMessageClass(method.output_type)
-        channel = self._channel(timeout)
         if not method.server_streaming:
-            unary = channel.unary_unary(call.method, request_serializer=_serialize,
-                                        response_deserializer=reply_type.FromString)
-            return _json(await unary(message, metadata=self._key(step_id)))
-        stream = channel.unary_stream(call.method, request_serializer=_serialize,
+            return await self._unary(method, call.method, message, timeout, step_id)
+        reply_type = message_factory.GetMessageClass(method.output_type)
+        stream = self._channel(timeout).unary_stream(call.method, request_serializer=_serialize,
                                       response_deserializer=reply_type.FromString)
         messages: list[Any] = []
         recorded = 0
@@ -536,6 +537,15 @@ class Runner:
                     await self.record(step_id, step_progress=pb.StepProgress(
                         data=json_value(data)))
         return messages if call.collect_stream else (messages[-1] if messages else None)
+
+    async def _unary(self, method: MethodDescriptor, path: str, message: Any, timeout: float,
+                     key: str) -> Any:
+        """Call unary ``method`` as the run's starter, with idempotency key ``key``; its
+        reply as JSON."""
+        reply_type = message_factory.GetMessageClass(method.output_type)
+        unary = self._channel(timeout).unary_unary(path, request_serializer=_serialize,
+                                                   response_deserializer=reply_type.FromString)
+        return _json(await unary(message, metadata=self._key(key)))
 
     def _request(self, step: pb.Step, scope: dict[str, Any] | None, path: str,
                  constant: struct_pb2.Struct, name: str = "request"
@@ -763,16 +773,11 @@ class Runner:
         outputs = [self.state.step(b).output for b in succeeded]
         judge = step.group.judge
         within = {**(scope or {}), "outputs": outputs}
-        timeout = (step.timeout.ToNanoseconds() / 1e9 if step.HasField("timeout")
-                   else self.limits.step_timeout_s)
         try:
             method, message = self._request(step, within, judge.method, judge.request,
                                             name="judge_request")
-            reply_type = message_factory.GetMessageClass(method.output_type)
-            unary = self._channel(timeout).unary_unary(
-                judge.method, request_serializer=_serialize,
-                response_deserializer=reply_type.FromString)
-            reply = _json(await unary(message, metadata=self._key(f"{step.id}/judge")))
+            reply = await self._unary(method, judge.method, message, self._timeout(step),
+                                      f"{step.id}/judge")
         except RpcError as error:
             raise StepFailed(error.code.name, f"the judge {judge.method}: {error.message}",
                              final=error.code in _FINAL) from None
