@@ -51,22 +51,260 @@ class Message(_message.Message):
 
     ROLE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     role: _builtins.str
-    """system, user or assistant."""
+    """system, user, assistant or tool."""
     content: _builtins.str
+    """The text. May be empty on an assistant turn that only calls tools; a tool
+    turn's content is the tool's result.
+    """
+    tool_call_id: _builtins.str
+    """Tool turns (role "tool"): the id of the call (an earlier assistant turn's
+    ToolCall.id) whose result this is. Required there, empty elsewhere.
+    """
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """Assistant turns: the tool calls the model made in that turn, in order (as
+        the model streamed them, joined: see ToolCallDelta).
+        """
+
     def __init__(
         self,
         *,
         role: _builtins.str = ...,
         content: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        tool_call_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """ToolCall is one complete call of a tool, as an assistant turn sends it back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The call's id as the model gave it (ToolCallDelta.id)."""
+    name: _builtins.str
+    """The tool's name (a Tool.name of the request that answered it)."""
+    arguments_json: _builtins.str
+    """The arguments: a JSON object as text; empty is {}."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class Tool(_message.Message):
+    """Tool is a function the model may call instead of (or besides) answering."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """1 to 64 of a-z, A-Z, 0-9, _ and -; unique within the request."""
+    description: _builtins.str
+    """What the tool does and when to use it, for the model."""
+    parameters_json: _builtins.str
+    """JSON Schema of the arguments, as JSON text passed to the provider
+    unchanged; it must be a JSON object. Empty takes no arguments
+    ({"type": "object", "properties": {}}).
+    """
+    strict: _builtins.bool
+    """Ask the provider to hold the arguments to the schema exactly (OpenAI's and
+    Anthropic's strict tool use).
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        parameters_json: _builtins.str = ...,
+        strict: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters_json", b"parameters_json", "strict", b"strict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tool: _TypeAlias = Tool  # noqa: Y015
+
+@_typing.final
+class ToolChoice(_message.Message):
+    """ToolChoice says whether and which tools the model must call. Unset is auto."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Mode:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ToolChoice._Mode.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        MODE_UNSPECIFIED: ToolChoice._Mode.ValueType  # 0
+        """Same as MODE_AUTO."""
+        MODE_AUTO: ToolChoice._Mode.ValueType  # 1
+        """The model decides: text, tool calls or both."""
+        MODE_NONE: ToolChoice._Mode.ValueType  # 2
+        """No tool calls; the tools stay visible to the model."""
+        MODE_REQUIRED: ToolChoice._Mode.ValueType  # 3
+        """At least one tool call."""
+
+    class Mode(_Mode, metaclass=_ModeEnumTypeWrapper): ...
+    MODE_UNSPECIFIED: ToolChoice.Mode.ValueType  # 0
+    """Same as MODE_AUTO."""
+    MODE_AUTO: ToolChoice.Mode.ValueType  # 1
+    """The model decides: text, tool calls or both."""
+    MODE_NONE: ToolChoice.Mode.ValueType  # 2
+    """No tool calls; the tools stay visible to the model."""
+    MODE_REQUIRED: ToolChoice.Mode.ValueType  # 3
+    """At least one tool call."""
+
+    MODE_FIELD_NUMBER: _builtins.int
+    FUNCTION_NAME_FIELD_NUMBER: _builtins.int
+    mode: Global___ToolChoice.Mode.ValueType
+    function_name: _builtins.str
+    """Call exactly this tool (a Tool.name of the request)."""
+    def __init__(
+        self,
+        *,
+        mode: Global___ToolChoice.Mode.ValueType = ...,
+        function_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "function_name", b"function_name", "mode", b"mode"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "function_name", b"function_name", "mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_choice: _TypeAlias = _typing.Literal["mode", "function_name"]  # noqa: Y015
+    _WhichOneofArgType_choice: _TypeAlias = _typing.Literal["choice", b"choice"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_choice) -> _WhichOneofReturnType_choice | None: ...
+
+Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
+
+@_typing.final
+class ResponseFormat(_message.Message):
+    """ResponseFormat constrains the answer's text. Unset (or text) is free text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Text(_message.Message):
+        """Free text."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        def __init__(
+            self,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class JsonObject(_message.Message):
+        """Any JSON object (OpenAI's JSON mode). Anthropic has no such mode: its models
+        are never chosen for it.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        def __init__(
+            self,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class JsonSchema(_message.Message):
+        """JSON that matches a schema."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        NAME_FIELD_NUMBER: _builtins.int
+        DESCRIPTION_FIELD_NUMBER: _builtins.int
+        SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+        STRICT_FIELD_NUMBER: _builtins.int
+        name: _builtins.str
+        """1 to 64 of a-z, A-Z, 0-9, _ and -; empty is "response"."""
+        description: _builtins.str
+        """What the answer is, for the model."""
+        schema_json: _builtins.str
+        """The JSON Schema, as JSON text passed to the provider unchanged; it must be
+        a JSON object.
+        """
+        strict: _builtins.bool
+        """Ask the provider to hold the answer to the schema exactly (OpenAI's
+        strict; Anthropic's structured outputs always are).
+        """
+        def __init__(
+            self,
+            *,
+            name: _builtins.str = ...,
+            description: _builtins.str = ...,
+            schema_json: _builtins.str = ...,
+            strict: _builtins.bool = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "schema_json", b"schema_json", "strict", b"strict"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    JSON_OBJECT_FIELD_NUMBER: _builtins.int
+    JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def text(self) -> Global___ResponseFormat.Text: ...
+    @_builtins.property
+    def json_object(self) -> Global___ResponseFormat.JsonObject: ...
+    @_builtins.property
+    def json_schema(self) -> Global___ResponseFormat.JsonSchema: ...
+    def __init__(
+        self,
+        *,
+        text: Global___ResponseFormat.Text | None = ...,
+        json_object: Global___ResponseFormat.JsonObject | None = ...,
+        json_schema: Global___ResponseFormat.JsonSchema | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "json_object", b"json_object", "json_schema", b"json_schema", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "json_object", b"json_object", "json_schema", b"json_schema", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_format: _TypeAlias = _typing.Literal["text", "json_object", "json_schema"]  # noqa: Y015
+    _WhichOneofArgType_format: _TypeAlias = _typing.Literal["format", b"format"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_format) -> _WhichOneofReturnType_format | None: ...
+
+Global___ResponseFormat: _TypeAlias = ResponseFormat  # noqa: Y015
 
 @_typing.final
 class Sampling(_message.Message):
@@ -153,24 +391,53 @@ class GenerateRequest(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    parallel_tool_calls: _builtins.bool
+    """False: at most one tool call per answer; unset: the provider's default
+    (several allowed).
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]: ...
     @_builtins.property
     def sampling(self) -> Global___Sampling: ...
     @_builtins.property
     def policy(self) -> Global___Policy: ...
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Functions the model may call. Only models whose catalog entry has
+        supports_tools are chosen; a pinned model (policy.model) without it is
+        refused FAILED_PRECONDITION, and so is a request no model can take.
+        """
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """Whether and which tools must be called; only with tools."""
+
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """The answer's format; JSON formats need supports_structured_output, as above."""
+
     def __init__(
         self,
         *,
         messages: _abc.Iterable[Global___Message] | None = ...,
         sampling: Global___Sampling | None = ...,
         policy: Global___Policy | None = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "sampling", b"sampling"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "parallel_tool_calls", b"parallel_tool_calls", "policy", b"policy", "response_format", b"response_format", "sampling", b"sampling", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "policy", b"policy", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "messages", b"messages", "parallel_tool_calls", b"parallel_tool_calls", "policy", b"policy", "response_format", b"response_format", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
 
@@ -258,7 +525,10 @@ class Done(_message.Message):
     """The reference cloud price of the same tokens minus what was paid."""
     latency_ms: _builtins.float
     finish_reason: _builtins.str
-    """stop, length or stop_sequence."""
+    """Why the answer ended, in OpenAI's words: stop (done, or a stop sequence),
+    length (max_tokens), tool_calls (the answer ends with tool calls to run
+    and send back as role "tool" turns) or content_filter.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     @_builtins.property
@@ -284,28 +554,73 @@ class Done(_message.Message):
 Global___Done: _TypeAlias = Done  # noqa: Y015
 
 @_typing.final
+class ToolCallDelta(_message.Message):
+    """ToolCallDelta is the next piece of one tool call, as OpenAI streams them. The
+    first delta of a call has its id and name (and maybe a first piece of
+    arguments); the following ones only add arguments_delta. Joining a call's
+    arguments_delta pieces in order gives its arguments, a JSON object as text.
+    Calls stream one after another (index 0, 1, ...), possibly after text.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_DELTA_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Which call of this answer, from 0; every delta of a call has the same."""
+    id: _builtins.str
+    """The call's id; set on the call's first delta only."""
+    name: _builtins.str
+    """The tool's name; set on the call's first delta only."""
+    arguments_delta: _builtins.str
+    """The next piece of the arguments' JSON text (may be empty)."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_delta: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_delta", b"arguments_delta", "id", b"id", "index", b"index", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallDelta: _TypeAlias = ToolCallDelta  # noqa: Y015
+
+@_typing.final
 class GenerateResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DELTA_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
     delta: _builtins.str
     """The next piece of text."""
     @_builtins.property
     def done(self) -> Global___Done:
         """The last message of the stream."""
 
+    @_builtins.property
+    def tool_call(self) -> Global___ToolCallDelta:
+        """The next piece of a tool call."""
+
     def __init__(
         self,
         *,
         delta: _builtins.str = ...,
         done: Global___Done | None = ...,
+        tool_call: Global___ToolCallDelta | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "event", b"event", "tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "event", b"event", "tool_call", b"tool_call"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["delta", "done"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["delta", "done", "tool_call"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -396,6 +711,8 @@ class Model(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     GENERATES_FIELD_NUMBER: _builtins.int
     EMBEDS_FIELD_NUMBER: _builtins.int
+    SUPPORTS_TOOLS_FIELD_NUMBER: _builtins.int
+    SUPPORTS_STRUCTURED_OUTPUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     provider: _builtins.str
     tier: Global___Tier.ValueType
@@ -409,6 +726,12 @@ class Model(_message.Message):
     generates: _builtins.bool
     """Generate, embed, or both."""
     embeds: _builtins.bool
+    supports_tools: _builtins.bool
+    """Takes GenerateRequest.tools and answers with tool calls."""
+    supports_structured_output: _builtins.bool
+    """Honours GenerateRequest.response_format's JSON formats (Anthropic models:
+    json_schema only).
+    """
     def __init__(
         self,
         *,
@@ -422,10 +745,12 @@ class Model(_message.Message):
         priority: _builtins.int = ...,
         generates: _builtins.bool = ...,
         embeds: _builtins.bool = ...,
+        supports_tools: _builtins.bool = ...,
+        supports_structured_output: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_window", b"context_window", "embeds", b"embeds", "generates", b"generates", "healthy", b"healthy", "input_usd_per_million", b"input_usd_per_million", "name", b"name", "output_usd_per_million", b"output_usd_per_million", "priority", b"priority", "provider", b"provider", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_window", b"context_window", "embeds", b"embeds", "generates", b"generates", "healthy", b"healthy", "input_usd_per_million", b"input_usd_per_million", "name", b"name", "output_usd_per_million", b"output_usd_per_million", "priority", b"priority", "provider", b"provider", "supports_structured_output", b"supports_structured_output", "supports_tools", b"supports_tools", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
