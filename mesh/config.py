@@ -16,15 +16,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mesh.errors import ConfigError
 
 __all__ = [
+    "ApiKeySettings",
     "AuditSettings",
     "AuthSettings",
     "CatalogModel",
     "EngineSettings",
+    "EnvoySettings",
     "GatewaySettings",
     "Limit",
     "LoginThrottle",
@@ -107,6 +116,11 @@ class GatewaySettings(_Section):
     metrics_address: str = Field("127.0.0.1:9464", description="host:port where the gateway "
                                  "serves Prometheus metrics at /metrics (empty: metrics off "
                                  "in the gateway, nothing measured)")
+    http_address: str = Field("127.0.0.1:8000", description="host:port of the gateway's "
+                              "HTTP door: the OpenAI-compatible API under /v1, Connect-protocol "
+                              "JSON for every unary method, /health (empty: off)")
+    http_max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest HTTP request "
+                                     "body the HTTP door reads (a larger one: 413)")
     tls: TlsSettings = Field(default_factory=TlsSettings)
 
 
@@ -187,6 +201,22 @@ class AuditSettings(_Section):
     replicas: int = Field(1, ge=1, le=5, description="stream replicas (NATS cluster)")
 
 
+class ApiKeySettings(_Section):
+    """Long-lived keys for programs (``UserService.CreateApiKey``, ``revo keys``)."""
+
+    default_ttl_s: int = Field(90 * 86400, ge=60, description="lifetime of a key created "
+                               "without an expiry")
+    max_ttl_s: int = Field(365 * 86400, ge=60, description="the longest lifetime a key may "
+                           "be given (a longer one is refused INVALID_ARGUMENT)")
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> ApiKeySettings:
+        if self.default_ttl_s > self.max_ttl_s:
+            raise ValueError(f"auth.api_keys.default_ttl_s ({self.default_ttl_s}) must not "
+                             f"exceed auth.api_keys.max_ttl_s ({self.max_ttl_s})")
+        return self
+
+
 class AuthSettings(_Section):
     """Sign-in, tokens, roles, rate limits and audit at the gateway."""
 
@@ -212,6 +242,7 @@ class AuthSettings(_Section):
     login: LoginThrottle = Field(default_factory=LoginThrottle)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    api_keys: ApiKeySettings = Field(default_factory=ApiKeySettings)
 
 
 class CatalogModel(BaseModel):
@@ -234,10 +265,30 @@ class CatalogModel(BaseModel):
     priority: int = Field(100, description="lower is tried first by 'auto'")
     max_output_tokens: int = Field(1024, gt=0, description="completion cap when the request "
                                    "gives none")
+    supports_tools: bool | None = Field(
+        None, description="takes tool definitions and answers with tool calls (default: "
+        "true for openai and anthropic, false for openai_compatible and triton)")
+    supports_structured_output: bool | None = Field(
+        None, description="honours JSON response formats (default: true for openai and "
+        "anthropic, false for openai_compatible and triton)")
 
     @property
     def local(self) -> bool:
         return self.provider == "triton"
+
+    @property
+    def tools_supported(self) -> bool:
+        """``supports_tools``, or the provider's default when unset."""
+        if self.supports_tools is not None:
+            return self.supports_tools
+        return self.provider in ("openai", "anthropic")
+
+    @property
+    def structured_output_supported(self) -> bool:
+        """``supports_structured_output``, or the provider's default when unset."""
+        if self.supports_structured_output is not None:
+            return self.supports_structured_output
+        return self.provider in ("openai", "anthropic")
 
     @property
     def paid(self) -> bool:
@@ -297,6 +348,29 @@ class TracingSettings(_Section):
     service_name: str = Field("revo", min_length=1, description="service.name of the spans")
 
 
+class EnvoySettings(_Section):
+    """Envoy in front of the gateway, as ``revo up`` runs it (``envoy/envoy.yaml``): gRPC,
+    gRPC-web and the HTTP door on one listener, for browsers and HTTP tools."""
+
+    enabled: bool = Field(True, description="`revo up` starts Envoy in front of the gateway")
+    address: str = Field("127.0.0.1:8080", description="host:port of Envoy's listener: gRPC, "
+                         "gRPC-web, /v1, /health and Connect JSON (the browser endpoint)")
+    admin_address: str = Field("127.0.0.1:9901", description="host:port of Envoy's admin "
+                               "interface (/ready, /stats); keep it on loopback")
+    access_log: str = Field("", description="where Envoy writes one JSON line per request: "
+                            "a file path, 'stdout', or empty for <home>/logs/envoy-access.log")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="browser origins allowed besides this machine's "
+        "own (http(s)://localhost, 127.0.0.1, [::1] on any port), exactly as a browser sends "
+        "them ('https://console.example.com'); '*' allows any")
+    stream_idle_timeout_s: float = Field(
+        0.0, ge=0, description="a stream with no traffic for this long is cut (0: never; "
+        "long quiet streams such as task watches need 0 or a large value)")
+    workers: int = Field(1, ge=1, le=64, description="Envoy worker threads (--concurrency)")
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS of Envoy's "
+                             "listener (off unless cert_file and key_file are set)")
+
+
 class EngineSettings(BaseModel):
     """Settings of one engine: the mesh's keys, plus the plugin's own (validated by it)."""
 
@@ -329,6 +403,7 @@ class MeshConfig(_Section):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    envoy: EnvoySettings = Field(default_factory=EnvoySettings)
     engines: dict[str, EngineSettings] = Field(default_factory=dict)
 
     def engine(self, name: str) -> EngineSettings:

@@ -174,7 +174,10 @@ class Router(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         """The gateway's own guarded services."""
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> MethodHandler:
-        path = handler_call_details.method
+        return self.handler(handler_call_details.method)
+
+    def handler(self, path: str) -> MethodHandler:
+        """The handler of ``path``: its method's, or one that explains why there is none."""
         found = self.handlers.get(path)
         if found is not None:
             return found

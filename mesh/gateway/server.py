@@ -44,6 +44,8 @@ from mesh.errors import (
     InvalidArgument,
     RpcError,
 )
+from mesh.gateway import connect as connect_protocol
+from mesh.gateway.http import HttpDoor
 from mesh.gateway.mesh_service import MeshServicer
 from mesh.gateway.metrics import GatewayMeters
 from mesh.gateway.routing import (
@@ -124,6 +126,9 @@ class Gateway:
                                        "gateway.metrics_address")
         """The gateway's Prometheus registry and ``/metrics`` server (off: address '')."""
         self._meters = GatewayMeters(self.metrics.metrics()) if self.metrics.enabled else None
+        self.http = HttpDoor(self, config.gateway.http_address, config.gateway.http_max_body_bytes,
+                             (connect_protocol.routes,)) if config.gateway.http_address else None
+        """The HTTP door (OpenAI-compatible API, Connect protocol, /health; None: off)."""
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -178,6 +183,8 @@ class Gateway:
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(_OWN_SERVICES[0].full_name, health_pb2.HealthCheckResponse.SERVING)
         self._on_registry(self._view.snapshot)
+        if self.http is not None:
+            await self.http.start()
         log.info("gateway listening on %s", self.address)
         return self.port
 
@@ -190,8 +197,12 @@ class Gateway:
         """Refuse new calls, let in-flight ones finish within ``grace``, then disconnect."""
         with contextlib.suppress(Exception):
             await self._health.enter_graceful_shutdown()
+        if self.http is not None:
+            self.http.serving = False  # /health says so while in-flight calls finish
         if self._server is not None:
             await self._server.stop(grace)
+        if self.http is not None:
+            await self.http.stop()
         if self.node is not None:
             await self.node.stop()
         if self._view is not None:
@@ -209,6 +220,15 @@ class Gateway:
     async def wait(self) -> None:
         assert self._server is not None
         await self._server.wait_for_termination()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The mesh as this gateway sees it now."""
+        return self._view.snapshot if self._view is not None else Snapshot()
+
+    def handler(self, path: str) -> MethodHandler:
+        """The handler that serves ``path`` (the HTTP door calls through it too)."""
+        return self._router.handler(path)
 
     def _on_registry(self, snapshot: Snapshot) -> None:
         nodes = {a.node.id: a.node.draining for a in snapshot.nodes}

@@ -67,7 +67,8 @@ def mesh_config(nats_server: NatsServer, tmp_path: Path) -> Callable[..., MeshCo
             "home": str(tmp_path / "home"),
             "nats": {"url": nats_server.url},
             # metrics on, as by default, on free ports (9464 may be taken)
-            "gateway": {"address": "127.0.0.1:0", "metrics_address": "127.0.0.1:0"},
+            "gateway": {"address": "127.0.0.1:0", "metrics_address": "127.0.0.1:0",
+                        "http_address": "127.0.0.1:0"},
             "node": {"heartbeat_s": 0.25, "shutdown_grace_s": 5.0,
                      "restart_backoff_s": 0.05},
             # off unless a test asks: auth=dict(enabled=True) (see tests/integration/auth)
@@ -173,6 +174,7 @@ def spawn_node(config: MeshConfig, log_file: Path, *, extra_env: dict[str, str] 
         "REVO_NODE__SHUTDOWN_GRACE_S": str(config.node.shutdown_grace_s),
         "REVO_NODE__METRICS_ADDRESS": config.node.metrics_address,
         "REVO_GATEWAY__METRICS_ADDRESS": config.gateway.metrics_address,
+        "REVO_GATEWAY__HTTP_ADDRESS": config.gateway.http_address,
         "REVO_AUTH__ENABLED": str(config.auth.enabled).lower(),
         "REVO_AUTH__AUDIT__ENABLED": str(config.auth.audit.enabled).lower(),
     })
