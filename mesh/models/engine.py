@@ -32,8 +32,19 @@ from mesh.models.advice import recommend
 from mesh.models.budget import Budgets
 from mesh.models.ledger import Ledger, summarize
 from mesh.models.metrics import EMBEDDINGS, ModelMeters
-from mesh.models.providers import Provider, Turn
+from mesh.models.providers import NO_TOOLING, Provider, Turn
 from mesh.models.router import Outcome, Request, Router
+from mesh.models.tools import (
+    EMPTY_PARAMETERS,
+    ChoiceMode,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    Tooling,
+    parse_object,
+)
 
 __all__ = ["ModelEngine", "build_providers", "with_local_generator"]
 
@@ -71,6 +82,10 @@ def build_providers(settings: ModelSettings) -> dict[str, Provider]:
 
     providers: dict[str, Provider] = {}
     for model in settings.catalog:
+        if model.local and (model.supports_tools or model.supports_structured_output):
+            raise ConfigError(f"models.catalog '{model.name}': Triton models have no tool "
+                              "calling and no structured output; remove supports_tools and "
+                              "supports_structured_output")
         env = model.api_key_env or _DEFAULT_KEY_ENV.get(model.provider, "")
         key = read_key(env, model.api_key_file) if env or model.api_key_file else ""
         if model.provider == "triton":
@@ -106,14 +121,16 @@ every callback that is ready meanwhile, the first message's send among them
 (docs/performance.md)."""
 
 
-async def coalesced(deltas: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+async def coalesced(deltas: AsyncIterator[Piece]) -> AsyncGenerator[Piece, None]:
     """``deltas``, read by a task of its own, with those that arrived while the previous
     one was on its way joined into one: when the upstream is faster than the caller (a
     burst of tokens already received), the mesh sends one message instead of one per token.
+    Text joins text; a tool call's argument pieces join the piece of the same call before
+    them; order is kept.
     The first delta goes alone: the reader lets the loop send it before it parses what came
     with it, which would otherwise hold up the time to first token by the whole burst.
     Closing this generator cancels the reader, which closes ``deltas``."""
-    queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+    queue: asyncio.Queue[Piece | BaseException | None] = asyncio.Queue()
 
     async def read() -> None:
         try:
@@ -135,9 +152,8 @@ async def coalesced(deltas: AsyncIterator[str]) -> AsyncGenerator[str, None]:
             items = [await queue.get()]
             while not queue.empty():
                 items.append(queue.get_nowait())
-            text = "".join(item for item in items if isinstance(item, str))
-            if text:
-                yield text
+            for piece in _joined(items):
+                yield piece
             end = items[-1]  # the end or an error is always the last item queued
             if end is None:
                 return
@@ -147,6 +163,81 @@ async def coalesced(deltas: AsyncIterator[str]) -> AsyncGenerator[str, None]:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
+
+
+Piece = str | ToolCallDelta
+"""What a Generate stream carries before its end: text, or a piece of a tool call."""
+
+
+def _joined(items: list[Piece | BaseException | None]) -> list[Piece]:
+    """The pieces of ``items`` in order, neighbours joined where one message can carry
+    both: text with text, a call's argument pieces onto the piece of that call before."""
+    if all(isinstance(item, str) or item is None or isinstance(item, BaseException)
+           for item in items):  # text only: the common case, kept cheap
+        text = "".join(item for item in items if isinstance(item, str))
+        return [text] if text else []
+    out: list[Piece] = []
+    for item in items:
+        last = out[-1] if out else None
+        if isinstance(item, str):
+            if isinstance(last, str):
+                out[-1] = last + item
+            elif item:
+                out.append(item)
+        elif isinstance(item, ToolCallDelta):
+            if isinstance(last, ToolCallDelta) and last.index == item.index \
+                    and not item.id and not item.name:
+                out[-1] = ToolCallDelta(last.index, last.id, last.name,
+                                        last.arguments + item.arguments)
+            else:
+                out.append(item)
+    return out
+
+
+def _tooling(message: pb.GenerateRequest) -> Tooling:
+    """The request's tools, choice and format, their JSON parsed (INVALID_ARGUMENT naming
+    the field that is not a JSON object)."""
+    tools = tuple(Tool(t.name, t.description,
+                       parse_object(t.parameters_json, f"tools[{i}].parameters_json",
+                                    empty=EMPTY_PARAMETERS), t.strict)
+                  for i, t in enumerate(message.tools))
+    choice = None
+    if message.HasField("tool_choice"):
+        which = message.tool_choice.WhichOneof("choice")
+        if which == "function_name":
+            choice = ToolChoice("function", message.tool_choice.function_name)
+        elif which == "mode" and message.tool_choice.mode != pb.ToolChoice.MODE_UNSPECIFIED:
+            choice = ToolChoice(_MODES[message.tool_choice.mode])
+    form = None
+    if message.HasField("response_format"):
+        kind = message.response_format.WhichOneof("format")
+        if kind == "json_schema":
+            spec = message.response_format.json_schema
+            if not spec.schema_json.strip():
+                raise InvalidArgument("response_format.json_schema.schema_json is empty; "
+                                      "send the JSON Schema the answer must match")
+            form = ResponseFormat("json_schema", spec.name or "response", spec.description,
+                                  parse_object(spec.schema_json,
+                                               "response_format.json_schema.schema_json"),
+                                  spec.strict)
+        elif kind == "json_object":
+            form = ResponseFormat("json_object")
+    if not tools and not (form and form.json) and choice is None \
+            and not message.HasField("parallel_tool_calls"):
+        return NO_TOOLING
+    return Tooling(tools, choice, form, message.parallel_tool_calls
+                   if message.HasField("parallel_tool_calls") else None)
+
+
+_MODES: dict[int, ChoiceMode] = {pb.ToolChoice.MODE_AUTO: "auto", pb.ToolChoice.MODE_NONE: "none",
+          pb.ToolChoice.MODE_REQUIRED: "required"}
+
+
+def _turn(message: pb.Message, i: int) -> Turn:
+    calls = tuple(ToolCall(c.id, c.name, c.arguments_json or "{}") for c in message.tool_calls)
+    for j, call in enumerate(calls):
+        parse_object(call.arguments, f"messages[{i}].tool_calls[{j}].arguments_json")
+    return Turn(message.role, message.content, calls, message.tool_call_id)
 
 
 def _request(message: pb.GenerateRequest) -> Request:
@@ -161,12 +252,13 @@ def _request(message: pb.GenerateRequest) -> Request:
         raise InvalidArgument(f"policy.cost_limit_usd must be 0 (no limit) or more, got "
                               f"{policy.cost_limit_usd:g}")
     return Request(
-        turns=[Turn(m.role, m.content) for m in message.messages],
+        turns=[_turn(m, i) for i, m in enumerate(message.messages)],
         max_tokens=sampling.max_tokens, temperature=sampling.temperature,
         top_p=sampling.top_p, stop=tuple(sampling.stop), force_local=policy.force_local,
         model=policy.model, cost_limit_usd=policy.cost_limit_usd,
         no_fallback=policy.no_fallback,
-        seed=sampling.seed if sampling.HasField("seed") else None)
+        seed=sampling.seed if sampling.HasField("seed") else None,
+        tooling=_tooling(message))
 
 
 def _done(outcome: Outcome) -> pb.Done:
@@ -232,8 +324,13 @@ class ModelEngine(AsyncEngine):
                        ctx: Context) -> AsyncIterator[pb.GenerateResponse]:
         outcome = Outcome()
         deltas = self.router.generate(ctx.caller, _request(request), outcome)
-        async for text in coalesced(deltas):
-            yield pb.GenerateResponse(delta=text)
+        async for piece in coalesced(deltas):
+            if isinstance(piece, str):
+                yield pb.GenerateResponse(delta=piece)
+            else:
+                yield pb.GenerateResponse(tool_call=pb.ToolCallDelta(
+                    index=piece.index, id=piece.id, name=piece.name,
+                    arguments_delta=piece.arguments))
         yield pb.GenerateResponse(done=_done(outcome))
 
     async def embed(self, request: pb.EmbedRequest, ctx: Context) -> pb.EmbedResponse:
@@ -265,7 +362,8 @@ class ModelEngine(AsyncEngine):
                 input_usd_per_million=model.input_usd_per_million,
                 output_usd_per_million=model.output_usd_per_million,
                 context_window=model.context_window, priority=model.priority,
-                generates=True))
+                generates=True, supports_tools=model.tools_supported,
+                supports_structured_output=model.structured_output_supported))
         if self.embedder is not None:
             models.append(pb.Model(name=EMBEDDER, provider="triton", tier=pb.TIER_LOCAL,
                                    healthy=await self.embedder.ready(),

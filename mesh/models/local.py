@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from mesh.errors import InvalidArgument, Unavailable
-from mesh.models.providers import Chunk, ProviderError, ProviderUsage, Turn
+from mesh.models.providers import NO_TOOLING, Chunk, ProviderError, ProviderUsage, Turn
+from mesh.models.tools import Tooling
 from mesh.observability import tracing
 
 __all__ = ["TritonEmbedder", "TritonGenerator"]
@@ -149,13 +150,19 @@ class TritonGenerator:
 
     async def stream(self, model: str, turns: Sequence[Turn], *, max_tokens: int,
                      temperature: float, top_p: float, stop: Sequence[str],
-                     timeout_s: float, seed: int | None = None) -> AsyncIterator[Chunk]:
+                     timeout_s: float, seed: int | None = None,
+                     tooling: Tooling = NO_TOOLING) -> AsyncIterator[Chunk]:
         """Text deltas, then one chunk with the model's exact token counts and finish
         reason (``stop`` or ``length``). ``max_tokens`` 0 takes the model's default and
         ``top_p`` 0 means 1; ``temperature`` 0 is greedy; ``seed`` makes sampling repeatable.
         ``timeout_s`` bounds the wait for each response (the first one includes the whole
         prompt). Closing the iterator early cancels the Triton stream, which stops the
-        generation before its next token."""
+        generation before its next token. The generator has no tools and no structured
+        output: ``tooling`` that asks for them fails ``bad_request`` (the router never
+        sends it)."""
+        if tooling:
+            raise ProviderError("bad_request", f"Triton model {model!r} has no tool "
+                                "calling and no structured output")
         sampling: dict[str, Any] = {"temperature": temperature}
         if max_tokens:
             sampling["max_tokens"] = max_tokens

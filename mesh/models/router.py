@@ -1,7 +1,10 @@
 """The model router: which model answers, what it may cost, and what happens when it fails.
 
 For each request the router orders the catalog (a named model, ``force_local``, or
-``auto`` by priority), drops models whose context window cannot hold the prompt and those
+``auto`` by priority), drops models that lack what the request needs (tool calling,
+structured output: :func:`mesh.models.tools.lacks`; a named model that lacks it is refused
+``FAILED_PRECONDITION`` rather than replaced), models whose context window cannot hold the
+prompt and those
 whose estimated cost exceeds ``cost_limit_usd`` (none left: ``FAILED_PRECONDITION``
 saying why), skips models cooling down after repeated failures, and then, model by model:
 
@@ -11,7 +14,9 @@ saying why), skips models cooling down after repeated failures, and then, model 
    retried with exponential backoff and jitter, honouring ``retry-after``;
 3. when a model fails *after it has streamed text*, the next model continues from that
    text, given as an assistant prefix: the caller sees one stream, and the final
-   :class:`Outcome` records the switch;
+   :class:`Outcome` records the switch. A request with tools or a JSON format is not
+   continued (half a tool call or half a JSON value cannot be): it fails ``UNAVAILABLE``;
+   before anything streamed it falls back like any other;
 4. settles the reservation to the provider's own usage report and appends the call to
    the ledger (:mod:`mesh.models.ledger`) before the stream ends.
 
@@ -36,14 +41,22 @@ from mesh.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, 
 from mesh.models.budget import Budgets, Reservation
 from mesh.models.ledger import Entry, Ledger
 from mesh.models.metrics import CHAT, ModelMeters
-from mesh.models.providers import Chunk, Provider, ProviderError, ProviderUsage, Turn
+from mesh.models.providers import (
+    NO_TOOLING,
+    Chunk,
+    Provider,
+    ProviderError,
+    ProviderUsage,
+    Turn,
+)
+from mesh.models.tools import ToolCallDelta, Tooling, check_turns, lacks
 from mesh.observability import tracing
 
 __all__ = ["Outcome", "Request", "Router", "Switch", "estimate_tokens"]
 
 log = logging.getLogger(__name__)
 
-_ROLES = frozenset({"system", "user", "assistant"})
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
 def estimate_tokens(text: str) -> int:
@@ -63,6 +76,14 @@ class Request:
     cost_limit_usd: float = 0.0
     no_fallback: bool = False
     seed: int | None = None
+    tooling: Tooling = NO_TOOLING
+
+
+def prompt_tokens(turns: Sequence[Turn], tooling: Tooling = NO_TOOLING) -> int:
+    """The estimated prompt: every turn's text and tool calls, and the tools' schemas."""
+    text = "".join(t.content + "".join(c.name + c.arguments for c in t.tool_calls)
+                   for t in turns) + tooling.size_hint()
+    return estimate_tokens(text)
 
 
 @dataclass(frozen=True)
@@ -128,12 +149,15 @@ class Router:
     # -- choosing ---------------------------------------------------------------------
 
     def validate(self, request: Request) -> None:
-        if not request.turns or not any(t.content.strip() for t in request.turns):
+        if not request.turns or not any(t.content.strip() or t.tool_calls
+                                        for t in request.turns):
             raise InvalidArgument("the prompt is empty: send at least one message with text")
         for turn in request.turns:
             if turn.role not in _ROLES:
                 raise InvalidArgument(f"message role {turn.role[:20]!r} is not one of "
-                                      "system, user, assistant")
+                                      "system, user, assistant, tool")
+        check_turns(request.turns)
+        request.tooling.check()
         if request.max_tokens < 0:
             raise InvalidArgument(f"max_tokens must be 0 (model default) or more, got "
                                   f"{request.max_tokens}")
@@ -144,15 +168,27 @@ class Router:
     def candidates(self, request: Request) -> list[CatalogModel]:
         """The models to try, in order; FAILED_PRECONDITION when none can serve."""
         self.validate(request)
-        prompt = sum(estimate_tokens(t.content) for t in request.turns)
+        prompt = prompt_tokens(request.turns, request.tooling)
         models = sorted(self.catalog.values(), key=lambda m: (m.priority, m.name))
+        reasons: list[str] = []
         if request.model and request.model != "auto":
             chosen = self.catalog[request.model]
+            if lack := lacks(chosen, request.tooling, request.turns):
+                raise FailedPrecondition(
+                    f"model {chosen.name!r} cannot take this request: it has {lack}. Choose "
+                    "a model that can (ListModels: supports_tools, "
+                    "supports_structured_output) or leave policy.model unset")
             models = [chosen] + ([] if request.no_fallback else
                                  [m for m in models if m is not chosen])
-        elif request.no_fallback:
+        capable = []
+        for model in models:
+            if lack := lacks(model, request.tooling, request.turns):
+                reasons.append(f"{model.name}: {lack}")
+            else:
+                capable.append(model)
+        models = capable
+        if request.no_fallback and not (request.model and request.model != "auto"):
             models = models[:1]
-        reasons: list[str] = []
         fitting = []
         for model in models:
             completion = request.max_tokens or model.max_output_tokens
@@ -171,11 +207,16 @@ class Router:
         if not fitting:
             largest = max((m.context_window for m in models
                            if m.local or not request.force_local), default=0)
-            if prompt >= largest:
+            if models and prompt >= largest:
                 raise InvalidArgument(
                     f"the prompt is about {prompt} tokens, more than the largest context "
                     f"window of the models that could take it ({largest} tokens); "
                     "shorten it")
+            if not models and reasons and (request.tooling.tools or request.tooling.json):
+                reasons.insert(0, "it needs " + " and ".join(
+                    need for need, wanted in (("tool calling", bool(request.tooling.tools)),
+                                              ("structured output", request.tooling.json))
+                    if wanted))
             raise FailedPrecondition("no model can take this request: " + "; ".join(reasons))
         return fitting
 
@@ -212,10 +253,12 @@ class Router:
     # -- generating -------------------------------------------------------------------
 
     async def generate(self, user: str, request: Request,
-                       outcome: Outcome) -> AsyncIterator[str]:
-        """Text deltas; ``outcome`` is filled in when the stream ends."""
+                       outcome: Outcome) -> AsyncIterator[str | ToolCallDelta]:
+        """Text deltas and tool-call pieces; ``outcome`` is filled in when the stream ends."""
         started = time.perf_counter()
         sent = ""
+        called = False  # a piece of a tool call was streamed
+        continuable = not request.tooling  # text alone can be continued by another model
         last_error = "no model tried"
         models = self.candidates(request)
         now = time.monotonic()
@@ -230,7 +273,7 @@ class Router:
             meter = self.meters.call(CHAT, model.provider, model.name)
             for attempt in range(self.settings.retries + 1):
                 turns = list(request.turns) + ([Turn("assistant", sent)] if sent else [])
-                prompt = sum(estimate_tokens(t.content) for t in turns)
+                prompt = prompt_tokens(turns, request.tooling)
                 completion = request.max_tokens or model.max_output_tokens
                 reservation: Reservation | None = None
                 if model.paid:
@@ -246,6 +289,11 @@ class Router:
                 began = time.perf_counter()
                 try:
                     async for chunk in self._stream(model, turns, request, completion):
+                        if chunk.tool_call is not None:
+                            if not streamed and not called:
+                                meter.first_token(began)
+                            called = True
+                            yield chunk.tool_call
                         if chunk.text:
                             if not streamed:
                                 meter.first_token(began)
@@ -261,6 +309,11 @@ class Router:
                     spent = ProviderUsage(prompt, estimate_tokens(streamed) if streamed else 0)
                     if reservation is not None:
                         await self.budgets.settle(reservation, cost_usd(model, spent))
+                    if (sent or called) and not continuable:
+                        raise Unavailable(
+                            f"{model.name} failed after it had streamed part of an answer "
+                            "with tools or a JSON format, which another model cannot "
+                            f"continue; send the request again ({error})") from error
                     if streamed or not error.retryable or attempt == self.settings.retries:
                         break  # to the next model, from what was already sent
                     await asyncio.sleep(self._backoff(attempt, error.retry_after_s))
@@ -307,7 +360,7 @@ class Router:
         stream = provider.stream(model.upstream or model.name, turns, max_tokens=completion,
                                  temperature=request.temperature, top_p=request.top_p,
                                  stop=request.stop, timeout_s=self.settings.timeout_s,
-                                 seed=request.seed)
+                                 seed=request.seed, tooling=request.tooling)
         span = (_chat_span(model, turns, request, completion)
                 if tracing.active() else None)
         text: list[str] | None = [] if span is not None and tracing.capture_content() else None

@@ -19,15 +19,20 @@ behaviour is consumed.
 
 Each request takes the next :class:`Behaviour` from the script (:meth:`FakeLLMServer.script`),
 or the server's ``default`` when the script is empty. Build behaviours with :func:`answer`,
-:func:`status`, :func:`hang`, :func:`malformed` and :func:`fail_after`. Where concurrent
-requests arrive in no fixed order, a *responder* (:meth:`FakeLLMServer.respond_with`)
-chooses each request's behaviour from its body first (for instance by a phrase of the
-system prompt), and the script answers what it leaves (None).
+:func:`call_tools` (tool calls, streamed as each API streams them: OpenAI's
+``delta.tool_calls`` pieces, Anthropic's ``tool_use`` blocks with ``input_json_delta``),
+:func:`json_answer`, :func:`status`, :func:`hang`, :func:`malformed` and
+:func:`fail_after`. Where concurrent requests arrive in no fixed order, a *responder*
+(:meth:`FakeLLMServer.respond_with`) chooses each request's behaviour from its body first
+(for instance by a phrase of the system prompt), and the script answers what it leaves
+(None).
 
 Accounting is deterministic so that tests can assert exact numbers: a reply is split into
-words (each word with the whitespace after it is one streamed delta), completion tokens are
-the number of deltas, and prompt tokens are the whitespace-separated words in every message
-(and the Anthropic ``system`` prompt); :func:`answer` can override both.
+words (each word with the whitespace after it is one streamed delta), a tool call's
+arguments into pieces of :data:`ARGUMENT_PIECE` characters (:func:`split_arguments`),
+completion tokens are the number of text and argument deltas, and prompt tokens are the
+whitespace-separated words in every message (and the Anthropic ``system`` prompt);
+:func:`answer` can override both.
 """
 
 from __future__ import annotations
@@ -55,10 +60,14 @@ __all__ = [
     "FakeLLMServer",
     "RecordedRequest",
     "Reply",
+    "ScriptedCall",
     "answer",
+    "call_tools",
     "fail_after",
     "hang",
+    "json_answer",
     "malformed",
+    "split_arguments",
     "split_tokens",
     "status",
 ]
@@ -66,8 +75,28 @@ __all__ = [
 DEFAULT_TEXT = "Hello from the fake model."
 MAX_HANG_S = 30.0  # a forgotten hang() must not outlive a test run's timeout
 EMBEDDING_DIMENSIONS = 8
+ARGUMENT_PIECE = 4
+"""Characters per streamed piece of a tool call's arguments."""
 
 BehaviourKind = Literal["answer", "status", "hang", "malformed", "fail_after"]
+
+
+@dataclass(frozen=True)
+class ScriptedCall:
+    """One tool call of a scripted answer; ``id`` '' numbers it (``call_fake_N`` for
+    OpenAI, ``toolu_fake_N`` for Anthropic)."""
+
+    name: str
+    arguments: Any = None
+    """The arguments: a dict (sent as its JSON), a JSON text, or None for ``{}``."""
+    id: str = ""
+
+    @property
+    def arguments_json(self) -> str:
+        if self.arguments is None:
+            return "{}"
+        return self.arguments if isinstance(self.arguments, str) else json.dumps(
+            self.arguments)
 
 
 @dataclass(frozen=True)
@@ -86,6 +115,7 @@ class Behaviour:
     n_chunks: int = 0
     until: threading.Event | None = None  # a hang ends early once this is set
     interval_s: float = 0.0  # a stream's pace: seconds before each text delta
+    calls: tuple[ScriptedCall, ...] = ()  # tool calls after the text
 
 
 def answer(text: str = DEFAULT_TEXT, prompt_tokens: int | None = None,
@@ -98,6 +128,19 @@ def answer(text: str = DEFAULT_TEXT, prompt_tokens: int | None = None,
     return Behaviour("answer", text=text, prompt_tokens=prompt_tokens,
                      completion_tokens=completion_tokens, cached_tokens=cached_tokens,
                      interval_s=interval_s)
+
+
+def call_tools(*calls: ScriptedCall | str, text: str = "") -> Behaviour:
+    """Answer with tool calls (a bare name calls it with ``{}``), after ``text`` if any:
+    finish reason ``tool_calls`` (OpenAI) or stop reason ``tool_use`` (Anthropic)."""
+    scripted = tuple(c if isinstance(c, ScriptedCall) else ScriptedCall(c) for c in calls)
+    return Behaviour("answer", text=text, calls=scripted)
+
+
+def json_answer(value: Any) -> Behaviour:
+    """Answer with ``value`` as JSON text, streamed like any text (what a model constrained
+    to a JSON format sends)."""
+    return answer(json.dumps(value))
 
 
 def status(code: int, body: Any = None, retry_after: float | None = None) -> Behaviour:
@@ -175,6 +218,20 @@ def split_tokens(text: str) -> list[str]:
         return [text] if text else []
     lead = text[: len(text) - len(text.lstrip())]
     return [lead + pieces[0], *pieces[1:]]
+
+
+def split_arguments(text: str) -> list[str]:
+    """The pieces a tool call's arguments stream as: :data:`ARGUMENT_PIECE` characters each."""
+    return [text[i:i + ARGUMENT_PIECE] for i in range(0, len(text), ARGUMENT_PIECE)]
+
+
+def _deltas_before(is_delta: list[bool]) -> list[int]:
+    """For each event, how many delta events come before it."""
+    before, seen = [], 0
+    for flag in is_delta:
+        before.append(seen)
+        seen += flag
+    return before
 
 
 def _count_words(value: Any) -> int:
@@ -574,12 +631,22 @@ class _FakeLLMHandler(BaseHTTPRequestHandler):
         ident = f"chatcmpl-fake-{self.fake._next_id()}"
         created = int(time.time())
         pieces = split_tokens(behaviour.text)
-        usage = _openai_usage(body, behaviour, len(pieces))
+        calls = [(call.id or f"call_fake_{self.fake._next_id()}", call.name,
+                  call.arguments_json) for call in behaviour.calls]
+        arguments = [split_arguments(args) for _, _, args in calls]
+        usage = _openai_usage(body, behaviour, len(pieces) + sum(map(len, arguments)))
+        finish = "tool_calls" if calls else "stop"
         if not body.get("stream"):
-            message = {"role": "assistant", "content": behaviour.text, "refusal": None}
+            message: dict[str, Any] = {"role": "assistant",
+                                       "content": behaviour.text if behaviour.text or not calls
+                                       else None, "refusal": None}
+            if calls:
+                message["tool_calls"] = [{"id": i, "type": "function",
+                                          "function": {"name": n, "arguments": a}}
+                                         for i, n, a in calls]
             self._send_body({
                 "id": ident, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop",
+                "choices": [{"index": 0, "message": message, "finish_reason": finish,
                              "logprobs": None}],
                 "usage": usage,
             }, behaviour)
@@ -596,17 +663,23 @@ class _FakeLLMHandler(BaseHTTPRequestHandler):
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
                                  "logprobs": None}]}
 
-        chunks = [chunk({"role": "assistant", "content": ""}, None)]
-        chunks += [chunk({"content": piece}, None) for piece in pieces]
-        chunks.append(chunk({}, "stop"))
+        chunks = [(chunk({"role": "assistant", "content": ""}, None), False)]
+        chunks += [(chunk({"content": piece}, None), True) for piece in pieces]
+        for index, ((call_id, name, _), parts) in enumerate(zip(calls, arguments, strict=True)):
+            # as OpenAI streams a call: id, name and empty arguments first, then the pieces
+            chunks.append((chunk({"tool_calls": [{
+                "index": index, "id": call_id, "type": "function",
+                "function": {"name": name, "arguments": ""}}]}, None), False))
+            chunks += [(chunk({"tool_calls": [{"index": index, "function": {
+                "arguments": part}}]}, None), True) for part in parts]
+        chunks.append((chunk({}, finish), False))
         if (body.get("stream_options") or {}).get("include_usage"):
-            chunks.append({"id": ident, "object": "chat.completion.chunk", "created": created,
-                           "model": model, "choices": [], "usage": usage})
-        events = [b"data: %s\n\n" % json.dumps(c).encode() for c in chunks]
+            chunks.append(({"id": ident, "object": "chat.completion.chunk",
+                            "created": created, "model": model, "choices": [],
+                            "usage": usage}, False))
+        events = [b"data: %s\n\n" % json.dumps(c).encode() for c, _ in chunks]
         events.append(b"data: [DONE]\n\n")
-        # event 0 is the role chunk; event i (1..n) is delta i
-        before = [0] + list(range(len(pieces))) + [len(pieces)] * (len(events) - len(pieces) - 1)
-        self._stream(events, before, behaviour)
+        self._stream(events, _deltas_before([d for _, d in chunks] + [False]), behaviour)
 
     def _embeddings(self, body: dict[str, Any], behaviour: Behaviour) -> None:
         inputs = body.get("input", "")
@@ -627,19 +700,26 @@ class _FakeLLMHandler(BaseHTTPRequestHandler):
         model = str(body.get("model", "fake-model"))
         ident = f"msg_fake_{self.fake._next_id()}"
         pieces = split_tokens(behaviour.text)
+        calls = [(call.id or f"toolu_fake_{self.fake._next_id()}", call.name,
+                  call.arguments_json) for call in behaviour.calls]
+        arguments = [split_arguments(args) for _, _, args in calls]
         input_tokens = behaviour.prompt_tokens
         if input_tokens is None:
             input_tokens = _prompt_words(body)
         output_tokens = behaviour.completion_tokens
         if output_tokens is None:
-            output_tokens = len(pieces)
+            output_tokens = len(pieces) + sum(map(len, arguments))
         usage = {"input_tokens": input_tokens, "output_tokens": output_tokens,
                  "cache_read_input_tokens": behaviour.cached_tokens,
                  "cache_creation_input_tokens": 0}
+        text_blocks = [{"type": "text", "text": behaviour.text}] \
+            if behaviour.text or not calls else []
         message: dict[str, Any] = {
             "id": ident, "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": behaviour.text}],
-            "stop_reason": "end_turn", "stop_sequence": None, "usage": usage,
+            "content": text_blocks + [{"type": "tool_use", "id": i, "name": n,
+                                       "input": json.loads(a)} for i, n, a in calls],
+            "stop_reason": "tool_use" if calls else "end_turn", "stop_sequence": None,
+            "usage": usage,
         }
         if not body.get("stream"):
             self._send_body(message, behaviour)
@@ -651,25 +731,44 @@ class _FakeLLMHandler(BaseHTTPRequestHandler):
             return
         start = {**message, "content": [], "stop_reason": None,
                  "usage": {**usage, "output_tokens": 1}}
-        sequence: list[tuple[str, dict[str, Any]]] = [
-            ("message_start", {"type": "message_start", "message": start}),
-            ("content_block_start", {"type": "content_block_start", "index": 0,
-                                     "content_block": {"type": "text", "text": ""}}),
-        ]
-        sequence += [("content_block_delta",
-                      {"type": "content_block_delta", "index": 0,
-                       "delta": {"type": "text_delta", "text": piece}}) for piece in pieces]
+        sequence: list[tuple[str, dict[str, Any], bool]] = [
+            ("message_start", {"type": "message_start", "message": start}, False)]
+        block = 0
+        if text_blocks:
+            sequence.append(("content_block_start", {
+                "type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}, False))
+            sequence += [("content_block_delta",
+                          {"type": "content_block_delta", "index": 0,
+                           "delta": {"type": "text_delta", "text": piece}}, True)
+                         for piece in pieces]
+            sequence.append(("content_block_stop",
+                             {"type": "content_block_stop", "index": 0}, False))
+            block = 1
+        for (call_id, name, _), parts in zip(calls, arguments, strict=True):
+            # as Anthropic streams a tool_use block: empty input, an empty first
+            # input_json_delta, then the pieces of the input's JSON
+            sequence.append(("content_block_start", {
+                "type": "content_block_start", "index": block,
+                "content_block": {"type": "tool_use", "id": call_id, "name": name,
+                                  "input": {}}}, False))
+            sequence += [("content_block_delta", {
+                "type": "content_block_delta", "index": block,
+                "delta": {"type": "input_json_delta", "partial_json": part}}, bool(part))
+                for part in ["", *parts]]
+            sequence.append(("content_block_stop",
+                             {"type": "content_block_stop", "index": block}, False))
+            block += 1
         sequence += [
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
             ("message_delta", {"type": "message_delta",
-                               "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                               "usage": {"output_tokens": output_tokens}}),
-            ("message_stop", {"type": "message_stop"}),
+                               "delta": {"stop_reason": message["stop_reason"],
+                                         "stop_sequence": None},
+                               "usage": {"output_tokens": output_tokens}}, False),
+            ("message_stop", {"type": "message_stop"}, False),
         ]
         events = [b"event: %s\ndata: %s\n\n" % (name.encode(), json.dumps(data).encode())
-                  for name, data in sequence]
-        before = [0, 0] + list(range(len(pieces))) + [len(pieces)] * 3
-        self._stream(events, before, behaviour)
+                  for name, data, _ in sequence]
+        self._stream(events, _deltas_before([d for _, _, d in sequence]), behaviour)
 
 
 def _openai_usage(body: dict[str, Any], behaviour: Behaviour, n_pieces: int) -> dict[str, Any]:
