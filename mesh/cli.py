@@ -121,6 +121,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    import os
+
+    from mesh.client import client_credentials
+    from mesh.embedded.up import read_state
+    from mesh.mcp.server import loopback_address, serve_http, serve_stdio
+
+    config = _config(args)
+    api_key = args.api_key or os.environ.get("REVO_API_KEY", "")
+    if not api_key and args.transport == "stdio":
+        print("revo mcp: no API key: pass --api-key or set REVO_API_KEY (create one with "
+              "`revo keys create`); every tool call acts as the key's owner", file=sys.stderr)
+        return 2
+    try:
+        loopback_address(args.http_address)
+    except ValueError as exc:
+        print(f"revo mcp: {exc}", file=sys.stderr)
+        return 2
+    state = read_state(config)
+    gateway = args.gateway or (state["gateway"] if state else config.gateway.address)
+    credentials = client_credentials(config)
+    try:
+        if args.transport == "stdio":
+            asyncio.run(serve_stdio(gateway, api_key, credentials))
+        else:
+            asyncio.run(serve_http(gateway, api_key, args.http_address, credentials))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def operator_client(args: argparse.Namespace, timeout: float = 30.0) -> Any:
     """A :class:`~mesh.client.MeshClient` signed in as the local operator, to the gateway
     of the ``revo up`` running here (or ``args.address``): for plugin commands
@@ -181,6 +212,19 @@ def build_parser(plugin_commands: bool = False) -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     sub.add_parser("plugins", help="installed engine plugins and their status"
                    ).set_defaults(func=cmd_plugins)
+    mcp = sub.add_parser("mcp", help="serve the mesh's tools to assistants over MCP "
+                         "(docs/mcp.md)")
+    mcp.add_argument("--transport", choices=["stdio", "http"], default="stdio",
+                     help="stdio (the host starts revo mcp) or streamable HTTP (default: "
+                     "stdio)")
+    mcp.add_argument("--address", dest="http_address", default="127.0.0.1:8765",
+                     help="loopback host:port for --transport http (default: "
+                     "127.0.0.1:8765; port 0 picks one)")
+    mcp.add_argument("--gateway", help="the gateway's host:port (default: the running revo "
+                     "up's, else gateway.address)")
+    mcp.add_argument("--api-key", default="", help="the API key every call is made with "
+                     "(prefer REVO_API_KEY: arguments are visible to other local users)")
+    mcp.set_defaults(func=cmd_mcp)
     from mesh.auth.commands import add_parsers
 
     def with_config(command: Callable[[argparse.Namespace, MeshConfig], int]
