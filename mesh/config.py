@@ -52,7 +52,7 @@ ENV_PREFIX = "REVO_"
 # Variables that belong to the launcher or the test suite rather than to the model.
 # Secrets are read from the environment where they are used, never kept in the model.
 _ENV_NOT_CONFIG = frozenset({"REVO_CONFIG", "REVO_JWT_SECRET", "REVO_IDENTITY_SECRET",
-                             "REVO_ADMIN_PASSWORD"})
+                             "REVO_ADMIN_PASSWORD", "REVO_API_KEY"})  # revo mcp's key
 
 
 class _Section(BaseModel):
