@@ -1,8 +1,9 @@
 """``revo up``: the whole mesh on one machine, as real servers run as child processes.
 
 Start order: nats-server (JetStream, data under ``$REVO_HOME/nats``), one node with every
-installed engine, then the gateway. Once up, a child that dies is started again (node and
-gateway with capped backoff). Stop order is the reverse, on Ctrl-C or SIGTERM, within
+installed engine, the gateway, then Envoy in front of it (``envoy/envoy.yaml`` rendered for
+the configured ports: the browser endpoint). Once up, a child that dies is started again
+(node and gateway with capped backoff). Stop order is the reverse, on Ctrl-C or SIGTERM, within
 :data:`STOP_BUDGET_S` seconds; the kernel also stops the
 children if this process dies (see ``mesh.embedded.processes``).
 ``$REVO_HOME/run/up.json`` records what runs, for ``revo status``.
@@ -25,6 +26,7 @@ from typing import Any
 from mesh.auth.secrets import load_secret
 from mesh.auth.users import ADMIN_PASSWORD_ENV
 from mesh.config import MeshConfig
+from mesh.embedded.envoy import EnvoyServer, render_config
 from mesh.embedded.nats_server import NatsServer
 from mesh.embedded.processes import spawn, stop_process
 from mesh.embedded.triton import GENERATOR, CheckpointError, TritonServer
@@ -88,6 +90,9 @@ class Launcher:
     """Why Triton did not start, when it did not."""
     generator_note: str = ""
     """Whether Triton serves the generator, and if not why and how to turn it on."""
+    envoy: EnvoyServer | None = None
+    envoy_note: str = ""
+    """Why Envoy did not start, when it did not."""
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stop_requested: threading.Event = field(default_factory=threading.Event)
     _supervised: dict[str, _Supervised] = field(default_factory=dict)
@@ -142,6 +147,7 @@ class Launcher:
                                                  self.logs / f"{name}.log")
             self._spawn(name)
         self._wait_ready()
+        self._start_envoy()
         self._state = {
             "pid": os.getpid(),
             "started_at": time.time(),
@@ -152,6 +158,7 @@ class Launcher:
             "generator": (str(self.config.models.generator_checkpoint)
                           if self.triton and GENERATOR in self.triton.overrides else ""),
             "gateway_metrics": metrics_url(self.config.gateway.metrics_address),
+            "envoy": self.envoy.endpoint if self.envoy else "",
             "home": str(home.resolve()),
             "logs": str(self.logs.resolve()),
         }
@@ -183,6 +190,19 @@ class Launcher:
             server.stop()
         if self.triton is not None:
             self._load_generator(self.triton)
+
+    def _start_envoy(self) -> None:
+        """Start Envoy in front of the gateway; the mesh runs without it when it cannot."""
+        if not self.config.envoy.enabled:
+            self.envoy_note = "off (envoy.enabled = false)"
+            return
+        server = EnvoyServer(self.config, self.config.home / "envoy",
+                             log_file=self.logs / "envoy.log")
+        try:
+            self.envoy = server.start()
+        except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
+            self.envoy_note = f"not started: {exc}"
+            server.stop()
 
     def _load_generator(self, triton: TritonServer) -> None:
         """Load the generator when a checkpoint is configured; say why not otherwise.
@@ -216,7 +236,8 @@ class Launcher:
         self._state["processes"] = {name: p.pid for name, p in self.children.items()} | (
             {"nats-server": self.nats.process.pid} if self.nats and self.nats.process else {}) | (
             {"tritonserver": self.triton.process.pid}
-            if self.triton and self.triton.process else {})
+            if self.triton and self.triton.process else {}) | (
+            {"envoy": self.envoy.process.pid} if self.envoy and self.envoy.process else {})
         state_file(self.config).write_text(json.dumps(self._state, indent=2))
 
     def _wait_ready(self) -> None:
@@ -266,6 +287,16 @@ class Launcher:
                 except (RuntimeError, TimeoutError) as exc:
                     print(f"tritonserver did not come back: {exc}", flush=True)
                 self._write_state()
+            if self.envoy is not None and self.envoy.process is not None \
+                    and self.envoy.process.poll() is not None:
+                print(f"envoy exited with code {self.envoy.process.returncode}; restarting "
+                      f"it (see {self.logs / 'envoy.log'})", flush=True)
+                self.envoy.process = None
+                try:
+                    self.envoy.start()  # same ports
+                except (RuntimeError, TimeoutError) as exc:
+                    print(f"envoy did not come back: {exc}", flush=True)
+                self._write_state()
             for name, process in self.children.items():
                 if process.poll() is not None:
                     self._supervise(name, process.returncode)
@@ -288,6 +319,8 @@ class Launcher:
     def stop(self) -> None:
         """Stop everything in reverse start order, within the stop budget."""
         deadline = time.monotonic() + STOP_BUDGET_S - 1.0
+        if self.envoy is not None:
+            self.envoy.stop(timeout=2.0)
         for name in ("gateway", "node"):
             process = self.children.get(name)
             if process is not None:
@@ -300,6 +333,12 @@ class Launcher:
         if self.nats is not None:
             self.nats.stop(timeout=max(0.5, deadline - time.monotonic()))
         state_file(self.config).unlink(missing_ok=True)
+
+
+def _envoy_line(launcher: Launcher, state: dict[str, Any]) -> str:
+    if not state["envoy"]:
+        return launcher.envoy_note
+    return f"{state['envoy']} (gRPC-web, gRPC, /v1, Connect JSON)"
 
 
 def metrics_url(address: str) -> str:
@@ -317,6 +356,8 @@ def run_up(config: MeshConfig) -> int:
         print(f"revo is already running here (pid {running['pid']}, gateway "
               f"{running['gateway']}); `revo status` shows it", file=sys.stderr)
         return 1
+    if config.envoy.enabled:
+        render_config(config)  # a setting Envoy cannot use is a configuration error (exit 2)
     launcher = Launcher(config)
 
     signalled = False
@@ -337,9 +378,11 @@ def run_up(config: MeshConfig) -> int:
     try:
         state = launcher.start()
         extra = (" + nats-server" if launcher.nats is not None else "") + (
-            " + tritonserver" if launcher.triton is not None else "")
+            " + tritonserver" if launcher.triton is not None else "") + (
+            " + envoy" if launcher.envoy is not None else "")
         print(f"revo is up ({len(launcher.children)} mesh processes{extra})\n"
               f"  gateway (gRPC)   {state['gateway']}\n"
+              f"  browser (Envoy)  {_envoy_line(launcher, state)}\n"
               f"  NATS             {state['nats']}\n"
               f"  NATS monitor     {state['nats_monitor'] or '-'}\n"
               f"  Triton (gRPC)    {state['triton'] or launcher.triton_note}\n"

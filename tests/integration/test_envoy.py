@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import signal
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from google.rpc.status_pb2 import Status
 
 from mesh.config import load_config
 from mesh.embedded.envoy import TEMPLATE, EnvoyServer, render_config, validate_config
+from mesh.embedded.nats_server import free_port
 from mesh.testing import MeshHarness
 from mesh.testing.envoy import running_envoy
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
@@ -295,3 +300,53 @@ async def test_health_and_connect_json_go_to_the_http_door(mesh: MeshHarness) ->
     assert health_status == 200
     assert connect_status == 200, connect_body
     assert base64.b64decode(connect_body["payload"]) == b"json"
+
+
+# -- revo up ------------------------------------------------------------------------------
+
+
+def test_revo_up_starts_envoy_in_front_of_the_gateway_and_stops_it(tmp_path: Path) -> None:
+    envoy_address = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, REVO_HOME=str(tmp_path / "home"),
+               REVO_NATS__PORT=str(free_port()), REVO_NATS__MONITOR_PORT=str(free_port()),
+               REVO_GATEWAY__ADDRESS=f"127.0.0.1:{free_port()}",
+               REVO_GATEWAY__HTTP_ADDRESS=f"127.0.0.1:{free_port()}",
+               REVO_GATEWAY__METRICS_ADDRESS="", REVO_NODE__METRICS_ADDRESS="",
+               REVO_ENVOY__ADDRESS=envoy_address,
+               REVO_ENVOY__ADMIN_ADDRESS=f"127.0.0.1:{free_port()}",
+               REVO_AUTH__ENABLED="false", REVO_MODELS__TRITON_EMBEDDED="false",
+               REVO_PLUGINS__ONLY="echo")
+    up = subprocess.Popen([sys.executable, "-m", "mesh", "up"], env=env, cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert up.stdout is not None
+        banner = []
+        for line in up.stdout:  # ends when revo up exits, or at its last banner line
+            banner.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        text = "".join(banner)
+        assert f"browser (Envoy)  http://{envoy_address} (gRPC-web" in text, text
+        state = json.loads((tmp_path / "home/run/up.json").read_text())
+        assert state["envoy"] == f"http://{envoy_address}"
+        envoy_pid = state["processes"]["envoy"]
+        with grpc.insecure_channel(envoy_address) as channel:
+            reply = echo_pb2_grpc.EchoServiceStub(channel).Echo(
+                echo_pb2.EchoRequest(payload=b"up through envoy"), timeout=10)
+        assert reply.payload == b"up through envoy"
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=20) == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(envoy_pid, 0)  # reaped by revo up: gone, not a zombie
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+
+
+def test_revo_up_refuses_an_envoy_setting_it_cannot_use(tmp_path: Path) -> None:
+    env = dict(os.environ, REVO_HOME=str(tmp_path / "home"), REVO_ENVOY__ADDRESS="8080")
+    result = subprocess.run([sys.executable, "-m", "mesh", "up"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "envoy.address must be host:port" in result.stderr

@@ -60,6 +60,8 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
                REVO_NATS__PORT=str(free_port()),
                REVO_NATS__MONITOR_PORT=str(free_port()),
                REVO_GATEWAY__ADDRESS=gateway,
+               REVO_ENVOY__ADDRESS=f"127.0.0.1:{free_port()}",  # 8080 may be taken
+               REVO_ENVOY__ADMIN_ADDRESS=f"127.0.0.1:{free_port()}",
                REVO_PLUGINS__ONLY="echo,models,recall,creative,parallel,workflows",
                REVO_MODELS__GENERATOR_CHECKPOINT=str(checkpoint),
                REVO_ADMIN_PASSWORD="first-admin-password",
@@ -162,7 +164,8 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
         state_file = tmp_path / "home/run/up.json"
         state = json.loads(state_file.read_text())
         pids = list(state["processes"].values())
-        assert set(state["processes"]) == {"nats-server", "tritonserver", "node", "gateway"}
+        assert set(state["processes"]) == {"nats-server", "tritonserver", "node", "gateway",
+                                          "envoy"}
         assert all(_alive(pid) for pid in pids)
         # Triton runs the embedder, and the mesh's processes were told where it is
         assert state["triton"] in text
