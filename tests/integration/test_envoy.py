@@ -289,17 +289,34 @@ async def test_envoy_serves_tls_in_front_of_a_tls_gateway(mesh_harness,
 # -- the HTTP door behind the same listener ----------------------------------------------
 
 
-async def test_health_and_connect_json_go_to_the_http_door(mesh: MeshHarness) -> None:
+async def test_health_and_the_connect_protocol_go_to_the_http_door(mesh: MeshHarness) -> None:
     async with running_envoy(mesh) as envoy, aiohttp.ClientSession() as session:
         async with session.get(envoy.endpoint + "/health") as health:
             health_status = health.status
         async with session.post(envoy.endpoint + ECHO, data=json.dumps(
                 {"payload": base64.b64encode(b"json").decode()}),
-                headers={"content-type": "application/json"}) as connect:
-            connect_status, connect_body = connect.status, await connect.json()
+                headers={"content-type": "application/json"}) as unary_json:
+            json_status, json_body = unary_json.status, await unary_json.json()
+        async with session.post(envoy.endpoint + ECHO, data=echo_pb2.EchoRequest(
+                payload=b"proto").SerializeToString(),
+                headers={"content-type": "application/proto"}) as unary_proto:
+            proto_status, proto_body = unary_proto.status, await unary_proto.read()
+        async with session.post(envoy.endpoint + COUNT, data=_frame(b'{"count": 3}'),
+                                headers={"content-type": "application/connect+json"}
+                                ) as stream:
+            stream_status, stream_body = stream.status, await stream.read()
     assert health_status == 200
-    assert connect_status == 200, connect_body
-    assert base64.b64decode(connect_body["payload"]) == b"json"
+    assert json_status == 200, json_body
+    assert base64.b64decode(json_body["payload"]) == b"json"
+    assert proto_status == 200, proto_body
+    assert echo_pb2.EchoResponse.FromString(proto_body).payload == b"proto"
+    assert stream_status == 200, stream_body
+    envelopes = []
+    while stream_body:  # Connect envelopes: flags, length, JSON; flag 2 ends the stream
+        length = struct.unpack(">I", stream_body[1:5])[0]
+        envelopes.append((stream_body[0], json.loads(stream_body[5:5 + length])))
+        stream_body = stream_body[5 + length:]
+    assert envelopes == [(0, {}), (0, {"index": 1}), (0, {"index": 2}), (2, {})]
 
 
 # -- revo up ------------------------------------------------------------------------------
