@@ -45,6 +45,7 @@ from mesh.errors import (
     RpcError,
 )
 from mesh.gateway import connect as connect_protocol
+from mesh.gateway import openai as openai_api
 from mesh.gateway.http import HttpDoor
 from mesh.gateway.mesh_service import MeshServicer
 from mesh.gateway.metrics import GatewayMeters
@@ -127,7 +128,8 @@ class Gateway:
         """The gateway's Prometheus registry and ``/metrics`` server (off: address '')."""
         self._meters = GatewayMeters(self.metrics.metrics()) if self.metrics.enabled else None
         self.http = HttpDoor(self, config.gateway.http_address, config.gateway.http_max_body_bytes,
-                             (connect_protocol.routes,)) if config.gateway.http_address else None
+                             (openai_api.routes, connect_protocol.routes)
+                             ) if config.gateway.http_address else None
         """The HTTP door (OpenAI-compatible API, Connect protocol, /health; None: off)."""
 
     # -- lifecycle --------------------------------------------------------------------
