@@ -186,6 +186,7 @@ class Router:
                 reasons.append(f"{model.name}: {lack}")
             else:
                 capable.append(model)
+        lacking = bool(reasons)
         models = capable
         if request.no_fallback and not (request.model and request.model != "auto"):
             models = models[:1]
@@ -205,14 +206,14 @@ class Router:
             else:
                 fitting.append(model)
         if not fitting:
-            largest = max((m.context_window for m in models
-                           if m.local or not request.force_local), default=0)
-            if models and prompt >= largest:
+            eligible = [m for m in models if m.local or not request.force_local]
+            largest = max((m.context_window for m in eligible), default=0)
+            if eligible and prompt >= largest:
                 raise InvalidArgument(
                     f"the prompt is about {prompt} tokens, more than the largest context "
                     f"window of the models that could take it ({largest} tokens); "
                     "shorten it")
-            if not models and reasons and (request.tooling.tools or request.tooling.json):
+            if lacking and (request.tooling.tools or request.tooling.json):
                 reasons.insert(0, "it needs " + " and ".join(
                     need for need, wanted in (("tool calling", bool(request.tooling.tools)),
                                               ("structured output", request.tooling.json))

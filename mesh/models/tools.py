@@ -19,8 +19,18 @@ from typing import Any, Literal
 from mesh.config import CatalogModel
 from mesh.errors import InvalidArgument
 
-__all__ = ["ResponseFormat", "Tool", "ToolCall", "ToolCallDelta", "ToolChoice", "Tooling",
-           "ChoiceMode", "check_turns", "lacks", "parse_object"]
+__all__ = [
+    "ChoiceMode",
+    "ResponseFormat",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolChoice",
+    "Tooling",
+    "check_turns",
+    "lacks",
+    "parse_object",
+]
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
