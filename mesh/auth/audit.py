@@ -7,9 +7,11 @@ Stream ``REVO_AUDIT`` (file storage, kept ``auth.audit.max_age_days`` and at mos
     {"time": 1795480000.123, "request_id": "...", "gateway": "...", "peer": "ipv4:...",
      "user": "alice", "role": "developer", "method": "/revo.echo.v1.EchoService/Echo",
      "permission": "execute", "decision": "allow", "reason": "", "status": "OK",
-     "latency_ms": 0.84}
+     "latency_ms": 0.84, "key": ""}
 
-Never a token, password, hash or payload.
+``key`` is the id of the API key the call was made with ('' for an access token; records
+written before keys existed lack it, and :func:`read_audit` gives them ''). Never a token,
+key secret, password, hash or payload.
 
 Calls do not wait for their record. A gateway collects records for ``_FLUSH_S`` (20 ms) (or up to
 ``_BATCH_MAX``) and appends each subject's records as one message of JSON lines, so the
@@ -69,12 +71,16 @@ class AuditRecord:
     reason: str
     status: str
     latency_ms: float
+    key: str = ""
+    """The API key's id ('' for an access token or anonymous)."""
 
     def subject(self) -> str:
         return f"{SUBJECT_PREFIX}.{self.decision}.{self.user or '-'}"
 
 
 _FIELDS = tuple(AuditRecord.__dataclass_fields__)
+_DEFAULTS: dict[str, Any] = {"key": ""}
+"""Fields added since the first records were written, as older records read."""
 
 
 def stream_config(settings: AuditSettings) -> StreamConfig:
@@ -241,7 +247,7 @@ async def read_audit(nc: NATS, *, decision: str = "*", user: str = "*",
                 return
             for line in msg.data.splitlines():
                 with contextlib.suppress(ValueError):
-                    yield json.loads(line)
+                    yield {**_DEFAULTS, **json.loads(line)}
             if not follow and msg.metadata.sequence.stream >= last:
                 return
     finally:

@@ -1,4 +1,5 @@
-"""``revo users``, ``revo audit`` and ``revo token``: security from the command line.
+"""``revo users``, ``revo audit`` and ``revo token``: security from the command line
+(``revo keys`` is in :mod:`mesh.auth.key_commands`).
 
 They talk to NATS directly (``nats.url``), like the gateways do, so they work before any
 admin exists and without a gateway running. Whoever can reach NATS and read the mesh's
@@ -123,7 +124,8 @@ def _line(record: dict[str, object]) -> str:
     return (f"{stamp:%Y-%m-%d %H:%M:%S.%f}"[:-3] + f" {record.get('decision', ''):<5} "
             f"{record.get('status', ''):<18} {record.get('user') or '-':<16} "
             f"{record.get('role') or '-':<9} {record.get('method', '')} "
-            f"{record.get('latency_ms', '')} ms  id={record.get('request_id', '')}{reason}")
+            f"{record.get('latency_ms', '')} ms  id={record.get('request_id', '')}"
+            + (f" key={record['key']}" if record.get("key") else "") + reason)
 
 
 def cmd_audit(args: argparse.Namespace, config: MeshConfig) -> int:
@@ -207,3 +209,7 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
                        help="lifetime in seconds (at most 86400: the token cannot be revoked "
                        "except by rotating the signing key)")
     token.set_defaults(func=run(cmd_token))
+
+    from mesh.auth.key_commands import add_key_parsers  # it builds on this module
+
+    add_key_parsers(sub, run)

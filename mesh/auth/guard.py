@@ -1,6 +1,7 @@
 """The gate every call passes at the gateway: who, may they, how often, and the record.
 
-:meth:`Guard.identify` authenticates the bearer token and checks revocation;
+:meth:`Guard.identify` authenticates the bearer token (an access token or an API key) and
+checks revocation;
 :meth:`Guard.authorize` checks the permission the method declares and takes one request
 from the caller's rate limits;
 :meth:`Guard.record` appends the audit record when the call ends (allowed or not).
@@ -19,6 +20,8 @@ from nats.aio.client import Client as NATS
 
 from mesh.auth.audit import AuditLog, AuditRecord
 from mesh.auth.identity import IdentitySeal
+from mesh.auth.key_cache import ApiKeyCache
+from mesh.auth.keys import ApiKeyStore, is_api_key
 from mesh.auth.limiter import SharedLimiter
 from mesh.auth.revocations import RevocationList
 from mesh.auth.roles import PUBLIC, Permission, grants, permission_name
@@ -39,11 +42,15 @@ _BEARER = "bearer "
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a signed-in user, or anonymous (public methods, auth off)."""
+    """Who is calling: a signed-in user, a program with an API key (acting as the key's
+    owner, with the key's role), or anonymous (public methods, auth off)."""
 
     user: str = ""
     role: str = ""
     claims: Claims | None = None
+    """The access token's claims (None for an API key, or anonymous)."""
+    key: str = ""
+    """The API key's id ('' for an access token, or anonymous)."""
 
 
 ANONYMOUS = Principal()
@@ -58,7 +65,8 @@ def bearer_token(authorization: str) -> str:
     if not authorization:
         return ""
     if authorization[:len(_BEARER)].lower() != _BEARER:
-        raise Unauthenticated("the authorization metadata must be 'Bearer <access token>'")
+        raise Unauthenticated("the authorization metadata must be 'Bearer <access token>' "
+                              "or 'Bearer <API key>'")
     return authorization[len(_BEARER):].strip()
 
 
@@ -75,6 +83,8 @@ class Guard:
             settings, Path(config.home), environ)) if self.enabled else None
         self.seal = IdentitySeal.from_config(config, environ) if self.enabled else None
         self.users = UserStore(nc, replicas=settings.audit.replicas)
+        self.keys = ApiKeyStore(self.users)
+        self.key_cache = ApiKeyCache(nc, self.keys)
         self.revocations = RevocationList(nc, keep_s=settings.refresh_ttl_s + settings.leeway_s)
         limits = settings.rate_limits
         windows = [lim.window_s for lim in [*limits.roles.values(), *limits.methods.values()]]
@@ -90,6 +100,7 @@ class Guard:
     async def start(self) -> None:
         if self.enabled:
             await self.users.start()
+            await self.key_cache.start()
             await self.revocations.start()
             await self.limiter.start()
         if self.audit is not None:
@@ -100,10 +111,16 @@ class Guard:
             await self.audit.stop()
         await self.limiter.stop()
         await self.revocations.stop()
+        await self.key_cache.stop()
 
     # -- the checks -------------------------------------------------------------------
 
     def authenticate(self, token: str) -> Principal:
+        """The caller an access token or API key (``revo_...``) names, or
+        :class:`Unauthenticated` saying why it is refused."""
+        if is_api_key(token):
+            key, role = self.key_cache.authenticate(token)
+            return Principal(key.owner, role, key=key.id)
         assert self.tokens is not None
         claims = self.tokens.verify(token)
         reason = self.revocations.reason(claims)
@@ -112,8 +129,10 @@ class Guard:
         return Principal(claims.user, claims.role, claims)
 
     def identify(self, path: str, permission: Permission, authorization: str) -> Principal:
-        """Who calls (from the ``authorization`` metadata, '' when absent), or
-        :class:`Unauthenticated` when the method needs a signed-in caller and has none."""
+        """Who calls (from the ``authorization`` metadata or HTTP header, '' when absent:
+        ``Bearer <access token>`` or ``Bearer <API key>``), or :class:`Unauthenticated`
+        when the method needs a signed-in caller and has none. Synchronous: tokens are
+        checked against in-memory mirrors, never NATS."""
         if not self.enabled:
             return ANONYMOUS
         token = bearer_token(authorization)
@@ -125,7 +144,8 @@ class Guard:
         if not token:
             raise Unauthenticated(
                 f"{path} needs a signed-in caller: send metadata 'authorization: Bearer "
-                "<access token>' (from /revo.auth.v1.AuthService/Login)",
+                "<access token>' (from /revo.auth.v1.AuthService/Login) or 'authorization: "
+                "Bearer <API key>'",
                 reason=Reason.TOKEN_MISSING)
         return self.authenticate(token)
 
@@ -179,4 +199,5 @@ class Guard:
             decision="deny" if denied else "allow",
             reason=error.message if denied and error is not None else "",
             status=status or (error.code.name if error is not None else "OK"),
-            latency_ms=round((time.perf_counter() - started) * 1000, 3)))
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            key=principal.key if principal else ""))

@@ -25,7 +25,7 @@ else:  # the enum's values are ints at run time
     Permission = int
 
 __all__ = ["PERMISSION_NAMES", "ROLES", "Permission", "declared_permission", "grants",
-           "permission_name"]
+           "lower_role", "permission_name", "role_within"]
 
 READ = options_pb2.PERMISSION_READ
 WRITE = options_pb2.PERMISSION_WRITE
@@ -63,3 +63,15 @@ def declared_permission(method: MethodDescriptor) -> Permission:
 def grants(role: str, permission: Permission) -> bool:
     """Whether ``role`` may call a method that needs ``permission``."""
     return permission == PUBLIC or permission in ROLES.get(role, frozenset())
+
+
+def role_within(role: str, cap: str) -> bool:
+    """Whether ``role`` grants nothing that ``cap`` does not (an API key's role against
+    its owner's): the roles are ordered, each granting what the next one down does."""
+    return role in ROLES and ROLES[role] <= ROLES.get(cap, frozenset())
+
+
+def lower_role(role: str, other: str) -> str:
+    """The lower of two roles (an API key acts with its own role, or its owner's current
+    role when the owner has been moved down since)."""
+    return role if role_within(role, other) else other

@@ -1,10 +1,16 @@
-"""``revo.auth.v1.AuthService`` and ``UserService``, served by every gateway."""
+"""``revo.auth.v1.AuthService`` and ``UserService``, served by every gateway.
+
+API keys (``UserService.*ApiKey``): any signed-in user manages their own keys; admins list
+and revoke anyone's. Only a signed-in user creates keys, never a caller holding a key: a
+leaked key must not be able to mint keys that outlive its revocation.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -12,12 +18,20 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
 from mesh.auth.guard import Guard, Principal, current_principal
+from mesh.auth.keys import ApiKey, key_expiry
 from mesh.auth.passwords import verify_password
-from mesh.auth.roles import ROLES
+from mesh.auth.roles import MANAGE, ROLES, grants
 from mesh.auth.tokens import ACCESS, REFRESH, Claims
 from mesh.auth.users import _NAME, Accounts, User
 from mesh.config import Limit
-from mesh.errors import InvalidArgument, RateLimited, Reason, Unauthenticated, Unavailable
+from mesh.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    RateLimited,
+    Reason,
+    Unauthenticated,
+    Unavailable,
+)
 
 __all__ = ["AuthServicer", "UserServicer"]
 
@@ -46,6 +60,17 @@ def user_message(user: User) -> auth_pb2.User:
     return auth_pb2.User(username=user.username, role=user.role, disabled=user.disabled,
                          created_at=_timestamp(user.created_at),
                          updated_at=_timestamp(user.updated_at))
+
+
+def api_key_message(key: ApiKey) -> auth_pb2.ApiKey:
+    message = auth_pb2.ApiKey(id=key.id, name=key.name, owner=key.owner, role=key.role,
+                              created_at=_timestamp(key.created_at),
+                              expires_at=_timestamp(key.expires_at), revoked=key.revoked)
+    if key.last_used_at:
+        message.last_used_at.CopyFrom(_timestamp(key.last_used_at))
+    if key.revoked:
+        message.revoked_at.CopyFrom(_timestamp(key.revoked_at))
+    return message
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
@@ -147,6 +172,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                                         permissions=sorted(ROLES.get(principal.role, frozenset())))
         if principal.claims is not None:
             reply.expires_at.CopyFrom(_timestamp(principal.claims.expires_at))
+        elif principal.key:
+            key = self._guard.key_cache.get(principal.key)
+            if key is not None:
+                reply.expires_at.CopyFrom(_timestamp(key.expires_at))
         return reply
 
 
@@ -195,3 +224,54 @@ class UserServicer(auth_pb2_grpc.UserServiceServicer):
                          context: ServicerContext) -> auth_pb2.DeleteUserResponse:  # type: ignore[override]
         await self._accounts.delete(request.username)
         return auth_pb2.DeleteUserResponse()
+
+    # -- API keys ---------------------------------------------------------------------
+
+    async def CreateApiKey(self, request: auth_pb2.CreateApiKeyRequest,
+                           context: ServicerContext) -> auth_pb2.CreateApiKeyResponse:  # type: ignore[override]
+        principal = current_principal.get()
+        if principal.key:
+            raise PermissionDenied("an API key cannot create API keys: sign in with a "
+                                   "password (Login), or ask an operator (`revo keys create`)")
+        owner = await self._accounts.users.get(principal.user)
+        if owner is None:
+            raise PermissionDenied(f"{principal.user!r} is not a user of this mesh (an "
+                                   "operator token?): keys belong to users; use `revo keys "
+                                   "create --user NAME`")
+        now = time.time()
+        expiry = key_expiry(
+            self._guard.config.auth.api_keys, now,
+            expires_in_s=request.expires_in_s if request.HasField("expires_in_s") else None,
+            expires_at=(request.expires_at.ToNanoseconds() / 1e9
+                        if request.HasField("expires_at") else None))
+        key, secret = await self._accounts.keys.create(owner, request.name,
+                                                       request.role or owner.role, expiry, now)
+        self._guard.key_cache.remember(key)
+        log.info("API key %s (%r, role %s) created for %s", key.id, key.name, key.role,
+                 key.owner)
+        return auth_pb2.CreateApiKeyResponse(key=api_key_message(key), secret=secret)
+
+    async def ListApiKeys(self, request: auth_pb2.ListApiKeysRequest,
+                          context: ServicerContext) -> auth_pb2.ListApiKeysResponse:  # type: ignore[override]
+        principal = current_principal.get()
+        if request.all_users and request.owner:
+            raise InvalidArgument(violations=[("owner", "must be empty with all_users")])
+        owner = request.owner or principal.user
+        if (request.all_users or owner != principal.user) and not grants(principal.role,
+                                                                          MANAGE):
+            raise PermissionDenied("only admins list other users' API keys; leave owner "
+                                   "empty for your own")
+        keys = await self._accounts.keys.list(None if request.all_users else owner)
+        return auth_pb2.ListApiKeysResponse(keys=[api_key_message(k) for k in keys])
+
+    async def RevokeApiKey(self, request: auth_pb2.RevokeApiKeyRequest,
+                           context: ServicerContext) -> auth_pb2.RevokeApiKeyResponse:  # type: ignore[override]
+        principal = current_principal.get()
+        key = await self._accounts.keys.require(request.id)
+        if key.owner != principal.user and not grants(principal.role, MANAGE):
+            raise PermissionDenied(f"API key {key.id} is not yours; only admins revoke other "
+                                   "users' keys")
+        revoked = await self._accounts.keys.revoke(key.id)
+        self._guard.key_cache.remember(revoked)
+        log.info("API key %s of %s revoked by %s", key.id, key.owner, principal.user)
+        return auth_pb2.RevokeApiKeyResponse(key=api_key_message(revoked))

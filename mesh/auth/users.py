@@ -3,7 +3,8 @@
 A record holds the user's role, a scrypt hash of the password (never the password), whether
 the user is disabled, and a *generation*: a number that grows whenever the user's tokens
 must stop working (role changed, password reset, disabled, deleted). Every gateway and
-``revo users`` use this one store.
+``revo users`` use this one store. The bucket also holds the users' API keys
+(:mod:`mesh.auth.keys`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from mesh.auth.keys import ApiKeyStore
 from mesh.auth.passwords import MIN_PASSWORD_LENGTH, hash_password
 from mesh.auth.roles import ROLES
 from mesh.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
@@ -28,6 +30,7 @@ from mesh.transport.kv import KeyValue, open_bucket
 __all__ = [
     "ADMIN_PASSWORD_ENV",
     "BUCKET",
+    "USER_PREFIX",
     "Accounts",
     "User",
     "UserStore",
@@ -38,7 +41,7 @@ __all__ = [
 
 BUCKET = subjects.USERS_BUCKET
 ADMIN_PASSWORD_ENV = "REVO_ADMIN_PASSWORD"
-_PREFIX = "users."
+_PREFIX = USER_PREFIX = "users."
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _MAX_PASSWORD = 1024
 
@@ -193,6 +196,7 @@ class Accounts:
     def __init__(self, users: UserStore, revoke_user: Callable[[str, int], Awaitable[None]]
                  ) -> None:
         self.users = users
+        self.keys = ApiKeyStore(users)
         self._revoke_user = revoke_user
 
     async def create(self, username: str, role: str, password: str) -> User:
@@ -209,7 +213,10 @@ class Accounts:
         return await self._revoked(user) if disabled else user
 
     async def delete(self, username: str) -> User:
-        return await self._revoked(await self.users.delete(username))
+        """Remove a user; their tokens and API keys are revoked."""
+        user = await self._revoked(await self.users.delete(username))
+        await self.keys.revoke_owner(username)
+        return user
 
     async def _revoked(self, user: User) -> User:
         await self._revoke_user(user.username, user.generation)

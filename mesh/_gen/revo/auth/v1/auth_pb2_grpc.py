@@ -241,7 +241,8 @@ class AuthService:
 
 
 class UserServiceStub:
-    """UserService manages users. Admins only.
+    """UserService manages users (admins only) and API keys (every signed-in user, for
+    their own keys).
     """
 
     def __init__(self, channel):
@@ -280,10 +281,26 @@ class UserServiceStub:
                 request_serializer=revo_dot_auth_dot_v1_dot_auth__pb2.DeleteUserRequest.SerializeToString,
                 response_deserializer=revo_dot_auth_dot_v1_dot_auth__pb2.DeleteUserResponse.FromString,
                 _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/revo.auth.v1.UserService/CreateApiKey',
+                request_serializer=revo_dot_auth_dot_v1_dot_auth__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=revo_dot_auth_dot_v1_dot_auth__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/revo.auth.v1.UserService/ListApiKeys',
+                request_serializer=revo_dot_auth_dot_v1_dot_auth__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=revo_dot_auth_dot_v1_dot_auth__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/revo.auth.v1.UserService/RevokeApiKey',
+                request_serializer=revo_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=revo_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
 
 
 class UserServiceServicer:
-    """UserService manages users. Admins only.
+    """UserService manages users (admins only) and API keys (every signed-in user, for
+    their own keys).
     """
 
     def CreateUser(self, request, context):
@@ -329,6 +346,33 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateApiKey(self, request, context):
+        """CreateApiKey makes a long-lived key for programs, owned by the caller: send it as
+        `authorization: Bearer <secret>` (gRPC and HTTP) and the call acts as the owner with
+        the key's role. The secret is in this response only; the mesh keeps its hash.
+        The key's role may be no higher than the caller's, and a signed-in user is needed:
+        an API key cannot create keys (both PERMISSION_DENIED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """ListApiKeys lists the caller's keys (never a secret or its hash); admins may list
+        another user's keys, or everyone's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """RevokeApiKey stops a key at every gateway within a second. Users revoke their own
+        keys; admins revoke anyone's. Revoking a revoked key is not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -362,6 +406,21 @@ def add_UserServiceServicer_to_server(servicer, server):
                     request_deserializer=revo_dot_auth_dot_v1_dot_auth__pb2.DeleteUserRequest.FromString,
                     response_serializer=revo_dot_auth_dot_v1_dot_auth__pb2.DeleteUserResponse.SerializeToString,
             ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=revo_dot_auth_dot_v1_dot_auth__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=revo_dot_auth_dot_v1_dot_auth__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=revo_dot_auth_dot_v1_dot_auth__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=revo_dot_auth_dot_v1_dot_auth__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=revo_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=revo_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'revo.auth.v1.UserService', rpc_method_handlers)
@@ -371,7 +430,8 @@ def add_UserServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class UserService:
-    """UserService manages users. Admins only.
+    """UserService manages users (admins only) and API keys (every signed-in user, for
+    their own keys).
     """
 
     @staticmethod
@@ -526,6 +586,87 @@ class UserService:
             '/revo.auth.v1.UserService/DeleteUser',
             revo_dot_auth_dot_v1_dot_auth__pb2.DeleteUserRequest.SerializeToString,
             revo_dot_auth_dot_v1_dot_auth__pb2.DeleteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/revo.auth.v1.UserService/CreateApiKey',
+            revo_dot_auth_dot_v1_dot_auth__pb2.CreateApiKeyRequest.SerializeToString,
+            revo_dot_auth_dot_v1_dot_auth__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/revo.auth.v1.UserService/ListApiKeys',
+            revo_dot_auth_dot_v1_dot_auth__pb2.ListApiKeysRequest.SerializeToString,
+            revo_dot_auth_dot_v1_dot_auth__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/revo.auth.v1.UserService/RevokeApiKey',
+            revo_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
+            revo_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -116,7 +116,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class UserServiceStub:
-    """UserService manages users. Admins only."""
+    """UserService manages users (admins only) and API keys (every signed-in user, for
+    their own keys).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -136,10 +138,27 @@ class UserServiceStub:
     """
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.DeleteUserRequest, _auth_pb2.DeleteUserResponse]
     """DeleteUser removes a user; the user's tokens are revoked."""
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateApiKeyRequest, _auth_pb2.CreateApiKeyResponse]
+    """CreateApiKey makes a long-lived key for programs, owned by the caller: send it as
+    `authorization: Bearer <secret>` (gRPC and HTTP) and the call acts as the owner with
+    the key's role. The secret is in this response only; the mesh keeps its hash.
+    The key's role may be no higher than the caller's, and a signed-in user is needed:
+    an API key cannot create keys (both PERMISSION_DENIED).
+    """
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListApiKeysRequest, _auth_pb2.ListApiKeysResponse]
+    """ListApiKeys lists the caller's keys (never a secret or its hash); admins may list
+    another user's keys, or everyone's.
+    """
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeApiKeyRequest, _auth_pb2.RevokeApiKeyResponse]
+    """RevokeApiKey stops a key at every gateway within a second. Users revoke their own
+    keys; admins revoke anyone's. Revoking a revoked key is not an error.
+    """
 
 @_typing.type_check_only
 class UserServiceAsyncStub(UserServiceStub):
-    """UserService manages users. Admins only."""
+    """UserService manages users (admins only) and API keys (every signed-in user, for
+    their own keys).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateUserRequest, _auth_pb2.CreateUserResponse]  # type: ignore[assignment]
@@ -156,9 +175,26 @@ class UserServiceAsyncStub(UserServiceStub):
     """
     DeleteUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.DeleteUserRequest, _auth_pb2.DeleteUserResponse]  # type: ignore[assignment]
     """DeleteUser removes a user; the user's tokens are revoked."""
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateApiKeyRequest, _auth_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """CreateApiKey makes a long-lived key for programs, owned by the caller: send it as
+    `authorization: Bearer <secret>` (gRPC and HTTP) and the call acts as the owner with
+    the key's role. The secret is in this response only; the mesh keeps its hash.
+    The key's role may be no higher than the caller's, and a signed-in user is needed:
+    an API key cannot create keys (both PERMISSION_DENIED).
+    """
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListApiKeysRequest, _auth_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """ListApiKeys lists the caller's keys (never a secret or its hash); admins may list
+    another user's keys, or everyone's.
+    """
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeApiKeyRequest, _auth_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    """RevokeApiKey stops a key at every gateway within a second. Users revoke their own
+    keys; admins revoke anyone's. Revoking a revoked key is not an error.
+    """
 
 class UserServiceServicer(metaclass=_abc_1.ABCMeta):
-    """UserService manages users. Admins only."""
+    """UserService manages users (admins only) and API keys (every signed-in user, for
+    their own keys).
+    """
 
     @_abc_1.abstractmethod
     def CreateUser(
@@ -209,5 +245,38 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.DeleteUserResponse, _abc.Awaitable[_auth_pb2.DeleteUserResponse]]:
         """DeleteUser removes a user; the user's tokens are revoked."""
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _auth_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.CreateApiKeyResponse, _abc.Awaitable[_auth_pb2.CreateApiKeyResponse]]:
+        """CreateApiKey makes a long-lived key for programs, owned by the caller: send it as
+        `authorization: Bearer <secret>` (gRPC and HTTP) and the call acts as the owner with
+        the key's role. The secret is in this response only; the mesh keeps its hash.
+        The key's role may be no higher than the caller's, and a signed-in user is needed:
+        an API key cannot create keys (both PERMISSION_DENIED).
+        """
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _auth_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListApiKeysResponse, _abc.Awaitable[_auth_pb2.ListApiKeysResponse]]:
+        """ListApiKeys lists the caller's keys (never a secret or its hash); admins may list
+        another user's keys, or everyone's.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _auth_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RevokeApiKeyResponse, _abc.Awaitable[_auth_pb2.RevokeApiKeyResponse]]:
+        """RevokeApiKey stops a key at every gateway within a second. Users revoke their own
+        keys; admins revoke anyone's. Revoking a revoked key is not an error.
+        """
 
 def add_UserServiceServicer_to_server(servicer: UserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
