@@ -74,7 +74,8 @@ def _user() -> str:
 
 async def _run(router: Router, request: Request, user: str = "") -> tuple[str, Outcome]:
     outcome = Outcome()
-    text = "".join([d async for d in router.generate(user or _user(), request, outcome)])
+    text = "".join([d async for d in router.generate(user or _user(), request, outcome)
+                    if isinstance(d, str)])  # text requests: no tool-call pieces
     return text, outcome
 
 
