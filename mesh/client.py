@@ -11,7 +11,9 @@
         reply = await echo.Echo(echo_pb2.EchoRequest(payload=b"hi"))
 
 With auth on (the default), sign in first (``await client.login(user, password)``) or
-pass ``token=``; every call then carries ``authorization: Bearer <token>``.
+pass ``token=``: an access token, or an API key (``revo_<id>_<secret>``, from
+``UserService.CreateApiKey`` or ``revo keys create``), which acts as its owner with the
+key's role; every call then carries ``authorization: Bearer <token>``.
 Generated stubs are bound to ``client.channel``. Every call made through it gets the
 client's default ``timeout`` (when the call gives none) and its ``metadata``. Pass a
 :class:`RetryPolicy` to retry calls that fail ``UNAVAILABLE`` (by gRPC's own retry
@@ -152,7 +154,7 @@ class MeshClient:
 
     @property
     def token(self) -> str:
-        """The access token sent with every call ('' for none)."""
+        """The access token or API key sent with every call ('' for none)."""
         return self._defaults.token
 
     @token.setter

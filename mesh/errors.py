@@ -125,9 +125,11 @@ class Reason(enum.StrEnum):
     ``TOKEN_MISSING`` [UNAUTHENTICATED]
         The method needs a signed-in caller and the call carried no token.
     ``TOKEN_EXPIRED`` [UNAUTHENTICATED]
-        The token expired: refresh it (an access token) or sign in again.
+        The token expired: refresh it (an access token) or sign in again. For an API key:
+        the key expired; create a new one.
     ``TOKEN_REVOKED`` [UNAUTHENTICATED]
-        The token was revoked (signed out, or the user's role or password changed).
+        The token was revoked (signed out, or the user's role or password changed). For an
+        API key: the key was revoked, or its owner disabled or deleted.
     """
 
     RATE_LIMITED = "RATE_LIMITED"
