@@ -18,12 +18,13 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
 from mesh.embedded.processes import spawn, stop_process
 from mesh.embedded.triton import TritonServer
 from mesh.testing import MeshHarness, wait_for
 from mesh.testing.llm import FakeLLMServer, answer
 from tests.integration.recall_support import collection
-from tests.integration.test_auth import AUTH, add_user, login, remove_users_since
+from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
 
 KEY = "sk-mcp-test"
 KEY_ENV = "REVO_TEST_MCP_MODEL_KEY"
@@ -61,9 +62,13 @@ async def mesh(mesh_harness: Any, triton: TritonServer,
 
 
 async def api_key(mesh: MeshHarness, role: str = "developer") -> tuple[str, str]:
-    """A new user of ``role`` and a key that acts as that user."""
+    """A new user of ``role`` and an API key of theirs (``UserService.CreateApiKey``)."""
     user = await add_user(mesh, role)
-    return user, (await login(mesh.channel, user)).access_token
+    token = (await login(mesh.channel, user)).access_token
+    created = await auth_pb2_grpc.UserServiceStub(mesh.channel).CreateApiKey(
+        auth_pb2.CreateApiKeyRequest(name="mcp"), metadata=bearer(token), timeout=10)
+    assert created.secret.startswith("revo_")
+    return user, created.secret
 
 
 def stdio(mesh: MeshHarness, key: str, cwd: Path) -> StdioServerParameters:
