@@ -36,6 +36,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "router_overhead": ("benchmarks.router_overhead",
                         "Streamed completions through the mesh's model router and LiteLLM's "
                         "Router vs the OpenAI SDK direct (added p50 ms at c=1 and 8)"),
+    "http_api": ("benchmarks.http_api",
+                 "Streamed completions on the gateway's OpenAI-compatible HTTP door vs its "
+                 "gRPC Generate, the OpenAI SDK direct and LiteLLM's proxy (added p50 ms at "
+                 "c=1, streams/s at c=64), and Echo as gRPC-web through Envoy vs gRPC"),
     "generator": ("benchmarks.generator",
                   "Triton generator tokens/s and first token through the mesh vs direct "
                   "and Triton's SDK, at c=1 and 4 (--size tiny|small|1b)"),

@@ -425,7 +425,15 @@ async def measure(path: str, workload: Workload, target: str, concurrency: int,
                   duration_s: float, warmup_s: float, max_calls: int,
                   timeout: float) -> dict[str, Any]:
     """One cell: warm up, then measure ``path`` against ``target``."""
-    stream = stream_for(path, workload, target, timeout)
+    return await measure_stream(stream_for(path, workload, target, timeout), path, workload,
+                                concurrency, duration_s, warmup_s, max_calls)
+
+
+async def measure_stream(stream: Stream, path: str, workload: Workload, concurrency: int,
+                         duration_s: float, warmup_s: float,
+                         max_calls: int) -> dict[str, Any]:
+    """One cell of ``stream`` (any client, named ``path`` in the result): warm up, then
+    measure (``benchmarks.http_api`` measures its own clients with it)."""
     warmup = await _phase(stream, workload, concurrency, warmup_s, max_calls)
     cpu_start = time.process_time()
     phase = await _phase(stream, workload, concurrency, duration_s, max_calls)
@@ -585,8 +593,10 @@ def _generate_works(address: str, model: str) -> bool:
     return any(r.WhichOneof("event") == "done" for r in replies)
 
 
-def _start_mesh(fleet: Fleet, base_urls: dict[str, str]) -> Target:
-    """Gateway, node (the ``models`` engine only) and nats-server; security off."""
+def _start_mesh(fleet: Fleet, base_urls: dict[str, str],
+                settings: dict[str, str] | None = None) -> Target:
+    """Gateway, node (the ``models`` engine only) and nats-server; security off
+    (``settings``: more ``REVO_*`` variables, e.g. more engines or the HTTP door)."""
     target = Target("mesh", f"127.0.0.1:{free_port()}",
                     loop="uvloop" if find_spec("uvloop") else "asyncio")
     started = time.monotonic()
@@ -594,7 +604,8 @@ def _start_mesh(fleet: Fleet, base_urls: dict[str, str]) -> Target:
     target.nats_pid = nats.process.pid if nats.process else None
     target.nats_url = nats.url
     home = fleet.workdir / "mesh-home"
-    env = _child_env(home, nats.url, SECURITY_OFF | {"REVO_PLUGINS__ONLY": "models"})
+    env = _child_env(home, nats.url,
+                     SECURITY_OFF | {"REVO_PLUGINS__ONLY": "models"} | (settings or {}))
     env[API_KEY_ENV] = API_KEY
     (home / "revo.toml").write_text(mesh_config(base_urls))
     python = sys.executable
@@ -754,11 +765,13 @@ def _pooled(prefix: str, values: list[float]) -> dict[str, Any]:
             f"{prefix}_p99_ms": round(percentile(ms, 99), 3) if enough else None}
 
 
-def summarize(raw: list[dict[str, Any]], paths: Sequence[str]) -> list[dict[str, Any]]:
+def summarize(raw: list[dict[str, Any]], paths: Sequence[str],
+              measured: Sequence[tuple[str, int]] | None = None) -> list[dict[str, Any]]:
     """One cell per (workload, concurrency, path): percentiles of the samples pooled over
-    rounds, medians over rounds of the rest, sums of calls and errors."""
+    rounds, medians over rounds of the rest, sums of calls and errors (``measured``: the
+    (workload, concurrency) pairs, default this benchmark's cells that ``raw`` has)."""
     cells = []
-    for workload, concurrency in _measured(raw):
+    for workload, concurrency in (_measured(raw) if measured is None else measured):
         for path in paths:
             runs = [r for r in raw if (r["workload"], r["concurrency"], r["path"])
                     == (workload, concurrency, path)]
