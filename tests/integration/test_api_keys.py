@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import nats
 import pytest
@@ -332,6 +333,32 @@ async def test_revocation_on_one_gateway_is_seen_by_another_within_a_second(
                            "gateway B to refuse the key revoked on A")
     finally:
         await second.stop(grace=1.0)
+
+
+async def test_a_key_works_on_the_http_door_as_on_grpc(mesh: MeshHarness) -> None:
+    assert mesh.gateway.http is not None
+    user, token = await signed_in(mesh, "developer")
+    created = await create_key(mesh.channel, token)
+    url = mesh.gateway.http.url + "/revo.echo.v1.EchoService/Echo"
+
+    async def echo(credential: str) -> tuple[int, dict[str, Any]]:
+        async with aiohttp.ClientSession() as http, http.post(
+                url, data=json.dumps({"payload": "aGk="}), headers={
+                    "content-type": "application/json",
+                    "authorization": f"Bearer {credential}"}) as response:
+            return response.status, await response.json(content_type=None)
+
+    status, body = await echo(created.secret)
+    assert status == 200, body
+    assert body["caller"] == user
+    await users_of(mesh.channel).RevokeApiKey(auth_pb2.RevokeApiKeyRequest(id=created.key.id),
+                                              metadata=bearer(token), timeout=5)
+    status, body = await echo(created.secret)
+    assert status == 401, body
+    assert "was revoked" in body["message"]
+    status, body = await echo("revo_not-a-key")
+    assert status == 401, body
+    assert "the API key is malformed" in body["message"]
 
 
 # -- the audit record -------------------------------------------------------------------
