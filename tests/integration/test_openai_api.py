@@ -5,26 +5,44 @@ the same limits, budgets and ledger as gRPC."""
 
 from __future__ import annotations
 
+import array
 import asyncio
+import base64
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
+import nats
 import openai
 import pytest
 
+from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
 from mesh._gen.revo.models.v1 import models_pb2 as pb
 from mesh._gen.revo.models.v1 import models_pb2_grpc
-from mesh.testing import MeshHarness
-from mesh.testing.llm import FakeLLMServer, answer, fail_after, split_tokens
+from mesh.auth.audit import read_audit
+from mesh.embedded.triton import TritonServer
+from mesh.testing import MeshHarness, wait_for
+from mesh.testing.llm import (
+    FakeLLMServer,
+    ScriptedCall,
+    answer,
+    call_tools,
+    fail_after,
+    json_answer,
+    split_tokens,
+)
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
 
 KEY = "sk-openai-api"
 KEY_ENV = "REVO_TEST_OPENAI_API_KEY"
 PROMPT = "Name three primes"
 TEXT = "two three five seven"
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}},
+           "required": ["city"]}
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER,
+                                         "description": "The weather in a city"}}
 
 
 def _catalog(fake: FakeLLMServer) -> list[dict[str, Any]]:
@@ -32,10 +50,12 @@ def _catalog(fake: FakeLLMServer) -> list[dict[str, Any]]:
         {"name": "local", "provider": "triton", "priority": 0, "context_window": 4096},
         {"name": "cheap", "provider": "openai", "base_url": fake.openai_base_url,
          "api_key_env": KEY_ENV, "priority": 1, "input_usd_per_million": 1.0,
-         "output_usd_per_million": 2.0, "context_window": 16000},
+         "output_usd_per_million": 2.0, "context_window": 16000, "supports_tools": True,
+         "supports_structured_output": True},
         {"name": "claude", "provider": "anthropic", "base_url": fake.base_url,
          "api_key_env": KEY_ENV, "priority": 2, "input_usd_per_million": 3.0,
-         "output_usd_per_million": 15.0, "context_window": 32000},
+         "output_usd_per_million": 15.0, "context_window": 32000, "supports_tools": True,
+         "supports_structured_output": True},
     ]
 
 
@@ -131,6 +151,8 @@ async def test_models_are_listed_in_openai_shape(start: Any, sdk: Any) -> None:
     assert {m.object for m in listed.data} == {"model"}
     cheap = await api.models.retrieve("cheap")
     assert (cheap.id, cheap.owned_by) == ("cheap", "openai")
+    assert cheap.model_extra is not None
+    assert cheap.model_extra["revo"]["supports_tools"] is True  # the mesh's extras
     with pytest.raises(openai.NotFoundError) as missing:
         await api.models.retrieve("gpt-99")
     assert missing.value.code == "model_not_found"
@@ -241,6 +263,91 @@ async def test_a_failure_mid_stream_raises_in_the_sdk(start: Any, fake: FakeLLMS
     assert "no model could answer" in failed.value.message
 
 
+# -- tools and structured output -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["cheap", "claude"])
+async def test_a_tool_call_streams_and_its_result_goes_back(
+        start: Any, fake: FakeLLMServer, sdk: Any, model: str) -> None:
+    mesh = await start()
+    api = await sdk(mesh)
+    fake.script(call_tools(ScriptedCall("get_weather", {"city": "Paris"}, id="call_1"),
+                           ScriptedCall("get_weather", {"city": "Rome"}, id="call_2")),
+                answer("Sunny in Paris, rainy in Rome."))
+    chunks = [c async for c in await api.chat.completions.create(
+        model=model, messages=ask("Weather?"), tools=[TOOL], tool_choice="required",
+        stream=True)]
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in chunks:
+        for piece in chunk.choices[0].delta.tool_calls or []:
+            if piece.index not in calls:  # a call's first piece names it
+                assert piece.id
+                assert piece.type == "function"
+                assert piece.function is not None
+                calls[piece.index] = {"id": piece.id, "name": piece.function.name or "",
+                                      "arguments": ""}
+            assert piece.function is not None
+            calls[piece.index]["arguments"] += piece.function.arguments or ""
+    assert [(c["id"], c["name"], json.loads(c["arguments"])) for c in calls.values()] == [
+        ("call_1", "get_weather", {"city": "Paris"}),
+        ("call_2", "get_weather", {"city": "Rome"})]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    sent = fake.requests[-1].body
+    assert sent["tool_choice"] in ("required", {"type": "any"})  # OpenAI's, Anthropic's
+    # the second turn, not streamed: the calls and their results
+    second = await api.chat.completions.create(model=model, tools=[TOOL], messages=[
+        *ask("Weather?"),
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": c["id"], "type": "function",
+             "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in calls.values()]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text",
+                                                                "text": "rainy"}]}])
+    assert second.choices[0].message.content == "Sunny in Paris, rainy in Rome."
+    assert second.choices[0].finish_reason == "stop"
+    assert "sunny" in json.dumps(fake.requests[-1].body["messages"])
+
+
+async def test_a_tool_call_comes_whole_without_streaming(start: Any, fake: FakeLLMServer,
+                                                         sdk: Any) -> None:
+    mesh = await start()
+    api = await sdk(mesh)
+    fake.script(call_tools(ScriptedCall("get_weather", {"city": "Oslo"}, id="call_7"),
+                           text="Let me look."))
+    completion = await api.chat.completions.create(
+        model="cheap", messages=ask("Weather in Oslo?"), tools=[TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False)
+    message = completion.choices[0].message
+    assert message.content == "Let me look."
+    assert message.tool_calls is not None
+    [call] = message.tool_calls
+    assert (call.id, call.type, call.function.name) == ("call_7", "function", "get_weather")
+    assert json.loads(call.function.arguments) == {"city": "Oslo"}
+    assert completion.choices[0].finish_reason == "tool_calls"
+    sent = fake.requests[-1].body
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["parallel_tool_calls"] is False
+
+
+async def test_a_json_schema_response_format_reaches_the_model(
+        start: Any, fake: FakeLLMServer, sdk: Any) -> None:
+    mesh = await start()
+    api = await sdk(mesh)
+    schema = {"type": "object", "properties": {"primes": {"type": "array"}},
+              "required": ["primes"], "additionalProperties": False}
+    fake.script(json_answer({"primes": [2, 3, 5]}))
+    completion = await api.chat.completions.create(
+        model="cheap", messages=ask(), response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "primes", "schema": schema, "strict": True}})
+    assert json.loads(completion.choices[0].message.content or "") == {"primes": [2, 3, 5]}
+    assert fake.requests[-1].body["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "primes", "schema": schema,
+                                               "strict": True}}
+
+
 # -- errors ------------------------------------------------------------------------------
 
 
@@ -329,3 +436,64 @@ async def test_http_calls_are_in_the_ledger_like_grpc_ones(start: Any, sdk: Any)
     usage = await models_pb2_grpc.ModelServiceStub(mesh.channel).GetUsage(
         pb.GetUsageRequest(period="day"), metadata=bearer(access), timeout=10)
     assert [(r.user, r.model, r.requests) for r in usage.rows] == [(user, "claude", 2)]
+
+
+async def test_an_api_key_calls_the_api_and_the_audit_names_it(start: Any, sdk: Any) -> None:
+    mesh = await start(auth={**AUTH, "audit": {"enabled": True}})
+    user, access = await token(mesh)
+    created = await auth_pb2_grpc.UserServiceStub(mesh.channel).CreateApiKey(
+        auth_pb2.CreateApiKeyRequest(name="editor", expires_in_s=600),
+        metadata=bearer(access), timeout=10)
+    assert created.secret.startswith("revo_")
+    api = await sdk(mesh, api_key=created.secret)
+    request_id = f"openai-{created.key.id}"
+    completion = await api.chat.completions.create(
+        model="cheap", messages=ask(), extra_headers={"x-request-id": request_id})
+    assert completion.choices[0].message.content
+    nc = await nats.connect(mesh.config.nats.url)
+    found: list[dict[str, Any]] = []
+    try:
+        async def recorded() -> bool:
+            found[:] = [r async for r in read_audit(nc, user=user, idle_s=0.2)
+                        if r["request_id"] == request_id]
+            return bool(found)
+
+        await wait_for(recorded, 10, "the audit record of the HTTP call")
+    finally:
+        await nc.close()
+    [record] = found
+    assert (record["method"], record["decision"], record["status"]) == (
+        "/revo.models.v1.ModelService/Generate", "allow", "OK")
+    assert record["key"] == created.key.id
+    assert record["peer"].startswith("http:")
+
+
+# -- embeddings (a real Triton embedder) --------------------------------------------------
+
+
+async def test_embeddings_come_as_floats_or_base64(mesh_harness: Any, sdk: Any,
+                                                   triton: TritonServer) -> None:
+    mesh: MeshHarness = await mesh_harness(plugins={"only": ["models"]},
+                                           models={"triton_url": triton.grpc_url})
+    api = await sdk(mesh, api_key="anonymous")  # auth off: any key is the anonymous caller
+    listed = await api.models.list()
+    assert "embedder" in [m.id for m in listed.data]
+    one = await api.embeddings.create(model="embedder", input="a cat sits on the mat")
+    assert one.object == "list"
+    assert len(one.data) == 1
+    assert len(one.data[0].embedding) == 384  # all-MiniLM-L6-v2
+    both = await api.embeddings.create(model="embedder",
+                                       input=["a cat sits on the mat", "stock prices fell"])
+    assert [d.index for d in both.data] == [0, 1]
+    assert both.data[0].embedding == pytest.approx(one.data[0].embedding, abs=1e-5)
+    # the SDK asks for base64 by default when numpy is there, and decodes it; ask by hand
+    raw = await api.embeddings.with_raw_response.create(
+        model="embedder", input="a cat sits on the mat", encoding_format="base64")
+    encoded = json.loads(raw.content)["data"][0]["embedding"]
+    decoded = array.array("f", base64.b64decode(encoded))
+    assert list(decoded) == pytest.approx(one.data[0].embedding, abs=1e-6)
+    with pytest.raises(openai.NotFoundError):
+        await api.embeddings.create(model="ada", input="x")
+    with pytest.raises(openai.BadRequestError) as refused:
+        await api.embeddings.create(model="embedder", input="x", dimensions=64)
+    assert refused.value.param == "dimensions"
