@@ -315,8 +315,11 @@ async def _accepted(channel: grpc.aio.Channel, credential: str) -> bool:
     return await refusal(channel, credential) is None
 
 
-async def test_revocation_on_one_gateway_is_seen_by_another_within_a_second(
+async def test_revocation_on_one_gateway_is_seen_by_another_through_its_watch(
         mesh: MeshHarness) -> None:
+    """Gateway B learns of the revocation from its watch of the users bucket (pushed, in
+    milliseconds: it has no other way to learn, no poll and no cache expiry, so a broken
+    watch fails this test). The wait is generous so that a loaded machine cannot fail it."""
     second = Gateway(mesh.config)
     await second.start()
     try:
@@ -329,7 +332,7 @@ async def test_revocation_on_one_gateway_is_seen_by_another_within_a_second(
             await users_of(mesh.channel).RevokeApiKey(
                 auth_pb2.RevokeApiKeyRequest(id=created.key.id), metadata=bearer(token),
                 timeout=5)
-            await wait_for(lambda: is_refused(other, created.secret, "revoked"), 1.0,
+            await wait_for(lambda: is_refused(other, created.secret, "revoked"), 10.0,
                            "gateway B to refuse the key revoked on A")
     finally:
         await second.stop(grace=1.0)
