@@ -152,6 +152,15 @@ async def task_to_completion(client: Client) -> None:
     assert (got["state"], got["result"]) == ("succeeded", "done")
 
 
+async def watch_times_out_then_cancel(client: Client) -> None:
+    task = await call(client, "submit_task", type="sleep", payload="30000")
+    watched = await call(client, "watch_task", task_id=task["id"], timeout_s=0.5)
+    assert watched["finished"] is False
+    assert watched["state"] in ("queued", "running")
+    cancelled = await call(client, "cancel_task", task_id=task["id"])
+    assert (cancelled["state"], cancelled["finished"]) == ("cancelled", True)
+
+
 async def test_tools_over_stdio_act_as_the_keys_owner(
         mesh: MeshHarness, fake: FakeLLMServer, tmp_path: Path) -> None:
     user, key = await api_key(mesh)
@@ -170,6 +179,7 @@ async def test_tools_over_stdio_act_as_the_keys_owner(
             assert tools["search"].input_schema["properties"]["top_k"]["type"] == "integer"
             await memories_round_trip(client, user)
             await task_to_completion(client)
+            await watch_times_out_then_cancel(client)
             fake.script(answer("Two and three are primes."))
             generated = await call(client, "generate", prompt="Name two primes",
                                    system="Be brief", max_tokens=20)
