@@ -158,6 +158,7 @@ class Launcher:
             "generator": (str(self.config.models.generator_checkpoint)
                           if self.triton and GENERATOR in self.triton.overrides else ""),
             "gateway_metrics": metrics_url(self.config.gateway.metrics_address),
+            "http": http_url(self.config.gateway.http_address),
             "envoy": self.envoy.endpoint if self.envoy else "",
             "home": str(home.resolve()),
             "logs": str(self.logs.resolve()),
@@ -335,6 +336,15 @@ class Launcher:
         state_file(self.config).unlink(missing_ok=True)
 
 
+def http_url(address: str) -> str:
+    """The base URL of the gateway's HTTP door at ``address`` ('' when it is off)."""
+    if not address:
+        return ""
+    host, _, port = address.rpartition(":")
+    host = host or "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
 def _envoy_line(launcher: Launcher, state: dict[str, Any]) -> str:
     if not state["envoy"]:
         return launcher.envoy_note
@@ -382,6 +392,9 @@ def run_up(config: MeshConfig) -> int:
             " + envoy" if launcher.envoy is not None else "")
         print(f"revo is up ({len(launcher.children)} mesh processes{extra})\n"
               f"  gateway (gRPC)   {state['gateway']}\n"
+              f"  HTTP             {state['http'] or 'off'}"
+              + (" (OpenAI API at /v1, JSON for every method, /health)\n" if state["http"]
+                 else "\n") +
               f"  browser (Envoy)  {_envoy_line(launcher, state)}\n"
               f"  NATS             {state['nats']}\n"
               f"  NATS monitor     {state['nats_monitor'] or '-'}\n"

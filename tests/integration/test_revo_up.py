@@ -49,12 +49,15 @@ def _triton_http(tmp_path: Path) -> str:
     return f"127.0.0.1:{port.group(1)}"
 
 
+@pytest.mark.timeout(300)  # the whole mesh, Triton and Envoy, then a solve workflow on it
 def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
     # a random-weight checkpoint: its text is noise, but it is really generated on Triton
     checkpoint = make_checkpoint(tmp_path / "tiny", seed=3)
     gateway = f"127.0.0.1:{free_port()}"
     gateway_metrics = f"http://127.0.0.1:{free_port()}/metrics"
+    http_door = f"http://127.0.0.1:{free_port()}"
     env = dict(os.environ,
+               REVO_GATEWAY__HTTP_ADDRESS=http_door[len("http://"):],  # 8000 may be taken
                REVO_HOME=str(tmp_path / "home"),
                REVO_GATEWAY__METRICS_ADDRESS=gateway_metrics[len("http://"):-len("/metrics")],
                REVO_NATS__PORT=str(free_port()),
@@ -89,6 +92,10 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
         assert node_metrics, text
         with urllib.request.urlopen(node_metrics.group(1), timeout=10) as scraped:
             assert b'engine_health_status{engine="echo"' in scraped.read()
+        # the HTTP door: in the banner, and serving
+        assert f"HTTP             {http_door} (OpenAI API at /v1" in text, text
+        with urllib.request.urlopen(f"{http_door}/health", timeout=10) as health:
+            assert "revo.echo.v1.EchoService" in json.loads(health.read())["services"]
 
         with grpc.insecure_channel(gateway) as channel:
             with pytest.raises(grpc.RpcError) as refused:
