@@ -120,7 +120,8 @@ class GatewaySettings(_Section):
                               "HTTP door: the OpenAI-compatible API under /v1, Connect-protocol "
                               "JSON for every unary method, /health (empty: off)")
     http_max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest HTTP request "
-                                     "body the HTTP door reads (a larger one: 413)")
+                                     "body the HTTP door reads (a larger one is refused: "
+                                     "RESOURCE_EXHAUSTED)")
     tls: TlsSettings = Field(default_factory=TlsSettings)
 
 
