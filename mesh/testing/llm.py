@@ -418,6 +418,7 @@ class FakeLLMServer:
 
 class _QuietHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # a benchmark opens 64 connections at once (the default: 5)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], OSError):  # peers hanging up is the point here
