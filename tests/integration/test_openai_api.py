@@ -379,10 +379,12 @@ async def test_a_bad_or_missing_key_is_401(start: Any, sdk: Any,
         {"type": "image_url", "image_url": {"url": "http://x"}}]}]}, 400,
      "messages[0].content[0].type", "text parts only"),
     ({"model": "gpt-99", "messages": ask()}, 404, "model", "unknown model"),
+    ({"model": "local", "messages": ask(), "tools": [TOOL]}, 400, None,
+     "cannot take this request"),
 ])
 async def test_bad_requests_are_refused_naming_the_field(
         start: Any, fake: FakeLLMServer, http: aiohttp.ClientSession, body: dict[str, Any],
-        status: int, param: str, words: str) -> None:
+        status: int, param: str | None, words: str) -> None:
     mesh = await start()
     _, access = await token(mesh)
     got, _, reply = await post(http, mesh, "/chat/completions", body, access)
