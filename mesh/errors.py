@@ -103,6 +103,9 @@ class Reason(enum.StrEnum):
         ``size``, ``limit`` (bytes).
     ``UNKNOWN_METHOD`` [UNIMPLEMENTED]
         No such service or method is served by the mesh. Metadata ``method``.
+    ``UNKNOWN_MODEL`` [INVALID_ARGUMENT]
+        The request names a model the mesh's catalog does not have (ListModels lists
+        them). Metadata ``model``.
     ``NO_LIVE_NODE`` [UNAVAILABLE]
         No live node serves the method right now. RetryInfo (1 s): retry once a node is
         up. Metadata ``method`` where known.
@@ -137,6 +140,7 @@ class Reason(enum.StrEnum):
     POOL_FULL = "POOL_FULL"
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
     UNKNOWN_METHOD = "UNKNOWN_METHOD"
+    UNKNOWN_MODEL = "UNKNOWN_MODEL"
     NO_LIVE_NODE = "NO_LIVE_NODE"
     NODE_LOST = "NODE_LOST"
     ENGINE_STOPPING = "ENGINE_STOPPING"

@@ -26,6 +26,7 @@ from mesh.errors import (
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
+    Reason,
     RpcError,
 )
 from mesh.models.advice import recommend
@@ -336,7 +337,8 @@ class ModelEngine(AsyncEngine):
     async def embed(self, request: pb.EmbedRequest, ctx: Context) -> pb.EmbedResponse:
         if request.model not in ("", EMBEDDER):
             raise InvalidArgument(f"unknown embedding model {request.model[:80]!r}; "
-                                  f"models: {EMBEDDER}")
+                                  f"models: {EMBEDDER}", reason=Reason.UNKNOWN_MODEL,
+                                  metadata={"model": request.model[:80]})
         if self.embedder is None:
             raise FailedPrecondition("no embedding model: set models.triton_url to a Triton "
                                      "serving 'embedder' (revo up does this)")

@@ -37,7 +37,13 @@ from dataclasses import dataclass, field
 from opentelemetry.trace import Span
 
 from mesh.config import CatalogModel, ModelSettings
-from mesh.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from mesh.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    Reason,
+    ResourceExhausted,
+    Unavailable,
+)
 from mesh.models.budget import Budgets, Reservation
 from mesh.models.ledger import Entry, Ledger
 from mesh.models.metrics import CHAT, ModelMeters
@@ -163,7 +169,9 @@ class Router:
                                   f"{request.max_tokens}")
         if request.model and request.model != "auto" and request.model not in self.catalog:
             raise InvalidArgument(f"unknown model {request.model[:80]!r}; models: "
-                                  f"{', '.join(self.catalog) or 'none configured'}")
+                                  f"{', '.join(self.catalog) or 'none configured'}",
+                                  reason=Reason.UNKNOWN_MODEL,
+                                  metadata={"model": request.model[:80]})
 
     def candidates(self, request: Request) -> list[CatalogModel]:
         """The models to try, in order; FAILED_PRECONDITION when none can serve."""

@@ -82,9 +82,6 @@ _BY_REASON: dict[str, tuple[int, str, str]] = {
     Reason.MESSAGE_TOO_LARGE: (413, "invalid_request_error", "message_too_large"),
     Reason.UNAUTHENTICATED: (401, "authentication_error", "invalid_api_key"),
 }
-# The router and the engine refuse an unknown model INVALID_ARGUMENT with these words; the
-# API answers 404 model_not_found there, as OpenAI does.
-_UNKNOWN_MODEL = ("unknown model ", "unknown embedding model ")
 
 
 def from_rpc(error: RpcError, param: str | None = None) -> ApiError:
@@ -93,8 +90,7 @@ def from_rpc(error: RpcError, param: str | None = None) -> ApiError:
     code: str | None = error.reason.lower() or None
     if error.reason in _BY_REASON:
         status, kind, code = _BY_REASON[error.reason]
-    elif error.code is grpc.StatusCode.INVALID_ARGUMENT and error.message.startswith(
-            _UNKNOWN_MODEL):
+    elif error.reason == Reason.UNKNOWN_MODEL:  # as OpenAI answers an unknown model
         status, code, param = 404, "model_not_found", "model"
     elif error.code is grpc.StatusCode.UNIMPLEMENTED:
         code = "model_service_not_served"
