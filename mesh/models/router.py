@@ -86,10 +86,13 @@ class Request:
 
 
 def prompt_tokens(turns: Sequence[Turn], tooling: Tooling = NO_TOOLING) -> int:
-    """The estimated prompt: every turn's text and tool calls, and the tools' schemas."""
-    text = "".join(t.content + "".join(c.name + c.arguments for c in t.tool_calls)
-                   for t in turns) + tooling.size_hint()
-    return estimate_tokens(text)
+    """The estimated prompt: each turn's text and tool calls, and the tools' schemas (each
+    estimated on its own, as the budget's holds have always been)."""
+    tokens = sum(estimate_tokens(t.content + "".join(c.name + c.arguments
+                                                     for c in t.tool_calls))
+                 for t in turns)
+    hint = tooling.size_hint()
+    return tokens + (estimate_tokens(hint) if hint else 0)
 
 
 @dataclass(frozen=True)
