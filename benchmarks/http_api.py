@@ -52,7 +52,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -84,11 +84,16 @@ from benchmarks.mesh_hop import (
 from mesh.embedded.nats_server import free_port
 
 NAME = "http_api"
-METHOD = "v1: burst of 64 tokens; stream c=1 and c=64, unary c=1; security off"
+METHOD = ("v2: burst of 64 tokens; stream c=1 and c=64 (the HTTP door with the openai SDK "
+          "and with a lean client), unary c=1; security off")
 """What a run measures; runs are comparable (and their median taken) only within one."""
 WORKLOAD = ro.WORKLOAD["burst"]
 TOKENS = WORKLOAD.tokens
-STREAM_PATHS = ("direct", "litellm-proxy", "grpc", "http")
+STREAM_PATHS = ("direct", "litellm-proxy", "grpc", "http", "http-lean")
+"""``http`` calls the HTTP door with the openai SDK (what users run); ``http-lean`` with a
+minimal client (aiohttp, the SSE lines parsed with json.loads), as lean as the gRPC path's
+generated stub, so ``http-lean`` - ``grpc`` is what the door itself adds and ``http`` -
+``http-lean`` what the SDK adds on the client."""
 UNARY_PATHS = ("grpc", "grpc-web")
 STREAM_CONCURRENCIES = (1, 64)
 UNARY_CONCURRENCY = 1
@@ -116,7 +121,12 @@ FIGURES: dict[str, tuple[str, int, str, str, str, str]] = {
                                                    "first_p50_ms", "minus"),
     "first_token_overhead_ms_p50_litellm_proxy": ("stream", 1, "litellm-proxy", "direct",
                                                   "first_p50_ms", "minus"),
+    "overhead_ms_p50_http_lean": ("stream", 1, "http-lean", "grpc", "total_p50_ms", "minus"),
+    "first_token_overhead_ms_p50_http_lean": ("stream", 1, "http-lean", "grpc",
+                                              "first_p50_ms", "minus"),
     "ratio_streams_c64": ("stream", 64, "http", "grpc", "calls_per_s", "ratio"),
+    "ratio_streams_c64_http_lean": ("stream", 64, "http-lean", "grpc", "calls_per_s",
+                                    "ratio"),
     "ratio_streams_c64_http_vs_direct": ("stream", 64, "http", "direct", "calls_per_s",
                                          "ratio"),
     "ratio_streams_c64_litellm_proxy_vs_direct": ("stream", 64, "litellm-proxy", "direct",
@@ -349,7 +359,53 @@ def stream_client(path: str, target: str, timeout: float) -> ro.Stream:
     model = ro.mesh_model("mesh", WORKLOAD.name)
     if path == "http":
         return ro._openai_stream(target, HTTP_API_KEY, model, TOKENS, timeout)
+    if path == "http-lean":
+        return lean_sse_stream(target, model, TOKENS, timeout)
     return ro._mesh(target, model, TOKENS, timeout)
+
+
+def lean_sse_stream(base_url: str, model: str, tokens: int, timeout: float) -> ro.Stream:
+    """/v1/chat/completions streamed with aiohttp alone: each ``data:`` line parsed with
+    json.loads, the text deltas yielded, the usage chunk checked (the work the gRPC stub
+    does for a Generate stream, and no more)."""
+    import aiohttp
+
+    session: aiohttp.ClientSession | None = None
+    url = base_url.rstrip("/") + "/chat/completions"
+    headers = {"authorization": f"Bearer {HTTP_API_KEY}", "content-type": "application/json"}
+
+    async def stream(messages: list[dict[str, str]]) -> AsyncIterator[str]:
+        nonlocal session
+        if session is None:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=timeout))
+        body = json.dumps({"model": model, "messages": messages, "stream": True,
+                           "stream_options": {"include_usage": True},
+                           "max_tokens": ro.MAX_TOKENS, "temperature": 0.0})
+        completion = None
+        done = False
+        async with session.post(url, data=body, headers=headers) as response:
+            if response.status != 200:
+                raise ro.Mismatch(f"HTTP {response.status}: {(await response.text())[:200]}")
+            async for line in response.content:
+                if not line.startswith(b"data: "):
+                    continue
+                data = line[6:].strip()
+                if data == b"[DONE]":
+                    done = True
+                    break
+                chunk = json.loads(data)
+                for choice in chunk["choices"]:
+                    text = choice["delta"].get("content")
+                    if text:
+                        yield text
+                if chunk.get("usage"):
+                    completion = chunk["usage"]["completion_tokens"]
+        if not done or completion != tokens:
+            raise ro.Mismatch(f"[DONE] {done}, usage: {completion} completion tokens")
+
+    return stream
 
 
 def loadgen_main(args: argparse.Namespace) -> int:
@@ -397,7 +453,7 @@ class Servers:
         if path == "litellm-proxy":
             assert self.proxy is not None
             return self.proxy.address
-        return self.http_url if path == "http" else self.mesh.address
+        return self.http_url if path in ("http", "http-lean") else self.mesh.address
 
     def pids(self, kind: str, path: str) -> dict[str, int]:
         if path == "direct":
@@ -506,7 +562,7 @@ def start_servers(fleet: Fleet, skipped: dict[str, str]) -> Servers:
     mesh, http_url = _start_mesh(fleet, base_urls)
     servers = Servers(upstream, base_urls, mesh, http_url)
     if (why := chat_completions_missing(http_url, ro.mesh_model("mesh", WORKLOAD.name))):
-        skipped["http"] = why
+        skipped["http"] = skipped["http-lean"] = why
     if "litellm-proxy" not in skipped:
         servers.proxy = ro._start_proxy(fleet, base_urls)
     if "grpc-web" not in skipped:
@@ -816,7 +872,11 @@ def render_markdown(results: dict[str, Any], runs: Mapping[str, Any] | None = No
         "the same client to `litellm --config` (its own process, one worker; no database, "
         "`disable_spend_logs`, `disable_error_logs`, `disable_streaming_logging`, "
         "`LITELLM_LOG=ERROR`). **http**: the same client at the gateway's HTTP door "
-        "(`gateway.http_address`, `/v1`). **grpc**: `ModelServiceStub.Generate` (grpc.aio) "
+        "(`gateway.http_address`, `/v1`). **http-lean**: the same door with a minimal "
+        "client (aiohttp; each `data:` line parsed with json.loads, usage and `[DONE]` "
+        "checked), as lean as the gRPC stub: `http-lean` - `grpc` is what the door adds, "
+        "`http` - `http-lean` what the openai SDK adds on the client. "
+        "**grpc**: `ModelServiceStub.Generate` (grpc.aio) "
         f"at the gateway. Both mesh paths ask for `{w['mesh_model']}`, priced "
         f"${w['prices_usd_per_million'][0]:g} / ${w['prices_usd_per_million'][1]:g} per "
         "million tokens (budget reserved and settled, ledger record written, as in "
