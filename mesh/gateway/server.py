@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -64,7 +65,6 @@ from mesh.registry import RegistryView, Route, Snapshot, file_set
 from mesh.runtime.node import Node
 from mesh.transport import headers as h
 from mesh.transport.connection import connect
-from mesh.transport.ids import new_request_id
 from mesh.transport.rpc import Requester
 
 __all__ = ["Gateway", "server_credentials"]
@@ -138,7 +138,10 @@ class Gateway:
         """Connect, learn the registry, and listen; returns the bound port."""
         tracing.configure(self.config.tracing)  # before the handlers are built
         self.nc = await connect(self.config.nats, name="revo-gateway")
-        self.guard = Guard(self.config, self.nc, f"gw-{new_request_id()[:12]}")
+        # Random per gateway: its audit batches are deduplicated by "<gateway id>-<number>",
+        # so two gateways of one process must not share it (new_request_id()[:12] was the
+        # process's prefix: a second gateway's batches were dropped as duplicates).
+        self.guard = Guard(self.config, self.nc, f"gw-{secrets.token_hex(6)}")
         await self.guard.start()
         if self._meters is not None and self.guard.audit is not None:
             self._meters.watch_audit(self.guard.audit)

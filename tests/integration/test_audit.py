@@ -321,3 +321,38 @@ async def test_a_stream_the_caller_left_is_audited_cancelled(nats_private, mesh_
     [record] = found
     assert (record["method"], record["user"]) == ("/revo.echo.v1.EchoService/Count", user)
     assert record["status"] == "CANCELLED", record
+
+
+async def test_two_gateways_of_one_process_each_keep_their_records(mesh_harness, nats_server):
+    """Each gateway's audit batches are deduplicated by its id and batch number: two gateways
+    in one process (tests, co-located deployments) must not share an id, or the second one's
+    batches are dropped as duplicates of the first's."""
+    from mesh.gateway import Gateway
+
+    mesh = await mesh_harness(plugins=ONLY_ECHO, auth={
+        "enabled": True, "audit": {"enabled": True}})
+    second = Gateway(mesh.config)
+    await second.start()
+    nc = await nats.connect(nats_server.url)
+    try:
+        assert second.guard is not None
+        assert mesh.gateway.guard is not None
+        assert second.guard.gateway_id != mesh.gateway.guard.gateway_id
+        wanted = {}
+        for name, address in (("first", mesh.gateway.address), ("second", second.address)):
+            request_id = f"{name}-{uuid.uuid4().hex[:8]}"
+            wanted[request_id] = name
+            async with grpc.aio.insecure_channel(address) as channel:
+                with pytest.raises(grpc.aio.AioRpcError):  # no token: refused, and recorded
+                    await echo_pb2_grpc.EchoServiceStub(channel).Echo(
+                        echo_pb2.EchoRequest(), timeout=5,
+                        metadata=(("x-request-id", request_id),))
+
+        async def both() -> bool:
+            seen = {r["request_id"] for r in await _all_records(nc)}
+            return wanted.keys() <= seen
+
+        await wait_for(both, 15, "a record from each gateway")
+    finally:
+        await nc.close()
+        await second.stop(grace=1.0)
