@@ -118,7 +118,7 @@ class GatewaySettings(_Section):
                                  "in the gateway, nothing measured)")
     http_address: str = Field("127.0.0.1:8000", description="host:port of the gateway's "
                               "HTTP door: the OpenAI-compatible API under /v1, Connect-protocol "
-                              "JSON for every unary method, /health (empty: off)")
+                              "JSON for every method, /health (empty: off)")
     http_max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest HTTP request "
                                      "body the HTTP door reads (a larger one is refused: "
                                      "RESOURCE_EXHAUSTED)")

@@ -278,29 +278,25 @@ class Launcher:
                 self.nats.process = None
                 self.nats.start()  # same ports and data: nodes and gateway reconnect
                 self._write_state()
-            if self.triton is not None and self.triton.process is not None \
-                    and self.triton.process.poll() is not None:
-                print(f"tritonserver exited with code {self.triton.process.returncode}; "
-                      f"restarting it (see {self.logs / 'tritonserver.log'})", flush=True)
-                self.triton.process = None
-                try:
-                    self.triton.start()  # same ports
-                except (RuntimeError, TimeoutError) as exc:
-                    print(f"tritonserver did not come back: {exc}", flush=True)
-                self._write_state()
-            if self.envoy is not None and self.envoy.process is not None \
-                    and self.envoy.process.poll() is not None:
-                print(f"envoy exited with code {self.envoy.process.returncode}; restarting "
-                      f"it (see {self.logs / 'envoy.log'})", flush=True)
-                self.envoy.process = None
-                try:
-                    self.envoy.start()  # same ports
-                except (RuntimeError, TimeoutError) as exc:
-                    print(f"envoy did not come back: {exc}", flush=True)
-                self._write_state()
+            self._restart_if_dead("tritonserver", self.triton)
+            self._restart_if_dead("envoy", self.envoy)
             for name, process in self.children.items():
                 if process.poll() is not None:
                     self._supervise(name, process.returncode)
+
+    def _restart_if_dead(self, name: str, server: TritonServer | EnvoyServer | None) -> None:
+        """Start ``server`` again on its same ports when its process exited (Triton, Envoy);
+        say so, and say it when it does not come back (the mesh runs on without it)."""
+        if server is None or server.process is None or server.process.poll() is None:
+            return
+        print(f"{name} exited with code {server.process.returncode}; restarting it (see "
+              f"{self.logs / (name + '.log')})", flush=True)
+        server.process = None
+        try:
+            server.start()  # same ports
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"{name} did not come back: {exc}", flush=True)
+        self._write_state()
 
     def _supervise(self, name: str, code: int) -> None:
         child = self._supervised[name]

@@ -12,7 +12,6 @@ comes back as the same :class:`~mesh.errors.RpcError` a gRPC caller would read.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -187,8 +186,3 @@ def internal(path: str, exc: BaseException) -> RpcError:
     log.error("%s over HTTP failed", path, exc_info=exc)
     return Internal(f"{path} failed in the gateway's HTTP door: {type(exc).__name__}")
 
-
-def cancelled_task() -> bool:
-    """Whether the current task is being cancelled (its HTTP client went away)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
