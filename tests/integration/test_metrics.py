@@ -5,7 +5,6 @@ clean, and callers cannot grow the series with made-up names."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import urllib.request
 import uuid
@@ -22,6 +21,7 @@ from mesh.testing import MeshHarness
 from mesh.testing.llm import FakeLLMServer, answer, fail_after, status
 from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.test_auth import AUTH, PASSWORD, add_user, bearer, login
+from tests.promtool import promtool
 
 KEY, KEY_ENV = "sk-metrics", "REVO_TEST_METRICS_KEY"
 ECHO = "/revo.echo.v1.EchoService/Echo"
@@ -119,13 +119,10 @@ async def test_a_scrape_of_a_running_mesh_has_every_family_and_promtool_finds_it
     assert 'revo_models_midstream_switches_total{from_model="cheap"' in node
     assert 'engine_health_status{engine="echo"' in node
 
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool is not installed: ./dev test installs it, or "
-                    "`apt-get install prometheus` (Debian/Ubuntu)")
+    checker = promtool()
     for where, text in served.items():
         checked = await asyncio.to_thread(
-            subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True,
+            subprocess.run, [checker, "check", "metrics"], input=text, capture_output=True,
             text=True, timeout=60)
         said = f"promtool on the {where}'s scrape:\n{checked.stdout}{checked.stderr}"
         assert checked.returncode == 0, said
