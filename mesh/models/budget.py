@@ -53,6 +53,9 @@ class Budgets:
     def __init__(self, nc: NATS, settings: ModelSettings, replicas: int = 1) -> None:
         self._nc = nc
         self._settings = settings
+        self._used: dict[str, float] = {}
+        """Share of each user's budget spent or reserved, as this process last saw it."""
+        self._used_period = ""
         self._replicas = replicas
 
     async def start(self) -> None:
@@ -79,6 +82,7 @@ class Budgets:
         total = await self._add(subject, micros)
         if total > limit:
             await self._add(subject, -micros)
+            self._saw(user, period, total - micros)
             raise BudgetExhausted(
                 f"budget reached: {user or 'anonymous'} may spend ${limit / _MICROS:.2f} on "
                 f"paid models per {self._settings.budget_period} and has "
@@ -86,14 +90,16 @@ class Budgets:
                 f"${micros / _MICROS:.4f}. Local models stay available.",
                 metadata={"user": user, "period": period,
                           "limit_usd": f"{limit / _MICROS:.2f}"})
+        self._saw(user, period, total)
         return Reservation(user, period, micros)
 
     async def settle(self, reservation: Reservation, actual_usd: float) -> None:
         """Replace the reservation by what the call really cost."""
         actual = math.ceil(max(0.0, actual_usd) * _MICROS)
         if actual != reservation.micros:
-            await self._add(self._subject(reservation.user, reservation.period),
-                            actual - reservation.micros)
+            total = await self._add(self._subject(reservation.user, reservation.period),
+                                    actual - reservation.micros)
+            self._saw(reservation.user, reservation.period, total)
 
     async def release(self, reservation: Reservation) -> None:
         """Give the reservation back (the call spent nothing)."""
@@ -103,6 +109,23 @@ class Budgets:
         """Spent and reserved in the current period."""
         period = period_of(self._settings.budget_period, now)
         return await self._add(self._subject(user, period), 0) / _MICROS
+
+    def max_used_ratio(self, now: float | None = None) -> float:
+        """The largest share of a budget (0 to 1, a little above while refusals are taken
+        back) spent or reserved in the current period, among the users this process
+        reserved for: ``revo_models_budget_max_used_ratio``. Read from any thread."""
+        if self._used_period != period_of(self._settings.budget_period, now):
+            return 0.0
+        return max(list(self._used.values()), default=0.0)
+
+    def _saw(self, user: str, period: str, total_micros: int) -> None:
+        limit = round(self.limit_usd(user) * _MICROS)
+        if limit <= 0 or period < self._used_period:  # no paid budget, or a past period
+            return
+        if period != self._used_period:
+            self._used = {}
+            self._used_period = period
+        self._used[user] = total_micros / limit
 
     async def _add(self, subject: str, delta: int) -> int:
         try:

@@ -286,6 +286,7 @@ class ModelEngine(AsyncEngine):
         await asyncio.gather(self.budgets.start(), self.ledger.start())
         self.providers = build_providers(settings)
         self.meters = ModelMeters(self.runtime.metrics, settings.catalog, (EMBEDDER,))
+        self.meters.watch_budgets(self.budgets.max_used_ratio)
         self.router = Router(settings, self.providers, self.budgets, self.ledger, self.meters)
         self.embedder: Any = None
         if settings.triton_url:

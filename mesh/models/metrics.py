@@ -9,7 +9,7 @@ made-up model names adds no series.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from mesh.config import CatalogModel
 from mesh.models.providers import ProviderUsage
@@ -62,6 +62,7 @@ class ModelMeters:
 
     def __init__(self, metrics: m.EngineMetrics, catalog: Iterable[CatalogModel],
                  extra_models: Iterable[str] = ()) -> None:
+        self._metrics = metrics
         models = [model.name for model in catalog]
         self.model = m.Bounded([*models, *extra_models])
         """A model name, or ``other`` when it is not in the catalog."""
@@ -101,3 +102,8 @@ class ModelMeters:
 
     def budget_refused(self, model: str) -> None:
         self._refusals.labels(self.model(model)).inc()
+
+    def watch_budgets(self, max_used_ratio: Callable[[], float]) -> None:
+        """Serve ``revo_models_budget_max_used_ratio``, read from ``max_used_ratio`` at each
+        scrape (:meth:`~mesh.models.budget.Budgets.max_used_ratio`)."""
+        self._metrics.callback(m.MODELS_BUDGET_USED, max_used_ratio)

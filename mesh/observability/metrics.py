@@ -197,6 +197,10 @@ MODELS_BUDGET_REFUSALS = MetricSpec(
     "revo_models_budget_refusals_total", "counter",
     "Calls to a paid model refused RESOURCE_EXHAUSTED because the user's budget is spent",
     ("gen_ai_request_model",))
+MODELS_BUDGET_USED = MetricSpec(
+    "revo_models_budget_max_used_ratio", "gauge",
+    "The largest share of a user's paid-model budget spent or reserved this period (0 to "
+    "1), among the users this node's router reserved for")
 
 FRAMEWORK_METRICS: tuple[MetricSpec, ...] = (
     GATEWAY_REQUESTS, GATEWAY_DURATION, GATEWAY_IN_FLIGHT, GATEWAY_AUTH_DENIALS,
@@ -204,7 +208,7 @@ FRAMEWORK_METRICS: tuple[MetricSpec, ...] = (
     ENGINE_CALLS, ENGINE_ERRORS, ENGINE_DURATION, ENGINE_QUEUE_DEPTH, ENGINE_WORKERS_BUSY,
     ENGINE_WORKERS_ALIVE, ENGINE_RESTARTS, ENGINE_HEALTH,
     GENAI_TOKEN_USAGE, GENAI_DURATION, GENAI_TTFT, MODELS_COST, MODELS_SAVINGS,
-    MODELS_FALLBACKS, MODELS_SWITCHES, MODELS_BUDGET_REFUSALS,
+    MODELS_FALLBACKS, MODELS_SWITCHES, MODELS_BUDGET_REFUSALS, MODELS_BUDGET_USED,
 )
 """Every family the framework serves, in the order of the reference table."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -71,6 +72,27 @@ async def test_free_models_stay_allowed_and_users_are_separate(nats_server: Nats
         await budgets.reserve(bob, 0.4)
         assert await budgets.spent_usd(alice) == 0.0
         assert await budgets.spent_usd(bob) == pytest.approx(0.4)
+    finally:
+        await nc.close()
+
+
+async def test_the_largest_share_spent_is_what_the_budget_gauge_reads(
+        nats_server: NatsServer) -> None:
+    alice, bob = _user(), _user()
+    nc, budgets = await _budgets(nats_server.url, budget_usd=1.0, user_budgets_usd={bob: 0.1})
+    try:
+        assert budgets.max_used_ratio() == 0.0  # nobody reserved yet
+        await budgets.reserve(alice, 0.5)
+        assert budgets.max_used_ratio() == pytest.approx(0.5)
+        held = await budgets.reserve(bob, 0.095)  # bob's own, smaller budget: 95% of it
+        assert budgets.max_used_ratio() == pytest.approx(0.95)
+        with pytest.raises(ResourceExhausted):
+            await budgets.reserve(bob, 0.02)  # refused: what he has spent still counts
+        assert budgets.max_used_ratio() == pytest.approx(0.95)
+        await budgets.settle(held, 0.01)  # the call cost less: the share falls with it
+        assert budgets.max_used_ratio() == pytest.approx(0.5)
+        next_month = time.time() + 32 * 86400
+        assert budgets.max_used_ratio(now=next_month) == 0.0  # a new period starts at 0
     finally:
         await nc.close()
 
