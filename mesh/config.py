@@ -52,7 +52,8 @@ ENV_PREFIX = "REVO_"
 # Variables that belong to the launcher or the test suite rather than to the model.
 # Secrets are read from the environment where they are used, never kept in the model.
 _ENV_NOT_CONFIG = frozenset({"REVO_CONFIG", "REVO_JWT_SECRET", "REVO_IDENTITY_SECRET",
-                             "REVO_ADMIN_PASSWORD", "REVO_API_KEY"})  # revo mcp's key
+                             "REVO_ADMIN_PASSWORD", "REVO_ADMIN_PASSWORD_FILE",
+                             "REVO_API_KEY"})  # revo mcp's key
 
 
 class _Section(BaseModel):
@@ -79,6 +80,8 @@ class NatsSettings(_Section):
     tls_key_file: Path | None = Field(None, description="key of tls_cert_file")
     user: str = Field("", description="NATS user (with password)")
     password: str = Field("", description="NATS password; prefer a creds file")
+    password_file: Path | None = Field(None, description="file holding the NATS password "
+                                       "(a compose or Kubernetes secret), instead of password")
     creds_file: Path | None = Field(None, description="NATS credentials file (JWT + nkey)")
     server_tls_cert_file: Path | None = Field(
         None, description="embedded server: serve TLS with this certificate")

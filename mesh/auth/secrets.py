@@ -8,7 +8,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["load_secret"]
+from mesh.errors import ConfigError
+
+__all__ = ["env_secret", "load_secret"]
 
 
 def load_secret(env_name: str, path: Path, environ: Mapping[str, str] | None = None,
@@ -38,3 +40,19 @@ def load_secret(env_name: str, path: Path, environ: Mapping[str, str] | None = N
     if len(data) < 32:
         raise ValueError(f"{path} holds {len(data)} bytes; a secret needs at least 32")
     return data
+
+
+def env_secret(env_name: str, environ: Mapping[str, str] | None = None) -> str:
+    """The secret in ``$env_name``, else in the file named by ``$<env_name>_FILE`` (how
+    compose and Kubernetes hand secrets over: ``REVO_ADMIN_PASSWORD_FILE=/run/secrets/x``),
+    else ''. A named file that cannot be read is a :class:`ConfigError` saying which."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(env_name, "")
+    named = environ.get(f"{env_name}_FILE", "")
+    if value or not named:
+        return value
+    try:
+        return Path(named).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{env_name}_FILE names {named}, which cannot be read: "
+                          f"{exc.strerror}") from None

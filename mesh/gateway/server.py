@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +34,7 @@ from mesh._gen.revo.mesh.v1 import mesh_pb2
 from mesh.auth.guard import Guard, current_principal
 from mesh.auth.roles import READ as PERMISSION_READ
 from mesh.auth.roles import Permission, declared_permission
+from mesh.auth.secrets import env_secret
 from mesh.auth.service import AuthServicer, UserServicer
 from mesh.auth.users import ADMIN_PASSWORD_ENV
 from mesh.config import MeshConfig
@@ -146,11 +146,11 @@ class Gateway:
         if self._meters is not None and self.guard.audit is not None:
             self._meters.watch_audit(self.guard.audit)
         self.metrics.start()
-        admin_password = os.environ.get(ADMIN_PASSWORD_ENV, "")
+        admin_password = env_secret(ADMIN_PASSWORD_ENV)  # or REVO_ADMIN_PASSWORD_FILE
         if self.guard.enabled and admin_password:
             created = await self.guard.users.ensure_admin(admin_password)
             if created is not None:
-                log.info("created user 'admin' from %s", ADMIN_PASSWORD_ENV)
+                log.info("created user 'admin' from %s(_FILE)", ADMIN_PASSWORD_ENV)
         self._requester = Requester(self.nc, self.config.gateway.accept_timeout_s)
         await self._requester.start()
         self._forwarder = Forwarder(self.config.gateway, self._requester, guard=self.guard,

@@ -37,12 +37,13 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from mesh.config import NatsSettings
+from mesh.errors import ConfigError
 from mesh.transport import headers as h
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DirectHandler", "MeshConnection", "connect", "encode_headers", "parse_headers",
-           "unreachable"]
+__all__ = ["DirectHandler", "MeshConnection", "connect", "encode_headers", "nats_password",
+           "parse_headers", "unreachable"]
 
 _UNREACHABLE = (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                 nats.errors.NoRespondersError, nats.errors.TimeoutError,
@@ -232,6 +233,18 @@ class MeshConnection(Client):  # type: ignore[misc]
             queue.put_nowait(self._flushed)
 
 
+def nats_password(settings: NatsSettings) -> str:
+    """``nats.password``, else the contents of ``nats.password_file`` (a mounted secret);
+    a file that cannot be read is a :class:`ConfigError` naming it."""
+    if settings.password or settings.password_file is None:
+        return settings.password
+    try:
+        return settings.password_file.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"nats.password_file: cannot read {settings.password_file}: "
+                          f"{exc.strerror}") from None
+
+
 async def connect(settings: NatsSettings, name: str) -> MeshConnection:
     """Connect to the configured NATS servers; reconnect forever once connected.
 
@@ -265,7 +278,7 @@ async def connect(settings: NatsSettings, name: str) -> MeshConnection:
                                     str(settings.tls_key_file) if settings.tls_key_file else None)
         secure["tls"] = context
     if settings.user:
-        secure.update(user=settings.user, password=settings.password)
+        secure.update(user=settings.user, password=nats_password(settings))
     if settings.creds_file is not None:
         secure["user_credentials"] = str(settings.creds_file)
     nc = MeshConnection()
