@@ -73,6 +73,9 @@ class NatsSettings(_Section):
                                "server; 0 lets Go use all")
     connect_timeout_s: float = Field(5.0, gt=0, description="time to wait for the first "
                                      "connection before giving up")
+    replicas: int = Field(1, ge=1, le=5, description="replicas of every JetStream stream and "
+                          "bucket the mesh and its engines create (3 on a three-server "
+                          "cluster; an existing stream with fewer is raised to it)")
     tls_ca_file: Path | None = Field(None, description="CA that signed the NATS server's "
                                      "certificate (turns TLS on)")
     tls_cert_file: Path | None = Field(None, description="client certificate, when NATS "
@@ -142,6 +145,10 @@ class NodeSettings(_Section):
                                  "Prometheus metrics at /metrics, announced to the mesh (port "
                                  "0: a free one; empty: metrics off in the node, nothing "
                                  "measured)")
+    health_address: str = Field("", description="host:port where the node serves "
+                                "grpc.health.v1 for probes: '' is liveness, each hosted "
+                                "service and 'revo.node' readiness (NOT_SERVING while "
+                                "draining or cut off from NATS); empty: off")
 
 
 class PluginSettings(_Section):
@@ -202,7 +209,6 @@ class AuditSettings(_Section):
     enabled: bool = Field(True, description="record every call")
     max_age_days: float = Field(90.0, gt=0, description="records older than this are removed")
     max_bytes: int = Field(1 << 30, gt=0, description="oldest records go beyond this size")
-    replicas: int = Field(1, ge=1, le=5, description="stream replicas (NATS cluster)")
 
 
 class ApiKeySettings(_Section):
@@ -318,6 +324,10 @@ class ModelSettings(_Section):
                                     "repository (relative to the working directory)")
     triton_models: list[str] = Field(default_factory=lambda: ["embedder"],
                                      description="models Triton loads at start")
+    triton_python_env: Path = Field(
+        Path(".venv-models"), description="the local models' own Python environment (a venv "
+        "made from <triton_repository>/requirements.txt; `revo up` creates it when missing "
+        "or out of date), with which Triton runs the models instead of the mesh's")
     triton_url: str = Field("", description="Triton gRPC host:port (production; `revo up` "
                             "sets it to its own server)")
     generator_checkpoint: Path | None = Field(
@@ -437,7 +447,16 @@ def _open_tables(model: type[BaseModel]) -> list[str]:
             if getattr(annotation, "__origin__", None) is dict]
 
 
+_MOVED = {"auth.audit.replicas": "nats.replicas"}
+"""Keys that were removed, and the key that now does their work."""
+
+
 def _suggest(key: str, known: list[str]) -> str:
+    moved = _MOVED.get(key.removeprefix(ENV_PREFIX).lower().replace("__", "."))
+    if moved is not None:
+        if key.startswith(ENV_PREFIX):
+            moved = ENV_PREFIX + moved.upper().replace(".", "__")
+        return f"; it was replaced by '{moved}'"
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
 

@@ -42,7 +42,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageTyp
 from nats.js.errors import NotFoundError
 
 from mesh.config import AuditSettings
-from mesh.transport import subjects
+from mesh.transport import streams, subjects
 from mesh.transport.connection import MeshConnection, encode_headers
 
 __all__ = ["STREAM", "AuditLog", "AuditRecord", "read_audit"]
@@ -87,20 +87,21 @@ def stream_config(settings: AuditSettings) -> StreamConfig:
     return StreamConfig(
         name=STREAM, subjects=[f"{SUBJECT_PREFIX}.>"], storage=StorageType.FILE,
         max_age=settings.max_age_days * 86400, max_bytes=settings.max_bytes,
-        discard=DiscardPolicy.OLD, duplicate_window=120.0, num_replicas=settings.replicas,
+        discard=DiscardPolicy.OLD, duplicate_window=120.0,
         description="revo: one record per call at the gateways")
 
 
 async def ensure_stream(nc: NATS, settings: AuditSettings) -> None:
-    js = nc.jetstream()
-    config = stream_config(settings)
-    try:
-        await js.stream_info(STREAM)
-        await js.update_stream(config)
-    except NotFoundError:
-        with contextlib.suppress(Exception):
-            await js.add_stream(config)
-        await js.stream_info(STREAM)
+    """Create the audit stream, or bring an existing one to these limits (and to
+    ``nats.replicas``, see :mod:`mesh.transport.streams`)."""
+    wanted = stream_config(settings)
+
+    def limits(current: StreamConfig) -> bool:
+        before = (current.max_age, current.max_bytes)
+        current.max_age, current.max_bytes = wanted.max_age, wanted.max_bytes
+        return before != (current.max_age, current.max_bytes)
+
+    await streams.ensure_stream(nc, stream_config(settings), update=limits)
 
 
 class AuditLog:

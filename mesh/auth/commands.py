@@ -60,7 +60,7 @@ async def _with_accounts(config: MeshConfig,
                          work: Callable[[Accounts], Awaitable[int]]) -> int:
     nc = await _connect(config, "revo-users")
     try:
-        users = UserStore(nc, replicas=config.auth.audit.replicas)
+        users = UserStore(nc)
         await users.start()
         revocations = RevocationList(nc, config.auth.refresh_ttl_s + config.auth.leeway_s)
         await revocations.open()

@@ -82,7 +82,7 @@ class Guard:
         self.tokens = TokenService(settings, Keyring.from_settings(
             settings, Path(config.home), environ)) if self.enabled else None
         self.seal = IdentitySeal.from_config(config, environ) if self.enabled else None
-        self.users = UserStore(nc, replicas=settings.audit.replicas)
+        self.users = UserStore(nc)
         self.keys = ApiKeyStore(self.users)
         self.key_cache = ApiKeyCache(nc, self.keys)
         self.revocations = RevocationList(nc, keep_s=settings.refresh_ttl_s + settings.leeway_s)
@@ -90,7 +90,7 @@ class Guard:
         windows = [lim.window_s for lim in [*limits.roles.values(), *limits.methods.values()]]
         self.limiter = SharedLimiter(
             nc, longest_window_s=max([settings.login.window_s, *windows]),
-            fail_open=limits.fail_open, replicas=settings.audit.replicas)
+            fail_open=limits.fail_open)
         self.rate_limits = self.enabled and limits.enabled
         self.audit = AuditLog(nc, settings.audit, gateway_id) if settings.audit.enabled else None
         self.active = self.enabled or self.audit is not None

@@ -56,12 +56,10 @@ class _Bucket:
 class SharedLimiter:
     """Admits or refuses calls against limits counted in NATS."""
 
-    def __init__(self, nc: NATS, *, longest_window_s: float, fail_open: bool = True,
-                 replicas: int = 1) -> None:
+    def __init__(self, nc: NATS, *, longest_window_s: float, fail_open: bool = True) -> None:
         self._nc = nc
         self._max_age = max(60.0, 2 * longest_window_s + 10)
         self._fail_open = fail_open
-        self._replicas = replicas
         self._buckets: dict[str, _Bucket] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._warned_at = 0.0
@@ -72,7 +70,6 @@ class SharedLimiter:
     async def start(self) -> None:
         await counters.ensure_counter_stream(
             self._nc, STREAM, [f"{SUBJECT_PREFIX}.>"], max_age=self._max_age, memory=True,
-            replicas=self._replicas,
             description="revo: rate-limit counters (one per key and window)")
 
     async def stop(self) -> None:

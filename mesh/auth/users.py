@@ -94,13 +94,12 @@ class User:
 
 
 class UserStore:
-    def __init__(self, nc: NATS, replicas: int = 1) -> None:
+    def __init__(self, nc: NATS) -> None:
         self._nc = nc
-        self._replicas = replicas
         self._bucket: KeyValue | None = None
 
     async def start(self) -> None:
-        self._bucket = await open_bucket(self._nc, BUCKET, history=1, replicas=self._replicas,
+        self._bucket = await open_bucket(self._nc, BUCKET, history=1,
                                          description="revo: users and password hashes")
 
     @property

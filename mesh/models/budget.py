@@ -50,18 +50,17 @@ class Reservation:
 
 
 class Budgets:
-    def __init__(self, nc: NATS, settings: ModelSettings, replicas: int = 1) -> None:
+    def __init__(self, nc: NATS, settings: ModelSettings) -> None:
         self._nc = nc
         self._settings = settings
         self._used: dict[str, float] = {}
         """Share of each user's budget spent or reserved, as this process last saw it."""
         self._used_period = ""
-        self._replicas = replicas
 
     async def start(self) -> None:
         await counters.ensure_counter_stream(
             self._nc, subjects.SPEND_STREAM, [f"{subjects.SPEND_PREFIX}.>"], max_age=_KEEP_S,
-            memory=False, replicas=self._replicas,
+            memory=False,
             description="revo: spend on paid models per user and period (micro-USD)")
 
     def limit_usd(self, user: str) -> float:

@@ -19,10 +19,10 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
 
 from mesh.models.budget import period_of
 from mesh.transport import subjects
+from mesh.transport.streams import ensure_stream
 
 __all__ = ["Entry", "Ledger", "UsageRow", "summarize"]
 
@@ -76,22 +76,13 @@ def summarize(entries: Iterable[Entry], period: str = "month") -> list[UsageRow]
 
 
 class Ledger:
-    def __init__(self, nc: NATS, replicas: int = 1) -> None:
+    def __init__(self, nc: NATS) -> None:
         self._nc = nc
-        self._replicas = replicas
 
     async def start(self) -> None:
-        js = self._nc.jetstream()
-        config = StreamConfig(name=subjects.LEDGER_STREAM,
-                              subjects=[f"{subjects.LEDGER_PREFIX}.>"],
-                              storage=StorageType.FILE, num_replicas=self._replicas,
-                              description="revo: one record per model call")
-        try:
-            await js.stream_info(subjects.LEDGER_STREAM)
-        except NotFoundError:
-            with contextlib.suppress(Exception):  # another process created it first
-                await js.add_stream(config)
-            await js.stream_info(subjects.LEDGER_STREAM)
+        await ensure_stream(self._nc, StreamConfig(
+            name=subjects.LEDGER_STREAM, subjects=[f"{subjects.LEDGER_PREFIX}.>"],
+            storage=StorageType.FILE, description="revo: one record per model call"))
 
     async def record(self, entry: Entry) -> None:
         """Append ``entry``; returns once JetStream has stored it."""

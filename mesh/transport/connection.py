@@ -106,6 +106,9 @@ class MeshConnection(Client):  # type: ignore[misc]
         super().__init__()
         self.reconnect_listeners: list[Callable[[], None]] = []
         """Called on the loop after each reconnection (watches that must start again)."""
+        self.replicas = 1
+        """Replicas of every stream and bucket made over this connection (``nats.replicas``;
+        see :mod:`mesh.transport.streams`)."""
         self._direct: dict[int, DirectHandler] = {}
         self._flushed: asyncio.Future[None] | None = None
         self._write_scheduled = False
@@ -282,6 +285,7 @@ async def connect(settings: NatsSettings, name: str) -> MeshConnection:
     if settings.creds_file is not None:
         secure["user_credentials"] = str(settings.creds_file)
     nc = MeshConnection()
+    nc.replicas = settings.replicas
     try:
         await asyncio.wait_for(nc.connect(
             servers=servers,

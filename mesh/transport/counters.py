@@ -7,12 +7,12 @@ and budgets hold between gateway replicas and under concurrency.
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 from nats.aio.client import Client as NATS
 from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+
+from mesh.transport.streams import ensure_stream
 
 __all__ = ["CounterError", "add", "ensure_counter_stream"]
 
@@ -24,21 +24,20 @@ class CounterError(Exception):
 
 
 async def ensure_counter_stream(nc: NATS, name: str, subjects: list[str], *, max_age: float,
-                                memory: bool, replicas: int = 1, description: str = "") -> None:
-    """Create counter stream ``name``, or raise its ``max_age`` to at least this one."""
-    js = nc.jetstream()
+                                memory: bool, description: str = "") -> None:
+    """Create counter stream ``name`` (``nats.replicas`` replicas, see
+    :mod:`mesh.transport.streams`), or raise its ``max_age`` to at least this one."""
     config = StreamConfig(name=name, subjects=subjects, allow_msg_counter=True,
                           storage=StorageType.MEMORY if memory else StorageType.FILE,
-                          max_msgs_per_subject=1, max_age=max_age, num_replicas=replicas,
-                          description=description)
-    try:
-        info = await js.stream_info(name)
-        if (info.config.max_age or 0) < max_age:
-            await js.update_stream(config)
-    except NotFoundError:
-        with contextlib.suppress(Exception):  # another process created it first
-            await js.add_stream(config)
-        await js.stream_info(name)
+                          max_msgs_per_subject=1, max_age=max_age, description=description)
+
+    def longer(current: StreamConfig) -> bool:
+        if (current.max_age or 0) >= max_age:
+            return False
+        current.max_age = max_age
+        return True
+
+    await ensure_stream(nc, config, update=longer)
 
 
 async def add(nc: NATS, subject: str, delta: int, timeout: float = 0.5) -> int:

@@ -14,6 +14,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from mesh.transport.connection import MeshConnection
+from mesh.transport.streams import replicas_of
 
 __all__ = ["KeyValue", "Mirror", "latest", "open_bucket"]
 
@@ -21,23 +22,27 @@ log = logging.getLogger(__name__)
 
 
 async def open_bucket(nc: NATS, name: str, *, description: str, history: int = 1,
-                      ttl: float | None = None, memory: bool = False,
-                      replicas: int = 1) -> KeyValue:
-    """Bucket ``name``, created with this configuration when it does not exist yet.
+                      ttl: float | None = None, memory: bool = False) -> KeyValue:
+    """Bucket ``name``, created with this configuration when it does not exist yet, with
+    ``nats.replicas`` replicas (:func:`mesh.transport.streams.replicas_of`); an existing
+    bucket with fewer is raised to that count.
 
     Reads are direct gets (``allow_direct``): any server holding the bucket answers with
     the raw message, where the stream API answers through the stream's leader in JSON with
     the value in base64. A bucket created without it is given it.
     """
     js = nc.jetstream()
+    replicas = replicas_of(nc)
     try:
         info = await js.stream_info(f"KV_{name}")  # a bucket's stream (NATS ADR-8)
     except NotFoundError:
         info = None
     if info is not None:
-        if not info.config.allow_direct:
-            info.config.allow_direct = True
-            await js.update_stream(info.config)
+        current = info.config
+        if not current.allow_direct or (current.num_replicas or 1) < replicas:
+            current.allow_direct = True
+            current.num_replicas = max(current.num_replicas or 1, replicas)
+            await js.update_stream(current)
         return await js.key_value(name)
     config = KeyValueConfig(bucket=name, description=description, history=history, ttl=ttl,
                             storage=StorageType.MEMORY if memory else StorageType.FILE,

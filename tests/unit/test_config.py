@@ -238,3 +238,22 @@ def test_log_level_is_checked_and_case_insensitive() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(environ={"REVO_LOG_LEVEL": "loud"}, read_file=False)
     assert "log_level" in str(caught.value)
+
+
+def test_nats_replicas_defaults_to_one_and_is_bounded() -> None:
+    assert load_config(environ={}, read_file=False).nats.replicas == 1
+    assert load_config(environ={"REVO_NATS__REPLICAS": "3"}).nats.replicas == 3
+
+    with pytest.raises(ConfigError, match=r"nats\.replicas.*less than or equal to 5"):
+        load_config(environ={"REVO_NATS__REPLICAS": "7"})
+
+
+def test_the_audit_replicas_key_points_to_nats_replicas(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[auth.audit]\nreplicas = 3\n")
+
+    with pytest.raises(ConfigError, match=r"auth\.audit\.replicas.*replaced by "
+                       r"'nats\.replicas'"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match=r"REVO_AUTH__AUDIT__REPLICAS.*replaced by "
+                       r"'REVO_NATS__REPLICAS'"):
+        load_config(environ={"REVO_AUTH__AUDIT__REPLICAS": "3"})

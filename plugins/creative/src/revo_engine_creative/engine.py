@@ -49,7 +49,7 @@ class CreativeEngine(AsyncEngine):
                         if any(m.paid for m in models.catalog) else None)
         if self.budgets is not None:
             await self.budgets.start()
-        self.sets = SetStore(runtime.nc, self.settings.set_ttl_s, self.settings.replicas)
+        self.sets = SetStore(runtime.nc, self.settings.set_ttl_s)
         await self.sets.start()
         self.meters = CreativeMeters(runtime.metrics)
         self._catalog: tuple[float, list[models_pb2.Model]] | None = None

@@ -19,15 +19,14 @@ BUCKET = "creative_sets"
 
 
 class SetStore:
-    def __init__(self, nc: MeshConnection, ttl_s: float, replicas: int = 1) -> None:
+    def __init__(self, nc: MeshConnection, ttl_s: float) -> None:
         self._nc = nc
         self._ttl_s = ttl_s
-        self._replicas = replicas
         self._bucket: kv.KeyValue | None = None
 
     async def start(self) -> None:
         self._bucket = await kv.open_bucket(
-            self._nc, BUCKET, ttl=self._ttl_s, replicas=self._replicas,
+            self._nc, BUCKET, ttl=self._ttl_s,
             description="revo Creative: generated sets, for Choose")
 
     async def put(self, set_id: str, record: dict[str, Any]) -> None:

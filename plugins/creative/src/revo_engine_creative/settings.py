@@ -60,7 +60,6 @@ class CreativeSettings(BaseModel):
     constraint_limit: int = Field(20, ge=0, le=200, description="constraints per request")
     set_ttl_s: float = Field(7 * 86_400.0, gt=0, description="how long a set can be chosen "
                              "from (kept in JetStream KV)")
-    replicas: int = Field(1, ge=1, le=5, description="replicas of the sets bucket (cluster)")
 
     @model_validator(mode="after")
     def _check(self) -> CreativeSettings:

@@ -40,7 +40,6 @@ class ParallelSettings(BaseModel):
                                     "fails the task")
     keep_s: float = Field(7 * 86_400.0, gt=0, description="how long finished tasks and "
                           "idempotency keys are kept")
-    replicas: int = Field(1, ge=1, le=5, description="stream and bucket replicas (cluster)")
 
     @model_validator(mode="after")
     def _bounds(self) -> ParallelSettings:

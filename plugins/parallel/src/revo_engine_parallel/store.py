@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import time
@@ -27,11 +26,12 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from mesh.transport.connection import MeshConnection
 from mesh.transport.kv import latest, open_bucket
+from mesh.transport.streams import ensure_replicas, ensure_stream, replicas_of
 from mesh.transport.subjects import subject_token
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.settings import ParallelSettings
@@ -134,30 +134,28 @@ class TaskStore:
         await self._stream(StreamConfig(
             name=STREAM, subjects=[f"{QUEUE_PREFIX}.>"], retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE, max_msgs=s.queue_limit, discard=DiscardPolicy.NEW,
-            duplicate_window=DUPLICATE_WINDOW_S, num_replicas=s.replicas,
+            duplicate_window=DUPLICATE_WINDOW_S,
             description="revo Parallel Mind: queued tasks"))
         await self._stream(StreamConfig(
             name=DEAD_STREAM, subjects=[f"{DEAD_PREFIX}.>"], storage=StorageType.FILE,
-            max_age=s.keep_s, num_replicas=s.replicas,
+            max_age=s.keep_s,
             description="revo Parallel Mind: dead-lettered tasks and why"))
-        self.tasks = await open_bucket(self.nc, TASKS_BUCKET, replicas=s.replicas,
-                                       ttl=s.keep_s, description="revo Parallel Mind: tasks")
-        self.keys = await open_bucket(self.nc, KEYS_BUCKET, replicas=s.replicas, ttl=s.keep_s,
+        self.tasks = await open_bucket(self.nc, TASKS_BUCKET, ttl=s.keep_s,
+                                       description="revo Parallel Mind: tasks")
+        self.keys = await open_bucket(self.nc, KEYS_BUCKET, ttl=s.keep_s,
                                       description="revo Parallel Mind: idempotency keys")
 
     async def _stream(self, config: StreamConfig) -> None:
-        """Create the stream, or bring an existing one's limits to this configuration."""
-        assert config.name is not None
-        try:
-            info = await self.js.stream_info(config.name)
-        except NotFoundError:
-            with contextlib.suppress(BadRequestError):  # another node created it first
-                await self.js.add_stream(config)
-            return
-        current = info.config
-        if (current.max_msgs, current.max_age) != (config.max_msgs, config.max_age):
+        """Create the stream, or bring an existing one's limits to this configuration
+        (and its replicas to ``nats.replicas``)."""
+
+        def limits(current: StreamConfig) -> bool:
+            if (current.max_msgs, current.max_age) == (config.max_msgs, config.max_age):
+                return False
             current.max_msgs, current.max_age = config.max_msgs, config.max_age
-            await self.js.update_stream(current)
+            return True
+
+        await ensure_stream(self.nc, config, update=limits)
 
     # -- records ----------------------------------------------------------------------
 
@@ -291,8 +289,10 @@ class TaskStore:
             try:
                 store = await self.js.create_object_store(RESULTS_BUCKET, config=ObjectStoreConfig(
                     bucket=RESULTS_BUCKET, ttl=self.settings.keep_s,
-                    storage=StorageType.FILE, replicas=self.settings.replicas))
+                    storage=StorageType.FILE, replicas=replicas_of(self.nc)))
             except Exception:  # another node created it first
                 store = await self.js.object_store(RESULTS_BUCKET)
+        else:
+            await ensure_replicas(self.nc, f"OBJ_{RESULTS_BUCKET}")
         self._results_store = store
         return store

@@ -15,10 +15,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
 
 from mesh.errors import Unavailable
 from mesh.transport.connection import MeshConnection
+from mesh.transport.streams import ensure_stream
 from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
 
 __all__ = ["ChangeFeed"]
@@ -50,13 +50,11 @@ def _split(change: pb.Change) -> list[pb.Change]:
 
 
 class ChangeFeed:
-    def __init__(self, nc: MeshConnection, collection: str, max_age_s: float,
-                 replicas: int) -> None:
+    def __init__(self, nc: MeshConnection, collection: str, max_age_s: float) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.subject = f"revo.recall.changes.{collection}"
         self._max_age_s = max_age_s
-        self._replicas = replicas
         self.applied = 0
         """The last sequence this node applied."""
         self._advanced = asyncio.Condition()
@@ -64,17 +62,10 @@ class ChangeFeed:
 
     async def open(self) -> int:
         """Create the stream if needed; the last sequence in it now."""
-        config = StreamConfig(name=STREAM, subjects=["revo.recall.changes.>"],
-                              storage=StorageType.FILE, max_age=self._max_age_s,
-                              num_replicas=self._replicas,
-                              description="revo Perfect Recall: changes to apply to each "
-                              "node's index")
-        try:
-            info = await self.js.stream_info(STREAM)
-        except NotFoundError:
-            with contextlib.suppress(BadRequestError):  # another node created it first
-                await self.js.add_stream(config)
-            info = await self.js.stream_info(STREAM)
+        info = await ensure_stream(self.nc, StreamConfig(
+            name=STREAM, subjects=["revo.recall.changes.>"], storage=StorageType.FILE,
+            max_age=self._max_age_s,
+            description="revo Perfect Recall: changes to apply to each node's index"))
         return int(info.state.last_seq)
 
     async def publish(self, change: pb.Change) -> int:

@@ -81,7 +81,7 @@ class RecallEngine(AsyncEngine):
             if self.lite is not None:
                 self.lite.release()
             raise
-        self.feed = ChangeFeed(runtime.nc, s.collection, s.changes_max_age_s, s.replicas)
+        self.feed = ChangeFeed(runtime.nc, s.collection, s.changes_max_age_s)
         start_sequence = await self.feed.open()
         self.auth = runtime.config.auth.enabled
         self.metrics = RecallMetrics(runtime.metrics, self.replica, lambda: self.purged)

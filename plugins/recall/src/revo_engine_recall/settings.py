@@ -49,7 +49,6 @@ class RecallSettings(BaseModel):
                            "speed)")
     changes_max_age_s: float = Field(86_400.0, gt=0, description="how long the change feed "
                                      "keeps entries (a node down longer reloads from Milvus)")
-    replicas: int = Field(1, ge=1, le=5, description="change feed replicas (cluster)")
 
     def index(self) -> IndexSettings:
         return IndexSettings(dim=self.dim, exact_max=self.exact_max, hnsw_m=self.hnsw_m,

@@ -77,16 +77,15 @@ class DefinitionStore:
     ``^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$``) first.
     """
 
-    def __init__(self, nc: MeshConnection, *, replicas: int = 1) -> None:
+    def __init__(self, nc: MeshConnection) -> None:
         self._nc = nc
-        self._replicas = replicas
         self._kv: KeyValue | None = None
         self._versions: dict[str, bytes] = {}
         """Versions read, by key (at most :data:`_CACHED_VERSIONS`, oldest out first)."""
 
     async def start(self) -> None:
         """Open the bucket, creating it when it does not exist."""
-        self._kv = await open_bucket(self._nc, BUCKET, replicas=self._replicas,
+        self._kv = await open_bucket(self._nc, BUCKET,
                                      description="revo Coordinator: workflow definitions, "
                                                  "immutable versions")
 

@@ -63,8 +63,6 @@ class WorkflowSettings(BaseModel):
                                     "for runs nobody owns")
     history_max_age_s: float = Field(30 * 86_400.0, gt=0, description="how long runs' "
                                      "histories are kept")
-    replicas: int = Field(1, ge=1, le=5, description="replicas of the streams and buckets "
-                          "(cluster)")
 
 
 class WorkflowEngine(AsyncEngine):
@@ -74,11 +72,10 @@ class WorkflowEngine(AsyncEngine):
     async def start(self) -> None:
         s, runtime = self.settings, self.runtime
         nc = runtime.nc
-        self.history = History(nc, replicas=s.replicas, max_age_s=s.history_max_age_s)
-        self.definitions = DefinitionStore(nc, replicas=s.replicas)
-        self.index = RunIndex(nc, replicas=s.replicas)
-        self.leases = Leases(nc, runtime.node_id, ttl_s=s.lease_ttl_s, replicas=s.replicas,
-                             on_lost=self._lost)
+        self.history = History(nc, max_age_s=s.history_max_age_s)
+        self.definitions = DefinitionStore(nc)
+        self.index = RunIndex(nc)
+        self.leases = Leases(nc, runtime.node_id, ttl_s=s.lease_ttl_s, on_lost=self._lost)
         await asyncio.gather(self.history.start(), self.definitions.start(),
                              self.index.start())
         await self.leases.start()

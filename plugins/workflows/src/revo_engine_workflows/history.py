@@ -39,6 +39,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from mesh.errors import Reason, ResourceExhausted, Unavailable
 from mesh.transport.connection import MeshConnection
+from mesh.transport.streams import ensure_stream
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 
 __all__ = ["NOTICE_PREFIX", "RUNS_STREAM", "RUN_PREFIX", "EventTooLarge", "History",
@@ -105,28 +106,18 @@ class Recorded:
 class History:
     """Appends to and reads runs' histories; :meth:`start` before use."""
 
-    def __init__(self, nc: MeshConnection, *, replicas: int = 1,
-                 max_age_s: float = 30 * 86_400.0) -> None:
+    def __init__(self, nc: MeshConnection, *, max_age_s: float = 30 * 86_400.0) -> None:
         self._nc = nc
         self._js = nc.jetstream()
-        self._replicas = replicas
         self._max_age_s = max_age_s
 
     async def start(self) -> None:
-        """Create the stream when it does not exist (it is not changed when it does)."""
-        try:
-            await self._js.stream_info(RUNS_STREAM)
-            return
-        except NotFoundError:
-            pass
-        config = StreamConfig(
+        """Create the stream when it does not exist (when it does, only its replicas are
+        raised to ``nats.replicas``)."""
+        await ensure_stream(self._nc, StreamConfig(
             name=RUNS_STREAM, subjects=[f"{RUN_PREFIX}.>"], storage=StorageType.FILE,
-            num_replicas=self._replicas, max_age=self._max_age_s, allow_direct=True,
-            description="revo Coordinator: every workflow run's history, one subject a run")
-        try:
-            await self._js.add_stream(config)
-        except APIError:  # another node created it first
-            await self._js.stream_info(RUNS_STREAM)
+            max_age=self._max_age_s, allow_direct=True,
+            description="revo Coordinator: every workflow run's history, one subject a run"))
 
     async def append(self, event: pb.RunEvent, after: int) -> int:
         """Record ``event`` (its ``run_id`` and ``sequence`` set) after the event stored at

@@ -63,7 +63,7 @@ class Leases:
     """
 
     def __init__(self, nc: MeshConnection, node_id: str, *, ttl_s: float = 3.0,
-                 replicas: int = 1, on_lost: Callable[[str], None] | None = None) -> None:
+                 on_lost: Callable[[str], None] | None = None) -> None:
         if ttl_s < MIN_TTL_S:
             raise ValueError(f"lease ttl_s must be at least {MIN_TTL_S} s (nats-server's "
                              f"shortest max_age), not {ttl_s}")
@@ -71,7 +71,6 @@ class Leases:
         self.node_id = node_id
         self._value = f"{node_id} {os.urandom(6).hex()}".encode()
         self.ttl_s = ttl_s
-        self._replicas = replicas
         self._on_lost = on_lost
         self._kv: KeyValue | None = None
         self._held: dict[str, int] = {}  # run id -> revision of this instance's last write
@@ -81,7 +80,7 @@ class Leases:
 
     async def start(self) -> None:
         """Open the bucket (creating it with ``ttl_s``) and start the keeper."""
-        self._kv = await open_bucket(self._nc, BUCKET, ttl=self.ttl_s, replicas=self._replicas,
+        self._kv = await open_bucket(self._nc, BUCKET, ttl=self.ttl_s,
                                      description="revo Coordinator: which node runs each run")
         info = await self._nc.jetstream().stream_info(f"KV_{BUCKET}")
         if info.config.max_age and abs(info.config.max_age - self.ttl_s) > 1e-3:

@@ -96,20 +96,18 @@ def _key_name(started_by: str, key: str) -> str:
 class RunIndex:
     """Writes and reads run summaries and idempotency keys; :meth:`start` before use."""
 
-    def __init__(self, nc: MeshConnection, *, replicas: int = 1,
-                 keep_s: float = 30 * 86_400.0) -> None:
+    def __init__(self, nc: MeshConnection, *, keep_s: float = 30 * 86_400.0) -> None:
         self._nc = nc
-        self._replicas = replicas
         self._keep_s = keep_s
         self._runs: KeyValue | None = None
         self._keys: KeyValue | None = None
 
     async def start(self) -> None:
         """Open both buckets, creating them when they do not exist."""
-        self._runs = await open_bucket(self._nc, RUNS_BUCKET, replicas=self._replicas,
+        self._runs = await open_bucket(self._nc, RUNS_BUCKET,
                                        ttl=self._keep_s,
                                        description="revo Coordinator: a summary of each run")
-        self._keys = await open_bucket(self._nc, KEYS_BUCKET, replicas=self._replicas,
+        self._keys = await open_bucket(self._nc, KEYS_BUCKET,
                                        ttl=self._keep_s,
                                        description="revo Coordinator: runs' idempotency keys")
 
