@@ -1,6 +1,6 @@
 """compose.yaml's Envoy configuration (deploy/compose/envoy/envoy.yaml), rendered from the
 one Envoy configuration of the project (envoy/envoy.yaml) by the same code as ``revo up``
-(:func:`mesh.embedded.envoy.render_config`), for two gateways.
+(:func:`mesh.embedded.envoy.render_config`), balancing over two gateways.
 
 Regenerate after changing envoy/envoy.yaml or the gateways: ``python -m
 tests.deploy.compose_envoy``; tests/deploy/test_compose.py fails while the file is stale.
@@ -8,14 +8,13 @@ tests.deploy.compose_envoy``; tests/deploy/test_compose.py fails while the file 
 
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mesh.config import load_config
+from mesh.config import GatewaySettings, load_config
 from mesh.embedded.envoy import render_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,31 +38,11 @@ def render() -> dict[str, Any]:
         # the compose network; compose.yaml publishes it on 127.0.0.1 only
         "REVO_ENVOY__ADMIN_ADDRESS": "0.0.0.0:9901",
         "REVO_ENVOY__ACCESS_LOG": "stdout",
-        "REVO_GATEWAY__ADDRESS": f"{GATEWAYS[0]}:{GRPC_PORT}",
-        "REVO_GATEWAY__HTTP_ADDRESS": f"{GATEWAYS[0]}:{HTTP_PORT}",
     })
-    rendered = render_config(config)
-    ports = {"gateway_grpc": GRPC_PORT, "gateway_http": HTTP_PORT}
-    for cluster in rendered["static_resources"]["clusters"]:
-        endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
-        template = endpoints[0]
-        endpoints[:] = []
-        for host in GATEWAYS:
-            endpoint = copy.deepcopy(template)
-            endpoint["endpoint"]["address"]["socket_address"] = {
-                "address": host, "port_value": ports[cluster["name"]]}
-            endpoints.append(endpoint)
-        # a gateway that stops answering its health check, or fails connections, is taken
-        # out until it answers again (a gateway down: calls go to the other within seconds)
-        check: dict[str, Any] = {"timeout": "1s", "interval": "2s", "unhealthy_threshold": 2,
-                                 "healthy_threshold": 1}
-        if cluster["name"] == "gateway_grpc":
-            check["grpc_health_check"] = {}  # grpc.health.v1, as the gateway serves it
-        else:
-            check["http_health_check"] = {"path": "/health"}  # the HTTP door's
-        cluster["health_checks"] = [check]
-        cluster["outlier_detection"] = {"consecutive_5xx": 3, "base_ejection_time": "5s"}
-    return rendered
+    # the template's health checks and outlier detection take a dead gateway out
+    gateways = [GatewaySettings(address=f"{host}:{GRPC_PORT}",
+                                http_address=f"{host}:{HTTP_PORT}") for host in GATEWAYS]
+    return render_config(config, gateways=gateways)
 
 
 def text() -> str:

@@ -38,7 +38,7 @@ make_secrets = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_secrets)
 # services whose image has no shell or HTTP client (scratch images): Prometheus's `up` is
 # their health, and compose.yaml says so where it disables the check
-NO_HEALTHCHECK = {"nats-exporter", "otel-collector"}
+NO_HEALTHCHECK = {"nats-exporter-1", "nats-exporter-2", "nats-exporter-3", "otel-collector"}
 STATEFUL = {"nats-1": "/data", "nats-2": "/data", "nats-3": "/data", "etcd": "/etcd",
             "minio": "/minio_data", "milvus": "/var/lib/milvus", "prometheus": "/prometheus",
             "grafana": "/var/lib/grafana"}
@@ -161,7 +161,7 @@ def test_prometheus_configuration_and_rules(tmp_path: Path) -> None:
     assert scraped <= set(services()), f"scrape targets that are no service: " \
         f"{sorted(scraped - set(services()))}"
     wanted = {n for n in services() if n.startswith("gateway-")} | {
-        "node", "nats-exporter", "triton", "envoy"}
+        "node", "nats-exporter-1", "nats-exporter-2", "nats-exporter-3", "triton", "envoy"}
     assert wanted <= scraped, f"not scraped: {sorted(wanted - scraped)}"
 
 
