@@ -6,8 +6,11 @@ Two things make the wheel's binary run beside this interpreter (see docs/operato
 
 - the backend stub links ``libpython3.11`` from the library path, so this interpreter's own
   ``LIBDIR`` goes first on ``LD_LIBRARY_PATH`` (another build of 3.11 fails to load models);
-- the stub ignores ``PYTHONPATH``, so the server passes this environment's site-packages in
-  ``TRITON_SITE_PACKAGES`` and each ``model.py`` puts them first on ``sys.path`` itself.
+- the models run with an environment of their own, not the mesh's: every model is loaded
+  through Triton's load API with a config override that sets the Python backend's
+  ``EXECUTION_ENV_PATH`` to the models' venv (:mod:`mesh.embedded.models_env`, made from
+  ``<repository>/requirements.txt``). The stub then sees that venv and the standard library
+  only, so a NumPy 2 (or anything else) installed beside the mesh cannot reach it.
 
 The ``generator`` model needs a checkpoint that is not part of the repository: it is loaded
 after start through Triton's load API with a config override (the repository's
@@ -20,7 +23,6 @@ import importlib.util
 import json
 import logging
 import os
-import site
 import subprocess
 import sys
 import sysconfig
@@ -30,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mesh.embedded import models_env
 from mesh.embedded.nats_server import free_port
 from mesh.embedded.processes import http_ok, spawn, stop_process, wait_until_ready
 
@@ -42,7 +45,11 @@ GENERATOR = "generator"
 """Name of the streaming text model in ``triton_models/``."""
 
 SITE_PACKAGES_ENV = "TRITON_SITE_PACKAGES"
-"""Environment variable naming the site-packages a Triton ``model.py`` puts first on sys.path."""
+"""Environment variable naming site-packages a Triton ``model.py`` puts first on sys.path (an
+image that installs the requirements with ``pip --target``); never passed on from the mesh."""
+
+EXECUTION_ENV = "EXECUTION_ENV_PATH"
+"""The Python backend's model parameter naming the environment its stub runs the model with."""
 
 _MISSING = "tritonserver not found: install revo-mesh[models] (nvidia-pytriton ships it)"
 
@@ -137,8 +144,9 @@ class TritonServer:
     """A tritonserver bound to 127.0.0.1 serving ``model_repository``. Ports 0 pick free ports.
 
     Models load explicitly: only those named in ``models`` (``"*"`` loads every model in the
-    repository), so a configured-off generator is never loaded. A model that fails to load
-    stops the server, and ``start`` raises with the end of the log.
+    repository), so a configured-off generator is never loaded. Each is loaded through the
+    load API with ``EXECUTION_ENV_PATH`` set to ``python_env``, the models' own venv; a model
+    that fails to load stops the server, and ``start`` raises with Triton's reason.
     """
 
     model_repository: Path
@@ -150,6 +158,9 @@ class TritonServer:
     metrics_port: int = 0
     log_file: Path | None = None
     log_verbose: int = 0
+    python_env: Path = models_env.DEFAULT_PATH
+    """The models' venv (:func:`mesh.embedded.models_env.ensure` makes it); ``start`` checks
+    that it exists and, when the repository has a ``requirements.txt``, is current."""
     process: subprocess.Popen[bytes] | None = None
     overrides: dict[str, str] = field(default_factory=dict)
     """Models loaded through :meth:`load_model` with their config override; loaded again
@@ -181,25 +192,51 @@ class TritonServer:
             "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
             "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
             f"--log-verbose={self.log_verbose}",
-        ]
-        argv += [f"--load-model={name}" for name in self.models]
+        ]  # no --load-model: start() loads each model with its environment (config_for)
         return argv
+
+    def config_for(self, model: str, parameters: Mapping[str, str] | None = None) -> str:
+        """``model``'s config override: its ``config.pbtxt`` with ``parameters`` and
+        ``EXECUTION_ENV_PATH`` (the models' venv) set."""
+        return config_override(self.model_repository, model, {
+            **(parameters or {}), EXECUTION_ENV: str(Path(self.python_env).absolute())})
+
+    def startup_models(self) -> list[str]:
+        """The models ``start`` loads: ``models``, with ``"*"`` for every model directory."""
+        if "*" not in self.models:
+            return list(self.models)
+        return sorted(d.name for d in self.model_repository.iterdir()
+                      if (d / "config.pbtxt").is_file())
+
+    def _check_python_env(self) -> None:
+        env = Path(self.python_env)
+        requirements = self.model_repository / models_env.REQUIREMENTS
+        current = (models_env.is_current(env, requirements) if requirements.is_file()
+                   else (env / "bin" / "activate").is_file())
+        if not current:
+            raise FileNotFoundError(
+                f"the local models' Python environment {env.absolute()} is missing or not made "
+                f"from {requirements}: create it with `python -m mesh.embedded.models_env "
+                f"{env}` (./dev and revo up do)")
 
     def environment(self) -> dict[str, str]:
         """This process's environment, plus what the Python backend stub needs to run models
-        against this interpreter and environment, offline."""
+        against this interpreter's libpython, offline; without anything that would point the
+        models at the mesh's own packages."""
         libdir = sysconfig.get_config_var("LIBDIR")
         library_path = [str(libdir)] if libdir else []
         if os.environ.get("LD_LIBRARY_PATH"):
             library_path.append(os.environ["LD_LIBRARY_PATH"])
-        return dict(
+        environment = dict(
             os.environ,
             LD_LIBRARY_PATH=os.pathsep.join(library_path),
-            **{SITE_PACKAGES_ENV: os.pathsep.join(site.getsitepackages())},
             # Weights come from installed packages or configured paths, never from a hub.
             HF_HUB_OFFLINE="1",
             TRANSFORMERS_OFFLINE="1",
         )
+        for name in (SITE_PACKAGES_ENV, "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+            environment.pop(name, None)
+        return environment
 
     def start(self, timeout: float = 120.0) -> TritonServer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -207,6 +244,7 @@ class TritonServer:
         self.grpc_port = self.grpc_port or free_port()
         self.metrics_port = self.metrics_port or free_port()
         command = self.command()
+        self._check_python_env()
         log = self.log_file or self.work_dir / "tritonserver.log"
         self.process = spawn(command, log_file=log, env=self.environment())
         try:
@@ -218,7 +256,17 @@ class TritonServer:
         except TimeoutError:
             self.stop()
             raise
+        startup = self.startup_models()
+        for name in startup:
+            try:
+                self.load_model(name, self.overrides.get(name) or self.config_for(name),
+                                timeout)
+            except RuntimeError:
+                self.stop()
+                raise
         for name, config in list(self.overrides.items()):
+            if name in startup:
+                continue
             try:
                 self.load_model(name, config)
             except RuntimeError as exc:
@@ -257,12 +305,12 @@ class TritonServer:
         the directory is not one (nothing is sent to Triton), RuntimeError when Triton
         could not load it."""
         checked = check_checkpoint(checkpoint)
-        self.load_model(GENERATOR, config_override(
-            self.model_repository, GENERATOR, {"checkpoint": str(checked)}), timeout)
+        self.load_model(GENERATOR, self.config_for(GENERATOR, {"checkpoint": str(checked)}),
+                        timeout)
 
     def ready(self) -> bool:
         """Whether the server is up and every model it was asked to load is ready."""
-        names = [*(m for m in self.models if m != "*"), *self.overrides]
+        names = {*(m for m in self.models if m != "*"), *self.overrides}
         return http_ok(f"{self.http_url}/v2/health/ready") and all(
             http_ok(f"{self.http_url}/v2/models/{name}/ready") for name in names)
 

@@ -26,6 +26,7 @@ from typing import Any
 from mesh.auth.secrets import load_secret
 from mesh.auth.users import ADMIN_PASSWORD_ENV
 from mesh.config import MeshConfig
+from mesh.embedded import models_env
 from mesh.embedded.envoy import EnvoyServer, render_config
 from mesh.embedded.nats_server import NatsServer
 from mesh.embedded.processes import spawn, stop_process
@@ -48,6 +49,8 @@ class _Supervised:
 
     argv: list[str]
     log_file: Path
+    env: dict[str, str] = field(default_factory=dict)
+    """Settings of this child alone (REVO_* keys), over the launcher's."""
     started_at: float = 0.0
     failures: int = 0
     restart_at: float | None = None
@@ -100,6 +103,22 @@ class Launcher:
     _state: dict[str, Any] = field(default_factory=dict)
     node_metrics: dict[str, str] = field(default_factory=dict)
     """Each node's metrics URL ('' when off), as the nodes announced it when ready."""
+    held: set[str] = field(default_factory=set)
+    """Children and servers that supervision leaves dead (see :meth:`hold`)."""
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    """Held by each supervision pass, and by whoever kills or starts a part meanwhile."""
+    profile: str = "default"
+    """What runs: ``default`` (one nats-server, node and gateway) or ``cluster``
+    (:class:`mesh.embedded.cluster.ClusterLauncher`)."""
+
+    @property
+    def gateways(self) -> dict[str, GatewaySettings]:
+        """Each gateway child's name and settings."""
+        return {"gateway": self.config.gateway}
+
+    def _child_settings(self) -> dict[str, dict[str, str]]:
+        """Each mesh child (node, gateway) to start, by name, with its own REVO_* keys."""
+        return {"node": {}, "gateway": {}}
 
     @property
     def logs(self) -> Path:
@@ -127,24 +146,16 @@ class Launcher:
         home = self.config.home
         for sub in ("run", "logs", "nats"):
             (home / sub).mkdir(parents=True, exist_ok=True)
-        if self.config.nats.embedded:
-            self.nats = NatsServer(home / "nats", port=self.config.nats.port,
-                                   monitor_port=self.config.nats.monitor_port,
-                                   max_payload=self.config.nats.max_payload_bytes,
-                                   cpus=self.config.nats.embedded_cpus,
-                                   tls_cert_file=self.config.nats.server_tls_cert_file,
-                                   tls_key_file=self.config.nats.server_tls_key_file,
-                                   log_file=self.logs / "nats-server.log").start()
-            nats_url = self.nats.url
-        else:
-            nats_url = self.config.nats.url
+        nats_url = self._start_nats()
+        self._start_stores()
         self._start_triton()
         self._env = self._child_env(nats_url)
         if self.triton is not None:
             self._env["REVO_MODELS__TRITON_URL"] = self.triton.grpc_url
-        for name in ("node", "gateway"):
-            self._supervised[name] = _Supervised([sys.executable, "-m", "mesh", name],
-                                                 self.logs / f"{name}.log")
+        for name, settings in self._child_settings().items():
+            command = name.partition("-")[0]  # node-2 runs `revo node`
+            self._supervised[name] = _Supervised([sys.executable, "-m", "mesh", command],
+                                                 self.logs / f"{name}.log", settings)
             self._spawn(name)
         self._wait_ready()
         self._start_envoy()
@@ -166,6 +177,23 @@ class Launcher:
         self._write_state()
         return self._state
 
+    def _start_nats(self) -> str:
+        """Start the embedded nats-server (unless nats.embedded is off); the client URL."""
+        if not self.config.nats.embedded:
+            return self.config.nats.url
+        self.nats = NatsServer(self.config.home / "nats", port=self.config.nats.port,
+                               monitor_port=self.config.nats.monitor_port,
+                               max_payload=self.config.nats.max_payload_bytes,
+                               cpus=self.config.nats.embedded_cpus,
+                               tls_cert_file=self.config.nats.server_tls_cert_file,
+                               tls_key_file=self.config.nats.server_tls_key_file,
+                               log_file=self.logs / "nats-server.log").start()
+        return self.nats.url
+
+    def _start_stores(self) -> None:
+        """Start the servers that hold state besides NATS (none here: milvus-lite is a
+        file; the cluster profile starts the Milvus server)."""
+
     def _start_triton(self) -> None:
         """Start tritonserver for local models; the mesh runs without it when it cannot."""
         models = self.config.models
@@ -180,8 +208,13 @@ class Launcher:
             return
         # The generator needs a checkpoint, so it loads only through _load_generator.
         startup = [name for name in models.triton_models if name != GENERATOR]
+        try:
+            python_env = self._models_env(repository)
+        except models_env.ModelsEnvError as exc:
+            self.triton_note = f"not started: {exc}"
+            return
         server = TritonServer(repository, self.config.home / "triton", startup,
-                              log_file=self.logs / "tritonserver.log")
+                              log_file=self.logs / "tritonserver.log", python_env=python_env)
         try:
             self.triton = server.start()
         except FileNotFoundError as exc:
@@ -192,13 +225,24 @@ class Launcher:
         if self.triton is not None:
             self._load_generator(self.triton)
 
+    def _models_env(self, repository: Path) -> Path:
+        """The local models' own venv (models.triton_python_env), made first when it is
+        missing or its requirements changed (about a minute, once)."""
+        path = self.config.models.triton_python_env
+        requirements = models_env.requirements_of(repository)
+        if not models_env.is_current(path, requirements):
+            print(f"creating the local models' Python environment in {path} from "
+                  f"{requirements} (about a minute, once)", flush=True)
+        return models_env.ensure(path, requirements)
+
     def _start_envoy(self) -> None:
         """Start Envoy in front of the gateway; the mesh runs without it when it cannot."""
         if not self.config.envoy.enabled:
             self.envoy_note = "off (envoy.enabled = false)"
             return
         server = EnvoyServer(self.config, self.config.home / "envoy",
-                             log_file=self.logs / "envoy.log")
+                             log_file=self.logs / "envoy.log",
+                             gateways=list(self.gateways.values()))
         try:
             self.envoy = server.start()
         except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
@@ -230,12 +274,17 @@ class Launcher:
 
     def _spawn(self, name: str) -> None:
         child = self._supervised[name]
-        self.children[name] = spawn(child.argv, log_file=child.log_file, env=self._env)
+        self.children[name] = spawn(child.argv, log_file=child.log_file,
+                                    env=self._env | child.env)
         child.started_at, child.restart_at = time.monotonic(), None
+
+    def _server_pids(self) -> dict[str, int]:
+        """The servers' processes (besides Triton and Envoy) by name, for ``revo status``."""
+        return {"nats-server": self.nats.process.pid} if self.nats and self.nats.process else {}
 
     def _write_state(self) -> None:
         self._state["processes"] = {name: p.pid for name, p in self.children.items()} | (
-            {"nats-server": self.nats.process.pid} if self.nats and self.nats.process else {}) | (
+            self._server_pids()) | (
             {"tritonserver": self.triton.process.pid}
             if self.triton and self.triton.process else {}) | (
             {"envoy": self.envoy.process.pid} if self.envoy and self.envoy.process else {})

@@ -28,9 +28,11 @@ from mesh.errors import (
     PermissionDenied,
     Reason,
     RpcError,
+    Unavailable,
 )
 from mesh.models.advice import recommend
 from mesh.models.budget import Budgets
+from mesh.models.health import ModelHealth
 from mesh.models.ledger import Ledger, summarize
 from mesh.models.metrics import EMBEDDINGS, ModelMeters
 from mesh.models.providers import NO_TOOLING, Provider, Turn
@@ -52,7 +54,7 @@ __all__ = ["ModelEngine", "build_providers", "with_local_generator"]
 log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 5.0
-"""How often local models' readiness is asked of Triton."""
+"""How often local models' readiness is asked of Triton (and a failing one probed)."""
 EMBEDDER = "embedder"
 """The Triton embedding model's name (``triton_models/embedder``)."""
 GENERATOR = "generator"
@@ -289,6 +291,7 @@ class ModelEngine(AsyncEngine):
         self.meters.watch_budgets(self.budgets.max_used_ratio)
         self.router = Router(settings, self.providers, self.budgets, self.ledger, self.meters)
         self.embedder: Any = None
+        self.embedder_health = ModelHealth(settings.cooldown_after, settings.cooldown_s)
         if settings.triton_url:
             from mesh.models.local import TritonEmbedder
 
@@ -297,7 +300,7 @@ class ModelEngine(AsyncEngine):
         for name in {m.name for m in settings.catalog if m.local} - self._local:
             self.router.set_ready(name, False)
         self._watch = (asyncio.get_running_loop().create_task(self._watch_health())
-                       if self._local else None)
+                       if self._local or self.embedder is not None else None)
 
     async def stop(self) -> None:
         if self._watch is not None:
@@ -314,11 +317,38 @@ class ModelEngine(AsyncEngine):
         ready = getattr(self.providers[name], "ready", None)
         return bool(await ready()) if ready is not None else True
 
+    async def _probe(self, name: str) -> bool:
+        model = self.router.catalog[name]
+        probe = getattr(self.providers[name], "probe", None)
+        return bool(await probe(model.upstream or name)) if probe is not None else True
+
     async def _watch_health(self) -> None:
+        """Each local model's readiness from its server and, for one whose calls have been
+        failing, a tiny real call: its success ends the cooldown, its failure extends it
+        (mesh.models.health)."""
         while True:
             for name in sorted(self._local):
-                self.router.set_ready(name, await self._ready(name))
+                ready = await self._ready(name)
+                self.router.set_ready(name, ready)
+                if ready and self.router.failing(name):
+                    self.router.record(name, await self._probe(name))
+            if self.embedder is not None:
+                health = self.embedder_health
+                health.ready = await self.embedder.ready()
+                if health.ready and health.failing:
+                    self._embedded(await self.embedder.probe())
             await asyncio.sleep(HEALTH_INTERVAL_S)
+
+    def _embedded(self, ok: bool) -> None:
+        """Record an embedder call in its health."""
+        if ok:
+            if self.embedder_health.failing:
+                log.info("model %s works again", EMBEDDER)
+            self.embedder_health.succeeded()
+        elif self.embedder_health.failed():
+            log.warning("model %s is unhealthy after %d failed calls in a row; Embed "
+                        "refuses for %.0f s or until a probe works", EMBEDDER,
+                        self.embedder_health.failures, self.embedder_health.cooldown_s)
 
     # -- ModelService -----------------------------------------------------------------
 
@@ -343,14 +373,23 @@ class ModelEngine(AsyncEngine):
         if self.embedder is None:
             raise FailedPrecondition("no embedding model: set models.triton_url to a Triton "
                                      "serving 'embedder' (revo up does this)")
+        health = self.embedder_health
+        if health.cooling():
+            raise Unavailable(f"the local embedding model {EMBEDDER!r} is unhealthy: its "
+                              f"last {health.failures} calls failed (see Triton's log); "
+                              f"retry in {max(1, round(health.cool_until - time.monotonic()))} "
+                              "s")
         meter = self.meters.call(EMBEDDINGS, "triton", EMBEDDER)
         started = time.perf_counter()
         try:
             vectors = await self.embedder.embed(list(request.texts))
         except RpcError as error:
             meter.failed(started, error.code.name)
+            if isinstance(error, Unavailable):  # the model failed, not the request
+                self._embedded(False)
             raise
         meter.succeeded(started)
+        self._embedded(True)
         return pb.EmbedResponse(embeddings=[pb.Embedding(values=v) for v in vectors],
                                 model=EMBEDDER)
 
@@ -369,7 +408,8 @@ class ModelEngine(AsyncEngine):
                 supports_structured_output=model.structured_output_supported))
         if self.embedder is not None:
             models.append(pb.Model(name=EMBEDDER, provider="triton", tier=pb.TIER_LOCAL,
-                                   healthy=await self.embedder.ready(),
+                                   healthy=self.embedder_health.healthy()
+                                   and await self.embedder.ready(),
                                    context_window=_EMBEDDER_CONTEXT, embeds=True))
         return pb.ListModelsResponse(models=models)
 

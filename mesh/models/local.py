@@ -2,7 +2,9 @@
 
 :class:`TritonEmbedder` sends texts to the ``embedder`` model (one request per call;
 Triton's dynamic batching groups concurrent calls) and reports readiness for the router's
-health. Texts are sent in slices of at most the model's ``max_batch_size``.
+health. Texts are sent in slices of at most the model's ``max_batch_size``. Readiness is
+Triton's word only; :meth:`TritonEmbedder.probe` and :meth:`TritonGenerator.probe` make a
+tiny real call, which is what tells a model whose every call fails (:mod:`mesh.models.health`).
 
 :class:`TritonGenerator` is the router's provider for catalog models with ``provider =
 "triton"``: it streams from the decoupled ``generator`` model (``triton_models/generator``)
@@ -27,6 +29,8 @@ __all__ = ["TritonEmbedder", "TritonGenerator"]
 
 _MAX_BATCH = 64  # triton_models/embedder/config.pbtxt max_batch_size
 _INVALID = "invalid input: "  # triton_models/generator/1/model.py: prefix of bad-input errors
+_PROBE = "health probe"
+_PROBE_TIMEOUT_S = 30.0
 
 
 def _aio() -> Any:
@@ -54,6 +58,13 @@ class TritonEmbedder:
         """Whether Triton answers and has the model loaded."""
         try:
             return bool(await self._client.is_model_ready(self.model))
+        except Exception:
+            return False
+
+    async def probe(self) -> bool:
+        """Whether one short text embeds (a working model, not only a loaded one)."""
+        try:
+            return len(await self.embed([_PROBE])) == 1
         except Exception:
             return False
 
@@ -142,6 +153,17 @@ class TritonGenerator:
             return bool(await self._client.is_model_ready(model or self.model))
         except Exception:
             return False
+
+    async def probe(self, model: str | None = None) -> bool:
+        """Whether the model (default: this generator's) generates one token."""
+        try:
+            async for _ in self.stream(model or self.model, [Turn("user", _PROBE)],
+                                       max_tokens=1, temperature=0.0, top_p=0.0, stop=(),
+                                       timeout_s=_PROBE_TIMEOUT_S):
+                pass
+        except Exception:
+            return False
+        return True
 
     def _text(self, name: str, value: str) -> Any:
         tensor = self._aio.InferInput(name, [1], "BYTES")

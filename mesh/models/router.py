@@ -45,6 +45,7 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.models.budget import Budgets, Reservation
+from mesh.models.health import ModelHealth
 from mesh.models.ledger import Entry, Ledger
 from mesh.models.metrics import CHAT, ModelMeters
 from mesh.models.providers import (
@@ -125,14 +126,6 @@ def cost_usd(model: CatalogModel, usage: ProviderUsage) -> float:
             + usage.completion_tokens * model.output_usd_per_million) / 1e6
 
 
-@dataclass
-class _Health:
-    failures: int = 0
-    cool_until: float = 0.0
-    ready: bool = True
-    """False while a local model's server says it is not ready."""
-
-
 class Router:
     """Routes generation requests over a catalog of providers."""
 
@@ -146,7 +139,8 @@ class Router:
         self.providers = providers
         self.budgets = budgets
         self.ledger = ledger
-        self._health = {name: _Health() for name in self.catalog}
+        self._health = {name: ModelHealth(settings.cooldown_after, settings.cooldown_s)
+                        for name in self.catalog}
         self._reference = self._reference_model()
 
     def _reference_model(self) -> CatalogModel | None:
@@ -237,19 +231,27 @@ class Router:
         return cost_usd(model, ProviderUsage(prompt, completion))
 
     def _cooling(self, model: CatalogModel, now: float) -> bool:
-        health = self._health[model.name]
-        return not health.ready or health.cool_until > now
+        return not self._health[model.name].healthy(now)
 
     def _failed(self, model: CatalogModel) -> None:
         health = self._health[model.name]
-        health.failures += 1
-        if health.failures >= self.settings.cooldown_after:
-            health.cool_until = time.monotonic() + self.settings.cooldown_s
+        if health.failed():
             log.warning("model %s cools down for %.0f s after %d failures", model.name,
                         self.settings.cooldown_s, health.failures)
 
     def _succeeded(self, model: CatalogModel) -> None:
-        self._health[model.name] = _Health(ready=self._health[model.name].ready)
+        self._health[model.name].succeeded()
+
+    def record(self, name: str, ok: bool) -> None:
+        """Record a call to model ``name`` made outside :meth:`generate` (a health probe)."""
+        if ok:
+            self._succeeded(self.catalog[name])
+        else:
+            self._failed(self.catalog[name])
+
+    def failing(self, name: str) -> bool:
+        """Whether ``name``'s recent calls failed enough to cool it (worth a probe)."""
+        return self._health[name].failing
 
     def set_ready(self, name: str, ready: bool) -> None:
         """Record a local model's readiness (from its server's health check)."""

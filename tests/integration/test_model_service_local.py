@@ -34,8 +34,10 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Iterator[TritonServer]:
-    server = TritonServer(REPOSITORY, tmp_path_factory.mktemp("triton"), models=[])
+def triton(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path,
+           models_env: Path) -> Iterator[TritonServer]:
+    server = TritonServer(REPOSITORY, tmp_path_factory.mktemp("triton"), models=[],
+                          python_env=models_env)
     server.start()
     try:
         server.load_generator(checkpoint)

@@ -50,7 +50,7 @@ def _triton_http(tmp_path: Path) -> str:
 
 
 @pytest.mark.timeout(300)  # the whole mesh, Triton and Envoy, then a solve workflow on it
-def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
+def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path, models_env: Path):
     # a random-weight checkpoint: its text is noise, but it is really generated on Triton
     checkpoint = make_checkpoint(tmp_path / "tiny", seed=3)
     gateway = f"127.0.0.1:{free_port()}"
@@ -68,7 +68,8 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path):
                REVO_PLUGINS__ONLY="echo,models,recall,creative,parallel,workflows",
                REVO_MODELS__GENERATOR_CHECKPOINT=str(checkpoint),
                REVO_ADMIN_PASSWORD="first-admin-password",
-               REVO_MODELS__TRITON_REPOSITORY=str(TRITON_MODELS))
+               REVO_MODELS__TRITON_REPOSITORY=str(TRITON_MODELS),
+               REVO_MODELS__TRITON_PYTHON_ENV=str(models_env))
     up = subprocess.Popen([sys.executable, "-m", "mesh", "up"], env=env, cwd=tmp_path,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -33,8 +33,10 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Iterator[TritonServer]:
-    server = TritonServer(REPOSITORY, tmp_path_factory.mktemp("triton"), models=[])
+def triton(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path,
+           models_env: Path) -> Iterator[TritonServer]:
+    server = TritonServer(REPOSITORY, tmp_path_factory.mktemp("triton"), models=[],
+                          python_env=models_env)
     server.start()
     try:
         server.load_generator(checkpoint)
@@ -263,7 +265,8 @@ def test_a_broken_checkpoint_fails_to_load_and_the_server_keeps_serving(
         (broken / name).write_text((checkpoint / name).read_text())
     (broken / "model.safetensors").write_bytes(b"not safetensors")
     (broken / "tokenizer.json").write_text(json.dumps({"truncated": True}))
-    server = TritonServer(REPOSITORY, tmp_path / "work", models=[])
+    server = TritonServer(REPOSITORY, tmp_path / "work", models=[],
+                          python_env=triton.python_env)
     server.start()
     try:
         with pytest.raises(RuntimeError, match=r"Triton could not load generator: .*"
