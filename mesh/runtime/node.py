@@ -35,6 +35,7 @@ from mesh.observability import tracing
 from mesh.observability.metrics import MetricsEndpoint
 from mesh.plugins.host import PluginHost, PluginRecord, PluginStatus
 from mesh.registry import RegistryWriter, file_set
+from mesh.runtime.health import READINESS, NodeHealth
 from mesh.runtime.loop_pool import LoopPool
 from mesh.runtime.pool import EnginePool, PoolState
 from mesh.runtime.pool_metrics import PoolMeters, watch_pools
@@ -90,6 +91,10 @@ class Node:
         self._responder: Responder | None = None
         self.metrics = MetricsEndpoint(config.node.metrics_address, "node.metrics_address")
         """The node's Prometheus registry and its ``/metrics`` server (off: address '')."""
+        self.health = NodeHealth(config.node.health_address, self.service_health,
+                                 period_s=config.node.heartbeat_s)
+        """``grpc.health.v1`` for probes (:mod:`mesh.runtime.health`; off: address '')."""
+        self._started = False
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -100,6 +105,7 @@ class Node:
         :class:`~mesh.engine.AsyncEngine` may open streams in its ``start``."""
         loop = asyncio.get_running_loop()
         tracing.configure(self.config.tracing)
+        await self.health.start()  # liveness answers while engines start; readiness later
         if serve_nats or nc is not None:
             self.nc = nc or await connect(self.config.nats, name=f"revo-node {self.id}")
         self.host.load()
@@ -155,6 +161,7 @@ class Node:
             self.metrics.start()
         if serve_nats:
             await self._serve_nats()
+        self._started = True
 
     async def _serve_nats(self) -> None:
         """Serve every hosted service on NATS and join the registry."""
@@ -195,6 +202,7 @@ class Node:
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
+        await self.health.stop()  # liveness answers until the very end
         tracing.flush()
         log.info("node %s stopped", self.id)
 
@@ -223,6 +231,19 @@ class Node:
             sink.cancel()
 
     # -- description ------------------------------------------------------------------
+
+    def service_health(self) -> dict[str, bool]:
+        """Whether each hosted service can take calls now (its pool runs with a live actor,
+        NATS is connected, the node is not draining), and :data:`READINESS` for all."""
+        reachable = (self._started and not self.draining and self.nc is not None
+                     and self.nc.is_connected)
+        services: dict[str, bool] = {}
+        for pool, binding in self.routes.values():
+            runs = pool.state is not PoolState.STOPPING and pool.alive > 0
+            services[binding.service] = services.get(binding.service, True) and runs
+        ready = {name: reachable and runs for name, runs in services.items()}
+        ready[READINESS] = reachable and all(ready.values())
+        return ready
 
     def describe(self) -> mesh_pb2.Node:
         node = mesh_pb2.Node(id=self.id, hostname=socket.gethostname(), pid=os.getpid(),
