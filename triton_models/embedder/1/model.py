@@ -23,10 +23,11 @@ def _environment_first() -> None:
     """Put the serving environment's site-packages first on sys.path, and this folder after
     them (for ``revo_embedding``).
 
-    The backend stub embeds the base interpreter and ignores PYTHONPATH; without this, imports
-    can resolve to the base interpreter's packages (its NumPy 2 returns empty outputs with no
-    error). ``mesh.embedded.triton`` passes the directories in TRITON_SITE_PACKAGES;
-    ``addsitedir`` also reads their ``.pth`` files (editable installs).
+    For an image that installs ``requirements.txt`` with ``pip --target`` and names that
+    directory in TRITON_SITE_PACKAGES (deploy/triton/Dockerfile): the backend stub embeds
+    the base interpreter and ignores PYTHONPATH. ``addsitedir`` also reads ``.pth`` files.
+    ``mesh.embedded.triton`` sets no TRITON_SITE_PACKAGES: it runs the models with their
+    own venv (the Python backend's EXECUTION_ENV_PATH), so this adds nothing there.
     """
     before = list(sys.path)
     for directory in filter(None, os.environ.get("TRITON_SITE_PACKAGES", "").split(os.pathsep)):
