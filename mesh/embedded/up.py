@@ -7,6 +7,7 @@ the configured ports: the browser endpoint). Once up, a child that dies is start
 :data:`STOP_BUDGET_S` seconds; the kernel also stops the
 children if this process dies (see ``mesh.embedded.processes``).
 ``$REVO_HOME/run/up.json`` records what runs, for ``revo status``.
+``revo up --profile cluster`` runs the production shape instead (:mod:`mesh.embedded.cluster`).
 """
 
 from __future__ import annotations
@@ -21,16 +22,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mesh.auth.secrets import load_secret
 from mesh.auth.users import ADMIN_PASSWORD_ENV
-from mesh.config import MeshConfig
+from mesh.config import GatewaySettings, MeshConfig
 from mesh.embedded import models_env
 from mesh.embedded.envoy import EnvoyServer, render_config
 from mesh.embedded.nats_server import NatsServer
 from mesh.embedded.processes import spawn, stop_process
-from mesh.embedded.triton import GENERATOR, CheckpointError, TritonServer
+from mesh.embedded.triton import (
+    GENERATOR,
+    CheckpointError,
+    TritonServer,
+    find_tritonserver,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,14 @@ READY_TIMEOUT_S = 90.0
 RESTART_BACKOFF_S = 0.5
 RESTART_BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
+
+
+class _Server(Protocol):
+    """A server child that starts again on its own ports (Triton, Envoy, Milvus)."""
+
+    process: subprocess.Popen[bytes] | None
+
+    def start(self) -> object: ...
 
 
 @dataclass
@@ -209,8 +223,9 @@ class Launcher:
         # The generator needs a checkpoint, so it loads only through _load_generator.
         startup = [name for name in models.triton_models if name != GENERATOR]
         try:
+            find_tritonserver()  # before making the models' venv for a server that is not there
             python_env = self._models_env(repository)
-        except models_env.ModelsEnvError as exc:
+        except (FileNotFoundError, models_env.ModelsEnvError) as exc:
             self.triton_note = f"not started: {exc}"
             return
         server = TritonServer(repository, self.config.home / "triton", startup,
@@ -291,18 +306,20 @@ class Launcher:
         state_file(self.config).write_text(json.dumps(self._state, indent=2))
 
     def _wait_ready(self) -> None:
-        """Until the gateway answers and lists a node, or a child dies."""
+        """Until every gateway answers and lists every node, or a child dies."""
         from mesh.auth.tokens import operator_token
         from mesh.client import client_credentials, probe_mesh
 
         token = operator_token(self.config, ttl_s=READY_TIMEOUT_S + 60)
         deadline = time.monotonic() + READY_TIMEOUT_S
+        wanted = sum(1 for name in self._supervised if name.partition("-")[0] == "node")
         while time.monotonic() < deadline and not self.stop_requested.is_set():
             self._check_children()
-            nodes = probe_mesh(self.config.gateway.address, timeout=1.0, token=token,
+            seen = [probe_mesh(gateway.address, timeout=1.0, token=token,
                                credentials=client_credentials(self.config))
-            if nodes:
-                self.node_metrics = {node.id: node.metrics_url for node in nodes}
+                    for gateway in self.gateways.values()]
+            if all(nodes is not None and len(nodes) >= wanted for nodes in seen):
+                self.node_metrics = {node.id: node.metrics_url for node in seen[0] or []}
                 return
             time.sleep(0.2)
         if self.stop_requested.is_set():
@@ -319,24 +336,43 @@ class Launcher:
     def wait(self) -> None:
         """Block until asked to stop, restarting a child that dies (with capped backoff)."""
         while not self.stop_requested.wait(0.2):
-            if self.nats is not None and self.nats.process is not None \
-                    and self.nats.process.poll() is not None:
-                code = self.nats.process.returncode
-                print(f"nats-server exited with code {code}; restarting it (see "
-                      f"{self.logs / 'nats-server.log'})", flush=True)
-                self.nats.process = None
-                self.nats.start()  # same ports and data: nodes and gateway reconnect
-                self._write_state()
+            self.supervise()
+
+    def supervise(self) -> None:
+        """One pass of supervision: start again what died, except what is held."""
+        with self.lock:
+            if self.stop_requested.is_set():
+                return
+            self._supervise_servers()
             self._restart_if_dead("tritonserver", self.triton)
             self._restart_if_dead("envoy", self.envoy)
             for name, process in self.children.items():
-                if process.poll() is not None:
+                if process.poll() is not None and name not in self.held:
                     self._supervise(name, process.returncode)
 
-    def _restart_if_dead(self, name: str, server: TritonServer | EnvoyServer | None) -> None:
+    def _supervise_servers(self) -> None:
+        """Start the nats-server again when it died (same ports and data: the children
+        reconnect)."""
+        self._restart_nats_if_dead("nats-server", self.nats)
+
+    def _restart_nats_if_dead(self, name: str, server: NatsServer | None) -> None:
+        if server is None or name in self.held or server.process is None \
+                or server.process.poll() is None:
+            return
+        print(f"{name} exited with code {server.process.returncode}; restarting it (see "
+              f"{server.log_path})", flush=True)
+        server.process = None
+        try:
+            server.start()
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"{name} did not come back: {exc}", flush=True)
+        self._write_state()
+
+    def _restart_if_dead(self, name: str, server: _Server | None) -> None:
         """Start ``server`` again on its same ports when its process exited (Triton, Envoy);
         say so, and say it when it does not come back (the mesh runs on without it)."""
-        if server is None or server.process is None or server.process.poll() is None:
+        if server is None or name in self.held or server.process is None \
+                or server.process.poll() is None:
             return
         print(f"{name} exited with code {server.process.returncode}; restarting it (see "
               f"{self.logs / (name + '.log')})", flush=True)
@@ -365,20 +401,74 @@ class Launcher:
     def stop(self) -> None:
         """Stop everything in reverse start order, within the stop budget."""
         deadline = time.monotonic() + STOP_BUDGET_S - 1.0
-        if self.envoy is not None:
-            self.envoy.stop(timeout=2.0)
-        for name in ("gateway", "node"):
-            process = self.children.get(name)
-            if process is not None:
-                remaining = max(0.5, deadline - time.monotonic() - 2.0)
-                code = stop_process(process, remaining)
-                if code not in (0, -signal.SIGTERM):
-                    log.warning("%s exited with code %s", name, code)
-        if self.triton is not None:
-            self.triton.stop(timeout=max(0.5, deadline - time.monotonic() - 2.0))
+        with self.lock:
+            self.stop_requested.set()
+            if self.envoy is not None:
+                self.envoy.stop(timeout=2.0)
+            for kind in ("gateway", "node"):  # all gateways together, then all nodes
+                names = [n for n in self.children if n.partition("-")[0] == kind]
+                for name in names:
+                    if self.children[name].poll() is None:
+                        self.children[name].terminate()
+                for name in names:
+                    remaining = max(0.5, deadline - time.monotonic() - 2.0)
+                    code = stop_process(self.children[name], remaining)
+                    if code not in (0, -signal.SIGTERM, -signal.SIGKILL):
+                        log.warning("%s exited with code %s", name, code)
+            if self.triton is not None:
+                self.triton.stop(timeout=max(0.5, deadline - time.monotonic() - 2.0))
+            self._stop_servers(deadline)
+            state_file(self.config).unlink(missing_ok=True)
+
+    def _stop_servers(self, deadline: float) -> None:
+        """Stop the state servers last (NATS; the cluster profile's Milvus too)."""
         if self.nats is not None:
             self.nats.stop(timeout=max(0.5, deadline - time.monotonic()))
-        state_file(self.config).unlink(missing_ok=True)
+
+    # -- handles, for fault tests (mesh.embedded.cluster.LocalCluster) ---------------------
+
+    def kill(self, name: str, *, hold: bool = False) -> None:
+        """SIGKILL the part called ``name`` (a child such as ``node-2`` or ``gateway-1``, or
+        a server: ``nats-1``, ``milvus``, ``tritonserver``, ``envoy``). Supervision starts
+        it again, unless ``hold`` (then :meth:`release` lets it)."""
+        with self.lock:
+            if hold:
+                self.held.add(name)
+            process = self.process(name)
+            if process is None:
+                raise KeyError(f"nothing called {name!r} runs here "
+                               f"({', '.join(self.parts())})")
+            process.kill()
+            process.wait()
+
+    def hold(self, name: str) -> None:
+        """Leave ``name`` dead when it dies, until :meth:`release`."""
+        with self.lock:
+            self.held.add(name)
+
+    def release(self, name: str) -> None:
+        """Let supervision start ``name`` again (at once for a child that died held)."""
+        with self.lock:
+            self.held.discard(name)
+            child = self._supervised.get(name)
+            if child is not None and self.children[name].poll() is not None:
+                child.restart_at = time.monotonic()
+
+    def parts(self) -> list[str]:
+        """The names :meth:`kill` and :meth:`process` take."""
+        return [*self.children, *self._servers()]
+
+    def process(self, name: str) -> subprocess.Popen[bytes] | None:
+        """The running process of part ``name``, None when it is not running."""
+        with self.lock:
+            process = self.children.get(name)
+            if process is None:
+                server = self._servers().get(name)
+                process = getattr(server, "process", None)
+            return process if process is not None and process.poll() is None else None
+
+    def _servers(self) -> dict[str, Any]:
+        return {"nats-server": self.nats, "tritonserver": self.triton, "envoy": self.envoy}
 
 
 def http_url(address: str) -> str:
@@ -404,8 +494,21 @@ def metrics_url(address: str) -> str:
     return f"http://{host or '127.0.0.1'}:{port}/metrics"
 
 
-def run_up(config: MeshConfig) -> int:
-    """Start the mesh, print its endpoints, and run until Ctrl-C or SIGTERM."""
+def _cluster_lines(state: dict[str, Any]) -> str:
+    """The banner's lines for what only the cluster profile runs."""
+    if state.get("profile") != "cluster":
+        return ""
+    return ("  gateways         " + ", ".join(f"{name} {address}" for name, address
+                                           in state["gateways"].items()) + "\n"
+            "  NATS cluster     " + ", ".join(f"{name} (monitor {server['monitor']})"
+                                           for name, server in state["nats_servers"].items())
+            + f", replicas {state['replicas']}\n"
+            f"  Milvus           {state['milvus'] or '-'}\n")
+
+
+def run_up(config: MeshConfig, profile: str = "default") -> int:
+    """Start the mesh (``profile`` ``cluster``: the production shape, see
+    :mod:`mesh.embedded.cluster`), print its endpoints, and run until Ctrl-C or SIGTERM."""
     running = read_state(config)
     if running is not None:
         print(f"revo is already running here (pid {running['pid']}, gateway "
@@ -413,7 +516,12 @@ def run_up(config: MeshConfig) -> int:
         return 1
     if config.envoy.enabled:
         render_config(config)  # a setting Envoy cannot use is a configuration error (exit 2)
-    launcher = Launcher(config)
+    if profile == "cluster":
+        from mesh.embedded.cluster import ClusterLauncher
+
+        launcher: Launcher = ClusterLauncher(config)
+    else:
+        launcher = Launcher(config)
 
     signalled = False
 
@@ -441,6 +549,7 @@ def run_up(config: MeshConfig) -> int:
               + (" (OpenAI API at /v1, JSON for every method, /health)\n" if state["http"]
                  else "\n") +
               f"  browser (Envoy)  {_envoy_line(launcher, state)}\n"
+              + _cluster_lines(state) +
               f"  NATS             {state['nats']}\n"
               f"  NATS monitor     {state['nats_monitor'] or '-'}\n"
               f"  Triton (gRPC)    {state['triton'] or launcher.triton_note}\n"
