@@ -64,7 +64,7 @@ async def test_readiness_follows_nats_while_liveness_stays_up(tmp_path):
         server = NatsServer(tmp_path / "nats", port=port).start()
         await wait_for(lambda: probe.is_(READINESS, SERVING), 15, "readiness to come back")
         assert await probe.status(ECHO) == SERVING
-        await probe.channel.close()
+        await probe.channel.close(None)
     finally:
         await node.stop()
         server.stop()
@@ -96,12 +96,12 @@ async def test_a_draining_node_is_not_ready_and_still_alive(mesh_harness, mesh_c
         await asyncio.wait_for(stopping, 30)
         with pytest.raises(grpc.aio.AioRpcError):
             await probe.status(LIVENESS)  # gone once stopped, not before
-        await probe.channel.close()
+        await probe.channel.close(None)
     finally:
         if stopping is None:
             await node.stop()
 
 
 def test_a_bad_health_address_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="node.health_address must be host:port"):
+    with pytest.raises(ConfigError, match=r"node\.health_address must be host:port"):
         Node(node_config("nats://127.0.0.1:1", tmp_path, health_address="8081"))
