@@ -30,7 +30,7 @@ def _config(args: argparse.Namespace) -> MeshConfig:
 def cmd_up(args: argparse.Namespace) -> int:
     from mesh.embedded.up import run_up
 
-    return run_up(_config(args))
+    return run_up(_config(args), profile=args.profile)
 
 
 def cmd_node(args: argparse.Namespace) -> int:
@@ -88,6 +88,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         procs = ", ".join(f"{name} {pid}" for name, pid in state["processes"].items())
         print(f"revo up: running (pid {state['pid']}; {procs})")
         print(f"  NATS {state['nats']}   logs {state['logs']}")
+        if state.get("profile") == "cluster":
+            print("  gateways " + ", ".join(f"{name} {address}" for name, address
+                                           in state["gateways"].items())
+                  + f"   Envoy {state['envoy'] or '-'}")
+            print(f"  Milvus {state['milvus'] or '-'}   JetStream replicas "
+                  f"{state['replicas']}")
     else:
         print(f"revo up: not running under {config.home}")
 
@@ -196,8 +202,13 @@ def build_parser(plugin_commands: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="revo", description=__doc__)
     parser.add_argument("--config", help="revo.toml to read (default: $REVO_CONFIG or ./revo.toml)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start nats-server, a node and the gateway; Ctrl-C stops all"
-                   ).set_defaults(func=cmd_up)
+    up = sub.add_parser("up", help="start nats-server, a node and the gateway; Ctrl-C stops "
+                        "all")
+    up.add_argument("--profile", choices=["default", "cluster"], default="default",
+                    help="cluster: the production shape on this machine (three clustered "
+                    "nats-servers, the Milvus server, Triton, two gateways behind Envoy, three "
+                    "nodes; docs/operators.md)")
+    up.set_defaults(func=cmd_up)
     node = sub.add_parser("node", help="run a node with every installed engine")
     node.add_argument("--nats", help="NATS URL (overrides nats.url)")
     node.set_defaults(func=cmd_node)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "TlsSettings",
     "TracingSettings",
     "load_config",
+    "to_environment",
 ]
 
 ENV_PREFIX = "REVO_"
@@ -54,6 +56,8 @@ ENV_PREFIX = "REVO_"
 _ENV_NOT_CONFIG = frozenset({"REVO_CONFIG", "REVO_JWT_SECRET", "REVO_IDENTITY_SECRET",
                              "REVO_ADMIN_PASSWORD", "REVO_ADMIN_PASSWORD_FILE",
                              "REVO_API_KEY"})  # revo mcp's key
+SECRET_VARIABLES = _ENV_NOT_CONFIG - {"REVO_CONFIG"}
+"""REVO_* variables that carry secrets rather than settings."""
 
 
 class _Section(BaseModel):
@@ -549,3 +553,33 @@ def load_config(
         return MeshConfig.model_validate(_merge(_merge(data, env), overrides))
     except ValidationError as exc:
         raise _explain(exc, source, known) from None
+
+
+def to_environment(config: MeshConfig) -> dict[str, str]:
+    """The ``REVO_*`` variables that give a process started with them (and no file) this
+    configuration: one per value that differs from its default (how ``revo up`` hands an
+    in-memory configuration to its children). ConfigError for a value that variables cannot
+    carry (a list of tables such as ``models.catalog``, a key such as a method path): such a
+    configuration belongs in a revo.toml (``REVO_CONFIG``)."""
+    out: dict[str, str] = {}
+
+    def walk(path: list[str], value: Any) -> None:
+        name = ENV_PREFIX + "__".join(path).upper()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not re.fullmatch(r"[A-Za-z0-9_]+", str(key)):
+                    raise ConfigError(f"{'.'.join([*path, str(key)])}: an environment "
+                                      "variable cannot name this key; use a revo.toml")
+                walk([*path, str(key)], item)
+        elif isinstance(value, list):
+            if any(isinstance(item, dict | list) or "," in str(item) for item in value):
+                raise ConfigError(f"{'.'.join(path)}: an environment variable cannot carry "
+                                  "this list; use a revo.toml")
+            out[name] = ",".join(str(item) for item in value)
+        elif isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        elif value is not None:
+            out[name] = str(value)
+
+    walk([], config.model_dump(mode="json", exclude_defaults=True))
+    return out

@@ -18,13 +18,14 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mesh.config import MeshConfig, TlsSettings
+from mesh.config import GatewaySettings, MeshConfig, TlsSettings
 from mesh.embedded.processes import http_ok, spawn, stop_process, wait_until_ready
 from mesh.errors import ConfigError
 
@@ -79,11 +80,18 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _set_endpoint(cluster: dict[str, Any], address: dict[str, Any]) -> None:
-    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-    endpoint["address"]["socket_address"] = address
+def _set_endpoints(cluster: dict[str, Any], addresses: list[dict[str, Any]]) -> None:
+    """One endpoint per address (the template's first endpoint copied for each)."""
+    lb_endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    template = lb_endpoints[0]
+    lb_endpoints[:] = []
+    for address in addresses:
+        endpoint = copy.deepcopy(template)
+        endpoint["endpoint"]["address"]["socket_address"] = address
+        lb_endpoints.append(endpoint)
     # a name (gateway.example.internal) is looked up; an address is used as it is
-    cluster["type"] = "STATIC" if _is_ip(address["address"]) else "STRICT_DNS"
+    by_ip = all(_is_ip(address["address"]) for address in addresses)
+    cluster["type"] = "STATIC" if by_ip else "STRICT_DNS"
 
 
 def _files(tls: TlsSettings, key: str) -> tuple[Path, Path] | None:
@@ -137,11 +145,16 @@ def _origin_matchers(origins: list[str]) -> list[dict[str, Any]]:
     return [{"exact": origin.rstrip("/")} for origin in origins]
 
 
-def render_config(config: MeshConfig, template: Path = TEMPLATE) -> dict[str, Any]:
-    """The Envoy configuration for ``config``: the template with the mesh's settings set.
-    Raises :class:`ConfigError` naming the key to fix."""
+def render_config(config: MeshConfig, template: Path = TEMPLATE,
+                  gateways: Sequence[GatewaySettings] = ()) -> dict[str, Any]:
+    """The Envoy configuration for ``config``: the template with the mesh's settings set,
+    balancing over ``gateways`` (default: ``config.gateway`` alone; each gateway's
+    ``address`` and ``http_address``, TLS as the first's). Raises :class:`ConfigError`
+    naming the key to fix."""
     rendered: dict[str, Any] = copy.deepcopy(yaml.safe_load(template.read_text()))
     settings, gateway = config.envoy, config.gateway
+    every = list(gateways) or [gateway]
+    gateway = every[0]
     rendered["admin"]["address"]["socket_address"] = _socket_address(
         settings.admin_address, "envoy.admin_address")
     listener = rendered["static_resources"]["listeners"][0]
@@ -162,15 +175,16 @@ def render_config(config: MeshConfig, template: Path = TEMPLATE) -> dict[str, An
     if downstream is not None:
         chain["transport_socket"] = downstream
     clusters = {c["name"]: c for c in rendered["static_resources"]["clusters"]}
-    grpc_address = _socket_address(gateway.address, "gateway.address", upstream=True)
-    _set_endpoint(clusters["gateway_grpc"], grpc_address)
-    upstream = _upstream_tls(gateway.tls, grpc_address["address"], http2=True)
+    grpc_addresses = [_socket_address(g.address, "gateway.address", upstream=True)
+                      for g in every]
+    _set_endpoints(clusters["gateway_grpc"], grpc_addresses)
+    upstream = _upstream_tls(gateway.tls, grpc_addresses[0]["address"], http2=True)
     if upstream is not None:
         clusters["gateway_grpc"]["transport_socket"] = upstream
     if gateway.http_address:
-        http_address = _socket_address(gateway.http_address, "gateway.http_address",
-                                       upstream=True)
-        _set_endpoint(clusters["gateway_http"], http_address)
+        _set_endpoints(clusters["gateway_http"], [
+            _socket_address(g.http_address, "gateway.http_address", upstream=True)
+            for g in every])
     else:  # the HTTP door is off: its routes answer 503 (no healthy upstream)
         clusters["gateway_http"]["load_assignment"]["endpoints"] = []
     return rendered
@@ -191,6 +205,8 @@ class EnvoyServer:
     run_dir: Path
     log_file: Path | None = None
     template: Path = TEMPLATE
+    gateways: list[GatewaySettings] = field(default_factory=list)
+    """The gateways to balance over (default: ``config.gateway``)."""
     rendered: dict[str, Any] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
@@ -211,7 +227,7 @@ class EnvoyServer:
 
     def write_config(self) -> Path:
         """Render the configuration and write it (JSON, which Envoy reads as YAML)."""
-        self.rendered = render_config(self.config, self.template)
+        self.rendered = render_config(self.config, self.template, self.gateways)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.config.home / "logs"
         log_path.mkdir(parents=True, exist_ok=True)

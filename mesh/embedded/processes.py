@@ -24,14 +24,16 @@ _SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
 def spawn(argv: Sequence[str], *, log_file: Path | None = None,
-          env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in its own session, stopped by the kernel if this process dies."""
+          env: Mapping[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session (in ``cwd``), stopped by the kernel if this
+    process dies."""
     command = [_SETPRIV, "--pdeathsig", "TERM", "--", *argv] if _SETPRIV else list(argv)
     out = open(log_file, "ab") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115
     try:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=dict(env) if env else None,
-                                start_new_session=True)
+                                cwd=cwd, start_new_session=True)
     finally:
         if log_file is not None:
             out.close()  # type: ignore[union-attr]

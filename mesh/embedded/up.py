@@ -26,7 +26,13 @@ from typing import Any, Protocol
 
 from mesh.auth.secrets import load_secret
 from mesh.auth.users import ADMIN_PASSWORD_ENV
-from mesh.config import GatewaySettings, MeshConfig
+from mesh.config import (
+    ENV_PREFIX,
+    SECRET_VARIABLES,
+    GatewaySettings,
+    MeshConfig,
+    to_environment,
+)
 from mesh.embedded import models_env
 from mesh.embedded.envoy import EnvoyServer, render_config
 from mesh.embedded.nats_server import NatsServer
@@ -121,6 +127,9 @@ class Launcher:
     """Children and servers that supervision leaves dead (see :meth:`hold`)."""
     lock: threading.RLock = field(default_factory=threading.RLock)
     """Held by each supervision pass, and by whoever kills or starts a part meanwhile."""
+    pass_config: bool = False
+    """Give the children this configuration as REVO_* variables (it was built in memory,
+    by a test or a benchmark), rather than the file and environment they would read."""
     profile: str = "default"
     """What runs: ``default`` (one nats-server, node and gateway) or ``cluster``
     (:class:`mesh.embedded.cluster.ClusterLauncher`)."""
@@ -140,6 +149,10 @@ class Launcher:
 
     def _child_env(self, nats_url: str) -> dict[str, str]:
         env = dict(os.environ)
+        if self.pass_config:  # exactly this configuration: no file, no inherited REVO_*
+            env = {k: v for k, v in env.items()
+                   if not k.startswith(ENV_PREFIX) or k in SECRET_VARIABLES}
+            env |= to_environment(self.config) | {"REVO_CONFIG": os.devnull}
         env["REVO_HOME"] = str(self.config.home)
         env["REVO_NATS__URL"] = nats_url
         # Leave room in the stop budget for the gateway and nats-server.

@@ -12,7 +12,7 @@ from nats.js.api import StreamConfig
 from nats.js.errors import APIError
 
 from mesh.config import NatsSettings
-from mesh.embedded.cluster import NatsCluster
+from mesh.embedded.nats_cluster import NatsCluster
 from mesh.embedded.nats_server import NatsServer
 from mesh.transport import counters
 from mesh.transport.connection import connect
