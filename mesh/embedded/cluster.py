@@ -19,6 +19,7 @@ cluster``), supervising from a thread, and hands out what fault tests need::
         leader = cluster.nats.meta_leader()          # a NatsServer
         leader.kill()                                # the JetStream meta leader dies
         cluster.nats.wait_formed()                   # ...and a new one is elected
+        leader.start()                               # back on its ports and store
         cluster.kill("node-2")                       # supervision starts it again
         cluster.kill("gateway-1", hold=True)         # ...or not, until:
         cluster.release("gateway-1")

@@ -35,7 +35,7 @@ def jsz(server: NatsServer, query: str = "") -> dict[str, Any]:
 
 
 def _answers(server: NatsServer, query: str = "") -> dict[str, Any] | None:
-    if not server.running:
+    if not server.serving:
         return None
     try:
         return jsz(server, query)
@@ -86,28 +86,31 @@ class NatsCluster:
         try:
             for server in self.servers:
                 server.launch()
-            self.wait_formed(timeout)
+            self.wait_formed(timeout, all_running=True)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def wait_formed(self, timeout: float = FORM_TIMEOUT_S) -> NatsServer:
+    def wait_formed(self, timeout: float = FORM_TIMEOUT_S, *,
+                    all_running: bool = False) -> NatsServer:
         """Wait until every running member is healthy (``/healthz``: JetStream current
-        with its meta group) and they agree on a meta leader, which is returned.
-        TimeoutError says what was missing; RuntimeError when a member exited."""
+        with its meta group) and they agree on a meta leader, which is returned (members
+        killed or paused on purpose are left out). TimeoutError says what was missing;
+        with ``all_running``, RuntimeError when a member exited."""
         deadline = time.monotonic() + timeout
         seen = "no member answered"
         while time.monotonic() < deadline:
-            for server in self.servers:
+            for server in self.servers if all_running else []:
                 if server.process is not None and server.process.poll() is not None:
                     raise RuntimeError(f"{server.server_name} exited with "
                                        f"{server.process.returncode}; see {server.log_path}")
-            running = [s for s in self.servers if s.running]
+            running = [s for s in self.servers if s.serving]
             leaders = {(_answers(s) or {}).get("meta_cluster", {}).get("leader", "")
                        for s in running}
             healthy = all(_healthy(s) for s in running)
-            if healthy and len(leaders) == 1 and "" not in leaders:
+            names = {s.server_name for s in running}
+            if healthy and len(leaders) == 1 and leaders <= names:
                 return self.server(leaders.pop())
             seen = f"leaders seen {sorted(leaders)}, all healthy: {healthy}"
             time.sleep(0.1)
@@ -115,8 +118,9 @@ class NatsCluster:
                            f"see {', '.join(str(s.log_path) for s in self.servers)}")
 
     def meta_leader(self) -> NatsServer | None:
-        """The member leading JetStream's meta group, as the running members report it
-        (None while there is none)."""
+        """The member leading JetStream's meta group, as the first serving member reports
+        it (None while it knows none). Right after the leader dies or is paused, members
+        may still name it: :meth:`wait_formed` waits for a leader that serves."""
         for server in self.servers:
             leader = (_answers(server) or {}).get("meta_cluster", {}).get("leader", "")
             if leader:

@@ -64,6 +64,8 @@ class NatsServer:
     cluster_port: int = 0
     routes: list[int] | None = None
     """The route (cluster) ports of the other members, all on 127.0.0.1."""
+    paused: bool = False
+    """Stopped with :meth:`pause` (SIGSTOP) and not resumed."""
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,6 +82,7 @@ class NatsServer:
         """Start the process without waiting for it (cluster members start together:
         none is ready before a quorum of them runs)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.paused = False
         self.port = self.port or free_port()
         self.monitor_port = self.monitor_port or free_port()
         config = self.store_dir / "nats-server.conf"
@@ -154,17 +157,26 @@ class NatsServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+        self.paused = False
 
     def pause(self) -> None:
         """SIGSTOP: the server keeps its sockets but answers nothing, as when partitioned."""
         if self.process is not None:
             self.process.send_signal(signal.SIGSTOP)
+            self.paused = True
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""
         if self.process is not None:
             self.process.send_signal(signal.SIGCONT)
+        self.paused = False
 
     @property
     def running(self) -> bool:
+        """Whether the process is alive (paused or not)."""
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def serving(self) -> bool:
+        """Alive and not paused."""
+        return self.running and not self.paused

@@ -69,3 +69,33 @@ async def test_more_replicas_than_servers_is_refused_with_nats_reason(
                                                  subjects=[f"r3{time.time_ns()}.>"]))
     finally:
         await nc.close()
+
+
+async def test_cluster_handles_name_leaders_and_a_lost_leader_is_replaced(
+        nats_cluster: NatsCluster) -> None:
+    nc = await connect(NatsSettings(url=nats_cluster.url, replicas=3), "leaders")
+    try:
+        name = f"LEAD_{time.time_ns()}"
+        await ensure_stream(nc, StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+        nats_cluster.wait_replicated(name)
+        assert nats_cluster.stream_leader(name) in nats_cluster.servers
+    finally:
+        await nc.close()
+    first = nats_cluster.wait_formed()
+    assert nats_cluster.meta_leader() is first
+
+    first.kill()
+    second = nats_cluster.wait_formed()
+    assert second is not first
+    first.start()  # same ports and store
+    nats_cluster.wait_formed(all_running=True)
+
+    leader = nats_cluster.wait_formed()
+    follower = next(s for s in nats_cluster.servers if s is not leader)
+    follower.pause()  # a partition: the process lives, answers nothing
+    try:
+        assert not follower.serving
+        assert nats_cluster.wait_formed() is leader  # the others carry on
+    finally:
+        follower.resume()
+    nats_cluster.wait_formed(all_running=True)
