@@ -93,7 +93,7 @@ def ensure(path: Path = DEFAULT_PATH, requirements: Path | None = None) -> Path:
     """The models' venv at ``path``, made from ``requirements`` (default: the repository
     ``triton_models/`` beside the working directory) unless it is already current.
 
-    Making it takes about a minute (torch, sentence-transformers, ONNX Runtime); the venv is
+    Making it takes 20-30 s (torch, sentence-transformers, ONNX Runtime); the venv is
     made in place (a venv cannot be moved) and stamped last, so an interrupted attempt is
     made anew next time. Returns the absolute path; ModelsEnvError says what failed.
     """
@@ -108,10 +108,12 @@ def ensure(path: Path = DEFAULT_PATH, requirements: Path | None = None) -> Path:
             shutil.rmtree(path)
         # No pip inside: the mesh's own pip installs into it (pip --python), which saves
         # seconds and keeps the models' environment to what the models import.
+        # --no-compile: byte-compiling every file of torch & co. took ~50 of ~73 s; the
+        # first model load compiles only what it imports (~11 s, once).
         _run([sys.executable, "-m", "venv", "--without-pip", str(path)],
              f"creating the models' venv at {path}")
         _run([sys.executable, "-m", "pip", "--python", str(path / "bin" / "python"),
-              "install", "--quiet", "--disable-pip-version-check",
+              "install", "--quiet", "--disable-pip-version-check", "--no-compile",
               "-r", str(requirements.resolve())],
              f"installing {requirements} into {path}")
         (path / _STAMP).write_text(_stamp(requirements) + "\n")
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         requirements = args.requirements or requirements_of(Path("triton_models"))
         if not is_current(args.path, requirements):
             print(f"creating the local models' Python environment in {args.path} "
-                  f"from {requirements} (about a minute, once)", flush=True)
+                  f"from {requirements} (half a minute, once)", flush=True)
         ensure(args.path, requirements)
     except ModelsEnvError as exc:
         print(exc, file=sys.stderr)

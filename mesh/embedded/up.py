@@ -255,12 +255,12 @@ class Launcher:
 
     def _models_env(self, repository: Path) -> Path:
         """The local models' own venv (models.triton_python_env), made first when it is
-        missing or its requirements changed (about a minute, once)."""
+        missing or its requirements changed (half a minute, once)."""
         path = self.config.models.triton_python_env
         requirements = models_env.requirements_of(repository)
         if not models_env.is_current(path, requirements):
             print(f"creating the local models' Python environment in {path} from "
-                  f"{requirements} (about a minute, once)", flush=True)
+                  f"{requirements} (half a minute, once)", flush=True)
         return models_env.ensure(path, requirements)
 
     def _start_envoy(self) -> None:
@@ -469,7 +469,7 @@ class Launcher:
 
     def parts(self) -> list[str]:
         """The names :meth:`kill` and :meth:`process` take."""
-        return [*self.children, *self._servers()]
+        return [*self.children, *(n for n, s in self._servers().items() if s is not None)]
 
     def process(self, name: str) -> subprocess.Popen[bytes] | None:
         """The running process of part ``name``, None when it is not running."""

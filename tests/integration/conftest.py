@@ -19,7 +19,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def models_env() -> Path:
     """The local models' own venv, from triton_models/requirements.txt (``./dev`` makes it;
-    made here when missing or out of date, which takes about a minute)."""
+    made here when missing or out of date, which takes half a minute)."""
     return models_environment.ensure(MODELS_ENV, TRITON_MODELS / "requirements.txt")
 
 
