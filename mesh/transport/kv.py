@@ -14,7 +14,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from mesh.transport.connection import MeshConnection
-from mesh.transport.streams import replicas_of
+from mesh.transport.streams import replicas_of, wait_for_leader
 
 __all__ = ["KeyValue", "Mirror", "latest", "open_bucket"]
 
@@ -43,16 +43,21 @@ async def open_bucket(nc: NATS, name: str, *, description: str, history: int = 1
             current.allow_direct = True
             current.num_replicas = max(current.num_replicas or 1, replicas)
             await js.update_stream(current)
+        if (current.num_replicas or 1) > 1 and not (info.cluster and info.cluster.leader):
+            await wait_for_leader(nc, f"KV_{name}")  # another process created it just now
         return await js.key_value(name)
     config = KeyValueConfig(bucket=name, description=description, history=history, ttl=ttl,
                             storage=StorageType.MEMORY if memory else StorageType.FILE,
                             replicas=replicas, direct=True)
     try:
-        return await js.create_key_value(config)
+        bucket = await js.create_key_value(config)
     except Exception:  # another process created it first
         with contextlib.suppress(Exception):
+            await wait_for_leader(nc, f"KV_{name}")
             return await js.key_value(name)
         raise
+    await wait_for_leader(nc, f"KV_{name}")
+    return bucket
 
 
 async def latest(nc: MeshConnection, bucket: str, key: str,

@@ -12,16 +12,20 @@ allows; one with more is left alone (lowering is an operator's decision).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig, StreamInfo
 from nats.js.errors import NotFoundError
 
-__all__ = ["ensure_replicas", "ensure_stream", "replicas_of"]
+__all__ = ["ensure_replicas", "ensure_stream", "replicas_of", "wait_for_leader"]
 
 log = logging.getLogger(__name__)
+
+LEADER_TIMEOUT_S = 10.0
 
 
 def replicas_of(nc: NATS) -> int:
@@ -38,6 +42,22 @@ async def _raise_replicas(nc: NATS, info: StreamInfo, replicas: int) -> StreamIn
              current.num_replicas or 1, replicas)
     current.num_replicas = replicas
     return await nc.jetstream().update_stream(current)
+
+
+async def wait_for_leader(nc: NATS, stream: str,
+                          timeout: float = LEADER_TIMEOUT_S) -> StreamInfo:
+    """``stream``'s info once it has a leader. A replicated stream just created elects
+    its leader a moment later, and until then a publish to it finds no responders; a
+    stream of one replica has none to wait for. TimeoutError after ``timeout``."""
+    js = nc.jetstream()
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await js.stream_info(stream)
+        if _led(info):
+            return info
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"stream {stream} has no leader after {timeout:g} s")
+        await asyncio.sleep(0.05)
 
 
 async def ensure_replicas(nc: NATS, stream: str) -> StreamInfo:
@@ -62,7 +82,10 @@ async def ensure_stream(nc: NATS, config: StreamConfig, *,
         info = await js.stream_info(config.name)
     except NotFoundError:
         try:
-            return await js.add_stream(config)
+            await js.add_stream(config)
+            return await wait_for_leader(nc, config.name)
+        except TimeoutError:
+            raise
         except Exception as exc:  # another process created it first, or a real refusal
             try:
                 info = await js.stream_info(config.name)
@@ -70,5 +93,13 @@ async def ensure_stream(nc: NATS, config: StreamConfig, *,
                 raise exc from None
     if update is not None and update(info.config):
         info.config.num_replicas = max(info.config.num_replicas or 1, replicas)
-        return await js.update_stream(info.config)
-    return await _raise_replicas(nc, info, replicas)
+        info = await js.update_stream(info.config)
+    else:
+        info = await _raise_replicas(nc, info, replicas)
+    if not _led(info):  # another process created it a moment ago
+        info = await wait_for_leader(nc, config.name)
+    return info
+
+
+def _led(info: StreamInfo) -> bool:
+    return (info.config.num_replicas or 1) <= 1 or bool(info.cluster and info.cluster.leader)

@@ -49,9 +49,11 @@ async def test_streams_and_buckets_take_nats_replicas_and_older_ones_are_raised(
                                                 subjects=[f"new{suffix}.>"]))
         await counters.ensure_counter_stream(three, f"COUNT_{suffix}", [f"count{suffix}.>"],
                                              max_age=60, memory=True)
+        fresh = await open_bucket(three, f"fresh_{suffix}", description="test")
+        await fresh.put("k", b"first")
 
         for stream in (f"OLD_{suffix}", f"KV_old_{suffix}", f"NEW_{suffix}",
-                       f"COUNT_{suffix}"):
+                       f"COUNT_{suffix}", f"KV_fresh_{suffix}"):
             info = nats_cluster.wait_replicated(stream, timeout=30)
             assert info["config"]["num_replicas"] == 3, stream
         assert (await bucket.get("k")).value == b"kept"
