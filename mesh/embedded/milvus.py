@@ -51,6 +51,9 @@ class MilvusServer:
     log_file: Path | None = None
     metrics_port: int = 0
     """The port of /healthz and /metrics (0: a free one)."""
+    etcd_ports: tuple[int, int] = (0, 0)
+    """The embedded etcd's client and peer ports (0: free ones). The wheel leaves the peer
+    port at etcd's 2380, so a second server on the machine could not start."""
     process: subprocess.Popen[bytes] | None = None
     _ports: dict[str, Any] = field(default_factory=dict)
 
@@ -71,11 +74,20 @@ class MilvusServer:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.metrics_port = self.metrics_port or free_port()
-        config = MilvusServerConfig(data_dir=str(self.base_dir),
-                                    **(self._ports or {"proxy_port": self.port}))
-        config.resolve()  # writes configs/milvus.yaml, with a free port for each listener
-        self._ports = {key: config.get(key) for key in config.configurable_items
-                       if key.endswith("_port")}
+        if not self._ports:  # a restart reuses the configuration (the ports may be in
+            # TIME_WAIT, which the wheel's check of each port would take for taken)
+            if not all(self.etcd_ports):
+                self.etcd_ports = (free_port(), free_port())
+            # every listener on a free port: the wheel's defaults (19530 and up, 2379) are
+            # what another Milvus on this machine would take
+            ports = {key: free_port() for key in MilvusServerConfig().configurable_items
+                     if key.endswith("_port")}
+            config = MilvusServerConfig(data_dir=str(self.base_dir), **ports | {
+                "proxy_port": self.port, "etcd_port": self.etcd_ports[0]})
+            config.resolve()  # writes configs/milvus.yaml
+            self._ports = {key: config.get(key) for key in config.configurable_items
+                           if key.endswith("_port")}
+            self._pin_etcd()
         env = dict(os.environ, DEPLOY_MODE="STANDALONE", METRICS_PORT=str(self.metrics_port),
                    MILVUS_RUN_DIR=str(self.base_dir / "run"),
                    LD_LIBRARY_PATH=":".join([str(binaries),
@@ -90,6 +102,19 @@ class MilvusServer:
             self.stop()
             raise
         return self
+
+    def _pin_etcd(self) -> None:
+        """Give the embedded etcd its own client and peer ports (an etcd configuration
+        file, named in milvus.yaml's ``etcd.config.path``)."""
+        client, peer = (f"http://127.0.0.1:{port}" for port in self.etcd_ports)
+        etcd = self.base_dir / "configs" / "embedEtcd.yaml"
+        etcd.write_text(f"listen-client-urls: {client}\nadvertise-client-urls: {client}\n"
+                        f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
+                        f"initial-cluster: default={peer}\n")
+        milvus_yaml = self.base_dir / "configs" / "milvus.yaml"
+        text = milvus_yaml.read_text()
+        milvus_yaml.write_text(text.replace("\netcd:\n", f"\netcd:\n  config:\n"
+                                            f"    path: {etcd}\n", 1))
 
     def healthy(self) -> bool:
         return http_ok(self.health_url)

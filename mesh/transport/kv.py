@@ -14,7 +14,12 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from mesh.transport.connection import MeshConnection
-from mesh.transport.streams import replicas_of, wait_for_leader
+from mesh.transport.streams import (
+    CREATE_TIMEOUT_S,
+    created_elsewhere,
+    replicas_of,
+    wait_for_leader,
+)
 
 __all__ = ["KeyValue", "Mirror", "latest", "open_bucket"]
 
@@ -50,12 +55,10 @@ async def open_bucket(nc: NATS, name: str, *, description: str, history: int = 1
                             storage=StorageType.MEMORY if memory else StorageType.FILE,
                             replicas=replicas, direct=True)
     try:
-        bucket = await js.create_key_value(config)
-    except Exception:  # another process created it first
-        with contextlib.suppress(Exception):
-            await wait_for_leader(nc, f"KV_{name}")
-            return await js.key_value(name)
-        raise
+        bucket = await nc.jetstream(timeout=CREATE_TIMEOUT_S).create_key_value(config)
+    except Exception as exc:  # another process created it first, or a real refusal
+        await created_elsewhere(nc, f"KV_{name}", exc)
+        bucket = await js.key_value(name)
     await wait_for_leader(nc, f"KV_{name}")
     return bucket
 

@@ -21,11 +21,33 @@ from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig, StreamInfo
 from nats.js.errors import NotFoundError
 
-__all__ = ["ensure_replicas", "ensure_stream", "replicas_of", "wait_for_leader"]
+__all__ = ["created_elsewhere", "ensure_replicas", "ensure_stream", "replicas_of",
+           "wait_for_leader"]
 
 log = logging.getLogger(__name__)
 
 LEADER_TIMEOUT_S = 10.0
+CREATE_TIMEOUT_S = 1.0
+"""How long a create request waits for its answer. In a cluster, the meta leader answers
+only the first of identical create requests in flight (measured: three nodes creating the
+same stream at once, two waited out nats-py's 5 s and failed); the others find the stream
+made by polling (:func:`created_elsewhere`)."""
+
+
+async def created_elsewhere(nc: NATS, stream: str, error: Exception,
+                            timeout: float = LEADER_TIMEOUT_S) -> StreamInfo:
+    """After creating ``stream`` failed with ``error``: its info when another process made
+    it (waiting up to ``timeout`` when the request went unanswered), else ``error``."""
+    unanswered = isinstance(error, TimeoutError)  # nats-py's timeout is one too
+    deadline = time.monotonic() + (timeout if unanswered else 0.0)
+    js = nc.jetstream()
+    while True:
+        try:
+            return await js.stream_info(stream)
+        except NotFoundError:
+            if time.monotonic() >= deadline:
+                raise error from None
+        await asyncio.sleep(0.05)
 
 
 def replicas_of(nc: NATS) -> int:
@@ -82,15 +104,10 @@ async def ensure_stream(nc: NATS, config: StreamConfig, *,
         info = await js.stream_info(config.name)
     except NotFoundError:
         try:
-            await js.add_stream(config)
+            await nc.jetstream(timeout=CREATE_TIMEOUT_S).add_stream(config)
             return await wait_for_leader(nc, config.name)
-        except TimeoutError:
-            raise
         except Exception as exc:  # another process created it first, or a real refusal
-            try:
-                info = await js.stream_info(config.name)
-            except NotFoundError:
-                raise exc from None
+            info = await created_elsewhere(nc, config.name, exc)
     if update is not None and update(info.config):
         info.config.num_replicas = max(info.config.num_replicas or 1, replicas)
         info = await js.update_stream(info.config)

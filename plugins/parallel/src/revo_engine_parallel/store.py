@@ -150,7 +150,10 @@ class TaskStore:
         (and its replicas to ``nats.replicas``)."""
 
         def limits(current: StreamConfig) -> bool:
-            if (current.max_msgs, current.max_age) == (config.max_msgs, config.max_age):
+            # unset reads back as -1 and 0: only a real change updates (in a cluster,
+            # identical updates from several nodes at once go unanswered)
+            wanted = (config.max_msgs or -1, config.max_age or 0.0)
+            if (current.max_msgs or -1, current.max_age or 0.0) == wanted:
                 return False
             current.max_msgs, current.max_age = config.max_msgs, config.max_age
             return True
