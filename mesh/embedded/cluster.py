@@ -42,7 +42,7 @@ from mesh.embedded.nats_server import NatsServer, free_port
 from mesh.embedded.up import Launcher, http_url, metrics_url
 
 __all__ = ["CLUSTER_GATEWAYS", "CLUSTER_NODES", "CLUSTER_REPLICAS", "ClusterLauncher",
-           "LocalCluster"]
+           "LocalCluster", "NatsCluster"]
 
 CLUSTER_NODES = 3
 CLUSTER_GATEWAYS = 2
