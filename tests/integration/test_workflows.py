@@ -19,6 +19,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
+from mesh.runtime.node import Node
 from mesh.testing import MeshHarness, spawn_node, stop_node, wait_for
 from mesh.transport.connection import connect
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
@@ -32,6 +33,7 @@ from tests.plugins.guarded import EFFECTS_DIR_ENV
 SERVICE = "revo.workflows.v1.WorkflowService"
 ECHO = "/revo.echo.v1.EchoService/Echo"
 COUNT = "/revo.echo.v1.EchoService/Count"
+TASKS = "revo.tasks.v1.TaskService"
 PLUGINS = {"only": ["echo", "workflows"]}
 
 
@@ -416,3 +418,54 @@ output: 'size(steps.second.output)'
     assert "step_succeeded" in out
     assert json.loads(out.strip().splitlines()[-1]) == {
         "state": "RUN_STATE_SUCCEEDED", "output": 4, "error": None}
+
+
+async def test_a_step_waits_out_a_service_that_is_down_without_using_its_attempts(
+        mesh: MeshHarness) -> None:
+    """Parallel Mind goes away while a run waits (as while a NATS leader is elected or the
+    only node restarts): its task step keeps trying within its attempt, and once a node
+    serves Parallel Mind again the run succeeds on the step's first attempt, with no
+    failure recorded."""
+    stub = _stub(mesh)
+    definition = _workflow("outage", [
+        {"id": "gate", "waitSignal": {"name": "go"}},
+        {"id": "work", "needs": ["gate"], "task": {"type": "noop", "payload": {"n": 1}},
+         "retry": {"maxAttempts": 2}}])
+    only_parallel = mesh.config.model_copy(update={"plugins": mesh.config.plugins.model_copy(
+        update={"only": ["parallel"]})})
+    first = Node(only_parallel)
+    await first.start()  # a run with a task step starts only while Parallel Mind is served
+    await mesh.wait_for_service(TASKS)
+    await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=definition), timeout=10)
+    started = await stub.StartRun(pb.StartRunRequest(workflow="outage"), timeout=10)
+    await first.stop()
+    await wait_for(lambda: _runtime(mesh).calls.route(f"/{TASKS}/Submit") is None, 10,
+                   "the Coordinator's node to see Parallel Mind gone")
+    await stub.Signal(pb.SignalRequest(run_id=started.run.id, name="go"), timeout=10)
+    url = mesh.nodes[0].metrics.url + "/metrics"
+
+    async def retried(times: int) -> bool:
+        scraped = await asyncio.to_thread(_scrape, url)
+        return _sample(scraped, "coordinator_unavailable_retries_total",
+                       'kind="task"') >= times
+
+    # more tries than the step has attempts: each would have failed one attempt before
+    await wait_for(lambda: retried(4), 30, "the step to meet UNAVAILABLE four times")
+    parallel = Node(only_parallel)
+    await parallel.start()
+    try:
+        run = await _finished(stub, started.run.id)
+    finally:
+        await parallel.stop()
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
+    assert [(s.id, s.state, s.attempt) for s in run.steps][1] == (
+        "work", pb.STEP_STATE_SUCCEEDED, 1)
+    history = [r.event async for r in stub.WatchRun(
+        pb.WatchRunRequest(run_id=started.run.id), timeout=10)]
+    assert not [e for e in history if e.WhichOneof("event") == "step_failed"]
+
+
+def _runtime(mesh: MeshHarness) -> Any:
+    runtime = mesh.nodes[0].runtime
+    assert runtime is not None
+    return runtime

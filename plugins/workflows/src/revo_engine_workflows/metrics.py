@@ -9,7 +9,11 @@ node's ``/metrics`` with its ``node`` label:
   (call, task, group, sleep, wait_signal) and outcome (succeeded, failed, skipped);
 - ``coordinator_runs_total{node, outcome}``: runs this node finished (succeeded, failed,
   cancelled);
-- ``coordinator_runs_active{node}``: runs this node is running now.
+- ``coordinator_runs_active{node}``: runs this node is running now;
+- ``coordinator_unavailable_retries_total{node, kind}``: calls and tasks of steps tried
+  again within their attempt because the mesh answered UNAVAILABLE (no node served the
+  method, or its node was lost: a NATS leader election, a node restarting). A steady rise
+  means a step waits on a service that is down.
 """
 
 from __future__ import annotations
@@ -39,11 +43,21 @@ class CoordinatorMeters:
         self._runs = {o: runs.labels(o) for o in ("succeeded", "failed", "cancelled")}
         metrics.gauge_callback("coordinator_runs_active", "Runs this node is running now",
                                active)
+        unavailable = metrics.counter(
+            "coordinator_unavailable_retries_total",
+            "Step calls and tasks tried again within their attempt after UNAVAILABLE",
+            ("kind",))
+        self._unavailable = {kind: unavailable.labels(kind) for kind in ("call", "task")}
 
     def step(self, kind: str, outcome: str, coordination_s: float) -> None:
         if kind in self._latency:
             self._latency[kind].observe(max(0.0, coordination_s))
         counter = self._steps.get((kind, outcome))
+        if counter is not None:
+            counter.inc()
+
+    def unavailable_retry(self, kind: str) -> None:
+        counter = self._unavailable.get(kind)
         if counter is not None:
             counter.inc()
 

@@ -67,6 +67,11 @@ _T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
+UNAVAILABLE_PAUSE_S = 0.2
+"""The first pause before a call or task that met UNAVAILABLE is tried again in its
+attempt; it doubles up to UNAVAILABLE_PAUSE_MAX_S."""
+UNAVAILABLE_PAUSE_MAX_S = 2.0
+
 _FINAL = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                     grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
                     grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED,
@@ -481,28 +486,49 @@ class Runner:
                        ) -> Any:
         kind = step.WhichOneof("kind")
         timeout = self._timeout(step)
-        work: Awaitable[Any]
-        if kind == "call":
-            work = self._call(step, step_id, scope, timeout)
-        elif kind == "task":
-            work = self._task(step, step_id, scope, timeout)
-        elif kind == "group":
+        if kind in ("call", "task"):
+            return await self._call_or_task(step, step_id, scope, timeout)
+        if kind == "group":
             return await self._group(step, step_id, scope)
         elif kind == "sleep":
             status = self.state.step(step_id)
             until = status.started_ms / 1000 + step.sleep.duration.ToNanoseconds() / 1e9
             await self._wait_until(step_id, until, "sleep")
             return None
-        else:
-            return await self._signal(step, step_id)
-        try:
-            return await asyncio.wait_for(work, timeout)
-        except TimeoutError:
-            raise StepFailed("DEADLINE_EXCEEDED", f"the step took longer than {timeout:g} s",
-                             final=False) from None
-        except RpcError as error:
-            raise StepFailed(error.code.name, error.message,
-                             final=error.code in _FINAL) from None
+        return await self._signal(step, step_id)
+
+    async def _call_or_task(self, step: pb.Step, step_id: str,
+                            scope: dict[str, Any] | None, timeout: float) -> Any:
+        """One attempt of a call or task step, within ``timeout``. UNAVAILABLE (no node
+        serves the method right now, or the node that had the call was lost, as in a NATS
+        leader election or a node restart) is tried again within the attempt, with a short
+        backoff, until its time is up: the step's idempotency key makes the retry safe as
+        it makes a next attempt safe, and a passing outage does not use up the step's
+        attempts (which are for the work failing)."""
+        kind = step.WhichOneof("kind")
+        deadline = time.monotonic() + timeout
+        pause = UNAVAILABLE_PAUSE_S
+        while True:
+            left = deadline - time.monotonic()
+            work = (self._call(step, step_id, scope, left) if kind == "call"
+                    else self._task(step, step_id, scope, left))
+            try:
+                return await asyncio.wait_for(work, left)
+            except TimeoutError:
+                raise StepFailed("DEADLINE_EXCEEDED",
+                                 f"the step took longer than {timeout:g} s",
+                                 final=False) from None
+            except RpcError as error:
+                if error.code is not grpc.StatusCode.UNAVAILABLE or (
+                        time.monotonic() + pause >= deadline):
+                    raise StepFailed(error.code.name, error.message,
+                                     final=error.code in _FINAL) from None
+                log.info("run %s step %s: %s; trying again in %.1f s", self.state.run_id,
+                         step_id, error.message, pause)
+            if self.meters is not None:
+                self.meters.unavailable_retry(kind or "")
+            await asyncio.sleep(pause)
+            pause = min(UNAVAILABLE_PAUSE_MAX_S, pause * 2)
 
     def _timeout(self, step: pb.Step) -> float:
         """A step attempt's timeout: its own, or the engine's default."""
