@@ -2,8 +2,9 @@
 
 A node writes its :class:`NodeAnnouncement` (engines, statuses, and the descriptors of the
 services it serves) under ``nodes.<id>`` when it starts and on every heartbeat, and deletes
-it when it stops. Gateways watch the bucket, forget a node after three missed heartbeats,
-and build their routes and reflection from the descriptors alone, with no generated code.
+it when it stops. Gateways watch the bucket, forget a node after three missed heartbeats
+(while other nodes' heartbeats come: when every node falls silent at once, the registry
+stalled, and they are kept for up to ``REGISTRY_STALL_S``), and build their routes and reflection from the descriptors alone, with no generated code.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 # removed from storage; gateways stop routing to it much earlier (three heartbeats).
 ENTRY_TTL_S = 60.0
 MISSED_HEARTBEATS = 3
+REGISTRY_STALL_S = 15.0
+"""The longest the registry may go without any heartbeat before gateways forget every node
+(longer than a JetStream leader election, 4 to 9 s after a server dies)."""
 
 
 async def open_registry(nc: NATS) -> KeyValue:
@@ -138,9 +142,19 @@ class _Seen:
     at: float
 
 
-def _fresh(seen: _Seen, now: float) -> bool:
-    """Whether the node's last heartbeat is recent enough to route to it."""
-    return now - seen.at <= MISSED_HEARTBEATS * max(seen.announcement.heartbeat_ms, 100) / 1000
+def _fresh(seen: _Seen, now: float, newest: float) -> bool:
+    """Whether the node's last heartbeat is recent enough to route to it. ``newest`` is when
+    the latest heartbeat of any node was made.
+
+    A node that missed :data:`MISSED_HEARTBEATS` heartbeats is stale once the registry went
+    on without it: another node's heartbeat came after its time was up. When every node
+    falls silent together, it is the registry that stalled (its bucket electing a leader
+    after a nats-server died, say), not the nodes: they stay routed for up to
+    :data:`REGISTRY_STALL_S`, as forgetting them all would fail every call at once."""
+    window = MISSED_HEARTBEATS * max(seen.announcement.heartbeat_ms, 100) / 1000
+    if now - seen.at <= window:
+        return True
+    return newest - seen.at <= window and now - seen.at <= REGISTRY_STALL_S
 
 
 @dataclass
@@ -253,7 +267,8 @@ class RegistryView:
             seen.at = time.monotonic() - age
             # ...unless the node had been left out as stale (this gateway saw no heartbeat
             # for a while: its loop was busy, say) and is fresh again: route to it at once
-            if self._ready and node_id not in self._routed and _fresh(seen, time.monotonic()):
+            if self._ready and node_id not in self._routed and _fresh(
+                    seen, time.monotonic(), seen.at):
                 self._rebuild()
             return
         self._seen[node_id] = _Seen(announcement, time.monotonic() - age)
@@ -262,7 +277,9 @@ class RegistryView:
 
     def _fresh(self) -> list[registry_pb2.NodeAnnouncement]:
         now = time.monotonic()
-        return [seen.announcement for seen in self._seen.values() if _fresh(seen, now)]
+        newest = max((seen.at for seen in self._seen.values()), default=now)
+        return [seen.announcement for seen in self._seen.values()
+                if _fresh(seen, now, newest)]
 
     async def _expire(self) -> None:
         while True:
