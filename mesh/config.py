@@ -118,7 +118,7 @@ class GatewaySettings(_Section):
                                      description="deadline for calls that bring none")
     max_timeout_s: float = Field(300.0, gt=0, description="longest deadline a caller may ask")
     accept_timeout_s: float = Field(
-        2.0, gt=0, description="a call neither answered nor accepted by a node within this "
+        1.5, gt=0, description="a call neither answered nor accepted by a node within this "
         "fails UNAVAILABLE (its node died)")
     colocate: bool = Field(False, description="host the engines in the gateway's own process")
     stream_window: int = Field(32, ge=1, le=4096,

@@ -116,7 +116,7 @@ class _Pending:
 class Requester:
     """Sends calls on one NATS connection and matches replies to them."""
 
-    def __init__(self, nc: MeshConnection, accept_timeout_s: float = 2.0) -> None:
+    def __init__(self, nc: MeshConnection, accept_timeout_s: float = 1.5) -> None:
         self._nc = nc
         self._accept_timeout = accept_timeout_s
         self._prefix = ""
