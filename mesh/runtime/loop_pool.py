@@ -37,6 +37,7 @@ from mesh.runtime.pool import (
     decode_request,
     encode_response,
     engine_failure,
+    log_failure,
     outcome_of,
 )
 
@@ -203,8 +204,7 @@ class LoopPool:
         return decode_request(binding, payload)
 
     def crashed(self, binding: MethodBinding, ctx: Context, exc: Exception) -> RpcError:
-        log.error("engine %s failed in %s (request %s)", self.name, binding.path,
-                  ctx.request_id, exc_info=exc)
+        log_failure(self.name, binding.path, ctx.request_id, exc)
         self.stats.crashed += 1
         self.stats.last_error = f"{type(exc).__name__}: {exc}"
         return engine_failure(self.name, binding.path, exc)

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["Call", "EnginePool", "PoolState", "StreamSink", "decode_request", "encode_response",
-           "outcome_of"]
+           "engine_failure", "log_failure", "outcome_of"]
 
 
 class PoolState(enum.Enum):
@@ -232,10 +232,21 @@ class EngineActor(pykka.ThreadingActor):
                      else DeadlineExceeded(f"deadline passed while streaming {binding.path}"))
         except Exception as exc:
             crashed = True
-            log.exception("engine %s crashed in %s (request %s)", self._pool.name,
-                          binding.path, call.ctx.request_id)
+            log_failure(self._pool.name, binding.path, call.ctx.request_id, exc)
             error = engine_failure(self._pool.name, binding.path, exc)
         return result, error, crashed
+
+
+def log_failure(engine: str, path: str, request_id: str, exc: Exception) -> None:
+    """Log an exception an engine did not mean to raise: NATS not answering (a server
+    restarting, a leader being elected) in one line, as it is the store's state and not a
+    bug; anything else with its traceback."""
+    if unreachable(exc):
+        log.warning("engine %s in %s (request %s): NATS did not answer (%s: %s)", engine,
+                    path, request_id, type(exc).__name__, exc)
+    else:
+        log.error("engine %s failed in %s (request %s)", engine, path, request_id,
+                  exc_info=exc)
 
 
 def engine_failure(engine: str, path: str, exc: Exception) -> RpcError:

@@ -25,8 +25,11 @@ pytestmark = pytest.mark.skipif(not BUF.exists(), reason=f"buf is not installed 
 
 def _proto_roots() -> list[Path]:
     """Every folder holding a proto tree (``.../proto``), relative to the repository."""
+    # environments (.venv, the models' .venv-models), .git and npm's folders hold other
+    # projects' protos
     found = {path.relative_to(ROOT) for path in ROOT.rglob("*.proto")
-             if not {".venv", "node_modules", ".git"} & set(path.relative_to(ROOT).parts)}
+             if not any(part.startswith(".") or part == "node_modules"
+                        for part in path.relative_to(ROOT).parts)}
     roots = set()
     for path in found:
         parts = path.parts
