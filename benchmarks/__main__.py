@@ -59,6 +59,11 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                   "Durable workflows of no-op steps: the Coordinator vs a Temporal dev server "
                   "and DBOS on SQLite (added ms per step p50/p99, start ms, one-step runs/s, "
                   "fan-out of 100; the mesh path is not measured until the engine exists)"),
+    "cluster": ("benchmarks.cluster",
+                "The cluster profile (3 clustered nats-servers, Milvus server, 2 gateways "
+                "behind Envoy, 3 nodes) under a mixed load while leaders, nodes, gateways "
+                "and Milvus fail (lost, duplicated, max unavailable s), and scale-out with "
+                "1-3 nodes (tasks/s, calls/s, CPU per process)"),
 }
 
 

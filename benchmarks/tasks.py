@@ -255,9 +255,12 @@ def _cpu_s(pids: Sequence[int]) -> float:
 class MeshClient:
     """``TaskService.Submit`` through the gateway; finishes seen on ``TaskService.Watch``."""
 
-    def __init__(self, workload: str, gateway: str) -> None:
+    def __init__(self, workload: str, gateway: str,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self.workload = workload
         self.gateway = gateway
+        self.metadata = metadata
+        """Sent with every call (e.g. ``authorization``: the cluster benchmark's mesh)."""
 
     async def open(self) -> None:
         import grpc
@@ -280,6 +283,7 @@ class MeshClient:
     async def _watch(self, task_id: str, sample: Sample, phase: Phase, timeout: float) -> None:
         try:
             async for task in self.stub.Watch(self.pb.WatchRequest(id=task_id),
+                                              metadata=self.metadata,
                                               timeout=timeout):
                 if task.state in self.finished:
                     sample.seen = time.time()
@@ -303,6 +307,7 @@ class MeshClient:
         phase.samples.extend(samples)
         try:
             reply = await self.stub.Submit(self.pb.SubmitRequest(tasks=[self.spec] * count),
+                                           metadata=self.metadata,
                                            timeout=timeout)
         except Exception as exc:
             phase.error(f"Submit: {exc}")
@@ -481,7 +486,8 @@ def client_main(args: argparse.Namespace) -> int:
             celery.close()
     else:
         async def main() -> None:
-            mesh = MeshClient(args.workload, args.gateway)
+            metadata = tuple((k, v) for k, _, v in (m.partition("=") for m in args.metadata))
+            mesh = MeshClient(args.workload, args.gateway, metadata)
             await mesh.open()
             try:
                 warm = await mesh.run(args.mode, warm_s, warm_count, args.timeout)
@@ -663,8 +669,10 @@ def start_mesh(fleet: Fleet, name: str, nodes: int, colocate: bool = False) -> S
 
 
 def run_client(path: str, workload: str, mode: str, server: Server, duration_s: float,
-               count: int, timeout: float) -> dict[str, Any]:
-    """A client process for one cell; its JSON result."""
+               count: int, timeout: float,
+               metadata: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """A client process for one cell; its JSON result. ``metadata`` goes with every call
+    of a mesh client."""
     argv = [sys.executable, "-m", "benchmarks.tasks", "client",
             "--path", "mesh" if path in MESH_NODES else "celery", "--workload", workload,
             "--mode", mode, "--duration", str(duration_s), "--count", str(count),
@@ -672,6 +680,8 @@ def run_client(path: str, workload: str, mode: str, server: Server, duration_s: 
     env = python_env()
     if path in MESH_NODES:
         argv += ["--gateway", server.target.address]
+        for key, value in metadata:
+            argv += ["--metadata", f"{key}={value}"]
     else:
         assert server.queue is not None
         argv += ["--queue", server.queue]
@@ -1182,6 +1192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     client.add_argument("--server-pids", default="", help="pids whose CPU is the server's")
     client.add_argument("--gateway", help="the mesh gateway's host:port (mesh)")
     client.add_argument("--queue", help="the Celery queue (celery)")
+    client.add_argument("--metadata", action="append", default=[],
+                        help="KEY=VALUE sent with every mesh call (repeatable)")
     args = parser.parse_args(argv)
     if args.count < 1 or args.timeout <= 0 or args.duration <= 0:
         parser.error("--count must be >= 1, --timeout and --duration > 0")
