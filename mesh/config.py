@@ -77,6 +77,9 @@ class NatsSettings(_Section):
                                "server; 0 lets Go use all")
     connect_timeout_s: float = Field(5.0, gt=0, description="time to wait for the first "
                                      "connection before giving up")
+    ping_interval_s: float = Field(1.0, gt=0, description="ping the server this often; "
+                                   "two pings unanswered and the connection is taken as "
+                                   "dead (a hung or cut-off server) and moved to another")
     replicas: int = Field(1, ge=1, le=5, description="replicas of every JetStream stream and "
                           "bucket the mesh and its engines create (3 on a three-server "
                           "cluster; an existing stream with fewer is raised to it)")

@@ -62,6 +62,9 @@ StoredMessage = tuple[bytes, dict[str, str]]
 """A stream message as a direct get answers it: the payload, and headers that include
 ``Nats-Sequence`` (its sequence in the stream)."""
 
+MAX_OUTSTANDING_PINGS = 2
+"""Pings unanswered before a connection is taken as stale (``nats.ping_interval_s``)."""
+
 # Above this many unsent bytes in the socket's buffer, writes go through nats-py's flusher,
 # which waits for the buffer to drain.
 _WRITE_BUFFER_LIMIT = 1024 * 1024
@@ -295,6 +298,10 @@ async def connect(settings: NatsSettings, name: str) -> MeshConnection:
             connect_timeout=settings.connect_timeout_s,  # type: ignore[arg-type]
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,  # type: ignore[arg-type]
+            # a server that stops answering (hung, or cut off by a partition) keeps the
+            # socket open: without pings nats-py would notice only after 2 x 2 minutes
+            ping_interval=settings.ping_interval_s,  # type: ignore[arg-type]
+            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
             allow_reconnect=True,
             error_cb=on_error,
             disconnected_cb=on_disconnected,

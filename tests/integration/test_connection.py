@@ -50,3 +50,27 @@ async def test_publish_larger_than_the_server_allows_is_refused_locally(nats_ser
         assert nc.is_connected  # the connection was not sacrificed
     finally:
         await nc.close()
+
+
+async def test_a_connection_whose_server_hangs_moves_to_another_member(tmp_path):
+    """A nats-server that stops answering but keeps its sockets open (SIGSTOP: a hung
+    process, or a partition) is noticed by pings (``nats.ping_interval_s``) and left for
+    another member of the cluster; nats-py's own default would take four minutes."""
+    from mesh.embedded.nats_cluster import NatsCluster
+
+    cluster = NatsCluster(tmp_path / "cluster", size=3).start()
+    nc = None
+    try:
+        nc = await connect(NatsSettings(url=cluster.url, ping_interval_s=0.5), "test-hang")
+        hung = next(s for s in cluster.servers if s.port == nc.connected_url.port)
+        hung.pause()
+        try:
+            await wait_for(lambda: nc.is_connected and nc.connected_url.port != hung.port,
+                           30, "the connection to leave the hung server")
+            await nc.flush(timeout=5)  # and it works on its new server
+        finally:
+            hung.resume()
+    finally:
+        if nc is not None:
+            await nc.close()
+        cluster.stop()
