@@ -4,7 +4,8 @@ A node writes its :class:`NodeAnnouncement` (engines, statuses, and the descript
 services it serves) under ``nodes.<id>`` when it starts and on every heartbeat, and deletes
 it when it stops. Gateways watch the bucket, forget a node after three missed heartbeats
 (while other nodes' heartbeats come: when every node falls silent at once, the registry
-stalled, and they are kept for up to ``REGISTRY_STALL_S``), and build their routes and reflection from the descriptors alone, with no generated code.
+stalled, and they are kept for up to ``REGISTRY_STALL_S``), and build their routes and
+reflection from the descriptors alone, with no generated code.
 """
 
 from __future__ import annotations

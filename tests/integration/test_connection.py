@@ -62,10 +62,13 @@ async def test_a_connection_whose_server_hangs_moves_to_another_member(tmp_path)
     nc = None
     try:
         nc = await connect(NatsSettings(url=cluster.url, ping_interval_s=0.5), "test-hang")
-        hung = next(s for s in cluster.servers if s.port == nc.connected_url.port)
+        def port() -> int | None:
+            return nc.connected_url.port if nc.connected_url is not None else None
+
+        hung = next(s for s in cluster.servers if s.port == port())
         hung.pause()
         try:
-            await wait_for(lambda: nc.is_connected and nc.connected_url.port != hung.port,
+            await wait_for(lambda: nc.is_connected and port() != hung.port,
                            30, "the connection to leave the hung server")
             await nc.flush(timeout=5)  # and it works on its new server
         finally:
