@@ -15,9 +15,13 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from mesh.config import load_config
 from mesh.embedded.envoy import validate_config
+from mesh.observability.metrics import FRAMEWORK_METRICS, EngineMetrics
+from tests.deploy.test_dashboards import metric_names
+from tests.promtool import promtool
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -111,6 +115,119 @@ def test_jetstream_triggers_name_the_real_stream_and_the_leader_aware_endpoint(
         # the headless service: per-server names resolve, so KEDA finds the consumer leader
         assert meta["natsServerMonitoringEndpoint"] == \
             f"revo-nats-headless.{namespace}.svc.cluster.local:8222"
+
+
+def _triggers(overlay: str, kind: str) -> list[tuple[str, Doc]]:
+    """(ScaledObject name, trigger) of every trigger of type ``kind``."""
+    return [(s["metadata"]["name"], t) for s in docs(overlay, "ScaledObject")
+            for t in s["spec"]["triggers"] if t["type"] == kind]
+
+
+def _exposed(name: str, kind: str) -> set[str]:
+    """The sample names a family of this name and type puts on a scrape."""
+    if kind == "counter":
+        return {name.removesuffix("_total") + "_total"}
+    if kind == "histogram":
+        return {name + suffix for suffix in ("_bucket", "_sum", "_count")}
+    return {name}
+
+
+@cache
+def declared_metrics() -> frozenset[str]:
+    """Sample names the autoscaled engines declare (Parallel Mind's and the Coordinator's
+    own declarations, run against a registry) and the framework's families: what a
+    revo-parallel or revo-workflows pod serves, without starting a mesh."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from mesh.runtime.workers import WorkerPool
+    from revo_engine_parallel.dispatch import Dispatcher
+    from revo_engine_parallel.metrics import declare_metrics
+    from revo_engine_workflows.metrics import CoordinatorMeters
+
+    registry = CollectorRegistry()
+    metrics = EngineMetrics(registry, "node-1")
+    stats = SimpleNamespace(succeeded=0, failed=0, dead_lettered=0, cancelled=0)
+    declare_metrics(metrics, cast(WorkerPool, SimpleNamespace(size=0, busy=0)),
+                    cast(Dispatcher, SimpleNamespace(depth_by_priority=dict, stats=stats)))
+    CoordinatorMeters(metrics, lambda: 0.0)
+    names = {name for family in registry.collect()
+             for name in _exposed(family.name, family.type)}
+    names |= {name for spec in FRAMEWORK_METRICS for name in _exposed(spec.name, spec.kind)}
+    return frozenset(names)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_scaled_object_has_a_backlog_trigger_besides_cpu(overlay: str) -> None:
+    for scaled in docs(overlay, "ScaledObject"):
+        name, kinds = scaled["metadata"]["name"], {t["type"] for t in scaled["spec"]["triggers"]}
+        assert "cpu" in kinds, name
+        assert kinds & {"prometheus", "nats-jetstream"}, f"{name} scales on CPU only"
+    # Parallel Mind's backlog is spread over one consumer per (priority, owner): only the
+    # Prometheus depth covers every queue, a nats-jetstream trigger reads one
+    assert "revo-parallel" in {name for name, _ in _triggers(overlay, "prometheus")}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prometheus_triggers_query_declared_metrics_of_this_namespace(overlay: str) -> None:
+    triggers = _triggers(overlay, "prometheus")
+    assert triggers
+    namespace = docs(overlay, "Deployment")[0]["metadata"]["namespace"]
+    for name, trigger in triggers:
+        meta = trigger["metadata"]
+        where = f"{name}/{trigger.get('name')}: {meta['query']}"
+        names = metric_names(meta["query"])
+        assert names, where
+        missing = names - declared_metrics()
+        assert not missing, f"{where}: no engine or the framework declares {sorted(missing)}"
+        # every selector keeps to this mesh's pods (another one may share the Prometheus)
+        for metric in names:
+            matchers = re.findall(rf"\b{metric}\b(\{{[^}}]*\}})?", meta["query"])
+            assert all(f'namespace="{namespace}"' in m for m in matchers), \
+                f"{where}: {metric} without namespace=\"{namespace}\""
+        assert meta["serverAddress"] == \
+            "http://prometheus-operated.monitoring.svc.cluster.local:9090", where
+        assert float(meta["threshold"]) > 0, where
+        assert meta["ignoreNullValues"] == "false", where  # no data: fallback, not zero
+        assert trigger.get("metricType", "AverageValue") == "AverageValue", where
+
+
+_NODES = ("parallel-0", "parallel-1", "parallel-2")
+BACKLOG_CASES: dict[str, tuple[dict[str, str], float]] = {
+    # every node reports the same mesh-wide depth: 10 at priority 5 and 4 at priority 1 is
+    # a backlog of 14 whatever the number of nodes reporting it
+    "task-backlog": ({**{f'parallel_mind_queue_depth{{namespace="revo",node="{n}",'
+                         f'priority="5"}}': "10" for n in _NODES},
+                      **{f'parallel_mind_queue_depth{{namespace="revo",node="{n}",'
+                         f'priority="1"}}': "4" for n in _NODES},
+                      'parallel_mind_queue_depth{namespace="other",node="x",priority="5"}':
+                          "500"}, 14.0),
+    # runs are per node: 3 + 5 + 7
+    "runs-active": ({'coordinator_runs_active{namespace="revo",node="wf-0"}': "3",
+                     'coordinator_runs_active{namespace="revo",node="wf-1"}': "5",
+                     'coordinator_runs_active{namespace="revo",node="wf-2"}': "7",
+                     'coordinator_runs_active{namespace="other",node="x"}': "100"}, 15.0),
+}
+"""Per prometheus trigger (by its ``name``): series as the revo pods of three nodes (and a
+mesh in another namespace) serve them, and the backlog the query must return."""
+
+
+def test_backlog_queries_count_the_mesh_once(tmp_path: Path) -> None:
+    triggers = {t["name"]: t["metadata"]["query"] for _, t in _triggers("prod", "prometheus")}
+    assert set(triggers) == set(BACKLOG_CASES)
+    unit = {"rule_files": [], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [{"series": series, "values": f"{value}x5"}
+                         for by_series, _ in BACKLOG_CASES.values()
+                         for series, value in by_series.items()],
+        "promql_expr_test": [{"expr": triggers[name], "eval_time": "5m",
+                              "exp_samples": [{"labels": "{}", "value": expected}]}
+                             for name, (_, expected) in BACKLOG_CASES.items()]}]}
+    path = tmp_path / "backlog_test.yml"
+    path.write_text(yaml.safe_dump(unit))
+    result = subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True,
+                            text=True, timeout=60, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
