@@ -6,7 +6,8 @@ provisioned Grafana gets its default Prometheus). Queries read the recording rul
 ``deploy/prometheus/rules/recording.yml`` where one exists. ``tests/deploy/test_dashboards.py``
 checks that the JSON files are what this script writes, and that every metric a panel names
 is exported by a running mesh (or, for Triton and the NATS exporter, listed in
-``deploy/prometheus/external-metrics.txt``).
+``deploy/prometheus/external-metrics.txt``). ``tests/deploy/test_dashboard_types.py``
+type-checks each dashboard as ``@grafana/schema``'s ``Dashboard`` with ``tsc --strict``.
 """
 
 from __future__ import annotations
@@ -82,9 +83,11 @@ def dashboard(uid: str, title: str, panels: list[Panel]) -> dict[str, Any]:
         "uid": uid, "title": title, "tags": ["revo"], "timezone": "browser",
         "editable": True, "graphTooltip": 1, "schemaVersion": 39, "version": 1,
         "refresh": "30s", "time": {"from": "now-6h", "to": "now"},
+        # no "current": a provisioned Grafana picks its default Prometheus, and the schema's
+        # VariableOption needs text and value (tests/deploy/test_dashboard_types.py)
         "templating": {"list": [{
             "name": "datasource", "label": "Prometheus", "type": "datasource",
-            "query": "prometheus", "current": {}, "hide": 0, "refresh": 1,
+            "query": "prometheus", "hide": 0, "refresh": 1,
             "options": [], "regex": "", "skipUrlSync": False}]},
         "annotations": {"list": []}, "links": [], "panels": panels,
     }
