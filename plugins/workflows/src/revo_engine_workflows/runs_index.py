@@ -20,6 +20,7 @@ listed.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -27,8 +28,9 @@ import hashlib
 import re
 from typing import Any
 
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from mesh.errors import Reason, Unavailable
 from mesh.transport.connection import MeshConnection
 from mesh.transport.kv import KeyValue, latest, open_bucket
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
@@ -124,7 +126,10 @@ class RunIndex:
         new = summary(run)
         data = new.SerializeToString(deterministic=True)
         if fresh:
-            with contextlib.suppress(KeyWrongLastSequenceError):  # it has one: compare
+            # it has one: compare (KeyNotFoundError: nats-py's create re-reads the key after
+            # a wrong-last-sequence answer, and a replica that has not caught up yet says
+            # it has none)
+            with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
                 await runs.create(run.id, data)
                 return True
         for _ in range(_ATTEMPTS):
@@ -139,10 +144,15 @@ class RunIndex:
                     return False
                 await runs.update(run.id, data, last=found[1])
                 return True
-            except KeyWrongLastSequenceError:
-                continue  # another write landed in between: compare with it
-        raise RuntimeError(f"run {run.id}: the index entry changed {_ATTEMPTS} times while "
-                           f"being written")
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                # another write landed in between, or the read came from a replica that
+                # is behind (direct gets may be answered by any replica): read again
+                await asyncio.sleep(0.01)
+                continue
+        raise Unavailable(f"run {run.id}: its index entry could not be written after "
+                          f"{_ATTEMPTS} tries (it kept changing, or the replicas disagreed); "
+                          "retry", reason=Reason.STORE_UNAVAILABLE,
+                          metadata={"engine": "workflows"})
 
     async def remove(self, run_id: str) -> None:
         """Take the run's summary out of the index (a run that was never recorded)."""
@@ -216,5 +226,9 @@ class RunIndex:
                 found = await latest(self._nc, KEYS_BUCKET, name)
                 if found is not None:
                     return found[0].decode()
-                # aged out between the two calls: claim it again
-        raise RuntimeError(f"idempotency key of {started_by!r} could not be claimed")
+                # aged out between the two calls, or read from a replica that is behind:
+                # claim it again
+                await asyncio.sleep(0.01)
+        raise Unavailable(f"idempotency key of {started_by!r} could not be claimed or read "
+                          "(the replicas disagreed); retry", reason=Reason.STORE_UNAVAILABLE,
+                          metadata={"engine": "workflows"})
