@@ -10,9 +10,10 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from mesh.errors import Reason, Unavailable
 from mesh.transport.connection import MeshConnection
 from mesh.transport.streams import (
     CREATE_TIMEOUT_S,
@@ -21,7 +22,7 @@ from mesh.transport.streams import (
     wait_for_leader,
 )
 
-__all__ = ["KeyValue", "Mirror", "latest", "open_bucket"]
+__all__ = ["KeyValue", "Mirror", "claim", "latest", "open_bucket"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,34 @@ async def latest(nc: MeshConnection, bucket: str, key: str,
     if headers.get("KV-Operation") in ("DEL", "PURGE"):
         return None
     return data, int(headers["Nats-Sequence"])
+
+
+CLAIM_ATTEMPTS = 20
+CLAIM_PAUSE_S = 0.05
+
+
+async def claim(nc: MeshConnection, bucket: KeyValue, name: str, key: str,
+                value: bytes) -> bytes | None:
+    """Write ``value`` under ``key`` of bucket ``name`` only if the key has never been
+    written (``last=0``); None when this call wrote it, else the value it already has.
+
+    For keys that are never deleted (aged out whole), such as idempotency keys. Unlike
+    nats-py's ``create``, a conflict is followed by this module's own read, and a read
+    that finds nothing is tried again: direct gets may be answered by any replica, and one
+    that is behind its leader says "no such key" right after another writer's claim won
+    (seen under a partition as INTERNAL answers). Raises ``Unavailable`` when the replicas
+    keep disagreeing."""
+    for _ in range(CLAIM_ATTEMPTS):
+        try:
+            await bucket.update(key, value, last=0)
+            return None
+        except KeyWrongLastSequenceError:
+            found = await latest(nc, name, key)
+            if found is not None:
+                return found[0]
+            await asyncio.sleep(CLAIM_PAUSE_S)  # a replica behind, or aged out: again
+    raise Unavailable(f"key {key!r} of bucket {name} could not be claimed or read: its "
+                      "replicas disagree; retry", reason=Reason.STORE_UNAVAILABLE)
 
 
 class Mirror:

@@ -26,11 +26,11 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from mesh.transport.connection import MeshConnection
-from mesh.transport.kv import latest, open_bucket
+from mesh.transport.kv import claim, latest, open_bucket
 from mesh.transport.streams import ensure_replicas, ensure_stream, replicas_of
 from mesh.transport.subjects import subject_token
 from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
@@ -251,12 +251,8 @@ class TaskStore:
     async def claim_key(self, owner: str, key: str, task_id: str) -> str | None:
         """Bind ``key`` to ``task_id``; the task id it already has, if any."""
         name = idempotency_key_name(owner, key)
-        try:
-            await self.keys.create(name, task_id.encode())
-            return None
-        except KeyWrongLastSequenceError:
-            entry = await self.keys.get(name)
-            return entry.value.decode() if entry.value else None
+        found = await claim(self.nc, self.keys, KEYS_BUCKET, name, task_id.encode())
+        return found.decode() if found is not None else None
 
     # -- dead letters -----------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from mesh.errors import Reason, Unavailable
 from mesh.transport.connection import MeshConnection
-from mesh.transport.kv import KeyValue, latest, open_bucket
+from mesh.transport.kv import KeyValue, claim, latest, open_bucket
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 
 __all__ = ["ACTIVE", "FINISHED", "KEYS_BUCKET", "ONE_SHOT_WATCH_S", "RUNS_BUCKET", "RunIndex",
@@ -217,18 +217,5 @@ class RunIndex:
         ``keep_s`` after their claim."""
         _, keys = self._buckets()
         name = _key_name(started_by, key)
-        for _ in range(_ATTEMPTS):
-            try:
-                # last=0: "no message yet"; keys are never deleted, only aged out whole
-                await keys.update(name, run_id.encode(), last=0)
-                return run_id
-            except KeyWrongLastSequenceError:
-                found = await latest(self._nc, KEYS_BUCKET, name)
-                if found is not None:
-                    return found[0].decode()
-                # aged out between the two calls, or read from a replica that is behind:
-                # claim it again
-                await asyncio.sleep(0.01)
-        raise Unavailable(f"idempotency key of {started_by!r} could not be claimed or read "
-                          "(the replicas disagreed); retry", reason=Reason.STORE_UNAVAILABLE,
-                          metadata={"engine": "workflows"})
+        found = await claim(self._nc, keys, KEYS_BUCKET, name, run_id.encode())
+        return run_id if found is None else found.decode()
