@@ -14,7 +14,7 @@ at a time hits it:
 - ``meta_leader``: SIGKILL the JetStream meta leader (supervision starts it again);
 - ``stream_leader``: SIGKILL the leader of Parallel Mind's task stream;
 - ``node``: SIGKILL a node; ``gateway``: SIGKILL a gateway (Envoy is in front);
-- ``milvus``: restart the Milvus server;
+- ``milvus``: SIGKILL the Milvus server (supervision starts it again; last in a round);
 - ``partition``: SIGSTOP the task stream's leader for :data:`PARTITION_S`, then SIGCONT.
 
 Before each fault, every kind of call must succeed once (method v2: so that one fault's
@@ -59,7 +59,7 @@ from mesh.config import MeshConfig, load_config
 from mesh.embedded.cluster import LocalCluster
 from revo_engine_parallel.store import STREAM as TASK_STREAM
 
-FAULTS = ("none", "meta_leader", "stream_leader", "node", "gateway", "milvus", "partition")
+FAULTS = ("none", "meta_leader", "stream_leader", "node", "gateway", "partition", "milvus")
 NATS_FAULTS = ("meta_leader", "stream_leader", "partition")
 TARGET_S = {"meta_leader": 5.0, "stream_leader": 5.0, "partition": 5.0, "node": 2.0,
             "gateway": 2.0}
@@ -70,7 +70,7 @@ AFTER_S = 12.0
 PARTITION_S = 8.0
 SETTLE_S = 90.0
 HEAL_TIMEOUT_S = 60.0
-READY_TIMEOUT_S = 180.0
+READY_TIMEOUT_S = 120.0
 """Before each fault, every kind of call must succeed within this (see ``one_fault``)."""
 SCALE_NODES = (3, 2, 1)
 SCALE_DURATION_S = 8.0
@@ -176,11 +176,11 @@ def strike(cluster: LocalCluster, fault: str) -> tuple[dict[str, Any], Callable[
     if fault == "milvus":
         pid = cluster.milvus.process.pid if cluster.milvus.process else None
         started = time.monotonic()
-        cluster.hold("milvus")  # this restart, not supervision's, brings it back
-        try:
-            cluster.milvus.restart()
-        finally:
-            cluster.release("milvus")
+        # SIGKILL, and supervision starts it again on its ports and data (a graceful
+        # stop and start of the milvus wheel's server left it answering "no available
+        # rootcoord" for minutes: its components' sessions in its embedded etcd)
+        cluster.kill("milvus")
+        cluster.wait_running("milvus", timeout=60)
         new = cluster.milvus.process.pid if cluster.milvus.process else None
         if new is None or new == pid:
             raise RuntimeError("Milvus did not restart")
@@ -219,10 +219,8 @@ async def one_fault(cluster: LocalCluster, token: str, fault: str, round_index: 
         await probe.prepare()
         for kind in KINDS:
             await probe.one(kind, give_up_s=READY_TIMEOUT_S)
-        if probe.ledger.gave_up:
-            raise RuntimeError(f"before {fault}: {dict(probe.ledger.gave_up)} kinds of call "
-                               f"still failed after {READY_TIMEOUT_S:g} s")
         ready_s = round(time.monotonic() - ready_at, 2)
+        not_ready = dict(probe.ledger.gave_up)  # measured anyway, and said in the row
         load = MixedLoad(client.channel, tag=f"r{round_index}-{fault}", lanes=lanes)
         await load.prepare()
         stop = asyncio.Event()
@@ -244,7 +242,8 @@ async def one_fault(cluster: LocalCluster, token: str, fault: str, round_index: 
             await running
         report = await load.settle(SETTLE_S)
     target = TARGET_S.get(fault)
-    return {**done, **report, "ready_before_s": ready_s, "target_unavailable_s": target,
+    return {**done, **report, "ready_before_s": ready_s, "not_ready_before": not_ready,
+            "target_unavailable_s": target,
             "verdict": _verdict(report, target)}
 
 
