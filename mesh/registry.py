@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import nats.errors
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor, MethodDescriptor, ServiceDescriptor
 from nats.aio.client import Client as NATS
@@ -35,11 +34,6 @@ MISSED_HEARTBEATS = 3
 REGISTRY_STALL_S = 15.0
 """The longest the registry may go without any heartbeat before gateways forget every node
 (longer than a JetStream leader election, 4 to 9 s after a server dies)."""
-PROBE_TIMEOUT_S = 0.25
-GONE_AFTER_PROBES = 2
-"""A node kept through a registry stall is forgotten at once when this many probes in a row
-(one a second) find nobody listening on its own subject: its connection is closed, so it
-died (a node whose server died is back on another within a second)."""
 
 
 async def open_registry(nc: NATS) -> KeyValue:
@@ -147,8 +141,6 @@ def _only_heartbeat_changed(old: registry_pb2.NodeAnnouncement,
 class _Seen:
     announcement: registry_pb2.NodeAnnouncement
     at: float
-    not_listening: int = 0
-    """Probes in a row that found nobody on the node's own subject (see ``_probe``)."""
 
 
 def _fresh(seen: _Seen, now: float, newest: float) -> bool:
@@ -163,8 +155,7 @@ def _fresh(seen: _Seen, now: float, newest: float) -> bool:
     window = MISSED_HEARTBEATS * max(seen.announcement.heartbeat_ms, 100) / 1000
     if now - seen.at <= window:
         return True
-    return (newest - seen.at <= window and now - seen.at <= REGISTRY_STALL_S
-            and seen.not_listening < GONE_AFTER_PROBES)
+    return newest - seen.at <= window and now - seen.at <= REGISTRY_STALL_S
 
 
 @dataclass
@@ -291,35 +282,9 @@ class RegistryView:
         return [seen.announcement for seen in self._seen.values()
                 if _fresh(seen, now, newest)]
 
-    async def _probe(self) -> None:
-        """Ask NATS whether each node kept only by the stall rule (it missed its heartbeats
-        while no other node's came either) still listens on its own subject. The node
-        never answers the probe, so a live one times it out; NATS answers "no responders"
-        at once for a node whose connection is gone. That tells a stalled registry (every
-        node alive, the bucket electing a leader) from a dead node with no other node
-        beating to show it, such as the only node of a small mesh."""
-        now = time.monotonic()
-        for node_id, seen in list(self._seen.items()):
-            window = MISSED_HEARTBEATS * max(seen.announcement.heartbeat_ms, 100) / 1000
-            if now - seen.at <= window:
-                seen.not_listening = 0
-                continue
-            if now - seen.at > REGISTRY_STALL_S or seen.not_listening >= GONE_AFTER_PROBES:
-                continue
-            try:
-                await self._nc.request(subjects.cancel_subject(node_id), b"",
-                                       timeout=PROBE_TIMEOUT_S)
-            except nats.errors.NoRespondersError:
-                seen.not_listening += 1
-                continue
-            except (nats.errors.Error, TimeoutError, ValueError):
-                pass  # listening (a timeout), or NATS itself is away: no news
-            seen.not_listening = 0
-
     async def _expire(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            await self._probe()
             fresh = {a.node.id for a in self._fresh()}
             if fresh != {a.node.id for a in self.snapshot.nodes}:
                 self._rebuild()

@@ -134,33 +134,3 @@ async def test_a_node_leaves_the_registry_even_when_a_heartbeat_swallows_its_can
         if writer._task is not None:
             writer._task.cancel()  # a second cancel lands in the sleep
         await nc.close()
-
-
-async def test_a_node_kept_through_a_registry_stall_is_forgotten_once_nobody_listens_for_it(
-        nats_server):
-    """Two nodes' heartbeats stopped together (as while the registry bucket elects a leader):
-    the view keeps both, and asks NATS whether each still listens on its own subject. The
-    one nobody listens for (its connection closed: it died) is forgotten after two probes;
-    the one that listens stays."""
-    from mesh.config import NatsSettings
-    from mesh.registry import GONE_AFTER_PROBES, RegistryView
-    from mesh.transport.connection import connect
-    from mesh.transport.subjects import cancel_subject
-    from tests.unit.test_registry_view import ECHO, _announcement
-
-    nc = await connect(NatsSettings(url=nats_server.url), "test-registry-probe")
-    try:
-        await nc.subscribe(cancel_subject("alive"))  # what a live node listens on
-        await nc.flush()
-        view = RegistryView(nc)
-        view._ready = True
-        view._put("nodes.alive", _announcement("alive", 5.0))
-        view._put("nodes.dead", _announcement("dead", 5.0))
-        view._rebuild()
-        assert view.snapshot.service_nodes[ECHO] == ["alive", "dead"]
-        for _ in range(GONE_AFTER_PROBES):
-            await view._probe()
-        view._rebuild()
-        assert view.snapshot.service_nodes[ECHO] == ["alive"]
-    finally:
-        await nc.close()
