@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -42,10 +41,6 @@ from revo_engine_workflows.state import RunState, fold
 __all__ = ["WorkflowEngine", "WorkflowSettings"]
 
 log = logging.getLogger(__name__)
-
-CLAIMED_WAIT_S = 5.0
-"""StartRun with a claimed idempotency key waits at most this long (and at most half of
-its deadline) for the key's first starter to record the run before starting it itself."""
 
 
 class WorkflowSettings(BaseModel):
@@ -211,18 +206,11 @@ class WorkflowEngine(AsyncEngine):
     async def _claimed(self, run_id: str, workflow: pb.Workflow, definition: Definition,
                        request: pb.StartRunRequest, ctx: Context) -> pb.StartRunResponse:
         """The run an idempotency key already names. Its starter may still be recording
-        it; one that died (or failed) between claiming the key and recording the run is
-        replaced: this call starts the run under the claimed id (only one starter can
-        record it). The wait for the first starter takes at most half of what is left of
-        this call's deadline: a caller whose deadline is shorter than the wait would
-        otherwise time out on every retry and never get its run."""
-        waited = min(CLAIMED_WAIT_S, ctx.time_remaining() / 2)
-        until = time.monotonic() + waited
-        while True:  # bounded by ``until``
+        it; one that died between claiming the key and recording the run is replaced:
+        this call starts the run under the claimed id (only one starter can record it)."""
+        for _ in range(50):  # bounded: 5 s for the first starter to record the run
             if await self.history.last(run_id) is not None:
                 return pb.StartRunResponse(run=await self._run(run_id, ctx), started=False)
-            if time.monotonic() >= until:
-                break
             await asyncio.sleep(0.1)
         for _ in range(50):  # bounded: 5 s more while a sweep holds the unrecorded run
             run = await self._begin(run_id, workflow, definition, request, ctx)
