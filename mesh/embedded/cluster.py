@@ -150,7 +150,7 @@ class ClusterLauncher(Launcher):
 
     def _supervise_servers(self) -> None:
         for server in self.nats_cluster.servers if self.nats_cluster else []:
-            self._restart_nats_if_dead(server.server_name, server)
+            self._restart_if_dead(server.server_name, server, server.log_path)
         self._restart_if_dead("milvus", self.milvus)
 
     def _stop_servers(self, deadline: float) -> None:

@@ -56,7 +56,8 @@ STABLE_AFTER_S = 60.0
 
 
 class _Server(Protocol):
-    """A server child that starts again on its own ports (Triton, Envoy, Milvus)."""
+    """A server child that starts again on its own ports (nats-server, Triton, Envoy,
+    Milvus)."""
 
     process: subprocess.Popen[bytes] | None
 
@@ -366,29 +367,19 @@ class Launcher:
     def _supervise_servers(self) -> None:
         """Start the nats-server again when it died (same ports and data: the children
         reconnect)."""
-        self._restart_nats_if_dead("nats-server", self.nats)
+        self._restart_if_dead("nats-server", self.nats,
+                              self.nats.log_path if self.nats else None)
 
-    def _restart_nats_if_dead(self, name: str, server: NatsServer | None) -> None:
+    def _restart_if_dead(self, name: str, server: _Server | None,
+                         log: Path | None = None) -> None:
+        """Start ``server`` again on its same ports (and data) when its process exited
+        (nats-server, Triton, Envoy, Milvus); say so, and say it when it does not come back.
+        ``log``: where it writes (default ``<logs>/<name>.log``)."""
         if server is None or name in self.held or server.process is None \
                 or server.process.poll() is None:
             return
         print(f"{name} exited with code {server.process.returncode}; restarting it (see "
-              f"{server.log_path})", flush=True)
-        server.process = None
-        try:
-            server.start()
-        except (RuntimeError, TimeoutError) as exc:
-            print(f"{name} did not come back: {exc}", flush=True)
-        self._write_state()
-
-    def _restart_if_dead(self, name: str, server: _Server | None) -> None:
-        """Start ``server`` again on its same ports when its process exited (Triton, Envoy);
-        say so, and say it when it does not come back (the mesh runs on without it)."""
-        if server is None or name in self.held or server.process is None \
-                or server.process.poll() is None:
-            return
-        print(f"{name} exited with code {server.process.returncode}; restarting it (see "
-              f"{self.logs / (name + '.log')})", flush=True)
+              f"{log or self.logs / (name + '.log')})", flush=True)
         server.process = None
         try:
             server.start()  # same ports
