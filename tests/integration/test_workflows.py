@@ -214,6 +214,29 @@ async def test_a_starter_that_died_before_recording_leaves_no_trace_and_its_key_
         await nc.close()
 
 
+async def test_a_key_claimed_by_a_failed_starter_works_for_a_caller_with_a_short_deadline(
+        mesh: MeshHarness) -> None:
+    """A starter claimed an idempotency key, then failed before recording its run (JetStream
+    did not answer, in a leader election). A caller retrying with a 2 s deadline must get
+    the run: nobody holds its lease, so nobody is recording it. (A fixed 5 s wait for the
+    first starter outlasted the deadline: every retry timed out and the key was stuck.)"""
+    stub = _stub(mesh)
+    await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("stuck", [
+        echo("a")])), timeout=10)
+    nc = await connect(mesh.config.nats, "test-failed-starter")
+    try:
+        index = RunIndex(nc)
+        await index.start()
+        key, claimed = f"k-{time.time_ns()}", uuid.uuid4().hex
+        assert await index.claim_key("", key, claimed) == claimed
+    finally:
+        await nc.close()
+    started = await stub.StartRun(pb.StartRunRequest(workflow="stuck", idempotency_key=key),
+                                  timeout=2)
+    assert (started.run.id, started.started) == (claimed, True)
+    assert (await _finished(stub, claimed)).state == pb.RUN_STATE_SUCCEEDED
+
+
 async def test_bad_definitions_and_unknown_things_get_clear_errors(mesh: MeshHarness) -> None:
     stub = _stub(mesh)
     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -42,6 +42,11 @@ __all__ = ["WorkflowEngine", "WorkflowSettings"]
 
 log = logging.getLogger(__name__)
 
+_CLAIMED_POLL_S = 0.1
+_CLAIMED_POLLS = 600
+"""StartRun on a claimed key looks for the run this often, at most this many times (and
+never past its deadline)."""
+
 
 class WorkflowSettings(BaseModel):
     """``[engines.workflows]``; every node of a mesh should agree."""
@@ -84,6 +89,8 @@ class WorkflowEngine(AsyncEngine):
                              max_backoff_s=s.max_backoff_s, map_concurrency=s.map_concurrency)
         self.running: dict[str, asyncio.Task[None]] = {}
         self._runners: dict[str, Runner] = {}
+        self._starting: set[str] = set()
+        """Runs whose start is being recorded on this node (not launched yet)."""
         self.meters = CoordinatorMeters(runtime.metrics, lambda: len(self.running))
         self._checked: dict[tuple[str, int], Definition] = {}
         self._installed: set[str] = set()
@@ -199,65 +206,94 @@ class WorkflowEngine(AsyncEngine):
             claimed = await self.index.claim_key(ctx.caller, request.idempotency_key, run_id)
             if claimed != run_id:
                 return await self._claimed(claimed, workflow, definition, request, ctx)
-        run = await self._begin(run_id, workflow, definition, request, ctx)
-        assert run is not None  # a fresh run id has no history to conflict with
+        run = await self._begin(run_id, workflow, definition, request, ctx, claimed=False)
+        if run is None:  # a retry of this call took the run over before this starter began
+            return await self._claimed(run_id, workflow, definition, request, ctx)
         return pb.StartRunResponse(run=run, started=True)
 
     async def _claimed(self, run_id: str, workflow: pb.Workflow, definition: Definition,
                        request: pb.StartRunRequest, ctx: Context) -> pb.StartRunResponse:
-        """The run an idempotency key already names. Its starter may still be recording
-        it; one that died between claiming the key and recording the run is replaced:
-        this call starts the run under the claimed id (only one starter can record it)."""
-        for _ in range(50):  # bounded: 5 s for the first starter to record the run
+        """The run an idempotency key already names.
+
+        Its starter holds the run's lease from before it records the run until the run
+        ends. A claimed run with no history and a free lease lost its starter (the starter
+        died, or failed and let go; a dead one's lease expires within the lease TTL), and
+        this call starts it under the claimed id: only one starter can take the lease and
+        record it. Waits for a live starter as long as this call's deadline allows, then
+        answers UNAVAILABLE (the caller retries with the same key); a retry never waits
+        for a fixed time longer than its deadline, so it cannot time out every time.
+        """
+        for _ in range(_CLAIMED_POLLS):  # bounded by the count and by the deadline
             if await self.history.last(run_id) is not None:
                 return pb.StartRunResponse(run=await self._run(run_id, ctx), started=False)
-            await asyncio.sleep(0.1)
-        for _ in range(50):  # bounded: 5 s more while a sweep holds the unrecorded run
-            run = await self._begin(run_id, workflow, definition, request, ctx)
+            run = await self._begin(run_id, workflow, definition, request, ctx, claimed=True)
             if run is not None:
                 return pb.StartRunResponse(run=run, started=True)
-            if await self.history.last(run_id) is not None:  # another starter recorded it
-                return pb.StartRunResponse(run=await self._run(run_id, ctx), started=False)
-            await asyncio.sleep(0.1)
+            if ctx.time_remaining() < 2 * _CLAIMED_POLL_S:
+                break
+            await asyncio.sleep(_CLAIMED_POLL_S)
         raise Unavailable(f"run {run_id} (idempotency key {request.idempotency_key[:80]!r}) "
                           "is being started elsewhere; retry with the same key")
 
     async def _begin(self, run_id: str, workflow: pb.Workflow, definition: Definition,
-                     request: pb.StartRunRequest, ctx: Context) -> pb.Run | None:
-        """Record run ``run_id``'s start and run it here; None when another starter
-        recorded it first."""
-        state = RunState(run_id)
-        runner = Runner(definition, state, self.history, self.runtime.calls, self.limits,
-                        meters=self.meters)
-        started = pb.RunStarted(workflow=workflow.name, version=workflow.version,
-                                started_by=ctx.caller, role=ctx.role,
-                                idempotency_key=request.idempotency_key)
-        if request.HasField("input"):
-            started.input.CopyFrom(request.input)
-        # The index first: a starter that dies once the run is recorded must leave it where
-        # the takeover sweep looks (active in the index), or nobody ever continues it. One
-        # that dies before recording it leaves a summary without a history, which the
-        # sweep takes off the active list (_resume).
-        listed = pb.Run(id=run_id, workflow=workflow.name, version=workflow.version,
-                        state=pb.RUN_STATE_RUNNING, started_by=ctx.caller,
-                        idempotency_key=request.idempotency_key)
-        listed.created_at.GetCurrentTime()
-        acquired, _ = await asyncio.gather(self.leases.acquire(run_id),
-                                           self.index.put(listed, fresh=True))
-        if not acquired:  # another starter of this run id holds it (its summary is alike)
-            return None
+                     request: pb.StartRunRequest, ctx: Context, *,
+                     claimed: bool) -> pb.Run | None:
+        """Record run ``run_id``'s start and run it here; None when another starter holds
+        the run or recorded it first. ``claimed``: the id came from an idempotency key
+        another call claimed, so its run may exist already."""
+        if run_id in self._starting or run_id in self.running:
+            return None  # a starter on this node is at it (a lease held here is not proof)
+        self._starting.add(run_id)
+        acquired = False
         try:
-            await runner.record(run_started=started)
-        except OwnershipLost:
-            with contextlib.suppress(Exception):
-                await self.leases.release(run_id)
-            if runner.abandoned:  # the store did not answer
-                raise Unavailable(f"run {run_id} could not be recorded: the history store "
-                                  "did not answer; retry (with the same idempotency key, "
-                                  "it starts one run)", reason=Reason.STORE_UNAVAILABLE,
-                                  metadata={"engine": "workflows"}) from None
-            return None
-        self._launch(runner)  # its first step need not wait for the summary below
+            state = RunState(run_id)
+            runner = Runner(definition, state, self.history, self.runtime.calls, self.limits,
+                            meters=self.meters)
+            started = pb.RunStarted(workflow=workflow.name, version=workflow.version,
+                                    started_by=ctx.caller, role=ctx.role,
+                                    idempotency_key=request.idempotency_key)
+            if request.HasField("input"):
+                started.input.CopyFrom(request.input)
+            # The index first: a starter that dies once the run is recorded must leave it
+            # where the takeover sweep looks (active in the index), or nobody ever continues
+            # it. One that dies before recording it leaves a summary without a history,
+            # which the sweep takes off the active list (_resume).
+            listed = pb.Run(id=run_id, workflow=workflow.name, version=workflow.version,
+                            state=pb.RUN_STATE_RUNNING, started_by=ctx.caller,
+                            idempotency_key=request.idempotency_key)
+            listed.created_at.GetCurrentTime()
+            if claimed:  # nothing is written unless the run is free and unrecorded
+                acquired = await self.leases.acquire(run_id)
+                if not acquired or await self.history.last(run_id) is not None:
+                    return None
+                await self.index.put(listed, fresh=True)
+            else:  # a fresh id: the lease and the summary at once
+                lease, put = await asyncio.gather(self.leases.acquire(run_id),
+                                                  self.index.put(listed, fresh=True),
+                                                  return_exceptions=True)
+                acquired = lease is True
+                for outcome in (lease, put):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                if not acquired:
+                    return None
+            try:
+                await runner.record(run_started=started)
+            except OwnershipLost:
+                if runner.abandoned:  # the store did not answer
+                    raise Unavailable(f"run {run_id} could not be recorded: the history "
+                                      "store did not answer; retry (with the same "
+                                      "idempotency key, it starts one run)",
+                                      reason=Reason.STORE_UNAVAILABLE,
+                                      metadata={"engine": "workflows"}) from None
+                return None
+            self._launch(runner)  # its first step need not wait for the summary below
+            acquired = False  # the run holds it now, and lets it go when it ends
+        finally:
+            self._starting.discard(run_id)
+            if acquired:  # not launched: let the next starter (or the sweep) have it
+                with contextlib.suppress(Exception):
+                    await self.leases.release(run_id)
         await self.index.put(state.to_proto(with_steps=False))
         return state.to_proto()
 
@@ -299,7 +335,8 @@ class WorkflowEngine(AsyncEngine):
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
                 for run_id in await self.index.active():
-                    if run_id not in self.running and await self.leases.acquire(run_id):
+                    if run_id not in self.running and run_id not in self._starting \
+                            and await self.leases.acquire(run_id):
                         await self._resume(run_id)
             except Exception:  # the next sweep tries again
                 log.exception("workflows: the takeover sweep failed")
