@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -385,6 +386,11 @@ async def test_a_result_over_the_limit_fails_the_task(start: Any) -> None:
     assert "over the limit of 100 bytes" in done.error.message
 
 
+def _process_state(pid: int) -> str:
+    """A process's state letter in /proc (R running, S sleeping, T stopped...)."""
+    return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
+
+
 async def test_a_submit_whose_publish_times_out_then_lands_runs_its_task_once(
         own_nats: Any, mesh_harness: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """nats-server stops (SIGSTOP) just as a Submit publishes its task: the publish times
@@ -410,8 +416,17 @@ async def test_a_submit_whose_publish_times_out_then_lands_runs_its_task_once(
     tasks = stub(mesh)
     key = f"late-{time.time_ns()}"
     spec = typed("test.effect", key.encode(), idempotency_key=key)
-    with pytest.raises(grpc.aio.AioRpcError):
+    began = time.monotonic()
+    try:
         await tasks.Submit(pb.SubmitRequest(tasks=[spec]), timeout=PAUSE_S + 5)
+    except grpc.aio.AioRpcError:
+        pass
+    else:  # the fault did not happen as planned: say what was seen
+        pytest.fail(f"the Submit succeeded after {time.monotonic() - began:.2f} s with "
+                    f"nats-server {server.pid} in state {_process_state(server.pid)!r} "
+                    "(T: stopped) and "
+                    f"{mesh.config.nats.url} as the mesh's NATS (the server's: "
+                    f"{own_nats.url})")
     deadline = time.monotonic() + 30
     while True:  # the caller's retry, until the mesh answers again
         try:
