@@ -346,10 +346,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=None,
                         help="times each fault is brought (default 2; 1 with --quick)")
     parser.add_argument("--skip-scale", action="store_true", help="no scale-out phase")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the cluster's files and logs (printed at the end)")
 
 
 def run(quick: bool, results_dir: Path = RESULTS_DIR, faults: str = ",".join(FAULTS),
-        rounds: int | None = None, skip_scale: bool = False) -> int:
+        rounds: int | None = None, skip_scale: bool = False, keep: bool = False) -> int:
     chosen = [f for f in faults.split(",") if f]
     unknown = set(chosen) - set(FAULTS)
     if unknown:
@@ -390,7 +392,10 @@ def run(quick: bool, results_dir: Path = RESULTS_DIR, faults: str = ",".join(FAU
     except BaseException:
         print(f"the cluster's files and logs are kept in {work}")
         raise
-    shutil.rmtree(work, ignore_errors=True)
+    if keep:
+        print(f"the cluster's files and logs are kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     data = {"method": "v2", "mode": "quick" if quick else "full", "startup_s": startup_s,
             "settings": {"before_s": BEFORE_S, "after_s": after_s, "partition_s": PARTITION_S,
                          "lanes_per_kind": 2, "targets_s": TARGET_S},

@@ -260,6 +260,7 @@ class MixedLoad:
         states: Counter[str] = Counter()
         errors: Counter[str] = Counter()
         steps_twice = 0
+        unfinished: list[str] = []
         for key, run_id in acked.items():
             while True:
                 reply = await self._until_ok("check", partial(
@@ -272,6 +273,8 @@ class MixedLoad:
                     break
                 await asyncio.sleep(0.2)
             states[state] += 1
+            if state != "RUN_STATE_SUCCEEDED":
+                unfinished.append(run_id)
             if run is not None and run.error:
                 errors[run.error[:120]] += 1
             if run is not None:
@@ -287,7 +290,7 @@ class MixedLoad:
         lost = len(acked) - states["RUN_STATE_SUCCEEDED"]
         return {"acked": len(acked), "lost": lost,
                 "duplicated": self._duplicated("run") + steps_twice, "states": dict(states),
-                "errors": dict(errors.most_common(3))}
+                "errors": dict(errors.most_common(3)), "unfinished": unfinished[:5]}
 
     async def _memories(self, deadline: float) -> dict[str, Any]:
         acked = self.ledger.acked["memory"]

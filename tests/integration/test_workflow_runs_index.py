@@ -83,13 +83,13 @@ async def test_active_lists_running_and_waiting_runs_only(index: RunIndex) -> No
     for run in runs.values():
         await index.put(run)
     mine = {run.id for run in runs.values()}
-    active = set(await index.active()) & mine
+    active = {run.id for run in await index.active()} & mine
     assert active == {runs[pb.RUN_STATE_RUNNING].id, runs[pb.RUN_STATE_WAITING].id}
     finished = pb.Run()
     finished.CopyFrom(runs[pb.RUN_STATE_RUNNING])
     finished.state, finished.last_sequence = pb.RUN_STATE_SUCCEEDED, 2
     await index.put(finished)
-    assert set(await index.active()) & mine == {runs[pb.RUN_STATE_WAITING].id}
+    assert {run.id for run in await index.active()} & mine == {runs[pb.RUN_STATE_WAITING].id}
 
 
 async def test_pages_are_newest_first_filtered_and_hold_still_while_runs_are_added(

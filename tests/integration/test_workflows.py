@@ -24,6 +24,8 @@ from mesh.testing import MeshHarness, spawn_node, stop_node, wait_for
 from mesh.transport.connection import connect
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2_grpc
+from revo_engine_workflows.history import History
+from revo_engine_workflows.leases import BUCKET as LEASES_BUCKET
 from revo_engine_workflows.runs_index import RunIndex
 from revo_engine_workflows.state import json_value
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
@@ -235,6 +237,79 @@ async def test_a_key_claimed_by_a_failed_starter_works_for_a_caller_with_a_short
                                   timeout=2)
     assert (started.run.id, started.started) == (claimed, True)
     assert (await _finished(stub, claimed)).state == pb.RUN_STATE_SUCCEEDED
+
+
+async def _record_late(nc: Any, run_id: str, workflow: str, key: str) -> None:
+    """What a starter's first append does when it lands late: the run's RunStarted."""
+    history = History(nc)
+    await history.start()
+    event = pb.RunEvent(run_id=run_id, sequence=1, run_started=pb.RunStarted(
+        workflow=workflow, version=1, idempotency_key=key))
+    event.time.GetCurrentTime()
+    await history.append(event, 0)
+
+
+async def test_a_first_append_that_lands_late_is_still_run(mesh: MeshHarness) -> None:
+    """A starter indexed its run and sent its first event as its nats-server hung; the
+    event lands when the server resumes, after the sweep has looked at the run (and found
+    no history). The run must still be found and finished: a sweep that took the young
+    summary out left the run recorded, unlisted and owned by nobody, RUNNING for ever (the
+    cluster benchmark's stuck run after a partition)."""
+    stub = _stub(mesh)
+    await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("late", [
+        echo("a")])), timeout=10)
+    nc = await connect(mesh.config.nats, "test-late-append")
+    try:
+        index = RunIndex(nc)
+        await index.start()
+        key, run_id = f"k-{time.time_ns()}", uuid.uuid4().hex
+        assert await index.claim_key("", key, run_id) == run_id
+        leases = await nc.jetstream().key_value(LEASES_BUCKET)
+        watcher: Any = await leases.watch(run_id)  # nats-py leaves it untyped
+        listed = pb.Run(id=run_id, workflow="late", version=1, state=pb.RUN_STATE_RUNNING,
+                        idempotency_key=key)
+        listed.created_at.GetCurrentTime()
+        await index.put(listed, fresh=True)
+        held = False
+        try:
+            async with asyncio.timeout(30):
+                async for entry in watcher:
+                    if entry is None:
+                        continue
+                    if entry.operation is None and entry.value:
+                        held = True  # a sweep took the run's lease...
+                    elif held and entry.operation in ("DEL", "PURGE"):
+                        break  # ...and let it go, having found no history
+        finally:
+            await watcher.stop()
+        await _record_late(nc, run_id, "late", key)
+        assert (await _finished(stub, run_id)).state == pb.RUN_STATE_SUCCEEDED
+        assert (await index.get(run_id)).state == pb.RUN_STATE_SUCCEEDED  # type: ignore[union-attr]
+    finally:
+        await nc.close()
+
+
+async def test_a_retried_start_continues_a_recorded_run_nobody_owns(
+        mesh: MeshHarness) -> None:
+    """A run recorded (its first event landed late) but not in the index and leased by
+    nobody: StartRun retried with its key continues it, and lists it again."""
+    stub = _stub(mesh)
+    await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("unlisted", [
+        echo("a")])), timeout=10)
+    nc = await connect(mesh.config.nats, "test-unlisted-run")
+    try:
+        index = RunIndex(nc)
+        await index.start()
+        key, run_id = f"k-{time.time_ns()}", uuid.uuid4().hex
+        assert await index.claim_key("", key, run_id) == run_id
+        await _record_late(nc, run_id, "unlisted", key)
+        again = await stub.StartRun(pb.StartRunRequest(workflow="unlisted",
+                                                       idempotency_key=key), timeout=10)
+        assert (again.run.id, again.started) == (run_id, False)
+        assert (await _finished(stub, run_id)).state == pb.RUN_STATE_SUCCEEDED
+        assert (await index.get(run_id)).state == pb.RUN_STATE_SUCCEEDED  # type: ignore[union-attr]
+    finally:
+        await nc.close()
 
 
 async def test_bad_definitions_and_unknown_things_get_clear_errors(mesh: MeshHarness) -> None:

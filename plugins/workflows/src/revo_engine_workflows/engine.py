@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -48,6 +49,11 @@ _CLAIMED_POLLS = 600
 never past its deadline)."""
 
 
+def _age_s(run: pb.Run) -> float:
+    """Seconds since the run's summary was made (its ``created_at``)."""
+    return time.time() - run.created_at.ToNanoseconds() / 1e9
+
+
 class WorkflowSettings(BaseModel):
     """``[engines.workflows]``; every node of a mesh should agree."""
 
@@ -64,6 +70,10 @@ class WorkflowSettings(BaseModel):
                                  "once, unless the group says")
     lease_ttl_s: float = Field(3.0, ge=1.0, le=60.0, description="how long a dead node's "
                                "runs stay unowned before another node takes them")
+    unrecorded_grace_s: float = Field(60.0, ge=0, le=3600.0, description="how long the "
+                                      "sweep leaves a run that is listed but not recorded "
+                                      "(its starter failed) before taking it out of the "
+                                      "index: a starter's write can land this late")
     sweep_interval_s: float = Field(1.0, gt=0, le=60.0, description="how often a node looks "
                                     "for runs nobody owns")
     history_max_age_s: float = Field(30 * 86_400.0, gt=0, description="how long runs' "
@@ -224,7 +234,12 @@ class WorkflowEngine(AsyncEngine):
         for a fixed time longer than its deadline, so it cannot time out every time.
         """
         for _ in range(_CLAIMED_POLLS):  # bounded by the count and by the deadline
-            if await self.history.last(run_id) is not None:
+            last = await self.history.last(run_id)
+            if last is not None:
+                if not last.event.HasField("run_finished") and await self._take(run_id):
+                    # recorded, unfinished and owned by nobody: a late first append that
+                    # the sweep may not know of (its summary was taken out); continue it
+                    await self._resume(run_id)
                 return pb.StartRunResponse(run=await self._run(run_id, ctx), started=False)
             run = await self._begin(run_id, workflow, definition, request, ctx, claimed=True)
             if run is not None:
@@ -329,22 +344,33 @@ class WorkflowEngine(AsyncEngine):
             runner.abandon()
             task.cancel()
 
+    async def _take(self, run_id: str) -> bool:
+        """Take the lease of a run that no starter or runner works on here; whether this
+        node holds it now."""
+        return run_id not in self.running and run_id not in self._starting \
+            and await self.leases.acquire(run_id)
+
     async def _sweep(self) -> None:
         """Take over active runs that no node owns (their node died)."""
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
-                for run_id in await self.index.active():
-                    if run_id not in self.running and run_id not in self._starting \
-                            and await self.leases.acquire(run_id):
-                        await self._resume(run_id)
+                for listed in await self.index.active():
+                    if await self._take(listed.id):
+                        await self._resume(listed.id, listed)
             except Exception:  # the next sweep tries again
                 log.exception("workflows: the takeover sweep failed")
 
-    async def _resume(self, run_id: str) -> None:
+    async def _resume(self, run_id: str, listed: pb.Run | None = None) -> None:
+        """Continue run ``run_id`` here (its lease held); ``listed``: its summary, when
+        the sweep found it in the index."""
         state = fold(run_id, await self.history.read(run_id))
-        if not state.workflow:  # its starter died before recording it: it never began
-            await self.index.remove(run_id)
+        if not state.workflow:  # not recorded: its starter failed or died before that
+            # A starter's append can land late (sent as its nats-server hung, it lands when
+            # the server resumes): a summary is taken out only once it is older than any
+            # such append, or the run would be recorded with nobody to find it.
+            if listed is not None and _age_s(listed) > self.settings.unrecorded_grace_s:
+                await self.index.remove(run_id)
             await self.leases.release(run_id)
             return
         if state.finished:
@@ -355,6 +381,8 @@ class WorkflowEngine(AsyncEngine):
         definition = await self._definition(workflow)
         log.info("workflow run %s: continued on this node from event %d", run_id,
                  state.last_sequence)
+        if listed is None:  # listed again, so that the sweep finds it if this node dies
+            await self.index.put(state.to_proto(with_steps=False))
         self._launch(Runner(definition, state, self.history, self.runtime.calls,
                             self.limits, meters=self.meters))
 

@@ -181,10 +181,10 @@ class RunIndex:
             await watcher.stop()
         return found
 
-    async def active(self) -> list[str]:
-        """The ids of the runs whose summary is running or waiting: the runs the takeover
+    async def active(self) -> list[pb.Run]:
+        """The summaries of the runs that are running or waiting: the runs the takeover
         sweep must find an owner for. Reads every summary."""
-        return [run.id for run in await self._all() if run.state in ACTIVE]
+        return [run for run in await self._all() if run.state in ACTIVE]
 
     async def page(self, workflow: str = "", state: int = pb.RUN_STATE_UNSPECIFIED,
                    page_size: int = 0, page_token: str = "") -> tuple[list[pb.Run], str]:
