@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from unittest import mock
 
 import pytest
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from mesh.config import MeshConfig
 from mesh.testing import wait_for
@@ -55,6 +56,23 @@ async def test_one_node_holds_a_lease_at_a_time(node: NodeFactory) -> None:
     assert await a.holder(run) == "a"
     assert a.held() == [run]
     assert b.held() == []
+
+
+async def test_a_held_lease_read_from_a_replica_behind_is_still_held(
+        node: NodeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taking a held lease conflicts, and nats-py then reads the key to see whether it was
+    deleted; on a replicated bucket a replica behind its leader may answer "no such key".
+    That is a held lease (False), not an error: StartRun answered INTERNAL with it under
+    a partition in the cluster benchmark."""
+    a, b = await node("a"), await node("b")
+    run = _run()
+    assert await a.acquire(run)
+    bucket = b._bucket  # its _get is the read nats-py makes inside create
+    replica_behind = mock.AsyncMock(side_effect=KeyNotFoundError())
+    monkeypatch.setattr(bucket, "_get", replica_behind)
+    assert not await b.acquire(run)
+    assert replica_behind.await_count == 1  # the conflict's read happened, and said none
+    assert await a.holder(run) == "a"
 
 
 async def test_a_released_lease_is_free_at_once(node: NodeFactory) -> None:

@@ -37,7 +37,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from nats.js.errors import APIError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from mesh.transport.connection import MeshConnection
 from mesh.transport.kv import KeyValue, latest, open_bucket
@@ -128,7 +128,9 @@ class Leases:
             try:
                 # nats-py's create also takes a key whose last message is a release's delete
                 revision = await self._bucket.create(run_id, self._value)
-            except KeyWrongLastSequenceError:
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                # KeyNotFoundError: the lease exists (the create conflicted), and the read
+                # nats-py makes after the conflict came from a replica behind its leader
                 return False
             self._hold(run_id, revision)
             return True
