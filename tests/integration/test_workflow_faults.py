@@ -449,11 +449,27 @@ async def _settle(mesh: Mesh, stub: Any, tracker: Tracker, starter: Starter,
             succeeded = [e for e in history if e.step_id == step
                          and e.WhichOneof("event") == "step_succeeded"]
             assert len(succeeded) == 1, f"run {run_id} step {step}: {len(succeeded)} successes"
-    # the index agrees: every run listed, succeeded, and no other run started
-    listed = (await stub.ListRuns(pb.ListRunsRequest(workflow=WORKFLOW, page_size=1000),
-                                  timeout=30)).runs
-    assert sorted(r.id for r in listed) == run_ids
-    assert {r.state for r in listed} == {pb.RUN_STATE_SUCCEEDED}
+    # the index agrees: every run listed, succeeded, and no other run started. The index
+    # is written after the history (a run's last summary follows its RunFinished, or the
+    # sweep writes it for a node killed in between), so it may lag by a moment: bounded
+    indexed: list[pb.Run] = []
+
+    async def index_agrees() -> bool:
+        nonlocal indexed
+        indexed = list((await stub.ListRuns(pb.ListRunsRequest(
+            workflow=WORKFLOW, page_size=1000), timeout=30)).runs)
+        return sorted(r.id for r in indexed) == run_ids and all(
+            r.state == pb.RUN_STATE_SUCCEEDED for r in indexed)
+
+    waited = time.monotonic()
+    try:
+        await wait_for(index_agrees, 15, "the run index to agree with the histories")
+        print(f"the index agreed {time.monotonic() - waited:.2f} s after the histories")
+    except AssertionError:
+        disagree = {r.id: pb.RunState.Name(r.state) for r in indexed
+                    if r.state != pb.RUN_STATE_SUCCEEDED}
+        raise AssertionError(f"index: {len(indexed)} runs indexed of {len(run_ids)}; not "
+                             f"succeeded there: {disagree}") from None
     # every step of every run took effect exactly once, and nothing else did
     effects = Effects.read(mesh.effects)
     expected = {_key(r, s) for r in run_ids for s in WORK_MS}
