@@ -4,6 +4,7 @@ permissions, and a run continued by another node after its node was SIGKILLed.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,24 @@ async def test_an_idempotency_key_starts_one_run(mesh: MeshHarness) -> None:
     assert sorted([first.started, second.started]) == [False, True]
 
 
+@contextlib.asynccontextmanager
+async def _claimed_key(mesh: MeshHarness, workflow: str
+                       ) -> AsyncIterator[tuple[Any, RunIndex, str, str]]:
+    """A one-step ``workflow``, and an idempotency key claimed for a fresh run id, as a
+    starter that went no further leaves it: the connection, the index, the key, the id."""
+    await _stub(mesh).CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow(
+        workflow, [echo("a")])), timeout=10)
+    nc = await connect(mesh.config.nats, f"test-{workflow}")
+    try:
+        index = RunIndex(nc)
+        await index.start()
+        key, run_id = f"k-{time.time_ns()}", uuid.uuid4().hex
+        assert await index.claim_key("", key, run_id) == run_id
+        yield nc, index, key, run_id
+    finally:
+        await nc.close()
+
+
 async def test_a_starter_that_died_before_recording_leaves_no_trace_and_its_key_works(
         mesh: MeshHarness) -> None:
     """A starter that claimed an idempotency key and indexed its run, then died before
@@ -188,14 +207,8 @@ async def test_a_starter_that_died_before_recording_leaves_no_trace_and_its_key_
     and a StartRun retried with the key starts the run under the claimed id, even while a
     sweep holds that run's lease."""
     stub = _stub(mesh)
-    await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("orphan", [
-        echo("a")])), timeout=10)
-    nc = await connect(mesh.config.nats, "test-dead-starter")
-    try:
-        index = RunIndex(nc)
-        await index.start()
-        key, claimed, lost = f"k-{time.time_ns()}", uuid.uuid4().hex, uuid.uuid4().hex
-        assert await index.claim_key("", key, claimed) == claimed
+    async with _claimed_key(mesh, "orphan") as (_, index, key, claimed):
+        lost = uuid.uuid4().hex
         for run_id in (claimed, lost):  # what the dead starters left
             await index.put(pb.Run(id=run_id, workflow="orphan", version=1,
                                    state=pb.RUN_STATE_RUNNING), fresh=True)
@@ -212,8 +225,6 @@ async def test_a_starter_that_died_before_recording_leaves_no_trace_and_its_key_
                                                          idempotency_key=key), timeout=30)
         assert (started.run.id, started.started) == (claimed, True)
         assert (await _finished(stub, claimed)).state == pb.RUN_STATE_SUCCEEDED
-    finally:
-        await nc.close()
 
 
 async def test_a_key_claimed_by_a_failed_starter_works_for_a_caller_with_a_short_deadline(
@@ -223,16 +234,8 @@ async def test_a_key_claimed_by_a_failed_starter_works_for_a_caller_with_a_short
     the run: nobody holds its lease, so nobody is recording it. (A fixed 5 s wait for the
     first starter outlasted the deadline: every retry timed out and the key was stuck.)"""
     stub = _stub(mesh)
-    await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("stuck", [
-        echo("a")])), timeout=10)
-    nc = await connect(mesh.config.nats, "test-failed-starter")
-    try:
-        index = RunIndex(nc)
-        await index.start()
-        key, claimed = f"k-{time.time_ns()}", uuid.uuid4().hex
-        assert await index.claim_key("", key, claimed) == claimed
-    finally:
-        await nc.close()
+    async with _claimed_key(mesh, "stuck") as (_, _, key, claimed):
+        pass  # the starter failed here: nothing more was written
     started = await stub.StartRun(pb.StartRunRequest(workflow="stuck", idempotency_key=key),
                                   timeout=2)
     assert (started.run.id, started.started) == (claimed, True)
@@ -256,14 +259,7 @@ async def test_a_first_append_that_lands_late_is_still_run(mesh: MeshHarness) ->
     summary out left the run recorded, unlisted and owned by nobody, RUNNING for ever (the
     cluster benchmark's stuck run after a partition)."""
     stub = _stub(mesh)
-    await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("late", [
-        echo("a")])), timeout=10)
-    nc = await connect(mesh.config.nats, "test-late-append")
-    try:
-        index = RunIndex(nc)
-        await index.start()
-        key, run_id = f"k-{time.time_ns()}", uuid.uuid4().hex
-        assert await index.claim_key("", key, run_id) == run_id
+    async with _claimed_key(mesh, "late") as (nc, index, key, run_id):
         leases = await nc.jetstream().key_value(LEASES_BUCKET)
         watcher: Any = await leases.watch(run_id)  # nats-py leaves it untyped
         listed = pb.Run(id=run_id, workflow="late", version=1, state=pb.RUN_STATE_RUNNING,
@@ -285,8 +281,6 @@ async def test_a_first_append_that_lands_late_is_still_run(mesh: MeshHarness) ->
         await _record_late(nc, run_id, "late", key)
         assert (await _finished(stub, run_id)).state == pb.RUN_STATE_SUCCEEDED
         assert (await index.get(run_id)).state == pb.RUN_STATE_SUCCEEDED  # type: ignore[union-attr]
-    finally:
-        await nc.close()
 
 
 async def test_a_retried_start_continues_a_recorded_run_nobody_owns(
@@ -294,22 +288,13 @@ async def test_a_retried_start_continues_a_recorded_run_nobody_owns(
     """A run recorded (its first event landed late) but not in the index and leased by
     nobody: StartRun retried with its key continues it, and lists it again."""
     stub = _stub(mesh)
-    await stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=_workflow("unlisted", [
-        echo("a")])), timeout=10)
-    nc = await connect(mesh.config.nats, "test-unlisted-run")
-    try:
-        index = RunIndex(nc)
-        await index.start()
-        key, run_id = f"k-{time.time_ns()}", uuid.uuid4().hex
-        assert await index.claim_key("", key, run_id) == run_id
+    async with _claimed_key(mesh, "unlisted") as (nc, index, key, run_id):
         await _record_late(nc, run_id, "unlisted", key)
         again = await stub.StartRun(pb.StartRunRequest(workflow="unlisted",
                                                        idempotency_key=key), timeout=10)
         assert (again.run.id, again.started) == (run_id, False)
         assert (await _finished(stub, run_id)).state == pb.RUN_STATE_SUCCEEDED
         assert (await index.get(run_id)).state == pb.RUN_STATE_SUCCEEDED  # type: ignore[union-attr]
-    finally:
-        await nc.close()
 
 
 async def test_bad_definitions_and_unknown_things_get_clear_errors(mesh: MeshHarness) -> None:
