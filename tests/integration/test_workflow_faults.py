@@ -485,7 +485,7 @@ async def _settle(mesh: Mesh, stub: Any, tracker: Tracker, starter: Starter,
 @pytest.mark.timeout(420)
 async def test_sigkill_at_every_boundary_of_a_step_every_run_finishes_each_effect_once(
         mesh: Mesh) -> None:
-    runs, kills, in_flight = 240, 10, 24
+    runs, kills, extra_kills, in_flight = 240, 10, 4, 24
     stub, tracker = await _prepare(mesh)
     starter = Starter(stub, tracker, in_flight)
     keys = [f"fault-{i:03d}" for i in range(runs)]
@@ -496,12 +496,20 @@ async def test_sigkill_at_every_boundary_of_a_step_every_run_finishes_each_effec
     try:
         await wait_for(lambda: len(starter.ids) >= in_flight or starting.done(), 60,
                        "the first runs started")
-        for number in range(kills):
+        for number in range(kills + extra_kills):
+            # a boundary's window can be a few milliseconds wide (before_call: from the
+            # step's start to its callee's effect), so the planned kills may all miss
+            # one; a few more (bounded) are aimed at what no kill has caught yet
+            seen = {b for k in done for b, _, _ in _classify(k, tracker)}
+            unseen = [b for b in BOUNDARIES if b not in seen]
+            if number >= kills and (not unseen or starting.done()):
+                break
             assert not starting.done(), f"every run finished before kill {number + 1}: " \
                 "the runs are too quick for the kills"
             await wait_for(lambda: len(mesh.serving()) >= 2, 90,
                            "two Coordinator nodes serving")
-            kill = await _kill(mesh, tracker, aims[number % len(aims)])
+            aim = aims[number % len(aims)] if number < kills else unseen[0]
+            kill = await _kill(mesh, tracker, aim)
             done.append(kill)
             print(f"kill {number + 1} at {time.monotonic() - began:.1f} s: {kill.victim} "
                   f"aimed at {kill.aimed_at}, owned {len(kill.owned)}; started "
@@ -524,7 +532,7 @@ async def test_sigkill_at_every_boundary_of_a_step_every_run_finishes_each_effec
     settled = time.monotonic()
 
     # the kills were real: each killed a node that owned unfinished runs
-    assert len(done) == kills
+    assert kills <= len(done) <= kills + extra_kills
     assert all(k.owned for k in done), [(k.victim, k.aimed_at) for k in done]
     assert all(mesh.nodes[k.victim].returncode == -signal.SIGKILL for k in done)
     counts = Counter(boundary for boundary, _, _ in caught)
@@ -543,7 +551,7 @@ async def test_sigkill_at_every_boundary_of_a_step_every_run_finishes_each_effec
                  for k in done for r in k.owned
                  if histories[r][0].time.ToNanoseconds() / 1e9 < k.at]  # recorded before
     print("kill at every boundary:", {
-        "runs": runs, "kills": kills, "aimed_at": Counter(k.aimed_at for k in done),
+        "runs": runs, "kills": len(done), "aimed_at": Counter(k.aimed_at for k in done),
         "runs_owned_by_victims": sum(len(k.owned) for k in done),
         "boundaries_caught": dict(counts),
         "start_retries": starter.retries,
