@@ -14,7 +14,7 @@ import time
 
 from mesh.engine import Context, EngineSpec, hookimpl
 from revo_engine_echo import EchoEngine, EchoSettings
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from revo_engine_echo.v1 import echo_pb2
 
 __all__ = ["ClockEngine", "served_at"]
 

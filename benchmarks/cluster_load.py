@@ -36,10 +36,10 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2, tasks_pb2_grpc
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2, recall_pb2_grpc
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2, workflows_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
+from revo_engine_parallel.v1 import tasks_pb2, tasks_pb2_grpc
+from revo_engine_recall.v1 import recall_pb2, recall_pb2_grpc
+from revo_engine_workflows.v1 import workflows_pb2, workflows_pb2_grpc
 
 KINDS = ("task", "memory", "run", "call")
 RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"})

@@ -392,12 +392,12 @@ async def running_mesh(workdir: Path, model: HivemindModel,
     """nats-server, Triton (the embedder), the simulated model, a node and a gateway."""
     import openai
 
-    from mesh._gen.revo.models.v1 import models_pb2 as mpb
-    from mesh._gen.revo.models.v1 import models_pb2_grpc
     from mesh.embedded.nats_server import NatsServer
     from mesh.embedded.triton import TritonServer
     from mesh.gateway import Gateway
     from mesh.runtime.node import Node
+    from mesh.v1 import models_pb2 as mpb
+    from mesh.v1 import models_pb2_grpc
 
     startup: dict[str, float] = {}
     os.environ[API_KEY_ENV] = API_KEY
@@ -430,8 +430,8 @@ async def running_mesh(workdir: Path, model: HivemindModel,
             await _until("ModelService.Embed", lambda: models.Embed(
                 mpb.EmbedRequest(texts=["ready?"]), timeout=10))
             if need_engine:
-                from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as cpb
-                from revo_engine_creative._gen.revo.creative.v1 import creative_pb2_grpc
+                from revo_engine_creative.v1 import creative_pb2 as cpb
+                from revo_engine_creative.v1 import creative_pb2_grpc
 
                 creative = creative_pb2_grpc.CreativeServiceStub(channel)
                 await _until("CreativeService", lambda: creative.ListStrategies(
@@ -454,7 +454,7 @@ async def running_mesh(workdir: Path, model: HivemindModel,
 
 async def embed(mesh: Mesh, texts: Sequence[str]) -> npt.NDArray[np.float64]:
     """The texts' vectors from the mesh's embedder (the one the engine uses)."""
-    from mesh._gen.revo.models.v1 import models_pb2 as mpb
+    from mesh.v1 import models_pb2 as mpb
 
     if not texts:
         return np.zeros((0, 0))
@@ -474,7 +474,7 @@ def diversity(vectors: npt.NDArray[np.float64]) -> dict[str, float | None]:
 
 async def engine_trial(mesh: Mesh, problem: Problem) -> dict[str, Any]:
     """One ``Generate`` of ``N`` candidates, judging off, no history."""
-    from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as cpb
+    from revo_engine_creative.v1 import creative_pb2 as cpb
 
     request = cpb.GenerateRequest(problem=problem.text, n=N, options=cpb.Options(
         judging=cpb.JUDGING_NONE, skip_history=True))
@@ -525,7 +525,7 @@ async def naive_trial(mesh: Mesh, problem: Problem) -> dict[str, Any]:
 
 async def naive_mesh_trial(mesh: Mesh, problem: Problem) -> dict[str, Any]:
     """The same samples through ``ModelService.Generate``."""
-    from mesh._gen.revo.models.v1 import models_pb2 as mpb
+    from mesh.v1 import models_pb2 as mpb
 
     request = mpb.GenerateRequest(
         messages=[mpb.Message(role="user", content=problem.text)],

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
 
 class PlainEcho(echo_pb2_grpc.EchoServiceServicer):

@@ -65,10 +65,10 @@ from benchmarks.mesh_hop import (
     _workdir,
     findings_line,
 )
-from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.client import probe_mesh
 from mesh.embedded.nats_server import free_port
 from mesh.embedded.triton import GENERATOR, TritonServer
+from mesh.v1 import models_pb2, models_pb2_grpc
 
 NAME = "generator"
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -235,14 +235,14 @@ UnaryCall = Callable[[], Awaitable[None]]
 
 
 def _echo_check(reply: bytes) -> None:
-    from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+    from revo_engine_echo.v1 import echo_pb2
 
     if echo_pb2.EchoResponse.FromString(reply).payload != ECHO_PAYLOAD:
         raise GrpcWebError("wrong_payload")
 
 
 def _echo_request() -> bytes:
-    from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+    from revo_engine_echo.v1 import echo_pb2
 
     return bytes(echo_pb2.EchoRequest(payload=ECHO_PAYLOAD).SerializeToString())
 

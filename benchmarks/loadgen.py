@@ -43,7 +43,7 @@ import grpc
 
 from benchmarks._report import percentile
 from benchmarks.echo_server import loop_name, run_loop
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from revo_engine_echo.v1 import echo_pb2
 
 ECHO_METHOD = "/revo.echo.v1.EchoService/Echo"
 if TYPE_CHECKING:  # generic only in the type stubs

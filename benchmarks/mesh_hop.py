@@ -63,7 +63,7 @@ from mesh.client import probe_mesh
 from mesh.config import load_config
 from mesh.embedded.nats_server import NatsServer, free_port
 from mesh.embedded.processes import spawn, stop_process
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from revo_engine_echo.v1 import echo_pb2
 
 NAME = "mesh_hop"
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -399,7 +399,7 @@ def recall_unavailable() -> str | None:
     if "recall" not in engines:
         return ("the `recall` engine is not installed (pip install -e plugins/recall; "
                 "./dev bench installs every plugin)")
-    if find_spec("revo_engine_recall._gen.revo.recall.v1.recall_pb2_grpc") is None:
+    if find_spec("revo_engine_recall.v1") is None:
         return "the `recall` engine has no generated stubs"
     try:
         plugin = engines["recall"].load()
@@ -426,7 +426,7 @@ class Mesh:
     def __init__(self, fleet: Fleet, triton_url: str | None) -> None:
         import grpc
 
-        from revo_engine_recall._gen.revo.recall.v1 import recall_pb2, recall_pb2_grpc
+        from revo_engine_recall.v1 import recall_pb2, recall_pb2_grpc
 
         self.pb: Any = recall_pb2
         self.target = Target("mesh", f"127.0.0.1:{free_port()}",

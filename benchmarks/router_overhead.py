@@ -90,9 +90,9 @@ from benchmarks.mesh_hop import (
     findings_line,
     python_env,
 )
-from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.client import probe_mesh
 from mesh.embedded.nats_server import free_port
+from mesh.v1 import models_pb2, models_pb2_grpc
 
 NAME = "router_overhead"
 PATHS = ("direct", "litellm-defaults", "litellm-nolog", "litellm-proxy", "mesh", "mesh-free")

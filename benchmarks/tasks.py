@@ -265,7 +265,7 @@ class MeshClient:
     async def open(self) -> None:
         import grpc
 
-        from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+        from revo_engine_parallel.v1 import tasks_pb2, tasks_pb2_grpc
 
         self.pb: Any = tasks_pb2
         self.finished = {tasks_pb2.TASK_STATE_SUCCEEDED, tasks_pb2.TASK_STATE_FAILED,
@@ -514,7 +514,7 @@ def mesh_unavailable() -> str | None:
         return ("the `parallel` engine is not installed (pip install -e plugins/parallel; "
                 "./dev bench installs every plugin)")
     for module in ("revo_engine_parallel.store",
-                   "revo_engine_parallel._gen.revo.tasks.v1.tasks_pb2_grpc"):
+                   "revo_engine_parallel.v1"):
         if find_spec(module) is None:
             return f"the `parallel` engine has no {module}"
     try:

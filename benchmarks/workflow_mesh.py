@@ -50,7 +50,7 @@ from benchmarks.mesh_hop import SECURITY_OFF, Fleet, Target, _child_env, _tail
 from mesh.client import probe_mesh
 from mesh.embedded.nats_server import free_port
 from mesh.embedded.processes import spawn, stop_process
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from revo_engine_echo.v1 import echo_pb2
 
 __all__ = ["ECHO", "MeshDriver", "MeshFleet", "ResumeResult", "node_settings",
            "resume_trial", "start_fleet"]
@@ -194,7 +194,7 @@ def start_fleet(fleet: Fleet, name: str, nodes: int,
 
 
 def _stubs() -> tuple[Any, Any]:
-    from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2, workflows_pb2_grpc
+    from revo_engine_workflows.v1 import workflows_pb2, workflows_pb2_grpc
 
     return workflows_pb2, workflows_pb2_grpc
 

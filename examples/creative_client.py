@@ -22,8 +22,8 @@ from pathlib import Path
 import grpc
 
 from mesh.client import MeshClient
-from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as pb
-from revo_engine_creative._gen.revo.creative.v1 import creative_pb2_grpc
+from revo_engine_creative.v1 import creative_pb2 as pb
+from revo_engine_creative.v1 import creative_pb2_grpc
 
 PROBLEM = ("Our nightly reporting job now takes six hours and often misses the 7am "
            "deadline. How should we fix it?")

@@ -13,9 +13,9 @@ import asyncio
 import os
 from pathlib import Path
 
-from mesh._gen.revo.auth.v1 import auth_pb2
 from mesh.client import MeshClient
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from mesh.v1 import auth_pb2
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
 
 def credentials(user: str, password_file: str | None) -> tuple[str, str]:

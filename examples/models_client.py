@@ -18,9 +18,9 @@ from pathlib import Path
 
 import grpc
 
-from mesh._gen.revo.models.v1 import models_pb2 as pb
-from mesh._gen.revo.models.v1 import models_pb2_grpc
 from mesh.client import MeshClient
+from mesh.v1 import models_pb2 as pb
+from mesh.v1 import models_pb2_grpc
 
 
 def read_password(password_file: str | None) -> str:

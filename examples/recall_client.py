@@ -18,8 +18,8 @@ from pathlib import Path
 from google.protobuf.struct_pb2 import Value
 
 from mesh.client import MeshClient
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2_grpc
+from revo_engine_recall.v1 import recall_pb2 as pb
+from revo_engine_recall.v1 import recall_pb2_grpc
 
 PROJECT = pb.Scope(kind=pb.SCOPE_KIND_PROJECT, id="example")
 MINE = pb.Scope(kind=pb.SCOPE_KIND_USER)

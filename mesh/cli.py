@@ -76,10 +76,10 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     import grpc
 
-    from mesh._gen.revo.mesh.v1 import mesh_pb2
     from mesh.auth.tokens import operator_token
     from mesh.client import MeshClient, client_credentials
     from mesh.embedded.up import metrics_url, read_state
+    from mesh.v1 import mesh_pb2
 
     config = _config(args)
     state = read_state(config)

@@ -3,7 +3,7 @@
 ::
 
     from mesh.client import MeshClient
-    from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+    from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
     async with MeshClient("127.0.0.1:50051", timeout=5.0) as client:
         nodes = await client.list_nodes()
@@ -40,10 +40,9 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
-from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
-from mesh._gen.revo.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 from mesh.config import MeshConfig
 from mesh.errors import RpcError, error_from_status
+from mesh.v1 import auth_pb2, auth_pb2_grpc, mesh_pb2, mesh_pb2_grpc
 
 __all__ = ["MeshClient", "RetryPolicy", "client_credentials", "probe_mesh", "rpc_error"]
 

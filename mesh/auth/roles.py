@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from google.protobuf.descriptor import MethodDescriptor
 
-from mesh._gen.revo.mesh.v1 import options_pb2
+from mesh.v1 import options_pb2
 
 if TYPE_CHECKING:
     Permission: TypeAlias = options_pb2.Permission.ValueType

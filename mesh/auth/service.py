@@ -16,7 +16,6 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
 from mesh.auth.guard import Guard, Principal, current_principal
 from mesh.auth.keys import ApiKey, key_expiry
 from mesh.auth.passwords import verify_password
@@ -32,6 +31,7 @@ from mesh.errors import (
     Unauthenticated,
     Unavailable,
 )
+from mesh.v1 import auth_pb2, auth_pb2_grpc
 
 __all__ = ["AuthServicer", "UserServicer"]
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import grpc
 
-from mesh._gen.revo.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 from mesh.registry import RegistryView
 from mesh.transport import subjects
+from mesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 
 class MeshServicer(mesh_pb2_grpc.MeshServiceServicer):

@@ -29,8 +29,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 from nats.aio.client import Client as NATS
 
-from mesh._gen.revo.auth.v1 import auth_pb2
-from mesh._gen.revo.mesh.v1 import mesh_pb2
 from mesh.auth.guard import Guard, current_principal
 from mesh.auth.roles import READ as PERMISSION_READ
 from mesh.auth.roles import Permission, declared_permission
@@ -66,6 +64,7 @@ from mesh.runtime.node import Node
 from mesh.transport import headers as h
 from mesh.transport.connection import connect
 from mesh.transport.rpc import Requester
+from mesh.v1 import auth_pb2, mesh_pb2
 
 __all__ = ["Gateway", "server_credentials"]
 

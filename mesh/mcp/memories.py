@@ -16,8 +16,8 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from mesh.mcp.access import MeshAccess
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2_grpc
+from revo_engine_recall.v1 import recall_pb2 as pb
+from revo_engine_recall.v1 import recall_pb2_grpc
 
 __all__ = ["Forgotten", "Match", "Remembered", "SearchResult", "register"]
 

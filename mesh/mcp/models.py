@@ -13,9 +13,9 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from mesh._gen.revo.models.v1 import models_pb2 as pb
-from mesh._gen.revo.models.v1 import models_pb2_grpc
 from mesh.mcp.access import MeshAccess
+from mesh.v1 import models_pb2 as pb
+from mesh.v1 import models_pb2_grpc
 
 __all__ = ["Generated", "register"]
 

@@ -18,8 +18,8 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from mesh.mcp.access import MeshAccess
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2_grpc
+from revo_engine_parallel.v1 import tasks_pb2 as pb
+from revo_engine_parallel.v1 import tasks_pb2_grpc
 
 __all__ = ["TaskView", "register"]
 

@@ -17,7 +17,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from mesh._gen.revo.models.v1 import models_pb2 as pb
 from mesh.auth.roles import MANAGE, grants
 from mesh.config import CatalogModel, ModelSettings
 from mesh.engine import AsyncEngine, Context, EngineSpec, hookimpl
@@ -48,6 +47,7 @@ from mesh.models.tools import (
     Tooling,
     parse_object,
 )
+from mesh.v1 import models_pb2 as pb
 
 __all__ = ["ModelEngine", "build_providers", "with_local_generator"]
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
+from revo_engine_recall.v1 import recall_pb2 as pb
 
 DIM = 384
 PROJECT = pb.Scope(kind=pb.SCOPE_KIND_PROJECT, id="apollo")

@@ -24,14 +24,14 @@ import grpc
 import nats
 import pytest
 
-from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
 from mesh.auth.audit import STREAM, read_audit
 from mesh.client import MeshClient, rpc_error
 from mesh.embedded.nats_server import NatsServer
 from mesh.errors import Reason
 from mesh.gateway import Gateway
 from mesh.testing import MeshHarness, wait_for
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from mesh.v1 import auth_pb2, auth_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.test_auth import (
     AUTH,
     ECHO_ONLY,

@@ -19,11 +19,11 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
 from mesh.auth.audit import STREAM, read_audit
 from mesh.embedded.nats_server import NatsServer
 from mesh.testing import wait_for
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from mesh.v1 import auth_pb2, auth_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
 ONLY_ECHO = {"only": ["echo"]}
 ECHO = "/revo.echo.v1.EchoService/Echo"

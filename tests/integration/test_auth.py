@@ -25,13 +25,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
-from mesh._gen.revo.mesh.v1 import options_pb2
 from mesh.auth.tokens import REFRESH, TokenService
 from mesh.client import MeshClient
 from mesh.gateway import Gateway
 from mesh.testing import MeshHarness, wait_for
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from mesh.v1 import auth_pb2, auth_pb2_grpc, options_pb2
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
 AUTH: dict[str, Any] = {
     "enabled": True,

@@ -10,7 +10,7 @@ import pytest
 from mesh.errors import Unavailable
 from mesh.transport.connection import connect
 from mesh.transport.rpc import Requester
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
 ECHO = "/revo.echo.v1.EchoService/Echo"
 ONLY_ECHO = {"only": ["echo"]}

@@ -7,7 +7,7 @@ import pytest
 
 from mesh.auth.tokens import operator_token
 from mesh.client import MeshClient
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
 
 async def test_token_goes_with_unary_and_streaming_calls(mesh_harness) -> None:
@@ -47,7 +47,7 @@ async def test_login_refresh_logout(mesh_harness) -> None:
 
 
 async def test_user_management_says_auth_is_off(mesh_harness) -> None:
-    from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
+    from mesh.v1 import auth_pb2, auth_pb2_grpc
 
     mesh = await mesh_harness(plugins={"only": ["echo"]})  # auth off
     users = auth_pb2_grpc.UserServiceStub(mesh.channel)

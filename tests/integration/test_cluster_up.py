@@ -24,15 +24,15 @@ import pytest
 
 from benchmarks.cluster import admin_token, cluster_config, one_fault
 from benchmarks.cluster_load import KINDS
-from mesh._gen.revo.mesh.v1 import mesh_pb2
 from mesh.client import MeshClient
 from mesh.embedded.cluster import CLUSTER_REPLICAS, LocalCluster
 from mesh.embedded.up import read_state
 from mesh.transport.subjects import REGISTRY_BUCKET
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2_grpc
+from mesh.v1 import mesh_pb2
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 from revo_engine_parallel.store import DEAD_STREAM, KEYS_BUCKET, STREAM, TASKS_BUCKET
+from revo_engine_parallel.v1 import tasks_pb2 as pb
+from revo_engine_parallel.v1 import tasks_pb2_grpc
 from revo_engine_recall.changes import STREAM as RECALL_STREAM
 
 ECHO = "/revo.echo.v1.EchoService/Echo"

@@ -14,7 +14,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from mesh.testing import MeshHarness
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from revo_engine_echo.v1 import echo_pb2
 
 ECHO = "/revo.echo.v1.EchoService/Echo"
 COUNT = "/revo.echo.v1.EchoService/Count"

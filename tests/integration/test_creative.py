@@ -23,9 +23,9 @@ from mesh.observability import tracing
 from mesh.testing import MeshHarness, wait_for
 from mesh.testing.llm import FakeLLMServer, hang, status
 from mesh.testing.traces import SpanRecord, from_sdk, tree
-from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as pb
-from revo_engine_creative._gen.revo.creative.v1 import creative_pb2_grpc
 from revo_engine_creative.strategies import DEFAULT_PERSPECTIVES, generation_messages, plan
+from revo_engine_creative.v1 import creative_pb2 as pb
+from revo_engine_creative.v1 import creative_pb2_grpc
 from tests.integration.creative_support import (
     DIFFERENT,
     KEY,

@@ -12,10 +12,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from mesh._gen.revo.mesh.v1 import mesh_pb2
 from mesh.client import MeshClient
 from mesh.testing import wait_for
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from mesh.v1 import mesh_pb2
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
 ECHO_SERVICE = "revo.echo.v1.EchoService"
 

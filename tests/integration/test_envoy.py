@@ -28,7 +28,7 @@ from mesh.embedded.envoy import TEMPLATE, EnvoyServer, render_config, validate_c
 from mesh.embedded.nats_server import free_port
 from mesh.testing import MeshHarness
 from mesh.testing.envoy import running_envoy
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.test_tls import Pki, pki  # noqa: F401  (the fixture)
 
 ECHO_ONLY = {"only": ["echo"]}

@@ -15,15 +15,15 @@ from google.rpc.error_details_pb2 import BadRequest, ErrorInfo, RetryInfo
 from google.rpc.status_pb2 import Status
 from grpc_status import rpc_status
 
-from mesh._gen.revo.models.v1 import models_pb2 as pb
-from mesh._gen.revo.models.v1 import models_pb2_grpc
 from mesh.calls import MeshCalls, MeshChannel
 from mesh.client import rpc_error
 from mesh.errors import BudgetExhausted, InvalidArgument, RateLimited, ResourceExhausted
 from mesh.testing import MeshHarness
 from mesh.testing.llm import FakeLLMServer
 from mesh.transport.connection import connect
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from mesh.v1 import models_pb2 as pb
+from mesh.v1 import models_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration import test_model_service as model_service
 from tests.integration.test_auth import AUTH, remove_users_since
 from tests.integration.test_model_service import _ask, _client, _generate

@@ -13,7 +13,7 @@ import pytest
 
 from mesh.gateway import Gateway
 from mesh.testing import spawn_node, wait_for
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
 ECHO_SERVICE = "revo.echo.v1.EchoService"
 

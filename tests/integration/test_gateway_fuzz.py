@@ -33,11 +33,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh._gen.revo.auth.v1 import auth_pb2
 from mesh.auth.tokens import ACCESS, REFRESH, TokenService
 from mesh.embedded.nats_server import NatsServer, free_port
 from mesh.testing import spawn_node, stop_node, wait_for
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from mesh.v1 import auth_pb2
+from revo_engine_echo.v1 import echo_pb2
 from tests.plugins import crashy
 
 ECHO = "/revo.echo.v1.EchoService/Echo"

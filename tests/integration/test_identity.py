@@ -13,7 +13,7 @@ import pytest
 from mesh.auth.identity import IdentitySeal
 from mesh.testing import MeshHarness
 from mesh.transport import headers as h
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
 
 ECHO_PATH = "/revo.echo.v1.EchoService/Echo"

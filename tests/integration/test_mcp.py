@@ -18,11 +18,11 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
 from mesh.embedded.processes import spawn, stop_process
 from mesh.embedded.triton import TritonServer
 from mesh.testing import MeshHarness, wait_for
 from mesh.testing.llm import FakeLLMServer, answer
+from mesh.v1 import auth_pb2, auth_pb2_grpc
 from tests.integration.recall_support import collection
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
 

@@ -19,7 +19,7 @@ from mesh.calls import MeshCalls, MeshChannel
 from mesh.errors import DeadlineExceeded, InvalidArgument, PermissionDenied, RpcError
 from mesh.testing import MeshHarness, spawn_node, wait_for
 from mesh.transport.connection import connect
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.test_auth import AUTH, remove_users_since
 
 ECHO = "/revo.echo.v1.EchoService/Echo"

@@ -14,12 +14,12 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh._gen.revo.models.v1 import models_pb2 as pb
-from mesh._gen.revo.models.v1 import models_pb2_grpc
 from mesh.observability.metrics import FRAMEWORK_METRICS, OTHER
 from mesh.testing import MeshHarness
 from mesh.testing.llm import FakeLLMServer, answer, fail_after, status
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from mesh.v1 import models_pb2 as pb
+from mesh.v1 import models_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.test_auth import AUTH, PASSWORD, add_user, bearer, login
 from tests.promtool import promtool
 

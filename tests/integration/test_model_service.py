@@ -13,10 +13,10 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh._gen.revo.models.v1 import models_pb2 as pb
-from mesh._gen.revo.models.v1 import models_pb2_grpc
 from mesh.testing import MeshHarness, wait_for
 from mesh.testing.llm import FakeLLMServer, answer, fail_after, hang, split_tokens
+from mesh.v1 import models_pb2 as pb
+from mesh.v1 import models_pb2_grpc
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
 
 KEY = "sk-model-service"

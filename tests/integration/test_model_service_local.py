@@ -14,13 +14,13 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh._gen.revo.models.v1 import models_pb2 as pb
-from mesh._gen.revo.models.v1 import models_pb2_grpc
 from mesh.embedded.triton import TritonServer
 from mesh.models.engine import HEALTH_INTERVAL_S
 from mesh.testing import MeshHarness, wait_for
 from mesh.testing.llm import FakeLLMServer, answer
 from mesh.testing.models import make_checkpoint
+from mesh.v1 import models_pb2 as pb
+from mesh.v1 import models_pb2_grpc
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"

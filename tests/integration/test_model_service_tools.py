@@ -10,7 +10,6 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh._gen.revo.models.v1 import models_pb2 as pb
 from mesh.testing.llm import (
     Behaviour,
     FakeLLMServer,
@@ -22,6 +21,7 @@ from mesh.testing.llm import (
     split_tokens,
     status,
 )
+from mesh.v1 import models_pb2 as pb
 from tests.integration import test_model_service as service
 
 # the ModelService tests' mesh (a catalog of local, cheap on OpenAI, claude on Anthropic,

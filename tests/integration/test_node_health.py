@@ -15,7 +15,7 @@ from mesh.errors import ConfigError
 from mesh.runtime.health import LIVENESS, READINESS
 from mesh.runtime.node import Node
 from mesh.testing import wait_for
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
 ECHO = "revo.echo.v1.EchoService"
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -18,9 +18,6 @@ import nats
 import openai
 import pytest
 
-from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
-from mesh._gen.revo.models.v1 import models_pb2 as pb
-from mesh._gen.revo.models.v1 import models_pb2_grpc
 from mesh.auth.audit import read_audit
 from mesh.embedded.triton import TritonServer
 from mesh.testing import MeshHarness, wait_for
@@ -33,6 +30,8 @@ from mesh.testing.llm import (
     json_answer,
     split_tokens,
 )
+from mesh.v1 import auth_pb2, auth_pb2_grpc, models_pb2_grpc
+from mesh.v1 import models_pb2 as pb
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
 
 KEY = "sk-openai-api"

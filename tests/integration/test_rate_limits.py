@@ -12,14 +12,14 @@ from typing import Any
 import grpc
 import nats
 
-from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
 from mesh.auth.limiter import SharedLimiter
 from mesh.client import MeshClient
 from mesh.config import Limit
 from mesh.errors import RateLimited
 from mesh.gateway import Gateway
 from mesh.testing import wait_for
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from mesh.v1 import auth_pb2, auth_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
 ONLY_ECHO = {"only": ["echo"]}
 ECHO_SERVICE = "revo.echo.v1.EchoService"

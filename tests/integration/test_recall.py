@@ -24,9 +24,9 @@ from mesh.engine import Context
 from mesh.errors import Unavailable
 from mesh.runtime.node import Node
 from mesh.testing import MeshHarness, wait_for
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2_grpc
 from revo_engine_recall.changes import STREAM as CHANGES_STREAM
+from revo_engine_recall.v1 import recall_pb2 as pb
+from revo_engine_recall.v1 import recall_pb2_grpc
 from tests.integration.recall_support import (
     MINE,
     PROJECT,

@@ -9,8 +9,8 @@ import pytest
 
 from mesh.embedded.triton import TritonServer
 from mesh.testing import MeshHarness, wait_for
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2_grpc
+from revo_engine_recall.v1 import recall_pb2 as pb
+from revo_engine_recall.v1 import recall_pb2_grpc
 from tests.integration.recall_support import PROJECT, collection, memory
 
 SERVICE = "revo.recall.v1.RecallService"

@@ -15,11 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
-from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.embedded.nats_server import free_port
 from mesh.testing.models import make_checkpoint
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from mesh.v1 import auth_pb2, auth_pb2_grpc, models_pb2, models_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
 
 def _alive(pid: int) -> bool:

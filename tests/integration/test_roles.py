@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from mesh.testing import MeshHarness
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.integration.test_auth import (
     AUTH,
     add_user,

@@ -11,11 +11,11 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from mesh._gen.revo.auth.v1 import auth_pb2, auth_pb2_grpc
 from mesh.auth.audit import STREAM as AUDIT_STREAM
 from mesh.auth.users import BUCKET
 from mesh.embedded.nats_server import NatsServer
 from mesh.testing import wait_for
+from mesh.v1 import auth_pb2, auth_pb2_grpc
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ from google.protobuf import json_format
 from mesh.embedded.triton import TritonServer
 from mesh.testing import MeshHarness, wait_for
 from mesh.testing.llm import FakeLLMServer
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2, tasks_pb2_grpc
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2, recall_pb2_grpc
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2_grpc
+from revo_engine_parallel.v1 import tasks_pb2, tasks_pb2_grpc
+from revo_engine_recall.v1 import recall_pb2, recall_pb2_grpc
 from revo_engine_workflows.state import json_value
+from revo_engine_workflows.v1 import workflows_pb2 as pb
+from revo_engine_workflows.v1 import workflows_pb2_grpc
 from tests.integration.creative_support import (
     KEY,
     KEY_ENV,

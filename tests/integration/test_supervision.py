@@ -11,10 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from mesh._gen.revo.mesh.v1 import mesh_pb2
 from mesh.client import MeshClient
 from mesh.testing import wait_for
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from mesh.v1 import mesh_pb2
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.plugins import crashy
 
 CRASHY = {"only": ["crashy"], "extra": {"crashy": "tests.plugins.crashy"}}

@@ -15,9 +15,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from mesh.testing import MeshHarness, wait_for
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2
 from revo_engine_parallel.store import (
     KEYS_BUCKET,
     KICK_SUBJECT,
@@ -29,6 +27,8 @@ from revo_engine_parallel.store import (
     owner_token,
     queue_subject,
 )
+from revo_engine_parallel.v1 import tasks_pb2 as pb
+from revo_engine_parallel.v1 import tasks_pb2_grpc
 from tests.plugins import guarded
 
 ECHO = "/revo.echo.v1.EchoService/Echo"

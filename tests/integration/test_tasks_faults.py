@@ -32,8 +32,8 @@ import pytest
 
 from mesh.embedded.nats_server import NatsServer
 from mesh.testing import MeshHarness, spawn_node, wait_for
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2_grpc
+from revo_engine_parallel.v1 import tasks_pb2 as pb
+from revo_engine_parallel.v1 import tasks_pb2_grpc
 from tests.plugins.guarded import EFFECTS_DIR_ENV
 
 SERVICE = "revo.tasks.v1.TaskService"

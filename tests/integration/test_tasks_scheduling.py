@@ -13,8 +13,8 @@ import pytest
 
 from mesh.embedded.nats_server import free_port
 from mesh.testing import MeshHarness, wait_for
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2_grpc
+from revo_engine_parallel.v1 import tasks_pb2 as pb
+from revo_engine_parallel.v1 import tasks_pb2_grpc
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
 from tests.integration.test_tasks import PLUGINS, finished, seconds, typed
 

@@ -24,7 +24,7 @@ from mesh.errors import ConfigError
 from mesh.gateway import Gateway
 from mesh.gateway.server import server_credentials
 from mesh.runtime.node import Node
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
 ONLY_ECHO = {"only": ["echo"]}
 

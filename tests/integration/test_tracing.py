@@ -14,14 +14,14 @@ import grpc
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.config import MeshConfig, TracingSettings
 from mesh.gateway import Gateway
 from mesh.observability import tracing
 from mesh.testing import spawn_node, stop_node, wait_for
 from mesh.testing.llm import FakeLLMServer, answer
 from mesh.testing.traces import OtlpReceiver, SpanRecord, from_sdk, tree
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from mesh.v1 import models_pb2, models_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 from tests.plugins.relay import RELAY, RelayRequest, RelayResponse
 
 ECHO_SERVICE = "revo.echo.v1.EchoService"

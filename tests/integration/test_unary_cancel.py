@@ -18,9 +18,9 @@ import pytest
 from google.protobuf import json_format
 
 from mesh.testing import MeshHarness, wait_for
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2_grpc
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
+from revo_engine_workflows.v1 import workflows_pb2 as pb
+from revo_engine_workflows.v1 import workflows_pb2_grpc
 from tests.plugins import crashy
 
 PLUGINS = {"only": ["crashy", "workflows"], "extra": {"crashy": "tests.plugins.crashy"}}

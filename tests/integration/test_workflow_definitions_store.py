@@ -11,8 +11,8 @@ import pytest
 
 from mesh.config import MeshConfig
 from mesh.transport.connection import MeshConnection, connect
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 from revo_engine_workflows.definitions_store import DefinitionStore
+from revo_engine_workflows.v1 import workflows_pb2 as pb
 
 
 @pytest.fixture

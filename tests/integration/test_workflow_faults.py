@@ -56,10 +56,10 @@ from nats.js.api import DeliverPolicy
 
 from mesh.embedded.nats_server import NatsServer
 from mesh.testing import MeshHarness, spawn_node, wait_for
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2_grpc
 from revo_engine_workflows.history import RUN_PREFIX, RUNS_STREAM
 from revo_engine_workflows.leases import BUCKET as LEASES_BUCKET
+from revo_engine_workflows.v1 import workflows_pb2 as pb
+from revo_engine_workflows.v1 import workflows_pb2_grpc
 from tests.plugins.guarded import EFFECTS_DIR_ENV
 
 SERVICE = "revo.workflows.v1.WorkflowService"

@@ -16,13 +16,13 @@ from mesh.embedded.nats_server import NatsServer
 from mesh.errors import Reason
 from mesh.testing import wait_for
 from mesh.transport.connection import MeshConnection, connect
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 from revo_engine_workflows.history import (
     EventTooLarge,
     History,
     HistoryConflict,
     HistoryUnavailable,
 )
+from revo_engine_workflows.v1 import workflows_pb2 as pb
 
 
 @pytest.fixture

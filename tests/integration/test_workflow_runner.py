@@ -15,11 +15,11 @@ from google.protobuf import json_format
 from mesh.calls import MeshCalls
 from mesh.testing import MeshHarness, wait_for
 from mesh.transport.connection import MeshConnection, connect
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 from revo_engine_workflows.definitions import check
 from revo_engine_workflows.history import History
 from revo_engine_workflows.runner import Limits, OwnershipLost, Runner
 from revo_engine_workflows.state import RunState, fold, json_value
+from revo_engine_workflows.v1 import workflows_pb2 as pb
 
 ECHO = "/revo.echo.v1.EchoService/Echo"
 COUNT = "/revo.echo.v1.EchoService/Count"

@@ -12,8 +12,8 @@ import pytest
 from mesh.config import MeshConfig
 from mesh.testing import wait_for
 from mesh.transport.connection import MeshConnection, connect
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 from revo_engine_workflows.runs_index import RUNS_BUCKET, RunIndex
+from revo_engine_workflows.v1 import workflows_pb2 as pb
 
 
 @pytest.fixture

@@ -23,12 +23,12 @@ from google.protobuf import json_format
 from mesh.runtime.node import Node
 from mesh.testing import MeshHarness, spawn_node, stop_node, wait_for
 from mesh.transport.connection import connect
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2_grpc
 from revo_engine_workflows.history import History
 from revo_engine_workflows.leases import BUCKET as LEASES_BUCKET
 from revo_engine_workflows.runs_index import RunIndex
 from revo_engine_workflows.state import json_value
+from revo_engine_workflows.v1 import workflows_pb2 as pb
+from revo_engine_workflows.v1 import workflows_pb2_grpc
 from tests.integration.test_auth import AUTH, add_user, bearer, login, remove_users_since
 from tests.integration.test_workflow_runner import echo
 from tests.plugins.guarded import EFFECTS_DIR_ENV

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from mesh.engine import Context, Engine, EngineSpec, hookimpl
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from revo_engine_echo.v1 import echo_pb2
 
 START_ERROR = "bad_start cannot open its model file /nonexistent/model.bin"
 

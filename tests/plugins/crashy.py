@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from mesh.engine import Context, EngineSpec, hookimpl
 from mesh.errors import InvalidArgument
 from revo_engine_echo import EchoEngine, EchoSettings
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from revo_engine_echo.v1 import echo_pb2
 
 CRASH = b"crash"
 INVALID = b"invalid"

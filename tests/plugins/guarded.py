@@ -18,9 +18,9 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
-from mesh._gen.revo.mesh.v1 import options_pb2  # puts options.proto in the default pool
 from mesh.engine import Context, Engine, EngineSpec, hookimpl
 from mesh.errors import InvalidArgument, Unavailable
+from mesh.v1 import options_pb2  # puts options.proto in the default pool
 
 PACKAGE = "revo.guardedtest.v1"
 FILE = "revo/guardedtest/v1/guarded.proto"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mesh.engine import Context, Engine, EngineSpec, hookimpl
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from revo_engine_echo.v1 import echo_pb2
 
 
 class HalfEchoEngine(Engine):

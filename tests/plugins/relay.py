@@ -13,9 +13,9 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
-from mesh._gen.revo.mesh.v1 import options_pb2  # puts options.proto in the default pool
 from mesh.engine import AsyncEngine, Context, EngineSpec, hookimpl
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2, echo_pb2_grpc
+from mesh.v1 import options_pb2  # puts options.proto in the default pool
+from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
 PACKAGE = "revo.relaytest.v1"
 FILE = "revo/relaytest/v1/relay.proto"

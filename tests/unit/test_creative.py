@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from mesh._gen.revo.models.v1 import models_pb2
 from mesh.errors import InvalidArgument
+from mesh.v1 import models_pb2
 from revo_engine_creative import diversity, judging
-from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as pb
 from revo_engine_creative.ask import read_ask
 from revo_engine_creative.budget import Prices
 from revo_engine_creative.run import innovation
@@ -23,6 +22,7 @@ from revo_engine_creative.strategies import (
     split_rationale,
     temperatures,
 )
+from revo_engine_creative.v1 import creative_pb2 as pb
 
 # -- diversity ---------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from mesh.errors import (
 from mesh.runtime.loop_pool import LoopPool
 from mesh.runtime.pool import PoolState
 from mesh.testing import wait_for
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from revo_engine_echo.v1 import echo_pb2
 
 SERVICE = echo_pb2.DESCRIPTOR.services_by_name["EchoService"]
 ECHO, COUNT, STATS = (f"/revo.echo.v1.EchoService/{m}" for m in ("Echo", "Count", "Stats"))

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from mesh._gen.revo.models.v1 import models_pb2 as pb
 from mesh.config import CatalogModel
 from mesh.errors import InvalidArgument
 from mesh.models.engine import _joined, _request
@@ -29,6 +28,7 @@ from mesh.models.tools import (
     check_turns,
     lacks,
 )
+from mesh.v1 import models_pb2 as pb
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}},
            "required": ["city"]}

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from mesh._gen.revo.models.v1 import models_pb2 as pb
 from mesh.errors import (
     BudgetExhausted,
     InvalidArgument,
@@ -24,6 +23,7 @@ from mesh.gateway.openai.chat import ChatRequest, chat_request
 from mesh.gateway.openai.errors import ApiError, from_rpc
 from mesh.gateway.openai.fields import parse_json
 from mesh.gateway.openai.sse import Chunks
+from mesh.v1 import models_pb2 as pb
 
 USER = {"role": "user", "content": "hi"}
 

@@ -24,7 +24,7 @@ from mesh.errors import (
 )
 from mesh.runtime.pool import Call, EnginePool, PoolState, StreamSink
 from revo_engine_echo import EchoEngine, EchoSettings
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from revo_engine_echo.v1 import echo_pb2
 from tests.plugins import bad_start, crashy
 
 SERVICE = "/revo.echo.v1.EchoService"

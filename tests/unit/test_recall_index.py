@@ -9,10 +9,10 @@ import pytest
 from google.protobuf.struct_pb2 import Value
 
 from mesh.errors import InvalidArgument, PermissionDenied
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
 from revo_engine_recall.filters import predicate
 from revo_engine_recall.index import IndexSettings, MemoryIndex, Row, unit
 from revo_engine_recall.scopes import Access, scope_key
+from revo_engine_recall.v1 import recall_pb2 as pb
 
 DIM = 32
 

@@ -9,7 +9,7 @@ from nats.aio.client import Client
 
 from mesh._gen.revo.mesh.v1 import mesh_pb2, registry_pb2
 from mesh.registry import REGISTRY_STALL_S, RegistryView, file_set
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
+from revo_engine_echo.v1 import echo_pb2
 
 ECHO = "revo.echo.v1.EchoService"
 HEARTBEAT_MS = 250

@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from google.protobuf import descriptor_pb2, descriptor_pool
 
-from mesh._gen.revo.mesh.v1 import options_pb2
 from mesh.auth import passwords
 from mesh.auth.identity import IdentitySeal
 from mesh.auth.roles import (
@@ -37,6 +36,7 @@ from mesh.auth.tokens import ACCESS, REFRESH, Keyring, TokenService
 from mesh.config import AuthSettings
 from mesh.errors import ConfigError, Unauthenticated
 from mesh.transport import headers as h
+from mesh.v1 import options_pb2
 from tests.plugins import guarded
 
 USER, ROLE = "alice", "developer"

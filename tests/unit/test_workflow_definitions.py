@@ -9,10 +9,10 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import MethodDescriptor
 
 from mesh.errors import InvalidArgument
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
+from revo_engine_echo.v1 import echo_pb2
+from revo_engine_parallel.v1 import tasks_pb2
 from revo_engine_workflows.definitions import TASK_SUBMIT, Definition, check
+from revo_engine_workflows.v1 import workflows_pb2 as pb
 
 ECHO = echo_pb2.DESCRIPTOR.services_by_name["EchoService"]
 METHODS: dict[str, MethodDescriptor] = {
@@ -173,8 +173,8 @@ def test_a_method_task_names_a_unary_method_whose_request_fits() -> None:
 
 
 def test_the_built_in_solve_workflow_checks_against_the_engines_it_calls() -> None:
-    from revo_engine_creative._gen.revo.creative.v1 import creative_pb2
-    from revo_engine_recall._gen.revo.recall.v1 import recall_pb2
+    from revo_engine_creative.v1 import creative_pb2
+    from revo_engine_recall.v1 import recall_pb2
     from revo_engine_workflows.builtins import builtin
 
     creative = creative_pb2.DESCRIPTOR.services_by_name["CreativeService"]

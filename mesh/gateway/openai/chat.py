@@ -13,9 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mesh._gen.revo.models.v1 import models_pb2 as pb
 from mesh.gateway.openai.errors import bad_request
 from mesh.gateway.openai.fields import Fields
+from mesh.v1 import models_pb2 as pb
 
 __all__ = ["Answer", "ChatRequest", "chat_request", "finish_reason"]
 

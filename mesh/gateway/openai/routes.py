@@ -17,7 +17,6 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from mesh._gen.revo.models.v1 import models_pb2 as pb
 from mesh.errors import Internal, RpcError
 from mesh.gateway.http import HttpContext, HttpDoor, internal
 from mesh.gateway.openai.chat import Answer, ChatRequest, chat_request, finish_reason
@@ -30,6 +29,7 @@ from mesh.gateway.openai.errors import (
 )
 from mesh.gateway.openai.fields import Fields, parse_json
 from mesh.gateway.openai.sse import DONE, Chunks, error_event, usage
+from mesh.v1 import models_pb2 as pb
 
 __all__ = ["routes"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mesh._gen.revo.models.v1 import models_pb2 as pb
+from mesh.v1 import models_pb2 as pb
 
 __all__ = ["DONE", "Chunks", "error_event", "usage"]
 

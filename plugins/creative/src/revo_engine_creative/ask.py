@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mesh.errors import InvalidArgument
-from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as pb
 from revo_engine_creative.settings import CreativeSettings
 from revo_engine_creative.strategies import Perspective
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2
+from revo_engine_creative.v1 import creative_pb2 as pb
+from revo_engine_recall.v1 import recall_pb2
 
 __all__ = ["MAX_N", "MIN_N", "Ask", "JudgingMode", "read_ask"]
 

@@ -14,10 +14,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mesh._gen.revo.models.v1 import models_pb2
 from mesh.errors import FailedPrecondition
 from mesh.models.budget import Budgets, Reservation
 from mesh.models.router import estimate_tokens
+from mesh.v1 import models_pb2
 
 __all__ = ["Prices", "SetBudget", "no_generating_model"]
 

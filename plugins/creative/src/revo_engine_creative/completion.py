@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
+from mesh.v1 import models_pb2, models_pb2_grpc
 
 __all__ = ["complete"]
 

@@ -14,18 +14,18 @@ from collections.abc import AsyncIterator
 
 from google.protobuf import struct_pb2
 
-from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.engine import AsyncEngine, Context
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from mesh.models.budget import Budgets
-from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as pb
+from mesh.v1 import models_pb2, models_pb2_grpc
 from revo_engine_creative.ask import read_ask
 from revo_engine_creative.judge import judge_solutions
 from revo_engine_creative.metrics import CreativeMeters
 from revo_engine_creative.run import CHOICE_KIND, SetRun
 from revo_engine_creative.sets import SetStore
 from revo_engine_creative.settings import CreativeSettings
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2, recall_pb2_grpc
+from revo_engine_creative.v1 import creative_pb2 as pb
+from revo_engine_recall.v1 import recall_pb2, recall_pb2_grpc
 
 __all__ = ["CreativeEngine"]
 

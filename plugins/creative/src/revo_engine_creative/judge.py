@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.engine import Context
 from mesh.errors import FailedPrecondition, InvalidArgument
+from mesh.v1 import models_pb2, models_pb2_grpc
 from revo_engine_creative import judging
-from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as pb
 from revo_engine_creative.budget import Prices, SetBudget, no_generating_model
 from revo_engine_creative.completion import complete
+from revo_engine_creative.v1 import creative_pb2 as pb
 
 if TYPE_CHECKING:
     from revo_engine_creative.engine import CreativeEngine

@@ -35,17 +35,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from google.protobuf import struct_pb2
 
-from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.engine import Context
 from mesh.errors import FailedPrecondition, InvalidArgument, RpcError, Unavailable
+from mesh.v1 import models_pb2, models_pb2_grpc
 from revo_engine_creative import diversity, judging
-from revo_engine_creative._gen.revo.creative.v1 import creative_pb2 as pb
 from revo_engine_creative.ask import Ask
 from revo_engine_creative.budget import Prices, SetBudget, no_generating_model
 from revo_engine_creative.completion import complete
 from revo_engine_creative.diversity import Matrix
 from revo_engine_creative.strategies import Strategy, generation_messages, plan, split_rationale
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2, recall_pb2_grpc
+from revo_engine_creative.v1 import creative_pb2 as pb
+from revo_engine_recall.v1 import recall_pb2, recall_pb2_grpc
 
 if TYPE_CHECKING:
     from revo_engine_creative.engine import CreativeEngine

@@ -6,7 +6,7 @@ from pydantic import BaseModel
 
 from mesh.engine import Context, Engine, EngineSpec, hookimpl
 from mesh.errors import InvalidArgument
-from revo_engine_echo._gen.revo.echo.v1 import echo_pb2 as pb
+from revo_engine_echo.v1 import echo_pb2 as pb
 
 
 class EchoSettings(BaseModel):

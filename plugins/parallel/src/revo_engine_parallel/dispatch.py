@@ -33,7 +33,6 @@ from nats.js.errors import KeyWrongLastSequenceError
 from mesh.engine import Context, EngineRuntime
 from mesh.errors import Cancelled, DeadlineExceeded, RpcError, Unavailable
 from mesh.runtime.workers import Job, WorkerPool
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.context import TaskContext
 from revo_engine_parallel.hookspecs import Handler
 from revo_engine_parallel.scheduling import Queue, Scheduler
@@ -51,6 +50,7 @@ from revo_engine_parallel.store import (
     parse_kick,
     task_key,
 )
+from revo_engine_parallel.v1 import tasks_pb2 as pb
 
 __all__ = ["Dispatcher", "Handler", "NodeStats"]
 

@@ -28,7 +28,6 @@ from mesh.errors import (
 )
 from mesh.runtime.workers import WorkerPool
 from revo_engine_parallel import hookspecs
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.builtin_types import builtin_types
 from revo_engine_parallel.dispatch import Dispatcher, Handler
 from revo_engine_parallel.metrics import declare_metrics
@@ -46,6 +45,7 @@ from revo_engine_parallel.store import (
     queue_subject,
     task_key,
 )
+from revo_engine_parallel.v1 import tasks_pb2 as pb
 
 __all__ = ["TaskEngine"]
 

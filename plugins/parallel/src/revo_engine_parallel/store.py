@@ -33,8 +33,8 @@ from mesh.transport.connection import MeshConnection
 from mesh.transport.kv import claim, latest, open_bucket
 from mesh.transport.streams import ensure_replicas, ensure_stream, replicas_of
 from mesh.transport.subjects import subject_token
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2 as pb
 from revo_engine_parallel.settings import ParallelSettings
+from revo_engine_parallel.v1 import tasks_pb2 as pb
 
 __all__ = ["TaskStore", "idempotency_key_name", "kick_message", "new_task_id", "now_timestamp",
            "parse_kick", "queue_subject"]

@@ -19,7 +19,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from mesh.errors import Unavailable
 from mesh.transport.connection import MeshConnection
 from mesh.transport.streams import ensure_stream
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
+from revo_engine_recall.v1 import recall_pb2 as pb
 
 __all__ = ["ChangeFeed"]
 

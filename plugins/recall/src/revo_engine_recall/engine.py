@@ -24,11 +24,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from mesh._gen.revo.models.v1 import models_pb2, models_pb2_grpc
 from mesh.engine import AsyncEngine, Context
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mesh.observability import tracing
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
+from mesh.v1 import models_pb2, models_pb2_grpc
 from revo_engine_recall.changes import ChangeFeed
 from revo_engine_recall.filters import metadata_dict, predicate
 from revo_engine_recall.index import MemoryIndex, Row, SearchHit, Vector, unit
@@ -38,6 +37,7 @@ from revo_engine_recall.replica import IndexReplica
 from revo_engine_recall.scopes import Access, scope_key, scope_message
 from revo_engine_recall.settings import RecallSettings
 from revo_engine_recall.store import MilvusStore, entity_of
+from revo_engine_recall.v1 import recall_pb2 as pb
 from revo_engine_recall.writes import Item, plan, text_hash
 
 __all__ = ["RecallEngine"]

@@ -16,7 +16,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from mesh.errors import InvalidArgument
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
+from revo_engine_recall.v1 import recall_pb2 as pb
 
 __all__ = ["Predicate", "metadata_dict", "predicate"]
 

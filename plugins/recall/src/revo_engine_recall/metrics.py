@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from mesh.observability.metrics import EngineMetrics, Incrementer, Observer
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
 from revo_engine_recall.replica import IndexReplica
+from revo_engine_recall.v1 import recall_pb2 as pb
 
 __all__ = ["RecallMetrics"]
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from mesh.auth.roles import MANAGE, grants
 from mesh.errors import InvalidArgument, PermissionDenied
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
+from revo_engine_recall.v1 import recall_pb2 as pb
 
 __all__ = ["ANONYMOUS", "Access", "scope_key", "scope_message"]
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from mesh.errors import AlreadyExists, ResourceExhausted
-from revo_engine_recall._gen.revo.recall.v1 import recall_pb2 as pb
 from revo_engine_recall.index import MemoryIndex, Row, Vector
+from revo_engine_recall.v1 import recall_pb2 as pb
 
 __all__ = ["Item", "Plan", "memory_id", "normalized", "plan", "text_hash"]
 

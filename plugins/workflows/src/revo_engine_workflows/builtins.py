@@ -14,7 +14,7 @@ from importlib import resources
 import yaml
 from google.protobuf import json_format
 
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
+from revo_engine_workflows.v1 import workflows_pb2 as pb
 
 __all__ = ["BUILTINS", "BUILTIN_AUTHOR", "builtin"]
 

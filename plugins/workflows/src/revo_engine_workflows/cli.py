@@ -24,8 +24,8 @@ import grpc
 from google.protobuf import json_format
 
 from mesh.engine import hookimpl
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2_grpc
+from revo_engine_workflows.v1 import workflows_pb2 as pb
+from revo_engine_workflows.v1 import workflows_pb2_grpc
 
 __all__ = ["load_definition", "revo_commands"]
 

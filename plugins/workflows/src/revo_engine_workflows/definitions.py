@@ -26,8 +26,8 @@ from google.protobuf import json_format, message_factory, struct_pb2
 from google.protobuf.descriptor import MethodDescriptor
 
 from mesh.errors import InvalidArgument
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 from revo_engine_workflows.expressions import Expression, ExpressionError, compile_expression
+from revo_engine_workflows.v1 import workflows_pb2 as pb
 
 __all__ = ["TASK_SUBMIT", "Definition", "MethodLookup", "check", "walk"]
 

@@ -30,8 +30,8 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from mesh.transport.connection import MeshConnection
 from mesh.transport.kv import KeyValue, latest, open_bucket
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 from revo_engine_workflows.runs_index import ONE_SHOT_WATCH_S
+from revo_engine_workflows.v1 import workflows_pb2 as pb
 
 __all__ = ["BUCKET", "DefinitionConflict", "DefinitionStore"]
 

@@ -28,7 +28,6 @@ from mesh.errors import (
     Reason,
     Unavailable,
 )
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 from revo_engine_workflows.builtins import BUILTIN_AUTHOR, BUILTINS, builtin
 from revo_engine_workflows.definitions import Definition, check
 from revo_engine_workflows.definitions_store import DefinitionStore
@@ -38,6 +37,7 @@ from revo_engine_workflows.metrics import CoordinatorMeters
 from revo_engine_workflows.runner import Limits, OwnershipLost, Runner
 from revo_engine_workflows.runs_index import RunIndex
 from revo_engine_workflows.state import RunState, fold
+from revo_engine_workflows.v1 import workflows_pb2 as pb
 
 __all__ = ["WorkflowEngine", "WorkflowSettings"]
 

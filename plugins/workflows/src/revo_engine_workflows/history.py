@@ -40,7 +40,7 @@ from nats.js.errors import APIError, NotFoundError
 from mesh.errors import Reason, ResourceExhausted, Unavailable
 from mesh.transport.connection import MeshConnection
 from mesh.transport.streams import ensure_stream
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
+from revo_engine_workflows.v1 import workflows_pb2 as pb
 
 __all__ = ["NOTICE_PREFIX", "RUNS_STREAM", "RUN_PREFIX", "EventTooLarge", "History",
            "HistoryConflict", "HistoryUnavailable", "Recorded", "notice_subject",

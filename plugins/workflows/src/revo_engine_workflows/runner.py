@@ -47,8 +47,7 @@ from google.protobuf.descriptor import MethodDescriptor
 
 from mesh.calls import MeshCalls, MeshChannel
 from mesh.errors import RpcError, Unavailable
-from revo_engine_parallel._gen.revo.tasks.v1 import tasks_pb2, tasks_pb2_grpc
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
+from revo_engine_parallel.v1 import tasks_pb2, tasks_pb2_grpc
 from revo_engine_workflows.definitions import Definition
 from revo_engine_workflows.expressions import ExpressionError
 from revo_engine_workflows.history import (
@@ -60,6 +59,7 @@ from revo_engine_workflows.history import (
 )
 from revo_engine_workflows.metrics import CoordinatorMeters
 from revo_engine_workflows.state import EXTERNAL, RunState, StepStatus, json_value
+from revo_engine_workflows.v1 import workflows_pb2 as pb
 
 __all__ = ["Limits", "OwnershipLost", "Runner"]
 

@@ -33,7 +33,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from mesh.errors import Reason, Unavailable
 from mesh.transport.connection import MeshConnection
 from mesh.transport.kv import KeyValue, claim, latest, open_bucket
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
+from revo_engine_workflows.v1 import workflows_pb2 as pb
 
 __all__ = ["ACTIVE", "FINISHED", "KEYS_BUCKET", "ONE_SHOT_WATCH_S", "RUNS_BUCKET", "RunIndex",
            "summary"]

@@ -13,8 +13,8 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from revo_engine_workflows._gen.revo.workflows.v1 import workflows_pb2 as pb
 from revo_engine_workflows.history import Recorded
+from revo_engine_workflows.v1 import workflows_pb2 as pb
 
 __all__ = ["EXTERNAL", "RunState", "StepStatus", "fold", "json_value", "value_json"]
 
