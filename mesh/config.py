@@ -4,7 +4,9 @@ Precedence, lowest first: defaults, the TOML file (``$REVO_CONFIG``, else ``./re
 it exists), then environment variables. A nested key ``gateway.address`` is set by
 ``REVO_GATEWAY__ADDRESS`` (double underscore between levels); list values are comma
 separated. An unknown key, in the file or the environment, is a :class:`ConfigError` that
-suggests the closest known key.
+suggests the closest known key. The clients' variables (:data:`CLIENT_VARIABLES`:
+``REVO_URL``, ``REVO_TOKEN``, ...) and the launcher's secrets are not settings: they are
+accepted and ignored here.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pydantic import (
 from mesh.errors import ConfigError
 
 __all__ = [
+    "CLIENT_VARIABLES",
     "ApiKeySettings",
     "AuditSettings",
     "AuthSettings",
@@ -51,12 +54,19 @@ __all__ = [
 ]
 
 ENV_PREFIX = "REVO_"
-# Variables that belong to the launcher or the test suite rather than to the model.
-# Secrets are read from the environment where they are used, never kept in the model.
+CLIENT_VARIABLES = frozenset({"REVO_URL", "REVO_API_KEY", "REVO_TOKEN", "REVO_USERNAME",
+                              "REVO_PASSWORD", "REVO_CA_FILE", "REVO_TIMEOUT"})
+"""REVO_* variables a client reads (``mesh.client``, ``revo call``, ``revo mcp``): where the
+gateway is and how to sign in. The mesh's own configuration accepts and ignores them, so one
+shell can hold both (docs/operators.md, "Environment variables")."""
+# Variables that belong to the launcher, the clients or the test suite rather than to the
+# model. Secrets are read from the environment where they are used, never kept in the model.
 _ENV_NOT_CONFIG = frozenset({"REVO_CONFIG", "REVO_JWT_SECRET", "REVO_IDENTITY_SECRET",
-                             "REVO_ADMIN_PASSWORD", "REVO_ADMIN_PASSWORD_FILE",
-                             "REVO_API_KEY"})  # revo mcp's key
-SECRET_VARIABLES = _ENV_NOT_CONFIG - {"REVO_CONFIG"}
+                             "REVO_ADMIN_PASSWORD", "REVO_ADMIN_PASSWORD_FILE"}
+                            ) | CLIENT_VARIABLES
+SECRET_VARIABLES = frozenset({"REVO_JWT_SECRET", "REVO_IDENTITY_SECRET",
+                              "REVO_ADMIN_PASSWORD", "REVO_ADMIN_PASSWORD_FILE",
+                              "REVO_API_KEY", "REVO_TOKEN", "REVO_PASSWORD"})
 """REVO_* variables that carry secrets rather than settings."""
 
 
@@ -478,6 +488,7 @@ def _env_overrides(environ: Mapping[str, str], known: list[str]) -> dict[str, An
         below_table = any(dotted.startswith(table + ".") for table in _open_tables(MeshConfig))
         if dotted not in known and not below_table:
             env_known = [ENV_PREFIX + k.upper().replace(".", "__") for k in known]
+            env_known += sorted(_ENV_NOT_CONFIG)
             raise ConfigError(f"unknown setting {name}{_suggest(name, env_known)}")
         node = tree
         for part in path[:-1]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.config import MeshConfig, load_config
+from mesh.config import CLIENT_VARIABLES, MeshConfig, load_config
 from mesh.errors import ConfigError
 
 
@@ -257,3 +257,21 @@ def test_the_audit_replicas_key_points_to_nats_replicas(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"REVO_AUTH__AUDIT__REPLICAS.*replaced by "
                        r"'REVO_NATS__REPLICAS'"):
         load_config(environ={"REVO_AUTH__AUDIT__REPLICAS": "3"})
+
+
+def test_client_variables_are_accepted_and_ignored() -> None:
+    """A shell that holds a client's variables (REVO_URL, REVO_TOKEN, ...) can still run
+    every ``revo`` command: they are not settings, and change none."""
+    client = {"REVO_URL": "10.0.0.9:443", "REVO_API_KEY": "revo_x_y", "REVO_TOKEN": "t",
+              "REVO_USERNAME": "ada", "REVO_PASSWORD": "p", "REVO_CA_FILE": "/ca.pem",
+              "REVO_TIMEOUT": "5"}
+
+    assert set(client) == CLIENT_VARIABLES
+    assert load_config(environ=client, read_file=False) == load_config(environ={},
+                                                                       read_file=False)
+
+
+def test_an_unknown_variable_near_a_client_variable_names_it() -> None:
+    with pytest.raises(ConfigError, match=r"unknown setting REVO_TOKN; did you mean "
+                       r"'REVO_TOKEN'"):
+        load_config(environ={"REVO_TOKN": "t"}, read_file=False)
