@@ -7,10 +7,15 @@ the date, the machine and the command; every full run is also kept under
 ``<results>/history/`` so that a headline can be the median of runs, not the best one
 (``../shared/BENCHMARKING.md``). :func:`staleness` says whether a result still measures
 the code at HEAD (``python -m benchmarks status``).
+
+Writing a result also draws its main figures as SVG under ``<results>/plots/``
+(:mod:`benchmarks._plots`); ``python -m benchmarks._report --plots`` draws them again from
+the committed JSON without running anything.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -23,6 +28,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _plots
+
 __all__ = [
     "MEASURES",
     "RESULTS_DIR",
@@ -33,10 +40,13 @@ __all__ = [
     "percentile",
     "revision",
     "staleness",
+    "write_plots",
     "write_results",
 ]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PLOTS = "plots"
+"""The folder of a results directory that holds the figures (``<name>-<chart>.svg``)."""
 REPO_ROOT = RESULTS_DIR.parent.parent
 
 # name -> the code whose change makes its committed result stale (besides the benchmark).
@@ -194,7 +204,36 @@ def write_results(name: str, data: Mapping[str, Any], markdown: str,
         stem = f"{name}-{when}-{record['commit'] or 'nocommit'}"
         (history / f"{stem}.json").write_text(body)
         (history / f"{stem}.md").write_text(text)
+    write_plots(name, stamped, results_dir)
     return json_path, md_path
+
+
+def write_plots(name: str, data: Mapping[str, Any],
+                results_dir: Path = RESULTS_DIR) -> list[Path]:
+    """Draw result ``name``'s charts (:func:`benchmarks._plots.charts`) as
+    ``<results_dir>/plots/<name>-<chart>.svg``; returns the paths written (none for a
+    result without charts)."""
+    drawn = _plots.charts(name.split("-")[0], data)
+    folder = results_dir / PLOTS
+    paths = []
+    for chart in drawn:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}-{chart.slug}.svg"
+        path.write_text(_plots.render(chart))
+        paths.append(path)
+    return paths
+
+
+def redraw_plots(results_dir: Path = RESULTS_DIR) -> list[Path]:
+    """Draw the charts of every result under ``results_dir`` again from its JSON (no
+    benchmark runs), in a plots folder emptied first (no chart of an older layout stays);
+    returns the paths written."""
+    for old in sorted((results_dir / PLOTS).glob("*.svg")):
+        old.unlink()
+    paths: list[Path] = []
+    for path in sorted(results_dir.glob("*.json")):
+        paths += write_plots(path.stem, json.loads(path.read_text()), results_dir)
+    return paths
 
 
 def history_runs(name: str, results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
@@ -221,3 +260,23 @@ def staleness(data: Mapping[str, Any], paths: Sequence[str]) -> list[str]:
     dirty = record.get("uncommitted") or record.get("uncommitted_in_mesh_or_engine") or []
     return sorted(set(changed.splitlines()) | {p for p in dirty
                                                if any(p.startswith(q) for q in paths)})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks._report --plots [--results DIR]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks._report",
+        description="Draw the benchmark figures again from the committed JSON results "
+                    "(nothing is run).")
+    parser.add_argument("--plots", action="store_true", required=True,
+                        help="write <results>/plots/<name>-<chart>.svg for every result")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR,
+                        help=f"the results directory (default: {RESULTS_DIR})")
+    args = parser.parse_args(argv)
+    for path in redraw_plots(args.results):
+        print(path.relative_to(args.results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
