@@ -164,6 +164,10 @@ async def test_a_run_waits_for_its_signal_and_a_cancel_stops_another(
     await stub.CancelRun(pb.CancelRunRequest(run_id=other.id), timeout=10)
     cancelled = await _finished(stub, other.id)
     assert cancelled.state == pb.RUN_STATE_CANCELLED
+    # CancelRun is declared IDEMPOTENT: a repeat (a client's retry) answers the run as is
+    again = (await stub.CancelRun(pb.CancelRunRequest(run_id=other.id), timeout=10)).run
+    assert (again.state, again.last_sequence) == (pb.RUN_STATE_CANCELLED,
+                                                  cancelled.last_sequence)
 
 
 async def _state_is(stub: Any, run_id: str, state: int) -> bool:

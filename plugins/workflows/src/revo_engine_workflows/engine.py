@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from google.protobuf.descriptor import MethodDescriptor
 from pydantic import BaseModel, ConfigDict, Field
@@ -417,10 +417,14 @@ class WorkflowEngine(AsyncEngine):
             runs = [r for r in runs if r.started_by == ctx.caller]
         return pb.ListRunsResponse(runs=runs, next_page_token=token)
 
-    async def _outside(self, run_id: str, ctx: Context, **kind: object) -> RunState:
-        """Append a signal or a cancel request to a run's history, as any node may."""
+    async def _outside(self, run_id: str, ctx: Context, *, done: Callable[[RunState], bool]
+                       = lambda _: False, **kind: object) -> RunState:
+        """Append a signal or a cancel request to a run's history, as any node may;
+        nothing when ``done(state)`` says the request has already had its effect."""
         state = await self._state(run_id, ctx)
         for _ in range(50):  # bounded: each retry follows the owner's newer event
+            if done(state):
+                return state
             if state.finished:
                 raise FailedPrecondition(f"run {run_id} has finished "
                                          f"({pb.RunState.Name(state.state)})")  # type: ignore[arg-type]
@@ -439,8 +443,11 @@ class WorkflowEngine(AsyncEngine):
 
     async def cancel_run(self, request: pb.CancelRunRequest,
                          ctx: Context) -> pb.CancelRunResponse:
-        state = await self._outside(request.run_id, ctx, cancel_requested=pb.CancelRequested(
-            requester=ctx.caller or "-"))
+        # idempotent: a run already cancelled, or asked to be, is answered as it is
+        state = await self._outside(
+            request.run_id, ctx, cancel_requested=pb.CancelRequested(
+                requester=ctx.caller or "-"),
+            done=lambda s: s.state == pb.RUN_STATE_CANCELLED or bool(s.cancel_requested))
         return pb.CancelRunResponse(run=state.to_proto())
 
     async def signal(self, request: pb.SignalRequest, ctx: Context) -> pb.SignalResponse:

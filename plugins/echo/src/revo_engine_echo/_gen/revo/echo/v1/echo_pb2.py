@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from mesh._gen.revo.mesh.v1 import options_pb2 as revo_dot_mesh_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17revo/echo/v1/echo.proto\x12\x0crevo.echo.v1\x1a\x1arevo/mesh/v1/options.proto\"0\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x10\n\x08\x64\x65lay_ms\x18\x02 \x01(\r\"g\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"2\n\x0c\x43ountRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x13\n\x0binterval_ms\x18\x02 \x01(\r\"\x1e\n\rCountResponse\x12\r\n\x05index\x18\x01 \x01(\r\"\x0e\n\x0cStatsRequest\"2\n\rStatsResponse\x12\x10\n\x08\x61nswered\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\t2\xe4\x01\n\x0b\x45\x63hoService\x12\x43\n\x04\x45\x63ho\x12\x19.revo.echo.v1.EchoRequest\x1a\x1a.revo.echo.v1.EchoResponse\"\x04\xb0\xe1\x18\x04\x12H\n\x05\x43ount\x12\x1a.revo.echo.v1.CountRequest\x1a\x1b.revo.echo.v1.CountResponse\"\x04\xb0\xe1\x18\x04\x30\x01\x12\x46\n\x05Stats\x12\x1a.revo.echo.v1.StatsRequest\x1a\x1b.revo.echo.v1.StatsResponse\"\x04\xb0\xe1\x18\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17revo/echo/v1/echo.proto\x12\x0crevo.echo.v1\x1a\x1arevo/mesh/v1/options.proto\"0\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x10\n\x08\x64\x65lay_ms\x18\x02 \x01(\r\"g\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"2\n\x0c\x43ountRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x13\n\x0binterval_ms\x18\x02 \x01(\r\"\x1e\n\rCountResponse\x12\r\n\x05index\x18\x01 \x01(\r\"\x0e\n\x0cStatsRequest\"2\n\rStatsResponse\x12\x10\n\x08\x61nswered\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\t2\xe7\x01\n\x0b\x45\x63hoService\x12\x43\n\x04\x45\x63ho\x12\x19.revo.echo.v1.EchoRequest\x1a\x1a.revo.echo.v1.EchoResponse\"\x04\xb0\xe1\x18\x04\x12H\n\x05\x43ount\x12\x1a.revo.echo.v1.CountRequest\x1a\x1b.revo.echo.v1.CountResponse\"\x04\xb0\xe1\x18\x04\x30\x01\x12I\n\x05Stats\x12\x1a.revo.echo.v1.StatsRequest\x1a\x1b.revo.echo.v1.StatsResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,7 +38,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ECHOSERVICE'].methods_by_name['Count']._loaded_options = None
   _globals['_ECHOSERVICE'].methods_by_name['Count']._serialized_options = b'\260\341\030\004'
   _globals['_ECHOSERVICE'].methods_by_name['Stats']._loaded_options = None
-  _globals['_ECHOSERVICE'].methods_by_name['Stats']._serialized_options = b'\260\341\030\002'
+  _globals['_ECHOSERVICE'].methods_by_name['Stats']._serialized_options = b'\220\002\001\260\341\030\002'
   _globals['_ECHOREQUEST']._serialized_start=69
   _globals['_ECHOREQUEST']._serialized_end=117
   _globals['_ECHORESPONSE']._serialized_start=119
@@ -52,5 +52,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATSRESPONSE']._serialized_start=324
   _globals['_STATSRESPONSE']._serialized_end=374
   _globals['_ECHOSERVICE']._serialized_start=377
-  _globals['_ECHOSERVICE']._serialized_end=605
+  _globals['_ECHOSERVICE']._serialized_end=608
 # @@protoc_insertion_point(module_scope)

@@ -155,7 +155,8 @@ class WorkflowServiceServicer:
 
     def CancelRun(self, request, context):
         """CancelRun cancels a run: its running calls, streams and tasks are
-        cancelled and no further step starts.
+        cancelled and no further step starts. A run already cancelled (or asked to
+        be) is returned as it is, so a repeated CancelRun is harmless.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -62,7 +62,8 @@ class WorkflowServiceStub:
     """ListRuns returns runs, newest first, a page at a time."""
     CancelRun: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.CancelRunRequest, _workflows_pb2.CancelRunResponse]
     """CancelRun cancels a run: its running calls, streams and tasks are
-    cancelled and no further step starts.
+    cancelled and no further step starts. A run already cancelled (or asked to
+    be) is returned as it is, so a repeated CancelRun is harmless.
     """
     Signal: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.SignalRequest, _workflows_pb2.SignalResponse]
     """Signal delivers a named signal (a human approval, say) to a run."""
@@ -105,7 +106,8 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """ListRuns returns runs, newest first, a page at a time."""
     CancelRun: _aio.UnaryUnaryMultiCallable[_workflows_pb2.CancelRunRequest, _workflows_pb2.CancelRunResponse]  # type: ignore[assignment]
     """CancelRun cancels a run: its running calls, streams and tasks are
-    cancelled and no further step starts.
+    cancelled and no further step starts. A run already cancelled (or asked to
+    be) is returned as it is, so a repeated CancelRun is harmless.
     """
     Signal: _aio.UnaryUnaryMultiCallable[_workflows_pb2.SignalRequest, _workflows_pb2.SignalResponse]  # type: ignore[assignment]
     """Signal delivers a named signal (a human approval, say) to a run."""
@@ -193,7 +195,8 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workflows_pb2.CancelRunResponse, _abc.Awaitable[_workflows_pb2.CancelRunResponse]]:
         """CancelRun cancels a run: its running calls, streams and tasks are
-        cancelled and no further step starts.
+        cancelled and no further step starts. A run already cancelled (or asked to
+        be) is returned as it is, so a repeated CancelRun is harmless.
         """
 
     @_abc_1.abstractmethod
