@@ -73,6 +73,18 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
               + row[-1])
 
 
+def load_progress(engine: Any) -> str:
+    """``  1200 of 5000 memories (24 %)`` for an engine still loading, else ''."""
+    from mesh.v1 import mesh_pb2
+
+    if engine.status != mesh_pb2.ENGINE_STATUS_LOADING:
+        return ""
+    done, total, unit = engine.progress.done, engine.progress.total, engine.progress.unit
+    if not total:
+        return f"  {done} {unit} so far".rstrip()
+    return f"  {done} of {total} {unit} ({100 * done // total} %)"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import grpc
 
@@ -121,7 +133,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             status = mesh_pb2.EngineStatus.Name(engine.status).removeprefix("ENGINE_STATUS_")
             print(f"    {engine.name:<14} {status.lower():<12} v{engine.version or '?':<8} "
                   f"actors {engine.actors_alive}/{engine.pool_size}  restarts {engine.restarts}"
-                  + (f"  {engine.status_message}" if engine.status_message else ""))
+                  + (f"  {engine.status_message}" if engine.status_message else "")
+                  + load_progress(engine))
     for service in services:
         print(f"  service {service.name}: {', '.join(m.name for m in service.methods)}")
     return 0

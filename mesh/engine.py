@@ -67,6 +67,7 @@ __all__ = [
     "Engine",
     "EngineRuntime",
     "EngineSpec",
+    "LoadProgress",
     "MethodBinding",
     "PluginHooks",
     "bind_methods",
@@ -174,6 +175,46 @@ class PluginHooks(Protocol):
         ...
 
 
+class LoadProgress:
+    """An engine's load at start (its data, an index, models), as the node announces it:
+    ``revo status`` shows ``loading <done> of <total> <unit>`` while it runs, and the
+    engine's status is ``LOADING`` (it still takes calls, answering those it cannot serve
+    yet with ``UNAVAILABLE``). An :class:`AsyncEngine` reports through
+    :meth:`EngineRuntime.report_loading` and :meth:`EngineRuntime.report_loaded`."""
+
+    def __init__(self, on_change: Callable[[], object] | None = None) -> None:
+        self.loading = False
+        self.done = 0
+        self.total = 0
+        """0 when the engine does not know how much there is."""
+        self.unit = ""
+        self.on_change = on_change
+        """Called (on the node's loop) when loading starts or ends, so the node announces
+        it at once rather than at its next heartbeat."""
+
+    def report(self, done: int, total: int = 0, unit: str = "") -> None:
+        if done < 0 or total < 0:
+            raise ValueError(f"load progress counts are never negative (got {done} of "
+                             f"{total})")
+        started = not self.loading
+        self.loading, self.done, self.total = True, done, total
+        self.unit = unit or self.unit
+        if started and self.on_change is not None:
+            self.on_change()
+
+    def finish(self) -> None:
+        if not self.loading:
+            return
+        self.loading = False
+        if self.on_change is not None:
+            self.on_change()
+
+    def describe(self) -> str:
+        """``1200 of 5000 memories`` (``1200 memories`` without a total)."""
+        counted = f"{self.done} of {self.total}" if self.total else f"{self.done}"
+        return f"{counted} {self.unit}".rstrip()
+
+
 class EngineRuntime:
     """What the node offers an :class:`AsyncEngine`: its identity, configuration, NATS,
     the other plugins' hooks and channels to other engines."""
@@ -191,14 +232,31 @@ class EngineRuntime:
         :class:`~mesh.observability.metrics.EngineMetrics`): served on the node's
         ``/metrics`` with its ``node`` label, unregistered when the engine stops, and
         do-nothing when the node's metrics are off."""
+        self.progress = LoadProgress()
+        """The engine's load at start (see :meth:`report_loading`)."""
 
-    def for_engine(self, metrics: EngineMetrics) -> EngineRuntime:
-        """This runtime as one engine sees it: the node's, with the engine's own metrics."""
+    def for_engine(self, metrics: EngineMetrics | None = None,
+                   progress: LoadProgress | None = None) -> EngineRuntime:
+        """This runtime as one engine sees it: the node's, with the engine's own metrics
+        and load progress."""
         import copy
 
         runtime = copy.copy(self)
-        runtime.metrics = metrics
+        runtime.metrics = metrics if metrics is not None else self.metrics
+        runtime.progress = progress if progress is not None else LoadProgress()
         return runtime
+
+    def report_loading(self, done: int, total: int = 0, unit: str = "") -> None:
+        """Say that the engine is still loading, and how far it has come: ``done`` of
+        ``total`` ``unit`` (``total`` 0 when unknown; ``unit`` plural, "memories"). Its
+        status is ``LOADING`` until :meth:`report_loaded`; ``revo status`` shows the
+        figures. Call it on the node's loop, as often as is cheap: the node announces the
+        latest figures with each heartbeat."""
+        self.progress.report(done, total, unit)
+
+    def report_loaded(self) -> None:
+        """The load reported with :meth:`report_loading` is over: the engine runs."""
+        self.progress.finish()
 
     async def start(self) -> None:
         """Follow the registry, so that engines can call each other (the node calls it

@@ -193,8 +193,11 @@ def build_snapshot(announcements: Iterable[registry_pb2.NodeAnnouncement],
                 log.error("node %s: cannot add %s to the descriptor pool: %s",
                           announcement.node.id, file.name, exc)
         for engine in announcement.node.engines:
+            # a loading engine takes calls too: it answers what it cannot serve yet with
+            # UNAVAILABLE, which callers retry (and an engine's Stats-like reads work)
             if engine.status not in (mesh_pb2.ENGINE_STATUS_RUNNING,
-                                     mesh_pb2.ENGINE_STATUS_DEGRADED):
+                                     mesh_pb2.ENGINE_STATUS_DEGRADED,
+                                     mesh_pb2.ENGINE_STATUS_LOADING):
                 continue
             for service_name in engine.services:
                 snap.service_nodes.setdefault(service_name, []).append(announcement.node.id)

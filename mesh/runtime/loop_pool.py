@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 
-from mesh.engine import AsyncEngine, Context, EngineRuntime, EngineSpec, MethodBinding
+from mesh.engine import (
+    AsyncEngine,
+    Context,
+    EngineRuntime,
+    EngineSpec,
+    LoadProgress,
+    MethodBinding,
+)
 from mesh.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -146,14 +153,15 @@ class LoopPool:
         """Per method path, when the node measures (see ``mesh.runtime.pool_metrics``)."""
         self.engine_metrics: EngineMetrics | None = None
         """The engine's ``runtime.metrics``, closed when the engine stops."""
+        self.progress = LoadProgress()
+        """The engine's load at start, as it reports it (``runtime.report_loading``)."""
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
         engine = self.spec.engine(self.settings)
         assert isinstance(engine, AsyncEngine)
-        engine.runtime = (self.runtime if self.engine_metrics is None
-                          else self.runtime.for_engine(self.engine_metrics))
+        engine.runtime = self.runtime.for_engine(self.engine_metrics, self.progress)
         try:
             await asyncio.wait_for(engine.start(), self._start_timeout)
         except TimeoutError:

@@ -95,6 +95,7 @@ class Node:
                                  period_s=config.node.heartbeat_s)
         """``grpc.health.v1`` for probes (:mod:`mesh.runtime.health`; off: address '')."""
         self._started = False
+        self._announcing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -131,6 +132,9 @@ class Node:
                 backoff_max_s=self.config.node.restart_backoff_max_s,
                 start_timeout_s=self.config.node.start_timeout_s,
             )
+        for pool in pools.values():
+            if isinstance(pool, LoopPool):  # loading, and loaded, announced at once
+                pool.progress.on_change = self._announce_soon
         if self.metrics.enabled:  # measured at the pools' boundary, engines write none of it
             meters = PoolMeters(self.metrics.metrics(self.id))
             for name, pool in pools.items():
@@ -175,6 +179,23 @@ class Node:
                                         self.announcement)
         await self._registry.start()
         log.info("node %s serving %s", self.id, ", ".join(services) or "nothing")
+
+    def _announce_soon(self) -> None:
+        """Publish this node's entry now, not at the next heartbeat (an engine began or
+        finished loading)."""
+        if self._registry is None or self.draining:
+            return  # joining the registry publishes it anyway
+        registry = self._registry
+
+        async def publish() -> None:
+            try:
+                await registry.publish()
+            except Exception as exc:  # the next heartbeat tries again
+                log.debug("announcing node %s failed: %s", self.id, exc)
+
+        task = asyncio.get_running_loop().create_task(publish())
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
 
     async def stop(self) -> None:
         """Stop taking calls, finish in-flight ones (bounded), leave the registry, drain."""
@@ -272,6 +293,12 @@ class Node:
         engine.restarts = pool.stats.restarts
         if pool.state is PoolState.DEGRADED:
             engine.status_message = f"restarting actors: {pool.stats.last_error}"
+        progress = pool.progress if isinstance(pool, LoopPool) else None
+        if progress is not None and (progress.loading or progress.unit):
+            engine.progress.done, engine.progress.total = progress.done, progress.total
+            engine.progress.unit = progress.unit
+            if progress.loading and pool.state is PoolState.RUNNING:
+                engine.status = mesh_pb2.ENGINE_STATUS_LOADING
         return engine
 
     def announcement(self) -> registry_pb2.NodeAnnouncement:

@@ -372,6 +372,10 @@ async def test_memories_survive_a_node_restart(start: Any, mesh_harness: Any,
     await mesh.nodes[0].stop()
     mesh.nodes.clear()
     again = await start()  # a new node on the same home (milvus-lite file) or server
+    # it reported its load as it went: 5 of the 5 memories, then loaded
+    progress = again.nodes[0].pools["recall"].progress
+    assert (progress.done, progress.total, progress.unit) == (5, 5, "memories")
+    assert not progress.loading
     recall = stub(again)
     found = await _search(recall, v[3], top_k=1)
     assert found.hits[0].memory.id == stored.results[3].id

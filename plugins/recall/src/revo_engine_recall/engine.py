@@ -85,6 +85,7 @@ class RecallEngine(AsyncEngine):
         start_sequence = await self.feed.open()
         self.auth = runtime.config.auth.enabled
         self.metrics = RecallMetrics(runtime.metrics, self.replica, lambda: self.purged)
+        runtime.report_loading(0, 0, "memories")  # LOADING from the node's first announcement
         self._tasks = [asyncio.create_task(self._load(start_sequence)),
                        asyncio.create_task(self._purge_loop())]
 
@@ -125,13 +126,23 @@ class RecallEngine(AsyncEngine):
     async def _load(self, start_sequence: int) -> None:
         """Read every memory from Milvus into the replica, then follow the feed from the
         sequence taken before the read (so nothing written meanwhile is missed)."""
+        runtime = self.runtime
+        try:
+            total = await self._on_milvus(self.store.count)
+        except Exception as exc:  # the figures are for people; the load goes on without
+            log.warning("recall: could not count the memories to load: %s", exc)
+            total = 0
+        runtime.report_loading(0, total, "memories")
         scan = self.store.scan()
 
         async def batches() -> AsyncIterator[tuple[list[Row], Vector]]:
             while (batch := await self._on_milvus(next, scan, None)) is not None:
                 yield batch
 
-        await self.replica.load(batches())
+        # a write during the load can make the count grow: never show more done than total
+        await self.replica.load(batches(), lambda done: runtime.report_loading(
+            done, max(total, done), "memories"))
+        runtime.report_loaded()
         await self.feed.follow(start_sequence, self._apply)
 
     async def _apply(self, change: pb.Change, sequence: int) -> None:

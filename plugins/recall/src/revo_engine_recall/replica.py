@@ -82,8 +82,10 @@ class IndexReplica:
         waits to replay the changes applied meanwhile and take over."""
         return self._rebuild is not None
 
-    async def load(self, batches: AsyncIterator[tuple[list[Row], Vector]]) -> None:
-        """Build the index from every memory, read in ``(rows, vectors)`` batches."""
+    async def load(self, batches: AsyncIterator[tuple[list[Row], Vector]],
+                   progress: Callable[[int], object] | None = None) -> None:
+        """Build the index from every memory, read in ``(rows, vectors)`` batches;
+        ``progress`` is told the memories read so far after each batch."""
         began = time.monotonic()
         rows: list[Row] = []
         parts: list[Vector] = []
@@ -91,6 +93,8 @@ class IndexReplica:
             rows.extend(batch_rows)
             parts.append(batch_vectors)
             self.loaded = len(rows)
+            if progress is not None:
+                progress(self.loaded)
         vectors = np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
         index = await self.run(MemoryIndex.build, self.settings, rows, vectors)
         self.index = index

@@ -126,6 +126,12 @@ class MilvusStore:
                                 output_fields=[*_FIELDS, "vector"], consistency_level="Strong")
         return [(row_of(e), np.asarray(e["vector"], dtype=np.float32)) for e in found]
 
+    def count(self) -> int:
+        """How many memories the collection holds (what a load at start reads)."""
+        found = self.client.query(self.collection, filter="", output_fields=["count(*)"],
+                                  consistency_level="Strong")
+        return int(found[0]["count(*)"]) if found else 0
+
     def scan(self, batch: int = 4000) -> Iterator[tuple[list[Row], Vector]]:
         """Every memory, in batches (the index's load at start)."""
         iterator = self.client.query_iterator(self.collection, batch_size=batch, filter="",

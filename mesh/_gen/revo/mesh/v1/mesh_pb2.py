@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mesh._gen.revo.mesh.v1 import options_pb2 as revo_dot_mesh_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17revo/mesh/v1/mesh.proto\x12\x0crevo.mesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1arevo/mesh/v1/options.proto\"\xce\x01\n\x06\x45ngine\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.revo.mesh.v1.EngineStatus\x12\x16\n\x0estatus_message\x18\x04 \x01(\t\x12\x11\n\tpool_size\x18\x05 \x01(\x05\x12\x14\n\x0c\x61\x63tors_alive\x18\x06 \x01(\x05\x12\x10\n\x08restarts\x18\x07 \x01(\x03\x12\x10\n\x08services\x18\x08 \x03(\t\x12\x14\n\x0c\x64istribution\x18\t \x01(\t\"\xf2\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0f\n\x07version\x18\x04 \x01(\t\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cheartbeat_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x07\x65ngines\x18\x07 \x03(\x0b\x32\x14.revo.mesh.v1.Engine\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x12\x13\n\x0bmetrics_url\x18\t \x01(\t\"\x81\x01\n\x06Method\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\ninput_type\x18\x03 \x01(\t\x12\x13\n\x0boutput_type\x18\x04 \x01(\t\x12\x18\n\x10\x63lient_streaming\x18\x05 \x01(\x08\x12\x18\n\x10server_streaming\x18\x06 \x01(\x08\"`\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x07methods\x18\x02 \x03(\x0b\x32\x14.revo.mesh.v1.Method\x12\x10\n\x08node_ids\x18\x03 \x03(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\"\x12\n\x10ListNodesRequest\"6\n\x11ListNodesResponse\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.revo.mesh.v1.Node\"\x15\n\x13ListServicesRequest\"?\n\x14ListServicesResponse\x12\'\n\x08services\x18\x01 \x03(\x0b\x32\x15.revo.mesh.v1.Service*\xf9\x01\n\x0c\x45ngineStatus\x12\x1d\n\x19\x45NGINE_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45NGINE_STATUS_RUNNING\x10\x01\x12\x1a\n\x16\x45NGINE_STATUS_DEGRADED\x10\x02\x12\x1a\n\x16\x45NGINE_STATUS_DISABLED\x10\x03\x12\x1c\n\x18\x45NGINE_STATUS_LOAD_ERROR\x10\x04\x12\x1e\n\x1a\x45NGINE_STATUS_CONFIG_ERROR\x10\x05\x12\x1d\n\x19\x45NGINE_STATUS_START_ERROR\x10\x06\x12\x1a\n\x16\x45NGINE_STATUS_STOPPING\x10\x07\x32\xc4\x01\n\x0bMeshService\x12U\n\tListNodes\x12\x1e.revo.mesh.v1.ListNodesRequest\x1a\x1f.revo.mesh.v1.ListNodesResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x02\x12^\n\x0cListServices\x12!.revo.mesh.v1.ListServicesRequest\x1a\".revo.mesh.v1.ListServicesResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17revo/mesh/v1/mesh.proto\x12\x0crevo.mesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1arevo/mesh/v1/options.proto\"\xbe\x02\n\x06\x45ngine\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.revo.mesh.v1.EngineStatus\x12\x16\n\x0estatus_message\x18\x04 \x01(\t\x12\x11\n\tpool_size\x18\x05 \x01(\x05\x12\x14\n\x0c\x61\x63tors_alive\x18\x06 \x01(\x05\x12\x10\n\x08restarts\x18\x07 \x01(\x03\x12\x10\n\x08services\x18\x08 \x03(\t\x12\x14\n\x0c\x64istribution\x18\t \x01(\t\x12\x33\n\x08progress\x18\n \x01(\x0b\x32!.revo.mesh.v1.Engine.LoadProgress\x1a\x39\n\x0cLoadProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0c\n\x04unit\x18\x03 \x01(\t\"\xf2\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0f\n\x07version\x18\x04 \x01(\t\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cheartbeat_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x07\x65ngines\x18\x07 \x03(\x0b\x32\x14.revo.mesh.v1.Engine\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x12\x13\n\x0bmetrics_url\x18\t \x01(\t\"\x81\x01\n\x06Method\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\ninput_type\x18\x03 \x01(\t\x12\x13\n\x0boutput_type\x18\x04 \x01(\t\x12\x18\n\x10\x63lient_streaming\x18\x05 \x01(\x08\x12\x18\n\x10server_streaming\x18\x06 \x01(\x08\"`\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x07methods\x18\x02 \x03(\x0b\x32\x14.revo.mesh.v1.Method\x12\x10\n\x08node_ids\x18\x03 \x03(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\"\x12\n\x10ListNodesRequest\"6\n\x11ListNodesResponse\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.revo.mesh.v1.Node\"\x15\n\x13ListServicesRequest\"?\n\x14ListServicesResponse\x12\'\n\x08services\x18\x01 \x03(\x0b\x32\x15.revo.mesh.v1.Service*\x94\x02\n\x0c\x45ngineStatus\x12\x1d\n\x19\x45NGINE_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45NGINE_STATUS_RUNNING\x10\x01\x12\x1a\n\x16\x45NGINE_STATUS_DEGRADED\x10\x02\x12\x1a\n\x16\x45NGINE_STATUS_DISABLED\x10\x03\x12\x1c\n\x18\x45NGINE_STATUS_LOAD_ERROR\x10\x04\x12\x1e\n\x1a\x45NGINE_STATUS_CONFIG_ERROR\x10\x05\x12\x1d\n\x19\x45NGINE_STATUS_START_ERROR\x10\x06\x12\x1a\n\x16\x45NGINE_STATUS_STOPPING\x10\x07\x12\x19\n\x15\x45NGINE_STATUS_LOADING\x10\x08\x32\xc4\x01\n\x0bMeshService\x12U\n\tListNodes\x12\x1e.revo.mesh.v1.ListNodesRequest\x1a\x1f.revo.mesh.v1.ListNodesResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x02\x12^\n\x0cListServices\x12!.revo.mesh.v1.ListServicesRequest\x1a\".revo.mesh.v1.ListServicesResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,24 +38,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESHSERVICE'].methods_by_name['ListNodes']._serialized_options = b'\220\002\001\260\341\030\002'
   _globals['_MESHSERVICE'].methods_by_name['ListServices']._loaded_options = None
   _globals['_MESHSERVICE'].methods_by_name['ListServices']._serialized_options = b'\220\002\001\260\341\030\002'
-  _globals['_ENGINESTATUS']._serialized_start=951
-  _globals['_ENGINESTATUS']._serialized_end=1200
+  _globals['_ENGINESTATUS']._serialized_start=1063
+  _globals['_ENGINESTATUS']._serialized_end=1339
   _globals['_ENGINE']._serialized_start=103
-  _globals['_ENGINE']._serialized_end=309
-  _globals['_NODE']._serialized_start=312
-  _globals['_NODE']._serialized_end=554
-  _globals['_METHOD']._serialized_start=557
-  _globals['_METHOD']._serialized_end=686
-  _globals['_SERVICE']._serialized_start=688
-  _globals['_SERVICE']._serialized_end=784
-  _globals['_LISTNODESREQUEST']._serialized_start=786
-  _globals['_LISTNODESREQUEST']._serialized_end=804
-  _globals['_LISTNODESRESPONSE']._serialized_start=806
-  _globals['_LISTNODESRESPONSE']._serialized_end=860
-  _globals['_LISTSERVICESREQUEST']._serialized_start=862
-  _globals['_LISTSERVICESREQUEST']._serialized_end=883
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=885
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=948
-  _globals['_MESHSERVICE']._serialized_start=1203
-  _globals['_MESHSERVICE']._serialized_end=1399
+  _globals['_ENGINE']._serialized_end=421
+  _globals['_ENGINE_LOADPROGRESS']._serialized_start=364
+  _globals['_ENGINE_LOADPROGRESS']._serialized_end=421
+  _globals['_NODE']._serialized_start=424
+  _globals['_NODE']._serialized_end=666
+  _globals['_METHOD']._serialized_start=669
+  _globals['_METHOD']._serialized_end=798
+  _globals['_SERVICE']._serialized_start=800
+  _globals['_SERVICE']._serialized_end=896
+  _globals['_LISTNODESREQUEST']._serialized_start=898
+  _globals['_LISTNODESREQUEST']._serialized_end=916
+  _globals['_LISTNODESRESPONSE']._serialized_start=918
+  _globals['_LISTNODESRESPONSE']._serialized_end=972
+  _globals['_LISTSERVICESREQUEST']._serialized_start=974
+  _globals['_LISTSERVICESREQUEST']._serialized_end=995
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=997
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1060
+  _globals['_MESHSERVICE']._serialized_start=1342
+  _globals['_MESHSERVICE']._serialized_end=1538
 # @@protoc_insertion_point(module_scope)

@@ -42,6 +42,11 @@ class _EngineStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EngineSt
     """The engine failed while starting."""
     ENGINE_STATUS_STOPPING: _EngineStatus.ValueType  # 7
     """The engine is stopping with its node."""
+    ENGINE_STATUS_LOADING: _EngineStatus.ValueType  # 8
+    """The engine started and takes calls, but is still loading its data (Perfect
+    Recall: its memory index); `Engine.progress` says how far it has come. Calls
+    it cannot answer yet fail UNAVAILABLE, to be retried.
+    """
 
 class EngineStatus(_EngineStatus, metaclass=_EngineStatusEnumTypeWrapper):
     """EngineStatus is the state of one engine on one node."""
@@ -61,6 +66,11 @@ ENGINE_STATUS_START_ERROR: EngineStatus.ValueType  # 6
 """The engine failed while starting."""
 ENGINE_STATUS_STOPPING: EngineStatus.ValueType  # 7
 """The engine is stopping with its node."""
+ENGINE_STATUS_LOADING: EngineStatus.ValueType  # 8
+"""The engine started and takes calls, but is still loading its data (Perfect
+Recall: its memory index); `Engine.progress` says how far it has come. Calls
+it cannot answer yet fail UNAVAILABLE, to be retried.
+"""
 Global___EngineStatus: _TypeAlias = EngineStatus  # noqa: Y015
 
 @_typing.final
@@ -68,6 +78,34 @@ class Engine(_message.Message):
     """Engine is one engine as hosted by one node."""
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LoadProgress(_message.Message):
+        """LoadProgress is an engine's load, in its own unit: `done` of `total` `unit`."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        DONE_FIELD_NUMBER: _builtins.int
+        TOTAL_FIELD_NUMBER: _builtins.int
+        UNIT_FIELD_NUMBER: _builtins.int
+        done: _builtins.int
+        """What the engine has loaded so far."""
+        total: _builtins.int
+        """What there is to load; 0 when the engine does not know."""
+        unit: _builtins.str
+        """What is counted, plural ("memories", "models")."""
+        def __init__(
+            self,
+            *,
+            done: _builtins.int = ...,
+            total: _builtins.int = ...,
+            unit: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "total", b"total", "unit", b"unit"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
@@ -78,6 +116,7 @@ class Engine(_message.Message):
     RESTARTS_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
     DISTRIBUTION_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The engine's name, equal to its entry point name in `revo.engines`."""
     version: _builtins.str
@@ -97,6 +136,12 @@ class Engine(_message.Message):
     def services(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Fully qualified names of the services the engine implements."""
 
+    @_builtins.property
+    def progress(self) -> Global___Engine.LoadProgress:
+        """How far the engine's load has come while its status is LOADING (the last
+        figures it reported otherwise).
+        """
+
     def __init__(
         self,
         *,
@@ -109,10 +154,11 @@ class Engine(_message.Message):
         restarts: _builtins.int = ...,
         services: _abc.Iterable[_builtins.str] | None = ...,
         distribution: _builtins.str = ...,
+        progress: Global___Engine.LoadProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actors_alive", b"actors_alive", "distribution", b"distribution", "name", b"name", "pool_size", b"pool_size", "restarts", b"restarts", "services", b"services", "status", b"status", "status_message", b"status_message", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actors_alive", b"actors_alive", "distribution", b"distribution", "name", b"name", "pool_size", b"pool_size", "progress", b"progress", "restarts", b"restarts", "services", b"services", "status", b"status", "status_message", b"status_message", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
