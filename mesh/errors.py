@@ -211,6 +211,11 @@ class RpcError(MeshError):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.code.name}, {self.message!r})"
 
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds to wait before trying again, when the error says (``retry_after_s``)."""
+        return self.retry_after_s
+
     def status(self) -> Status | None:
         """The error as a ``google.rpc.Status`` with its details; None when it has none."""
         if not (self.reason or self.retry_after_s is not None or self.violations):

@@ -61,12 +61,20 @@ class GatewayCall:
         self.principal: Principal | None = None
 
 
-def read_call(context: ServicerContext, settings: GatewaySettings) -> GatewayCall:
+def read_call(context: ServicerContext, settings: GatewaySettings, *,
+              streaming: bool = False) -> GatewayCall:
     """The call's deadline (bounded by ``gateway.max_timeout_s``), request id, trace
-    parent and credentials, from its gRPC context."""
+    parent and credentials, from its gRPC context.
+
+    A call without a deadline gets ``gateway.default_timeout_s``, except a server stream,
+    which gets ``gateway.max_timeout_s``: a stream's length is its content's (a generation,
+    a watch), not a round trip's, so it runs until the gateway's maximum call time, and a
+    client that wants it longer resumes it (the client library does for watches)."""
     remaining = context.time_remaining()
-    timeout = settings.default_timeout_s if remaining is None else min(
-        remaining, settings.max_timeout_s)
+    if remaining is None:
+        timeout = settings.max_timeout_s if streaming else settings.default_timeout_s
+    else:
+        timeout = min(remaining, settings.max_timeout_s)
     request_id = traceparent = authorization = key = ""
     for name, value in context.invocation_metadata() or ():
         if name == REQUEST_ID_METADATA:

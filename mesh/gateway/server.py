@@ -263,8 +263,8 @@ class Gateway:
 
     # -- calls ------------------------------------------------------------------------
 
-    def _call(self, context: ServicerContext) -> GatewayCall:
-        return read_call(context, self.config.gateway)
+    def _call(self, context: ServicerContext, *, streaming: bool = False) -> GatewayCall:
+        return read_call(context, self.config.gateway, streaming=streaming)
 
     def _guarded_unary(self, path: str, permission: Permission,
                        inner: Inner) -> Callable[[Any, ServicerContext], Awaitable[Any]]:
@@ -319,7 +319,7 @@ class Gateway:
 
         async def handle(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
-            call = self._call(context)
+            call = self._call(context, streaming=True)
             peer = context.peer() or ""  # read before the call can end
             error: RpcError | None = None
             status = ""
@@ -366,7 +366,7 @@ class Gateway:
     def _bare_stream(self, inner: StreamInner
                      ) -> Callable[[Any, ServicerContext], AsyncIterator[Any]]:
         async def handle(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
-            messages = inner(request, context, self._call(context))
+            messages = inner(request, context, self._call(context, streaming=True))
             try:
                 async for item in messages:
                     yield item

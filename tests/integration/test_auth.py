@@ -204,16 +204,23 @@ async def test_logout_cannot_revoke_someone_elses_refresh_token(mesh: MeshHarnes
 
 async def test_refresh_works_once_the_access_token_has_expired(mesh: MeshHarness) -> None:
     """Refreshing is what a client does when its access token expired; the client still
-    sends that token with every call, Refresh included."""
+    sends that token with every call, Refresh included. The client library refreshes by
+    itself when the gateway says the token expired, and repeats the refused call."""
     user = await add_user(mesh, "developer")
     async with MeshClient(mesh.target, timeout=10) as client:
         await client.login(user, PASSWORD)
+        client.session.forget_password()  # a refresh, not a new sign-in, must mend it
         assert mesh.gateway.guard is not None
         generation = (await mesh.gateway.guard.users.require(user)).generation
-        client.token, _ = tokens_of(mesh).issue(user, "developer", generation=generation,
-                                                now=time.time() - 3600, ttl_s=60)
-        error = await refused(client.auth.WhoAmI(auth_pb2.WhoAmIRequest()))
+        expired, _ = tokens_of(mesh).issue(user, "developer", generation=generation,
+                                           now=time.time() - 3600, ttl_s=60)
+        error = await refused(auth_pb2_grpc.AuthServiceStub(mesh.channel).WhoAmI(
+            auth_pb2.WhoAmIRequest(), metadata=bearer(expired), timeout=5))
         assert "expired" in str(error.details())  # the situation a refresh is for
+        client.session.current = expired  # as if it had expired in the client's hands
+        assert (await client.auth.WhoAmI(auth_pb2.WhoAmIRequest())).username == user
+        assert client.session.refreshes == 1
+        assert client.token != expired
         fresh = await client.refresh()
         assert (await _who(mesh, fresh)).username == user
 

@@ -27,10 +27,21 @@ def test_mesh_errors_exports_every_public_name() -> None:
     assert set(module.__all__) == defined_public_names(module)
 
 
-def test_mesh_client_exports_every_public_name() -> None:
+@pytest.mark.parametrize("name", ["api", "connection", "engines", "retry", "session",
+                                  "streams"])
+def test_each_mesh_client_module_exports_every_public_name(name: str) -> None:
+    module = importlib.import_module(f"mesh.client.{name}")
+
+    assert defined_public_names(module) <= set(module.__all__)  # and constants, caches
+    assert all(getattr(module, name, None) is not None for name in module.__all__)
+
+
+def test_mesh_client_exports_the_client_and_its_parts() -> None:
     module = importlib.import_module("mesh.client")
 
-    assert set(module.__all__) == defined_public_names(module)
+    assert {"Client", "AsyncClient", "MeshClient", "RetryPolicy", "Session",
+            "rpc_error"} <= set(module.__all__)
+    assert all(getattr(module, name, None) is not None for name in module.__all__)
 
 
 def test_mesh_engine_exports_every_public_name() -> None:

@@ -1,104 +1,83 @@
-"""An async Python client for the mesh's gateway.
+"""The client's connection to a gateway: the channel, its credentials, its defaults.
 
-::
+:class:`MeshClient` is the low-level connection every facade of :mod:`mesh.client` runs
+on, and the one to bind generated stubs to::
 
     from mesh.client import MeshClient
     from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 
     async with MeshClient("127.0.0.1:50051", timeout=5.0) as client:
-        nodes = await client.list_nodes()
-        echo = echo_pb2_grpc.EchoServiceStub(client.channel)  # typed as the async stub
+        echo = echo_pb2_grpc.EchoServiceStub(client.channel)
         reply = await echo.Echo(echo_pb2.EchoRequest(payload=b"hi"))
 
-With auth on (the default), sign in first (``await client.login(user, password)``) or
-pass ``token=``: an access token, or an API key (``revo_<id>_<secret>``, from
-``UserService.CreateApiKey`` or ``revo keys create``), which acts as its owner with the
-key's role; every call then carries ``authorization: Bearer <token>``.
-Generated stubs are bound to ``client.channel``. Every call made through it gets the
-client's default ``timeout`` (when the call gives none) and its ``metadata``. Pass a
-:class:`RetryPolicy` to retry calls that fail ``UNAVAILABLE`` (by gRPC's own retry
-machinery). Retries are off by default: ``UNAVAILABLE`` also reports a node that died
-while serving a call, which may already have run, so retry only calls that are safe to
-repeat.
+Every call made on ``client.channel`` carries the client's ``metadata`` and
+``authorization: Bearer <token>`` (the token its :class:`~mesh.client.session.Session`
+keeps fresh). A unary call without a deadline gets the client's ``timeout``; a stream gets
+none (the gateway lets it run up to its ``gateway.max_timeout_s``). With a
+:class:`RetryPolicy`, unary calls are retried where that is safe (:mod:`mesh.client.retry`).
 
 A failed call raises ``grpc.aio.AioRpcError``; :func:`rpc_error` turns it into the mesh's
-own error class with the details the gateway sent (``grpc-status-details-bin``)::
-
-    try:
-        await echo.Echo(request)
-    except grpc.aio.AioRpcError as exc:
-        error = rpc_error(exc)  # e.g. RateLimited, with .reason, .retry_after_s, .violations
+own error class with the details the gateway sent (``grpc-status-details-bin``).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_status import rpc_status
 
+from mesh.client.retry import RetryPolicy, failed_call_error, retry_delay
+from mesh.client.session import Session
 from mesh.config import MeshConfig
-from mesh.errors import RpcError, error_from_status
+from mesh.errors import Reason, RpcError, error_from_status
 from mesh.v1 import auth_pb2, auth_pb2_grpc, mesh_pb2, mesh_pb2_grpc
 
-__all__ = ["MeshClient", "RetryPolicy", "client_credentials", "probe_mesh", "rpc_error"]
+__all__ = ["MeshClient", "client_credentials", "probe_mesh", "rpc_error"]
 
 Metadata = Sequence[tuple[str, str]]
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """gRPC retries for calls that failed with one of ``codes``."""
-
-    max_attempts: int = 3
-    initial_backoff_s: float = 0.05
-    max_backoff_s: float = 1.0
-    multiplier: float = 2.0
-    codes: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.UNAVAILABLE,)
-
-    def service_config(self) -> str:
-        return json.dumps({"methodConfig": [{
-            "name": [{}],
-            "retryPolicy": {
-                "maxAttempts": max(2, min(self.max_attempts, 5)),
-                "initialBackoff": f"{self.initial_backoff_s}s",
-                "maxBackoff": f"{self.max_backoff_s}s",
-                "backoffMultiplier": self.multiplier,
-                "retryableStatusCodes": [code.name for code in self.codes],
-            },
-        }]})
-
-
 class _Defaults:
-    """The client's default timeout, metadata and token, applied to every call.
+    """The client's default timeout, metadata, session and retries, applied to every call.
 
     grpc.aio files an interceptor under the first call kind it implements, so each kind
     gets its own interceptor object sharing this state."""
 
-    def __init__(self, timeout: float | None, metadata: Metadata) -> None:
-        self._timeout = timeout
+    def __init__(self, timeout: float | None, metadata: Metadata, session: Session,
+                 retry: RetryPolicy | None) -> None:
+        self.timeout = timeout
         self._metadata = tuple(metadata)
-        self.token = ""
+        self.session = session
+        self.retry = retry
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    async def details(self, details: grpc.aio.ClientCallDetails, *, streaming: bool,
+                      timeout: float | None = None) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*self._metadata)
-        if self.token:
-            metadata.add("authorization", f"Bearer {self.token}")
+        method = _method_name(details.method)
+        token = await self.session.token(method)
+        if token:
+            metadata.add("authorization", f"Bearer {token}")
         for key, value in details.metadata or ():
             metadata.add(key, value)
+        if timeout is None:
+            timeout = details.timeout
+        if timeout is None and not streaming:
+            timeout = self.timeout
         return grpc.aio.ClientCallDetails(
-            method=details.method,
-            timeout=details.timeout if details.timeout is not None else self._timeout,
-            metadata=metadata,
-            credentials=details.credentials,
-            wait_for_ready=details.wait_for_ready,
-        )
+            method=details.method, timeout=timeout, metadata=metadata,
+            credentials=details.credentials, wait_for_ready=details.wait_for_ready)
 
     def interceptors(self) -> list[Any]:
         return [_UnaryDefaults(self), _StreamDefaults(self)]
+
+
+def _method_name(method: str | bytes) -> str:
+    """``/pkg.Service/Method`` as text (grpc.aio passes it as bytes)."""
+    return method.decode() if isinstance(method, bytes) else method
 
 
 class _UnaryDefaults(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
@@ -106,7 +85,31 @@ class _UnaryDefaults(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type
         self._defaults = defaults
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._defaults._details(details), request)
+        defaults = self._defaults
+        method = _method_name(details.method)
+        timeout = details.timeout if details.timeout is not None else defaults.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            call = await continuation(
+                await defaults.details(details, streaming=False, timeout=remaining), request)
+            if defaults.retry is None and not defaults.session.can_refresh:
+                return call
+            code = await call.code()
+            if code is grpc.StatusCode.OK:
+                return call
+            attempt += 1
+            error = await failed_call_error(call, code)
+            if error.reason == Reason.TOKEN_EXPIRED and defaults.session.can_refresh \
+                    and attempt == 1:
+                await defaults.session.expired()  # refused before it ran: once more
+                continue
+            delay = retry_delay(defaults.retry, method, error, attempt)
+            if delay is None or (deadline is not None
+                                 and time.monotonic() + delay >= deadline):
+                return call
+            await asyncio.sleep(delay)
 
 
 class _StreamDefaults(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
@@ -114,11 +117,18 @@ class _StreamDefaults(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[ty
         self._defaults = defaults
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._defaults._details(details), request)
+        return await continuation(await self._defaults.details(details, streaming=True),
+                                  request)
 
 
 class MeshClient:
-    """A connection to a revo gateway with default deadline, metadata and retries."""
+    """A connection to a revo gateway with default deadline, metadata, credentials and
+    retries.
+
+    ``token`` is an access token or an API key (``revo_<id>_<secret>``); or sign in with
+    :meth:`login`, after which access tokens are refreshed before they expire. A
+    ``session`` given instead carries its own credentials (:mod:`mesh.client.session`).
+    """
 
     def __init__(
         self,
@@ -130,16 +140,15 @@ class MeshClient:
         credentials: grpc.ChannelCredentials | None = None,
         max_message_bytes: int = 4 * 1024 * 1024,
         token: str | None = None,
+        session: Session | None = None,
     ) -> None:
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.enable_retries", 1 if retry else 0),
+            ("grpc.enable_retries", 0),  # ours (RetryPolicy) know which methods are safe
         ]
-        if retry is not None:
-            options.append(("grpc.service_config", retry.service_config()))
-        self._defaults = _Defaults(timeout, metadata)
-        self._defaults.token = token or ""
+        self.session = session or Session(token=token or "")
+        self._defaults = _Defaults(timeout, metadata, self.session, retry)
         interceptors = self._defaults.interceptors()
         if credentials is None:
             self.channel = grpc.aio.insecure_channel(target, options=options,
@@ -147,40 +156,41 @@ class MeshClient:
         else:
             self.channel = grpc.aio.secure_channel(target, credentials, options=options,
                                                    interceptors=interceptors)
+        self.target = target
         self.mesh = mesh_pb2_grpc.MeshServiceStub(self.channel)
+        self.session.bind(self.channel)
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
-        self.tokens: auth_pb2.Tokens | None = None
+
+    @property
+    def timeout(self) -> float | None:
+        """The deadline of unary calls that bring none (streams get none)."""
+        return self._defaults.timeout
 
     @property
     def token(self) -> str:
         """The access token or API key sent with every call ('' for none)."""
-        return self._defaults.token
+        return self.session.current
 
     @token.setter
     def token(self, value: str) -> None:
-        self._defaults.token = value
+        self.session.use_token(value)
+
+    @property
+    def tokens(self) -> auth_pb2.Tokens | None:
+        """The tokens of the last sign-in or refresh (None with a fixed token)."""
+        return self.session.tokens
 
     async def login(self, username: str, password: str) -> auth_pb2.Tokens:
-        """Sign in; later calls carry the access token."""
-        response = await self.auth.Login(auth_pb2.LoginRequest(username=username,
-                                                                password=password))
-        self.tokens, self.token = response.tokens, response.tokens.access_token
-        return response.tokens
+        """Sign in; later calls carry the access token, refreshed before it expires."""
+        return await self.session.login(username, password)
 
     async def refresh(self) -> auth_pb2.Tokens:
-        """Trade the refresh token from :meth:`login` for a new pair."""
-        if self.tokens is None:
-            raise RuntimeError("login() first")
-        response = await self.auth.Refresh(auth_pb2.RefreshRequest(
-            refresh_token=self.tokens.refresh_token))
-        self.tokens, self.token = response.tokens, response.tokens.access_token
-        return response.tokens
+        """Trade the refresh token from :meth:`login` for a new pair now."""
+        return await self.session.refresh()
 
     async def logout(self) -> None:
         """Revoke both tokens on every gateway."""
-        refresh = self.tokens.refresh_token if self.tokens else ""
-        await self.auth.Logout(auth_pb2.LogoutRequest(refresh_token=refresh))
-        self.tokens, self.token = None, ""
+        await self.session.logout()
 
     async def list_nodes(self) -> list[mesh_pb2.Node]:
         response = await self.mesh.ListNodes(mesh_pb2.ListNodesRequest())
