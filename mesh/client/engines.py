@@ -106,50 +106,70 @@ def _value(value: Any) -> struct_pb2.Value:
 
 
 class Recall(_Facade):
-    """Perfect Recall (``revo.recall.v1.RecallService``): long-term memory."""
+    """Perfect Recall (``revo.recall.v1.RecallService``): long-term memory.
+
+    Reads see this client's own writes: ``search``, ``get`` and ``memories`` pass the last
+    write's sequence as ``after_sequence`` unless given one, so whichever node answers
+    waits until it has applied that write."""
 
     _module, _distribution, _stub_name = ("revo_engine_recall.v1", "revo-engine-recall",
                                           "RecallServiceStub")
+    written = 0
+    """The sequence of this client's last write."""
+
+    def _wrote(self, response: Any) -> Any:
+        self.written = max(self.written, int(response.sequence))
+        return response
+
+    def _after(self, after_sequence: int | None) -> int:
+        return self.written if after_sequence is None else after_sequence
 
     async def remember(self, text: str, *, scope: str | Any = "user",
                        metadata: Mapping[str, Any] | None = None, ttl_s: float | None = None,
-                       client_id: str = "") -> Any:
-        """Store one memory; its ``Remembered`` (id, outcome: stored or merged)."""
+                       client_id: str = "", vector: Sequence[float] = ()) -> Any:
+        """Store one memory (embedded by the mesh, or by you: ``vector``); its
+        ``Remembered`` (id, outcome: stored, duplicate or merged)."""
         memory = self.pb.MemoryInput(scope=parse_scope(scope, self.pb), text=text,
-                                     metadata=_struct(metadata), client_id=client_id)
+                                     metadata=_struct(metadata), client_id=client_id,
+                                     vector=list(vector))
         if ttl_s is not None:
             memory.ttl.FromNanoseconds(int(ttl_s * 1e9))
         return (await self.remember_many([memory]))[0]
 
     async def remember_many(self, memories: Iterable[Any]) -> list[Any]:
         """Store ``MemoryInput`` messages in one call; one ``Remembered`` each, in order."""
-        response = await self._call(self.stub.Remember,
-                                    self.pb.RememberRequest(memories=list(memories)))
+        response = self._wrote(await self._call(
+            self.stub.Remember, self.pb.RememberRequest(memories=list(memories))))
         return list(response.results)
 
-    async def search(self, text: str, *, scopes: Sequence[str | Any] = (), top_k: int = 10,
-                     min_score: float = 0.0, after_sequence: int = 0) -> list[Any]:
-        """The memories nearest ``text`` in ``scopes`` (none: every scope the caller may
-        see): ``Hit``s (memory, score), best first."""
-        request = self.pb.SearchRequest(text=text, scopes=[parse_scope(s, self.pb)
-                                                           for s in scopes],
+    async def search(self, text: str = "", *, vector: Sequence[float] = (),
+                     scopes: Sequence[str | Any] = (), top_k: int = 10,
+                     min_score: float = 0.0, after_sequence: int | None = None) -> list[Any]:
+        """The memories nearest ``text`` (or ``vector``) in ``scopes`` (none: every scope
+        the caller may see): ``Hit``s (memory, score), best first."""
+        request = self.pb.SearchRequest(text=text, vector=list(vector),
+                                        scopes=[parse_scope(s, self.pb) for s in scopes],
                                         top_k=top_k, min_score=min_score,
-                                        after_sequence=after_sequence)
+                                        after_sequence=self._after(after_sequence))
         return list((await self._call(self.stub.Search, request)).hits)
 
-    async def get(self, *ids: str) -> list[Any]:
-        """The memories with ``ids`` (NotFound when none of them exists)."""
-        response = await self._call(self.stub.Get, self.pb.GetRequest(ids=list(ids)))
+    async def get(self, *ids: str, after_sequence: int | None = None) -> list[Any]:
+        """The memories with ``ids`` that exist, in the order asked."""
+        response = await self._call(self.stub.Get, self.pb.GetRequest(
+            ids=list(ids), after_sequence=self._after(after_sequence)))
         return list(response.memories)
 
     async def forget(self, *ids: str) -> int:
         """Delete memories by id; how many were deleted."""
-        response = await self._call(self.stub.Forget, self.pb.ForgetRequest(ids=list(ids)))
+        response = self._wrote(await self._call(self.stub.Forget,
+                                                self.pb.ForgetRequest(ids=list(ids))))
         return int(response.forgotten)
 
-    def memories(self, scope: str | Any, *, page_size: int = 100) -> AsyncIterator[Any]:
-        """Every memory of ``scope``, page by page (``ListMemories``)."""
-        request = self.pb.ListMemoriesRequest(scope=parse_scope(scope, self.pb))
+    def memories(self, scope: str | Any, *, page_size: int = 100,
+                 after_sequence: int | None = None) -> AsyncIterator[Any]:
+        """Every memory of ``scope``, oldest first, page by page (``ListMemories``)."""
+        request = self.pb.ListMemoriesRequest(scope=parse_scope(scope, self.pb),
+                                              after_sequence=self._after(after_sequence))
         return self._pages(self.stub.ListMemories, request, "memories", page_size)
 
 

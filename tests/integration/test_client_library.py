@@ -5,11 +5,16 @@ watches resumed after the gateway's maximum call time, and retries of refused ca
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 
 from mesh.client import AsyncClient, Client, RetryPolicy, rpc_error
@@ -22,6 +27,7 @@ from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 from revo_engine_parallel.v1 import tasks_pb2
 
 PASSWORD = "correct horse battery"
+ROOT = Path(__file__).resolve().parents[2]
 ECHO = "/revo.echo.v1.EchoService/Echo"
 
 
@@ -196,3 +202,45 @@ async def test_a_stream_has_no_deadline_but_an_idle_timeout(mesh_harness) -> Non
         assert seen == [0]
         assert "no message for 0.5 s" in idle.value.message
         assert quiet.cancelled() or quiet.done()
+
+
+async def test_the_recall_facade_reads_its_own_writes_and_pages_a_scope(
+        mesh_harness) -> None:
+    mesh, user = await _mesh(mesh_harness, plugins={"only": ["recall"]}, engines={
+        "recall": {"collection": f"t_{uuid.uuid4().hex[:12]}"}})
+    pool: Any = mesh.nodes[0].pools["recall"]
+    await wait_for(lambda: pool.engine.replica.index is not None, 30, "the memory index")
+    rng = np.random.default_rng(7)
+    unit = rng.standard_normal((3, 384)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    texts = ["the cache is in S3", "deploys are on Tuesday", "tests never sleep"]
+    async with AsyncClient(mesh.target, username=user, password=PASSWORD) as client:
+        stored = [await client.recall.remember(text, scope="project:facade", vector=v.tolist(),
+                                               metadata={"n": i})
+                  for i, (text, v) in enumerate(zip(texts, unit, strict=True))]
+        assert len({r.id for r in stored}) == 3
+        hits = await client.recall.search(vector=unit[1].tolist(), scopes=["project:facade"],
+                                          top_k=1)
+        assert [h.memory.text for h in hits] == [texts[1]]
+        assert [m.text for m in await client.recall.get(stored[2].id)] == [texts[2]]
+        listed = [m.text async for m in client.recall.memories("project:facade", page_size=2)]
+        assert listed == texts  # oldest first, across two pages
+        assert await client.recall.forget(stored[0].id) == 1
+        listed = [m.text async for m in client.recall.memories("project:facade", page_size=2)]
+        assert listed == texts[1:]
+        with pytest.raises(ValueError, match="start with one of"):
+            await client.recall.search("x", scopes=["team:red"])
+
+
+async def test_the_client_tour_example_runs(mesh_harness) -> None:
+    mesh, user = await _mesh(mesh_harness, plugins={"only": ["parallel", "workflows"]})
+    env = {**os.environ, "REVO_URL": mesh.target, "REVO_USERNAME": user,
+           "REVO_PASSWORD": PASSWORD}
+    done = await asyncio.to_thread(  # the mesh runs on this loop: wait off it
+        subprocess.run, [sys.executable, str(ROOT / "examples" / "client_tour.py")],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert sum("TASK_STATE_SUCCEEDED" in line for line in lines) == 3, lines
+    assert any("run_finished" in line for line in lines), lines
+    assert any(line.startswith("recall skipped:") for line in lines), lines  # not loaded
