@@ -260,7 +260,7 @@ class AuthSettings(_Section):
     verify_keys: dict[str, Path] = Field(
         default_factory=dict, description="kid = file: older keys (public PEM, or secret "
         "for HS256) still accepted until their tokens expire")
-    access_ttl_s: int = Field(900, ge=10, description="access token lifetime")
+    access_ttl_s: int = Field(900, ge=2, description="access token lifetime")
     refresh_ttl_s: int = Field(7 * 86400, ge=60, description="refresh token lifetime")
     leeway_s: int = Field(5, ge=0, le=300, description="clock skew allowed on exp and nbf")
     identity_secret_file: Path | None = Field(

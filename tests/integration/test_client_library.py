@@ -89,12 +89,12 @@ async def test_the_blocking_client_has_the_same_facades(mesh_harness) -> None:
 
 async def test_access_tokens_are_refreshed_across_their_expiry(mesh_harness) -> None:
     mesh, user = await _mesh(mesh_harness, plugins={"only": ["echo"]},
-                             auth={"access_ttl_s": 10})
+                             auth={"access_ttl_s": 3, "leeway_s": 0})
     async with AsyncClient(mesh.target, username=user, password=PASSWORD) as client:
         echo = echo_pb2_grpc.EchoServiceStub(client.channel)
         assert (await echo.Echo(echo_pb2.EchoRequest(payload=b"1"))).caller == user
         first = client.session.current
-        assert token_lifetime_s(first) == 10
+        assert token_lifetime_s(first) == 3
         raw = auth_pb2_grpc.AuthServiceStub(mesh.channel)
 
         async def first_expired() -> bool:
@@ -109,7 +109,7 @@ async def test_access_tokens_are_refreshed_across_their_expiry(mesh_harness) -> 
             return False
 
         refusals: list[str] = []
-        await wait_for(first_expired, 20, "the first access token to expire")
+        await wait_for(first_expired, 10, "the first access token to expire")
         assert "expired" in refusals[0], refusals
         assert (await echo.Echo(echo_pb2.EchoRequest(payload=b"3"))).caller == user
         assert client.session.refreshes >= 1
