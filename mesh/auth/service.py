@@ -31,6 +31,7 @@ from mesh.errors import (
     Unauthenticated,
     Unavailable,
 )
+from mesh.pagination import decode_page_token, encode_page_token, page_size, take_page
 from mesh.v1 import auth_pb2, auth_pb2_grpc
 
 __all__ = ["AuthServicer", "UserServicer"]
@@ -202,8 +203,13 @@ class UserServicer(auth_pb2_grpc.UserServiceServicer):
 
     async def ListUsers(self, request: auth_pb2.ListUsersRequest,
                         context: ServicerContext) -> auth_pb2.ListUsersResponse:  # type: ignore[override]
-        users = await self._accounts.users.list()
-        return auth_pb2.ListUsersResponse(users=[user_message(u) for u in users])
+        size = page_size(request.page_size)
+        after = decode_page_token(request.page_token, "users", (str,))
+        users, last = take_page(await self._accounts.users.list(), lambda u: u.username,
+                                size, after and after[0])
+        return auth_pb2.ListUsersResponse(
+            users=[user_message(u) for u in users],
+            next_page_token=encode_page_token((last,), "users") if last else "")
 
     async def SetRole(self, request: auth_pb2.SetRoleRequest,
                       context: ServicerContext) -> auth_pb2.SetRoleResponse:  # type: ignore[override]
@@ -261,8 +267,14 @@ class UserServicer(auth_pb2_grpc.UserServiceServicer):
                                                                           MANAGE):
             raise PermissionDenied("only admins list other users' API keys; leave owner "
                                    "empty for your own")
-        keys = await self._accounts.keys.list(None if request.all_users else owner)
-        return auth_pb2.ListApiKeysResponse(keys=[api_key_message(k) for k in keys])
+        size = page_size(request.page_size)
+        query = [None if request.all_users else owner]
+        after = decode_page_token(request.page_token, query, (float, str))
+        keys, last = take_page(await self._accounts.keys.list(query[0]),
+                               lambda k: (k.created_at, k.id), size, after)
+        return auth_pb2.ListApiKeysResponse(
+            keys=[api_key_message(k) for k in keys],
+            next_page_token=encode_page_token(last, query) if last else "")
 
     async def RevokeApiKey(self, request: auth_pb2.RevokeApiKeyRequest,
                            context: ServicerContext) -> auth_pb2.RevokeApiKeyResponse:  # type: ignore[override]

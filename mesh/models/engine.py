@@ -47,6 +47,7 @@ from mesh.models.tools import (
     Tooling,
     parse_object,
 )
+from mesh.pagination import decode_page_token, encode_page_token, page_size, take_page
 from mesh.v1 import models_pb2 as pb
 
 __all__ = ["ModelEngine", "build_providers", "with_local_generator"]
@@ -429,20 +430,25 @@ class ModelEngine(AsyncEngine):
             raise InvalidArgument(f"period must be 'day' or 'month', got {period[:20]!r}")
         user = self._whose(request.user, ctx)
         since = request.since.ToSeconds() if request.HasField("since") else 0.0
+        size = page_size(request.page_size)
+        query = [user, period, request.since.ToNanoseconds()]
+        after = decode_page_token(request.page_token, query, (str, str, str))
         entries = await self.ledger.entries(user, since)
         rows = summarize(entries, period)
         completion = sum(e.completion_tokens for e in entries)
         local = sum(e.completion_tokens for e in entries if e.local)
+        page, last = take_page(rows, lambda r: (r.user, r.model, r.period), size, after)
         return pb.GetUsageResponse(
             rows=[pb.UsageRow(user=r.user, model=r.model, period=r.period,
                               requests=r.requests,
                               usage=pb.Usage(prompt_tokens=r.prompt_tokens,
                                              completion_tokens=r.completion_tokens,
                                              cached_tokens=r.cached_tokens),
-                              cost_usd=r.cost_usd, savings_usd=r.savings_usd) for r in rows],
+                              cost_usd=r.cost_usd, savings_usd=r.savings_usd) for r in page],
             total_cost_usd=sum(r.cost_usd for r in rows),
             total_savings_usd=sum(r.savings_usd for r in rows),
-            local_share=local / completion if completion else 0.0)
+            local_share=local / completion if completion else 0.0,
+            next_page_token=encode_page_token(last, query) if last else "")
 
     async def recommend(self, request: pb.RecommendRequest,
                         ctx: Context) -> pb.RecommendResponse:

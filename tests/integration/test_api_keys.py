@@ -184,6 +184,25 @@ async def test_users_manage_their_own_keys_and_admins_everyones(mesh: MeshHarnes
     everyone = await users.ListApiKeys(auth_pb2.ListApiKeysRequest(all_users=True),
                                        metadata=bearer(admin_token), timeout=5)
     assert alices.key.id in [k.id for k in everyone.keys]
+    paged: list[str] = []
+    token = ""
+    while True:  # a page at a time, oldest first, while keys are made: each once
+        await create_key(mesh.channel, admin_token, name="while paging")
+        page = await users.ListApiKeys(auth_pb2.ListApiKeysRequest(
+            all_users=True, page_size=2, page_token=token), metadata=bearer(admin_token),
+            timeout=5)
+        paged += [k.id for k in page.keys]
+        if not (token := page.next_page_token):
+            break
+    assert len(paged) == len(set(paged))
+    assert {k.id for k in everyone.keys} <= set(paged)
+    first = await users.ListApiKeys(auth_pb2.ListApiKeysRequest(all_users=True, page_size=1),
+                                    metadata=bearer(admin_token), timeout=5)
+    error = await refused(users.ListApiKeys(auth_pb2.ListApiKeysRequest(
+        owner=alice, page_token=first.next_page_token), metadata=bearer(admin_token),
+        timeout=5))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "other filters" in str(error.details())
     await users.RevokeApiKey(auth_pb2.RevokeApiKeyRequest(id=alices.key.id),
                              metadata=bearer(admin_token), timeout=5)
     assert await is_refused(mesh.channel, alices.secret, "revoked")

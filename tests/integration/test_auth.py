@@ -456,6 +456,27 @@ async def test_admin_creates_and_lists_users_without_hashes(mesh: MeshHarness) -
     tokens = await login(mesh.channel, name)
     assert (await _who(mesh, tokens)).role == "analyst"
 
+    # a page at a time, by name, while users are added: each user there at the start once
+    seen: list[str] = []
+    token = ""
+    while True:
+        await users.CreateUser(auth_pb2.CreateUserRequest(
+            username=unique("paging"), role="viewer", password=PASSWORD), metadata=admin,
+            timeout=10)
+        page = await users.ListUsers(auth_pb2.ListUsersRequest(page_size=1, page_token=token),
+                                     metadata=admin, timeout=5)
+        assert len(page.users) == 1
+        seen += [u.username for u in page.users]
+        if not (token := page.next_page_token):
+            break
+    assert seen == sorted(set(seen))
+    assert set(by_name) <= set(seen)
+    for request in (auth_pb2.ListUsersRequest(page_token="x"),
+                    auth_pb2.ListUsersRequest(page_size=-5)):
+        error = await refused(users.ListUsers(request, metadata=admin, timeout=5))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "page_" in str(error.details())
+
 
 async def test_set_role_revokes_the_users_tokens(mesh: MeshHarness) -> None:
     users, admin = await _admin(mesh)

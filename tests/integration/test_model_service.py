@@ -130,6 +130,19 @@ async def test_usage_and_recommendations_come_from_the_ledger(start: Any,
     assert [(r.from_model, r.to_model) for r in advice.recommendations] == [("claude", "local")]
     assert advice.recommendations[0].monthly_savings_usd > 0
 
+    await _generate(stub, _ask(model="cheap"), metadata)  # a second row
+    whole = await stub.GetUsage(pb.GetUsageRequest(), metadata=metadata, timeout=10)
+    rows, token, totals = [], "", set()
+    while True:  # a row per page; the totals are the whole listing's on every page
+        page = await stub.GetUsage(pb.GetUsageRequest(page_size=1, page_token=token),
+                                   metadata=metadata, timeout=10)
+        rows += [(r.model, r.requests) for r in page.rows]
+        totals.add((page.total_cost_usd, page.local_share))
+        if not (token := page.next_page_token):
+            break
+    assert rows == [("cheap", 1), ("claude", 2)] == [(r.model, r.requests) for r in whole.rows]
+    assert totals == {(whole.total_cost_usd, whole.local_share)}
+
 
 async def test_reading_another_users_usage_needs_manage(start: Any) -> None:
     mesh = await start()

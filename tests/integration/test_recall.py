@@ -433,6 +433,69 @@ async def test_bad_input_is_invalid_argument_and_stores_nothing(start: Any) -> N
     assert (await recall.Stats(pb.StatsRequest(), timeout=10)).memories == 0
 
 
+@pytest.mark.parametrize("backend", ["lite"], indirect=True)
+async def test_listing_a_scope_while_others_write_returns_each_memory_once(
+        start: Any) -> None:
+    """ListMemories pages through a scope (two nodes answer the pages in turn) while a
+    write lands beside every page: each memory there at the start comes exactly once, in
+    creation order, and nothing of another scope or outside the filters comes at all."""
+    recall = stub(await start(nodes=2))
+    v = vectors(200, seed=23)
+    present = await recall.Remember(pb.RememberRequest(memories=[
+        memory(f"kept {i}", v[i], metadata={"even": i % 2 == 0}) for i in range(40)]
+        + [memory("another scope", v[40], scope=MINE)]), timeout=20)
+    at_start = {r.id for r in present.results[:40]}
+    first = pb.ListMemoriesRequest(scope=PROJECT, page_size=6,
+                                   after_sequence=present.sequence)
+    listed: list[pb.Memory] = []
+    token, written = "", 41
+    while True:
+        request = pb.ListMemoriesRequest()
+        request.CopyFrom(first)
+        request.page_token = token
+        # beside each page: new memories, and one already listed forgotten (an offset
+        # would then skip a memory)
+        write = recall.Remember(pb.RememberRequest(memories=[
+            memory(f"written while paging {written + i}", v[written + i]) for i in range(3)]),
+            timeout=20)
+        forget = (recall.Forget(pb.ForgetRequest(ids=[listed[-1].id]), timeout=20)
+                  if listed else asyncio.sleep(0))
+        _, _, page = await asyncio.gather(write, forget, recall.ListMemories(request,
+                                                                             timeout=10))
+        written += 3
+        assert len(page.memories) <= 6
+        listed += page.memories
+        if not (token := page.next_page_token):
+            break
+    ids = [m.id for m in listed]
+    assert len(ids) == len(set(ids)), "a memory was listed twice"
+    assert at_start <= set(ids)
+    assert {m.scope.kind for m in listed} == {pb.SCOPE_KIND_PROJECT}
+    order = [(m.created_at.ToMilliseconds(), m.id) for m in listed]
+    assert order == sorted(order)
+
+    evens = pb.ListMemoriesRequest(scope=PROJECT, page_size=1000, filters=[pb.Condition(
+        key="even", value=Value(bool_value=True))])
+    found = await recall.ListMemories(evens, timeout=10)
+    forgotten = {m.text for m in listed} - {m.text for m in (await recall.ListMemories(
+        pb.ListMemoriesRequest(scope=PROJECT, page_size=1000), timeout=10)).memories}
+    assert forgotten
+    assert {m.text for m in found.memories} == {f"kept {i}" for i in range(0, 40, 2)
+                                                } - forgotten
+    one = await recall.ListMemories(pb.ListMemoriesRequest(scope=PROJECT, page_size=1),
+                                    timeout=10)
+    for bad, says in [
+            (pb.ListMemoriesRequest(), "scope"),
+            (pb.ListMemoriesRequest(scope=PROJECT, page_size=-1), "page_size"),
+            (pb.ListMemoriesRequest(scope=PROJECT, page_token="??"), "page_token is not one"),
+            (pb.ListMemoriesRequest(scope=MINE, page_token=one.next_page_token),
+             "other filters")]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await recall.ListMemories(bad, timeout=10)
+        assert caught.value.code() == INVALID, says
+        assert says in str(caught.value.details())
+
+
 async def test_a_scope_quota_refuses_the_whole_batch(start: Any) -> None:
     recall = stub(await start(scope_quota=3))
     v = vectors(5, seed=19)

@@ -295,9 +295,35 @@ async def test_list_and_stats(mesh: MeshHarness) -> None:
                                     timeout=10)).tasks
     for task in submitted:
         await finished(tasks, task.id)
-    listed = await tasks.List(pb.ListRequest(state=pb.TASK_STATE_SUCCEEDED, limit=1000),
+    listed = await tasks.List(pb.ListRequest(state=pb.TASK_STATE_SUCCEEDED, page_size=1000),
                               timeout=10)
     assert {t.id for t in submitted} <= {t.id for t in listed.tasks}
+    assert not listed.next_page_token
+
+    # pages of 2 while other tasks are submitted: each task there at the start, once
+    at_start = [t.id for t in (await tasks.List(pb.ListRequest(), timeout=10)).tasks]
+    seen: list[str] = []
+    token = ""
+    while True:
+        await tasks.Submit(pb.SubmitRequest(tasks=[typed("noop")]), timeout=10)
+        page = await tasks.List(pb.ListRequest(page_size=2, page_token=token), timeout=10)
+        assert len(page.tasks) <= 2
+        seen += [t.id for t in page.tasks]
+        if not (token := page.next_page_token):
+            break
+    assert len(seen) == len(set(seen)), "a task was listed twice"
+    assert set(at_start) <= set(seen)
+    assert seen == sorted(seen, reverse=True), "newest first"
+    every_state = (await tasks.List(pb.ListRequest(page_size=1), timeout=10)).next_page_token
+    for request, match in [
+            (pb.ListRequest(page_size=-1), "page_size"),
+            (pb.ListRequest(page_token="nonsense"), "page_token is not one"),
+            (pb.ListRequest(state=pb.TASK_STATE_FAILED, page_token=every_state),
+             "other filters")]:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await tasks.List(request, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert match in (refused.value.details() or "")
     stats = await tasks.Stats(pb.StatsRequest(), timeout=10)
     assert stats.workers >= 2
     assert stats.succeeded >= 3
@@ -318,13 +344,13 @@ async def test_list_and_stats(mesh: MeshHarness) -> None:
 async def test_bad_input_is_invalid_argument(mesh: MeshHarness, spec: pb.TaskSpec,
                                              match: str) -> None:
     tasks = stub(mesh)
-    before = (await tasks.List(pb.ListRequest(limit=1000), timeout=10)).tasks
+    before = (await tasks.List(pb.ListRequest(page_size=1000), timeout=10)).tasks
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await tasks.Submit(pb.SubmitRequest(tasks=[typed("noop"), spec]), timeout=10)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert match in (refused.value.details() or "")
     assert "tasks[1]" in (refused.value.details() or "")
-    after = (await tasks.List(pb.ListRequest(limit=1000), timeout=10)).tasks
+    after = (await tasks.List(pb.ListRequest(page_size=1000), timeout=10)).tasks
     assert len(after) == len(before)  # nothing of the batch was queued
 
 

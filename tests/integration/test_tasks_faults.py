@@ -122,7 +122,8 @@ class Caller:
     async def by_state(self, state: pb.TaskState.ValueType) -> list[pb.Task]:
         for _ in range(20):
             try:
-                reply = await self.stub.List(pb.ListRequest(state=state, limit=1000), timeout=10)
+                reply = await self.stub.List(pb.ListRequest(state=state, page_size=1000),
+                                             timeout=10)
                 return list(reply.tasks)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRY_CODES:

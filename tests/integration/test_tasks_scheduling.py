@@ -63,7 +63,7 @@ async def test_higher_priority_runs_first_under_load(mesh_harness: Any) -> None:
                     and depth.get(1, 0) >= 10)
 
     await wait_for(all_waiting, 20, "the 20 tasks to wait in the node's queue count")
-    waiting = (await tasks.List(pb.ListRequest(state=pb.TASK_STATE_QUEUED, limit=1000),
+    waiting = (await tasks.List(pb.ListRequest(state=pb.TASK_STATE_QUEUED, page_size=1000),
                                 metadata=metadata, timeout=10)).tasks
     assert {t.id for t in submitted} <= {t.id for t in waiting}  # none ran yet
     cancelled = await tasks.Cancel(pb.CancelRequest(id=blocker.id), metadata=metadata,
@@ -89,7 +89,7 @@ async def test_one_owners_flood_does_not_starve_another(mesh_harness: Any) -> No
     done = await _all_done(other_tasks, other, [t.id for t in mine])
     assert {t.state for t in done} == {pb.TASK_STATE_SUCCEEDED}
     last_mine = max(t.finished_at.ToNanoseconds() for t in done)
-    listed = await flood_tasks.List(pb.ListRequest(limit=1000), metadata=flooder, timeout=10)
+    listed = await flood_tasks.List(pb.ListRequest(page_size=1000), metadata=flooder, timeout=10)
     flood_before = sum(1 for t in listed.tasks if t.state == pb.TASK_STATE_SUCCEEDED
                        and t.finished_at.ToNanoseconds() <= last_mine)
     # turns alternate: the flood got about as many tasks through as the other owner's five
@@ -153,7 +153,7 @@ async def test_a_task_is_visible_to_its_owner_and_to_managers_only(mesh_harness:
         await tasks.List(pb.ListRequest(owner="*"), metadata=stranger, timeout=5)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert (await tasks.Get(pb.GetRequest(id=task.id), metadata=admin, timeout=5)).id == task.id
-    everyone = await tasks.List(pb.ListRequest(owner="*", limit=1000), metadata=admin,
+    everyone = await tasks.List(pb.ListRequest(owner="*", page_size=1000), metadata=admin,
                                 timeout=10)
     assert task.id in {t.id for t in everyone.tasks}
     await remove_users_since(mesh, since)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from mesh.config import MeshConfig
+from mesh.errors import InvalidArgument
 from mesh.testing import wait_for
 from mesh.transport.connection import MeshConnection, connect
 from revo_engine_workflows.runs_index import RUNS_BUCKET, RunIndex
@@ -124,10 +125,18 @@ async def test_pages_are_newest_first_filtered_and_hold_still_while_runs_are_add
 
 
 async def test_bad_page_arguments_are_refused_with_a_reason(index: RunIndex) -> None:
-    with pytest.raises(ValueError, match="next_page_token"):
+    with pytest.raises(InvalidArgument, match="next_page_token"):
         await index.page(page_token="garbage!")
-    with pytest.raises(ValueError, match="page_size must be 1 to 1000"):
-        await index.page(page_size=1001)
+    with pytest.raises(InvalidArgument, match="page_size must not be negative"):
+        await index.page(page_size=-1)
+    workflow = _workflow()
+    for created_s in (1, 2):
+        await index.put(_run(workflow, created_s=created_s))
+    _, token = await index.page(workflow, page_size=1)
+    with pytest.raises(InvalidArgument, match="other filters"):
+        await index.page(_workflow(), page_size=1, page_token=token)
+    # more than the most (1000) is the most, not an error
+    assert len((await index.page(workflow, page_size=5000))[0]) == 2
 
 
 async def test_the_first_claim_of_an_idempotency_key_wins(index: RunIndex) -> None:

@@ -99,6 +99,16 @@ async def test_a_workflow_is_created_as_versions_and_run_to_its_output(
     listed = await stub.ListRuns(pb.ListRunsRequest(workflow="greet"), timeout=10)
     assert [r.id for r in listed.runs] == [run.id]
     assert listed.runs[0].state == pb.RUN_STATE_SUCCEEDED
+    names, token = [], ""
+    while True:  # a page at a time, by name: greet's latest version once
+        page = await stub.ListWorkflows(pb.ListWorkflowsRequest(page_size=1,
+                                                                page_token=token), timeout=10)
+        names += [(w.name, w.version) for w in page.workflows]
+        if not (token := page.next_page_token):
+            break
+    assert ("greet", 2) in names
+    assert len(names) == len(set(names))
+    assert names == sorted(names)
     scraped = await asyncio.to_thread(_scrape, mesh.nodes[0].metrics.url + "/metrics")
     assert _sample(scraped, "engine_coordination_latency_seconds_count", 'kind="call"') == 2
     assert _sample(scraped, "coordinator_steps_total", 'outcome="succeeded"') == 2

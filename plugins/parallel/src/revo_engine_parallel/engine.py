@@ -26,6 +26,7 @@ from mesh.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from mesh.pagination import decode_page_token, encode_page_token, page_size, take_page
 from mesh.runtime.workers import WorkerPool
 from revo_engine_parallel import hookspecs
 from revo_engine_parallel.builtin_types import builtin_types
@@ -322,16 +323,19 @@ class TaskEngine(AsyncEngine):
         if owner != ctx.caller and self.auth and not grants(ctx.role, MANAGE):
             raise PermissionDenied(f"listing the tasks of {owner!r} needs the manage "
                                    f"permission; role {ctx.role!r} lacks it")
-        if request.limit > 1000:
-            raise InvalidArgument(violations=[
-                ("limit", f"must be at most 1000, got {request.limit}")])
-        pattern = "t.*.*" if owner == "*" else f"t.{owner_token(owner)}.*"
+        size = page_size(request.page_size)
         since = request.since.ToNanoseconds() if request.HasField("since") else 0
+        query = [owner, request.state, since]
+        after = decode_page_token(request.page_token, query, (str,))
+        pattern = "t.*.*" if owner == "*" else f"t.{owner_token(owner)}.*"
         tasks = [t for t in await self.store.scan(pattern)
                  if (not request.state or t.state == request.state)
                  and t.created_at.ToNanoseconds() >= since]
-        tasks.sort(key=lambda t: t.id, reverse=True)
-        return pb.ListResponse(tasks=tasks[:request.limit or 100])
+        # ids are time-ordered and unique: newest first is by id, descending
+        page, last = take_page(tasks, lambda t: t.id, size, after and after[0],
+                               descending=True)
+        return pb.ListResponse(
+            tasks=page, next_page_token=encode_page_token((last,), query) if last else "")
 
     async def stats(self, request: pb.StatsRequest, ctx: Context) -> pb.StatsResponse:
         await self.dispatcher.refresh()

@@ -27,6 +27,7 @@ import numpy as np
 from mesh.engine import AsyncEngine, Context
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mesh.observability import tracing
+from mesh.pagination import decode_page_token, encode_page_token, page_size, take_page
 from mesh.v1 import models_pb2, models_pb2_grpc
 from revo_engine_recall.changes import ChangeFeed
 from revo_engine_recall.filters import metadata_dict, predicate
@@ -424,6 +425,39 @@ class RecallEngine(AsyncEngine):
                     r.id for r in index.rows(scopes) if test is None or test(r.metadata)])
             sequence = await self._write([], ids) if ids else 0
         return pb.ForgetResponse(forgotten=len(ids), sequence=sequence)
+
+    async def list_memories(self, request: pb.ListMemoriesRequest,
+                            ctx: Context) -> pb.ListMemoriesResponse:
+        """A page of a scope's memories, oldest first (created, then id). The token holds
+        the change the first page was read at; later pages wait for it on whichever node
+        answers, so a memory there when paging began is never missed for a lagging node."""
+        if not request.HasField("scope"):
+            raise InvalidArgument(violations=[("scope", "is required: the scope to list")])
+        access = self._access(ctx)
+        scope = access.check(scope_key(request.scope, access.caller), "scope")
+        test = predicate(request.filters)
+        size = page_size(request.page_size)
+        query = [scope, [c.SerializeToString(deterministic=True).hex()
+                         for c in request.filters]]
+        position = decode_page_token(request.page_token, query, (int, int, str))
+        if position is None:
+            await self._after(request.after_sequence, ctx)
+            seen = self.feed.applied
+        else:
+            seen = int(position[0])
+            await self._after(seen, ctx)
+        index, now = self.replica.ready(), int(time.time() * 1000)
+        after = None if position is None else (position[1], position[2])
+
+        def pick() -> tuple[list[Row], Any]:
+            rows = (r for r in index.rows([scope]) if not r.expired(now)
+                    and (test is None or test(r.metadata)))
+            return take_page(rows, lambda r: (r.created_ms, r.id), size, after)
+
+        rows, last = await self.replica.run(pick)
+        return pb.ListMemoriesResponse(
+            memories=[self._memory(r) for r in rows],
+            next_page_token=encode_page_token((seen, *last), query) if last else "")
 
     async def stats(self, request: pb.StatsRequest, ctx: Context) -> pb.StatsResponse:
         access = self._access(ctx)

@@ -28,6 +28,7 @@ from mesh.errors import (
     Reason,
     Unavailable,
 )
+from mesh.pagination import decode_page_token, encode_page_token, page_size, take_page
 from revo_engine_workflows.builtins import BUILTIN_AUTHOR, BUILTINS, builtin
 from revo_engine_workflows.definitions import Definition, check
 from revo_engine_workflows.definitions_store import DefinitionStore
@@ -143,7 +144,13 @@ class WorkflowEngine(AsyncEngine):
         for name in BUILTINS:
             with contextlib.suppress(FailedPrecondition):  # listed once it can run
                 await self._install(name)
-        return pb.ListWorkflowsResponse(workflows=await self.definitions.list_latest())
+        size = page_size(request.page_size)
+        after = decode_page_token(request.page_token, "workflows", (str,))
+        workflows, last = take_page(await self.definitions.list_latest(), lambda w: w.name,
+                                    size, after and after[0])
+        return pb.ListWorkflowsResponse(
+            workflows=workflows,
+            next_page_token=encode_page_token((last,), "workflows") if last else "")
 
     async def _install(self, name: str) -> None:
         """Store built-in workflow ``name`` as its latest version (once per node), checked
@@ -408,13 +415,12 @@ class WorkflowEngine(AsyncEngine):
 
     async def list_runs(self, request: pb.ListRunsRequest,
                         ctx: Context) -> pb.ListRunsResponse:
-        try:
-            runs, token = await self.index.page(request.workflow, request.state,
-                                                request.page_size, request.page_token)
-        except ValueError as error:
-            raise InvalidArgument(str(error)) from None
-        if self.runtime.config.auth.enabled and not grants(ctx.role, MANAGE):
-            runs = [r for r in runs if r.started_by == ctx.caller]
+        # the caller's own runs unless it manages: filtered before paging, so no page is
+        # short of others' runs
+        mine = (ctx.caller if self.runtime.config.auth.enabled
+                and not grants(ctx.role, MANAGE) else None)
+        runs, token = await self.index.page(request.workflow, request.state,
+                                            request.page_size, request.page_token, mine)
         return pb.ListRunsResponse(runs=runs, next_page_token=token)
 
     async def _outside(self, run_id: str, ctx: Context, *, done: Callable[[RunState], bool]

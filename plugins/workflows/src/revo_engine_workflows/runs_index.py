@@ -21,8 +21,6 @@ listed.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
 import re
@@ -31,6 +29,8 @@ from typing import Any
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from mesh.errors import Reason, Unavailable
+from mesh.pagination import decode_page_token, encode_page_token, take_page
+from mesh.pagination import page_size as checked_page_size
 from mesh.transport.connection import MeshConnection
 from mesh.transport.kv import KeyValue, claim, latest, open_bucket
 from revo_engine_workflows.v1 import workflows_pb2 as pb
@@ -42,8 +42,6 @@ RUNS_BUCKET = "revo_workflow_runs"
 KEYS_BUCKET = "revo_workflow_keys"
 ACTIVE = frozenset({pb.RUN_STATE_RUNNING, pb.RUN_STATE_WAITING})
 FINISHED = frozenset({pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED})
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 _RUN_ID = re.compile(r"^[a-z0-9]{8,64}$")
 _ATTEMPTS = 16
 """Conditional writes one :meth:`RunIndex.put` tries before giving up (each failure means
@@ -71,22 +69,6 @@ def summary(run: pb.Run) -> pb.Run:
 def _order(run: pb.Run) -> tuple[int, str]:
     """A run's place in ListRuns, compared descending: newest first, then by id."""
     return run.created_at.seconds * 1_000_000_000 + run.created_at.nanos, run.id
-
-
-def _token(place: tuple[int, str]) -> str:
-    return base64.urlsafe_b64encode(f"{place[0]}:{place[1]}".encode()).decode().rstrip("=")
-
-
-def _place(token: str) -> tuple[int, str]:
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        nanos, _, run_id = text.partition(":")
-        if _RUN_ID.fullmatch(run_id):
-            return int(nanos), run_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        pass
-    raise ValueError("page_token is not one this service returned: pass the previous "
-                     "page's next_page_token unchanged, or none for the first page")
 
 
 def _key_name(started_by: str, key: str) -> str:
@@ -187,28 +169,27 @@ class RunIndex:
         return [run for run in await self._all() if run.state in ACTIVE]
 
     async def page(self, workflow: str = "", state: int = pb.RUN_STATE_UNSPECIFIED,
-                   page_size: int = 0, page_token: str = "") -> tuple[list[pb.Run], str]:
+                   page_size: int = 0, page_token: str = "", started_by: str | None = None
+                   ) -> tuple[list[pb.Run], str]:
         """One page of ListRuns: runs of ``workflow`` (empty: any) in ``state``
-        (unspecified: any), newest first, and the next page's token (empty on the last).
+        (unspecified: any) started by ``started_by`` (None: anyone), newest first, and
+        the next page's token (empty on the last).
 
-        ``page_size`` 0 means 100; more than 1000 is a :class:`ValueError`, as is a token
-        this method did not return. The token names the last run returned, so runs
-        started meanwhile (newer: on earlier pages) neither shift nor repeat later pages.
+        ``page_size`` and ``page_token`` follow :mod:`mesh.pagination` (0: 100, at most 1000;
+        a negative size or a token this method did not return for the same filters is
+        INVALID_ARGUMENT). The token names the last run returned, so runs started
+        meanwhile (newer: on earlier pages) neither shift nor repeat later pages.
         Reads every summary.
         """
-        if page_size < 0 or page_size > MAX_PAGE_SIZE:
-            raise ValueError(f"page_size must be 1 to {MAX_PAGE_SIZE} (0: "
-                             f"{DEFAULT_PAGE_SIZE}), not {page_size}")
-        size = page_size or DEFAULT_PAGE_SIZE
-        after = _place(page_token) if page_token else None
+        count = checked_page_size(page_size)
+        query = [workflow, state, started_by]
+        after = decode_page_token(page_token, query, (int, str))
         chosen = [run for run in await self._all()
                   if (not workflow or run.workflow == workflow)
                   and (state == pb.RUN_STATE_UNSPECIFIED or run.state == state)
-                  and (after is None or _order(run) < after)]
-        chosen.sort(key=_order, reverse=True)
-        if len(chosen) <= size:
-            return chosen, ""
-        return chosen[:size], _token(_order(chosen[size - 1]))
+                  and (started_by is None or run.started_by == started_by)]
+        runs, last = take_page(chosen, _order, count, after, descending=True)
+        return runs, encode_page_token(last, query) if last else ""
 
     async def claim_key(self, started_by: str, key: str, run_id: str) -> str:
         """Claim idempotency key ``key`` of ``started_by`` for ``run_id``: the run id the

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mesh._gen.revo.mesh.v1 import options_pb2 as revo_dot_mesh_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17revo/auth/v1/auth.proto\x12\x0crevo.auth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1arevo/mesh/v1/options.proto\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\xb8\x01\n\x06Tokens\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x35\n\x11\x61\x63\x63\x65ss_expires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12\x36\n\x12refresh_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntoken_type\x18\x05 \x01(\t\"5\n\rLoginResponse\x12$\n\x06tokens\x18\x01 \x01(\x0b\x32\x14.revo.auth.v1.Tokens\"\'\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"7\n\x0fRefreshResponse\x12$\n\x06tokens\x18\x01 \x01(\x0b\x32\x14.revo.auth.v1.Tokens\"&\n\rLogoutRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x10\n\x0eLogoutResponse\"\x0f\n\rWhoAmIRequest\"\x8f\x01\n\x0eWhoAmIResponse\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12-\n\x0bpermissions\x18\x03 \x03(\x0e\x32\x18.revo.mesh.v1.Permission\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x98\x01\n\x04User\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x10\n\x08\x64isabled\x18\x03 \x01(\x08\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x11\x43reateUserRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"6\n\x12\x43reateUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.revo.auth.v1.User\"\x12\n\x10ListUsersRequest\"6\n\x11ListUsersResponse\x12!\n\x05users\x18\x01 \x03(\x0b\x32\x12.revo.auth.v1.User\"0\n\x0eSetRoleRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"3\n\x0fSetRoleResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.revo.auth.v1.User\":\n\x14ResetPasswordRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"9\n\x15ResetPasswordResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.revo.auth.v1.User\"8\n\x12\x44isableUserRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08\x64isabled\x18\x02 \x01(\x08\"7\n\x13\x44isableUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.revo.auth.v1.User\"%\n\x11\x44\x65leteUserRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\"\x92\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\x12.\n\nrevoked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x85\x01\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x16\n\x0c\x65xpires_in_s\x18\x03 \x01(\x03H\x00\x12\x30\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x08\n\x06\x65xpiry\"I\n\x14\x43reateApiKeyResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.revo.auth.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"6\n\x12ListApiKeysRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x11\n\tall_users\x18\x02 \x01(\x08\"9\n\x13ListApiKeysResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.revo.auth.v1.ApiKey\"!\n\x13RevokeApiKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x14RevokeApiKeyResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.revo.auth.v1.ApiKey2\xbc\x02\n\x0b\x41uthService\x12\x46\n\x05Login\x12\x1a.revo.auth.v1.LoginRequest\x1a\x1b.revo.auth.v1.LoginResponse\"\x04\xb0\xe1\x18\x01\x12L\n\x07Refresh\x12\x1c.revo.auth.v1.RefreshRequest\x1a\x1d.revo.auth.v1.RefreshResponse\"\x04\xb0\xe1\x18\x01\x12I\n\x06Logout\x12\x1b.revo.auth.v1.LogoutRequest\x1a\x1c.revo.auth.v1.LogoutResponse\"\x04\xb0\xe1\x18\x02\x12L\n\x06WhoAmI\x12\x1b.revo.auth.v1.WhoAmIRequest\x1a\x1c.revo.auth.v1.WhoAmIResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x02\x32\xbd\x06\n\x0bUserService\x12U\n\nCreateUser\x12\x1f.revo.auth.v1.CreateUserRequest\x1a .revo.auth.v1.CreateUserResponse\"\x04\xb0\xe1\x18\x05\x12U\n\tListUsers\x12\x1e.revo.auth.v1.ListUsersRequest\x1a\x1f.revo.auth.v1.ListUsersResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x05\x12O\n\x07SetRole\x12\x1c.revo.auth.v1.SetRoleRequest\x1a\x1d.revo.auth.v1.SetRoleResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x05\x12\x61\n\rResetPassword\x12\".revo.auth.v1.ResetPasswordRequest\x1a#.revo.auth.v1.ResetPasswordResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x05\x12[\n\x0b\x44isableUser\x12 .revo.auth.v1.DisableUserRequest\x1a!.revo.auth.v1.DisableUserResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x05\x12U\n\nDeleteUser\x12\x1f.revo.auth.v1.DeleteUserRequest\x1a .revo.auth.v1.DeleteUserResponse\"\x04\xb0\xe1\x18\x05\x12[\n\x0c\x43reateApiKey\x12!.revo.auth.v1.CreateApiKeyRequest\x1a\".revo.auth.v1.CreateApiKeyResponse\"\x04\xb0\xe1\x18\x02\x12[\n\x0bListApiKeys\x12 .revo.auth.v1.ListApiKeysRequest\x1a!.revo.auth.v1.ListApiKeysResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x02\x12^\n\x0cRevokeApiKey\x12!.revo.auth.v1.RevokeApiKeyRequest\x1a\".revo.auth.v1.RevokeApiKeyResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17revo/auth/v1/auth.proto\x12\x0crevo.auth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1arevo/mesh/v1/options.proto\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\xb8\x01\n\x06Tokens\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x35\n\x11\x61\x63\x63\x65ss_expires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12\x36\n\x12refresh_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntoken_type\x18\x05 \x01(\t\"5\n\rLoginResponse\x12$\n\x06tokens\x18\x01 \x01(\x0b\x32\x14.revo.auth.v1.Tokens\"\'\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"7\n\x0fRefreshResponse\x12$\n\x06tokens\x18\x01 \x01(\x0b\x32\x14.revo.auth.v1.Tokens\"&\n\rLogoutRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x10\n\x0eLogoutResponse\"\x0f\n\rWhoAmIRequest\"\x8f\x01\n\x0eWhoAmIResponse\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12-\n\x0bpermissions\x18\x03 \x03(\x0e\x32\x18.revo.mesh.v1.Permission\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x98\x01\n\x04User\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x10\n\x08\x64isabled\x18\x03 \x01(\x08\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x11\x43reateUserRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"6\n\x12\x43reateUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.revo.auth.v1.User\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x11ListUsersResponse\x12!\n\x05users\x18\x01 \x03(\x0b\x32\x12.revo.auth.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"0\n\x0eSetRoleRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"3\n\x0fSetRoleResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.revo.auth.v1.User\":\n\x14ResetPasswordRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"9\n\x15ResetPasswordResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.revo.auth.v1.User\"8\n\x12\x44isableUserRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08\x64isabled\x18\x02 \x01(\x08\"7\n\x13\x44isableUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.revo.auth.v1.User\"%\n\x11\x44\x65leteUserRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\"\x92\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\x12.\n\nrevoked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x85\x01\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x16\n\x0c\x65xpires_in_s\x18\x03 \x01(\x03H\x00\x12\x30\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x08\n\x06\x65xpiry\"I\n\x14\x43reateApiKeyResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.revo.auth.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"]\n\x12ListApiKeysRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x11\n\tall_users\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"R\n\x13ListApiKeysResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.revo.auth.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x13RevokeApiKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x14RevokeApiKeyResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.revo.auth.v1.ApiKey2\xbc\x02\n\x0b\x41uthService\x12\x46\n\x05Login\x12\x1a.revo.auth.v1.LoginRequest\x1a\x1b.revo.auth.v1.LoginResponse\"\x04\xb0\xe1\x18\x01\x12L\n\x07Refresh\x12\x1c.revo.auth.v1.RefreshRequest\x1a\x1d.revo.auth.v1.RefreshResponse\"\x04\xb0\xe1\x18\x01\x12I\n\x06Logout\x12\x1b.revo.auth.v1.LogoutRequest\x1a\x1c.revo.auth.v1.LogoutResponse\"\x04\xb0\xe1\x18\x02\x12L\n\x06WhoAmI\x12\x1b.revo.auth.v1.WhoAmIRequest\x1a\x1c.revo.auth.v1.WhoAmIResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x02\x32\xbd\x06\n\x0bUserService\x12U\n\nCreateUser\x12\x1f.revo.auth.v1.CreateUserRequest\x1a .revo.auth.v1.CreateUserResponse\"\x04\xb0\xe1\x18\x05\x12U\n\tListUsers\x12\x1e.revo.auth.v1.ListUsersRequest\x1a\x1f.revo.auth.v1.ListUsersResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x05\x12O\n\x07SetRole\x12\x1c.revo.auth.v1.SetRoleRequest\x1a\x1d.revo.auth.v1.SetRoleResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x05\x12\x61\n\rResetPassword\x12\".revo.auth.v1.ResetPasswordRequest\x1a#.revo.auth.v1.ResetPasswordResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x05\x12[\n\x0b\x44isableUser\x12 .revo.auth.v1.DisableUserRequest\x1a!.revo.auth.v1.DisableUserResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x05\x12U\n\nDeleteUser\x12\x1f.revo.auth.v1.DeleteUserRequest\x1a .revo.auth.v1.DeleteUserResponse\"\x04\xb0\xe1\x18\x05\x12[\n\x0c\x43reateApiKey\x12!.revo.auth.v1.CreateApiKeyRequest\x1a\".revo.auth.v1.CreateApiKeyResponse\"\x04\xb0\xe1\x18\x02\x12[\n\x0bListApiKeys\x12 .revo.auth.v1.ListApiKeysRequest\x1a!.revo.auth.v1.ListApiKeysResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x02\x12^\n\x0cRevokeApiKey\x12!.revo.auth.v1.RevokeApiKeyRequest\x1a\".revo.auth.v1.RevokeApiKeyResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -85,41 +85,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEUSERRESPONSE']._serialized_start=941
   _globals['_CREATEUSERRESPONSE']._serialized_end=995
   _globals['_LISTUSERSREQUEST']._serialized_start=997
-  _globals['_LISTUSERSREQUEST']._serialized_end=1015
-  _globals['_LISTUSERSRESPONSE']._serialized_start=1017
-  _globals['_LISTUSERSRESPONSE']._serialized_end=1071
-  _globals['_SETROLEREQUEST']._serialized_start=1073
-  _globals['_SETROLEREQUEST']._serialized_end=1121
-  _globals['_SETROLERESPONSE']._serialized_start=1123
-  _globals['_SETROLERESPONSE']._serialized_end=1174
-  _globals['_RESETPASSWORDREQUEST']._serialized_start=1176
-  _globals['_RESETPASSWORDREQUEST']._serialized_end=1234
-  _globals['_RESETPASSWORDRESPONSE']._serialized_start=1236
-  _globals['_RESETPASSWORDRESPONSE']._serialized_end=1293
-  _globals['_DISABLEUSERREQUEST']._serialized_start=1295
-  _globals['_DISABLEUSERREQUEST']._serialized_end=1351
-  _globals['_DISABLEUSERRESPONSE']._serialized_start=1353
-  _globals['_DISABLEUSERRESPONSE']._serialized_end=1408
-  _globals['_DELETEUSERREQUEST']._serialized_start=1410
-  _globals['_DELETEUSERREQUEST']._serialized_end=1447
-  _globals['_DELETEUSERRESPONSE']._serialized_start=1449
-  _globals['_DELETEUSERRESPONSE']._serialized_end=1469
-  _globals['_APIKEY']._serialized_start=1472
-  _globals['_APIKEY']._serialized_end=1746
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1749
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1882
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1884
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1957
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1959
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=2013
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=2015
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=2072
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=2074
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2107
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=2109
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=2166
-  _globals['_AUTHSERVICE']._serialized_start=2169
-  _globals['_AUTHSERVICE']._serialized_end=2485
-  _globals['_USERSERVICE']._serialized_start=2488
-  _globals['_USERSERVICE']._serialized_end=3317
+  _globals['_LISTUSERSREQUEST']._serialized_end=1054
+  _globals['_LISTUSERSRESPONSE']._serialized_start=1056
+  _globals['_LISTUSERSRESPONSE']._serialized_end=1135
+  _globals['_SETROLEREQUEST']._serialized_start=1137
+  _globals['_SETROLEREQUEST']._serialized_end=1185
+  _globals['_SETROLERESPONSE']._serialized_start=1187
+  _globals['_SETROLERESPONSE']._serialized_end=1238
+  _globals['_RESETPASSWORDREQUEST']._serialized_start=1240
+  _globals['_RESETPASSWORDREQUEST']._serialized_end=1298
+  _globals['_RESETPASSWORDRESPONSE']._serialized_start=1300
+  _globals['_RESETPASSWORDRESPONSE']._serialized_end=1357
+  _globals['_DISABLEUSERREQUEST']._serialized_start=1359
+  _globals['_DISABLEUSERREQUEST']._serialized_end=1415
+  _globals['_DISABLEUSERRESPONSE']._serialized_start=1417
+  _globals['_DISABLEUSERRESPONSE']._serialized_end=1472
+  _globals['_DELETEUSERREQUEST']._serialized_start=1474
+  _globals['_DELETEUSERREQUEST']._serialized_end=1511
+  _globals['_DELETEUSERRESPONSE']._serialized_start=1513
+  _globals['_DELETEUSERRESPONSE']._serialized_end=1533
+  _globals['_APIKEY']._serialized_start=1536
+  _globals['_APIKEY']._serialized_end=1810
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1813
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1946
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1948
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=2021
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=2023
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=2116
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=2118
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=2200
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=2202
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2235
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=2237
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=2294
+  _globals['_AUTHSERVICE']._serialized_start=2297
+  _globals['_AUTHSERVICE']._serialized_end=2613
+  _globals['_USERSERVICE']._serialized_start=2616
+  _globals['_USERSERVICE']._serialized_end=3445
 # @@protoc_insertion_point(module_scope)

@@ -311,7 +311,8 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListUsers(self, request, context):
-        """ListUsers returns every user (never a password or its hash).
+        """ListUsers returns every user (never a password or its hash), by name, a
+        page at a time (AIP-158).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -358,8 +359,9 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListApiKeys(self, request, context):
-        """ListApiKeys lists the caller's keys (never a secret or its hash); admins may list
-        another user's keys, or everyone's.
+        """ListApiKeys lists the caller's keys (never a secret or its hash), oldest
+        first, a page at a time (AIP-158); admins may list another user's keys, or
+        everyone's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -127,7 +127,9 @@ class UserServiceStub:
     CreateUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateUserRequest, _auth_pb2.CreateUserResponse]
     """CreateUser adds a user with a role and an initial password."""
     ListUsers: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListUsersRequest, _auth_pb2.ListUsersResponse]
-    """ListUsers returns every user (never a password or its hash)."""
+    """ListUsers returns every user (never a password or its hash), by name, a
+    page at a time (AIP-158).
+    """
     SetRole: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetRoleRequest, _auth_pb2.SetRoleResponse]
     """SetRole changes a user's role; the user's tokens are revoked."""
     ResetPassword: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ResetPasswordRequest, _auth_pb2.ResetPasswordResponse]
@@ -146,8 +148,9 @@ class UserServiceStub:
     an API key cannot create keys (both PERMISSION_DENIED).
     """
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListApiKeysRequest, _auth_pb2.ListApiKeysResponse]
-    """ListApiKeys lists the caller's keys (never a secret or its hash); admins may list
-    another user's keys, or everyone's.
+    """ListApiKeys lists the caller's keys (never a secret or its hash), oldest
+    first, a page at a time (AIP-158); admins may list another user's keys, or
+    everyone's.
     """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeApiKeyRequest, _auth_pb2.RevokeApiKeyResponse]
     """RevokeApiKey stops a key at every gateway within a second. Users revoke their own
@@ -164,7 +167,9 @@ class UserServiceAsyncStub(UserServiceStub):
     CreateUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateUserRequest, _auth_pb2.CreateUserResponse]  # type: ignore[assignment]
     """CreateUser adds a user with a role and an initial password."""
     ListUsers: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListUsersRequest, _auth_pb2.ListUsersResponse]  # type: ignore[assignment]
-    """ListUsers returns every user (never a password or its hash)."""
+    """ListUsers returns every user (never a password or its hash), by name, a
+    page at a time (AIP-158).
+    """
     SetRole: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetRoleRequest, _auth_pb2.SetRoleResponse]  # type: ignore[assignment]
     """SetRole changes a user's role; the user's tokens are revoked."""
     ResetPassword: _aio.UnaryUnaryMultiCallable[_auth_pb2.ResetPasswordRequest, _auth_pb2.ResetPasswordResponse]  # type: ignore[assignment]
@@ -183,8 +188,9 @@ class UserServiceAsyncStub(UserServiceStub):
     an API key cannot create keys (both PERMISSION_DENIED).
     """
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListApiKeysRequest, _auth_pb2.ListApiKeysResponse]  # type: ignore[assignment]
-    """ListApiKeys lists the caller's keys (never a secret or its hash); admins may list
-    another user's keys, or everyone's.
+    """ListApiKeys lists the caller's keys (never a secret or its hash), oldest
+    first, a page at a time (AIP-158); admins may list another user's keys, or
+    everyone's.
     """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeApiKeyRequest, _auth_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """RevokeApiKey stops a key at every gateway within a second. Users revoke their own
@@ -210,7 +216,9 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.ListUsersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.ListUsersResponse, _abc.Awaitable[_auth_pb2.ListUsersResponse]]:
-        """ListUsers returns every user (never a password or its hash)."""
+        """ListUsers returns every user (never a password or its hash), by name, a
+        page at a time (AIP-158).
+        """
 
     @_abc_1.abstractmethod
     def SetRole(
@@ -265,8 +273,9 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.ListApiKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.ListApiKeysResponse, _abc.Awaitable[_auth_pb2.ListApiKeysResponse]]:
-        """ListApiKeys lists the caller's keys (never a secret or its hash); admins may list
-        another user's keys, or everyone's.
+        """ListApiKeys lists the caller's keys (never a secret or its hash), oldest
+        first, a page at a time (AIP-158); admins may list another user's keys, or
+        everyone's.
         """
 
     @_abc_1.abstractmethod

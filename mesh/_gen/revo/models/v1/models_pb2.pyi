@@ -839,10 +839,20 @@ class GetUsageRequest(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     PERIOD_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """Empty: the caller; another user needs an admin; "*" is everyone (admin)."""
     period: _builtins.str
     """day or month."""
+    page_size: _builtins.int
+    """At most this many rows per page: 0 means 100, more than 1000 means 1000;
+    negative is INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """The previous page's next_page_token; empty for the first page. The other
+    fields must be the same as for the first page (INVALID_ARGUMENT otherwise).
+    """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -851,10 +861,12 @@ class GetUsageRequest(_message.Message):
         user: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         period: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["period", b"period", "since", b"since", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "period", b"period", "since", b"since", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -868,12 +880,21 @@ class GetUsageResponse(_message.Message):
     TOTAL_COST_USD_FIELD_NUMBER: _builtins.int
     TOTAL_SAVINGS_USD_FIELD_NUMBER: _builtins.int
     LOCAL_SHARE_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     total_cost_usd: _builtins.float
+    """Over every row of the request, not only this page's."""
     total_savings_usd: _builtins.float
     local_share: _builtins.float
     """Share of completion tokens served by local models, 0 to 1."""
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
     @_builtins.property
-    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRow]: ...
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRow]:
+        """By user, model and period. A page token names the last row returned, so
+        a row that appears meanwhile (a first request in a new period, say) is on
+        this page or a later one, never twice.
+        """
+
     def __init__(
         self,
         *,
@@ -881,10 +902,11 @@ class GetUsageResponse(_message.Message):
         total_cost_usd: _builtins.float = ...,
         total_savings_usd: _builtins.float = ...,
         local_share: _builtins.float = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["local_share", b"local_share", "rows", b"rows", "total_cost_usd", b"total_cost_usd", "total_savings_usd", b"total_savings_usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["local_share", b"local_share", "next_page_token", b"next_page_token", "rows", b"rows", "total_cost_usd", b"total_cost_usd", "total_savings_usd", b"total_savings_usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

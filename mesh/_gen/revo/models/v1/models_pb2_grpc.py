@@ -96,7 +96,8 @@ class ModelServiceServicer:
 
     def GetUsage(self, request, context):
         """GetUsage returns tokens, cost, savings and local share from the ledger,
-        grouped by user, model and period. Others' usage needs an admin.
+        grouped by user, model and period, the rows a page at a time (AIP-158);
+        the totals are over every row, on every page. Others' usage needs an admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

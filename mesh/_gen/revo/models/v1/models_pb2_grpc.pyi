@@ -49,7 +49,8 @@ class ModelServiceStub:
     """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_models_pb2.GetUsageRequest, _models_pb2.GetUsageResponse]
     """GetUsage returns tokens, cost, savings and local share from the ledger,
-    grouped by user, model and period. Others' usage needs an admin.
+    grouped by user, model and period, the rows a page at a time (AIP-158);
+    the totals are over every row, on every page. Others' usage needs an admin.
     """
     Recommend: _grpc.UnaryUnaryMultiCallable[_models_pb2.RecommendRequest, _models_pb2.RecommendResponse]
     """Recommend suggests changes from recorded usage, e.g. traffic that a local
@@ -76,7 +77,8 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """
     GetUsage: _aio.UnaryUnaryMultiCallable[_models_pb2.GetUsageRequest, _models_pb2.GetUsageResponse]  # type: ignore[assignment]
     """GetUsage returns tokens, cost, savings and local share from the ledger,
-    grouped by user, model and period. Others' usage needs an admin.
+    grouped by user, model and period, the rows a page at a time (AIP-158);
+    the totals are over every row, on every page. Others' usage needs an admin.
     """
     Recommend: _aio.UnaryUnaryMultiCallable[_models_pb2.RecommendRequest, _models_pb2.RecommendResponse]  # type: ignore[assignment]
     """Recommend suggests changes from recorded usage, e.g. traffic that a local
@@ -124,7 +126,8 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_models_pb2.GetUsageResponse, _abc.Awaitable[_models_pb2.GetUsageResponse]]:
         """GetUsage returns tokens, cost, savings and local share from the ledger,
-        grouped by user, model and period. Others' usage needs an admin.
+        grouped by user, model and period, the rows a page at a time (AIP-158);
+        the totals are over every row, on every page. Others' usage needs an admin.
         """
 
     @_abc_1.abstractmethod

@@ -109,7 +109,11 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """List returns tasks by state, owner and time, newest first.
+        """List returns tasks by state, owner and time, newest first, a page at a
+        time (AIP-158). A page token names the last task returned: tasks submitted
+        while paging (newer, so on earlier pages) neither shift nor repeat later
+        pages, and every task that existed when paging began and still matches
+        appears exactly once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

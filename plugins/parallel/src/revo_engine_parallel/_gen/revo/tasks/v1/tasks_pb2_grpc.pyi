@@ -51,7 +51,12 @@ class TaskServiceStub:
     Watch: _grpc.UnaryStreamMultiCallable[_tasks_pb2.WatchRequest, _tasks_pb2.Task]
     """Watch streams a task's state changes and progress until it finishes."""
     List: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListRequest, _tasks_pb2.ListResponse]
-    """List returns tasks by state, owner and time, newest first."""
+    """List returns tasks by state, owner and time, newest first, a page at a
+    time (AIP-158). A page token names the last task returned: tasks submitted
+    while paging (newer, so on earlier pages) neither shift nor repeat later
+    pages, and every task that existed when paging began and still matches
+    appears exactly once.
+    """
     Stats: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.StatsRequest, _tasks_pb2.StatsResponse]
     """Stats returns queue depth per priority, workers, throughput and failures."""
 
@@ -77,7 +82,12 @@ class TaskServiceAsyncStub(TaskServiceStub):
     Watch: _aio.UnaryStreamMultiCallable[_tasks_pb2.WatchRequest, _tasks_pb2.Task]  # type: ignore[assignment]
     """Watch streams a task's state changes and progress until it finishes."""
     List: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListRequest, _tasks_pb2.ListResponse]  # type: ignore[assignment]
-    """List returns tasks by state, owner and time, newest first."""
+    """List returns tasks by state, owner and time, newest first, a page at a
+    time (AIP-158). A page token names the last task returned: tasks submitted
+    while paging (newer, so on earlier pages) neither shift nor repeat later
+    pages, and every task that existed when paging began and still matches
+    appears exactly once.
+    """
     Stats: _aio.UnaryUnaryMultiCallable[_tasks_pb2.StatsRequest, _tasks_pb2.StatsResponse]  # type: ignore[assignment]
     """Stats returns queue depth per priority, workers, throughput and failures."""
 
@@ -130,7 +140,12 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_pb2.ListRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_pb2.ListResponse, _abc.Awaitable[_tasks_pb2.ListResponse]]:
-        """List returns tasks by state, owner and time, newest first."""
+        """List returns tasks by state, owner and time, newest first, a page at a
+        time (AIP-158). A page token names the last task returned: tasks submitted
+        while paging (newer, so on earlier pages) neither shift nor repeat later
+        pages, and every task that existed when paging began and still matches
+        appears exactly once.
+        """
 
     @_abc_1.abstractmethod
     def Stats(

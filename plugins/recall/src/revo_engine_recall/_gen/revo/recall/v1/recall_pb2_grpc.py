@@ -63,6 +63,11 @@ class RecallServiceStub:
                 request_serializer=revo_dot_recall_dot_v1_dot_recall__pb2.ForgetRequest.SerializeToString,
                 response_deserializer=revo_dot_recall_dot_v1_dot_recall__pb2.ForgetResponse.FromString,
                 _registered_method=True)
+        self.ListMemories = channel.unary_unary(
+                '/revo.recall.v1.RecallService/ListMemories',
+                request_serializer=revo_dot_recall_dot_v1_dot_recall__pb2.ListMemoriesRequest.SerializeToString,
+                response_deserializer=revo_dot_recall_dot_v1_dot_recall__pb2.ListMemoriesResponse.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/revo.recall.v1.RecallService/Stats',
                 request_serializer=revo_dot_recall_dot_v1_dot_recall__pb2.StatsRequest.SerializeToString,
@@ -114,6 +119,20 @@ class RecallServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMemories(self, request, context):
+        """ListMemories exports the memories of one scope that match the filters, in
+        the order they were created (then by id), a page at a time (AIP-158). A
+        page token names the last memory returned and the change the first page
+        was read at, and every page is read at that change or later, on any node.
+        So every memory that was in the scope when the first page was read (and
+        every write whose sequence the first request's after_sequence names) and
+        is not forgotten or expired before paging reaches it appears exactly once;
+        a memory written while paging appears at most once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Stats(self, request, context):
         """Stats counts the memories in the scopes the caller may see.
         """
@@ -148,6 +167,11 @@ def add_RecallServiceServicer_to_server(servicer, server):
                     servicer.Forget,
                     request_deserializer=revo_dot_recall_dot_v1_dot_recall__pb2.ForgetRequest.FromString,
                     response_serializer=revo_dot_recall_dot_v1_dot_recall__pb2.ForgetResponse.SerializeToString,
+            ),
+            'ListMemories': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMemories,
+                    request_deserializer=revo_dot_recall_dot_v1_dot_recall__pb2.ListMemoriesRequest.FromString,
+                    response_serializer=revo_dot_recall_dot_v1_dot_recall__pb2.ListMemoriesResponse.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -293,6 +317,33 @@ class RecallService:
             '/revo.recall.v1.RecallService/Forget',
             revo_dot_recall_dot_v1_dot_recall__pb2.ForgetRequest.SerializeToString,
             revo_dot_recall_dot_v1_dot_recall__pb2.ForgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMemories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/revo.recall.v1.RecallService/ListMemories',
+            revo_dot_recall_dot_v1_dot_recall__pb2.ListMemoriesRequest.SerializeToString,
+            revo_dot_recall_dot_v1_dot_recall__pb2.ListMemoriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,16 @@ class RecallServiceStub:
     """Forget deletes memories by id, or every memory of some scopes that
     matches the filters.
     """
+    ListMemories: _grpc.UnaryUnaryMultiCallable[_recall_pb2.ListMemoriesRequest, _recall_pb2.ListMemoriesResponse]
+    """ListMemories exports the memories of one scope that match the filters, in
+    the order they were created (then by id), a page at a time (AIP-158). A
+    page token names the last memory returned and the change the first page
+    was read at, and every page is read at that change or later, on any node.
+    So every memory that was in the scope when the first page was read (and
+    every write whose sequence the first request's after_sequence names) and
+    is not forgotten or expired before paging reaches it appears exactly once;
+    a memory written while paging appears at most once.
+    """
     Stats: _grpc.UnaryUnaryMultiCallable[_recall_pb2.StatsRequest, _recall_pb2.StatsResponse]
     """Stats counts the memories in the scopes the caller may see."""
 
@@ -77,6 +87,16 @@ class RecallServiceAsyncStub(RecallServiceStub):
     Forget: _aio.UnaryUnaryMultiCallable[_recall_pb2.ForgetRequest, _recall_pb2.ForgetResponse]  # type: ignore[assignment]
     """Forget deletes memories by id, or every memory of some scopes that
     matches the filters.
+    """
+    ListMemories: _aio.UnaryUnaryMultiCallable[_recall_pb2.ListMemoriesRequest, _recall_pb2.ListMemoriesResponse]  # type: ignore[assignment]
+    """ListMemories exports the memories of one scope that match the filters, in
+    the order they were created (then by id), a page at a time (AIP-158). A
+    page token names the last memory returned and the change the first page
+    was read at, and every page is read at that change or later, on any node.
+    So every memory that was in the scope when the first page was read (and
+    every write whose sequence the first request's after_sequence names) and
+    is not forgotten or expired before paging reaches it appears exactly once;
+    a memory written while paging appears at most once.
     """
     Stats: _aio.UnaryUnaryMultiCallable[_recall_pb2.StatsRequest, _recall_pb2.StatsResponse]  # type: ignore[assignment]
     """Stats counts the memories in the scopes the caller may see."""
@@ -130,6 +150,22 @@ class RecallServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_recall_pb2.ForgetResponse, _abc.Awaitable[_recall_pb2.ForgetResponse]]:
         """Forget deletes memories by id, or every memory of some scopes that
         matches the filters.
+        """
+
+    @_abc_1.abstractmethod
+    def ListMemories(
+        self,
+        request: _recall_pb2.ListMemoriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recall_pb2.ListMemoriesResponse, _abc.Awaitable[_recall_pb2.ListMemoriesResponse]]:
+        """ListMemories exports the memories of one scope that match the filters, in
+        the order they were created (then by id), a page at a time (AIP-158). A
+        page token names the last memory returned and the change the first page
+        was read at, and every page is read at that change or later, on any node.
+        So every memory that was in the scope when the first page was read (and
+        every write whose sequence the first request's after_sequence names) and
+        is not forgotten or expired before paging reaches it appears exactly once;
+        a memory written while paging appears at most once.
         """
 
     @_abc_1.abstractmethod

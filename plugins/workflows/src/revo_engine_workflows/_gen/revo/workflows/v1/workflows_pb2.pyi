@@ -681,12 +681,25 @@ Global___GetWorkflowResponse: _TypeAlias = GetWorkflowResponse  # noqa: Y015
 class ListWorkflowsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many workflows per page: 0 means 100, more than 1000 means 1000;
+    negative is INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """The previous page's next_page_token; empty for the first page. The other
+    fields must be the same as for the first page (INVALID_ARGUMENT otherwise).
+    """
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -697,16 +710,22 @@ class ListWorkflowsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKFLOWS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
     @_builtins.property
-    def workflows(self) -> _containers.RepeatedCompositeFieldContainer[Global___Workflow]: ...
+    def workflows(self) -> _containers.RepeatedCompositeFieldContainer[Global___Workflow]:
+        """By name."""
+
     def __init__(
         self,
         *,
         workflows: _abc.Iterable[Global___Workflow] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflows", b"workflows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "workflows", b"workflows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -923,9 +942,13 @@ class ListRunsRequest(_message.Message):
     state: Global___RunState.ValueType
     """Unspecified: every state."""
     page_size: _builtins.int
-    """1 to 1000; 0: 100."""
+    """At most this many runs per page: 0 means 100, more than 1000 means 1000;
+    negative is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
-    """From the previous page's next_page_token."""
+    """The previous page's next_page_token; empty for the first page. The other
+    fields must be the same as for the first page (INVALID_ARGUMENT otherwise).
+    """
     def __init__(
         self,
         *,
@@ -949,7 +972,7 @@ class ListRunsResponse(_message.Message):
     RUNS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Empty on the last page."""
+    """Pass as page_token for the next page; empty on the last page."""
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]:
         """Newest first; steps are left out (GetRun has them)."""

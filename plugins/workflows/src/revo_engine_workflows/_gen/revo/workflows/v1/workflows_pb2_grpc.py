@@ -124,7 +124,8 @@ class WorkflowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListWorkflows(self, request, context):
-        """ListWorkflows returns every workflow's latest version.
+        """ListWorkflows returns every workflow's latest version, by name, a page at a
+        time (AIP-158).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,7 +148,9 @@ class WorkflowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListRuns(self, request, context):
-        """ListRuns returns runs, newest first, a page at a time.
+        """ListRuns returns runs, newest first, a page at a time (AIP-158). A page
+        token names the last run returned: runs started while paging (newer, so on
+        earlier pages) neither shift nor repeat later pages.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -50,7 +50,9 @@ class WorkflowServiceStub:
     GetWorkflow: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.GetWorkflowRequest, _workflows_pb2.GetWorkflowResponse]
     """GetWorkflow returns one version of a workflow (the latest by default)."""
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.ListWorkflowsRequest, _workflows_pb2.ListWorkflowsResponse]
-    """ListWorkflows returns every workflow's latest version."""
+    """ListWorkflows returns every workflow's latest version, by name, a page at a
+    time (AIP-158).
+    """
     StartRun: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.StartRunRequest, _workflows_pb2.StartRunResponse]
     """StartRun starts a run of a workflow version as the caller; every step's
     permission is checked before any step runs. A run with the caller's
@@ -59,7 +61,10 @@ class WorkflowServiceStub:
     GetRun: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.GetRunRequest, _workflows_pb2.GetRunResponse]
     """GetRun returns a run and the state of its steps."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.ListRunsRequest, _workflows_pb2.ListRunsResponse]
-    """ListRuns returns runs, newest first, a page at a time."""
+    """ListRuns returns runs, newest first, a page at a time (AIP-158). A page
+    token names the last run returned: runs started while paging (newer, so on
+    earlier pages) neither shift nor repeat later pages.
+    """
     CancelRun: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.CancelRunRequest, _workflows_pb2.CancelRunResponse]
     """CancelRun cancels a run: its running calls, streams and tasks are
     cancelled and no further step starts. A run already cancelled (or asked to
@@ -94,7 +99,9 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     GetWorkflow: _aio.UnaryUnaryMultiCallable[_workflows_pb2.GetWorkflowRequest, _workflows_pb2.GetWorkflowResponse]  # type: ignore[assignment]
     """GetWorkflow returns one version of a workflow (the latest by default)."""
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_workflows_pb2.ListWorkflowsRequest, _workflows_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
-    """ListWorkflows returns every workflow's latest version."""
+    """ListWorkflows returns every workflow's latest version, by name, a page at a
+    time (AIP-158).
+    """
     StartRun: _aio.UnaryUnaryMultiCallable[_workflows_pb2.StartRunRequest, _workflows_pb2.StartRunResponse]  # type: ignore[assignment]
     """StartRun starts a run of a workflow version as the caller; every step's
     permission is checked before any step runs. A run with the caller's
@@ -103,7 +110,10 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     GetRun: _aio.UnaryUnaryMultiCallable[_workflows_pb2.GetRunRequest, _workflows_pb2.GetRunResponse]  # type: ignore[assignment]
     """GetRun returns a run and the state of its steps."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_workflows_pb2.ListRunsRequest, _workflows_pb2.ListRunsResponse]  # type: ignore[assignment]
-    """ListRuns returns runs, newest first, a page at a time."""
+    """ListRuns returns runs, newest first, a page at a time (AIP-158). A page
+    token names the last run returned: runs started while paging (newer, so on
+    earlier pages) neither shift nor repeat later pages.
+    """
     CancelRun: _aio.UnaryUnaryMultiCallable[_workflows_pb2.CancelRunRequest, _workflows_pb2.CancelRunResponse]  # type: ignore[assignment]
     """CancelRun cancels a run: its running calls, streams and tasks are
     cancelled and no further step starts. A run already cancelled (or asked to
@@ -159,7 +169,9 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workflows_pb2.ListWorkflowsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workflows_pb2.ListWorkflowsResponse, _abc.Awaitable[_workflows_pb2.ListWorkflowsResponse]]:
-        """ListWorkflows returns every workflow's latest version."""
+        """ListWorkflows returns every workflow's latest version, by name, a page at a
+        time (AIP-158).
+        """
 
     @_abc_1.abstractmethod
     def StartRun(
@@ -186,7 +198,10 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workflows_pb2.ListRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workflows_pb2.ListRunsResponse, _abc.Awaitable[_workflows_pb2.ListRunsResponse]]:
-        """ListRuns returns runs, newest first, a page at a time."""
+        """ListRuns returns runs, newest first, a page at a time (AIP-158). A page
+        token names the last run returned: runs started while paging (newer, so on
+        earlier pages) neither shift nor repeat later pages.
+        """
 
     @_abc_1.abstractmethod
     def CancelRun(
