@@ -103,15 +103,22 @@ class ClusterLauncher(Launcher):
         return children
 
     def _start_nats(self) -> str:
-        self.nats_cluster = NatsCluster(self.config.home / "nats", size=CLUSTER_REPLICAS,
-                                        cpus=self.config.nats.embedded_cpus,
-                                        max_payload=self.config.nats.max_payload_bytes,
-                                        log_dir=self.logs).start()
+        with self.steps.step("nats cluster") as step:
+            self.nats_cluster = NatsCluster(self.config.home / "nats", size=CLUSTER_REPLICAS,
+                                            cpus=self.config.nats.embedded_cpus,
+                                            max_payload=self.config.nats.max_payload_bytes,
+                                            log_dir=self.logs,
+                                            log_rotation=self.log_rotation).start()
+            step.detail = (f"{CLUSTER_REPLICAS} nats-servers, JetStream replicas "
+                           f"{CLUSTER_REPLICAS}")
         return self.nats_cluster.url
 
     def _start_stores(self) -> None:
-        self.milvus = MilvusServer(self.config.home / "milvus",
-                                   log_file=self.logs / "milvus.log").start()
+        with self.steps.step("milvus") as step:
+            self.milvus = MilvusServer(self.config.home / "milvus",
+                                       log_file=self.logs / "milvus.log",
+                                       log_rotation=self.log_rotation).start()
+            step.detail = self.milvus.uri
 
     def _child_env(self, nats_url: str) -> dict[str, str]:
         env = super()._child_env(nats_url)

@@ -26,7 +26,13 @@ from typing import Any
 import yaml
 
 from mesh.config import GatewaySettings, MeshConfig, TlsSettings
-from mesh.embedded.processes import http_ok, spawn, stop_process, wait_until_ready
+from mesh.embedded.processes import (
+    LogRotation,
+    http_ok,
+    spawn,
+    stop_process,
+    wait_until_ready,
+)
 from mesh.errors import ConfigError
 
 __all__ = ["TEMPLATE", "EnvoyServer", "find_envoy", "render_config", "validate_config"]
@@ -204,6 +210,8 @@ class EnvoyServer:
     config: MeshConfig
     run_dir: Path
     log_file: Path | None = None
+    log_rotation: LogRotation | None = None
+    """Rotate the log by size (:class:`~mesh.embedded.processes.LogRotation`)."""
     template: Path = TEMPLATE
     gateways: list[GatewaySettings] = field(default_factory=list)
     """The gateways to balance over (default: ``config.gateway``)."""
@@ -241,7 +249,7 @@ class EnvoyServer:
         # no hot restart: it would share memory with any other Envoy on this machine
         argv = [find_envoy(), "-c", str(self.config_file), "--disable-hot-restart",
                 "--concurrency", str(self.config.envoy.workers), "--log-level", "warn"]
-        self.process = spawn(argv, log_file=log)
+        self.process = spawn(argv, log_file=log, rotation=self.log_rotation)
         try:
             wait_until_ready(self.process, self.ready_url, name="envoy", log=log,
                              timeout=timeout, poll_s=0.05)

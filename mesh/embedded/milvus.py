@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from mesh.embedded.nats_server import free_port
-from mesh.embedded.processes import http_ok, spawn, stop_process, wait_until_ready
+from mesh.embedded.processes import (
+    LogRotation,
+    http_ok,
+    spawn,
+    stop_process,
+    wait_until_ready,
+)
 
 __all__ = ["MilvusServer", "milvus_binaries"]
 
@@ -49,6 +55,8 @@ class MilvusServer:
     port: int = 0
     """The gRPC port clients use (0: a free one, kept across restarts)."""
     log_file: Path | None = None
+    log_rotation: LogRotation | None = None
+    """Rotate the log by size (:class:`~mesh.embedded.processes.LogRotation`)."""
     metrics_port: int = 0
     """The port of /healthz and /metrics (0: a free one)."""
     etcd_ports: tuple[int, int] = (0, 0)
@@ -94,7 +102,7 @@ class MilvusServer:
                                              os.environ.get("LD_LIBRARY_PATH", "")]))
         log = self.log_file or self.base_dir / "milvus.log"
         self.process = spawn([str(binaries / "milvus"), "run", "standalone"], log_file=log,
-                             env=env, cwd=self.base_dir)
+                             env=env, cwd=self.base_dir, rotation=self.log_rotation)
         try:
             wait_until_ready(self.process, self.health_url, name="milvus", log=log,
                              timeout=timeout, poll_s=0.2)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.embedded.nats_server import NatsServer, free_port
+from mesh.embedded.processes import LogRotation
 
 __all__ = ["NatsCluster", "jsz", "replicated"]
 
@@ -54,6 +55,8 @@ class NatsCluster:
     cpus: int = 1
     max_payload: int = 8 * 1024 * 1024
     log_dir: Path | None = None
+    log_rotation: LogRotation | None = None
+    """Rotate each member's log by size."""
     servers: list[NatsServer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -65,7 +68,8 @@ class NatsCluster:
                            routes=[p for j, p in enumerate(routes) if j != i],
                            cpus=self.cpus, max_payload=self.max_payload,
                            log_file=(self.log_dir / f"nats-{i + 1}.log"
-                                     if self.log_dir else None))
+                                     if self.log_dir else None),
+                           log_rotation=self.log_rotation)
                 for i in range(self.size)]
 
     @property

@@ -14,7 +14,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.embedded.processes import http_ok, spawn, stop_process, wait_until_ready
+from mesh.embedded.processes import (
+    LogRotation,
+    http_ok,
+    spawn,
+    stop_process,
+    wait_until_ready,
+)
 
 __all__ = ["NatsServer", "find_nats_server", "free_port"]
 
@@ -66,6 +72,8 @@ class NatsServer:
     """The route (cluster) ports of the other members, all on 127.0.0.1."""
     paused: bool = False
     """Stopped with :meth:`pause` (SIGSTOP) and not resumed."""
+    log_rotation: LogRotation | None = None
+    """Rotate the log by size (:class:`~mesh.embedded.processes.LogRotation`)."""
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -116,7 +124,8 @@ class NatsServer:
         config.chmod(0o600)
         log = self.log_file or self.store_dir / "nats-server.log"
         env = dict(os.environ, GOMAXPROCS=str(self.cpus)) if self.cpus > 0 else None
-        self.process = spawn([find_nats_server(), "-c", str(config)], log_file=log, env=env)
+        self.process = spawn([find_nats_server(), "-c", str(config)], log_file=log, env=env,
+                             rotation=self.log_rotation)
         return self
 
     @property

