@@ -25,6 +25,7 @@ from mesh.auth.revocations import RevocationList
 from mesh.auth.roles import ROLES
 from mesh.auth.tokens import operator_token
 from mesh.auth.users import Accounts, User, UserStore
+from mesh.cli_support import add_command, print_json, unreachable_nats
 from mesh.config import MeshConfig
 from mesh.errors import RpcError
 from mesh.transport.connection import MeshConnection, connect
@@ -41,6 +42,12 @@ def _password(args: argparse.Namespace) -> str:
     return first
 
 
+def user_json(user: User) -> dict[str, object]:
+    """``revo users list --json``'s record of a user (never a password hash)."""
+    return {"username": user.username, "role": user.role, "disabled": user.disabled,
+            "updated_at": datetime.fromtimestamp(user.updated_at, UTC).isoformat()}
+
+
 def _row(user: User) -> str:
     changed = datetime.fromtimestamp(user.updated_at, UTC).strftime("%Y-%m-%d %H:%M")
     return (f"{user.username:<24} {user.role:<10} "
@@ -52,8 +59,7 @@ async def _connect(config: MeshConfig, name: str) -> MeshConnection:
         return await asyncio.wait_for(connect(config.nats, name=name),
                                       config.nats.connect_timeout_s)
     except (TimeoutError, OSError) as exc:
-        raise SystemExit(f"revo: cannot reach NATS at {config.nats.url} ({exc or 'timed out'}); "
-                         "is the mesh up? (set nats.url / REVO_NATS__URL)") from None
+        raise unreachable_nats(config.nats.url, exc) from None
 
 
 async def _with_accounts(config: MeshConfig,
@@ -74,6 +80,9 @@ def cmd_users(args: argparse.Namespace, config: MeshConfig) -> int:
         action = args.action
         if action == "list":
             found = await accounts.users.list()
+            if args.json:
+                print_json({"users": [user_json(user) for user in found]})
+                return 0
             print(f"{'USER':<24} {'ROLE':<10} {'STATUS':<9} CHANGED (UTC)")
             for user in found:
                 print(_row(user))
@@ -163,10 +172,14 @@ def cmd_token(args: argparse.Namespace, config: MeshConfig) -> int:
     if not 0 < args.ttl <= 86400:
         print("revo token: --ttl must be between 1 and 86400 seconds", file=sys.stderr)
         return 2
-    token = operator_token(config, ttl_s=args.ttl, user=args.user)
-    if token is None:
+    if not config.auth.enabled:
         print("revo token: auth is off (auth.enabled = false); no token is needed",
               file=sys.stderr)
+        return 1
+    token = operator_token(config, ttl_s=args.ttl, user=args.user, create=False)
+    if token is None:  # a new secret here would sign tokens that no gateway accepts
+        print(f"revo token: no signing secret under {config.home} (REVO_HOME): run it where "
+              "the mesh's secrets are, or set REVO_JWT_SECRET", file=sys.stderr)
         return 1
     print(token)
     return 0
@@ -175,13 +188,45 @@ def cmd_token(args: argparse.Namespace, config: MeshConfig) -> int:
 def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
                 run: Callable[[Callable[[argparse.Namespace, MeshConfig], int]],
                               Callable[[argparse.Namespace], int]]) -> None:
-    users = sub.add_parser("users", help="manage users (straight in NATS; no gateway needed)")
-    actions = users.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="every user, role and status")
-    for name, text in (("create", "add a user"), ("set-role", "change a user's role"),
-                       ("reset-password", "set a new password"), ("disable", "stop sign-in"),
-                       ("enable", "allow sign-in again"), ("delete", "remove a user")):
-        action = actions.add_parser(name, help=text)
+    users = add_command(
+        sub, "users", help="manage users (straight in NATS; no gateway needed)",
+        description="Manage the mesh's users: list, create, change a role, reset a "
+        "password, disable, enable, delete. Works straight in NATS (nats.url, or the revo up "
+        "running here), so it works before any admin exists and without a gateway. A change "
+        "of role or password revokes the user's tokens.",
+        examples=["revo users list", "revo users list --json",
+                  "revo users create ada --role developer",
+                  "echo \"$PASSWORD\" | revo users create ci --role analyst --password-stdin",
+                  "revo users set-role ada --role admin", "revo users disable ada"])
+    actions = users.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = add_command(actions, "list", help="every user, role and status",
+                          description="Every user with their role, status and when they "
+                          "last changed (UTC). Creates nothing.",
+                          examples=["revo users list", "revo users list --json | jq -r "
+                                    "'.users[] | select(.role == \"admin\") | .username'"])
+    listing.add_argument("--json", action="store_true", help="as JSON: {\"users\": "
+                         "[{username, role, disabled, updated_at}]}")
+    texts = {
+        "create": ("add a user", "Add a user with a role and a password (asked twice, or "
+                   "read from stdin with --password-stdin).",
+                   ["revo users create ada --role developer",
+                    "revo users create ci --role analyst --password-stdin < password.txt"]),
+        "set-role": ("change a user's role", "Change a user's role; their tokens are "
+                     "revoked, so they sign in again with the new role.",
+                     ["revo users set-role ada --role admin"]),
+        "reset-password": ("set a new password", "Set a user's password; their tokens are "
+                           "revoked.", ["revo users reset-password ada",
+                                        "revo users reset-password ada --password-stdin"]),
+        "disable": ("stop sign-in", "Stop a user from signing in; their tokens and API keys "
+                    "stop working.", ["revo users disable ada"]),
+        "enable": ("allow sign-in again", "Let a disabled user sign in again.",
+                   ["revo users enable ada"]),
+        "delete": ("remove a user", "Remove a user; their tokens are revoked.",
+                   ["revo users delete ada"]),
+    }
+    for name, (text, description, examples) in texts.items():
+        action = add_command(actions, name, help=text, description=description,
+                             examples=examples)
         action.add_argument("username")
         if name in ("create", "set-role"):
             action.add_argument("--role", required=True, choices=sorted(ROLES))
@@ -190,7 +235,13 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
                                 help="read the password from stdin (scripts)")
     users.set_defaults(func=run(cmd_users))
 
-    audit = sub.add_parser("audit", help="read the audit trail (oldest first)")
+    audit = add_command(
+        sub, "audit", help="read the audit trail (oldest first)",
+        description="Read the audit trail: one record per call (who, which method, allowed "
+        "or denied, status, latency), oldest first, straight from NATS. Filters combine.",
+        examples=["revo audit --since 1h", "revo audit --decision deny --limit 20",
+                  "revo audit --user ada --method RecallService --json",
+                  "revo audit -f                  # follow new records"])
     audit.add_argument("--user", help="only this user ('-' for anonymous)")
     audit.add_argument("--decision", choices=["allow", "deny"])
     audit.add_argument("--method", help="only methods whose path contains this")
@@ -202,8 +253,16 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     audit.add_argument("--json", action="store_true", help="one JSON record per line")
     audit.set_defaults(func=run(cmd_audit))
 
-    token = sub.add_parser("token", help="print an admin access token signed with this "
-                           "machine's key (for grpcurl and scripts)")
+    token = add_command(
+        sub, "token", help="print an admin access token signed with this machine's key "
+        "(for grpcurl and scripts)",
+        description="Print an access token signed with this machine's signing key (the "
+        "mesh's secrets under REVO_HOME), for grpcurl and scripts. It cannot be revoked "
+        "except by rotating the key: keep --ttl short. revo call signs in by itself and "
+        "needs none.",
+        examples=["revo token", "REVO_TOKEN=$(revo token --ttl 300) revo call "
+                  "EchoService/Stats", "grpcurl -H \"authorization: Bearer $(revo token)\" "
+                  "127.0.0.1:50051 list"])
     token.add_argument("--user", default="operator", help="the token's subject")
     token.add_argument("--ttl", type=float, default=900.0,
                        help="lifetime in seconds (at most 86400: the token cannot be revoked "

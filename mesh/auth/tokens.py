@@ -13,6 +13,7 @@ Issuer, audience, expiry, not-before, issue time, subject and ``jti`` are requir
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -225,12 +226,22 @@ class TokenService:
 
 
 def operator_token(config: MeshConfig, ttl_s: float = 300.0, user: str = "operator",
-                   environ: Mapping[str, str] | None = None) -> str | None:
+                   environ: Mapping[str, str] | None = None, *,
+                   create: bool = True) -> str | None:
     """An admin access token signed with this machine's key, for local tools (``revo up``
     readiness, ``revo status``); None when auth is off. Holding the signing key is
-    holding every role, so this gives nothing away."""
+    holding every role, so this gives nothing away.
+
+    ``create=False`` (read-only commands): None also when the HS256 secret is neither in
+    ``REVO_JWT_SECRET`` nor on disk (no mesh ever ran with this home), instead of creating
+    one."""
     if not config.auth.enabled:
         return None
+    if not create and config.auth.algorithm == "HS256":
+        secret = config.auth.secret_file or Path(config.home) / "secrets" / "jwt.secret"
+        if not (environ if environ is not None else os.environ).get(JWT_SECRET_ENV) \
+                and not secret.exists():
+            return None
     service = TokenService(config.auth, Keyring.from_settings(config.auth, Path(config.home),
                                                               environ))
     return service.issue(user, "admin", ACCESS, generation=1 << 62, ttl_s=ttl_s)[0]

@@ -54,18 +54,43 @@ def load_definition(path: Path) -> pb.Workflow:
 
 @hookimpl
 def revo_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    workflows = commands.add_parser("workflows", help="the Coordinator: define, list and run "
-                                    "workflows")
-    workflows.add_argument("--address", help="the gateway (default: the running revo up's)")
-    actions = workflows.add_subparsers(dest="action", required=True)
-    apply = actions.add_parser("apply", help="check a definition (YAML or JSON) and store "
-                               "it as the workflow's next version")
+    from mesh.cli_support import add_command
+
+    workflows = add_command(
+        commands, "workflows", help="the Coordinator: define, list and run workflows",
+        description="The Coordinator from the command line: check and store workflow "
+        "definitions (YAML or JSON), list them, start a run and follow its events. Signs in "
+        "like revo call (REVO_API_KEY, REVO_TOKEN, or the local operator).",
+        examples=["revo workflows apply triage.yaml", "revo workflows list --json",
+                  "revo workflows run triage --input '{\"issue\": 42}'"])
+    workflows.add_argument("--address", help="the gateway (default: REVO_URL, else the "
+                           "running revo up's)")
+    actions = workflows.add_subparsers(dest="action", required=True, metavar="ACTION")
+    apply = add_command(
+        actions, "apply", help="check a definition (YAML or JSON) and store it as the "
+        "workflow's next version",
+        description="Check a workflow definition (the Workflow message as YAML or JSON) and "
+        "store it as the workflow's next version; an identical definition stores nothing.",
+        examples=["revo workflows apply triage.yaml",
+                  "revo workflows apply triage.yaml --check   # check only"])
     apply.add_argument("file", type=Path)
     apply.add_argument("--check", action="store_true", help="check only; store nothing")
     apply.set_defaults(func=_sync(_apply))
-    listing = actions.add_parser("list", help="every workflow's latest version")
+    listing = add_command(
+        actions, "list", help="every workflow's latest version",
+        description="Every workflow's latest version, with its number of steps and "
+        "description.",
+        examples=["revo workflows list", "revo workflows list --json | jq -r "
+                  "'.workflows[].name'"])
+    listing.add_argument("--json", action="store_true", help="as JSON: {\"workflows\": "
+                         "[{name, version, steps, description}]}")
     listing.set_defaults(func=_sync(_list))
-    run = actions.add_parser("run", help="start a run and print its events until it ends")
+    run = add_command(
+        actions, "run", help="start a run and print its events until it ends",
+        description="Start a run of a workflow and print its events until it ends, then its "
+        "state and output as JSON (exit code 1 when it did not succeed).",
+        examples=["revo workflows run triage --input '{\"issue\": 42}'",
+                  "revo workflows run triage --key issue-42 --detach   # print the run id"])
     run.add_argument("name")
     run.add_argument("--version", type=int, default=0, help="0: the latest")
     run.add_argument("--input", default="null", help="the run's input, as JSON")
@@ -82,8 +107,9 @@ def _sync(command: Any) -> Any:
         try:
             return int(asyncio.run(command(args)))
         except grpc.aio.AioRpcError as error:
-            print(f"revo workflows: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
+            from mesh.cli import gateway_failure
+
+            raise gateway_failure(args, error, f"revo workflows {args.action}") from None
         except ValueError as error:
             print(f"revo workflows: {error}", file=sys.stderr)
             return 2
@@ -112,13 +138,21 @@ async def _apply(args: argparse.Namespace) -> int:
 
 
 async def _list(args: argparse.Namespace) -> int:
+    found: list[pb.Workflow] = []
     async with _client(args) as client:
         stub = workflows_pb2_grpc.WorkflowServiceStub(client.channel)
-        listed = await stub.ListWorkflows(pb.ListWorkflowsRequest())
-    for workflow in listed.workflows:
+        found += (await stub.ListWorkflows(pb.ListWorkflowsRequest())).workflows
+    if args.json:
+        from mesh.cli_support import print_json
+
+        print_json({"workflows": [{"name": w.name, "version": w.version,
+                                   "steps": len(w.steps), "description": w.description}
+                                  for w in found]})
+        return 0
+    for workflow in found:
         print(f"{workflow.name:<24} v{workflow.version:<4} {len(workflow.steps)} steps  "
               f"{workflow.description}")
-    if not listed.workflows:
+    if not found:
         print("no workflows yet: revo workflows apply FILE")
     return 0
 
