@@ -48,7 +48,20 @@ def _config(args: argparse.Namespace) -> MeshConfig:
 def cmd_up(args: argparse.Namespace) -> int:
     from mesh.embedded.up import run_up
 
-    return run_up(_config(args), profile=args.profile)
+    return run_up(_config(args), profile=args.profile, detach=args.detach,
+                  background=args.background, config_file=args.config)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from mesh.embedded.background import stop_detached
+
+    return stop_detached(_config(args))
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from mesh.embedded.background import show_log
+
+    return show_log(_config(args), args.name, follow=args.follow, lines=args.lines)
 
 
 def cmd_node(args: argparse.Namespace) -> int:
@@ -375,13 +388,43 @@ def build_parser(plugin_commands: bool = False) -> argparse.ArgumentParser:
         "models, when installed), Envoy, a node with every installed engine and the gateway. "
         "It prints where each listens and runs until Ctrl-C, which stops everything. State "
         "and logs go under REVO_HOME (default ./.revo).",
-        examples=["revo up", "revo up --profile cluster     # the production shape, on one "
+        examples=["revo up", "revo up --detach     # in the background: revo down stops "
+                  "it, revo logs -f node follows a log",
+                  "revo up --profile cluster     # the production shape, on one "
                   "machine", "REVO_ADMIN_PASSWORD=... revo up   # creates the first admin"])
     up.add_argument("--profile", choices=["default", "cluster"], default="default",
                     help="cluster: the production shape on this machine (three clustered "
                     "nats-servers, the Milvus server, Triton, two gateways behind Envoy, three "
                     "nodes; docs/operators.md)")
+    up.add_argument("-d", "--detach", action="store_true",
+                    help="run in the background: return once the mesh is ready (revo down "
+                    "stops it, revo logs shows its logs)")
+    up.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
+    down = add_command(
+        sub, "down", help="stop the mesh that revo up runs here",
+        description="Stop the revo up of this REVO_HOME (in the background or not): "
+        "SIGTERM, which stops everything in reverse order, then SIGKILL for what is left "
+        "after 20 s. Says what it did; 'nothing running' (exit 0) when nothing runs. Exit "
+        "code 1 when something had to be killed.",
+        examples=["revo up --detach && revo down", "REVO_HOME=/srv/revo revo down"])
+    down.set_defaults(func=cmd_down)
+    logs = add_command(
+        sub, "logs", help="print (or follow) a log of revo up's processes",
+        description="Print the log of one of revo up's processes from REVO_HOME/logs: "
+        "nats (nats-server), triton (tritonserver), envoy, node, gateway, up (revo up's own "
+        "output in the background), and in the cluster profile nats-1, node-2, milvus... "
+        "Without a NAME, or with one that is not there, it lists them. Logs rotate at "
+        "10 MiB, keeping 3 older files (NAME.log.1 is the newest).",
+        examples=["revo logs", "revo logs node", "revo logs -f gateway     # follow it; "
+                  "Ctrl-C stops", "revo logs -n 50 nats     # its last 50 lines"])
+    logs.add_argument("name", nargs="?", metavar="NAME", help="the log to print (revo logs "
+                      "lists them)")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing what is written to it (across rotations)")
+    logs.add_argument("-n", "--lines", type=int, default=None, metavar="N",
+                      help="only its last N lines (default: all of the current file)")
+    logs.set_defaults(func=cmd_logs)
     node = add_command(
         sub, "node", help="run a node with every installed engine",
         description="Run one node: it hosts every installed engine's actor pool and serves "
