@@ -88,8 +88,8 @@ def _text(x: float, y: float, text: str, *, anchor: str = "start", size: int = _
 def render(chart: Chart) -> str:
     """``chart`` as an SVG document (horizontal bars, one row per bar, grouped)."""
     bars = [bar for group in chart.groups for bar in group.bars]
-    labels = [bar.label for bar in bars] + [group.label for group in chart.groups]
-    label_w = min(300.0, max(len(label) for label in labels) * _CHAR_W + 16)
+    # group labels have a line of their own: only the bars' labels share the bars' rows
+    label_w = min(300.0, max(len(bar.label) for bar in bars) * _CHAR_W + 16)
     values = [bar.value for bar in bars if bar.value is not None]
     top = max(values, default=0.0) or 1.0
     value_w = 72.0
