@@ -238,8 +238,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_mcp(args: argparse.Namespace) -> int:
     import os
 
-    from mesh.client import client_credentials
-    from mesh.embedded.up import read_state
     from mesh.mcp.server import loopback_address, serve_http, serve_stdio
 
     config = _config(args)
@@ -253,9 +251,8 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"revo mcp: {exc}", file=sys.stderr)
         return 2
-    state = read_state(config)
-    gateway = args.gateway or (state["gateway"] if state else config.gateway.address)
-    credentials = client_credentials(config)
+    gateway, tls = gateway_target(args.gateway, config)  # --gateway, REVO_URL, revo up's
+    credentials = channel_credentials(config, tls)
     try:
         if args.transport == "stdio":
             asyncio.run(serve_stdio(gateway, api_key, credentials))
@@ -482,8 +479,8 @@ def build_parser(plugin_commands: bool = False) -> argparse.ArgumentParser:
     mcp.add_argument("--address", dest="http_address", default="127.0.0.1:8765",
                      help="loopback host:port for --transport http (default: "
                      "127.0.0.1:8765; port 0 picks one)")
-    mcp.add_argument("--gateway", help="the gateway's host:port (default: the running revo "
-                     "up's, else gateway.address)")
+    mcp.add_argument("--gateway", help="the gateway's host:port (default: REVO_URL, else the "
+                     "running revo up's, else gateway.address)")
     mcp.add_argument("--api-key", default="", help="the API key every call is made with "
                      "(prefer REVO_API_KEY: arguments are visible to other local users)")
     mcp.set_defaults(func=cmd_mcp)

@@ -216,7 +216,7 @@ _HOW_TO_SIGN_IN = ("set REVO_API_KEY (an API key: `revo keys create`), REVO_TOKE
 
 def _unreachable_hint(text: str) -> str:
     lowered = text.lower()
-    if "dns" in lowered or "name or service not known" in lowered:
+    if any(word in lowered for word in ("dns", "resolv", "lookup", "name or service not")):
         return "the host name does not resolve"
     if "ssl" in lowered or "tls" in lowered or "handshake" in lowered or "certificate" \
             in lowered:
