@@ -4,6 +4,8 @@ Each benchmark writes ``benchmarks/results/<name>.json`` and ``<name>.md``.
 ``python -m benchmarks`` alone lists the benchmarks; ``python -m benchmarks status`` lists
 the committed results with the commit each measured, and marks a result **stale** when the
 code it measures (``MEASURES``) changed since.
+``python -m benchmarks plots`` draws every result's figures again from the committed JSON
+(``benchmarks/results/plots/*.svg``) without running anything.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks._report import MEASURES, RESULTS_DIR, markdown_table, staleness
+from benchmarks._report import MEASURES, RESULTS_DIR, markdown_table, redraw_plots, staleness
 
 # name -> (module with ``run(quick, results_dir) -> int``, what it measures); a module may
 # also have ``add_arguments(parser)``: its options reach ``run`` as keyword arguments.
@@ -91,7 +93,9 @@ def _listing() -> str:
     width = max(len(name) for name in BENCHMARKS)
     return ("benchmarks:\n" + "\n".join(f"  {name:<{width}}  {about}"
                                         for name, (_, about) in BENCHMARKS.items())
-            + f"\n  {'status':<{width}}  the committed results: commit, date, stale or not")
+            + f"\n  {'status':<{width}}  the committed results: commit, date, stale or not"
+            + f"\n  {'plots':<{width}}  draw the results' figures (results/plots/*.svg) again "
+            "from the committed JSON")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"directory for the results (default: {RESULTS_DIR})")
     if list(argv if argv is not None else sys.argv[1:])[:1] == ["status"]:
         print(status())
+        return 0
+    if list(argv if argv is not None else sys.argv[1:])[:1] == ["plots"]:
+        for path in redraw_plots():  # from the committed JSON: nothing runs
+            print(path.relative_to(RESULTS_DIR))
         return 0
     args, _ = parser.parse_known_args(argv)
     if args.name is None:

@@ -5,7 +5,8 @@ figures, ours beside the peer's and the baseline's (each a median over the run's
 as the results hold them); :func:`render` draws a :class:`Chart` as a small, self-contained
 SVG. The output depends on the JSON alone (no dates, no random ids, fixed number
 formats), so regenerating from the committed results gives the committed files byte for
-byte: ``python -m benchmarks._report --plots`` does that, and a unit test checks it.
+byte: ``python -m benchmarks plots`` (or ``python -m benchmarks._report --plots``) does
+that, and a unit test checks it.
 
 No plotting library: a horizontal bar chart is a few rectangles and labels, and matplotlib
 would be a large dependency whose SVG output changes between its versions.

@@ -9,8 +9,8 @@ the date, the machine and the command; every full run is also kept under
 the code at HEAD (``python -m benchmarks status``).
 
 Writing a result also draws its main figures as SVG under ``<results>/plots/``
-(:mod:`benchmarks._plots`); ``python -m benchmarks._report --plots`` draws them again from
-the committed JSON without running anything.
+(:mod:`benchmarks._plots`); ``python -m benchmarks plots`` (or this module with
+``--plots``) draws them again from the committed JSON without running anything.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def test_the_committed_svgs_are_what_the_committed_results_draw(tmp_path: Path) 
     stale = sorted(name for name in drawn.keys() | committed.keys()
                    if drawn.get(name) != committed.get(name))
     assert stale == [], ("benchmarks/results/plots/ differs from what the results draw: "
-                         f"{stale}; run `python -m benchmarks._report --plots` and commit it")
+                         f"{stale}; run `python -m benchmarks plots` and commit it")
 
 
 def test_every_benchmark_with_a_result_has_a_chart() -> None:
