@@ -275,3 +275,9 @@ def test_an_unknown_variable_near_a_client_variable_names_it() -> None:
     with pytest.raises(ConfigError, match=r"unknown setting REVO_TOKN; did you mean "
                        r"'REVO_TOKEN'"):
         load_config(environ={"REVO_TOKN": "t"}, read_file=False)
+
+
+def test_the_client_library_reads_exactly_the_accepted_client_variables() -> None:
+    from mesh.client.api import CLIENT_VARIABLES as READ_BY_THE_CLIENT
+
+    assert set(READ_BY_THE_CLIENT) == CLIENT_VARIABLES
