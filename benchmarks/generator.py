@@ -68,6 +68,7 @@ from benchmarks.mesh_hop import (
 from mesh.client import probe_mesh
 from mesh.embedded.nats_server import free_port
 from mesh.embedded.triton import GENERATOR, TritonServer
+from mesh.models.finish import openai_finish_reason
 from mesh.v1 import models_pb2, models_pb2_grpc
 
 NAME = "generator"
@@ -399,7 +400,7 @@ def _mesh(address: str, settings: Settings) -> tuple[Stream, Callable[[], Awaita
             raise Mismatch(f"served by {done.provider}/{done.model}, switches {done.switches}")
         return Completion((first or end) - start, end - start,
                           int(done.usage.completion_tokens), "".join(pieces),
-                          done.finish_reason)
+                          openai_finish_reason(done.finish_reason))
 
     async def close() -> None:
         await channel.close(None)

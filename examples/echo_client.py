@@ -28,7 +28,7 @@ async def main(target: str, user: str, password_file: str | None) -> None:
     async with MeshClient(target, timeout=5.0, metadata=[("x-request-id", "example-1")]) as client:
         await client.login(*credentials(user, password_file))
         me = await client.auth.WhoAmI(auth_pb2.WhoAmIRequest())
-        print(f"signed in as {me.username} ({me.role})")
+        print(f"signed in as {me.username} ({auth_pb2.Role.Name(me.role)})")
         for node in await client.list_nodes():
             print(f"node {node.id}: engines {', '.join(e.name for e in node.engines)}")
         echo = echo_pb2_grpc.EchoServiceStub(client.channel)

@@ -65,7 +65,7 @@ async def main(target: str, user: str, password: str, prompt: str) -> None:
                 print(f"Generate: {error.code().name}: {error.details()}")
         else:
             print("Generate: no generating model is ready (see docs/models.md)")
-        usage = await models.GetUsage(pb.GetUsageRequest(period="day"))
+        usage = await models.GetUsage(pb.GetUsageRequest(period=pb.PERIOD_DAY))
         for row in usage.rows:
             print(f"usage {row.period} {row.model}: {row.requests} calls, ${row.cost_usd:.6f}")
         print(f"local share {usage.local_share:.0%}, saved ${usage.total_savings_usd:.6f}")

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from google.protobuf.descriptor import MethodDescriptor
 
-from mesh.v1 import options_pb2
+from mesh.errors import InvalidArgument
+from mesh.v1 import auth_pb2, options_pb2
 
 if TYPE_CHECKING:
     Permission: TypeAlias = options_pb2.Permission.ValueType
@@ -25,7 +26,7 @@ else:  # the enum's values are ints at run time
     Permission = int
 
 __all__ = ["PERMISSION_NAMES", "ROLES", "Permission", "declared_permission", "grants",
-           "lower_role", "permission_name", "role_within"]
+           "lower_role", "permission_name", "role_message", "role_name", "role_within"]
 
 READ = options_pb2.PERMISSION_READ
 WRITE = options_pb2.PERMISSION_WRITE
@@ -40,6 +41,34 @@ ROLES: dict[str, frozenset[Permission]] = {
     "viewer": frozenset({READ}),
 }
 """Each role and what it grants. ``admin`` alone manages users."""
+
+_ROLE_VALUES: dict[str, int] = {"admin": auth_pb2.ROLE_ADMIN,
+                                "developer": auth_pb2.ROLE_DEVELOPER,
+                                "analyst": auth_pb2.ROLE_ANALYST,
+                                "viewer": auth_pb2.ROLE_VIEWER}
+"""The contract's ``revo.auth.v1.Role`` of each role name (names are what the user store,
+tokens and configuration keep)."""
+_ROLE_NAMES = {value: name for name, value in _ROLE_VALUES.items()}
+
+
+def role_message(name: str) -> auth_pb2.Role.ValueType:
+    """The ``Role`` enum value of a role name (``ROLE_UNSPECIFIED`` for none or unknown)."""
+    return auth_pb2.Role.ValueType(_ROLE_VALUES.get(name, auth_pb2.ROLE_UNSPECIFIED))
+
+
+def role_name(value: int, field: str = "role", *, default: str | None = None) -> str:
+    """The role name of a request's ``Role`` field; ``default`` for ROLE_UNSPECIFIED when
+    given, else INVALID_ARGUMENT (as for a number that is no role)."""
+    if value == auth_pb2.ROLE_UNSPECIFIED and default is not None:
+        return default
+    name = _ROLE_NAMES.get(value)
+    if name is None:
+        choices = ", ".join(auth_pb2.Role.Name(v) for v in _ROLE_NAMES)  # type: ignore[arg-type]
+        if value == auth_pb2.ROLE_UNSPECIFIED:
+            raise InvalidArgument(violations=[(field, f"is required: one of {choices}")])
+        raise InvalidArgument(violations=[(field, f"must be one of {choices}, got {value}")])
+    return name
+
 
 PERMISSION_NAMES: dict[Permission, str] = {
     PUBLIC: "public", READ: "read", WRITE: "write", EXECUTE: "execute", MANAGE: "manage",

@@ -19,7 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mesh.auth.guard import Guard, Principal, current_principal
 from mesh.auth.keys import ApiKey, key_expiry
 from mesh.auth.passwords import verify_password
-from mesh.auth.roles import MANAGE, ROLES, grants
+from mesh.auth.roles import MANAGE, ROLES, grants, role_message, role_name
 from mesh.auth.tokens import ACCESS, REFRESH, Claims
 from mesh.auth.users import _NAME, Accounts, User
 from mesh.config import Limit
@@ -58,13 +58,15 @@ def _peer_host(peer: str) -> str:
 
 
 def user_message(user: User) -> auth_pb2.User:
-    return auth_pb2.User(username=user.username, role=user.role, disabled=user.disabled,
+    return auth_pb2.User(username=user.username, role=role_message(user.role),
+                         disabled=user.disabled,
                          created_at=_timestamp(user.created_at),
                          updated_at=_timestamp(user.updated_at))
 
 
 def api_key_message(key: ApiKey) -> auth_pb2.ApiKey:
-    message = auth_pb2.ApiKey(id=key.id, name=key.name, owner=key.owner, role=key.role,
+    message = auth_pb2.ApiKey(id=key.id, name=key.name, owner=key.owner,
+                              role=role_message(key.role),
                               created_at=_timestamp(key.created_at),
                               expires_at=_timestamp(key.expires_at), revoked=key.revoked)
     if key.last_used_at:
@@ -169,7 +171,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def WhoAmI(self, request: auth_pb2.WhoAmIRequest,
                      context: ServicerContext) -> auth_pb2.WhoAmIResponse:  # type: ignore[override]
         principal = current_principal.get()
-        reply = auth_pb2.WhoAmIResponse(username=principal.user, role=principal.role,
+        reply = auth_pb2.WhoAmIResponse(username=principal.user,
+                                        role=role_message(principal.role),
                                         permissions=sorted(ROLES.get(principal.role, frozenset())))
         if principal.claims is not None:
             reply.expires_at.CopyFrom(_timestamp(principal.claims.expires_at))
@@ -196,7 +199,8 @@ class UserServicer(auth_pb2_grpc.UserServiceServicer):
 
     async def CreateUser(self, request: auth_pb2.CreateUserRequest,
                          context: ServicerContext) -> auth_pb2.CreateUserResponse:  # type: ignore[override]
-        user = await self._accounts.create(request.username, request.role, request.password)
+        user = await self._accounts.create(request.username, role_name(request.role),
+                                           request.password)
         log.info("user %s created (role %s) by %s", user.username, user.role,
                  current_principal.get().user)
         return auth_pb2.CreateUserResponse(user=user_message(user))
@@ -213,7 +217,7 @@ class UserServicer(auth_pb2_grpc.UserServiceServicer):
 
     async def SetRole(self, request: auth_pb2.SetRoleRequest,
                       context: ServicerContext) -> auth_pb2.SetRoleResponse:  # type: ignore[override]
-        user = await self._accounts.set_role(request.username, request.role)
+        user = await self._accounts.set_role(request.username, role_name(request.role))
         return auth_pb2.SetRoleResponse(user=user_message(user))
 
     async def ResetPassword(self, request: auth_pb2.ResetPasswordRequest,
@@ -251,7 +255,9 @@ class UserServicer(auth_pb2_grpc.UserServiceServicer):
             expires_at=(request.expires_at.ToNanoseconds() / 1e9
                         if request.HasField("expires_at") else None))
         key, secret = await self._accounts.keys.create(owner, request.name,
-                                                       request.role or owner.role, expiry, now)
+                                                       role_name(request.role,
+                                                                 default=owner.role),
+                                                       expiry, now)
         self._guard.key_cache.remember(key)
         log.info("API key %s (%r, role %s) created for %s", key.id, key.name, key.role,
                  key.owner)

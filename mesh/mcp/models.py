@@ -14,6 +14,7 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from mesh.mcp.access import MeshAccess
+from mesh.models.finish import openai_finish_reason
 from mesh.v1 import models_pb2 as pb
 from mesh.v1 import models_pb2_grpc
 
@@ -29,7 +30,7 @@ class Generated(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float = Field(description="what the call cost (0 on a local model)")
-    finish_reason: str = Field(description="stop, length or stop_sequence")
+    finish_reason: str = Field(description="stop, length, tool_calls or content_filter")
     fallbacks: list[str] = Field(description="each switch to another model: 'from -> to: "
                                  "why'")
 
@@ -70,7 +71,7 @@ def register(server: MCPServer, access: MeshAccess) -> None:
             text="".join(pieces), model=done.model, provider=done.provider,
             prompt_tokens=done.usage.prompt_tokens,
             completion_tokens=done.usage.completion_tokens, cost_usd=done.cost_usd,
-            finish_reason=done.finish_reason,
+            finish_reason=openai_finish_reason(done.finish_reason),
             fallbacks=[f"{s.from_model} -> {s.to_model}: {s.reason}" for s in done.switches])
 
     server.add_tool(generate, title="Generate", description=(

@@ -31,6 +31,7 @@ from mesh.errors import (
 )
 from mesh.models.advice import recommend
 from mesh.models.budget import Budgets
+from mesh.models.finish import finish_reason
 from mesh.models.health import ModelHealth
 from mesh.models.ledger import Ledger, summarize
 from mesh.models.metrics import EMBEDDINGS, ModelMeters
@@ -265,6 +266,10 @@ def _request(message: pb.GenerateRequest) -> Request:
         tooling=_tooling(message))
 
 
+_PERIODS = {pb.PERIOD_UNSPECIFIED: "month", pb.PERIOD_DAY: "day", pb.PERIOD_MONTH: "month"}
+"""GetUsageRequest.period: the ledger's name of each."""
+
+
 def _done(outcome: Outcome) -> pb.Done:
     usage = outcome.usage
     return pb.Done(
@@ -273,7 +278,7 @@ def _done(outcome: Outcome) -> pb.Done:
                        completion_tokens=usage.completion_tokens,
                        cached_tokens=usage.cached_tokens),
         cost_usd=outcome.cost_usd, savings_usd=outcome.savings_usd,
-        latency_ms=outcome.latency_ms, finish_reason=outcome.finish_reason,
+        latency_ms=outcome.latency_ms, finish_reason=finish_reason(outcome.finish_reason),
         switches=[pb.Switch(from_model=s.from_model, to_model=s.to_model, reason=s.reason,
                             tokens_before=s.tokens_before) for s in outcome.switches])
 
@@ -425,9 +430,11 @@ class ModelEngine(AsyncEngine):
 
     async def get_usage(self, request: pb.GetUsageRequest,
                         ctx: Context) -> pb.GetUsageResponse:
-        period = request.period or "month"
-        if period not in ("day", "month"):
-            raise InvalidArgument(f"period must be 'day' or 'month', got {period[:20]!r}")
+        period = _PERIODS.get(request.period)
+        if period is None:
+            raise InvalidArgument(violations=[("period", "must be PERIOD_DAY or PERIOD_MONTH "
+                                                         f"(unspecified: month), got "
+                                                         f"{request.period}")])
         user = self._whose(request.user, ctx)
         since = request.since.ToSeconds() if request.HasField("since") else 0.0
         size = page_size(request.page_size)

@@ -99,10 +99,11 @@ async def is_refused(channel: grpc.aio.Channel, credential: str, words: str) -> 
 
 async def test_a_key_acts_as_its_owner_with_its_role_until_revoked(mesh: MeshHarness) -> None:
     user, token = await signed_in(mesh, "developer")
-    created = await create_key(mesh.channel, token, name="ci", role="analyst",
+    created = await create_key(mesh.channel, token, name="ci", role=auth_pb2.ROLE_ANALYST,
                                expires_in_s=3600)
     key, secret = created.key, created.secret
-    assert (key.name, key.owner, key.role, key.revoked) == ("ci", user, "analyst", False)
+    assert (key.name, key.owner, key.role, key.revoked) == ("ci", user, auth_pb2.ROLE_ANALYST,
+                                                            False)
     assert secret.startswith(f"revo_{key.id}_")
     assert len(secret) == len("revo_") + 16 + 1 + 43
     assert abs(key.expires_at.seconds - (key.created_at.seconds + 3600)) <= 1
@@ -111,13 +112,13 @@ async def test_a_key_acts_as_its_owner_with_its_role_until_revoked(mesh: MeshHar
     assert (reply.caller, reply.role) == (user, "analyst")
     me = await auth_pb2_grpc.AuthServiceStub(mesh.channel).WhoAmI(
         auth_pb2.WhoAmIRequest(), metadata=bearer(secret), timeout=5)
-    assert (me.username, me.role, me.expires_at.seconds) == (user, "analyst",
+    assert (me.username, me.role, me.expires_at.seconds) == (user, auth_pb2.ROLE_ANALYST,
                                                              key.expires_at.seconds)
 
     listed = (await users_of(mesh.channel).ListApiKeys(
         auth_pb2.ListApiKeysRequest(), metadata=bearer(token), timeout=5)).keys
     assert [(k.id, k.name, k.role, k.revoked) for k in listed] == [
-        (key.id, "ci", "analyst", False)]
+        (key.id, "ci", auth_pb2.ROLE_ANALYST, False)]
     assert secret.split("_", 2)[2] not in str(listed)  # listing never shows a secret
 
     revoked = (await users_of(mesh.channel).RevokeApiKey(
@@ -221,11 +222,14 @@ async def test_a_key_cannot_create_keys(mesh: MeshHarness) -> None:
 
 async def test_a_role_above_the_owners_is_refused(mesh: MeshHarness) -> None:
     _, token = await signed_in(mesh, "analyst")
-    for role in ("developer", "admin"):
+    for role, name in ((auth_pb2.ROLE_DEVELOPER, "developer"), (auth_pb2.ROLE_ADMIN, "admin")):
         error = await refused(create_key(mesh.channel, token, role=role))
         assert error.code() == PERMISSION_DENIED
-        assert f"ask for analyst or lower, not {role}" in str(error.details())
-    assert (await create_key(mesh.channel, token, role="viewer")).key.role == "viewer"
+        assert f"ask for analyst or lower, not {name}" in str(error.details())
+    assert (await create_key(mesh.channel, token, role=auth_pb2.ROLE_VIEWER)).key.role == \
+        auth_pb2.ROLE_VIEWER
+    # unspecified: the caller's own role
+    assert (await create_key(mesh.channel, token)).key.role == auth_pb2.ROLE_ANALYST
 
 
 async def test_bad_requests_say_what_to_fix(mesh: MeshHarness) -> None:
@@ -235,7 +239,8 @@ async def test_bad_requests_say_what_to_fix(mesh: MeshHarness) -> None:
     cases: list[tuple[dict[str, Any], str]] = [
         ({"name": ""}, "name must be 1 to 64 printable characters"),
         ({"name": "x" * 65}, "name must be 1 to 64 printable characters"),
-        ({"role": "root"}, "unknown role 'root'"),
+        ({"role": 9}, "role must be one of ROLE_ADMIN, ROLE_DEVELOPER, ROLE_ANALYST, "
+                       "ROLE_VIEWER, got 9"),
         ({"expires_in_s": 0}, "expires_in_s must be at least 1 s"),
         ({"expires_in_s": most + 60}, "expires_in_s must be at most"),
         ({"expires_at": {"seconds": int(time.time()) - 10}}, "expires_at must be at least"),

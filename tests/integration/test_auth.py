@@ -109,7 +109,7 @@ async def test_login_then_calls_carry_the_user(mesh: MeshHarness) -> None:
     auth = auth_pb2_grpc.AuthServiceStub(mesh.channel)
     me = await auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(tokens.access_token),
                            timeout=5)
-    assert (me.username, me.role) == (user, "developer")
+    assert (me.username, me.role) == (user, auth_pb2.ROLE_DEVELOPER)
     assert list(me.permissions) == [options_pb2.PERMISSION_READ, options_pb2.PERMISSION_WRITE,
                                     options_pb2.PERMISSION_EXECUTE]
     assert me.expires_at.seconds == tokens.access_expires_at.seconds
@@ -151,7 +151,7 @@ async def test_refresh_rotates_the_refresh_token(mesh: MeshHarness) -> None:
     assert new.refresh_token != old.refresh_token
     me = await auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(new.access_token),
                            timeout=5)
-    assert (me.username, me.role) == (user, "analyst")
+    assert (me.username, me.role) == (user, auth_pb2.ROLE_ANALYST)
     # the old refresh token was used up
     error = await refused(auth.Refresh(auth_pb2.RefreshRequest(refresh_token=old.refresh_token),
                                        timeout=5))
@@ -236,7 +236,8 @@ async def test_sign_in_again_after_the_tokens_were_revoked(mesh: MeshHarness) ->
         error = await refused(client.list_nodes())
         assert "sign in again" in str(error.details())
         await client.login(user, PASSWORD)
-        assert (await client.auth.WhoAmI(auth_pb2.WhoAmIRequest())).role == "analyst"
+        assert (await client.auth.WhoAmI(auth_pb2.WhoAmIRequest())).role == \
+            auth_pb2.ROLE_ANALYST
 
 
 async def test_a_refresh_token_is_good_for_one_refresh_even_when_raced(
@@ -443,26 +444,27 @@ async def test_admin_creates_and_lists_users_without_hashes(mesh: MeshHarness) -
     users, admin = await _admin(mesh)
     name = unique("carol")
     created = await users.CreateUser(auth_pb2.CreateUserRequest(
-        username=name, role="analyst", password=PASSWORD), metadata=admin, timeout=10)
+        username=name, role=auth_pb2.ROLE_ANALYST, password=PASSWORD), metadata=admin,
+        timeout=10)
     assert (created.user.username, created.user.role, created.user.disabled) == (
-        name, "analyst", False)
+        name, auth_pb2.ROLE_ANALYST, False)
     assert created.user.created_at.seconds > 0
     listed = await users.ListUsers(auth_pb2.ListUsersRequest(), metadata=admin, timeout=5)
     by_name = {u.username: u for u in listed.users}
-    assert by_name[name].role == "analyst"
+    assert by_name[name].role == auth_pb2.ROLE_ANALYST
     wire = listed.SerializeToString() + created.SerializeToString()
     assert b"scrypt" not in wire
     assert PASSWORD.encode() not in wire
     tokens = await login(mesh.channel, name)
-    assert (await _who(mesh, tokens)).role == "analyst"
+    assert (await _who(mesh, tokens)).role == auth_pb2.ROLE_ANALYST
 
     # a page at a time, by name, while users are added: each user there at the start once
     seen: list[str] = []
     token = ""
     while True:
         await users.CreateUser(auth_pb2.CreateUserRequest(
-            username=unique("paging"), role="viewer", password=PASSWORD), metadata=admin,
-            timeout=10)
+            username=unique("paging"), role=auth_pb2.ROLE_VIEWER, password=PASSWORD),
+            metadata=admin, timeout=10)
         page = await users.ListUsers(auth_pb2.ListUsersRequest(page_size=1, page_token=token),
                                      metadata=admin, timeout=5)
         assert len(page.users) == 1
@@ -482,9 +484,9 @@ async def test_set_role_revokes_the_users_tokens(mesh: MeshHarness) -> None:
     users, admin = await _admin(mesh)
     name = await add_user(mesh, "developer", "dave")
     before = await login(mesh.channel, name)
-    reply = await users.SetRole(auth_pb2.SetRoleRequest(username=name, role="viewer"),
-                                metadata=admin, timeout=5)
-    assert reply.user.role == "viewer"
+    reply = await users.SetRole(auth_pb2.SetRoleRequest(
+        username=name, role=auth_pb2.ROLE_VIEWER), metadata=admin, timeout=5)
+    assert reply.user.role == auth_pb2.ROLE_VIEWER
     error = await refused(_who(mesh, before))
     assert error.code() == UNAUTHENTICATED
     assert "role, password or status changed" in str(error.details())
@@ -492,7 +494,7 @@ async def test_set_role_revokes_the_users_tokens(mesh: MeshHarness) -> None:
         auth_pb2.RefreshRequest(refresh_token=before.refresh_token), timeout=5))
     assert error.code() == UNAUTHENTICATED
     after = await login(mesh.channel, name)
-    assert (await _who(mesh, after)).role == "viewer"
+    assert (await _who(mesh, after)).role == auth_pb2.ROLE_VIEWER
     error = await refused(echo_pb2_grpc.EchoServiceStub(mesh.channel).Echo(
         echo_pb2.EchoRequest(), metadata=bearer(after.access_token), timeout=5))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -546,7 +548,7 @@ async def test_developer_may_not_manage_users(mesh: MeshHarness) -> None:
     for call in (users.ListUsers(auth_pb2.ListUsersRequest(), metadata=bearer(
                      tokens.access_token), timeout=5),
                  users.CreateUser(auth_pb2.CreateUserRequest(
-                     username=unique("eve"), role="admin", password=PASSWORD),
+                     username=unique("eve"), role=auth_pb2.ROLE_ADMIN, password=PASSWORD),
                      metadata=bearer(tokens.access_token), timeout=5)):
         error = await refused(call)
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -559,25 +561,29 @@ async def test_user_service_explains_bad_requests(mesh: MeshHarness) -> None:
     taken = await add_user(mesh, "viewer", "taken")
     missing = unique("missing")
 
-    def create(username: str, role: str = "viewer", password: str = PASSWORD) -> Any:
+    def create(username: str, role: auth_pb2.Role.ValueType = auth_pb2.ROLE_VIEWER,
+               password: str = PASSWORD) -> Any:
         return users.CreateUser(auth_pb2.CreateUserRequest(
             username=username, role=role, password=password), metadata=admin, timeout=10)
 
     cases: list[tuple[str, Any, grpc.StatusCode, str]] = [
         ("existing name", create(taken), grpc.StatusCode.ALREADY_EXISTS, "already exists"),
-        ("bad role", create(unique("h"), role="root"), grpc.StatusCode.INVALID_ARGUMENT,
-         "unknown role 'root'"),
+        ("no role", create(unique("h"), role=auth_pb2.ROLE_UNSPECIFIED),
+         grpc.StatusCode.INVALID_ARGUMENT, "role is required: one of ROLE_ADMIN"),
+        ("bad role", create(unique("h"), role=auth_pb2.Role.ValueType(42)),
+         grpc.StatusCode.INVALID_ARGUMENT, "must be one of ROLE_ADMIN, ROLE_DEVELOPER, "
+         "ROLE_ANALYST, ROLE_VIEWER, got 42"),
         ("short password", create(unique("h"), password="short"),
          grpc.StatusCode.INVALID_ARGUMENT, "8 to"),
         ("bad name", create("no spaces/allowed"), grpc.StatusCode.INVALID_ARGUMENT,
          "letters, digits"),
         ("empty name", create(""), grpc.StatusCode.INVALID_ARGUMENT, "is not allowed"),
         ("set role of nobody", users.SetRole(auth_pb2.SetRoleRequest(
-            username=missing, role="viewer"), metadata=admin, timeout=5),
+            username=missing, role=auth_pb2.ROLE_VIEWER), metadata=admin, timeout=5),
          grpc.StatusCode.NOT_FOUND, missing),
         ("set a bad role", users.SetRole(auth_pb2.SetRoleRequest(
-            username=taken, role="superuser"), metadata=admin, timeout=5),
-         grpc.StatusCode.INVALID_ARGUMENT, "roles: admin, developer, analyst, viewer"),
+            username=taken), metadata=admin, timeout=5),
+         grpc.StatusCode.INVALID_ARGUMENT, "role is required"),
         ("reset a short password", users.ResetPassword(auth_pb2.ResetPasswordRequest(
             username=taken, password="1234"), metadata=admin, timeout=5),
          grpc.StatusCode.INVALID_ARGUMENT, "8 to"),

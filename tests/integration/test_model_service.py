@@ -102,7 +102,8 @@ async def test_generate_streams_deltas_then_an_exact_account(start: Any,
     assert "".join(deltas) == "two three five"  # a burst may arrive as fewer deltas
     assert fake.requests[0].body["seed"] == 7  # sampling reaches the provider
     prompt_words = len(PROMPT.split())
-    assert (done.model, done.provider, done.finish_reason) == ("cheap", "openai", "stop")
+    assert (done.model, done.provider, done.finish_reason) == ("cheap", "openai",
+                                                               pb.FINISH_REASON_STOP)
     assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (prompt_words, 3)
     assert done.cost_usd == pytest.approx((prompt_words * 1.0 + 3 * 2.0) / 1e6)
     # savings: what the reference (dearest cloud) model charges for the same tokens
@@ -118,7 +119,7 @@ async def test_usage_and_recommendations_come_from_the_ledger(start: Any,
     user, stub, metadata = await _client(mesh)
     for _ in range(2):
         await _generate(stub, _ask(model="claude"), metadata)
-    usage = await stub.GetUsage(pb.GetUsageRequest(period="day"), metadata=metadata,
+    usage = await stub.GetUsage(pb.GetUsageRequest(period=pb.PERIOD_DAY), metadata=metadata,
                                 timeout=10)
     assert [(r.user, r.model, r.requests) for r in usage.rows] == [(user, "claude", 2)]
     row = usage.rows[0]
@@ -142,6 +143,12 @@ async def test_usage_and_recommendations_come_from_the_ledger(start: Any,
             break
     assert rows == [("cheap", 1), ("claude", 2)] == [(r.model, r.requests) for r in whole.rows]
     assert totals == {(whole.total_cost_usd, whole.local_share)}
+    assert {r.period for r in whole.rows} == {time.strftime("%Y-%m", time.gmtime())}  # month
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.GetUsage(pb.GetUsageRequest(period=pb.Period.ValueType(7)),
+                            metadata=metadata, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "period must be PERIOD_DAY or PERIOD_MONTH" in (refused.value.details() or "")
 
 
 async def test_reading_another_users_usage_needs_manage(start: Any) -> None:

@@ -90,7 +90,8 @@ async def test_auto_answers_locally_for_free_and_counts_the_saving(
     harness, fake = mesh
     stub, metadata = await _client(harness)
     _, done = await _generate(stub, metadata)
-    assert (done.model, done.provider, done.finish_reason) == ("local", "triton", "length")
+    assert (done.model, done.provider, done.finish_reason) == ("local", "triton",
+                                                               pb.FINISH_REASON_LENGTH)
     assert done.usage.completion_tokens == 8  # random weights rarely stop on their own
     assert done.usage.prompt_tokens > 0
     assert done.cost_usd == 0

@@ -87,7 +87,7 @@ async def test_tool_calls_stream_as_deltas(start: Any, fake: FakeLLMServer, api:
     assert text == "Checking."
     assert _assembled(deltas) == [("call_1", "get_weather", '{"city": "Paris"}'),
                                   ("call_2", "get_weather", '{"city": "Rome"}')]
-    assert done.finish_reason == "tool_calls"
+    assert done.finish_reason == pb.FINISH_REASON_TOOL_CALLS
     pieces = len(split_tokens("Checking.")) + sum(
         len(split_arguments(a)) for a in ('{"city": "Paris"}', '{"city": "Rome"}'))
     assert done.usage.completion_tokens == pieces  # the provider's own count reached Done
@@ -112,7 +112,7 @@ async def test_a_tool_result_goes_back_and_the_model_answers(start: Any, fake: F
                 answer("Sunny in Paris."))
     first = _ask(model=MODEL[api], tools=[TOOL])
     _, deltas, done = await _stream(stub, first, metadata)
-    assert done.finish_reason == "tool_calls"
+    assert done.finish_reason == pb.FINISH_REASON_TOOL_CALLS
     [(call_id, name, arguments)] = _assembled(deltas)
     # the second turn: the conversation so far, the call, and its result
     second = _ask(model=MODEL[api], tools=[TOOL])
@@ -121,7 +121,7 @@ async def test_a_tool_result_goes_back_and_the_model_answers(start: Any, fake: F
             pb.ToolCall(id=call_id, name=name, arguments_json=arguments)]),
         pb.Message(role="tool", tool_call_id=call_id, content="sunny, 24 C")])
     text, deltas, done = await _stream(stub, second, metadata)
-    assert (text, deltas, done.finish_reason) == ("Sunny in Paris.", [], "stop")
+    assert (text, deltas, done.finish_reason) == ("Sunny in Paris.", [], pb.FINISH_REASON_STOP)
     messages = fake.requests[-1].body["messages"]
     if api == "openai":
         assert messages[1:] == [
@@ -148,7 +148,7 @@ async def test_a_json_schema_answer(start: Any, fake: FakeLLMServer, api: str) -
                                                  strict=True)))
     text, deltas, done = await _stream(stub, request, metadata)
     assert json.loads(text) == {"answer": 7}
-    assert (deltas, done.finish_reason) == ([], "stop")
+    assert (deltas, done.finish_reason) == ([], pb.FINISH_REASON_STOP)
     sent = fake.requests[-1].body
     if api == "openai":
         assert sent["response_format"] == {"type": "json_schema", "json_schema": {
@@ -168,7 +168,7 @@ async def test_auto_routing_skips_models_without_tools_and_fallback_keeps_them(
     fake.script(status(500), call_tools(ScriptedCall("get_weather", {"city": "Oslo"})))
     _, deltas, done = await _stream(stub, _ask(tools=[TOOL]), metadata)
     assert [(s.from_model, s.to_model) for s in done.switches] == [("cheap", "claude")]
-    assert (done.model, done.finish_reason) == ("claude", "tool_calls")
+    assert (done.model, done.finish_reason) == ("claude", pb.FINISH_REASON_TOOL_CALLS)
     assert _assembled(deltas)[0][1:] == ("get_weather", '{"city": "Oslo"}')
     assert [r.body["model"] for r in fake.requests] == ["cheap", "claude"]
     assert all(r.body["tools"] for r in fake.requests)  # the fallback kept the tools

@@ -435,7 +435,7 @@ async def test_http_calls_are_in_the_ledger_like_grpc_ones(start: Any, sdk: Any)
                                                      stream=True):
         pass
     usage = await models_pb2_grpc.ModelServiceStub(mesh.channel).GetUsage(
-        pb.GetUsageRequest(period="day"), metadata=bearer(access), timeout=10)
+        pb.GetUsageRequest(period=pb.PERIOD_DAY), metadata=bearer(access), timeout=10)
     assert [(r.user, r.model, r.requests) for r in usage.rows] == [(user, "claude", 2)]
 
 

@@ -67,7 +67,8 @@ async def test_no_password_or_hash_leaks(nats_private, mesh_harness, caplog):
     admin = (("authorization", f"Bearer {admin_tokens.access_token}"),)
     manage = auth_pb2_grpc.UserServiceStub(mesh.channel)
     await manage.CreateUser(auth_pb2.CreateUserRequest(
-        username="bob", role="viewer", password=passwords["bob"]), metadata=admin, timeout=5)
+        username="bob", role=auth_pb2.ROLE_VIEWER, password=passwords["bob"]), metadata=admin,
+        timeout=5)
     assert isinstance(await _login(mesh.channel, "bob", passwords["bob"]), auth_pb2.Tokens)
     await manage.ResetPassword(auth_pb2.ResetPasswordRequest(
         username="alice", password=passwords["alice-new"]), metadata=admin, timeout=5)

@@ -15,6 +15,7 @@ from typing import Any
 
 from mesh.gateway.openai.errors import bad_request
 from mesh.gateway.openai.fields import Fields
+from mesh.models.finish import openai_finish_reason
 from mesh.v1 import models_pb2 as pb
 
 __all__ = ["Answer", "ChatRequest", "chat_request", "finish_reason"]
@@ -261,7 +262,8 @@ def _policy(fields: Fields, policy: pb.Policy) -> None:
 
 
 def finish_reason(done: pb.Done) -> str:
-    return done.finish_reason or "stop"
+    """OpenAI's word for why the answer ended (the contract's enum, mapped back)."""
+    return openai_finish_reason(done.finish_reason)
 
 
 class Answer:

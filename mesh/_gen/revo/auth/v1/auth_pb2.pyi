@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mesh._gen.revo.mesh.v1 import options_pb2 as _options_pb2
 import builtins as _builtins
 import sys
@@ -20,6 +21,33 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Role:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLE_UNSPECIFIED: _Role.ValueType  # 0
+    """Not given: refused (INVALID_ARGUMENT) where a role is required."""
+    ROLE_ADMIN: _Role.ValueType  # 1
+    ROLE_DEVELOPER: _Role.ValueType  # 2
+    ROLE_ANALYST: _Role.ValueType  # 3
+    ROLE_VIEWER: _Role.ValueType  # 4
+
+class Role(_Role, metaclass=_RoleEnumTypeWrapper):
+    """Role is what a user (or an API key) may do. Each grants what the next one
+    down does, and more: admin (read, write, execute, manage), developer (read,
+    write, execute), analyst (read, execute), viewer (read).
+    """
+
+ROLE_UNSPECIFIED: Role.ValueType  # 0
+"""Not given: refused (INVALID_ARGUMENT) where a role is required."""
+ROLE_ADMIN: Role.ValueType  # 1
+ROLE_DEVELOPER: Role.ValueType  # 2
+ROLE_ANALYST: Role.ValueType  # 3
+ROLE_VIEWER: Role.ValueType  # 4
+Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final
 class LoginRequest(_message.Message):
@@ -198,7 +226,7 @@ class WhoAmIResponse(_message.Message):
     PERMISSIONS_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     username: _builtins.str
-    role: _builtins.str
+    role: Global___Role.ValueType
     @_builtins.property
     def permissions(self) -> _containers.RepeatedScalarFieldContainer[_options_pb2.Permission.ValueType]: ...
     @_builtins.property
@@ -207,7 +235,7 @@ class WhoAmIResponse(_message.Message):
         self,
         *,
         username: _builtins.str = ...,
-        role: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
         permissions: _abc.Iterable[_options_pb2.Permission.ValueType] | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
@@ -231,8 +259,7 @@ class User(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     username: _builtins.str
-    role: _builtins.str
-    """admin, developer, analyst or viewer."""
+    role: Global___Role.ValueType
     disabled: _builtins.bool
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -242,7 +269,7 @@ class User(_message.Message):
         self,
         *,
         username: _builtins.str = ...,
-        role: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
         disabled: _builtins.bool = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
@@ -264,14 +291,15 @@ class CreateUserRequest(_message.Message):
     PASSWORD_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     """1 to 64 characters: letters, digits, '_' and '-'."""
-    role: _builtins.str
+    role: Global___Role.ValueType
+    """Required."""
     password: _builtins.str
     """At least 8 characters."""
     def __init__(
         self,
         *,
         username: _builtins.str = ...,
-        role: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
         password: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -363,12 +391,13 @@ class SetRoleRequest(_message.Message):
     USERNAME_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     username: _builtins.str
-    role: _builtins.str
+    role: Global___Role.ValueType
+    """Required."""
     def __init__(
         self,
         *,
         username: _builtins.str = ...,
-        role: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -539,7 +568,7 @@ class ApiKey(_message.Message):
     name: _builtins.str
     owner: _builtins.str
     """The user the key acts as."""
-    role: _builtins.str
+    role: Global___Role.ValueType
     """The role calls made with the key get (never more than the owner's current role)."""
     revoked: _builtins.bool
     @_builtins.property
@@ -562,7 +591,7 @@ class ApiKey(_message.Message):
         id: _builtins.str = ...,
         name: _builtins.str = ...,
         owner: _builtins.str = ...,
-        role: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         last_used_at: _timestamp_pb2.Timestamp | None = ...,
@@ -587,10 +616,8 @@ class CreateApiKeyRequest(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1 to 64 printable characters, to tell keys apart (`ci`, `editor on laptop`)."""
-    role: _builtins.str
-    """admin, developer, analyst or viewer, no higher than the caller's; empty: the
-    caller's role.
-    """
+    role: Global___Role.ValueType
+    """No higher than the caller's; unspecified: the caller's role."""
     expires_in_s: _builtins.int
     """Seconds from now (at least 1)."""
     @_builtins.property
@@ -601,7 +628,7 @@ class CreateApiKeyRequest(_message.Message):
         self,
         *,
         name: _builtins.str = ...,
-        role: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
         expires_in_s: _builtins.int = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...

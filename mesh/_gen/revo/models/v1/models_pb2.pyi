@@ -21,6 +21,36 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _FinishReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FINISH_REASON_UNSPECIFIED: _FinishReason.ValueType  # 0
+    FINISH_REASON_STOP: _FinishReason.ValueType  # 1
+    """The model was done, or met a stop sequence."""
+    FINISH_REASON_LENGTH: _FinishReason.ValueType  # 2
+    """max_tokens, or the model's context, ran out."""
+    FINISH_REASON_TOOL_CALLS: _FinishReason.ValueType  # 3
+    """The answer ends with tool calls to run and send back as role "tool" turns."""
+    FINISH_REASON_CONTENT_FILTER: _FinishReason.ValueType  # 4
+    """The provider withheld (part of) the answer."""
+
+class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
+    """FinishReason is why an answer ended."""
+
+FINISH_REASON_UNSPECIFIED: FinishReason.ValueType  # 0
+FINISH_REASON_STOP: FinishReason.ValueType  # 1
+"""The model was done, or met a stop sequence."""
+FINISH_REASON_LENGTH: FinishReason.ValueType  # 2
+"""max_tokens, or the model's context, ran out."""
+FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 3
+"""The answer ends with tool calls to run and send back as role "tool" turns."""
+FINISH_REASON_CONTENT_FILTER: FinishReason.ValueType  # 4
+"""The provider withheld (part of) the answer."""
+Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
+
 class _Tier:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -42,6 +72,26 @@ TIER_LOCAL: Tier.ValueType  # 1
 TIER_CLOUD: Tier.ValueType  # 2
 """A paid API."""
 Global___Tier: _TypeAlias = Tier  # noqa: Y015
+
+class _Period:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Period.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PERIOD_UNSPECIFIED: _Period.ValueType  # 0
+    """The default: PERIOD_MONTH."""
+    PERIOD_DAY: _Period.ValueType  # 1
+    PERIOD_MONTH: _Period.ValueType  # 2
+
+class Period(_Period, metaclass=_PeriodEnumTypeWrapper):
+    """Period is a span of calendar time (UTC) that usage is summed over."""
+
+PERIOD_UNSPECIFIED: Period.ValueType  # 0
+"""The default: PERIOD_MONTH."""
+PERIOD_DAY: Period.ValueType  # 1
+PERIOD_MONTH: Period.ValueType  # 2
+Global___Period: _TypeAlias = Period  # noqa: Y015
 
 @_typing.final
 class Message(_message.Message):
@@ -524,10 +574,9 @@ class Done(_message.Message):
     savings_usd: _builtins.float
     """The reference cloud price of the same tokens minus what was paid."""
     latency_ms: _builtins.float
-    finish_reason: _builtins.str
-    """Why the answer ended, in OpenAI's words: stop (done, or a stop sequence),
-    length (max_tokens), tool_calls (the answer ends with tool calls to run
-    and send back as role "tool" turns) or content_filter.
+    finish_reason: Global___FinishReason.ValueType
+    """Why the answer ended (the OpenAI layer says it in OpenAI's words: stop,
+    length, tool_calls, content_filter).
     """
     @_builtins.property
     def usage(self) -> Global___Usage: ...
@@ -542,7 +591,7 @@ class Done(_message.Message):
         cost_usd: _builtins.float = ...,
         savings_usd: _builtins.float = ...,
         latency_ms: _builtins.float = ...,
-        finish_reason: _builtins.str = ...,
+        finish_reason: Global___FinishReason.ValueType = ...,
         switches: _abc.Iterable[Global___Switch] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
@@ -807,7 +856,7 @@ class UsageRow(_message.Message):
     user: _builtins.str
     model: _builtins.str
     period: _builtins.str
-    """2026-11 or 2026-11-24."""
+    """Which day or month: 2026-11-24 or 2026-11."""
     requests: _builtins.int
     cost_usd: _builtins.float
     savings_usd: _builtins.float
@@ -843,8 +892,8 @@ class GetUsageRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """Empty: the caller; another user needs an admin; "*" is everyone (admin)."""
-    period: _builtins.str
-    """day or month."""
+    period: Global___Period.ValueType
+    """What a row sums over; unspecified: PERIOD_MONTH."""
     page_size: _builtins.int
     """At most this many rows per page: 0 means 100, more than 1000 means 1000;
     negative is INVALID_ARGUMENT.
@@ -860,7 +909,7 @@ class GetUsageRequest(_message.Message):
         *,
         user: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
-        period: _builtins.str = ...,
+        period: Global___Period.ValueType = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
