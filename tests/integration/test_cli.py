@@ -247,12 +247,11 @@ def test_users_keys_and_permissions(revo: Any, mesh: Mesh) -> None:
                                                                           "active")]
         assert secret not in json.dumps(keys)
 
-        # signed in by password: a viewer may read, not create users
+        # signed in by password: a viewer may read, not manage users
         as_viewer = {"REVO_USERNAME": viewer, "REVO_PASSWORD": "viewer password 1"}
         read = revo("call", f"{ECHO}/Stats", **as_viewer)
         assert read.code == 0, read.err
-        denied = revo("call", "revo.auth.v1.UserService/CreateUser", "-d",
-                      '{"username": "x", "password": "y", "role": "viewer"}', **as_viewer)
+        denied = revo("call", "revo.auth.v1.UserService/ListUsers", **as_viewer)
         assert denied.code == 4
         assert "permission denied" in denied.err
         wrong = revo("call", f"{ECHO}/Stats", REVO_USERNAME=viewer, REVO_PASSWORD="nope")
@@ -266,10 +265,31 @@ def test_users_keys_and_permissions(revo: Any, mesh: Mesh) -> None:
         assert revo("users", "delete", viewer).code == 0
 
 
-def test_workflows_list_as_json(revo: Any) -> None:
+def test_workflows_list_and_runs_as_json(revo: Any, tmp_path: Path) -> None:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "flow.yaml").write_text(
+        f"name: {name}\ndescription: one echo\nsteps:\n  - id: hello\n    call:\n"
+        f"      method: /{ECHO}/Echo\n      request: {{payload: aGk=}}\n")
+    applied = revo("workflows", "apply", "flow.yaml")
+    assert applied.code == 0, applied.err
     listed = revo("workflows", "list", "--json")
     assert listed.code == 0, listed.err
-    assert isinstance(listed.json()["workflows"], list)
+    assert {"name": name, "version": 1, "steps": 1, "description": "one echo"} in \
+        listed.json()["workflows"]
+
+    ran = revo("workflows", "run", name)
+    assert ran.code == 0, ran.out + ran.err
+    run_id = ran.out.split()[1]
+    runs = revo("workflows", "runs", "--workflow", name, "--json")
+    assert runs.code == 0, runs.err
+    [run] = runs.json()["runs"]
+    assert (run["id"], run["workflow"], run["version"], run["started_by"]) == (
+        run_id, name, 1, "operator")
+    assert set(run) == {"id", "workflow", "version", "state", "started_by", "created_at",
+                        "finished_at", "error"}
+    assert run["state"] in ("running", "succeeded")  # the index may lag the run a moment
+    assert revo("workflows", "runs", "--workflow", name, "--state", "failed",
+                "--json").json() == {"runs": []}
 
 
 def test_nats_unreachable_is_exit_3(revo: Any) -> None:

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,24 @@ def revo_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     listing.add_argument("--json", action="store_true", help="as JSON: {\"workflows\": "
                          "[{name, version, steps, description}]}")
     listing.set_defaults(func=_sync(_list))
+    runs = add_command(
+        actions, "runs", help="runs, newest first",
+        description="Runs, newest first (every workflow's, or one's; every state, or one), "
+        "up to --limit, read a page at a time. Steps are left out: revo call "
+        "revo.workflows.v1.WorkflowService/GetRun shows a run whole.",
+        examples=["revo workflows runs", "revo workflows runs --workflow triage --state "
+                  "failed --limit 20", "revo workflows runs --json | jq -r '.runs[].id'"])
+    runs.add_argument("--workflow", default="", help="only this workflow's runs")
+    runs.add_argument("--state", choices=[_state_name(v) for v in pb.RunState.values()
+                                          if v != pb.RUN_STATE_UNSPECIFIED],
+                      help="only runs in this state")
+    runs.add_argument("--limit", type=int, default=50, help="at most this many (default 50; "
+                      "0 for all)")
+    runs.add_argument("--json", action="store_true", help="as JSON: {\"runs\": [{id, "
+                      "workflow, version, state, started_by, created_at, finished_at, "
+                      "error}]}")
+    runs.set_defaults(func=_sync(_runs))
+
     run = add_command(
         actions, "run", help="start a run and print its events until it ends",
         description="Start a run of a workflow and print its events until it ends, then its "
@@ -100,6 +119,10 @@ def revo_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     run.add_argument("--wait", type=float, default=3600.0, help="seconds to follow the run "
                      "before giving up (it goes on; GetRun shows it later)")
     run.set_defaults(func=_sync(_run))
+
+
+def _state_name(value: int) -> str:
+    return pb.RunState.Name(value).removeprefix("RUN_STATE_").lower()  # type: ignore[arg-type]
 
 
 def _sync(command: Any) -> Any:
@@ -141,7 +164,13 @@ async def _list(args: argparse.Namespace) -> int:
     found: list[pb.Workflow] = []
     async with _client(args) as client:
         stub = workflows_pb2_grpc.WorkflowServiceStub(client.channel)
-        found += (await stub.ListWorkflows(pb.ListWorkflowsRequest())).workflows
+        request = pb.ListWorkflowsRequest(page_size=1000)
+        while True:  # every page
+            listed = await stub.ListWorkflows(request)
+            found += listed.workflows
+            if not listed.next_page_token:
+                break
+            request.page_token = listed.next_page_token
     if args.json:
         from mesh.cli_support import print_json
 
@@ -154,6 +183,48 @@ async def _list(args: argparse.Namespace) -> int:
               f"{workflow.description}")
     if not found:
         print("no workflows yet: revo workflows apply FILE")
+    return 0
+
+
+def _run_json(run: pb.Run) -> dict[str, Any]:
+    def when(stamp: Any, present: bool) -> str | None:
+        return str(stamp.ToDatetime(tzinfo=UTC).isoformat()) if present else None
+
+    return {"id": run.id, "workflow": run.workflow, "version": run.version,
+            "state": _state_name(run.state), "started_by": run.started_by,
+            "created_at": when(run.created_at, run.HasField("created_at")),
+            "finished_at": when(run.finished_at, run.HasField("finished_at")),
+            "error": run.error or None}
+
+
+async def _runs(args: argparse.Namespace) -> int:
+    if args.limit < 0:
+        raise ValueError("--limit must be 0 (all) or more")
+    state = pb.RunState.Value(f"RUN_STATE_{args.state.upper()}") if args.state else 0
+    found: list[pb.Run] = []
+    async with _client(args) as client:
+        stub = workflows_pb2_grpc.WorkflowServiceStub(client.channel)
+        request = pb.ListRunsRequest(workflow=args.workflow, state=state,  # type: ignore[arg-type]
+                                     page_size=min(args.limit or 1000, 1000))
+        while not args.limit or len(found) < args.limit:
+            listed = await stub.ListRuns(request)
+            found += listed.runs
+            if not listed.next_page_token:
+                break
+            request.page_token = listed.next_page_token
+    found = found[:args.limit] if args.limit else found
+    if args.json:
+        from mesh.cli_support import print_json
+
+        print_json({"runs": [_run_json(run) for run in found]})
+        return 0
+    for run in found:
+        row = _run_json(run)
+        print(f"{run.id:<28} {run.workflow:<20} v{run.version:<4} {row['state']:<10} "
+              f"{row['created_at'] or '-':<32} {run.error[:60]}")
+    if not found:
+        print("no runs" + (f" of {args.workflow}" if args.workflow else "")
+              + (f" in state {args.state}" if args.state else ""))
     return 0
 
 
