@@ -75,12 +75,18 @@ def revo_engine() -> EngineSpec | None:
 def revo_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this plugin's commands to ``revo``.
 
-    Add one parser per command (``commands.add_parser("workflows", help=...)``) and give
-    it ``set_defaults(func=run)``, where ``run(args) -> int`` is the exit status. A command
-    that talks to the mesh opens a signed-in client with
-    ``mesh.cli.operator_client(args)`` (the gateway of the ``revo up`` running here, or
-    ``--address``, as the local operator). Called only when ``revo`` is given a command
-    that is not its own, so that plugins are not imported for the built-in ones.
+    Add one parser per command with ``mesh.cli_support.add_command(commands, "workflows",
+    help=..., description=..., examples=[...])`` (every ``revo`` command's ``--help`` has
+    a description and examples) and give it ``set_defaults(func=run)``, where
+    ``run(args) -> int`` is the exit status (``mesh.cli_support``: 0 OK, 1 failed, 2
+    usage, 3 unreachable, 4 refused; raise ``CommandFailed`` to print a message and exit
+    with its code). A command that talks to the mesh opens a signed-in client with
+    ``mesh.cli.operator_client(args)`` (the gateway of ``--address``, ``REVO_URL`` or the
+    ``revo up`` running here; signed in with ``REVO_API_KEY``, ``REVO_TOKEN`` or
+    ``REVO_USERNAME``/``REVO_PASSWORD``, else as the local operator) and raises
+    ``mesh.cli.gateway_failure(args, error)`` for a call that failed. Called only when
+    ``revo`` is given a command that is not its own, so that plugins are not imported for
+    the built-in ones.
 
     :returns: None; the commands are added to ``commands``. Raising here is reported by
         ``revo`` naming the plugin.
