@@ -4,6 +4,8 @@ so that a new method or enum that does not follow them fails here:
 
 - a read method (``Get*``, ``List*``, ``Search``, ``Watch*``, ``Stats``, ...) declares
   ``option idempotency_level = NO_SIDE_EFFECTS`` (clients retry only declared methods);
+- every list pages (AIP-158: ``int32 page_size``, ``string page_token`` in, ``string
+  next_page_token`` out), except the few bounded by the mesh's own size;
 - every enum's zero value is ``<ENUM>_UNSPECIFIED``.
 """
 
@@ -14,7 +16,13 @@ from collections.abc import Iterator
 
 import pytest
 from google.protobuf import descriptor_pb2
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FileDescriptor, MethodDescriptor
+from google.protobuf.descriptor import (
+    Descriptor,
+    EnumDescriptor,
+    FieldDescriptor,
+    FileDescriptor,
+    MethodDescriptor,
+)
 
 from mesh.codegen import repo_trees
 
@@ -91,6 +99,32 @@ def test_methods_that_spend_or_create_declare_nothing() -> None:
                  "revo.creative.v1.CreativeService.Judge", "revo.auth.v1.AuthService.Login"):
         assert methods[name].GetOptions().idempotency_level == \
             descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN, name
+
+
+WHOLE_LISTS = {"revo.mesh.v1.MeshService.ListNodes", "revo.mesh.v1.MeshService.ListServices",
+               "revo.models.v1.ModelService.ListModels",
+               "revo.creative.v1.CreativeService.ListStrategies"}
+"""Lists answered whole: each is bounded by the mesh's size or its configuration."""
+PAGED_LISTS = {"revo.models.v1.ModelService.GetUsage"}
+"""Methods not named List* that list rows (and page them)."""
+
+
+def test_every_list_pages() -> None:
+    int32, string = FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_STRING
+    wrong = []
+    for method in _methods():
+        if method.full_name in WHOLE_LISTS or not (
+                method.name.startswith("List") or method.full_name in PAGED_LISTS):
+            continue
+        fields = {f.name: f.type for f in method.input_type.fields}
+        out = {f.name: f.type for f in method.output_type.fields}
+        if (fields.get("page_size"), fields.get("page_token"), out.get("next_page_token")) \
+                != (int32, string, string):
+            wrong.append(method.full_name)
+
+    assert not wrong, ("lists without AIP-158 paging (int32 page_size, string page_token; "
+                       "string next_page_token), or add them to WHOLE_LISTS with a reason:\n"
+                       + "\n".join(wrong))
 
 
 def test_enum_zero_values_are_unspecified() -> None:

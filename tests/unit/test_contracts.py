@@ -1,8 +1,9 @@
 """The contracts' guards: ``buf.yaml`` covers every proto in the repository, and the
 ``buf breaking`` step of ``./dev test`` (``./dev breaking``) fails on a breaking change.
 
-The breaking test runs the dev script itself on a copy of the proto tree in a git
-repository of its own: main holds the protos as committed, the work tree removes a field.
+The breaking test runs the dev script itself on a copy of the proto trees and the
+committed baseline image (``proto/baseline/v1.binpb``): as committed it passes, with a
+field removed it fails, and without the baseline it says how to make one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 ROOT = Path(__file__).parents[2]
 BUF = Path(sys.executable).parent / "buf"
 ECHO_PROTO = Path("plugins/echo/proto/revo/echo/v1/echo.proto")
+BASELINE = Path("proto/baseline/v1.binpb")
 
 pytestmark = pytest.mark.skipif(not BUF.exists(), reason=f"buf is not installed at {BUF}")
 
@@ -44,30 +46,26 @@ def test_buf_yaml_covers_every_proto_in_the_repository() -> None:
     assert modules == _proto_roots()
 
 
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=revo test", "-c", "user.email=test@revo.dev",
-                    "-c", "init.defaultBranch=main", *args],
-                   cwd=repo, check=True, capture_output=True)
+def _dev(repo: Path, command: str = "breaking") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{BUF.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(["bash", str(repo / "dev"), command], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=120)
 
 
 def _dev_breaking(repo: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{BUF.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(["bash", str(repo / "dev"), "breaking"], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return _dev(repo, "breaking")
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """A git repository with the dev script, buf.yaml and every proto tree, on main."""
+    """A copy of the dev script, buf.yaml, every proto tree and the baseline image."""
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in ("dev", "buf.yaml"):
         shutil.copy2(ROOT / name, repo / name)
     for root in _proto_roots():
         shutil.copytree(ROOT / root, repo / root)
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-q", "-m", "the protos as on main")
+    assert (repo / BASELINE).is_file(), f"{BASELINE} is not committed"
     return repo
 
 
@@ -75,7 +73,7 @@ def test_dev_breaking_passes_when_nothing_changed(repo: Path) -> None:
     result = _dev_breaking(repo)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "against main" in result.stdout
+    assert f"against {BASELINE}" in result.stdout
 
 
 def test_dev_breaking_fails_when_a_field_is_removed(repo: Path) -> None:
@@ -91,10 +89,21 @@ def test_dev_breaking_fails_when_a_field_is_removed(repo: Path) -> None:
     assert "delay_ms" in result.stdout + result.stderr
 
 
-def test_dev_breaking_says_why_it_skips_without_a_main_branch(repo: Path) -> None:
-    _git(repo, "branch", "-m", "main", "feature")
+def test_dev_breaking_fails_and_says_what_to_do_without_a_baseline(repo: Path) -> None:
+    (repo / BASELINE).unlink()
 
     result = _dev_breaking(repo)
 
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "skipped: no origin/main or main branch" in result.stdout
+    assert result.returncode != 0
+    assert "./dev baseline" in result.stderr
+
+
+def test_a_deliberate_re_baseline_accepts_the_change(repo: Path) -> None:
+    proto = repo / ECHO_PROTO
+    proto.write_text(proto.read_text().replace("  uint32 delay_ms = 2;\n", ""))
+    assert _dev_breaking(repo).returncode != 0
+
+    made = _dev(repo, "baseline")
+
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert _dev_breaking(repo).returncode == 0

@@ -55,7 +55,8 @@ class MeshServiceServicer:
     """
 
     def ListNodes(self, request, context):
-        """ListNodes returns every live node with the engines it hosts.
+        """ListNodes returns every live node with the engines it hosts, all at once (no
+        pages: the set is as small as the mesh).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -63,7 +64,8 @@ class MeshServiceServicer:
 
     def ListServices(self, request, context):
         """ListServices returns every service the mesh serves, with its methods and
-        the nodes that serve it.
+        the nodes that serve it, all at once (no pages: the set is as small as the
+        mesh's engines).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,10 +37,13 @@ class MeshServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MeshServiceAsyncStub: ...
     ListNodes: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.ListNodesRequest, _mesh_pb2.ListNodesResponse]
-    """ListNodes returns every live node with the engines it hosts."""
+    """ListNodes returns every live node with the engines it hosts, all at once (no
+    pages: the set is as small as the mesh).
+    """
     ListServices: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.ListServicesRequest, _mesh_pb2.ListServicesResponse]
     """ListServices returns every service the mesh serves, with its methods and
-    the nodes that serve it.
+    the nodes that serve it, all at once (no pages: the set is as small as the
+    mesh's engines).
     """
 
 @_typing.type_check_only
@@ -51,10 +54,13 @@ class MeshServiceAsyncStub(MeshServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListNodes: _aio.UnaryUnaryMultiCallable[_mesh_pb2.ListNodesRequest, _mesh_pb2.ListNodesResponse]  # type: ignore[assignment]
-    """ListNodes returns every live node with the engines it hosts."""
+    """ListNodes returns every live node with the engines it hosts, all at once (no
+    pages: the set is as small as the mesh).
+    """
     ListServices: _aio.UnaryUnaryMultiCallable[_mesh_pb2.ListServicesRequest, _mesh_pb2.ListServicesResponse]  # type: ignore[assignment]
     """ListServices returns every service the mesh serves, with its methods and
-    the nodes that serve it.
+    the nodes that serve it, all at once (no pages: the set is as small as the
+    mesh's engines).
     """
 
 class MeshServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -68,7 +74,9 @@ class MeshServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _mesh_pb2.ListNodesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mesh_pb2.ListNodesResponse, _abc.Awaitable[_mesh_pb2.ListNodesResponse]]:
-        """ListNodes returns every live node with the engines it hosts."""
+        """ListNodes returns every live node with the engines it hosts, all at once (no
+        pages: the set is as small as the mesh).
+        """
 
     @_abc_1.abstractmethod
     def ListServices(
@@ -77,7 +85,8 @@ class MeshServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mesh_pb2.ListServicesResponse, _abc.Awaitable[_mesh_pb2.ListServicesResponse]]:
         """ListServices returns every service the mesh serves, with its methods and
-        the nodes that serve it.
+        the nodes that serve it, all at once (no pages: the set is as small as the
+        mesh's engines).
         """
 
 def add_MeshServiceServicer_to_server(servicer: MeshServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

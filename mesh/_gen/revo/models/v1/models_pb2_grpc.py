@@ -88,7 +88,7 @@ class ModelServiceServicer:
 
     def ListModels(self, request, context):
         """ListModels returns the catalog with each model's tier, health, prices and
-        context window.
+        context window, all at once (no pages: the catalog is configuration).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

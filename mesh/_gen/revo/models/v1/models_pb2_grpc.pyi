@@ -45,7 +45,7 @@ class ModelServiceStub:
     """Embed returns one vector per input text."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_models_pb2.ListModelsRequest, _models_pb2.ListModelsResponse]
     """ListModels returns the catalog with each model's tier, health, prices and
-    context window.
+    context window, all at once (no pages: the catalog is configuration).
     """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_models_pb2.GetUsageRequest, _models_pb2.GetUsageResponse]
     """GetUsage returns tokens, cost, savings and local share from the ledger,
@@ -73,7 +73,7 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """Embed returns one vector per input text."""
     ListModels: _aio.UnaryUnaryMultiCallable[_models_pb2.ListModelsRequest, _models_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels returns the catalog with each model's tier, health, prices and
-    context window.
+    context window, all at once (no pages: the catalog is configuration).
     """
     GetUsage: _aio.UnaryUnaryMultiCallable[_models_pb2.GetUsageRequest, _models_pb2.GetUsageResponse]  # type: ignore[assignment]
     """GetUsage returns tokens, cost, savings and local share from the ledger,
@@ -116,7 +116,7 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_models_pb2.ListModelsResponse, _abc.Awaitable[_models_pb2.ListModelsResponse]]:
         """ListModels returns the catalog with each model's tier, health, prices and
-        context window.
+        context window, all at once (no pages: the catalog is configuration).
         """
 
     @_abc_1.abstractmethod

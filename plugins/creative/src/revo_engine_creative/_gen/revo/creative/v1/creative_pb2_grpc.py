@@ -111,7 +111,8 @@ class CreativeServiceServicer:
 
     def ListStrategies(self, request, context):
         """ListStrategies returns the perspectives candidates are generated from (the
-        catalog, [engines.creative.perspectives]).
+        catalog, [engines.creative.perspectives]), all at once (no pages: the
+        catalog is configuration).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -60,7 +60,8 @@ class CreativeServiceStub:
     """
     ListStrategies: _grpc.UnaryUnaryMultiCallable[_creative_pb2.ListStrategiesRequest, _creative_pb2.ListStrategiesResponse]
     """ListStrategies returns the perspectives candidates are generated from (the
-    catalog, [engines.creative.perspectives]).
+    catalog, [engines.creative.perspectives]), all at once (no pages: the
+    catalog is configuration).
     """
 
 @_typing.type_check_only
@@ -94,7 +95,8 @@ class CreativeServiceAsyncStub(CreativeServiceStub):
     """
     ListStrategies: _aio.UnaryUnaryMultiCallable[_creative_pb2.ListStrategiesRequest, _creative_pb2.ListStrategiesResponse]  # type: ignore[assignment]
     """ListStrategies returns the perspectives candidates are generated from (the
-    catalog, [engines.creative.perspectives]).
+    catalog, [engines.creative.perspectives]), all at once (no pages: the
+    catalog is configuration).
     """
 
 class CreativeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -155,7 +157,8 @@ class CreativeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_creative_pb2.ListStrategiesResponse, _abc.Awaitable[_creative_pb2.ListStrategiesResponse]]:
         """ListStrategies returns the perspectives candidates are generated from (the
-        catalog, [engines.creative.perspectives]).
+        catalog, [engines.creative.perspectives]), all at once (no pages: the
+        catalog is configuration).
         """
 
 def add_CreativeServiceServicer_to_server(servicer: CreativeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
