@@ -222,6 +222,9 @@ def _unreachable_hint(text: str) -> str:
             in lowered:
         return ("TLS failed: give the CA that signed the gateway's certificate (REVO_CA_FILE "
                 "or gateway.tls.ca_file), or use a plain address")
+    if "socket closed" in lowered or "connection reset" in lowered:
+        return ("the gateway closed the connection at once: does it speak TLS? Then give "
+                "REVO_CA_FILE (or an https:// address)")
     if "refused" in lowered:
         return "nothing listens there: is the mesh up (`revo up`)? Or pass --address / REVO_URL"
     if "deadline" in lowered or "timed out" in lowered or "timeout" in lowered:

@@ -31,6 +31,7 @@ from mesh.config import load_config
 from mesh.embedded.nats_server import NatsServer, free_port
 from mesh.embedded.processes import spawn, stop_process
 from mesh.testing import wait_for
+from tests.integration.test_tls import Pki, pki  # noqa: F401 (the fixture)
 
 ECHO = "revo.echo.v1.EchoService"
 
@@ -297,6 +298,41 @@ def test_nats_unreachable_is_exit_3(revo: Any) -> None:
                 REVO_NATS__CONNECT_TIMEOUT_S="2")
     assert gone.code == 3
     assert "cannot reach NATS" in gone.err
+
+
+def test_unreachable_says_why_tls_or_dns(mesh: Mesh, revo: Any, tmp_path: Path,
+                                         pki: Pki) -> None:  # noqa: F811
+    """A gateway that speaks TLS: with its CA the call goes through; with another CA, or
+    in plain text, it is unreachable and the message says it is TLS; a name that does not
+    resolve says so."""
+    target = f"127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REVO_")}
+    env.update(mesh.env, REVO_GATEWAY__ADDRESS=target, REVO_PLUGINS__ONLY="echo",
+               REVO_GATEWAY__TLS__CERT_FILE=str(pki.server_cert),
+               REVO_GATEWAY__TLS__KEY_FILE=str(pki.server_key))
+    log = tmp_path / "tls-gateway.log"
+    process = spawn([sys.executable, "-m", "mesh", "gateway", "--colocate"], log_file=log,
+                    env=env, cwd=tmp_path)
+    call = ("call", f"{ECHO}/Stats")
+    try:
+        def through() -> bool:
+            assert process.poll() is None, log.read_text()[-3000:]
+            done: Run = revo(*call, REVO_URL=target, REVO_CA_FILE=str(pki.ca))
+            return done.code == 0
+
+        asyncio.run(wait_for(lambda: asyncio.to_thread(through), 60,
+                             "the TLS gateway to answer"))
+        other_ca = revo(*call, REVO_URL=target, REVO_CA_FILE=str(pki.stranger_cert))
+        assert other_ca.code == 3
+        assert "TLS failed" in other_ca.err
+        plain = revo(*call, REVO_URL=target)
+        assert plain.code == 3
+        assert "does it speak TLS?" in plain.err
+    finally:
+        stop_process(process, 15)
+    nowhere = revo(*call, REVO_URL="nowhere.invalid:50051")
+    assert nowhere.code == 3
+    assert "the host name does not resolve" in nowhere.err
 
 
 # -- read-only commands create nothing ------------------------------------------------------
