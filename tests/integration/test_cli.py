@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,18 @@ def test_status_tells_a_wrong_key_from_an_unreachable_gateway(revo: Any, mesh: M
     assert "not reachable" in gone.err
     assert "Connection refused" in gone.err
     assert "revo up: not running" in gone.out
+
+
+def test_plugins_as_json(revo: Any) -> None:
+    listed = revo("plugins", "--json")
+    assert listed.code == 0, listed.err
+    plugins = {p["name"]: p for p in listed.json()["plugins"]}
+    assert plugins["echo"] == {"name": "echo", "status": "enabled",
+                               "version": version("revo-engine-echo"),
+                               "distribution": "revo-engine-echo",
+                               "source": "revo_engine_echo", "services": [ECHO],
+                               "message": ""}
+    assert plugins["recall"]["status"] == "disabled"  # REVO_PLUGINS__ONLY=echo,workflows
 
 
 # -- call ------------------------------------------------------------------------------------
