@@ -181,10 +181,10 @@ class StepReporter:
         assert self.out is not None
         while not self._stop.wait(0.1):
             with self._lock:
+                if not self._running:  # between steps: leave the terminal alone
+                    continue
                 self._frame += 1
                 self._draw()
-                if not self._running:
-                    self.out.write("\r\x1b[K")
                 self.out.flush()
 
 

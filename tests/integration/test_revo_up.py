@@ -84,6 +84,13 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path, models_env:
                 break
         text = "".join(banner)
         assert "revo is up" in text, text
+        # each step as it happened, Triton's and the generator's included
+        assert re.search(r"^✔ tritonserver +127\.0\.0\.1:\d+  models: embedder +\d+\.\d s$",
+                         text, re.MULTILINE), text
+        assert re.search(rf"^✔ generator +{re.escape(str(checkpoint))} +\d+\.\d s$", text,
+                         re.MULTILINE), text
+        assert re.search(r"^✔ engines +creative, echo, models, parallel, recall", text,
+                         re.MULTILINE), text
         assert gateway in text
         # metrics by default: the gateway's, and the node's at the address it announced
         assert f"metrics          gateway {gateway_metrics}" in text, text
@@ -211,8 +218,9 @@ def test_revo_up_serves_then_sigint_stops_everything(tmp_path: Path, models_env:
         assert not (tmp_path / "home/run/up.json").exists()
 
         after = _revo("status", env=env, cwd=tmp_path)
-        assert after.returncode == 1
+        assert after.returncode == 3  # unreachable (mesh.cli_support's exit codes)
         assert "not running" in after.stdout
+        assert "is the mesh up" in after.stderr
     finally:
         if up.poll() is None:
             up.kill()
