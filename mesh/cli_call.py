@@ -35,6 +35,7 @@ from mesh.cli_support import (
     EXIT_USAGE,
     CommandFailed,
     Credential,
+    add_command,
     call_failure,
     channel_credentials,
     credential,
@@ -289,10 +290,13 @@ def _list(catalog: _Catalog, as_json: bool) -> int:
     if as_json:
         print_json({"source": "gateway" if served else "installed", "methods": rows})
         return EXIT_OK
+    width = max((len(f"{name}/{m.name}") for name, service in services.items()
+                 for m in service.methods), default=0)
     for name, service in services.items():
         for m in service.methods:
             stream = "stream " if m.server_streaming else ""
-            print(f"{name}/{m.name:<24} {m.input_type.name} -> {stream}{m.output_type.name}")
+            print(f"{name + '/' + m.name:<{width}}  {m.input_type.name} -> "
+                  f"{stream}{m.output_type.name}")
     return EXIT_OK
 
 
@@ -322,8 +326,6 @@ def cmd_call(args: argparse.Namespace, config: MeshConfig) -> int:
 def add_call_parser(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
                     run: Any) -> None:
     """``revo call``'s parser; ``run`` wraps a ``command(args, config)`` (mesh.cli)."""
-    from mesh.cli_support import add_command
-
     call = add_command(
         sub, "call", help="call a method with JSON, signed in by itself",
         description="Call any method of the mesh with a JSON request and print the response "
