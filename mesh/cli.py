@@ -374,7 +374,8 @@ exit codes: 0 OK, 1 failed, 2 usage, 3 unreachable, 4 refused (docs/operators.md
 def build_parser(plugin_commands: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="revo", description="revo: the mesh's command line. Every command has --help "
-        "with examples.", epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "with examples. Installed engines add commands of their own (revo workflows --help).",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_Version, help="revo-mesh's version and each "
                         "installed engine's, then exit")
     parser.add_argument("--config", help="revo.toml to read (default: $REVO_CONFIG or ./revo.toml)")
