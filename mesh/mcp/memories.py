@@ -1,4 +1,5 @@
-"""The Perfect Recall tools: ``remember``, ``search`` and ``forget`` (``RecallService``).
+"""The Perfect Recall tools: ``remember``, ``search``, ``list_memories`` and ``forget``
+(``RecallService``).
 
 Memories go to the key owner's own scope, or to a project's when the tool is given one.
 Tags are kept in the memory's metadata under ``tags``; ``search`` filters on metadata
@@ -19,7 +20,8 @@ from mesh.mcp.access import MeshAccess
 from revo_engine_recall.v1 import recall_pb2 as pb
 from revo_engine_recall.v1 import recall_pb2_grpc
 
-__all__ = ["Forgotten", "Match", "Remembered", "SearchResult", "register"]
+__all__ = ["Forgotten", "Listed", "Match", "Memory", "Remembered", "SearchResult",
+           "register"]
 
 TIMEOUT_S = 30.0
 Scalar = str | float | bool
@@ -32,16 +34,25 @@ class Remembered(BaseModel):
                          "unchanged (a retry of the same write)")
 
 
-class Match(BaseModel):
+class Memory(BaseModel):
     id: str
     text: str
-    score: float = Field(description="cosine similarity to the query, -1 to 1 (higher is "
-                         "closer)")
     tags: list[str]
     metadata: dict[str, object]
     scope: str = Field(description="user:<name> or project:<id>, ...")
     owner: str = Field(description="the user who stored it")
     created_at: str = Field(description="RFC 3339")
+
+
+class Match(Memory):
+    score: float = Field(description="cosine similarity to the query, -1 to 1 (higher is "
+                         "closer)")
+
+
+class Listed(BaseModel):
+    memories: list[Memory] = Field(description="oldest first")
+    next_page_token: str = Field(description="pass as page_token for the next page; empty "
+                                 "on the last")
 
 
 class SearchResult(BaseModel):
@@ -67,14 +78,17 @@ def _scope_name(scope: pb.Scope) -> str:
     return f"{kind}:{scope.user}/{scope.id}"
 
 
-def _match(hit: pb.Hit) -> Match:
-    memory = hit.memory
+def _memory(memory: pb.Memory) -> Memory:
     metadata = json_format.MessageToDict(memory.metadata)
     tags = metadata.pop("tags", [])
-    return Match(id=memory.id, text=memory.text, score=round(hit.score, 6),
-                 tags=[str(t) for t in tags] if isinstance(tags, list) else [str(tags)],
-                 metadata=metadata, scope=_scope_name(memory.scope), owner=memory.owner,
-                 created_at=memory.created_at.ToJsonString())
+    return Memory(id=memory.id, text=memory.text,
+                  tags=[str(t) for t in tags] if isinstance(tags, list) else [str(tags)],
+                  metadata=metadata, scope=_scope_name(memory.scope), owner=memory.owner,
+                  created_at=memory.created_at.ToJsonString())
+
+
+def _match(hit: pb.Hit) -> Match:
+    return Match(**_memory(hit.memory).model_dump(), score=round(hit.score, 6))
 
 
 def _condition(key: str, value: Scalar) -> pb.Condition:
@@ -147,6 +161,24 @@ def register(server: MCPServer, access: MeshAccess) -> None:
                                         timeout=TIMEOUT_S)
         return SearchResult(matches=[_match(hit) for hit in reply.hits])
 
+    async def list_memories(
+        ctx: Context,
+        project: Annotated[str, Field(description="list this project's memories; empty: "
+                                      "the key owner's own")] = "",
+        page_size: Annotated[int, Field(ge=0, le=1000, description="memories per page; 0: "
+                                        "100")] = 0,
+        page_token: Annotated[str, Field(description="the previous page's "
+                                         "next_page_token; empty: the first page")] = "",
+    ) -> Listed:
+        request = pb.ListMemoriesRequest(scope=_scope(project), page_size=page_size,
+                                         page_token=page_token,
+                                         after_sequence=access.sequence)
+        with access.errors():
+            reply = await recall.ListMemories(request, metadata=access.metadata(ctx),
+                                              timeout=TIMEOUT_S)
+        return Listed(memories=[_memory(m) for m in reply.memories],
+                      next_page_token=reply.next_page_token)
+
     async def forget(
         ids: Annotated[list[str], Field(min_length=1, max_length=1000, description="ids of "
                                         "memories to delete (from remember or search)")],
@@ -165,6 +197,10 @@ def register(server: MCPServer, access: MeshAccess) -> None:
     server.add_tool(search, title="Search memories", description=(
         "Find memories by meaning (semantic search over what was remembered): returns the "
         "closest memories with their similarity scores, best first."),
+        annotations=ToolAnnotations(read_only_hint=True))
+    server.add_tool(list_memories, title="List memories", description=(
+        "Every memory of the key owner's (or a project's), oldest first, a page at a time: "
+        "pass next_page_token back as page_token until it is empty."),
         annotations=ToolAnnotations(read_only_hint=True))
     server.add_tool(forget, title="Forget", description=(
         "Delete memories by id. Returns how many were deleted (ids that are unknown or "

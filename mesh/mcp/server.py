@@ -33,8 +33,8 @@ ENGINE_TOOLS = ("mesh.mcp.memories", "mesh.mcp.tasks")
 """Tools of built-in engines that ship as their own distributions (revo-engine-recall,
 revo-engine-parallel): each module is skipped when its engine's stubs are not installed."""
 INSTRUCTIONS = (
-    "revo is a self-hosted mesh of AI engines. Use remember/search/forget for long-term "
-    "memory (search finds memories by meaning), submit_task/watch_task/get_task/"
+    "revo is a self-hosted mesh of AI engines. Use remember/search/list_memories/forget for "
+    "long-term memory (search finds memories by meaning), submit_task/watch_task/get_task/"
     "cancel_task for durable background work, and generate for text from the mesh's "
     "models. Every call acts as the owner of the API key this server was given.")
 

@@ -30,8 +30,8 @@ KEY = "sk-mcp-test"
 KEY_ENV = "REVO_TEST_MCP_MODEL_KEY"
 PLUGINS = {"only": ["recall", "parallel", "models", "guarded"],
            "extra": {"guarded": "tests.plugins.guarded"}}  # its test.progress task type
-TOOLS = {"remember", "search", "forget", "submit_task", "watch_task", "get_task",
-         "cancel_task", "generate"}
+TOOLS = {"remember", "search", "list_memories", "forget", "submit_task", "watch_task",
+         "get_task", "cancel_task", "generate"}
 URL_LINE = "revo mcp: streamable HTTP at "
 
 
@@ -124,6 +124,13 @@ async def memories_round_trip(client: Client, user: str) -> None:
     assert best["metadata"] == {"team": "core"}
     assert best["owner"] == user  # the key's owner, as the gateway saw it
     assert best["score"] > found["matches"][1]["score"]
+    first = await call(client, "list_memories", page_size=1)  # oldest first, a page at a time
+    assert [m["id"] for m in first["memories"]] == [stored["id"]]
+    second = await call(client, "list_memories", page_size=1,
+                        page_token=first["next_page_token"])
+    assert [m["text"] for m in second["memories"]] == [
+        "Deploys to production happen every Tuesday."]
+    assert not second["next_page_token"]
     assert (await call(client, "forget", ids=[stored["id"]]))["forgotten"] == 1
     after = await call(client, "search", query="which port does the staging DB use?")
     assert stored["id"] not in [m["id"] for m in after["matches"]]
