@@ -27,6 +27,7 @@ from benchmarks.cluster_load import KINDS
 from mesh.client import MeshClient
 from mesh.embedded.cluster import CLUSTER_REPLICAS, LocalCluster
 from mesh.embedded.up import read_state
+from mesh.testing import wait_for
 from mesh.transport.subjects import REGISTRY_BUCKET
 from mesh.v1 import mesh_pb2
 from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
@@ -95,9 +96,18 @@ async def test_cluster_profile_serves_through_envoy_on_replicated_jetstream(
                           token=token) as client:
         nodes = await client.list_nodes()
         assert len(nodes) == 3
-        for node in nodes:  # recall on the Milvus server, on every node
-            recall = next(e for e in node.engines if e.name == "recall")
-            assert recall.status == mesh_pb2.ENGINE_STATUS_RUNNING, recall
+
+        async def recall_running() -> bool:  # each node loads its index from Milvus first
+            nonlocal nodes
+            nodes = await client.list_nodes()
+            statuses = [next(e for e in node.engines if e.name == "recall").status
+                        for node in nodes]
+            assert set(statuses) <= {mesh_pb2.ENGINE_STATUS_LOADING,
+                                     mesh_pb2.ENGINE_STATUS_RUNNING}, nodes
+            return statuses == [mesh_pb2.ENGINE_STATUS_RUNNING] * 3
+
+        # recall on the Milvus server, on every node
+        await wait_for(recall_running, 60, "recall running on every node")
 
         echo = echo_pb2_grpc.EchoServiceStub(client.channel)
         reply = await echo.Echo(echo_pb2.EchoRequest(payload=b"through envoy"), timeout=10)
