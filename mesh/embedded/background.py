@@ -140,6 +140,10 @@ def stop_detached(config: MeshConfig, *, out: TextIO | None = None,
               file=out, flush=True)
         _kill(pid)
     killed = [f"{name} ({child})" for name, child in children.items() if _kill(child)]
+    gone_by = time.monotonic() + 5.0  # SIGKILL is delivered at once, the exit a moment later
+    while time.monotonic() < gone_by and any(
+            _alive(p) for p in (pid, *children.values())):
+        time.sleep(0.05)
     state_file(config).unlink(missing_ok=True)
     print("killed " + (", ".join(killed) if killed else "nothing else: its processes "
                        "had stopped") + f" after {time.monotonic() - began:.1f} s", file=out)

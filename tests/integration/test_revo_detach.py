@@ -5,6 +5,7 @@ only the echo engine, in a temporary REVO_HOME."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -19,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from mesh.config import load_config
+from mesh.embedded.background import stop_detached
 from mesh.embedded.nats_server import free_port
-from mesh.embedded.up import DETACHED_READY
+from mesh.embedded.up import DETACHED_READY, state_file
 
 
 def _alive(pid: int) -> bool:
@@ -172,3 +175,35 @@ def test_a_step_that_fails_says_which_and_why(tmp_path: Path) -> None:
     assert up.stderr.startswith("revo up: nats-server exited with"), up.stderr
     assert "address already in use" in up.stderr, up.stderr
     assert not (tmp_path / "home/run/up.json").exists()
+
+
+@pytest.mark.timeout(30)
+def test_down_kills_what_does_not_stop_and_says_so(tmp_path: Path) -> None:
+    # a `revo up` that ignores SIGTERM, with a child of its own, as up.json records them
+    stubborn = ("import signal, subprocess, sys, time\n"
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'])\n"
+                "print(child.pid, flush=True)\n"
+                "time.sleep(60)\n")
+    up = subprocess.Popen([sys.executable, "-c", stubborn], stdout=subprocess.PIPE,
+                          text=True, start_new_session=True)
+    try:
+        assert up.stdout is not None
+        child = int(up.stdout.readline())  # both have their SIGTERM ignored by now
+        config = load_config(environ={}, read_file=False, home=str(tmp_path / "home"))
+        state_file(config).parent.mkdir(parents=True)
+        state_file(config).write_text(json.dumps({
+            "pid": up.pid, "processes": {"node": child}}))
+        out = io.StringIO()
+        assert stop_detached(config, out=out, wait_s=0.5) == 1
+        assert up.wait(5) == -signal.SIGKILL
+        text = out.getvalue()
+        assert f"revo up (pid {up.pid}) did not stop within 0.5 s: killing it" in text
+        assert f"killed node ({child}) after" in text
+        assert not _alive(child)
+        assert not state_file(config).exists()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
