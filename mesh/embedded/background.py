@@ -121,6 +121,11 @@ def stop_detached(config: MeshConfig, *, out: TextIO | None = None,
         print(f"nothing running under {config.home}", file=out)
         return 0
     pid = int(state["pid"])
+    if not _is_revo(pid):  # up.json outlived its revo up, and the pid was given out again
+        print(f"nothing running under {config.home} (the recorded pid {pid} is another "
+              "program now; forgetting it)", file=out)
+        state_file(config).unlink(missing_ok=True)
+        return 0
     children = {name: int(child) for name, child in state.get("processes", {}).items()}
     began = time.monotonic()
     print(f"stopping revo up (pid {pid}) and its {len(children)} processes...", file=out,
@@ -148,6 +153,15 @@ def stop_detached(config: MeshConfig, *, out: TextIO | None = None,
     print("killed " + (", ".join(killed) if killed else "nothing else: its processes "
                        "had stopped") + f" after {time.monotonic() - began:.1f} s", file=out)
     return 1
+
+
+def _is_revo(pid: int) -> bool:
+    """Whether ``pid`` runs Python (``revo up`` does); True where /proc cannot tell."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"python" in command.lower() or b"revo" in command or b"mesh" in command
 
 
 def _kill(pid: int) -> bool:

@@ -207,3 +207,20 @@ def test_down_kills_what_does_not_stop_and_says_so(tmp_path: Path) -> None:
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+@pytest.mark.timeout(30)
+def test_down_leaves_alone_a_program_that_got_the_recorded_pid(tmp_path: Path) -> None:
+    other = subprocess.Popen(["sleep", "30"])  # not revo: up.json outlived its revo up
+    try:
+        config = load_config(environ={}, read_file=False, home=str(tmp_path / "home"))
+        state_file(config).parent.mkdir(parents=True)
+        state_file(config).write_text(json.dumps({"pid": other.pid, "processes": {}}))
+        out = io.StringIO()
+        assert stop_detached(config, out=out) == 0
+        assert f"the recorded pid {other.pid} is another program now" in out.getvalue()
+        assert other.poll() is None  # not signalled
+        assert not state_file(config).exists()
+    finally:
+        other.kill()
+        other.wait()
