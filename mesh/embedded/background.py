@@ -17,6 +17,7 @@ stand for ``nats-server`` and ``tritonserver``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -118,14 +119,15 @@ def stop_detached(config: MeshConfig, *, out: TextIO | None = None,
     out = out or sys.stdout
     state = read_state(config)
     if state is None:
-        print(f"nothing running under {config.home}", file=out)
+        recorded = _recorded_pid(config)
+        if recorded and _alive(recorded):  # up.json outlived its revo up; the pid was reused
+            print(f"nothing running under {config.home} (the recorded pid {recorded} is "
+                  "another program now; forgetting it)", file=out)
+            state_file(config).unlink(missing_ok=True)
+        else:
+            print(f"nothing running under {config.home}", file=out)
         return 0
     pid = int(state["pid"])
-    if not _is_revo(pid):  # up.json outlived its revo up, and the pid was given out again
-        print(f"nothing running under {config.home} (the recorded pid {pid} is another "
-              "program now; forgetting it)", file=out)
-        state_file(config).unlink(missing_ok=True)
-        return 0
     children = {name: int(child) for name, child in state.get("processes", {}).items()}
     began = time.monotonic()
     print(f"stopping revo up (pid {pid}) and its {len(children)} processes...", file=out,
@@ -155,13 +157,12 @@ def stop_detached(config: MeshConfig, *, out: TextIO | None = None,
     return 1
 
 
-def _is_revo(pid: int) -> bool:
-    """Whether ``pid`` runs Python (``revo up`` does); True where /proc cannot tell."""
+def _recorded_pid(config: MeshConfig) -> int:
+    """The pid in ``run/up.json``, whatever runs there now (0 when none)."""
     try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
-    return b"python" in command.lower() or b"revo" in command or b"mesh" in command
+        return int(json.loads(state_file(config).read_text()).get("pid", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def _kill(pid: int) -> bool:

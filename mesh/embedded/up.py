@@ -89,9 +89,21 @@ def read_state(config: MeshConfig) -> dict[str, Any] | None:
         state: dict[str, Any] = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         return None
-    if not _alive(int(state.get("pid", 0))):
+    pid = int(state.get("pid", 0))
+    if not _alive(pid) or not runs_python(pid):
         return None
     return state
+
+
+def runs_python(pid: int) -> bool:
+    """Whether process ``pid`` runs Python, as ``revo up`` does (True where /proc cannot
+    tell): an ``up.json`` left by a ``revo up`` killed with SIGKILL may name a pid that
+    was given out again to another program."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().lower()
+    except OSError:
+        return True
+    return b"python" in command or b"revo" in command or b"mesh" in command
 
 
 def _alive(pid: int) -> bool:
