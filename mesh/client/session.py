@@ -77,8 +77,10 @@ class Session:
         return self.tokens is not None or bool(self._username and self._password)
 
     def use_token(self, token: str) -> None:
-        """Send ``token`` from now on, as a fixed token (no refresh)."""
+        """Send ``token`` from now on, as a fixed token: no refresh, and no sign-in again
+        with a password given before."""
         self.current, self.tokens, self._refresh_at = token, None, None
+        self._username = self._password = ""
 
     async def token(self, method: str) -> str:
         """The token for a call of ``method``: refreshed first when it is due."""
