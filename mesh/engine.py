@@ -40,11 +40,13 @@ connection and configuration, and other engines (:meth:`EngineRuntime.channel`),
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Protocol, TypeVar
 
@@ -74,6 +76,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "is_async_engine",
+    "lazy_exports",
     "method_attribute",
 ]
 
@@ -88,6 +91,27 @@ plugin declares for other plugins (returned from its ``revo_hookspecs``)."""
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+def lazy_exports(package: str, names: Mapping[str, str]) -> Callable[[str], Any]:
+    """A package's module ``__getattr__`` (PEP 562) that imports each of ``names`` (name ->
+    the module defining it, relative to ``package``) on first use.
+
+    An engine's package is imported whenever anything under it is, its public stubs
+    ``<package>.v1`` included: with its engine and settings exported this way (and imported
+    inside its ``revo_engine`` hook), a client that only needs the stubs does not load the
+    engine and its dependencies::
+
+        __getattr__ = lazy_exports(__name__, {"GreetEngine": ".engine"})
+    """
+    def __getattr__(name: str) -> Any:
+        if name not in names:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(names[name], package), name)
+        setattr(sys.modules[package], name, value)  # the next lookup is a plain one
+        return value
+
+    return __getattr__
 
 
 def method_attribute(rpc_name: str) -> str:

@@ -4,7 +4,10 @@ never a ``_gen`` path (private, free to move)."""
 from __future__ import annotations
 
 import importlib
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,31 @@ def test_docs_and_examples_import_public_names_only() -> None:
              if private.search(line) and "options_pb2" not in line]
     assert not found, "use the public names (mesh.v1, revo_engine_<x>.v1):\n" + \
         "\n".join(found)
+
+
+ENGINE_PACKAGES = [t.python_package.removesuffix("._gen") for t in repo_trees()
+                   if t.python_package.startswith("revo_engine_")]
+
+
+@pytest.mark.parametrize("package", ENGINE_PACKAGES)
+def test_public_stubs_import_without_their_engine(package: str) -> None:
+    """A client importing ``<package>.v1`` gets the stubs, not the engine: the package's
+    engine and settings are :func:`mesh.engine.lazy_exports`, imported on first use."""
+    script = (f"import json, sys; import {package}.v1; "
+              "print(json.dumps(sorted(sys.modules)))")
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", script], check=True,
+                                           capture_output=True, text=True).stdout))
+
+    assert f"{package}.v1" in loaded
+    assert not {f"{package}.engine", "pymilvus", "numpy", "nats"} & loaded, \
+        sorted(m for m in loaded if m.startswith(package) or m in {"pymilvus", "numpy", "nats"})
+
+
+@pytest.mark.parametrize("package", ENGINE_PACKAGES)
+def test_an_engine_packages_exports_resolve_and_unknown_names_do_not(package: str) -> None:
+    module = importlib.import_module(package)
+
+    for name in getattr(module, "__all__", []):
+        assert getattr(module, name) is not None, name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        module.no_such_name  # noqa: B018

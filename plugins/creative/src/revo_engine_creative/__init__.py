@@ -8,14 +8,23 @@ Engine ``creative`` serves ``revo.creative.v1.CreativeService`` (docs/creative.m
 
 from __future__ import annotations
 
-from mesh.engine import EngineSpec, hookimpl
-from revo_engine_creative.engine import CreativeEngine
-from revo_engine_creative.settings import CreativeSettings
+from typing import TYPE_CHECKING
+
+from mesh.engine import EngineSpec, hookimpl, lazy_exports
+
+if TYPE_CHECKING:
+    from revo_engine_creative.engine import CreativeEngine
+    from revo_engine_creative.settings import CreativeSettings
 
 __all__ = ["CreativeEngine", "CreativeSettings"]
+__getattr__ = lazy_exports(__name__, {"CreativeEngine": ".engine",
+                                      "CreativeSettings": ".settings"})
 
 
 @hookimpl
 def revo_engine() -> EngineSpec:
+    from revo_engine_creative.engine import CreativeEngine
+    from revo_engine_creative.settings import CreativeSettings
+
     return EngineSpec(name="creative", engine=CreativeEngine, settings=CreativeSettings,
                       max_pending=256)

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-from mesh.engine import EngineSpec, hookimpl
+from mesh.engine import EngineSpec, hookimpl, lazy_exports
 from revo_engine_parallel import hookspecs
-from revo_engine_parallel.builtin_types import builtin_types
-from revo_engine_parallel.context import TaskContext
-from revo_engine_parallel.engine import TaskEngine
-from revo_engine_parallel.settings import ParallelSettings
 
-__all__ = ["ParallelSettings", "TaskContext", "TaskEngine", "builtin_types"]
+if TYPE_CHECKING:
+    from revo_engine_parallel.context import TaskContext
+    from revo_engine_parallel.engine import TaskEngine
+    from revo_engine_parallel.settings import ParallelSettings
+
+__all__ = ["ParallelSettings", "TaskContext", "TaskEngine"]
+__getattr__ = lazy_exports(__name__, {
+    "ParallelSettings": ".settings", "TaskContext": ".context", "TaskEngine": ".engine"})
 
 
 @hookimpl
@@ -28,6 +32,9 @@ def revo_hookspecs() -> Sequence[ModuleType]:
 
 @hookimpl
 def revo_engine() -> EngineSpec:
+    from revo_engine_parallel.engine import TaskEngine
+    from revo_engine_parallel.settings import ParallelSettings
+
     return EngineSpec(name="parallel", engine=TaskEngine, settings=ParallelSettings,
                       max_pending=4096)
 
