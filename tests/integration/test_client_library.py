@@ -26,6 +26,7 @@ from mesh.v1 import auth_pb2, auth_pb2_grpc
 from revo_engine_echo.v1 import echo_pb2, echo_pb2_grpc
 from revo_engine_parallel.v1 import tasks_pb2
 from revo_engine_workflows.v1 import workflows_pb2
+from tests.integration.test_auth import unique
 
 PASSWORD = "correct horse battery"
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +38,7 @@ async def _mesh(mesh_harness: Any, **sections: Any) -> tuple[MeshHarness, str]:
     auth = {"enabled": True, **sections.pop("auth", {})}
     mesh = await mesh_harness(auth=auth, **sections)
     assert mesh.gateway.guard is not None
-    user = f"dev-{uuid.uuid4().hex[:8]}"
+    user = unique("dev")
     await mesh.gateway.guard.users.create(user, "developer", PASSWORD)
     return mesh, user
 
@@ -45,13 +46,13 @@ async def _mesh(mesh_harness: Any, **sections: Any) -> tuple[MeshHarness, str]:
 async def test_facades_answer_typed_results_and_raise_typed_errors(mesh_harness) -> None:
     mesh, user = await _mesh(mesh_harness, plugins={"only": ["parallel", "workflows"]})
     # The NATS server is shared by the whole session: names and keys are this test's own.
-    unique = uuid.uuid4().hex[:8]
+    key, run_key, workflow = unique("k1"), unique("g1"), unique("greet")
     async with AsyncClient(mesh.target, username=user, password=PASSWORD) as client:
-        task = await client.tasks.submit("noop", b"hello", idempotency_key=f"k1-{unique}")
+        task = await client.tasks.submit("noop", b"hello", idempotency_key=key)
         done = await client.tasks.wait(task.id)
         assert done.state == tasks_pb2.TASK_STATE_SUCCEEDED
         assert done.result == b"hello"
-        again = await client.tasks.submit("noop", b"hello", idempotency_key=f"k1-{unique}")
+        again = await client.tasks.submit("noop", b"hello", idempotency_key=key)
         assert again.id == task.id
         assert again.deduplicated
 
@@ -62,15 +63,14 @@ async def test_facades_answer_typed_results_and_raise_typed_errors(mesh_harness)
             await client.tasks.submit("noop", timeout_s=-1)
         assert "timeout" in bad.value.message
 
-        workflow = f"greet-{unique}"
         await client.workflows.create({"name": workflow, "steps": [
             {"id": "hello", "task": {"type": "noop", "payload": "hi"}}]})
         run = await client.workflows.start(workflow, {"who": "you"},
-                                           idempotency_key=f"g1-{unique}")
+                                           idempotency_key=run_key)
         finished = await client.workflows.wait(run.id)
         assert finished.id == run.id
         assert finished.state == workflows_pb2.RUN_STATE_SUCCEEDED
-        assert (await client.workflows.start(workflow, idempotency_key=f"g1-{unique}")).id == run.id
+        assert (await client.workflows.start(workflow, idempotency_key=run_key)).id == run.id
 
 
 async def test_the_blocking_client_has_the_same_facades(mesh_harness) -> None:
@@ -125,7 +125,7 @@ async def test_a_watch_outlives_the_gateways_maximum_call_time(mesh_harness) -> 
     mesh, user = await _mesh(mesh_harness, plugins={"only": ["parallel", "workflows"]},
                              gateway={"max_timeout_s": 1.0})
     async with AsyncClient(mesh.target, username=user, password=PASSWORD) as client:
-        workflow = f"approve-{uuid.uuid4().hex[:8]}"  # the NATS server is the session's
+        workflow = unique("approve")  # the NATS server is the session's
         await client.workflows.create({"name": workflow, "steps": [
             {"id": "ask", "waitSignal": {"name": "go"}},
             {"id": "after", "needs": ["ask"], "task": {"type": "noop", "payload": "done"}}]})
