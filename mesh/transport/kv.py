@@ -10,7 +10,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from mesh.errors import Reason, Unavailable
@@ -18,6 +18,7 @@ from mesh.transport.connection import MeshConnection
 from mesh.transport.streams import (
     CREATE_TIMEOUT_S,
     created_elsewhere,
+    find_stream,
     replicas_of,
     wait_for_leader,
 )
@@ -39,10 +40,7 @@ async def open_bucket(nc: NATS, name: str, *, description: str, history: int = 1
     """
     js = nc.jetstream()
     replicas = replicas_of(nc)
-    try:
-        info = await js.stream_info(f"KV_{name}")  # a bucket's stream (NATS ADR-8)
-    except NotFoundError:
-        info = None
+    info = await find_stream(nc, f"KV_{name}")  # a bucket's stream (NATS ADR-8)
     if info is not None:
         current = info.config
         if not current.allow_direct or (current.num_replicas or 1) < replicas:

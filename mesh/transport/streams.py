@@ -21,12 +21,14 @@ from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig, StreamInfo
 from nats.js.errors import NotFoundError
 
-__all__ = ["created_elsewhere", "ensure_replicas", "ensure_stream", "replicas_of",
-           "wait_for_leader"]
+__all__ = ["created_elsewhere", "ensure_replicas", "ensure_stream", "find_stream",
+           "replicas_of", "wait_for_leader"]
 
 log = logging.getLogger(__name__)
 
 LEADER_TIMEOUT_S = 10.0
+LOOKUP_TIMEOUT_S = 20.0
+LOOKUP_ATTEMPT_S = 5.0
 CREATE_TIMEOUT_S = 1.0
 """How long a create request waits for its answer. In a cluster, the meta leader answers
 only the first of identical create requests in flight (measured: three nodes creating the
@@ -48,6 +50,27 @@ async def created_elsewhere(nc: NATS, stream: str, error: Exception,
             if time.monotonic() >= deadline:
                 raise error from None
         await asyncio.sleep(0.05)
+
+
+async def find_stream(nc: NATS, stream: str, *, timeout: float = LOOKUP_TIMEOUT_S,
+                      attempt_s: float = LOOKUP_ATTEMPT_S) -> StreamInfo | None:
+    """``stream``'s info, or None when it does not exist.
+
+    A lookup that JetStream leaves unanswered for ``attempt_s`` is asked again, until
+    ``timeout``: a cluster's meta leader busy or being elected answers late, and a process
+    starting then (seen: a gateway asking for the registry bucket while the nodes created
+    theirs) would otherwise exit on its first question. TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await nc.jetstream(timeout=attempt_s).stream_info(stream)
+        except NotFoundError:
+            return None
+        except TimeoutError:  # nats-py's timeout is one too
+            if time.monotonic() + attempt_s > deadline:
+                raise
+            log.warning("stream %s: JetStream left a lookup unanswered for %g s; asking "
+                        "again", stream, attempt_s)
 
 
 def replicas_of(nc: NATS) -> int:
@@ -100,9 +123,8 @@ async def ensure_stream(nc: NATS, config: StreamConfig, *,
     replicas = replicas_of(nc)
     config.num_replicas = replicas
     js = nc.jetstream()
-    try:
-        info = await js.stream_info(config.name)
-    except NotFoundError:
+    info = await find_stream(nc, config.name)
+    if info is None:
         try:
             await nc.jetstream(timeout=CREATE_TIMEOUT_S).add_stream(config)
             return await wait_for_leader(nc, config.name)

@@ -1,13 +1,18 @@
-"""The mesh's direct NATS path against a real server, through a server restart."""
+"""The mesh's direct NATS path against a real server, through a server restart, a hung
+server, and JetStream lookups left unanswered."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from nats.js.api import StreamConfig
 
 from mesh.config import NatsSettings
 from mesh.embedded.nats_server import NatsServer
 from mesh.testing import wait_for
 from mesh.transport.connection import connect, encode_headers
+from mesh.transport.streams import ensure_stream, find_stream
 
 
 async def test_direct_subscription_and_publish_survive_a_server_restart(tmp_path):
@@ -77,3 +82,28 @@ async def test_a_connection_whose_server_hangs_moves_to_another_member(tmp_path)
         if nc is not None:
             await nc.close()
         cluster.stop()
+
+
+async def test_a_stream_lookup_jetstream_leaves_unanswered_is_asked_again(tmp_path, caplog):
+    """A process's first question to JetStream (does my stream or bucket exist?) left
+    unanswered, as by a busy meta leader, is asked again instead of failing the process
+    (a gateway exited so at start in a CI run of the cluster profile)."""
+    server = NatsServer(tmp_path / "nats").start()
+    # pings far apart: the connection stays up while the server does not answer
+    nc = await connect(NatsSettings(url=server.url, ping_interval_s=30), "test-lookup")
+    try:
+        await ensure_stream(nc, StreamConfig(name="LOOKED_UP", subjects=["looked.up"]))
+        server.pause()
+        try:
+            lookup = asyncio.create_task(find_stream(nc, "LOOKED_UP", attempt_s=0.3))
+            await wait_for(lambda: "left a lookup unanswered" in caplog.text, 10,
+                           "a lookup left unanswered")
+        finally:
+            server.resume()
+        info = await lookup
+        assert info is not None
+        assert info.config.name == "LOOKED_UP"
+        assert await find_stream(nc, "NOT_THERE") is None
+    finally:
+        await nc.close()
+        server.stop()
