@@ -17,10 +17,13 @@ from mesh.errors import Reason
 from mesh.testing import wait_for
 from mesh.transport.connection import MeshConnection, connect
 from revo_engine_workflows.history import (
+    RUNS_STREAM,
     EventTooLarge,
     History,
     HistoryConflict,
     HistoryUnavailable,
+    Recorded,
+    run_subject,
 )
 from revo_engine_workflows.v1 import workflows_pb2 as pb
 
@@ -106,6 +109,33 @@ async def test_a_follower_gets_new_events_live_and_resumes_after_a_sequence(
         resumed.append(recorded.event.sequence)
         break
     assert resumed == [3]
+
+
+class _PurgedAfterLast(History):
+    """A history whose run is purged on the server right after :meth:`last` answers: the
+    read's consumer then delivers nothing, as one lost in a nats-server restart does."""
+
+    purged = 0
+
+    async def last(self, run_id: str) -> Recorded | None:
+        found = await super().last(run_id)
+        await self._js.purge_stream(RUNS_STREAM, subject=run_subject(run_id))
+        self.purged += 1
+        return found
+
+
+async def test_a_read_whose_events_stop_coming_is_unavailable_not_stuck(
+        history: History) -> None:
+    run = _run_id()
+    after = await history.append(_event(run, 1), 0)
+    await history.append(_event(run, 2), after)
+    cut = _PurgedAfterLast(history._nc, read_idle_s=0.5)
+    with pytest.raises(HistoryUnavailable) as caught:
+        await asyncio.wait_for(cut.read(run), 30)  # the bound under test is 0.5 s
+    assert cut.purged == 1
+    assert await history.last(run) is None  # the fault happened: nothing left to deliver
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "stopped coming after 0" in str(caught.value)
 
 
 async def test_an_event_over_the_payload_limit_is_refused_before_it_is_sent(

@@ -311,6 +311,51 @@ async def test_a_retried_start_continues_a_recorded_run_nobody_owns(
         assert (await index.get(run_id)).state == pb.RUN_STATE_SUCCEEDED  # type: ignore[union-attr]
 
 
+async def test_a_run_the_sweep_cannot_continue_does_not_hold_up_the_runs_after_it(
+        mesh: MeshHarness) -> None:
+    """The takeover sweep meets a run it cannot continue (recorded with a workflow that
+    does not exist) before a finished run whose summary still says RUNNING (its node's
+    last index write was lost to a nats-server restart). The finished run's summary is
+    set right all the same: a failure stopped the whole sweep at the first run, every
+    time, and that run's summary stayed RUNNING for ever."""
+    nc = await connect(mesh.config.nats, "test-sweep-order")
+    try:
+        index, history = RunIndex(nc), History(nc)
+        await index.start()
+        await history.start()
+        poison, done = uuid.uuid4().hex, uuid.uuid4().hex
+        for run_id, workflow in ((poison, f"ghost-{poison}"), (done, "done")):
+            await index.put(pb.Run(id=run_id, workflow=workflow, version=1,
+                                   state=pb.RUN_STATE_RUNNING), fresh=True)
+        assert [r.id for r in await index.active() if r.id in (poison, done)] == [
+            poison, done], "the sweep meets the poisoned run first"
+        for run_id, workflow, finished in ((poison, f"ghost-{poison}", False),
+                                           (done, "done", True)):
+            events = [pb.RunEvent(run_id=run_id, sequence=1, run_started=pb.RunStarted(
+                workflow=workflow, version=1))]
+            if finished:
+                events.append(pb.RunEvent(run_id=run_id, sequence=2, run_finished=(
+                    pb.RunFinished(state=pb.RUN_STATE_SUCCEEDED))))
+            after = 0
+            for event in events:
+                event.time.GetCurrentTime()
+                after = await history.append(event, after)
+
+        async def set_right() -> bool:
+            found = await index.get(done)
+            return found is not None and found.state == pb.RUN_STATE_SUCCEEDED
+
+        try:
+            await wait_for(set_right, 30, "the sweep to set the finished run's summary")
+            stuck = await index.get(poison)
+            assert stuck is not None  # still listed, and still waiting for its workflow
+            assert stuck.state == pb.RUN_STATE_RUNNING
+        finally:
+            await index.remove(poison)  # later tests' sweeps on this server need not meet it
+    finally:
+        await nc.close()
+
+
 async def test_bad_definitions_and_unknown_things_get_clear_errors(mesh: MeshHarness) -> None:
     stub = _stub(mesh)
     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -362,11 +362,27 @@ class WorkflowEngine(AsyncEngine):
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
-                for listed in await self.index.active():
-                    if await self._take(listed.id):
-                        await self._resume(listed.id, listed)
+                active = await self.index.active()
             except Exception:  # the next sweep tries again
-                log.exception("workflows: the takeover sweep failed")
+                log.exception("workflows: the takeover sweep could not read the index")
+                continue
+            for listed in active:
+                await self._sweep_one(listed)
+
+    async def _sweep_one(self, listed: pb.Run) -> None:
+        """Take over one active run if nobody owns it. A run that cannot be continued now
+        (its history unreadable, its workflow missing) is logged and its lease let go, so
+        that it holds up neither the runs after it in this sweep nor another node; the
+        next sweep tries it again."""
+        try:
+            if await self._take(listed.id):
+                await self._resume(listed.id, listed)
+        except Exception as error:
+            log.warning("workflows: run %s could not be taken over (%r); the next sweep "
+                        "tries again", listed.id, error)
+            if listed.id not in self.running:
+                with contextlib.suppress(Exception):
+                    await self.leases.release(listed.id)
 
     async def _resume(self, run_id: str, listed: pb.Run | None = None) -> None:
         """Continue run ``run_id`` here (its lease held); ``listed``: its summary, when

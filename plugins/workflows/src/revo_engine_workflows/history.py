@@ -26,9 +26,10 @@ again is safe for the reason above. An event over the connection's payload limit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 import nats.errors
@@ -55,6 +56,11 @@ _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _MSG_ID = "Nats-Msg-Id"
 _HEADROOM = 512
 """Bytes of a publish besides the event (subject, headers, protocol) kept free of it."""
+READ_IDLE_S = 5.0
+"""How long :meth:`History.read` waits for the next event before it gives up. A read's
+events come back to back; a gap this long means its consumer was lost (nats-server
+restarted under it: nats-py notices only after two missed heartbeats, 10 s or more, and
+may never) or the history was purged meanwhile."""
 
 
 def run_subject(run_id: str) -> str:
@@ -106,10 +112,12 @@ class Recorded:
 class History:
     """Appends to and reads runs' histories; :meth:`start` before use."""
 
-    def __init__(self, nc: MeshConnection, *, max_age_s: float = 30 * 86_400.0) -> None:
+    def __init__(self, nc: MeshConnection, *, max_age_s: float = 30 * 86_400.0,
+                 read_idle_s: float = READ_IDLE_S) -> None:
         self._nc = nc
         self._js = nc.jetstream()
         self._max_age_s = max_age_s
+        self._read_idle_s = read_idle_s
 
     async def start(self) -> None:
         """Create the stream when it does not exist (when it does, only its replicas are
@@ -171,21 +179,33 @@ class History:
         return Recorded(pb.RunEvent.FromString(message.data or b""), int(message.seq or 0))
 
     async def read(self, run_id: str) -> list[Recorded]:
-        """Every event of the run, in order (as stored now)."""
+        """Every event of the run, in order (as stored now). :class:`HistoryUnavailable`
+        when the store does not answer, or the next event does not come within
+        ``read_idle_s``."""
         last = await self.last(run_id)
         if last is None:
             return []
         events: list[Recorded] = []
+        loop = asyncio.get_running_loop()
         try:
-            async for recorded in self.follow(run_id, 0):
-                events.append(recorded)
-                if recorded.stream_sequence >= last.stream_sequence:
-                    break
-        except (nats.errors.Error, TimeoutError) as error:
+            async with asyncio.timeout(self._read_idle_s) as idle, \
+                    contextlib.aclosing(self.follow(run_id, 0)) as stored:
+                async for recorded in stored:
+                    events.append(recorded)
+                    if recorded.stream_sequence >= last.stream_sequence:
+                        break
+                    idle.reschedule(loop.time() + self._read_idle_s)
+        except TimeoutError as error:
+            if idle.expired():
+                raise HistoryUnavailable(run_id, TimeoutError(
+                    f"its events up to stream sequence {last.stream_sequence} stopped "
+                    f"coming after {len(events)}: none for {self._read_idle_s:g} s")) from error
+            raise HistoryUnavailable(run_id, error) from error
+        except nats.errors.Error as error:
             raise HistoryUnavailable(run_id, error) from error
         return events
 
-    async def follow(self, run_id: str, after: int) -> AsyncIterator[Recorded]:
+    async def follow(self, run_id: str, after: int) -> AsyncGenerator[Recorded, None]:
         """The run's events after event number ``after``, then each new one as it is
         recorded; never ends on its own (close it, or stop at the run's last event)."""
         subscription = await self._js.subscribe(
