@@ -19,8 +19,9 @@ from mesh.transport.streams import (
     CREATE_TIMEOUT_S,
     created_elsewhere,
     find_stream,
+    has_leader,
     replicas_of,
-    wait_for_leader,
+    wait_until_served,
 )
 
 __all__ = ["KeyValue", "Mirror", "claim", "latest", "open_bucket"]
@@ -47,8 +48,8 @@ async def open_bucket(nc: NATS, name: str, *, description: str, history: int = 1
             current.allow_direct = True
             current.num_replicas = max(current.num_replicas or 1, replicas)
             await js.update_stream(current)
-        if (current.num_replicas or 1) > 1 and not (info.cluster and info.cluster.leader):
-            await wait_for_leader(nc, f"KV_{name}")  # another process created it just now
+        if not has_leader(info):
+            await wait_until_served(nc, f"KV_{name}")  # another process created it just now
         return await js.key_value(name)
     config = KeyValueConfig(bucket=name, description=description, history=history, ttl=ttl,
                             storage=StorageType.MEMORY if memory else StorageType.FILE,
@@ -58,7 +59,7 @@ async def open_bucket(nc: NATS, name: str, *, description: str, history: int = 1
     except Exception as exc:  # another process created it first, or a real refusal
         await created_elsewhere(nc, f"KV_{name}", exc)
         bucket = await js.key_value(name)
-    await wait_for_leader(nc, f"KV_{name}")
+    await wait_until_served(nc, f"KV_{name}")
     return bucket
 
 

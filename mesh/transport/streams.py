@@ -18,17 +18,20 @@ import time
 from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.js.api import StreamConfig, StreamInfo
 from nats.js.errors import NotFoundError
 
 __all__ = ["created_elsewhere", "ensure_replicas", "ensure_stream", "find_stream",
-           "replicas_of", "wait_for_leader"]
+           "has_leader", "probe_subject", "replicas_of",
+           "wait_until_served"]
 
 log = logging.getLogger(__name__)
 
 LEADER_TIMEOUT_S = 10.0
 LOOKUP_TIMEOUT_S = 20.0
 LOOKUP_ATTEMPT_S = 5.0
+PROBE_TIMEOUT_S = 1.0
 CREATE_TIMEOUT_S = 1.0
 """How long a create request waits for its answer. In a cluster, the meta leader answers
 only the first of identical create requests in flight (measured: three nodes creating the
@@ -89,20 +92,55 @@ async def _raise_replicas(nc: NATS, info: StreamInfo, replicas: int) -> StreamIn
     return await nc.jetstream().update_stream(current)
 
 
-async def wait_for_leader(nc: NATS, stream: str,
-                          timeout: float = LEADER_TIMEOUT_S) -> StreamInfo:
-    """``stream``'s info once it has a leader. A replicated stream just created elects
-    its leader a moment later, and until then a publish to it finds no responders; a
-    stream of one replica has none to wait for. TimeoutError after ``timeout``."""
+async def wait_until_served(nc: NATS, stream: str,
+                            timeout: float = LEADER_TIMEOUT_S) -> StreamInfo:
+    """``stream``'s info once a publish from ``nc`` reaches it. A replicated stream just
+    created elects its leader a moment later; and in a cluster, the server ``nc`` is
+    connected to learns of a new stream's subjects from the server holding it a moment
+    after that (seen in CI: a one-replica bucket made on another server refused its first
+    put with "no responders"). Until both, a publish to the stream finds no responders.
+
+    The check is one probe publish to a subject of the stream that expects a last sequence
+    no stream has, so JetStream answers it with a refusal and stores nothing; a stream
+    without subjects (a mirror) is not probed. TimeoutError after ``timeout``."""
     js = nc.jetstream()
     deadline = time.monotonic() + timeout
     while True:
         info = await js.stream_info(stream)
-        if _led(info):
+        if has_leader(info) and await _reached(nc, info):
             return info
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"stream {stream} has no leader after {timeout:g} s")
+            raise TimeoutError(f"stream {stream} is not served to this connection after "
+                               f"{timeout:g} s (no leader yet, or its subjects unknown to "
+                               "this server)")
         await asyncio.sleep(0.05)
+
+
+PROBE_TOKEN = "_revo_probe"
+"""The token that stands for each wildcard of a stream's subject in the probe."""
+_NEVER = str(2**63 - 1)
+"""A stream's last sequence that no stream reaches: a publish expecting it is refused."""
+
+
+def probe_subject(info: StreamInfo) -> str | None:
+    """A subject of the stream for :func:`wait_until_served`'s probe; None without any."""
+    subjects = info.config.subjects or []
+    if not subjects:
+        return None
+    return ".".join(PROBE_TOKEN if token in ("*", ">") else token
+                    for token in subjects[0].split("."))
+
+
+async def _reached(nc: NATS, info: StreamInfo) -> bool:
+    subject = probe_subject(info)
+    if subject is None:
+        return True
+    try:
+        await nc.request(subject, b"", timeout=PROBE_TIMEOUT_S,
+                         headers={"Nats-Expected-Last-Sequence": _NEVER})
+    except (NoRespondersError, TimeoutError):  # nats-py's timeout is one too
+        return False
+    return True  # a refusal (or any answer): the stream heard it
 
 
 async def ensure_replicas(nc: NATS, stream: str) -> StreamInfo:
@@ -127,7 +165,7 @@ async def ensure_stream(nc: NATS, config: StreamConfig, *,
     if info is None:
         try:
             await nc.jetstream(timeout=CREATE_TIMEOUT_S).add_stream(config)
-            return await wait_for_leader(nc, config.name)
+            return await wait_until_served(nc, config.name)
         except Exception as exc:  # another process created it first, or a real refusal
             info = await created_elsewhere(nc, config.name, exc)
     if update is not None and update(info.config):
@@ -135,10 +173,14 @@ async def ensure_stream(nc: NATS, config: StreamConfig, *,
         info = await js.update_stream(info.config)
     else:
         info = await _raise_replicas(nc, info, replicas)
-    if not _led(info):  # another process created it a moment ago
-        info = await wait_for_leader(nc, config.name)
+    if not has_leader(info):  # another process created it a moment ago
+        info = await wait_until_served(nc, config.name)
     return info
 
 
-def _led(info: StreamInfo) -> bool:
-    return (info.config.num_replicas or 1) <= 1 or bool(info.cluster and info.cluster.leader)
+def has_leader(info: StreamInfo) -> bool:
+    """Whether the stream has a leader: in a cluster even a one-replica stream is placed on
+    one server, which the info names once it serves the stream."""
+    if info.cluster is not None:
+        return bool(info.cluster.leader)
+    return (info.config.num_replicas or 1) <= 1

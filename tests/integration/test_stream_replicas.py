@@ -62,6 +62,28 @@ async def test_streams_and_buckets_take_nats_replicas_and_older_ones_are_raised(
         await three.close()
 
 
+async def test_a_new_stream_or_bucket_takes_a_publish_at_once_and_the_probe_stores_nothing(
+        nats_cluster: NatsCluster) -> None:
+    """In CI, a one-replica bucket just made on the cluster refused its first put with "no
+    responders": the create was answered before the server the client is on could route
+    the bucket's subjects. ensure_stream and open_bucket now return only once a publish
+    from the connection reaches the stream; their probe must store nothing."""
+    nc = await connect(NatsSettings(url=nats_cluster.url, replicas=1), "at once")
+    try:
+        js = nc.jetstream()
+        for i in range(8):  # bounded
+            suffix = f"{time.time_ns()}_{i}"
+            await ensure_stream(nc, StreamConfig(name=f"AT_ONCE_{suffix}",
+                                                 subjects=[f"atonce{suffix}.>"]))
+            await js.publish(f"atonce{suffix}.x", b"one")
+            bucket = await open_bucket(nc, f"at_once_{suffix}", description="test")
+            await bucket.put("k", b"one")
+            for stream in (f"AT_ONCE_{suffix}", f"KV_at_once_{suffix}"):
+                assert (await js.stream_info(stream)).state.messages == 1, stream
+    finally:
+        await nc.close()
+
+
 async def test_more_replicas_than_servers_is_refused_with_nats_reason(
         nats_server: NatsServer) -> None:
     nc = await connect(NatsSettings(url=nats_server.url, replicas=3), "too many")
