@@ -33,6 +33,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from mesh.auth.roles import ROLES, role_within
 from mesh.config import ApiKeySettings
 from mesh.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
+from mesh.transport.kv import snapshot
 
 if TYPE_CHECKING:
     from mesh.auth.users import User, UserStore
@@ -202,17 +203,8 @@ class ApiKeyStore:
                       key=lambda k: (k.created_at, k.id))
 
     async def _entries(self, pattern: str) -> builtins.list[tuple[str, bytes]]:
-        watcher = await self.bucket.watch(pattern, ignore_deletes=True)
-        found = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the current values are all delivered
-                    break
-                if entry.value:
-                    found.append((entry.key, entry.value))
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return found
+        return [(entry.key, entry.value or b"") for entry in await snapshot(self.bucket,
+                                                                            pattern)]
 
     async def revoke(self, key_id: str, now: float | None = None) -> ApiKey:
         """Revoke a key (every gateway refuses it within a second); a revoked key is

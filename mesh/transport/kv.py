@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyWrongLastSequenceError
@@ -24,7 +25,8 @@ from mesh.transport.streams import (
     wait_until_served,
 )
 
-__all__ = ["KeyValue", "Mirror", "claim", "latest", "open_bucket"]
+__all__ = ["ONE_SHOT_WATCH_S", "SNAPSHOT_IDLE_S", "KeyValue", "Mirror", "claim", "latest",
+           "open_bucket", "snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,42 @@ async def open_bucket(nc: NATS, name: str, *, description: str, history: int = 1
         bucket = await js.key_value(name)
     await wait_until_served(nc, f"KV_{name}")
     return bucket
+
+
+ONE_SHOT_WATCH_S = 5.0
+"""How long the server keeps a one-shot watch's consumer after the watch stops. nats-py's
+default is 5 minutes, and nats-server refuses a stream's 1001st consumer: a sweep every
+0.2 s on three nodes reached that in about a minute, and every sweep and listing failed."""
+SNAPSHOT_IDLE_S = 5.0
+"""How long :func:`snapshot` waits for the next entry before it gives up."""
+
+
+async def snapshot(bucket: KeyValue, pattern: str = ">", *,
+                   idle_s: float = SNAPSHOT_IDLE_S) -> list[KeyValue.Entry]:
+    """The current entries of ``bucket`` whose keys match ``pattern`` (deleted and purged
+    keys left out), read by one watch that stops at the end of the current values.
+
+    The entries of a read come back to back; when the next one does not come within
+    ``idle_s`` (the watch's consumer lost in a nats-server restart: nats-py's watcher
+    would wait for ever), this raises ``Unavailable`` and the caller may try again."""
+    watcher: Any = await bucket.watch(pattern, ignore_deletes=True,  # untyped in nats-py
+                                      inactive_threshold=ONE_SHOT_WATCH_S)
+    found: list[KeyValue.Entry] = []
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=idle_s)
+            except nats.errors.TimeoutError:
+                raise Unavailable(
+                    f"bucket {bucket._name}: its entries stopped coming after {len(found)} "
+                    f"(none for {idle_s:g} s); retry", reason=Reason.STORE_UNAVAILABLE,
+                    metadata={"bucket": bucket._name}) from None
+            if entry is None:  # the current values are all delivered
+                return found
+            if entry.operation not in ("DEL", "PURGE") and entry.value:
+                found.append(entry)
+    finally:
+        await watcher.stop()
 
 
 async def latest(nc: MeshConnection, bucket: str, key: str,

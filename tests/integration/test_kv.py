@@ -13,7 +13,7 @@ from nats.js.api import KeyValueConfig
 from mesh.config import NatsSettings
 from mesh.embedded.nats_server import NatsServer
 from mesh.transport.connection import connect
-from mesh.transport.kv import latest, open_bucket
+from mesh.transport.kv import latest, open_bucket, snapshot
 
 
 async def test_buckets_read_by_direct_get_and_an_older_bucket_is_given_it(
@@ -56,5 +56,24 @@ async def test_latest_reads_a_value_and_its_revision_by_one_direct_get(
         assert await latest(nc, name, "k") is None
         with pytest.raises(nats.errors.Error, match=r"direct get failed: 503"):
             await latest(nc, "no_such_bucket", "k", timeout=2)
+    finally:
+        await nc.close()
+
+
+async def test_a_snapshot_is_the_current_values_without_deleted_keys(
+        nats_server: NatsServer) -> None:
+    nc = await connect(NatsSettings(url=nats_server.url), "test")
+    try:
+        name = f"snapshot_{time.time_ns()}"
+        bucket = await open_bucket(nc, name, description="test", history=3)
+        assert await snapshot(bucket) == []
+        for key, value in [("a.1", b"old"), ("a.1", b"new"), ("a.2", b"x"), ("b.1", b"y"),
+                           ("a.3", b"gone"), ("a.4", b"purged")]:
+            await bucket.put(key, value)
+        await bucket.delete("a.3")
+        await bucket.purge("a.4")
+        assert {(e.key, e.value) for e in await snapshot(bucket)} == {
+            ("a.1", b"new"), ("a.2", b"x"), ("b.1", b"y")}
+        assert [(e.key, e.value) for e in await snapshot(bucket, "b.*")] == [("b.1", b"y")]
     finally:
         await nc.close()

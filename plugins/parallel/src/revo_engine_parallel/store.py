@@ -30,7 +30,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from mesh.transport.connection import MeshConnection
-from mesh.transport.kv import claim, latest, open_bucket
+from mesh.transport.kv import claim, latest, open_bucket, snapshot
 from mesh.transport.streams import ensure_replicas, ensure_stream, replicas_of
 from mesh.transport.subjects import subject_token
 from revo_engine_parallel.settings import ParallelSettings
@@ -189,24 +189,11 @@ class TaskStore:
 
     async def scan(self, pattern: str) -> list[pb.Task]:
         """Every task whose key matches ``pattern`` (``t.<owner>.*``, ``t.*.*``)."""
-        found: list[pb.Task] = []
         try:
-            # a one-shot read: the server drops the consumer 5 s after it stops (nats-py's
-            # default keeps it 5 minutes, and nats-server refuses a stream's 1001st consumer,
-            # so frequent Lists would soon fail)
-            watcher = await self.tasks.watch(pattern, ignore_deletes=True,
-                                             inactive_threshold=5.0)
+            entries = await snapshot(self.tasks, pattern)
         except NotFoundError:
-            return found
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of the current values
-                    break
-                if entry.value:
-                    found.append(pb.Task.FromString(entry.value))
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return found
+            return []
+        return [pb.Task.FromString(entry.value or b"") for entry in entries]
 
     async def watch(self, owner: str, task_id: str, *,
                     must_exist: bool = False) -> AsyncIterator[pb.Task]:

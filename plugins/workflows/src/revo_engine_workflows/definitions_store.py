@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.errors import KeyWrongLastSequenceError
 
 from mesh.transport.connection import MeshConnection
-from mesh.transport.kv import KeyValue, latest, open_bucket
-from revo_engine_workflows.runs_index import ONE_SHOT_WATCH_S
+from mesh.transport.kv import KeyValue, latest, open_bucket, snapshot
 from revo_engine_workflows.v1 import workflows_pb2 as pb
 
 __all__ = ["BUCKET", "DefinitionConflict", "DefinitionStore"]
@@ -171,17 +169,8 @@ class DefinitionStore:
     async def list_latest(self) -> list[pb.Workflow]:
         """Every workflow's latest version, by name. Reads every pointer and then each
         latest version: one scan of the names, fine for thousands of workflows."""
-        watcher: Any = await self._bucket.watch(  # nats-py leaves it untyped
-            "*.latest", inactive_threshold=ONE_SHOT_WATCH_S)
-        pointers: dict[str, int] = {}
-        try:
-            async for entry in watcher:
-                if entry is None:  # the current values are all delivered
-                    break
-                if entry.operation not in ("DEL", "PURGE") and entry.value:
-                    pointers[entry.key] = int(entry.value.decode())
-        finally:
-            await watcher.stop()
+        pointers = {entry.key: int((entry.value or b"0").decode())
+                    for entry in await snapshot(self._bucket, "*.latest")}
         workflows: list[pb.Workflow] = []
         for key, version in pointers.items():
             token = key.rpartition(".")[0]

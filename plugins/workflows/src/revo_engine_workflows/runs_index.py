@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import hashlib
 import re
-from typing import Any
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
@@ -32,11 +31,10 @@ from mesh.errors import Reason, Unavailable
 from mesh.pagination import decode_page_token, encode_page_token, take_page
 from mesh.pagination import page_size as checked_page_size
 from mesh.transport.connection import MeshConnection
-from mesh.transport.kv import KeyValue, claim, latest, open_bucket
+from mesh.transport.kv import KeyValue, claim, latest, open_bucket, snapshot
 from revo_engine_workflows.v1 import workflows_pb2 as pb
 
-__all__ = ["ACTIVE", "FINISHED", "KEYS_BUCKET", "ONE_SHOT_WATCH_S", "RUNS_BUCKET", "RunIndex",
-           "summary"]
+__all__ = ["ACTIVE", "FINISHED", "KEYS_BUCKET", "RUNS_BUCKET", "RunIndex", "summary"]
 
 RUNS_BUCKET = "revo_workflow_runs"
 KEYS_BUCKET = "revo_workflow_keys"
@@ -47,10 +45,6 @@ _ATTEMPTS = 16
 """Conditional writes one :meth:`RunIndex.put` tries before giving up (each failure means
 another write to the same run landed in between)."""
 _ERROR_CHARS = 2000
-ONE_SHOT_WATCH_S = 5.0
-"""How long the server keeps a one-shot watch's consumer after the watch stops. nats-py's
-default is 5 minutes, and nats-server refuses a stream's 1001st consumer: a sweep every
-0.2 s on three nodes reached that in about a minute, and every sweep and ListRuns failed."""
 
 
 def summary(run: pb.Run) -> pb.Run:
@@ -150,18 +144,7 @@ class RunIndex:
 
     async def _all(self) -> list[pb.Run]:
         runs, _ = self._buckets()
-        watcher: Any = await runs.watchall(  # nats-py leaves it untyped
-            inactive_threshold=ONE_SHOT_WATCH_S)
-        found: list[pb.Run] = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the current values are all delivered
-                    break
-                if entry.operation not in ("DEL", "PURGE") and entry.value:
-                    found.append(pb.Run.FromString(entry.value))
-        finally:
-            await watcher.stop()
-        return found
+        return [pb.Run.FromString(entry.value or b"") for entry in await snapshot(runs)]
 
     async def active(self) -> list[pb.Run]:
         """The summaries of the runs that are running or waiting: the runs the takeover
