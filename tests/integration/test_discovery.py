@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pool, message_factory
+from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -52,7 +53,10 @@ def _reflect_and_call(target: str) -> tuple[list[str], bytes]:
         call = channel.unary_unary(f"/{ECHO_SERVICE}/Echo",
                                    request_serializer=request_type.SerializeToString,
                                    response_deserializer=response_type.FromString)
-        reply = call(request_type(payload=b"reflected"), timeout=5)
+        # the request from JSON by field name, as grpcurl's -d does
+        request = json_format.ParseDict(
+            {"payload": base64.b64encode(b"reflected").decode()}, request_type())
+        reply = call(request, timeout=5)
         return services, reply.payload
 
 
