@@ -95,10 +95,10 @@ async def _raise_replicas(nc: NATS, info: StreamInfo, replicas: int) -> StreamIn
 async def wait_until_served(nc: NATS, stream: str,
                             timeout: float = LEADER_TIMEOUT_S) -> StreamInfo:
     """``stream``'s info once a publish from ``nc`` reaches it. A replicated stream just
-    created elects its leader a moment later; and in a cluster, the server ``nc`` is
-    connected to learns of a new stream's subjects from the server holding it a moment
-    after that (seen in CI: a one-replica bucket made on another server refused its first
-    put with "no responders"). Until both, a publish to the stream finds no responders.
+    created elects its leader a moment later, and in a cluster even a one-replica stream
+    is set up, and its subjects routed, a moment after its create was answered (seen in
+    CI: the first put to a one-replica bucket just made on a three-server cluster found
+    "no responders"). Until then, a publish to the stream finds no responders.
 
     The check is one probe publish to a subject of the stream that expects a last sequence
     no stream has, so JetStream answers it with a refusal and stores nothing; a stream
