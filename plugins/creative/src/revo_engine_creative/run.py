@@ -37,6 +37,7 @@ from google.protobuf import struct_pb2
 
 from mesh.engine import Context
 from mesh.errors import FailedPrecondition, InvalidArgument, RpcError, Unavailable
+from mesh.runtime.cancel import cancel_and_wait
 from mesh.v1 import models_pb2, models_pb2_grpc
 from revo_engine_creative import diversity, judging
 from revo_engine_creative.ask import Ask
@@ -156,10 +157,7 @@ class SetRun:
     async def _close(self) -> None:
         tasks = [*self.generating, *self.judging,
                  *([self.history_task] if self.history_task is not None else [])]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         with contextlib.suppress(RpcError):  # the spend stays reserved until it is settled
             await self.budget.close()
 

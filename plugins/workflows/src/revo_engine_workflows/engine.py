@@ -29,6 +29,7 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.pagination import decode_page_token, encode_page_token, page_size, take_page
+from mesh.runtime.cancel import cancel_and_wait
 from revo_engine_workflows.builtins import BUILTIN_AUTHOR, BUILTINS, builtin
 from revo_engine_workflows.definitions import Definition, check
 from revo_engine_workflows.definitions_store import DefinitionStore
@@ -108,13 +109,9 @@ class WorkflowEngine(AsyncEngine):
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def stop(self) -> None:
-        self._sweeper.cancel()
-        tasks = list(self.running.values())
         for runner in self._runners.values():
             runner.abandon()  # their work goes on; the next owner finds it
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(self._sweeper, *tasks, return_exceptions=True)
+        await cancel_and_wait(self._sweeper, *self.running.values())
         await self.leases.stop(release=True)  # another node continues them at once
 
     # -- definitions --------------------------------------------------------------------

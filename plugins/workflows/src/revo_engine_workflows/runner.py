@@ -47,6 +47,7 @@ from google.protobuf.descriptor import MethodDescriptor
 
 from mesh.calls import MeshCalls, MeshChannel
 from mesh.errors import RpcError, Unavailable
+from mesh.runtime.cancel import cancel_and_wait
 from revo_engine_parallel.v1 import tasks_pb2, tasks_pb2_grpc
 from revo_engine_workflows.definitions import Definition
 from revo_engine_workflows.expressions import ExpressionError
@@ -249,10 +250,7 @@ class Runner:
             self.abandoned = True
             raise
         finally:
-            follower.cancel()
-            for task in steps.values():
-                task.cancel()
-            await asyncio.gather(follower, *steps.values(), return_exceptions=True)
+            await cancel_and_wait(follower, *steps.values())
 
     def abandon(self) -> None:
         """Stop recording: the caller is about to cancel :meth:`run` because another node
@@ -359,9 +357,7 @@ class Runner:
                 f"{error}"))
 
     async def _cancel(self, steps: dict[str, asyncio.Task[None]], reason: str | None) -> None:
-        for task in steps.values():
-            task.cancel()
-        await asyncio.gather(*steps.values(), return_exceptions=True)
+        await cancel_and_wait(*steps.values())
         for step_id, status in list(self.state.steps.items()):
             if not status.finished and status.state != pb.STEP_STATE_PENDING:
                 await self.record(step_id, step_failed=pb.StepFailed(
@@ -736,9 +732,7 @@ class Runner:
             await self._stop_losers(tasks)
 
     async def _stop_losers(self, tasks: dict[asyncio.Task[None], str]) -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         if self.abandoned:
             return
         for branch in tasks.values():
