@@ -193,18 +193,14 @@ class ApiKeyStore:
         """Every key (of ``owner``), oldest first, with when each was last used."""
         keys: list[ApiKey] = []
         used: dict[str, float] = {}
-        for _name, value in await self._entries(f"{RECORD_PREFIX}>"):
+        for _name, value in await snapshot(self.bucket, f"{RECORD_PREFIX}>"):
             key = ApiKey.decode(value)
             if owner is None or key.owner == owner:
                 keys.append(key)
-        for name, value in await self._entries(f"{USED_PREFIX}>"):
+        for name, value in await snapshot(self.bucket, f"{USED_PREFIX}>"):
             used[name[len(USED_PREFIX):]] = float(value)
         return sorted((replace(k, last_used_at=used.get(k.id, 0.0)) for k in keys),
                       key=lambda k: (k.created_at, k.id))
-
-    async def _entries(self, pattern: str) -> builtins.list[tuple[str, bytes]]:
-        return [(entry.key, entry.value or b"") for entry in await snapshot(self.bucket,
-                                                                            pattern)]
 
     async def revoke(self, key_id: str, now: float | None = None) -> ApiKey:
         """Revoke a key (every gateway refuses it within a second); a revoked key is

@@ -74,16 +74,17 @@ SNAPSHOT_IDLE_S = 5.0
 
 
 async def snapshot(bucket: KeyValue, pattern: str = ">", *,
-                   idle_s: float = SNAPSHOT_IDLE_S) -> list[KeyValue.Entry]:
-    """The current entries of ``bucket`` whose keys match ``pattern`` (deleted and purged
-    keys left out), read by one watch that stops at the end of the current values.
+                   idle_s: float = SNAPSHOT_IDLE_S) -> list[tuple[str, bytes]]:
+    """The current keys and values of ``bucket`` whose keys match ``pattern`` (deleted,
+    purged and empty ones left out), read by one watch that stops at the end of the
+    current values.
 
     The entries of a read come back to back; when the next one does not come within
     ``idle_s`` (the watch's consumer lost in a nats-server restart: nats-py's watcher
     would wait for ever), this raises ``Unavailable`` and the caller may try again."""
     watcher: Any = await bucket.watch(pattern, ignore_deletes=True,  # untyped in nats-py
                                       inactive_threshold=ONE_SHOT_WATCH_S)
-    found: list[KeyValue.Entry] = []
+    found: list[tuple[str, bytes]] = []
     try:
         while True:
             try:
@@ -96,7 +97,7 @@ async def snapshot(bucket: KeyValue, pattern: str = ">", *,
             if entry is None:  # the current values are all delivered
                 return found
             if entry.operation not in ("DEL", "PURGE") and entry.value:
-                found.append(entry)
+                found.append((entry.key, entry.value))
     finally:
         await watcher.stop()
 

@@ -23,8 +23,7 @@ from nats.js.api import StreamConfig, StreamInfo
 from nats.js.errors import NotFoundError
 
 __all__ = ["created_elsewhere", "ensure_replicas", "ensure_stream", "find_stream",
-           "has_leader", "probe_subject", "replicas_of",
-           "wait_until_served"]
+           "has_leader", "replicas_of", "wait_until_served"]
 
 log = logging.getLogger(__name__)
 
@@ -116,23 +115,23 @@ async def wait_until_served(nc: NATS, stream: str,
         await asyncio.sleep(0.05)
 
 
-PROBE_TOKEN = "_revo_probe"
+_PROBE_TOKEN = "_revo_probe"
 """The token that stands for each wildcard of a stream's subject in the probe."""
 _NEVER = str(2**63 - 1)
 """A stream's last sequence that no stream reaches: a publish expecting it is refused."""
 
 
-def probe_subject(info: StreamInfo) -> str | None:
+def _probe_subject(info: StreamInfo) -> str | None:
     """A subject of the stream for :func:`wait_until_served`'s probe; None without any."""
     subjects = info.config.subjects or []
     if not subjects:
         return None
-    return ".".join(PROBE_TOKEN if token in ("*", ">") else token
+    return ".".join(_PROBE_TOKEN if token in ("*", ">") else token
                     for token in subjects[0].split("."))
 
 
 async def _reached(nc: NATS, info: StreamInfo) -> bool:
-    subject = probe_subject(info)
+    subject = _probe_subject(info)
     if subject is None:
         return True
     try:

@@ -193,7 +193,7 @@ class TaskStore:
             entries = await snapshot(self.tasks, pattern)
         except NotFoundError:
             return []
-        return [pb.Task.FromString(entry.value or b"") for entry in entries]
+        return [pb.Task.FromString(value) for _, value in entries]
 
     async def watch(self, owner: str, task_id: str, *,
                     must_exist: bool = False) -> AsyncIterator[pb.Task]:

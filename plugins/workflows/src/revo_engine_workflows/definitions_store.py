@@ -169,8 +169,8 @@ class DefinitionStore:
     async def list_latest(self) -> list[pb.Workflow]:
         """Every workflow's latest version, by name. Reads every pointer and then each
         latest version: one scan of the names, fine for thousands of workflows."""
-        pointers = {entry.key: int((entry.value or b"0").decode())
-                    for entry in await snapshot(self._bucket, "*.latest")}
+        pointers = {key: int(value) for key, value in await snapshot(self._bucket,
+                                                                    "*.latest")}
         workflows: list[pb.Workflow] = []
         for key, version in pointers.items():
             token = key.rpartition(".")[0]

@@ -144,7 +144,7 @@ class RunIndex:
 
     async def _all(self) -> list[pb.Run]:
         runs, _ = self._buckets()
-        return [pb.Run.FromString(entry.value or b"") for entry in await snapshot(runs)]
+        return [pb.Run.FromString(value) for _, value in await snapshot(runs)]
 
     async def active(self) -> list[pb.Run]:
         """The summaries of the runs that are running or waiting: the runs the takeover
